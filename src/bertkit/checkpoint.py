@@ -1,0 +1,203 @@
+"""Model directories in the Hugging Face layout: `config.json` + `model.safetensors` with HF parameter names.
+
+bertkit's modules use short names (`layers.0.attn.qkv`); this module is the one place that knows the HF names
+(`encoder.layer.0.attention.self.query`), in both directions. Weights are never pickled: safetensors on write;
+on read, safetensors or (for old HF directories) `pytorch_model.bin` through `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bertkit.config import BertConfig
+from bertkit.errors import BertkitError
+
+log = logging.getLogger(__name__)
+
+# ours -> HF, applied to the part of a name after an optional "bert." prefix.
+_LAYER_RENAMES = [
+    (r"layers\.(\d+)\.attn\.proj\.", r"encoder.layer.\1.attention.output.dense."),
+    (r"layers\.(\d+)\.ln1\.", r"encoder.layer.\1.attention.output.LayerNorm."),
+    (r"layers\.(\d+)\.ffn\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+    (r"layers\.(\d+)\.ffn\.fc2\.", r"encoder.layer.\1.output.dense."),
+    (r"layers\.(\d+)\.ln2\.", r"encoder.layer.\1.output.LayerNorm."),
+    (r"embeddings\.ln\.", r"embeddings.LayerNorm."),
+    (r"mlm\.transform\.", r"cls.predictions.transform.dense."),
+    (r"mlm\.ln\.", r"cls.predictions.transform.LayerNorm."),
+    (r"mlm\.bias$", r"cls.predictions.bias"),
+    (r"nsp\.", r"cls.seq_relationship."),
+]
+_QKV = re.compile(r"^(.*)layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_TIED = re.compile(r"(^|\.)mlm\.word_embeddings\.weight$")  # the decoder shares the word embeddings
+# Parameters a checkpoint may lack and that we then initialise fresh (task or pre-training heads, pooler).
+_HEADS = re.compile(r"^(mlm\.|nsp\.|classifier\.|qa_outputs\.|(bert\.)?pooler\.)")
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def hf_names(name: str) -> list[str]:
+    """HF name(s) of one of our parameters: three for a fused QKV projection, none for a tied weight."""
+    if _TIED.search(name):
+        return []
+    m = _QKV.match(name)
+    if m:
+        prefix, i, kind = m.groups()
+        return [f"{prefix}encoder.layer.{i}.attention.self.{p}.{kind}" for p in ("query", "key", "value")]
+    for pattern, repl in _LAYER_RENAMES:
+        name, n = re.subn(pattern, repl, name)
+        if n:
+            break
+    return [name]
+
+
+def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our state dict under HF names (QKV split in three, tied decoder weight left out)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        names = hf_names(name)
+        if not names:
+            continue
+        parts = tensor.chunk(len(names), dim=0) if len(names) > 1 else [tensor]
+        for hf, part in zip(names, parts, strict=True):
+            out[hf] = part.detach().clone().contiguous().cpu()
+    return out
+
+
+def _normalise_key(key: str) -> str:
+    # TF-era checkpoints call LayerNorm parameters gamma/beta.
+    key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
+    return re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file():
+            weight_map = json.loads((path / index).read_text())["weight_map"]
+            return [path / f for f in sorted(set(weight_map.values()))]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return [path / name]
+    raise BertkitError(f"{path}: no model.safetensors (or pytorch_model.bin): is this a model directory?")
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a model directory, keyed by (normalised) HF name."""
+    tensors: dict[str, torch.Tensor] = {}
+    for f in _weight_files(Path(path)):
+        try:
+            if f.suffix == ".safetensors":
+                part = load_file(str(f))
+            else:
+                part = torch.load(f, map_location="cpu", weights_only=True)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise BertkitError(f"{f}: cannot read weights ({e})") from None
+        tensors.update({_normalise_key(k): v for k, v in part.items()})
+    return tensors
+
+
+def _align_prefix(tensors: dict[str, torch.Tensor], wants_prefix: bool) -> dict[str, torch.Tensor]:
+    """A bare BertModel checkpoint has no "bert." prefix; a BertFor* one has it. Accept either for either."""
+    has_prefix = any(k.startswith("bert.") for k in tensors)
+    if wants_prefix and not has_prefix:
+        return {(k if k.startswith("cls.") else "bert." + k): v for k, v in tensors.items()}
+    if not wants_prefix and has_prefix:
+        return {k.removeprefix("bert."): v for k, v in tensors.items() if k.startswith("bert.")}
+    return tensors
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
+    """Copy HF-named tensors into `model`; returns the names of head parameters that were initialised fresh.
+
+    A missing encoder tensor or any shape mismatch is an error that names the tensor and both shapes.
+    """
+    wants_prefix = any(n.startswith("bert.") for n, _ in model.named_parameters())
+    tensors = _align_prefix(tensors, wants_prefix)
+    if "cls.predictions.bias" not in tensors and "cls.predictions.decoder.bias" in tensors:
+        tensors["cls.predictions.bias"] = tensors["cls.predictions.decoder.bias"]
+    fresh: list[str] = []
+    state = model.state_dict()
+    new_state: dict[str, torch.Tensor] = {}
+    for name, current in state.items():
+        names = hf_names(name)
+        if not names:
+            continue
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            if _HEADS.match(name):
+                fresh.append(name)
+                continue
+            raise BertkitError(
+                f"{source}: tensor {missing[0]} is missing (the model expects shape {_shape(current, names)}); "
+                "the weights do not belong to a BERT model of this config"
+            )
+        parts = [tensors[n] for n in names]
+        value = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+        if value.shape != current.shape:
+            raise BertkitError(
+                f"{source}: tensor {names[0]} has shape {tuple(parts[0].shape)} in the weights but the config "
+                f"gives {_shape(current, names)}; config.json and the weights do not match"
+            )
+        new_state[name] = value.to(current.dtype)
+    model.load_state_dict(new_state, strict=False)
+    return fresh
+
+
+def _shape(current: torch.Tensor, names: list[str]) -> tuple[int, ...]:
+    shape = list(current.shape)
+    shape[0] //= len(names)
+    return tuple(shape)
+
+
+def load_model(cls: type[M], path: str | Path, config: BertConfig | None = None, **kwargs: Any) -> M:
+    """Build `cls` from a model directory: its `config.json` (unless `config` is given) and its weights.
+
+    Works on bertkit directories and on Hugging Face BERT directories (any BertModel/BertFor* checkpoint, old
+    gamma/beta names included). Heads absent from the checkpoint are freshly initialised and logged.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise BertkitError(f"model directory {path} does not exist")
+    config = config or BertConfig.load(path)
+    model = cls(config, **kwargs)
+    fresh = load_state(model, read_tensors(path), source=str(path))
+    if fresh:
+        log.warning("%s: initialised fresh (not in the checkpoint): %s", path, ", ".join(sorted(fresh)))
+    model.eval()
+    return model
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Run `write(tmp_path)` and move the result over `path` only once it is complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: nn.Module, path: str | Path) -> None:
+    """Write a Hugging Face model directory: `config.json` (with `architectures`) and `model.safetensors`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = to_hf_state_dict(model)
+    atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    config: BertConfig = model.config  # type: ignore[assignment]
+    d = config.to_dict()
+    d["architectures"] = [type(model).hf_architecture]  # type: ignore[attr-defined]
+    text = json.dumps(d, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

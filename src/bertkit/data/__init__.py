@@ -1,0 +1,1 @@
+"""Data: corpus reading, pre-training instances, masking, task readers."""

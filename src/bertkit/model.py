@@ -1,0 +1,287 @@
+"""The BERT model (Devlin et al., 2018), readable in one sitting.
+
+Embeddings (token + learned position + segment) -> N post-LN Transformer encoder layers -> pooler, plus the
+pre-training heads (masked LM tied to the word embeddings, next-sentence prediction).
+
+Parameter names here are short and ours (`attn.qkv`, `ffn.fc1`, `ln1`); `bertkit.checkpoint` translates them to
+and from Hugging Face names, so model directories stay interchangeable with `transformers`.
+Shapes: B batch, T sequence length, H hidden size, nh heads, hs head size, V vocabulary, N predicted tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertkit.config import BertConfig
+from bertkit.errors import BertkitError
+
+IGNORE_INDEX = -100  # label value for positions that carry no loss
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact (erf) GELU, as in the original BERT
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise BertkitError(f"hidden_act {name!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class Embeddings(nn.Module):
+    """Sum of token, learned absolute position and segment (token type) embeddings; LayerNorm; dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, H)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, H)
+        self.ln = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        if self.position_embeddings.num_embeddings < T:
+            raise BertkitError(
+                f"sequence of {T} tokens is longer than the model's {self.position_embeddings.num_embeddings} "
+                "positions; truncate the input (max_length)"
+            )
+        positions = torch.arange(T, device=input_ids.device)
+        x = self.word_embeddings(input_ids)  # (B, T, H)
+        x = x + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.ln(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; Q, K and V come from one fused projection."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.n_head = config.num_attention_heads
+        self.qkv = nn.Linear(H, 3 * H)
+        self.proj = nn.Linear(H, H)
+        self.attn_dropout = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).split(H, dim=2)  # 3 x (B, T, H)
+        q, k, v = (t.view(B, T, self.n_head, H // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, H)
+        return self.proj(y)
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward: H -> intermediate -> H."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class EncoderLayer(nn.Module):
+    """One post-LN Transformer encoder layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        x = self.ln1(x + self.dropout(self.attn(x, attn_bias)))
+        x = self.ln2(x + self.dropout(self.ffn(x)))
+        return x
+
+
+class Pooler(nn.Module):
+    """tanh(W h_[CLS] + b): the sentence vector that NSP and sentence classification read."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(h[:, 0]))  # (B, H)
+
+
+def attention_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, T) 1/0 padding mask -> additive (B, 1, 1, T) bias for SDPA; None when nothing is padded."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    keep = attention_mask[:, None, None, :].bool()
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+@dataclass
+class BertOutput:
+    last_hidden_state: torch.Tensor  # (B, T, H)
+    pooler_output: torch.Tensor | None  # (B, H)
+
+
+@dataclass
+class PreTrainingOutput:
+    loss: torch.Tensor | None
+    mlm_loss: torch.Tensor | None
+    nsp_loss: torch.Tensor | None
+    mlm_logits: torch.Tensor  # (B, T, V) without labels; (N, V) at the chosen positions with labels
+    nsp_logits: torch.Tensor  # (B, 2)
+
+
+M = TypeVar("M", bound="PreTrainedMixin")
+
+
+class PreTrainedMixin:
+    """`from_pretrained` / `save_pretrained` in the Hugging Face model-directory layout."""
+
+    config: BertConfig
+    hf_architecture: str = ""
+
+    @classmethod
+    def from_pretrained(cls: type[M], path: str | Path, **kwargs) -> M:
+        """Load a model directory (bertkit's or Hugging Face's). See `bertkit.checkpoint.load_model`."""
+        from bertkit.checkpoint import load_model
+
+        return load_model(cls, path, **kwargs)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write `config.json` and `model.safetensors` with Hugging Face parameter names."""
+        from bertkit.checkpoint import save_model
+
+        save_model(self, path)  # type: ignore[arg-type]
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: N(0, std) for weights, zero biases, identity LayerNorm."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class BertModel(nn.Module, PreTrainedMixin):
+    """The BERT encoder: embeddings, a stack of encoder layers and the pooler."""
+
+    hf_architecture = "BertModel"
+
+    def __init__(self, config: BertConfig, add_pooler: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = Pooler(config) if add_pooler else None
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> BertOutput:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        bias = attention_bias(attention_mask, x.dtype)
+        for layer in self.layers:
+            x = layer(x, bias)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return BertOutput(last_hidden_state=x, pooler_output=pooled)
+
+
+class MaskedLMHead(nn.Module):
+    """transform (dense + act + LayerNorm) then a decoder that shares its weight with the word embeddings."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.word_embeddings = word_embeddings  # tied: the decoder weight is this embedding matrix
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.ln(self.act(self.transform(h)))
+        return F.linear(h, self.word_embeddings.weight, self.bias)  # (..., V)
+
+
+class BertForPreTraining(nn.Module, PreTrainedMixin):
+    """BERT with its two pre-training heads: loss = mlm_weight * MLM + nsp_weight * NSP."""
+
+    hf_architecture = "BertForPreTraining"
+
+    def __init__(self, config: BertConfig, mlm_weight: float = 1.0, nsp_weight: float = 1.0):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm = MaskedLMHead(config, self.bert.embeddings.word_embeddings)
+        self.nsp = nn.Linear(config.hidden_size, 2)
+        self.mlm_weight = mlm_weight
+        self.nsp_weight = nsp_weight
+        for m in (self.mlm.transform, self.mlm.ln, self.nsp):
+            init_weights(m, config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        nsp_labels: torch.Tensor | None = None,
+    ) -> PreTrainingOutput:
+        out = self.bert(input_ids, token_type_ids, attention_mask)
+        h = out.last_hidden_state  # (B, T, H)
+        nsp_logits = self.nsp(out.pooler_output)  # (B, 2)
+        mlm_loss = nsp_loss = loss = None
+        if mlm_labels is None:
+            mlm_logits = self.mlm(h)  # (B, T, V)
+        else:
+            # Only ~15% of positions are predicted: run the vocabulary-sized decoder on those alone.
+            chosen = mlm_labels != IGNORE_INDEX  # (B, T)
+            mlm_logits = self.mlm(h[chosen])  # (N, V)
+            targets = mlm_labels[chosen]  # (N,)
+            mlm_loss = F.cross_entropy(mlm_logits.float(), targets) if targets.numel() else h.sum() * 0.0
+            loss = self.mlm_weight * mlm_loss
+        if nsp_labels is not None:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels)
+            loss = self.nsp_weight * nsp_loss if loss is None else loss + self.nsp_weight * nsp_loss
+        return PreTrainingOutput(loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits)
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

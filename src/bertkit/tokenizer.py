@@ -1,0 +1,306 @@
+"""BERT's WordPiece tokenizer on the Rust `tokenizers` library, with the original algorithm's semantics.
+
+Normalisation and splitting follow Google's `tokenization.py` (as ported by `transformers`' legacy
+`BertTokenizer`): drop control characters, map white space to spaces, put spaces around every CJK character,
+NFC, optional lower-casing with accent stripping, split on white space and punctuation, then greedy
+longest-match-first WordPiece with `##` continuations and `[UNK]` for words over 100 characters.
+
+Special tokens and pair truncation are done here rather than by `tokenizers`, so that truncation trims the longer
+segment first and, on a tie, segment B, exactly as the original `_truncate_seq_pair`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers import decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers.models import WordPiece
+
+from bertkit.data.corpus import read_corpus_lines
+from bertkit.errors import BertkitError
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # BERT order: a trained vocabulary starts with these
+MAX_INPUT_CHARS_PER_WORD = 100
+
+
+@dataclass
+class Encoding:
+    """One encoded sequence `[CLS] A [SEP] (B [SEP])`.
+
+    `offsets[i]` is token i's (start, end) character span in the text of its own segment (A or B), (0, 0) for
+    special tokens; `sequence_ids[i]` is 0 for A, 1 for B and None for special tokens.
+    """
+
+    input_ids: list[int]
+    token_type_ids: list[int]
+    attention_mask: list[int]
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    sequence_ids: list[int | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """Lengths after the original `_truncate_seq_pair`: pop from the longer side, from B on a tie.
+
+    Closed form of that loop, so long inputs cost O(1).
+    """
+    excess = len_a + len_b - budget
+    if excess <= 0:
+        return len_a, len_b
+    if len_a > len_b:
+        d = min(excess, len_a - len_b)
+        len_a, excess = len_a - d, excess - d
+    elif len_b > len_a:
+        d = min(excess, len_b - len_a)
+        len_b, excess = len_b - d, excess - d
+    # Now equal: the loop alternates B, A, B, ...
+    return len_a - excess // 2, len_b - (excess + 1) // 2
+
+
+class Tokenizer:
+    """BERT WordPiece tokenizer: `encode`, `encode_batch`, `batch`, `train`, `from_pretrained`, `save_pretrained`."""
+
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+        tokenize_chinese_chars: bool = True,
+        model_max_length: int = 512,
+    ):
+        self.vocab: list[str] = list(vocab)
+        self.token_to_id: dict[str, int] = {}
+        for i, t in enumerate(self.vocab):
+            self.token_to_id.setdefault(t, i)  # first occurrence wins, as in the original load_vocab
+        missing = [t for t in SPECIAL_TOKENS if t not in self.token_to_id]
+        if missing:
+            raise BertkitError(f"vocabulary lacks the special token(s) {', '.join(missing)}")
+        self.lowercase = lowercase
+        self.strip_accents = strip_accents
+        self.tokenize_chinese_chars = tokenize_chinese_chars
+        self.model_max_length = model_max_length
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.token_to_id[t] for t in SPECIAL_TOKENS)
+        self.special_ids = frozenset(self.token_to_id[t] for t in SPECIAL_TOKENS)
+        self._rust = self._build_rust()
+
+    def _build_rust(self) -> RustTokenizer:
+        tk = RustTokenizer(
+            WordPiece(self.token_to_id, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
+        )
+        tk.normalizer = normalizers.Sequence(
+            [
+                normalizers.BertNormalizer(
+                    clean_text=True,
+                    handle_chinese_chars=self.tokenize_chinese_chars,
+                    strip_accents=self.strip_accents,
+                    lowercase=self.lowercase,
+                ),
+                normalizers.NFC(),
+            ]
+        )
+        tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tk.decoder = decoders.WordPiece(prefix="##")
+        tk.add_special_tokens(SPECIAL_TOKENS)  # "[MASK]" typed in a text stays one token
+        # Used only by other readers of tokenizer.json (e.g. transformers); bertkit adds specials itself.
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{CLS} $A {SEP}",
+            pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+            special_tokens=[(CLS, self.cls_id), (SEP, self.sep_id)],
+        )
+        return tk
+
+    # ---------------------------------------------------------------- basics
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def tokenize(self, text: str) -> list[str]:
+        """WordPiece tokens of `text`, without special tokens."""
+        return self._rust.encode(text, add_special_tokens=False).tokens
+
+    def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
+        return [self.token_to_id.get(t, self.unk_id) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        return [self.vocab[i] for i in ids]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text from ids, joining `##` continuations (lower-cased/normalised text, as tokenized)."""
+        ids = [int(i) for i in ids if not (skip_special_tokens and int(i) in self.special_ids)]
+        return self._rust.decode(ids, skip_special_tokens=False)
+
+    # ---------------------------------------------------------------- encoding
+    def encode(
+        self,
+        text: str,
+        pair: str | None = None,
+        max_length: int | None = None,
+        truncation: bool = True,
+    ) -> Encoding:
+        """Encode `[CLS] text [SEP] (pair [SEP])`; with truncation, fit `max_length` (default: model maximum)."""
+        return self.encode_batch([text], None if pair is None else [pair], max_length, truncation)[0]
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        max_length: int | None = None,
+        truncation: bool = True,
+    ) -> list[Encoding]:
+        """Encode many texts (and optional pair texts) at once; the Rust side runs in parallel."""
+        if pairs is not None and len(pairs) != len(texts):
+            raise BertkitError(f"{len(texts)} texts but {len(pairs)} pair texts")
+        max_length = max_length or self.model_max_length
+        enc_a = self._rust.encode_batch(list(texts), add_special_tokens=False)
+        enc_b = self._rust.encode_batch(list(pairs), add_special_tokens=False) if pairs is not None else None
+        out = []
+        for i, a in enumerate(enc_a):
+            b = enc_b[i] if enc_b is not None else None
+            out.append(self._assemble(a, b, max_length, truncation))
+        return out
+
+    def _assemble(self, a, b, max_length: int, truncation: bool) -> Encoding:
+        ids_a, off_a = a.ids, a.offsets
+        ids_b, off_b = (b.ids, b.offsets) if b is not None else ([], [])
+        if truncation:
+            n_special = 3 if b is not None else 2
+            if max_length < n_special + 1:
+                raise BertkitError(f"max_length {max_length} leaves no room for text next to the special tokens")
+            if b is None:
+                la, lb = min(len(ids_a), max_length - 2), 0
+            else:
+                la, lb = truncate_pair_lengths(len(ids_a), len(ids_b), max_length - 3)
+            ids_a, off_a, ids_b, off_b = ids_a[:la], off_a[:la], ids_b[:lb], off_b[:lb]
+        input_ids = [self.cls_id, *ids_a, self.sep_id]
+        offsets = [(0, 0), *off_a, (0, 0)]
+        sequence_ids: list[int | None] = [None, *([0] * len(ids_a)), None]
+        n_a = len(input_ids)
+        if b is not None:
+            input_ids += [*ids_b, self.sep_id]
+            offsets += [*off_b, (0, 0)]
+            sequence_ids += [*([1] * len(ids_b)), None]
+        token_type_ids = [0] * n_a + [1] * (len(input_ids) - n_a)
+        return Encoding(input_ids, token_type_ids, [1] * len(input_ids), offsets, sequence_ids)
+
+    def pad(self, encodings: Sequence[Encoding], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+        """Stack encodings into (B, T) LongTensors padded to the longest (optionally to a multiple of N)."""
+        T = max(len(e) for e in encodings)
+        if pad_to_multiple_of:
+            T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
+        B = len(encodings)
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        types = torch.zeros((B, T), dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        for i, e in enumerate(encodings):
+            n = len(e)
+            ids[i, :n] = torch.tensor(e.input_ids)
+            types[i, :n] = torch.tensor(e.token_type_ids)
+            mask[i, :n] = 1
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+    def batch(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Encode and pad in one call: a model-ready batch."""
+        return self.pad(self.encode_batch(texts, pairs, max_length))
+
+    # ---------------------------------------------------------------- training
+    @classmethod
+    def train(
+        cls,
+        files: Sequence[str | Path],
+        vocab_size: int = 30522,
+        lowercase: bool = True,
+        min_frequency: int = 2,
+        limit_alphabet: int = 10000,
+        show_progress: bool = True,
+    ) -> Tokenizer:
+        """Learn a WordPiece vocabulary from UTF-8 corpus files; special tokens come first, in BERT order."""
+        if vocab_size <= len(SPECIAL_TOKENS):
+            raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
+        n_text_lines = 0
+
+        def lines() -> Iterable[str]:  # streamed; UTF-8 errors name the file and byte offset
+            nonlocal n_text_lines
+            for line in read_corpus_lines(files):
+                if line.strip():
+                    n_text_lines += 1
+                    yield line
+
+        proto = cls(SPECIAL_TOKENS, lowercase=lowercase)._rust  # same normalisation and splitting as encoding
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=SPECIAL_TOKENS,
+            limit_alphabet=limit_alphabet,
+            continuing_subword_prefix="##",
+            show_progress=show_progress,
+        )
+        proto.train_from_iterator(lines(), trainer=trainer)
+        if n_text_lines == 0:
+            raise BertkitError(f"corpus {', '.join(map(str, files))} has no text to learn a vocabulary from")
+        learned = proto.get_vocab()
+        vocab = sorted(learned, key=learned.__getitem__)
+        if vocab[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS:
+            raise BertkitError("internal: trained vocabulary does not start with the special tokens")
+        return cls(vocab, lowercase=lowercase)
+
+    # ---------------------------------------------------------------- files
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Tokenizer:
+        """Read `vocab.txt` and `tokenizer_config.json` (bertkit's or Hugging Face's)."""
+        path = Path(path)
+        vocab_file = path / "vocab.txt" if path.is_dir() else path
+        if not vocab_file.is_file():
+            raise BertkitError(f"no vocab.txt in {path}: is this a tokenizer or model directory?")
+        try:
+            vocab = vocab_file.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as e:
+            raise BertkitError(f"{vocab_file}: not valid UTF-8 at byte {e.start}") from None
+        if vocab and vocab[-1] == "":
+            vocab.pop()
+        vocab = [t.rstrip("\r") for t in vocab]
+        cfg: dict = {}
+        cfg_file = vocab_file.parent / "tokenizer_config.json"
+        if cfg_file.is_file():
+            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        max_len = cfg.get("model_max_length", 512)
+        return cls(
+            vocab,
+            lowercase=cfg.get("do_lower_case", True),
+            strip_accents=cfg.get("strip_accents"),
+            tokenize_chinese_chars=cfg.get("tokenize_chinese_chars", True),
+            model_max_length=max_len if isinstance(max_len, int) and max_len < 1_000_000 else 512,
+        )
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write `vocab.txt`, `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "vocab.txt").write_text("".join(t + "\n" for t in self.vocab), encoding="utf-8")
+        self._rust.save(str(path / "tokenizer.json"))
+        specials = {
+            "unk_token": UNK,
+            "sep_token": SEP,
+            "pad_token": PAD,
+            "cls_token": CLS,
+            "mask_token": MASK,
+        }
+        config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": self.lowercase,
+            "strip_accents": self.strip_accents,
+            "tokenize_chinese_chars": self.tokenize_chinese_chars,
+            "model_max_length": self.model_max_length,
+            **specials,
+        }
+        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (path / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")

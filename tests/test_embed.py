@@ -1,0 +1,29 @@
+"""`bertkit embed` as a real client: the MiniLM sentence embeddings equal sentence-transformers' own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from realdata import corpus_lines, tsv_rows
+
+from bertkit.cli import main
+
+
+def test_embed_matches_sentence_transformers(tmp_path: Path, minilm_dir: Path, data_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = [r["text"] for r in tsv_rows(data_dir / "sst2/dev.tsv")]
+    texts += corpus_lines(data_dir, "en", 20)  # includes paragraphs longer than the model's 256 tokens
+    texts += [r["text"] for r in tsv_rows(data_dir / "chnsenticorp/dev.tsv")[:200]]
+    assert len(texts) >= 1000
+    inp = tmp_path / "sentences.txt"
+    inp.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "emb.npy"
+    assert main(["embed", "--model", str(minilm_dir), "--input", str(inp), "--out", str(out), "--device", "cpu"]) == 0
+    ours = np.load(out)
+    ref = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, batch_size=64, convert_to_numpy=True)
+    assert ours.shape == ref.shape == (len(texts), 384)
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.99999, f"lowest cosine {cos.min()} at line {cos.argmin()}"
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)

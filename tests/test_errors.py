@@ -1,0 +1,82 @@
+"""Bad input gives one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bertkit import BertConfig, BertForPreTraining, BertkitError, BertModel, Tokenizer
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bertkit.cli", *args], capture_output=True, text=True)
+
+
+def test_non_utf8_corpus_names_file_and_byte(tmp_path: Path) -> None:
+    bad = tmp_path / "gbk.txt"
+    good_prefix = "第一行是好的。\n".encode()
+    bad.write_bytes(good_prefix + "第二行是GBK编码。\n".encode("gbk"))
+    r = run_cli("vocab", "--corpus", str(bad), "--vocab-size", "100", "--out", str(tmp_path / "tok"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert str(bad) in r.stderr and f"byte {len(good_prefix)}" in r.stderr and "line 2" in r.stderr
+    assert not (tmp_path / "tok").exists()
+
+
+def test_empty_corpus(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(BertkitError, match="no text"):
+        Tokenizer.train([empty], vocab_size=100, show_progress=False)
+
+
+def test_directory_without_vocab_or_config(tmp_path: Path, minilm_dir: Path) -> None:
+    with pytest.raises(BertkitError, match=r"no vocab\.txt"):
+        Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(BertkitError, match=r"no config\.json"):
+        BertModel.from_pretrained(tmp_path)
+    r = run_cli("embed", "--model", str(tmp_path), "--input", "-", "--out", str(tmp_path / "x.npy"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "error" in r.stderr
+
+
+def test_weights_that_do_not_match_config(tmp_path: Path, minilm_dir: Path) -> None:
+    shutil.copytree(minilm_dir, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m/config.json").read_text())
+    cfg["intermediate_size"] = 1024
+    (tmp_path / "m/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BertkitError) as e:
+        BertModel.from_pretrained(tmp_path / "m")
+    msg = str(e.value)
+    assert "encoder.layer.0.intermediate.dense.weight" in msg and "(1536, 384)" in msg and "(1024, 384)" in msg
+
+
+def test_missing_tensor_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    BertForPreTraining(BertConfig.preset("tiny", vocab_size=100)).save_pretrained(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    del tensors["bert.encoder.layer.1.attention.self.key.weight"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(BertkitError, match=r"bert\.encoder\.layer\.1\.attention\.self\.key\.weight is missing"):
+        BertForPreTraining.from_pretrained(tmp_path)
+
+
+def test_corrupt_weight_file(tmp_path: Path) -> None:
+    BertModel(BertConfig.preset("tiny", vocab_size=100)).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    r = run_cli("embed", "--model", str(tmp_path), "--input", "-", "--out", str(tmp_path / "e.npy"))
+    assert r.returncode == 2 and "cannot read weights" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(BertkitError, match="cannot read weights"):
+        BertModel.from_pretrained(tmp_path)
+
+
+def test_bad_preset_and_config() -> None:
+    with pytest.raises(BertkitError, match="unknown model preset"):
+        BertConfig.preset("huge")
+    with pytest.raises(BertkitError, match="multiple"):
+        BertConfig(hidden_size=100, num_attention_heads=3)

@@ -1,0 +1,129 @@
+"""Model parity with `transformers` (the oracle), minGPT style: same weights in both, same outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from realdata import spread, tsv_rows
+
+from bertkit import BertConfig, BertForPreTraining, BertModel, Tokenizer
+from bertkit.checkpoint import read_tensors
+
+torch.set_grad_enabled(False)
+
+
+def real_batches(data_dir: Path) -> list[list[str]]:
+    """Batches of real sentences of very different lengths, so most rows are padded."""
+    en = [r["text"] for r in spread(tsv_rows(data_dir / "sst2/dev.tsv"), 48)]
+    zh = [r["text"] for r in spread(tsv_rows(data_dir / "chnsenticorp/dev.tsv"), 16)]
+    texts = en + zh
+    return [texts[i : i + 16] for i in range(0, len(texts), 16)]
+
+
+def test_minilm_matches_transformers(minilm_dir: Path, data_dir: Path) -> None:
+    ours = BertModel.from_pretrained(minilm_dir)
+    ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    n_padded = 0
+    for texts in real_batches(data_dir):
+        batch = tok.batch(texts, max_length=128)
+        mask = batch["attention_mask"].bool()
+        n_padded += int((~mask).sum())
+        o, r = ours(**batch), ref(**batch)
+        diff = (o.last_hidden_state - r.last_hidden_state).abs()
+        # Every real token: 1e-5. Padding rows are not used by anything; their values depend on the kernel
+        # (transformers' own eager and SDPA paths differ there by ~1.5e-5), so they get 1e-4.
+        assert diff[mask].max() <= 1e-5
+        assert diff[~mask].max() <= 1e-4
+        assert (o.pooler_output - r.pooler_output).abs().max() <= 1e-5
+    assert n_padded > 1000
+
+
+def tiny_config(**kw) -> BertConfig:
+    return BertConfig.preset("tiny", vocab_size=500, max_position_embeddings=64, **kw)
+
+
+def random_batch(vocab: int = 500, B: int = 3, T: int = 24) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, vocab, (B, T), generator=g)
+    types = torch.zeros_like(ids)
+    types[:, T // 2 :] = 1
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    mask[2, 7:] = 0
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def test_pretraining_roundtrip_bertkit_to_transformers(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ours = BertForPreTraining(tiny_config()).eval()
+    ours.save_pretrained(tmp_path)
+    ref, info = transformers.BertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    batch = random_batch()
+    o, r = ours(**batch), ref.eval()(**batch)
+    assert (o.mlm_logits - r.prediction_logits).abs().max() <= 1e-5
+    assert (o.nsp_logits - r.seq_relationship_logits).abs().max() <= 1e-5
+    # The encoder alone loads in AutoModel too.
+    _, info = transformers.AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"]
+
+
+def test_pretraining_roundtrip_transformers_to_bertkit(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(**{k: v for k, v in tiny_config().to_dict().items() if k != "architectures"})
+    ref = transformers.BertForPreTraining(cfg).eval()
+    ref.save_pretrained(tmp_path)
+    ours = BertForPreTraining.from_pretrained(tmp_path)
+    batch = random_batch()
+    o, r = ours(**batch), ref(**batch)
+    assert (o.mlm_logits - r.prediction_logits).abs().max() <= 1e-5
+    assert (o.nsp_logits - r.seq_relationship_logits).abs().max() <= 1e-5
+    # MLM logits at chosen positions only (the fast path) equal the full logits there.
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[0, 3], labels[1, 5] = 7, 9
+    fast = ours(**batch, mlm_labels=labels)
+    assert torch.allclose(fast.mlm_logits, o.mlm_logits[labels != -100], atol=1e-6)
+    ref_loss = ref(**batch, labels=labels, next_sentence_label=torch.tensor([0, 1, 0])).loss
+    assert abs(ours(**batch, mlm_labels=labels, nsp_labels=torch.tensor([0, 1, 0])).loss - ref_loss) <= 1e-5
+
+
+def test_old_gamma_beta_names_load(tmp_path: Path, minilm_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = read_tensors(minilm_dir)
+    renamed = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in tensors.items()
+    }
+    assert any(k.endswith("gamma") for k in renamed)
+    save_file({k: v.contiguous() for k, v in renamed.items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((minilm_dir / "config.json").read_text())
+    a, b = BertModel.from_pretrained(tmp_path), BertModel.from_pretrained(minilm_dir)
+    batch = random_batch(vocab=30000)
+    assert torch.equal(a(**batch).last_hidden_state, b(**batch).last_hidden_state)
+
+
+def test_bertkit_model_dir_loads_in_transformers_bertmodel(tmp_path: Path, minilm_dir: Path) -> None:
+    ours = BertModel.from_pretrained(minilm_dir)
+    ours.save_pretrained(tmp_path)
+    ref, info = transformers.BertModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertModel"]
+    batch = random_batch(vocab=30000)
+    mask = batch["attention_mask"].bool()
+    diff = (ours(**batch).last_hidden_state - ref.eval()(**batch).last_hidden_state).abs()
+    assert diff[mask].max() <= 1e-5
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_dropout_only_in_training(train: bool) -> None:
+    torch.manual_seed(0)
+    model = BertModel(tiny_config()).train(train)
+    batch = random_batch()
+    same = torch.equal(model(**batch).last_hidden_state, model(**batch).last_hidden_state)
+    assert same is (not train)

@@ -1,0 +1,83 @@
+"""Tokenizer parity with the original BERT algorithm on real Chinese and English text.
+
+Oracle: `transformers`' BertTokenizerLegacy (the pure-Python port of Google's tokenization.py) on the same
+vocab.txt, with pair truncation as the original `_truncate_seq_pair`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from realdata import pair_texts, single_texts
+
+from bertkit import Tokenizer
+
+MAX_LEN = 128
+
+
+def original_truncate_seq_pair(a: list, b: list, max_num_tokens: int) -> None:
+    # The loop from google-research/bert create_pretraining_data.py / run_classifier.py (without randomness).
+    while len(a) + len(b) > max_num_tokens:
+        if len(a) > len(b):
+            a.pop()
+        else:
+            b.pop()
+
+
+def oracle_encode(legacy, text: str, pair: str | None) -> tuple[list[int], list[int]]:
+    a = legacy.convert_tokens_to_ids(legacy.tokenize(text))
+    if pair is None:
+        a = a[: MAX_LEN - 2]
+        return [legacy.cls_token_id, *a, legacy.sep_token_id], [0] * (len(a) + 2)
+    b = legacy.convert_tokens_to_ids(legacy.tokenize(pair))
+    original_truncate_seq_pair(a, b, MAX_LEN - 3)
+    ids = [legacy.cls_token_id, *a, legacy.sep_token_id, *b, legacy.sep_token_id]
+    return ids, [0] * (len(a) + 2) + [1] * (len(b) + 1)
+
+
+@pytest.fixture(scope="module")
+def texts(data_dir: Path):
+    singles, pairs = single_texts(data_dir), pair_texts(data_dir)
+    assert len(singles) >= 20_000 and len(pairs) >= 5_000
+    return singles, pairs
+
+
+@pytest.fixture(scope="module")
+def zh_corpus(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "pretrain_zh").glob("*.txt"))
+
+
+def check_parity(tok: Tokenizer, vocab_dir: Path, lowercase: bool, texts) -> None:
+    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+    legacy = BertTokenizerLegacy(str(vocab_dir / "vocab.txt"), do_lower_case=lowercase)
+    singles, pairs = texts
+    mismatches = []
+    ours = tok.encode_batch(singles, max_length=MAX_LEN)
+    for text, enc in zip(singles, ours, strict=True):
+        if (enc.input_ids, enc.token_type_ids) != oracle_encode(legacy, text, None):
+            mismatches.append(text)
+    ours = tok.encode_batch([a for a, _ in pairs], [b for _, b in pairs], max_length=MAX_LEN)
+    n_truncated = 0
+    for (a, b), enc in zip(pairs, ours, strict=True):
+        expected = oracle_encode(legacy, a, b)
+        n_truncated += len(expected[0]) == MAX_LEN
+        if (enc.input_ids, enc.token_type_ids) != expected:
+            mismatches.append((a, b))
+    assert n_truncated > 100, "the sample must exercise pair truncation"
+    assert not mismatches, f"{len(mismatches)} of {len(singles) + len(pairs)} differ, e.g. {mismatches[:3]}"
+
+
+def test_parity_minilm_vocab(minilm_dir: Path, texts) -> None:
+    check_parity(Tokenizer.from_pretrained(minilm_dir), minilm_dir, True, texts)
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_parity_trained_vocab(tmp_path: Path, zh_corpus, texts, lowercase: bool) -> None:
+    tok = Tokenizer.train(zh_corpus, vocab_size=12000, lowercase=lowercase, show_progress=False)
+    assert tok.vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.save_pretrained(tmp_path)
+    reloaded = Tokenizer.from_pretrained(tmp_path)
+    assert reloaded.vocab == tok.vocab and reloaded.lowercase == lowercase
+    check_parity(reloaded, tmp_path, lowercase, texts)
