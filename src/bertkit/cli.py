@@ -7,6 +7,7 @@ written is left half-done because every output file is written to a temporary na
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,10 +65,112 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     print(f"{vectors.shape[0]} embeddings of size {vectors.shape[1]} written to {out}")
 
 
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from bertkit.data.prepare import PrepareConfig, prepare
+
+    cfg = PrepareConfig(
+        max_seq_length=args.max_seq_length,
+        short_seq_prob=args.short_seq_prob,
+        dupe_factor=args.dupe_factor,
+        static_masking=args.static_masking,
+        whole_word_mask=args.whole_word_mask,
+        nsp=not args.no_nsp,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    m = prepare(args.corpus, args.tokenizer, args.out, cfg, overwrite=args.overwrite)
+    tr, ev = m["splits"]["train"], m["splits"]["eval"]
+    print(
+        f"{tr['instances']:,} training instances ({tr['tokens']:,} tokens) from {m['documents']['train']:,} documents, "
+        f"{ev['instances']:,} held-out instances from {m['documents']['eval']:,}; "
+        f"{tr['tokens'] / max(m['seconds'], 1e-9):,.0f} tokens/s -> {args.out}"
+    )
+
+
+def _masking_config(args: argparse.Namespace):
+    from bertkit.data.masking import MaskingConfig
+
+    return MaskingConfig(
+        mask_prob=args.mask_prob,
+        max_predictions=args.max_predictions,
+        mask_frac=args.mask_frac,
+        random_frac=args.random_frac,
+        whole_word=args.whole_word_mask,
+    )
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from bertkit.tasks.pretrain import PretrainConfig, run_pretrain
+    from bertkit.train.loop import TrainConfig
+
+    train = TrainConfig(
+        out_dir=args.out,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        max_minutes=args.max_minutes,
+    )
+    cfg = PretrainConfig(
+        data=args.data,
+        model=args.model,
+        train=train,
+        masking=_masking_config(args),
+        mlm_weight=args.mlm_weight,
+        nsp_weight=0.0 if args.no_nsp else args.nsp_weight,
+        eval_instances=args.eval_instances,
+        num_workers=args.workers,
+        resume=args.resume,
+        dropout=args.dropout,
+    )
+    metrics = run_pretrain(cfg)
+    print(json.dumps(metrics))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from bertkit.data.pretraining import PretrainingData
+    from bertkit.infer import pick_device
+    from bertkit.model import BertForPreTraining
+    from bertkit.tasks.pretrain import evaluate_pretraining
+
+    if not (Path(args.data) / "manifest.json").is_file():
+        raise BertkitError(f"{args.data}: evaluate reads a prepared pre-training data directory (from bertkit prepare)")
+    data = PretrainingData(args.data, args.split, _masking_config(args), args.seed)
+    model = BertForPreTraining.from_pretrained(args.model).to(pick_device(args.device))
+    if model.config.vocab_size != data.tokenizer.vocab_size:
+        raise BertkitError(
+            f"{args.model} has a vocabulary of {model.config.vocab_size}, "
+            f"the data's tokenizer {data.tokenizer.vocab_size}: they do not belong together"
+        )
+    metrics = evaluate_pretraining(model, data, batch_size=args.batch_size, max_instances=args.max_instances)
+    line = json.dumps(metrics)
+    if args.out:
+        Path(args.out).write_text(line + "\n")
+    print(line)
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from bertkit.tasks.quickstart import run_quickstart
 
     run_quickstart(Path(args.out), budget=args.budget, seed=args.seed)
+
+
+def _add_masking_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("masking")
+    g.add_argument("--mask-prob", type=float, default=0.15, help="share of tokens chosen (default 0.15)")
+    g.add_argument("--max-predictions", type=int, default=20, help="cap of chosen tokens per sequence")
+    g.add_argument("--mask-frac", type=float, default=0.8, help="chosen -> [MASK] (default 0.8)")
+    g.add_argument("--random-frac", type=float, default=0.1, help="chosen -> random token (default 0.1)")
+    g.add_argument("--whole-word-mask", action="store_true", help="choose whole words (data prepared with it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +206,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("prepare", help="corpus -> NSP instances in binary shards for pre-training")
+    p.add_argument(
+        "--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text, blank line between documents"
+    )
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer (or model) directory")
+    p.add_argument("--out", required=True, metavar="DATA_DIR")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--short-seq-prob", type=float, default=0.1, help="share of shorter instances (default 0.1)")
+    p.add_argument("--dupe-factor", type=int, default=1, help="K copies with fixed masks (static masking; default 1)")
+    p.add_argument("--static-masking", action="store_true", help="one fixed mask per instance (default: dynamic)")
+    p.add_argument("--whole-word-mask", action="store_true", help="record word starts (jieba for Chinese)")
+    p.add_argument("--no-nsp", action="store_true", help="B is always the real continuation")
+    p.add_argument("--eval-fraction", type=float, default=0.02, help="share of documents held out (default 0.02)")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("pretrain", help="pre-train with masked LM + next-sentence prediction")
+    p.add_argument("--data", required=True, metavar="DATA_DIR", help="from bertkit prepare")
+    p.add_argument("--model", default="mini", metavar="PRESET|CONFIG.json|DIR", help="default: the mini preset")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    p.add_argument("--batch-size", type=int, default=32, help="per device and micro-step")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.05, help="share of steps with linear warm-up")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=200, help="held-out evaluation interval in steps (0: end only)")
+    p.add_argument("--eval-instances", type=int, default=2000)
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps")
+    p.add_argument("--mlm-weight", type=float, default=1.0)
+    p.add_argument("--nsp-weight", type=float, default=1.0)
+    p.add_argument("--no-nsp", action="store_true", help="train masked LM only")
+    p.add_argument("--workers", type=int, default=1, help="data-loading processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout (0 suits short runs)")
+    _add_masking_flags(p)
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("evaluate", help="held-out metrics (one JSON object on the last line)")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--data", required=True, metavar="DATA_DIR")
+    p.add_argument("--split", default="eval", choices=["eval", "train"])
+    p.add_argument("--out", default=None, metavar="FILE.json")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-instances", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    _add_masking_flags(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("quickstart", help="the end-to-end demo on the bundled Chinese data")
     p.add_argument("--out", default="runs/quickstart", metavar="DIR", help="where everything is written")

@@ -1,0 +1,76 @@
+"""Learning on real data: the `mini` preset pre-trained on ../shared/data/pretrain_zh within a time budget.
+
+    python benchmarks/pretrain_zh_mini.py [--minutes 30] [--out runs/bench_pretrain_zh]
+
+Runs vocab -> prepare -> pretrain through the CLI, then writes benchmarks/results/pretrain_zh_mini.json with the
+held-out curve (MLM loss/accuracy, NSP accuracy), the settings and the machine. Targets (issue 3): held-out MLM
+accuracy >= 0.30 and NSP accuracy >= 0.75 within 30 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from machine import describe
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(__import__("os").environ.get("BERTKIT_DATA", HERE.parent.parent / "shared" / "data"))
+
+
+def run(*args: str) -> None:
+    print("$ bertkit", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "bertkit.cli", *args], check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0, help="pre-training time budget")
+    ap.add_argument("--max-steps", type=int, default=1150)
+    ap.add_argument("--out", default="runs/bench_pretrain_zh")
+    args = ap.parse_args()
+    out = Path(args.out)
+    corpus = sorted(str(p) for p in (DATA / "pretrain_zh").glob("*.txt"))
+    if not (out / "tokenizer/vocab.txt").is_file():
+        run("vocab", "--corpus", *corpus, "--vocab-size", "12000", "--out", str(out / "tokenizer"))
+    if not (out / "data/manifest.json").is_file():
+        run("prepare", "--corpus", *corpus, "--tokenizer", str(out / "tokenizer"), "--out", str(out / "data"))
+    shutil.rmtree(out / "run", ignore_errors=True)
+    settings = [
+        "--model", "mini", "--max-steps", str(args.max_steps), "--max-minutes", str(args.minutes),
+        "--batch-size", "32", "--learning-rate", "5e-4", "--warmup-ratio", "0.05", "--dropout", "0",
+        "--eval-every", "250", "--eval-instances", "1000", "--save-every", "500", "--log-every", "25",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    run("pretrain", "--data", str(out / "data"), "--out", str(out / "run"), *settings)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (out / "run/metrics.jsonl").read_text().splitlines() if x.strip()]
+    evals = [r for r in rows if r.get("split") == "eval"]
+    train = [r for r in rows if r.get("split", "train") == "train"]
+    final = evals[-1]
+    result = {
+        "benchmark": "pretrain_zh_mini",
+        "corpus": "shared/data/pretrain_zh (Lu Xun, zhwiki sample, three Ming novels)",
+        "settings": settings,
+        "wall_seconds_pretrain": round(wall, 1),
+        "final_step": final["step"],
+        "final_heldout": {k: final[k] for k in ("mlm_loss", "mlm_accuracy", "nsp_accuracy", "eval_instances")},
+        "targets": {"mlm_accuracy": 0.30, "nsp_accuracy": 0.75},
+        "met": final["mlm_accuracy"] >= 0.30 and final["nsp_accuracy"] >= 0.75,
+        "heldout_curve": evals,
+        "median_train_tokens_per_s": sorted(r["tokens_per_s"] for r in train)[len(train) // 2],
+        "machine": describe(),
+    }
+    dest = HERE / "results" / "pretrain_zh_mini.json"
+    dest.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.copy(out / "run/curves.png", HERE / "results" / "pretrain_zh_mini_curves.png")
+    print(json.dumps(result["final_heldout"]), "targets met" if result["met"] else "targets NOT met")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Masked-LM corruption: choose `mask_prob` of the non-special tokens; of those 80% -> [MASK], 10% unchanged,
+10% a random non-special token (all ratios configurable). Whole-word masking chooses whole words at a time.
+
+Masks are drawn from a generator seeded by (seed, epoch, instance) so that they are reproducible: dynamic masking
+uses the epoch (a fresh mask each pass), static masking leaves it out (the same mask every pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bertkit.errors import BertkitError
+from bertkit.model import IGNORE_INDEX
+
+
+@dataclass
+class MaskingConfig:
+    mask_prob: float = 0.15
+    max_predictions: int = 20  # cap per sequence (the original's max_predictions_per_seq)
+    mask_frac: float = 0.8  # of the chosen tokens: share replaced by [MASK]
+    random_frac: float = 0.1  # share replaced by a random token; the rest stay unchanged
+    whole_word: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_prob < 1:
+            raise BertkitError(f"mask probability must be in (0, 1), got {self.mask_prob}")
+        if self.mask_frac < 0 or self.random_frac < 0 or self.mask_frac + self.random_frac > 1:
+            raise BertkitError(
+                f"masking split {self.mask_frac}/{1 - self.mask_frac - self.random_frac:.2f}/{self.random_frac} "
+                "([MASK]/unchanged/random) must be non-negative and sum to 1"
+            )
+
+
+def word_groups(candidates: np.ndarray, word_starts: np.ndarray | None) -> list[np.ndarray]:
+    """Group candidate positions into words: a position whose flag is 0 continues the previous word."""
+    if word_starts is None or len(candidates) == 0:
+        return [candidates[i : i + 1] for i in range(len(candidates))]
+    groups: list[list[int]] = []
+    prev = -2
+    for p in candidates.tolist():
+        if groups and word_starts[p] == 0 and p == prev + 1:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+        prev = p
+    return [np.asarray(g) for g in groups]
+
+
+def mask_sequence(
+    input_ids: np.ndarray,
+    special: np.ndarray,
+    rng: np.random.Generator,
+    cfg: MaskingConfig,
+    mask_id: int,
+    random_ids: np.ndarray,
+    word_starts: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Corrupt one sequence; returns (corrupted ids, labels) with labels = IGNORE_INDEX where not chosen.
+
+    The number chosen is `mask_prob * n` for n non-special tokens, rounded up or down at random so that it is
+    exact on average, and capped at `max_predictions`.
+    """
+    ids = input_ids.copy()
+    labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+    candidates = np.flatnonzero(~special)
+    expected = len(candidates) * cfg.mask_prob
+    n_target = min(cfg.max_predictions, int(expected) + int(rng.random() < expected - int(expected)))
+    if n_target == 0:
+        return ids, labels
+    if cfg.whole_word and word_starts is not None:
+        groups = word_groups(candidates, word_starts)
+        chosen_list: list[int] = []
+        for gi in rng.permutation(len(groups)):
+            if len(chosen_list) >= n_target:
+                break
+            if len(chosen_list) + len(groups[gi]) <= n_target:  # as the original: skip a word that overshoots
+                chosen_list.extend(groups[gi].tolist())
+        chosen = np.asarray(sorted(chosen_list), dtype=np.int64)
+    else:
+        chosen = np.sort(rng.choice(candidates, size=n_target, replace=False))
+    labels[chosen] = ids[chosen]
+    r = rng.random(len(chosen))
+    to_mask = chosen[r < cfg.mask_frac]
+    to_random = chosen[r >= 1.0 - cfg.random_frac]
+    ids[to_mask] = mask_id
+    ids[to_random] = random_ids[rng.integers(0, len(random_ids), size=len(to_random))]
+    return ids, labels

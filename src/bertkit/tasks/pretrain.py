@@ -1,0 +1,166 @@
+"""Recipe: pre-train BERT from scratch (or continue) on a prepared data directory with masked LM + NSP."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from bertkit.config import PRESETS, BertConfig
+from bertkit.data.masking import MaskingConfig
+from bertkit.data.pretraining import EpochSampler, PretrainingData, collate, read_manifest
+from bertkit.errors import BertkitError
+from bertkit.model import IGNORE_INDEX, BertForPreTraining
+from bertkit.train.loop import TrainConfig, Trainer, latest_checkpoint
+
+
+@dataclass
+class PretrainConfig:
+    data: str
+    model: str = "mini"  # a preset name, a config.json, or a model directory to continue from
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/pretrain"))
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    mlm_weight: float = 1.0
+    nsp_weight: float = 1.0  # 0 switches next-sentence prediction off
+    eval_instances: int = 2000  # held-out instances per evaluation
+    num_workers: int = 1  # data-loading processes (masking happens there)
+    resume: bool = False
+    dropout: float | None = None  # overrides the config's hidden and attention dropout (0 suits short runs)
+
+
+def build_model(
+    spec: str, vocab_size: int, max_seq_length: int, dropout: float | None = None, **kwargs
+) -> BertForPreTraining:
+    """A model from a preset name, a config.json or a model directory; its vocabulary must match the data's."""
+    path = Path(spec)
+    over = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    if spec in PRESETS:
+        model = BertForPreTraining(BertConfig.preset(spec, vocab_size=vocab_size, **over), **kwargs)
+    elif path.is_dir():
+        config = BertConfig.load(path)
+        config.__dict__.update(over)
+        model = BertForPreTraining.from_pretrained(path, config=config, **kwargs)
+        model.train()
+    elif path.suffix == ".json" and path.is_file():
+        config = BertConfig.load(path)
+        config.__dict__.update(over)
+        model = BertForPreTraining(config, **kwargs)
+    else:
+        raise BertkitError(
+            f"--model {spec!r} is neither a preset ({', '.join(PRESETS)}), a config.json nor a model dir"
+        )
+    if model.config.vocab_size != vocab_size:
+        raise BertkitError(
+            f"the model has a vocabulary of {model.config.vocab_size} but the data's tokenizer has {vocab_size}; "
+            "prepare the data with the model's tokenizer, or pre-train a new model from a preset"
+        )
+    if model.config.max_position_embeddings < max_seq_length:
+        raise BertkitError(
+            f"the data holds sequences of up to {max_seq_length} tokens but the model has only "
+            f"{model.config.max_position_embeddings} positions"
+        )
+    return model
+
+
+def pretraining_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], use_nsp: bool = True):
+    out = model(
+        batch["input_ids"],
+        batch["token_type_ids"],
+        batch["attention_mask"],
+        mlm_labels=batch["mlm_labels"],
+        nsp_labels=batch["nsp_labels"] if use_nsp else None,
+    )
+    parts = {"mlm_loss": out.mlm_loss.item()}
+    if out.nsp_loss is not None:
+        parts["nsp_loss"] = out.nsp_loss.item()
+    return out.loss, parts
+
+
+@torch.no_grad()
+def evaluate_pretraining(
+    model: BertForPreTraining, data: PretrainingData, batch_size: int = 64, max_instances: int | None = None
+) -> dict[str, float]:
+    """Held-out MLM loss and accuracy (over the chosen tokens) and NSP accuracy, with one fixed mask."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n = len(data) if max_instances is None else min(len(data), max_instances)
+    loss_sum = correct = predicted = nsp_correct = 0.0
+    for start in range(0, n, batch_size):
+        batch = collate([data[i] for i in range(start, min(n, start + batch_size))], data.tokenizer.pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(
+            batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], mlm_labels=batch["mlm_labels"]
+        )
+        targets = batch["mlm_labels"][batch["mlm_labels"] != IGNORE_INDEX]
+        loss_sum += torch.nn.functional.cross_entropy(out.mlm_logits.float(), targets, reduction="sum").item()
+        correct += (out.mlm_logits.argmax(-1) == targets).sum().item()
+        predicted += targets.numel()
+        nsp_correct += (out.nsp_logits.argmax(-1) == batch["nsp_labels"]).sum().item()
+    model.train(was_training)
+    return {
+        "mlm_loss": loss_sum / max(predicted, 1),
+        "mlm_accuracy": correct / max(predicted, 1),
+        "nsp_accuracy": nsp_correct / max(n, 1),
+        "eval_instances": n,
+    }
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
+    """Pre-train; returns the final held-out metrics. The run directory gets checkpoints, metrics and a model."""
+    out = Path(cfg.train.out_dir)
+    if not cfg.resume and out.exists() and latest_checkpoint(out) is not None:
+        raise BertkitError(f"{out} already has checkpoints: pass --resume to continue, or choose a new --out")
+    manifest = read_manifest(cfg.data)
+    seed = cfg.train.seed
+    data = PretrainingData(cfg.data, "train", cfg.masking, seed)
+    if len(data) == 0:
+        raise BertkitError(f"{cfg.data} has no training instances")
+    eval_data = (
+        PretrainingData(cfg.data, "eval", cfg.masking, seed) if manifest["splits"]["eval"]["instances"] else None
+    )
+    tok = data.tokenizer
+    torch.manual_seed(seed)
+    model = build_model(
+        cfg.model,
+        tok.vocab_size,
+        manifest["config"]["max_seq_length"],
+        mlm_weight=cfg.mlm_weight,
+        nsp_weight=cfg.nsp_weight,
+    )
+    use_nsp = cfg.nsp_weight > 0
+
+    def loader(epoch: int, start: int, rank: int, world: int):
+        return torch.utils.data.DataLoader(
+            data,
+            batch_size=cfg.train.batch_size,
+            sampler=EpochSampler(len(data), seed, epoch, start, rank, world),
+            collate_fn=lambda items: collate(items, tok.pad_id),
+            num_workers=cfg.num_workers,
+            generator=torch.Generator().manual_seed(seed),  # leaves the global RNG (dropout) untouched
+        )
+
+    def save_extra(directory: Path) -> None:
+        tok.save_pretrained(directory)
+        summary = {"data": str(cfg.data), "model": cfg.model, "masking": asdict(cfg.masking)}
+        summary.update(mlm_weight=cfg.mlm_weight, nsp_weight=cfg.nsp_weight)
+        (directory / "bertkit_pretraining.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    trainer = Trainer(
+        model,
+        cfg.train,
+        loader_fn=loader,
+        loss_fn=lambda m, b: pretraining_loss(m, b, use_nsp),
+        samples_per_epoch=len(data),
+        eval_fn=(lambda m: evaluate_pretraining(m, eval_data, max_instances=cfg.eval_instances)) if eval_data else None,
+        save_extra=save_extra,
+    )
+    if cfg.resume and not trainer.resume():
+        print(f"nothing to resume in {out}: starting from step 0")
+    metrics = trainer.train()
+    if trainer.is_main:
+        model.save_pretrained(out / "model")
+        save_extra(out / "model")
+    return metrics

@@ -1,0 +1,1 @@
+"""The training loop shared by pre-training and fine-tuning."""

@@ -1,0 +1,407 @@
+"""One training loop for pre-training and fine-tuning.
+
+AdamW (no decay on biases and LayerNorm), linear warm-up then linear decay, gradient clipping and accumulation,
+bf16/fp16 autocast on CUDA, DDP under `torchrun`, periodic evaluation, metrics to JSON lines (and TensorBoard when
+installed), a curve PNG, and atomic checkpoints (model directory + training state) that resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from bertkit.checkpoint import atomic_write
+from bertkit.errors import BertkitError
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+EvalFn = Callable[[nn.Module], dict[str, float]]
+LoaderFn = Callable[[int, int, int, int], Iterable[Batch]]  # (epoch, start sample, rank, world) -> batches
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    max_steps: int = 1000
+    batch_size: int = 32  # per device and micro-step
+    grad_accum: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    adam_eps: float = 1e-6
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    eval_every: int = 200
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str | None = None
+    precision: str = "auto"  # auto (bf16 on CUDA when supported, else fp32) | fp32 | bf16 | fp16
+    progress: bool = True
+    max_minutes: float | None = None  # stop (evaluate, save) once training has run this long
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    epoch_samples: int = 0  # samples of the current epoch's global order already consumed
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when run plainly."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def setup_device(name: str | None) -> tuple[torch.device, int, int]:
+    rank, world, local = dist_info()
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BertkitError("--device cuda was asked for but no CUDA device is available")
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------- optimisation
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only: none on biases, LayerNorm and other 1-d parameters."""
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return f
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _rng_state() -> dict:
+    # Plain containers and tensors only, so that torch.load(weights_only=True) can read it back.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint (one whose training state was written), or None."""
+    pointer = out_dir / "latest"
+    if pointer.is_file():
+        candidate = out_dir / pointer.read_text().strip()
+        if (candidate / "training_state.pt").is_file():
+            return candidate
+    done = sorted(p for p in out_dir.glob("checkpoint-*") if (p / "training_state.pt").is_file())
+    return done[-1] if done else None
+
+
+class Trainer:
+    """Runs `loss_fn` over batches from `loader_fn`, with evaluation, logging and checkpoints."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        loader_fn: LoaderFn,
+        loss_fn: LossFn,
+        samples_per_epoch: int,
+        eval_fn: EvalFn | None = None,
+        save_extra: Callable[[Path], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.device, self.rank, self.world = setup_device(cfg.device)
+        self.is_main = self.rank == 0
+        self.raw_model = model.to(self.device)
+        self.model: nn.Module = model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.loader_fn, self.loss_fn, self.eval_fn = loader_fn, loss_fn, eval_fn
+        self.samples_per_epoch = samples_per_epoch
+        self.save_extra = save_extra
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=fused
+        )
+        warmup = max(1, int(cfg.warmup_ratio * cfg.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, cfg.max_steps))
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.state = TrainState()
+        self.tb = None
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        p = self.cfg.precision
+        if self.device.type != "cuda" or p == "fp32":
+            return None
+        if p == "fp16":
+            return torch.float16
+        if p == "bf16" or (p == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return None
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        name = f"checkpoint-{self.state.step:07d}"
+        final = self.out / name
+        tmp = self.out / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.raw_model.save_pretrained(tmp)  # type: ignore[operator]
+        if self.save_extra:
+            self.save_extra(tmp)
+        torch.save(
+            {
+                "train_state": asdict(self.state),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": _rng_state(),
+                "config": asdict(self.cfg),
+            },
+            tmp / "training_state.pt",
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # the checkpoint appears complete or not at all
+        atomic_write(self.out / "latest", lambda t: Path(t).write_text(name + "\n"))
+        done = sorted(p for p in self.out.glob("checkpoint-*") if p.is_dir())
+        for old in done[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in the run directory; False when there is none."""
+        from bertkit.checkpoint import load_state, read_tensors
+
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is None:
+            return False
+        load_state(self.raw_model, read_tensors(ckpt), source=str(ckpt))
+        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.state = TrainState(**state["train_state"])
+        _set_rng_state(state["rng"])
+        self._truncate_metrics(self.state.step)
+        if self.is_main:
+            print(f"resumed from {ckpt} at step {self.state.step}")
+        return True
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines past the checkpoint: those steps are about to run again."""
+        path = self.out / "metrics.jsonl"
+        if not self.is_main or not path.is_file():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write(path, lambda t: Path(t).write_text("".join(x + "\n" for x in keep)))
+
+    # ------------------------------------------------------------------ logging
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {"step": self.state.step, **record}
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            prefix = record.get("split", "train")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(f"{prefix}/{k}", v, self.state.step)
+
+    def _open_tensorboard(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional; metrics.jsonl always has everything
+            return
+        self.tb = SummaryWriter(str(self.out / "tensorboard"))
+
+    # ------------------------------------------------------------------ the loop
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = self.eval_fn(self.raw_model)
+        self.model.train()
+        self.log({"split": "eval", **metrics})
+        return metrics
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._open_tensorboard()
+        self.model.train()
+        global_batch = cfg.batch_size * cfg.grad_accum * self.world
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.state.step, desc="train", disable=not (cfg.progress and self.is_main)
+        )
+        last_eval: dict[str, float] = {}
+        window = {"tokens": 0, "t0": time.perf_counter(), "loss": 0.0, "n": 0, "parts": {}}
+        t_start = time.perf_counter()
+        out_of_time = False
+        while self.state.step < cfg.max_steps and not out_of_time:
+            batches = iter(self.loader_fn(self.state.epoch, self.state.epoch_samples, self.rank, self.world))
+            exhausted = False
+            while self.state.step < cfg.max_steps and not exhausted:
+                self.optimizer.zero_grad(set_to_none=True)
+                for micro in range(cfg.grad_accum):
+                    batch = next(batches, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    sync = micro == cfg.grad_accum - 1 or self.world == 1
+                    ctx = self.model.no_sync() if (self.world > 1 and not sync) else nullcontext()
+                    with ctx, self._autocast():
+                        loss, parts = self.loss_fn(self.model, batch)
+                    self.scaler.scale(loss / cfg.grad_accum).backward()
+                    window["tokens"] += int(batch["attention_mask"].sum()) * self.world
+                    window["loss"] += loss.item() / cfg.grad_accum
+                    for k, v in parts.items():
+                        window["parts"][k] = window["parts"].get(k, 0.0) + v / cfg.grad_accum
+                if exhausted and micro == 0:
+                    break  # nothing accumulated: start the next epoch
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.state.step += 1
+                self.state.epoch_samples += global_batch
+                window["n"] += 1
+                bar.update(1)
+                if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                    dt = time.perf_counter() - window["t0"]
+                    n = window["n"]
+                    rec = {
+                        "loss": window["loss"] / n,
+                        **{k: v / n for k, v in window["parts"].items()},
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm),
+                        "tokens_per_s": window["tokens"] / dt,
+                    }
+                    self.log(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}")
+                    window = {"tokens": 0, "t0": time.perf_counter(), "loss": 0.0, "n": 0, "parts": {}}
+                if cfg.eval_every and self.state.step % cfg.eval_every == 0:
+                    last_eval = self.evaluate()
+                if cfg.save_every and self.state.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+                if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
+                    out_of_time = True
+                    if self.is_main:
+                        print(f"time budget of {cfg.max_minutes} minutes used: stopping at step {self.state.step}")
+                    break
+            if self.state.step < cfg.max_steps and not out_of_time:
+                self.state.epoch += 1
+                self.state.epoch_samples = 0
+                if self.samples_per_epoch == 0:
+                    raise BertkitError("the training data is empty")
+        bar.close()
+        if cfg.eval_every and self.state.step % cfg.eval_every != 0:
+            last_eval = self.evaluate()
+        if cfg.save_every and self.state.step % cfg.save_every != 0:
+            self.save_checkpoint()
+        if self.tb is not None:
+            self.tb.close()
+        if self.is_main:
+            plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
+        return last_eval
+
+
+def plot_metrics(metrics: Path, png: Path) -> bool:
+    """Loss and accuracy curves from a metrics.jsonl; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    train = [r for r in rows if r.get("split", "train") == "train"]
+    evals = [r for r in rows if r.get("split") == "eval"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "mlm_loss", "nsp_loss"):
+        pts = [(r["step"], r[key]) for r in train if key in r and math.isfinite(r[key])]
+        if pts:
+            ax1.plot(*zip(*pts, strict=True), label=f"train {key}")
+    for key in ("mlm_loss",):
+        pts = [(r["step"], r[key]) for r in evals if key in r]
+        if pts:
+            ax1.plot(*zip(*pts, strict=True), "o-", label=f"held-out {key}")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    for key in sorted({k for r in evals for k in r if k.endswith("accuracy") or k in ("f1", "exact_match")}):
+        pts = [(r["step"], r[key]) for r in evals if key in r]
+        ax2.plot(*zip(*pts, strict=True), "o-", label=f"held-out {key}")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("accuracy")
+    ax2.set_ylim(0, 1)
+    if evals:
+        ax2.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return True
