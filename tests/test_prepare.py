@@ -1,0 +1,189 @@
+"""Pre-training data on the real Chinese corpus: instances, NSP balance, masking statistics, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertkit import BertkitError, Tokenizer
+from bertkit.data.masking import MaskingConfig
+from bertkit.data.prepare import PrepareConfig, prepare
+from bertkit.data.pretraining import PretrainingData, collate
+from bertkit.data.sentences import split_sentences
+from bertkit.model import IGNORE_INDEX
+
+
+@pytest.fixture(scope="module")
+def zh_corpus(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "pretrain_zh").glob("*.txt"))
+
+
+@pytest.fixture(scope="module")
+def zh_tokenizer(tmp_path_factory, zh_corpus) -> Path:
+    out = tmp_path_factory.mktemp("tok")
+    Tokenizer.train(zh_corpus, vocab_size=8000, show_progress=False).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def zh_data(tmp_path_factory, zh_corpus, zh_tokenizer) -> Path:
+    out = tmp_path_factory.mktemp("data") / "zh"
+    prepare(zh_corpus, zh_tokenizer, out, PrepareConfig(seed=7), progress=False)
+    return out
+
+
+def test_split_sentences() -> None:
+    assert split_sentences("他来了。她走了！真的吗？“好。”然后") == [
+        "他来了。",
+        "她走了！",
+        "真的吗？",
+        "“好。”",
+        "然后",
+    ]
+    assert split_sentences("It rained. Then it stopped! Did it? yes.") == [
+        "It rained.",
+        "Then it stopped!",
+        "Did it? yes.",
+    ]
+    assert split_sentences("一句话") == ["一句话"]
+
+
+def test_instances_nsp_balance_and_lengths(zh_data: Path) -> None:
+    data = PretrainingData(zh_data)
+    m = data.manifest
+    assert m["documents"]["eval"] > 0 and m["splits"]["eval"]["instances"] > 0
+    index = np.concatenate([s[1] for s in data.shards])
+    assert len(index) > 20_000
+    is_next = 1 - index[:, 3].mean()
+    assert abs(is_next - 0.5) <= 0.01, is_next
+    lengths = index[:, 1] + index[:, 2] + 3
+    assert lengths.max() <= 128 and index[:, 1].min() >= 1 and index[:, 2].min() >= 1
+    assert (lengths < 100).mean() > 0.05  # short_seq_prob gives some shorter instances
+
+
+def test_masking_statistics_over_a_million_tokens(zh_data: Path) -> None:
+    data = PretrainingData(zh_data, seed=3)
+    tok = data.tokenizer
+    special_ids = np.array(sorted(tok.special_ids))
+    chosen = masked = kept = randomised = candidates = 0
+    i = 0
+    while candidates < 1_000_000:
+        item = data[(0, i)]
+        original = np.concatenate(_original_ids(data, i))
+        labels, ids = item["mlm_labels"], item["input_ids"]
+        special = np.isin(original, [tok.cls_id, tok.sep_id])
+        assert (labels[special] == IGNORE_INDEX).all()  # [CLS]/[SEP] never chosen
+        sel = labels != IGNORE_INDEX
+        assert (labels[sel] == original[sel]).all()
+        candidates += int((~special).sum())
+        chosen += int(sel.sum())
+        masked += int((ids[sel] == tok.mask_id).sum())
+        kept += int((ids[sel] == original[sel]).sum())
+        rnd = sel & (ids != tok.mask_id) & (ids != original)
+        randomised += int(rnd.sum())
+        assert not np.isin(ids[rnd], special_ids).any()  # random replacements are never special tokens
+        i += 1
+    assert abs(chosen / candidates - 0.15) <= 0.002, chosen / candidates
+    assert abs(masked / chosen - 0.8) <= 0.01
+    assert abs(kept / chosen - 0.1) <= 0.01
+    assert abs(randomised / chosen - 0.1) <= 0.01
+    batch = collate([data[(0, j)] for j in range(64)], tok.pad_id)
+    assert (batch["mlm_labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()  # padding never chosen
+
+
+def _original_ids(data: PretrainingData, i: int) -> tuple[np.ndarray, ...]:
+    tokens, index, _ = data.shards[0]
+    off, la, lb, _ = index[i]
+    tok = data.tokenizer
+    a, b = tokens[off : off + la].astype(np.int64), tokens[off + la : off + la + lb].astype(np.int64)
+    return np.array([tok.cls_id]), a, np.array([tok.sep_id]), b, np.array([tok.sep_id])
+
+
+def test_dynamic_and_static_masking(zh_data: Path, tmp_path: Path, zh_corpus, zh_tokenizer) -> None:
+    dynamic = PretrainingData(zh_data)
+    assert not np.array_equal(dynamic[(0, 5)]["input_ids"], dynamic[(1, 5)]["input_ids"])
+    assert np.array_equal(dynamic[(0, 5)]["input_ids"], dynamic[(0, 5)]["input_ids"])
+    out = tmp_path / "static"
+    m = prepare(zh_corpus[:1], zh_tokenizer, out, PrepareConfig(dupe_factor=2), progress=False)
+    assert m["masking"] == "static"
+    static = PretrainingData(out)
+    assert np.array_equal(static[(0, 5)]["input_ids"], static[(3, 5)]["input_ids"])
+
+
+def _digest(directory: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(directory.glob("*.bin")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_prepare_is_deterministic_for_a_seed_and_any_worker_count(tmp_path, zh_corpus, zh_tokenizer) -> None:
+    corpus = zh_corpus[:2]
+    small = dict(seed=11, block_chars=300_000)
+    prepare(corpus, zh_tokenizer, tmp_path / "a", PrepareConfig(**small), progress=False)
+    prepare(corpus, zh_tokenizer, tmp_path / "b", PrepareConfig(**small, workers=2), progress=False)
+    prepare(corpus, zh_tokenizer, tmp_path / "c", PrepareConfig(seed=12, block_chars=300_000), progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_whole_word_masking_never_splits_a_word(tmp_path: Path, data_dir: Path, zh_tokenizer) -> None:
+    import jieba
+
+    corpus = [data_dir / "pretrain_zh/zhwiki_sample.txt"]
+    prepare(corpus, zh_tokenizer, tmp_path / "wwm", PrepareConfig(whole_word_mask=True), progress=False)
+    data = PretrainingData(tmp_path / "wwm", masking=MaskingConfig(whole_word=True))
+    _, index, starts = data.shards[0]
+    n_multi = 0
+    for i in range(3000):
+        off, la, lb, _ = index[i]
+        flags = np.concatenate([[1], starts[off : off + la], [1], starts[off + la : off + la + lb], [1]])
+        chosen = data[(0, i)]["mlm_labels"] != IGNORE_INDEX
+        word_id = np.cumsum(flags)
+        for w in np.unique(word_id[chosen]):
+            members = chosen[word_id == w]
+            assert members.all(), f"instance {i}: word {w} partly masked"
+            n_multi += len(members) > 1
+    assert n_multi > 1000  # multi-character words really were masked together
+    # The stored word starts are jieba's segmentation.
+    tok = Tokenizer.from_pretrained(zh_tokenizer)
+    sentence = "北京大学的学生在图书馆里学习自然语言处理。"
+    from bertkit.data import prepare as prep
+
+    prep._init_worker(str(zh_tokenizer), PrepareConfig(whole_word_mask=True))
+    enc = tok._rust.encode(sentence, add_special_tokens=False)
+    flags = prep._word_starts(sentence, enc)
+    words, pieces = [], ""
+    for t, f in zip(enc.tokens, flags, strict=True):
+        if f and pieces:
+            words.append(pieces)
+            pieces = ""
+        pieces += t
+    words.append(pieces)
+    assert words == [w for w in jieba.lcut(sentence)]
+
+
+def test_bad_corpora(tmp_path: Path, zh_tokenizer) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n\n", encoding="utf-8")
+    with pytest.raises(BertkitError, match="no training instances"):
+        prepare([empty], zh_tokenizer, tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()
+    # Documents of one sentence each still give balanced NSP pairs (the sentence is split for IsNext).
+    ones = tmp_path / "ones.txt"
+    sentences = [f"这是第{i}个只有一句话的文档，内容各不相同。" for i in range(400)]
+    ones.write_text("\n\n".join(sentences) + "\n", encoding="utf-8")
+    m = prepare([ones], zh_tokenizer, tmp_path / "o", PrepareConfig(eval_fraction=0), progress=False)
+    assert m["splits"]["train"]["instances"] >= 380
+    assert 0.4 < m["splits"]["train"]["nsp_random_fraction"] < 0.6
+    # A line far longer than the maximum length is cut into instances that fit.
+    long = tmp_path / "long.txt"
+    long.write_text("长" * 5000 + "。\n\n短文档。\n另一句。\n", encoding="utf-8")
+    m = prepare([long], zh_tokenizer, tmp_path / "l", PrepareConfig(max_seq_length=64), progress=False)
+    data = PretrainingData(tmp_path / "l")
+    assert all(len(data[(0, i)]["input_ids"]) <= 64 for i in range(len(data)))
+    with pytest.raises(BertkitError, match="already holds"):
+        prepare([long], zh_tokenizer, tmp_path / "l", progress=False)

@@ -1,0 +1,138 @@
+"""Pre-training runs: exact resume after kill -9, HF-loadable checkpoints, evaluate output, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bertkit import Tokenizer
+from bertkit.data.prepare import PrepareConfig, prepare
+from bertkit.train.loop import latest_checkpoint
+
+STEPS = 120
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory, data_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("pt")
+    corpus = [data_dir / "pretrain_zh/luxun.txt"]
+    Tokenizer.train(corpus, vocab_size=3000, show_progress=False).save_pretrained(root / "tok")
+    prepare(corpus, root / "tok", root / "data", PrepareConfig(max_seq_length=64, seed=1), progress=False)
+    return root / "data"
+
+
+def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "bertkit.cli", "pretrain", "--data", str(data), "--model", "tiny", "--out", str(out),
+        "--max-steps", str(STEPS), "--batch-size", "8", "--log-every", "1", "--eval-every", "40",
+        "--eval-instances", "64", "--save-every", "10", "--workers", "0", "--seed", "3", "--learning-rate", "1e-3",
+        *extra,
+    ]  # fmt: skip
+
+
+def train_losses(run: Path) -> dict[int, tuple]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {
+        (r["step"], r.get("split", "train")): tuple(
+            r[k] for k in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy") if k in r
+        )
+        for r in rows
+    }
+
+
+def steps_logged(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, small_data: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(pretrain_args(small_data, tmp_path / "a"), check=True, capture_output=True, env=env)
+    reference = train_losses(tmp_path / "a")
+    assert len([k for k in reference if k[1] == "train"]) == STEPS
+
+    kill_at = random.Random().randint(25, 90)
+    proc = subprocess.Popen(pretrain_args(small_data, tmp_path / "b"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while steps_logged(tmp_path / "b") < kill_at and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = steps_logged(tmp_path / "b")
+    ckpt = latest_checkpoint(tmp_path / "b")
+    assert ckpt is not None and int(ckpt.name.split("-")[1]) < killed_at < STEPS
+
+    r = subprocess.run(pretrain_args(small_data, tmp_path / "b", "--resume"), capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from" in r.stdout
+    resumed = train_losses(tmp_path / "b")
+    assert resumed.keys() == reference.keys()
+    for key in sorted(reference):
+        assert resumed[key] == reference[key], f"step {key}: {resumed[key]} != {reference[key]} (killed at {killed_at})"
+
+    # Learning happened, and the run directory has what it promises.
+    first = [reference[(s, "train")][0] for s in range(1, 11)]
+    last = [reference[(s, "train")][0] for s in range(STEPS - 9, STEPS + 1)]
+    assert sum(last) < sum(first)
+    run = tmp_path / "a"
+    assert (run / "curves.png").stat().st_size > 1000 and (run / "model/vocab.txt").is_file()
+    assert any((run / "tensorboard").iterdir())
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path: Path) -> None:
+    good = tmp_path / "checkpoint-0000010"
+    good.mkdir(parents=True)
+    (good / "training_state.pt").write_bytes(b"x")
+    partial = tmp_path / "checkpoint-0000020"  # as if killed before its training state was written
+    partial.mkdir()
+    (tmp_path / ".tmp-checkpoint-0000030").mkdir()
+    (tmp_path / "latest").write_text("checkpoint-0000020\n")
+    assert latest_checkpoint(tmp_path) == good
+
+
+def test_checkpoint_loads_in_transformers_and_evaluate_prints_json(tmp_path: Path, small_data: Path) -> None:
+    import transformers
+
+    args = pretrain_args(small_data, tmp_path / "run")
+    args[args.index("--max-steps") + 1] = "12"
+    subprocess.run(args, check=True, capture_output=True)
+    ckpt = latest_checkpoint(tmp_path / "run")
+    _, info = transformers.BertForPreTraining.from_pretrained(ckpt, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    r = subprocess.run(
+        [sys.executable, "-m", "bertkit.cli", "evaluate", "--model", str(tmp_path / "run/model"), "--data",
+         str(small_data), "--out", str(tmp_path / "m.json")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"mlm_loss", "mlm_accuracy", "nsp_accuracy"} <= metrics.keys()
+    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+
+
+def test_model_that_does_not_match_the_tokenizer(tmp_path: Path, small_data: Path) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"vocab_size": 1234, "hidden_size": 64, "num_hidden_layers": 1,
+                               "num_attention_heads": 2, "intermediate_size": 128}))  # fmt: skip
+    args = pretrain_args(small_data, tmp_path / "run")
+    args[args.index("--model") + 1] = str(cfg)
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "vocabulary of 1234" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "bertkit.cli", "pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "x")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "bertkit prepare" in r.stderr
