@@ -136,3 +136,23 @@ def test_model_that_does_not_match_the_tokenizer(tmp_path: Path, small_data: Pat
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 2 and "bertkit prepare" in r.stderr
+
+
+def test_torchrun_ddp_on_cpu_and_resume_with_another_world_size(tmp_path: Path, small_data: Path) -> None:
+    """Two processes under torchrun (gloo): rank-aware data, one writer; a single process then resumes."""
+    run = tmp_path / "ddp"
+    args = pretrain_args(small_data, run)[3:]  # drop "python -m bertkit.cli"
+    args[args.index("--max-steps") + 1] = "10"
+    args[args.index("--save-every") + 1] = "5"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*torchrun, "-m", "bertkit.cli", *args, "--device", "cpu"], capture_output=True, text=True,
+                       env=env, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = [k[0] for k in train_losses(run) if k[1] == "train"]
+    assert steps == list(range(1, 11))  # one writer: each step logged once
+    assert latest_checkpoint(run).name == "checkpoint-0000010"
+    args[args.index("--max-steps") + 1] = "14"
+    r = subprocess.run([sys.executable, "-m", "bertkit.cli", *args, "--resume"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and steps_logged(run) == 14

@@ -143,6 +143,9 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str =
             )
         parts = [tensors[n] for n in names]
         value = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+        if value.shape != current.shape and _HEADS.match(name):
+            fresh.append(name)  # e.g. a classifier for another label set: a new head, not an error
+            continue
         if value.shape != current.shape:
             raise BertkitError(
                 f"{source}: tensor {names[0]} has shape {tuple(parts[0].shape)} in the weights but the config "

@@ -137,25 +137,116 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from bertkit.data.pretraining import PretrainingData
     from bertkit.infer import pick_device
+
+    device = pick_device(args.device)
+    if (Path(args.data) / "manifest.json").is_file():
+        metrics = _evaluate_pretraining(args, device)
+    else:
+        from bertkit.tasks.finetune import load_task_model
+
+        if Path(args.data).is_dir():
+            raise BertkitError(f"{args.data} is a directory without manifest.json: give a task data file or DATA_DIR")
+        task, model, tok, id2label = load_task_model(args.model, args.task, device)
+        examples = task.read(args.data)
+        if id2label:
+            task.check_labels(examples, {v: k for k, v in id2label.items()}, args.data)
+        metrics = task.evaluate(model, tok, examples, task.features(examples, tok, None, train=False), id2label)
+    line = json.dumps(metrics, ensure_ascii=False)
+    if args.out:
+        Path(args.out).write_text(line + "\n", encoding="utf-8")
+    print(line)
+
+
+def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
+    from bertkit.data.pretraining import PretrainingData
     from bertkit.model import BertForPreTraining
     from bertkit.tasks.pretrain import evaluate_pretraining
 
-    if not (Path(args.data) / "manifest.json").is_file():
-        raise BertkitError(f"{args.data}: evaluate reads a prepared pre-training data directory (from bertkit prepare)")
     data = PretrainingData(args.data, args.split, _masking_config(args), args.seed)
-    model = BertForPreTraining.from_pretrained(args.model).to(pick_device(args.device))
+    model = BertForPreTraining.from_pretrained(args.model).to(device)
     if model.config.vocab_size != data.tokenizer.vocab_size:
         raise BertkitError(
             f"{args.model} has a vocabulary of {model.config.vocab_size}, "
             f"the data's tokenizer {data.tokenizer.vocab_size}: they do not belong together"
         )
-    metrics = evaluate_pretraining(model, data, batch_size=args.batch_size, max_instances=args.max_instances)
-    line = json.dumps(metrics)
-    if args.out:
-        Path(args.out).write_text(line + "\n")
-    print(line)
+    return evaluate_pretraining(model, data, batch_size=args.batch_size, max_instances=args.max_instances)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from bertkit.tasks.base import TaskSettings
+    from bertkit.tasks.finetune import FinetuneConfig, run_finetune
+
+    settings = TaskSettings(
+        max_seq_length=args.max_seq_length or (384 if args.task == "qa" else 128),
+        doc_stride=args.doc_stride,
+        max_answer_length=args.max_answer_length,
+        relocate_answers=args.relocate_answers,
+    )
+    cfg = FinetuneConfig(
+        task=args.task,
+        model=args.model,
+        train=args.train,
+        dev=args.dev,
+        out=args.out,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_ratio=args.warmup_ratio,
+        patience=args.patience,
+        eval_every=args.eval_every,
+        max_train_examples=args.max_train_examples,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        dropout=args.dropout,
+        resume=args.resume,
+        settings=settings,
+    )
+    result = run_finetune(cfg)
+    print(json.dumps(result["dev"], ensure_ascii=False))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from bertkit.infer import pick_device
+    from bertkit.tasks.finetune import load_task_model
+
+    task, model, tok, id2label = load_task_model(args.model, None, pick_device(args.device))
+    path = args.input
+    if path == "-":  # standard input: plain lines (cls: text; pair: text<TAB>text; ner: text; qa: JSON lines)
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl" if task.name == "qa" else ".txt", delete=False,
+                                         encoding="utf-8") as f:  # fmt: skip
+            f.write(sys.stdin.read())
+        path = f.name
+    examples = _read_for_prediction(task, path)
+    features = task.features(examples, tok, None, train=False)
+    out = sys.stdout if not args.out else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        for row in task.predict(model, tok, examples, features, id2label):
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def _read_for_prediction(task, path: str) -> list:
+    from bertkit.data.corpus import read_lines
+    from bertkit.data.tasks import TextExample
+
+    suffix = Path(path).suffix.lower()
+    if task.name in ("cls", "pair") and suffix not in (".tsv", ".csv", ".jsonl", ".json"):
+        rows = []
+        for n, line in enumerate(read_lines(path), start=1):
+            if line.strip():
+                a, _, b = line.partition("\t")
+                rows.append(TextExample(a, b if task.name == "pair" else None, None, n))
+        return rows
+    if task.name == "ner" and suffix in (".conll", ".bio", ".bioes"):
+        return task.read(path, labelled=True)
+    return task.read(path, labelled=False)
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
@@ -252,17 +343,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_masking_flags(p)
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("evaluate", help="held-out metrics (one JSON object on the last line)")
+    p = sub.add_parser("evaluate", help="metrics of a model on held-out data (one JSON object on the last line)")
     p.add_argument("--model", required=True, metavar="DIR")
-    p.add_argument("--data", required=True, metavar="DATA_DIR")
-    p.add_argument("--split", default="eval", choices=["eval", "train"])
+    p.add_argument("--data", required=True, metavar="FILE|DATA_DIR", help="task data file, or prepared DATA_DIR")
+    p.add_argument("--task", choices=["cls", "pair", "ner", "qa"], default=None, help="default: the model's")
+    p.add_argument("--split", default="eval", choices=["eval", "train"], help="pre-training data only")
     p.add_argument("--out", default=None, metavar="FILE.json")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-instances", type=int, default=None)
+    p.add_argument("--max-instances", type=int, default=None, help="pre-training data only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     _add_masking_flags(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("finetune", help="fine-tune on labelled data: cls, pair, ner or qa")
+    p.add_argument("--task", required=True, choices=["cls", "pair", "ner", "qa"])
+    p.add_argument("--model", required=True, metavar="DIR", help="a bertkit or Hugging Face BERT model directory")
+    p.add_argument("--train", required=True, metavar="FILE", help="TSV/CSV/JSONL, CoNLL, or SQuAD JSON")
+    p.add_argument("--dev", default=None, metavar="FILE", help="evaluated each epoch; the best model is kept")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--max-seq-length", type=int, default=None, help="default 128 (qa: 384)")
+    p.add_argument("--doc-stride", type=int, default=128, help="qa: step between windows of a long passage")
+    p.add_argument("--max-answer-length", type=int, default=30, help="qa: in tokens")
+    p.add_argument("--relocate-answers", action="store_true", help="qa: fix answer_start to the text's position")
+    p.add_argument("--patience", type=int, default=None, help="early stop after N evaluations without gain")
+    p.add_argument("--eval-every", type=int, default=None, help="steps (default: once per epoch)")
+    p.add_argument("--max-train-examples", type=int, default=None, help="train on the first N examples")
+    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("predict", help="predictions of a fine-tuned model as JSON lines")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
+    p.add_argument("--out", default=None, metavar="FILE.jsonl", help="default: standard output")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("quickstart", help="the end-to-end demo on the bundled Chinese data")
     p.add_argument("--out", default="runs/quickstart", metavar="DIR", help="where everything is written")

@@ -285,3 +285,104 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
 def num_parameters(model: nn.Module) -> int:
     """Distinct trainable parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# ---------------------------------------------------------------------------------------------- task models
+@dataclass
+class TaskOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, C) sequence | (B, T, C) tokens | (B, T, 2) start/end
+
+
+def num_labels_of(config: BertConfig, num_labels: int | None) -> int:
+    if num_labels is not None:
+        return num_labels
+    id2label = config.extra.get("id2label")
+    if not id2label:
+        raise BertkitError("the config has no id2label: pass num_labels (or fine-tune to create the head)")
+    return len(id2label)
+
+
+class BertForSequenceClassification(nn.Module, PreTrainedMixin):
+    """Pooled [CLS] -> dropout -> linear. Cross-entropy; MSE regression when there is one output."""
+
+    hf_architecture = "BertForSequenceClassification"
+
+    def __init__(self, config: BertConfig, num_labels: int | None = None):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels_of(config, num_labels)
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+        init_weights(self.classifier, config.initializer_range)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
+        pooled = self.bert(input_ids, token_type_ids, attention_mask).pooler_output  # (B, H)
+        logits = self.classifier(self.dropout(pooled))  # (B, C)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+        return TaskOutput(loss, logits)
+
+
+class BertForTokenClassification(nn.Module, PreTrainedMixin):
+    """A label per token: hidden state -> dropout -> linear; positions labelled IGNORE_INDEX carry no loss."""
+
+    hf_architecture = "BertForTokenClassification"
+
+    def __init__(self, config: BertConfig, num_labels: int | None = None):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels_of(config, num_labels)
+        self.bert = BertModel(config, add_pooler=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
+        init_weights(self.classifier, config.initializer_range)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
+        h = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, H)
+        logits = self.classifier(self.dropout(h))  # (B, T, C)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return TaskOutput(loss, logits)
+
+
+class BertForQuestionAnswering(nn.Module, PreTrainedMixin):
+    """Extractive QA: a start vector and an end vector score every token; loss = mean of the two CEs."""
+
+    hf_architecture = "BertForQuestionAnswering"
+
+    def __init__(self, config: BertConfig, num_labels: int | None = None):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooler=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        init_weights(self.qa_outputs, config.initializer_range)
+
+    def forward(
+        self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None, end_positions=None
+    ) -> TaskOutput:
+        h = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, H)
+        logits = self.qa_outputs(h)  # (B, T, 2)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            T = logits.shape[1]
+            # Positions outside the sequence carry no loss (as in the reference implementation).
+            start, end = start_positions.clamp(0, T), end_positions.clamp(0, T)
+            start_loss = F.cross_entropy(logits[..., 0].float(), start, ignore_index=T)
+            end_loss = F.cross_entropy(logits[..., 1].float(), end, ignore_index=T)
+            loss = (start_loss + end_loss) / 2
+        return TaskOutput(loss, logits)
+
+
+TASK_MODELS: dict[str, type[nn.Module]] = {
+    "cls": BertForSequenceClassification,
+    "pair": BertForSequenceClassification,
+    "ner": BertForTokenClassification,
+    "qa": BertForQuestionAnswering,
+}

@@ -156,6 +156,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         samples_per_epoch=len(data),
         eval_fn=(lambda m: evaluate_pretraining(m, eval_data, max_instances=cfg.eval_instances)) if eval_data else None,
         save_extra=save_extra,
+        find_unused_parameters=not use_nsp,  # without NSP the pooler and NSP head get no gradient
     )
     if cfg.resume and not trainer.resume():
         print(f"nothing to resume in {out}: starting from step 0")

@@ -159,6 +159,8 @@ class Trainer:
         samples_per_epoch: int,
         eval_fn: EvalFn | None = None,
         save_extra: Callable[[Path], None] | None = None,
+        find_unused_parameters: bool = False,
+        on_eval: Callable[[dict[str, float]], bool] | None = None,
     ):
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
@@ -168,10 +170,14 @@ class Trainer:
         self.model: nn.Module = model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=find_unused_parameters
+            )
         self.loader_fn, self.loss_fn, self.eval_fn = loader_fn, loss_fn, eval_fn
         self.samples_per_epoch = samples_per_epoch
         self.save_extra = save_extra
+        self.on_eval = on_eval  # sees every evaluation; returns True to stop early
+        self.stop = False
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=fused
@@ -278,6 +284,8 @@ class Trainer:
             metrics = self.eval_fn(self.raw_model)
         self.model.train()
         self.log({"split": "eval", **metrics})
+        if self.on_eval is not None and self.on_eval(metrics):
+            self.stop = True
         return metrics
 
     def _autocast(self):
@@ -298,8 +306,8 @@ class Trainer:
         last_eval: dict[str, float] = {}
         window = {"tokens": 0, "t0": time.perf_counter(), "loss": 0.0, "n": 0, "parts": {}}
         t_start = time.perf_counter()
-        out_of_time = False
-        while self.state.step < cfg.max_steps and not out_of_time:
+        stopping = False
+        while self.state.step < cfg.max_steps and not stopping:
             batches = iter(self.loader_fn(self.state.epoch, self.state.epoch_samples, self.rank, self.world))
             exhausted = False
             while self.state.step < cfg.max_steps and not exhausted:
@@ -347,12 +355,17 @@ class Trainer:
                     last_eval = self.evaluate()
                 if cfg.save_every and self.state.step % cfg.save_every == 0:
                     self.save_checkpoint()
+                if self.stop:
+                    stopping = True
+                    if self.is_main:
+                        print(f"early stop at step {self.state.step}: no better evaluation for a while")
+                    break
                 if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
-                    out_of_time = True
+                    stopping = True
                     if self.is_main:
                         print(f"time budget of {cfg.max_minutes} minutes used: stopping at step {self.state.step}")
                     break
-            if self.state.step < cfg.max_steps and not out_of_time:
+            if self.state.step < cfg.max_steps and not stopping:
                 self.state.epoch += 1
                 self.state.epoch_samples = 0
                 if self.samples_per_epoch == 0:

@@ -1,0 +1,169 @@
+"""Task metrics: accuracy / macro-F1, entity-level P/R/F1 (conlleval chunking, as seqeval), SQuAD and CMRC 2018.
+
+All scores are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+
+# ---------------------------------------------------------------------------------------------- classification
+
+
+def accuracy(pred: Sequence, gold: Sequence) -> float:
+    return sum(p == g for p, g in zip(pred, gold, strict=True)) / max(len(gold), 1)
+
+
+def macro_f1(pred: Sequence, gold: Sequence) -> float:
+    """Unweighted mean over the gold and predicted classes of each class's F1."""
+    scores = []
+    for c in sorted(set(gold) | set(pred), key=str):
+        tp = sum(p == c and g == c for p, g in zip(pred, gold, strict=True))
+        fp = sum(p == c and g != c for p, g in zip(pred, gold, strict=True))
+        fn = sum(p != c and g == c for p, g in zip(pred, gold, strict=True))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / max(len(scores), 1)
+
+
+# ---------------------------------------------------------------------------------------------- entities
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    """'B-PER' -> ('B', 'PER'); 'O' -> ('O', '')."""
+    if tag in ("O", ""):
+        return "O", ""
+    prefix, _, kind = tag.partition("-")
+    return prefix, kind
+
+
+def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first, last) chunks of a BIO/BIOES tag sequence, conlleval-style.
+
+    Invalid sequences are repaired the usual way: an I- (or E-) after O or after another type opens an entity.
+    """
+    spans: list[tuple[str, int, int]] = []
+    prev, prev_kind, begin = "O", "", 0
+    for i, tag in enumerate([*tags, "O"]):
+        cur, kind = _split_tag(tag)
+        ends = (
+            prev in ("E", "S") or (prev in ("B", "I") and cur in ("B", "S", "O")) or (prev != "O" and prev_kind != kind)
+        )
+        starts = (
+            cur in ("B", "S") or (prev in ("E", "S", "O") and cur in ("E", "I")) or (cur != "O" and prev_kind != kind)
+        )
+        if ends and prev != "O":
+            spans.append((prev_kind, begin, i - 1))
+        if starts:
+            begin = i
+        prev, prev_kind = cur, kind
+    return spans
+
+
+def entity_prf(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Micro-averaged entity precision, recall and F1 over sentences (exact type and span match)."""
+    p_set = {(s, *e) for s, tags in enumerate(pred) for e in entity_spans(tags)}
+    g_set = {(s, *e) for s, tags in enumerate(gold) for e in entity_spans(tags)}
+    correct = len(p_set & g_set)
+    precision = correct / len(p_set) if p_set else 0.0
+    recall = correct / len(g_set) if g_set else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+# ---------------------------------------------------------------------------------------------- SQuAD (English)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD's normalisation: lower-case, drop punctuation and the articles a/an/the, squeeze white space."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def squad_f1(prediction: str, truth: str) -> float:
+    p, t = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    common = Counter(p) & Counter(t)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(t)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_em(prediction: str, truth: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(truth))
+
+
+# ---------------------------------------------------------------------------------------------- CMRC 2018 (Chinese)
+
+_CMRC_PUNCT = set("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』") | {"……"}
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def _cmrc_segments(s: str) -> list[str]:
+    """Mixed segmentation: each CJK character alone, runs of other text split into words; punctuation dropped."""
+    out: list[str] = []
+    buf = ""
+    for ch in s.lower().strip():
+        if _CJK.match(ch) or ch in _CMRC_PUNCT or ch.isspace():
+            out += re.findall(r"\w+|[^\w\s]", buf)
+            buf = ""
+            if _CJK.match(ch):
+                out.append(ch)
+        else:
+            buf += ch
+    out += re.findall(r"\w+|[^\w\s]", buf)
+    return [t for t in out if t not in _CMRC_PUNCT]
+
+
+def _longest_common_substring(a: list[str], b: list[str]) -> int:
+    best = 0
+    prev = [0] * (len(b) + 1)
+    for i in range(1, len(a) + 1):
+        cur = [0] * (len(b) + 1)
+        for j in range(1, len(b) + 1):
+            if a[i - 1] == b[j - 1]:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def cmrc_f1(prediction: str, truth: str) -> float:
+    """CMRC 2018's F1: longest common substring over mixed segments (characters for Chinese)."""
+    p, t = _cmrc_segments(prediction), _cmrc_segments(truth)
+    lcs = _longest_common_substring(p, t)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(t)
+    return 2 * precision * recall / (precision + recall)
+
+
+def cmrc_em(prediction: str, truth: str) -> float:
+    def strip(s: str) -> str:
+        return "".join(ch for ch in s.lower().strip() if ch not in _CMRC_PUNCT)
+
+    return float(strip(prediction) == strip(truth))
+
+
+def qa_scores(predictions: dict[str, str], answers: dict[str, list[str]], lang: str = "en") -> dict[str, float]:
+    """Mean over questions of the best EM and F1 against any gold answer; `lang` 'zh' scores as CMRC 2018.
+
+    A question with no gold answers (SQuAD v2 unanswerable) scores 1 only for an empty prediction.
+    """
+    em_fn, f1_fn = (cmrc_em, cmrc_f1) if lang == "zh" else (squad_em, squad_f1)
+    em = f1 = 0.0
+    for qid, golds in answers.items():
+        pred = predictions.get(qid, "")
+        if not golds:
+            em += float(pred == "")
+            f1 += float(pred == "")
+            continue
+        em += max(em_fn(pred, g) for g in golds)
+        f1 += max(f1_fn(pred, g) for g in golds)
+    n = max(len(answers), 1)
+    return {"exact_match": em / n, "f1": f1 / n}

@@ -1,0 +1,104 @@
+"""What every fine-tuning task provides; the fine-tune/evaluate/predict recipes run any of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bertkit.model import IGNORE_INDEX
+from bertkit.tokenizer import Tokenizer
+
+Feature = dict[str, Any]
+
+
+@dataclass
+class TaskSettings:
+    max_seq_length: int = 128
+    doc_stride: int = 128  # QA: overlap step between windows of a long passage
+    max_query_length: int = 64
+    max_answer_length: int = 30
+    n_best: int = 20
+    relocate_answers: bool = False
+
+
+class Task:
+    """A task family: reading, encoding to features, batching, scoring and prediction output."""
+
+    name: str = ""
+    main_metric: str = ""
+    model_name: str = ""  # key of bertkit.model.TASK_MODELS
+
+    def __init__(self, settings: TaskSettings | None = None):
+        self.settings = settings or TaskSettings()
+
+    def read(self, path: str | Path, labelled: bool = True) -> list:
+        raise NotImplementedError
+
+    def labels(self, examples: Sequence) -> list[str] | None:
+        """The label set collected from training examples (None for span QA)."""
+        return None
+
+    def check_labels(self, examples: Sequence, label2id: dict[str, int], path: str | Path) -> None:
+        """Raise on a label the model does not know (dev/test data)."""
+
+    def features(self, examples: Sequence, tok: Tokenizer, label2id: dict[str, int] | None, train: bool):
+        raise NotImplementedError
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The subset of a batch that the model's forward takes (labels included when present)."""
+        raise NotImplementedError
+
+    def evaluate(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> dict:
+        raise NotImplementedError
+
+    def predict(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> list[dict]:
+        raise NotImplementedError
+
+
+def pad_batch(features: Sequence[Feature], pad_id: int, keys: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Pad input_ids/token_type_ids (and per-token `labels` when present) to the longest; stack scalar `keys`."""
+    T = max(len(f["input_ids"]) for f in features)
+    B = len(features)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    types = torch.zeros((B, T), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    token_labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long) if "token_labels" in features[0] else None
+    for r, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[r, :n] = torch.tensor(f["input_ids"])
+        types[r, :n] = torch.tensor(f["token_type_ids"])
+        mask[r, :n] = 1
+        if token_labels is not None:
+            token_labels[r, :n] = torch.tensor(f["token_labels"])
+    out = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    if token_labels is not None:
+        out["labels"] = token_labels
+    for k in keys:
+        if k in features[0]:
+            dtype = torch.float if isinstance(features[0][k], float) else torch.long
+            out[k] = torch.tensor([f[k] for f in features], dtype=dtype)
+    return out
+
+
+@torch.no_grad()
+def run_model(model, task: Task, features: list[Feature], pad_id: int, batch_size: int = 64) -> list[torch.Tensor]:
+    """Logits for every feature (batched by length, returned in input order, each unpadded to its length)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out: list[torch.Tensor | None] = [None] * len(features)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = pad_batch([features[i] for i in idx], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        logits = model(**batch).logits.float().cpu()
+        for j, i in enumerate(idx):
+            n = len(features[i]["input_ids"])
+            out[i] = logits[j, :n] if logits.dim() == 3 else logits[j]
+    model.train(was_training)
+    return out  # type: ignore[return-value]

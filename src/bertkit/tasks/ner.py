@@ -1,0 +1,128 @@
+"""Token labelling (NER): a label per word, predicted at its first sub-token; BIO/BIOES entities decoded with the
+usual repairs. Chinese data is character level and works as it is."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bertkit.data.tasks import TaggedSentence, read_conll
+from bertkit.errors import BertkitError
+from bertkit.metrics import entity_prf, entity_spans
+from bertkit.model import IGNORE_INDEX
+from bertkit.tasks.base import Feature, Task, run_model
+from bertkit.tokenizer import Tokenizer
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def words_of(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Split raw text into the units a tagger labels: characters for Chinese, white-space words otherwise."""
+    if _CJK.search(text):
+        spans = [(i, i + 1) for i, ch in enumerate(text) if not ch.isspace()]
+    else:
+        spans = [m.span() for m in re.finditer(r"\S+", text)]
+    return [text[s:e] for s, e in spans], spans
+
+
+class NerTask(Task):
+    name = "ner"
+    main_metric = "f1"
+    model_name = "ner"
+
+    def read(self, path: str | Path, labelled: bool = True) -> list[TaggedSentence]:
+        if labelled:
+            return read_conll(path, require_tags=True)
+        from bertkit.data.corpus import read_lines
+
+        out = []
+        for n, line in enumerate(read_lines(path), start=1):
+            if line.strip():
+                words, spans = words_of(line)
+                sent = TaggedSentence(words, None, n)
+                sent.text, sent.spans = line, spans  # type: ignore[attr-defined]
+                out.append(sent)
+        return out
+
+    def labels(self, examples: Sequence[TaggedSentence]) -> list[str]:
+        tags = {t for ex in examples for t in (ex.tags or [])}
+        return ["O", *sorted(tags - {"O"}, key=lambda t: (t[2:], t[0]))]
+
+    def check_labels(self, examples: Sequence[TaggedSentence], label2id: dict[str, int], path) -> None:
+        for ex in examples:
+            for k, t in enumerate(ex.tags or []):
+                if t not in label2id:
+                    raise BertkitError(f"{path}:{ex.line + k}: label {t!r} was not in the training data")
+
+    def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
+        budget = self.settings.max_seq_length - 2
+        encs = tok._rust.encode_batch([ex.tokens for ex in examples], is_pretokenized=True, add_special_tokens=False)
+        out: list[Feature] = []
+        for s, (ex, enc) in enumerate(zip(examples, encs, strict=True)):
+            # Sub-token ids grouped per word, so chunks never split a word.
+            per_word: list[list[int]] = [[] for _ in ex.tokens]
+            for tid, w in zip(enc.ids, enc.word_ids, strict=True):
+                if w is not None:
+                    per_word[w].append(tid)
+            start = 0
+            while start < len(per_word):
+                ids, labels, first_pos, words = [tok.cls_id], [IGNORE_INDEX], [], []
+                w = start
+                while w < len(per_word) and (len(ids) - 1 + len(per_word[w]) <= budget or w == start):
+                    pieces = per_word[w][:budget]
+                    if pieces:
+                        first_pos.append(len(ids))
+                        words.append(w)
+                        tag = ex.tags[w] if ex.tags is not None else None
+                        labels += [label2id[tag] if (tag is not None and label2id) else IGNORE_INDEX]
+                        labels += [IGNORE_INDEX] * (len(pieces) - 1)
+                        ids += pieces
+                    w += 1
+                ids.append(tok.sep_id)
+                labels.append(IGNORE_INDEX)
+                f: Feature = {"input_ids": ids, "token_type_ids": [0] * len(ids), "sentence": s}
+                f.update(word_index=words, first_pos=first_pos)
+                if ex.tags is not None and label2id:
+                    f["token_labels"] = labels
+                out.append(f)
+                start = w
+        return out
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
+        return {k: batch[k] for k in keys if k in batch}
+
+    def _tags(self, model, tok, examples, features, id2label) -> list[list[str]]:
+        logits = run_model(model, self, features, tok.pad_id)
+        tags = [["O"] * len(ex.tokens) for ex in examples]  # words with no sub-token stay O
+        for f, lg in zip(features, logits, strict=True):
+            best = lg.argmax(-1).tolist()
+            for w, p in zip(f["word_index"], f["first_pos"], strict=True):
+                tags[f["sentence"]][w] = id2label[best[p]]
+        return tags
+
+    def evaluate(self, model, tok, examples, features, id2label) -> dict:
+        pred = self._tags(model, tok, examples, features, id2label)
+        gold = [ex.tags for ex in examples]
+        return {**entity_prf(pred, gold), "sentences": len(gold)}
+
+    def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+        pred = self._tags(model, tok, examples, features, id2label)
+        out = []
+        for ex, tags in zip(examples, pred, strict=True):
+            text = getattr(ex, "text", " ".join(ex.tokens))
+            spans = getattr(ex, "spans", None)
+            if spans is None:  # CoNLL input: rebuild offsets in the space-joined text
+                spans, pos = [], 0
+                for w in ex.tokens:
+                    spans.append((pos, pos + len(w)))
+                    pos += len(w) + 1
+            ents = []
+            for kind, a, b in entity_spans(tags):
+                start, end = spans[a][0], spans[b][1]
+                ents.append({"type": kind, "start": start, "end": end, "text": text[start:end]})
+            out.append({"tags": tags, "entities": ents})
+        return out

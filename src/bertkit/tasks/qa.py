@@ -1,0 +1,138 @@
+"""Extractive QA: question as segment A, passage as B; start/end scores over passage tokens; long passages in
+sliding windows (`doc_stride` tokens apart, as the original); the best span over all windows is mapped back to the
+passage text through character offsets. SQuAD v2 "no answer" when the data has unanswerable questions."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bertkit.data.corpus import read_lines
+from bertkit.data.tasks import QAExample, read_squad
+from bertkit.errors import BertkitError
+from bertkit.metrics import qa_scores
+from bertkit.tasks.base import Feature, Task, run_model
+from bertkit.tokenizer import Tokenizer
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+class QaTask(Task):
+    name = "qa"
+    main_metric = "f1"
+    model_name = "qa"
+
+    def read(self, path: str | Path, labelled: bool = True) -> list[QAExample]:
+        path = Path(path)
+        if path.suffix == ".jsonl":  # {"question": ..., "context": ..., "id": optional} per line
+            out = []
+            for n, line in enumerate(read_lines(path), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    out.append(QAExample(str(obj.get("id", n)), obj["question"], obj["context"]))
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise BertkitError(f"{path}:{n}: expected {{question, context}} JSON ({e})") from None
+            return out
+        examples = read_squad(path, relocate_answers=self.settings.relocate_answers)
+        if labelled and all(not ex.answers and not ex.is_impossible for ex in examples):
+            raise BertkitError(f"{path}: no answers to train or evaluate on")
+        return examples
+
+    def features(self, examples: Sequence[QAExample], tok: Tokenizer, label2id, train: bool) -> list[Feature]:
+        st = self.settings
+        questions = tok._rust.encode_batch([ex.question for ex in examples], add_special_tokens=False)
+        contexts = tok._rust.encode_batch([ex.context for ex in examples], add_special_tokens=False)
+        out: list[Feature] = []
+        for e, (ex, q, c) in enumerate(zip(examples, questions, contexts, strict=True)):
+            q_ids = q.ids[: st.max_query_length]
+            room = st.max_seq_length - len(q_ids) - 3
+            if room < 8:
+                raise BertkitError(f"question {ex.id!r}: --max-seq-length {st.max_seq_length} leaves no room for text")
+            answer = ex.answers[0] if (train and ex.answers) else None
+            start = 0
+            while True:
+                end = min(start + room, len(c.ids))
+                head = [tok.cls_id, *q_ids, tok.sep_id]
+                ids = head + c.ids[start:end] + [tok.sep_id]
+                f: Feature = {
+                    "input_ids": ids,
+                    "token_type_ids": [0] * len(head) + [1] * (end - start + 1),
+                    "example": e,
+                    "context_start": len(head),
+                    "offsets": c.offsets[start:end],
+                }
+                if train:
+                    f["start_positions"], f["end_positions"] = self._label(answer, c.offsets, start, end, len(head))
+                out.append(f)
+                if end >= len(c.ids):
+                    break
+                start += min(st.doc_stride, room)
+        return out
+
+    @staticmethod
+    def _label(answer, offsets, start: int, end: int, shift: int) -> tuple[int, int]:
+        """Token positions of the answer in this window, or (0, 0) ([CLS]) when it is not wholly inside."""
+        if answer is None:
+            return 0, 0
+        text, s_char = answer
+        e_char = s_char + len(text)
+        toks = [i for i in range(start, end) if offsets[i][1] > s_char and offsets[i][0] < e_char]
+        if not toks or offsets[toks[0]][0] > s_char or offsets[toks[-1]][1] < e_char:
+            return 0, 0
+        return toks[0] - start + shift, toks[-1] - start + shift
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        keys = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
+        return {k: batch[k] for k in keys if k in batch}
+
+    def _answers(self, model, tok, examples, features) -> dict[str, dict]:
+        st = self.settings
+        logits = run_model(model, self, features, tok.pad_id)
+        with_null = any(ex.is_impossible for ex in examples)
+        best: dict[int, dict] = {}
+        for f, lg in zip(features, logits, strict=True):
+            ex = examples[f["example"]]
+            cs, n_ctx = f["context_start"], len(f["offsets"])
+            start_l, end_l = lg[:, 0], lg[:, 1]
+            null = float(start_l[0] + end_l[0])
+            cur = best.setdefault(f["example"], {"text": "", "score": float("-inf"), "null": null})
+            cur["null"] = min(cur["null"], null)
+            ctx_start, ctx_end = start_l[cs : cs + n_ctx], end_l[cs : cs + n_ctx]
+            k = min(st.n_best, n_ctx)
+            for s in ctx_start.topk(k).indices.tolist():
+                for e in ctx_end.topk(k).indices.tolist():
+                    if e < s or e - s + 1 > st.max_answer_length:
+                        continue
+                    score = float(ctx_start[s] + ctx_end[e])
+                    if score > cur["score"]:
+                        a, b = f["offsets"][s][0], f["offsets"][e][1]
+                        cur.update(text=ex.context[a:b], score=score, start=a, end=b)
+        out = {}
+        for e, ex in enumerate(examples):
+            cur = best.get(e, {"text": "", "score": float("-inf"), "null": 0.0})
+            if with_null and cur["null"] > cur["score"]:
+                cur = {"text": "", "score": cur["null"], "null": cur["null"]}
+            out[ex.id] = cur
+        return out
+
+    def evaluate(self, model, tok, examples, features, id2label) -> dict:
+        answers = self._answers(model, tok, examples, features)
+        lang = "zh" if sum(bool(_CJK.search(ex.context[:200])) for ex in examples) > len(examples) / 2 else "en"
+        gold = {ex.id: [t for t, _ in ex.answers] for ex in examples}
+        scores = qa_scores({k: v["text"] for k, v in answers.items()}, gold, lang)
+        return {**scores, "questions": len(examples), "scoring": "cmrc2018" if lang == "zh" else "squad"}
+
+    def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+        answers = self._answers(model, tok, examples, features)
+        out = []
+        for ex in examples:
+            a = answers[ex.id]
+            out.append({"id": ex.id, "answer": a["text"], "start": a.get("start"), "end": a.get("end"),
+                        "score": a["score"]})  # fmt: skip
+        return out
