@@ -298,9 +298,7 @@ def num_labels_of(config: BertConfig, num_labels: int | None) -> int:
     if num_labels is not None:
         return num_labels
     id2label = config.extra.get("id2label")
-    if not id2label:
-        raise BertkitError("the config has no id2label: pass num_labels (or fine-tune to create the head)")
-    return len(id2label)
+    return len(id2label) if id2label else 2  # transformers' default when config.json names no labels
 
 
 class BertForSequenceClassification(nn.Module, PreTrainedMixin):
