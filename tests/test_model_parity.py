@@ -13,7 +13,11 @@ from realdata import spread, tsv_rows
 from bertkit import BertConfig, BertForPreTraining, BertModel, Tokenizer
 from bertkit.checkpoint import read_tensors
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():  # scoped to each test: a module-level switch would leak into other test files
+        yield
 
 
 def real_batches(data_dir: Path) -> list[list[str]]:

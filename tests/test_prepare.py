@@ -141,6 +141,7 @@ def test_whole_word_masking_never_splits_a_word(tmp_path: Path, data_dir: Path, 
     for i in range(3000):
         off, la, lb, _ = index[i]
         flags = np.concatenate([[1], starts[off : off + la], [1], starts[off + la : off + la + lb], [1]])
+        flags[[1, la + 2]] = 1  # a segment may begin inside a word (truncation): that part is a word of its own
         chosen = data[(0, i)]["mlm_labels"] != IGNORE_INDEX
         word_id = np.cumsum(flags)
         for w in np.unique(word_id[chosen]):

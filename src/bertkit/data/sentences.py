@@ -9,7 +9,7 @@ from pathlib import Path
 from bertkit.data.corpus import read_lines
 
 # Chinese: after 。！？； (and …… or ！？ runs), keeping closing quotes/brackets with the sentence.
-_ZH_END = re.compile(r"([。！？；!?]+|…{1,2})([”’」』）)\]]*)")
+_ZH_END = re.compile(r"([。！？；]+|…{1,2})([”’」』）)\]]*)")
 # English: . ! ? (plus closing quotes/brackets) followed by white space and something that is not lower case.
 _EN_END = re.compile(r"([.!?]+[\"'”’)\]]*)\s+(?=[^a-z\s])")
 
