@@ -267,8 +267,8 @@ def _add_masking_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bertkit",
-        description="BERT end to end: train a WordPiece vocabulary, prepare data, pre-train, fine-tune, evaluate, predict, embed. "
-        "Model directories are Hugging Face BERT directories.",
+        description="BERT end to end: train a WordPiece vocabulary, prepare data, pre-train, fine-tune, "
+        "evaluate, predict, embed. Model directories are Hugging Face BERT directories.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
