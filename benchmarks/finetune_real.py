@@ -43,7 +43,7 @@ def jobs(zh_model: Path, random_model: Path, work: Path) -> dict[str, list[str]]
     squad_train, squad_dev = split_squad(work)
     en = {
         "sst2": ["--task", "cls", "--model", minilm, "--train", f"{DATA}/sst2/train.tsv", "--dev",
-                 f"{DATA}/sst2/dev.tsv", "--max-train-examples", "10000", "--epochs", "1", "--learning-rate", "5e-5",
+                 f"{DATA}/sst2/dev.tsv", "--max-train-examples", "20000", "--epochs", "1", "--learning-rate", "5e-5",
                  "--max-seq-length", "64"],
         "mrpc": ["--task", "pair", "--model", minilm, "--train", f"{DATA}/mrpc/train.tsv", "--dev",
                  f"{DATA}/mrpc/dev.tsv", "--epochs", "3", "--learning-rate", "5e-5"],
