@@ -28,8 +28,10 @@ def real_batches(data_dir: Path) -> list[list[str]]:
     return [texts[i : i + 16] for i in range(0, len(texts), 16)]
 
 
-def test_minilm_matches_transformers(minilm_dir: Path, data_dir: Path) -> None:
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "plain"])
+def test_minilm_matches_transformers(minilm_dir: Path, data_dir: Path, unpad: bool) -> None:
     ours = BertModel.from_pretrained(minilm_dir)
+    ours.unpad = unpad
     ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
     tok = Tokenizer.from_pretrained(minilm_dir)
     n_padded = 0
@@ -39,12 +41,38 @@ def test_minilm_matches_transformers(minilm_dir: Path, data_dir: Path) -> None:
         n_padded += int((~mask).sum())
         o, r = ours(**batch), ref(**batch)
         diff = (o.last_hidden_state - r.last_hidden_state).abs()
-        # Every real token: 1e-5. Padding rows are not used by anything; their values depend on the kernel
-        # (transformers' own eager and SDPA paths differ there by ~1.5e-5), so they get 1e-4.
+        # Every real token: 1e-5. Padding rows are not used by anything: the unpadded path leaves them zero; the
+        # plain path computes them, and their values depend on the kernel (transformers' own eager and SDPA paths
+        # differ there by ~1.5e-5), so they get 1e-4.
         assert diff[mask].max() <= 1e-5
-        assert diff[~mask].max() <= 1e-4
+        if unpad:
+            assert o.last_hidden_state[~mask].abs().max() == 0
+        else:
+            assert diff[~mask].max() <= 1e-4
         assert (o.pooler_output - r.pooler_output).abs().max() <= 1e-5
     assert n_padded > 1000
+
+
+def test_unpadded_path_equals_plain_path_with_gradients() -> None:
+    """The fast path (padding removed) computes the same outputs and gradients as the plain padded path."""
+    torch.manual_seed(0)
+    fast = BertForPreTraining(tiny_config())
+    plain = BertForPreTraining(tiny_config())
+    plain.load_state_dict(fast.state_dict())
+    plain.bert.unpad = False
+    fast.eval(), plain.eval()  # dropout off: the two paths draw their random masks over different shapes
+    batch = random_batch()
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[0, 3], labels[1, 10], labels[2, 5] = 7, 8, 9
+    with torch.enable_grad():
+        outs = [m(**batch, mlm_labels=labels, nsp_labels=torch.tensor([0, 1, 0])) for m in (fast, plain)]
+        for o in outs:
+            o.loss.backward()
+    assert batch["attention_mask"].min() == 0  # the batch is padded, so the fast path really ran
+    assert (outs[0].loss - outs[1].loss).abs() <= 1e-6
+    assert (outs[0].nsp_logits - outs[1].nsp_logits).abs().max() <= 1e-5
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
+        assert (a.grad - b.grad).abs().max() <= 1e-5, name
 
 
 def tiny_config(**kw) -> BertConfig:
@@ -70,7 +98,8 @@ def test_pretraining_roundtrip_bertkit_to_transformers(tmp_path: Path) -> None:
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     batch = random_batch()
     o, r = ours(**batch), ref.eval()(**batch)
-    assert (o.mlm_logits - r.prediction_logits).abs().max() <= 1e-5
+    real = batch["attention_mask"].bool()  # padding positions are zero in bertkit's unpadded path, unused anyway
+    assert (o.mlm_logits - r.prediction_logits)[real].abs().max() <= 1e-5
     assert (o.nsp_logits - r.seq_relationship_logits).abs().max() <= 1e-5
     # The encoder alone loads in AutoModel too.
     _, info = transformers.AutoModel.from_pretrained(tmp_path, output_loading_info=True)
@@ -85,7 +114,8 @@ def test_pretraining_roundtrip_transformers_to_bertkit(tmp_path: Path) -> None:
     ours = BertForPreTraining.from_pretrained(tmp_path)
     batch = random_batch()
     o, r = ours(**batch), ref(**batch)
-    assert (o.mlm_logits - r.prediction_logits).abs().max() <= 1e-5
+    real = batch["attention_mask"].bool()  # padding positions are zero in bertkit's unpadded path, unused anyway
+    assert (o.mlm_logits - r.prediction_logits)[real].abs().max() <= 1e-5
     assert (o.nsp_logits - r.seq_relationship_logits).abs().max() <= 1e-5
     # MLM logits at chosen positions only (the fast path) equal the full logits there.
     labels = torch.full_like(batch["input_ids"], -100)

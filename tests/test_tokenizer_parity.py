@@ -81,3 +81,25 @@ def test_parity_trained_vocab(tmp_path: Path, zh_corpus, texts, lowercase: bool)
     reloaded = Tokenizer.from_pretrained(tmp_path)
     assert reloaded.vocab == tok.vocab and reloaded.lowercase == lowercase
     check_parity(reloaded, tmp_path, lowercase, texts)
+
+
+@pytest.mark.parametrize("vocab", ["minilm", "trained"])
+def test_table_lookup_path_equals_rust_path(tmp_path: Path, minilm_dir: Path, zh_corpus, vocab: str) -> None:
+    """The table-lookup fast path (texts of CJK characters, punctuation and spaces) gives the same ids and offsets
+    as the Rust tokenizer, on every sentence of the Chinese corpus and on edge cases."""
+    from bertkit.data.sentences import iter_documents
+
+    if vocab == "minilm":
+        tok = Tokenizer.from_pretrained(minilm_dir)
+    else:
+        tok = Tokenizer.train(zh_corpus[:2], vocab_size=6000, lowercase=False, show_progress=False)
+    sentences = [s for d in iter_documents(zh_corpus) for s in d]
+    edge = ["", " ", "\u3000中文\u3000", "中 文，。", "\uf900\uf901丽", "「你好」！？…—", "中文abc", "《三国》第1回"]
+    texts = sentences + edge
+    covered = sum(tok._chars.covers(t) for t in texts)
+    assert covered > 0.8 * len(texts), "the corpus must exercise the fast path"
+    fast = tok._encode_segments(texts)
+    slow = tok._rust.encode_batch(texts, add_special_tokens=False)
+    bad = [t for t, f, s in zip(texts, fast, slow, strict=True) if (f.ids, list(f.offsets)) != (s.ids, s.offsets)]
+    assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:3]}"
+    assert tok.ids_batch(texts) == [s.ids for s in slow]

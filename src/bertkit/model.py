@@ -56,17 +56,32 @@ class Embeddings(nn.Module):
         self.ln = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.shape[1]
-        if self.position_embeddings.num_embeddings < T:
-            raise BertkitError(
-                f"sequence of {T} tokens is longer than the model's {self.position_embeddings.num_embeddings} "
-                "positions; truncate the input (max_length)"
-            )
-        positions = torch.arange(T, device=input_ids.device)
-        x = self.word_embeddings(input_ids)  # (B, T, H)
-        x = x + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H); or, unpadded, (N,) ids with their (N,) positions -> (N, H)."""
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids)
+        x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.ln(x))
+
+
+class Unpadded:
+    """Where the real tokens of a padded (B, T) batch sit, so that every layer except the attention product runs
+    on the N real tokens alone: `unpad` (B, T, ...) -> (N, ...), `pad` (N, ...) -> (B, T, ...) with zeros."""
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.B, self.T = attention_mask.shape
+        self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) flat positions of real tokens
+        self.positions = self.index % self.T  # (N,) position of each real token in its sequence
+
+    def unpad(self, t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(0, 1).index_select(0, self.index)  # (N, ...)
+
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros(self.B * self.T, *t.shape[1:]).index_copy(0, self.index, t)
+        return out.view(self.B, self.T, *t.shape[1:])  # (B, T, ...)
 
 
 class SelfAttention(nn.Module):
@@ -80,14 +95,22 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(H, H)
         self.attn_dropout = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        B, T, H = x.shape
-        q, k, v = self.qkv(x).split(H, dim=2)  # 3 x (B, T, H)
+    def forward(
+        self, x: torch.Tensor, attn_bias: torch.Tensor | None, unpadded: Unpadded | None = None
+    ) -> torch.Tensor:
+        qkv = self.qkv(x)  # (B, T, 3H), or (N, 3H) unpadded
+        if unpadded is not None:
+            qkv = unpadded.pad(qkv)  # (B, T, 3H): only the attention product needs the padded layout
+        B, T, H3 = qkv.shape
+        H = H3 // 3
+        q, k, v = qkv.split(H, dim=2)  # 3 x (B, T, H)
         q, k, v = (t.view(B, T, self.n_head, H // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_bias, dropout_p=self.attn_dropout if self.training else 0.0
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, H)
+        if unpadded is not None:
+            y = unpadded.unpad(y)  # (N, H)
         return self.proj(y)
 
 
@@ -115,8 +138,10 @@ class EncoderLayer(nn.Module):
         self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        x = self.ln1(x + self.dropout(self.attn(x, attn_bias)))
+    def forward(
+        self, x: torch.Tensor, attn_bias: torch.Tensor | None, unpadded: Unpadded | None = None
+    ) -> torch.Tensor:
+        x = self.ln1(x + self.dropout(self.attn(x, attn_bias, unpadded)))
         x = self.ln2(x + self.dropout(self.ffn(x)))
         return x
 
@@ -205,6 +230,7 @@ class BertModel(nn.Module, PreTrainedMixin):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config) if add_pooler else None
+        self.unpad = True  # skip padded positions (same results on real tokens; zeros at padding); False: plain path
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
     def forward(
@@ -213,12 +239,27 @@ class BertModel(nn.Module, PreTrainedMixin):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> BertOutput:
+        T = input_ids.shape[1]
+        if self.config.max_position_embeddings < T:
+            raise BertkitError(
+                f"sequence of {T} tokens is longer than the model's {self.config.max_position_embeddings} "
+                "positions; truncate the input (max_length)"
+            )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        bias = attention_bias(attention_mask, x.dtype)
-        for layer in self.layers:
-            x = layer(x, bias)
+        bias = attention_bias(attention_mask, self.embeddings.word_embeddings.weight.dtype)
+        if bias is not None and self.unpad:
+            # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only.
+            unpadded = Unpadded(attention_mask)
+            ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)
+            x = self.embeddings(ids, types, unpadded.positions)  # (N, H)
+            for layer in self.layers:
+                x = layer(x, bias, unpadded)
+            x = unpadded.pad(x)  # (B, T, H), zeros at padding
+        else:
+            x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+            for layer in self.layers:
+                x = layer(x, bias)
         pooled = self.pooler(x) if self.pooler is not None else None
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
 
@@ -359,6 +400,9 @@ class BertForQuestionAnswering(nn.Module, PreTrainedMixin):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, add_pooler=False)
+        # The reference's start/end softmax runs over every position, padding included, so padded positions must be
+        # computed as it computes them (the plain path): the unpadded path would leave them zero and change the loss.
+        self.bert.unpad = False
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         init_weights(self.qa_outputs, config.initializer_range)
 

@@ -12,10 +12,13 @@ segment first and, on a tie, segment B, exactly as the original `_truncate_seq_p
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, normalizers, pre_tokenizers, processors, trainers
@@ -29,7 +32,6 @@ SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # BERT order: a trained vocabulary 
 MAX_INPUT_CHARS_PER_WORD = 100
 
 
-@dataclass
 class Encoding:
     """One encoded sequence `[CLS] A [SEP] (B [SEP])`.
 
@@ -37,14 +39,39 @@ class Encoding:
     special tokens; `sequence_ids[i]` is 0 for A, 1 for B and None for special tokens.
     """
 
-    input_ids: list[int]
-    token_type_ids: list[int]
-    attention_mask: list[int]
-    offsets: list[tuple[int, int]] = field(default_factory=list)
-    sequence_ids: list[int | None] = field(default_factory=list)
+    __slots__ = ("_a", "_b", "_len_a", "_len_b", "input_ids")
+
+    def __init__(self, input_ids: list[int], a, b, len_a: int, len_b: int):
+        self.input_ids = input_ids
+        # Offsets are read from the segments only when asked for: building them for every text costs more than
+        # the tokenization itself.
+        self._a, self._b, self._len_a, self._len_b = a, b, len_a, len_b
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def token_type_ids(self) -> list[int]:
+        n_a = self._len_a + 2
+        return [0] * n_a + [1] * (len(self.input_ids) - n_a)
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return [1] * len(self.input_ids)
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        out = [(0, 0), *self._a.offsets[: self._len_a], (0, 0)]
+        if self._b is not None:
+            out += [*self._b.offsets[: self._len_b], (0, 0)]
+        return out
+
+    @property
+    def sequence_ids(self) -> list[int | None]:
+        out: list[int | None] = [None, *([0] * self._len_a), None]
+        if self._b is not None:
+            out += [*([1] * self._len_b), None]
+        return out
 
 
 def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
@@ -63,6 +90,68 @@ def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int
         len_b, excess = len_b - d, excess - d
     # Now equal: the loop alternates B, A, B, ...
     return len_a - excess // 2, len_b - (excess + 1) // 2
+
+
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF))  # BMP CJK ideograph blocks BERT isolates
+_SPACES = frozenset(" \t\u3000")
+
+
+def _is_bert_punctuation(c: str) -> bool:
+    """BERT's punctuation test: ASCII symbols and every Unicode 'P*' category (each becomes its own word)."""
+    cp = ord(c)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(c).startswith("P")
+
+
+class _CharTable:
+    """Table lookup for text made only of characters that BERT always makes one word of one character (CJK
+    ideographs, punctuation) and spaces: most Chinese sentences. Each character's id is computed once by the Rust
+    tokenizer itself; a text with any other character (letters, digits, marks, controls) is not handled here.
+    Tokenizing such a text character by character gives the same ids as tokenizing it whole, because the
+    pre-tokenizer splits around every one of these characters (tests check this over the whole corpus)."""
+
+    def __init__(self, rust: RustTokenizer, chinese: bool):
+        chars = [chr(c) for c in range(0x21, 0x10000) if _is_bert_punctuation(chr(c))]
+        if chinese:
+            chars += [chr(c) for lo, hi in _CJK_RANGES for c in range(lo, hi + 1)]
+        encs = rust.encode_batch(chars, add_special_tokens=False)
+        ids = {c: e.ids[0] for c, e in zip(chars, encs, strict=True) if len(e.ids) == 1}
+        self.lut = np.full(0x10000, -1, dtype=np.int64)  # code point -> id; -1 for spaces (no token)
+        self.lut[[ord(c) for c in ids]] = list(ids.values())
+        allowed = "".join(re.escape(c) for c in sorted(ids)) + "".join(re.escape(c) for c in _SPACES)
+        self._pattern = re.compile(f"[{allowed}]*")
+
+    def covers(self, text: str) -> bool:
+        return self._pattern.fullmatch(text) is not None
+
+    def encode_many(self, texts: Sequence[str], offsets: bool = True) -> list[tuple[list[int], list[int]]]:
+        """(ids, character positions) of each covered text, vectorised over all of them at once."""
+        ids = self.lut[np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)]  # one per character
+        text_lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        text_starts = np.cumsum(text_lengths) - text_lengths
+        keep = ids >= 0  # spaces give no token
+        owner = np.repeat(np.arange(len(texts)), text_lengths)[keep]  # text of each kept character
+        counts = np.bincount(owner, minlength=len(texts)).tolist()
+        flat_ids = ids[keep].tolist()
+        flat_pos = (np.flatnonzero(keep) - text_starts[owner]).tolist() if offsets else []
+        out, start = [], 0
+        for n in counts:
+            out.append((flat_ids[start : start + n], flat_pos[start : start + n]))
+            start += n
+        return out
+
+
+@dataclass
+class _Piece:
+    """The ids and character positions of one segment, read like a Rust encoding by `Encoding`."""
+
+    ids: list[int]
+    positions: list[int]
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        return [(p, p + 1) for p in self.positions]
 
 
 class Tokenizer:
@@ -90,6 +179,7 @@ class Tokenizer:
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.token_to_id[t] for t in SPECIAL_TOKENS)
         self.special_ids = frozenset(self.token_to_id[t] for t in SPECIAL_TOKENS)
         self._rust = self._build_rust()
+        self._char_table: _CharTable | None = None  # built on first use (~0.1 s)
 
     def _build_rust(self) -> RustTokenizer:
         tk = RustTokenizer(
@@ -159,36 +249,55 @@ class Tokenizer:
         if pairs is not None and len(pairs) != len(texts):
             raise BertkitError(f"{len(texts)} texts but {len(pairs)} pair texts")
         max_length = max_length or self.model_max_length
-        enc_a = self._rust.encode_batch(list(texts), add_special_tokens=False)
-        enc_b = self._rust.encode_batch(list(pairs), add_special_tokens=False) if pairs is not None else None
+        enc_a = self._encode_segments(texts)
+        enc_b = self._encode_segments(pairs) if pairs is not None else None
         out = []
         for i, a in enumerate(enc_a):
             b = enc_b[i] if enc_b is not None else None
             out.append(self._assemble(a, b, max_length, truncation))
         return out
 
+    @property
+    def _chars(self) -> _CharTable:
+        if self._char_table is None:
+            self._char_table = _CharTable(self._rust, self.tokenize_chinese_chars)
+        return self._char_table
+
+    def _encode_segments(self, texts: Sequence[str], offsets: bool = True) -> list:
+        """Ids (and offsets) of each text without special tokens: vectorised table lookup where `_CharTable`
+        covers the text, the Rust tokenizer (one parallel batch) for the rest."""
+        chars = self._chars
+        covered = [i for i, t in enumerate(texts) if chars.covers(t)]
+        out: list = [None] * len(texts)
+        for i, (ids, pos) in zip(covered, chars.encode_many([texts[i] for i in covered], offsets), strict=True):
+            out[i] = _Piece(ids, pos)
+        rest = [i for i, e in enumerate(out) if e is None]
+        if rest:
+            encs = self._rust.encode_batch([texts[i] for i in rest], add_special_tokens=False)
+            for i, enc in zip(rest, encs, strict=True):
+                out[i] = enc
+        return out
+
+    def ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens, no truncation (the fast path of `bertkit prepare`)."""
+        return [e.ids for e in self._encode_segments(texts, offsets=False)]
+
     def _assemble(self, a, b, max_length: int, truncation: bool) -> Encoding:
-        ids_a, off_a = a.ids, a.offsets
-        ids_b, off_b = (b.ids, b.offsets) if b is not None else ([], [])
+        ids_a = a.ids
+        ids_b = b.ids if b is not None else []
+        la, lb = len(ids_a), len(ids_b)
         if truncation:
             n_special = 3 if b is not None else 2
             if max_length < n_special + 1:
                 raise BertkitError(f"max_length {max_length} leaves no room for text next to the special tokens")
             if b is None:
-                la, lb = min(len(ids_a), max_length - 2), 0
+                la = min(la, max_length - 2)
             else:
-                la, lb = truncate_pair_lengths(len(ids_a), len(ids_b), max_length - 3)
-            ids_a, off_a, ids_b, off_b = ids_a[:la], off_a[:la], ids_b[:lb], off_b[:lb]
-        input_ids = [self.cls_id, *ids_a, self.sep_id]
-        offsets = [(0, 0), *off_a, (0, 0)]
-        sequence_ids: list[int | None] = [None, *([0] * len(ids_a)), None]
-        n_a = len(input_ids)
+                la, lb = truncate_pair_lengths(la, lb, max_length - 3)
+        input_ids = [self.cls_id, *ids_a[:la], self.sep_id]
         if b is not None:
-            input_ids += [*ids_b, self.sep_id]
-            offsets += [*off_b, (0, 0)]
-            sequence_ids += [*([1] * len(ids_b)), None]
-        token_type_ids = [0] * n_a + [1] * (len(input_ids) - n_a)
-        return Encoding(input_ids, token_type_ids, [1] * len(input_ids), offsets, sequence_ids)
+            input_ids += [*ids_b[:lb], self.sep_id]
+        return Encoding(input_ids, a, b, la, lb)
 
     def pad(self, encodings: Sequence[Encoding], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
         """Stack encodings into (B, T) LongTensors padded to the longest (optionally to a multiple of N)."""

@@ -140,6 +140,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
             collate_fn=lambda items: collate(items, tok.pad_id),
             num_workers=cfg.num_workers,
             generator=torch.Generator().manual_seed(seed),  # leaves the global RNG (dropout) untouched
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: asynchronous host-to-GPU copies
         )
 
     def save_extra(directory: Path) -> None:

@@ -78,6 +78,9 @@ def setup_device(name: str | None) -> tuple[torch.device, int, int]:
             raise BertkitError("--device cuda was asked for but no CUDA device is available")
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
+        # TF32 tensor cores for the fp32 matmuls that autocast leaves (10-bit mantissa inputs, fp32 accumulate).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
@@ -102,6 +105,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         seen.add(id(p))
         (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float = 0.01, eps: float = 1e-8, device: torch.device | None = None
+) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, with the fused kernel on CPU and CUDA: ~6x faster than the default foreach kernel
+    on CPU (measured: 18 vs 109 ms per step for MiniLM's 22M parameters on 2 cores), same update."""
+    device = device or next(model.parameters()).device
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, eps=eps, fused=fused)
 
 
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
@@ -178,10 +191,7 @@ class Trainer:
         self.save_extra = save_extra
         self.on_eval = on_eval  # sees every evaluation; returns True to stop early
         self.stop = False
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=fused
-        )
+        self.optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.adam_eps, self.device)
         warmup = max(1, int(cfg.warmup_ratio * cfg.max_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, cfg.max_steps))
         self.amp_dtype = self._amp_dtype()
