@@ -249,6 +249,20 @@ def _read_for_prediction(task, path: str) -> list:
     return task.read(path, labelled=False)
 
 
+def _cmd_fill_mask(args: argparse.Namespace) -> None:
+    from bertkit.infer import fill_mask, pick_device
+    from bertkit.model import BertForPreTraining
+    from bertkit.tokenizer import Tokenizer
+
+    model = BertForPreTraining.from_pretrained(args.model).to(pick_device(args.device))
+    tok = Tokenizer.from_pretrained(args.model)
+    texts = args.text or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    for text in texts:
+        predictions = fill_mask(model, tok, text, top_k=args.top_k)
+        row = {"text": text, "masks": [[{"token": t, "score": round(p, 6)} for t, p in m] for m in predictions]}
+        print(json.dumps(row, ensure_ascii=False))
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from bertkit.tasks.quickstart import run_quickstart
 
@@ -387,6 +401,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE.jsonl", help="default: standard output")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "fill-mask",
+        help="predict the tokens at [MASK] with a pre-trained model",
+        description="Top-k predictions of the masked-LM head for every [MASK] in each text; one JSON line a text.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="a pre-trained model directory (with the MLM head)")
+    p.add_argument("text", nargs="*", help="texts with [MASK] (default: one per line on stdin)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_fill_mask)
 
     p = sub.add_parser("quickstart", help="the end-to-end demo on the bundled Chinese data")
     p.add_argument("--out", default="runs/quickstart", metavar="DIR", help="where everything is written")

@@ -1,4 +1,4 @@
-"""Inference pipelines over a model directory: sentence embeddings (more pipelines join as tasks land)."""
+"""Inference pipelines over a model directory: sentence embeddings and fill-mask."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bertkit.errors import BertkitError
-from bertkit.model import BertModel
+from bertkit.model import BertForPreTraining, BertModel
 from bertkit.tokenizer import Tokenizer
 
 
@@ -73,3 +73,26 @@ def embed(
             vec = torch.nn.functional.normalize(vec, p=2, dim=-1)
         out[idx] = vec.float().cpu().numpy()
     return out
+
+
+@torch.inference_mode()
+def fill_mask(
+    model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int = 5
+) -> list[list[tuple[str, float]]]:
+    """For each `[MASK]` in `text`, the `top_k` most likely tokens with their probabilities (special tokens
+    excluded), as the masked-LM head predicts them."""
+    model.eval()
+    enc = tokenizer.encode(text)
+    positions = [i for i, t in enumerate(enc.input_ids) if t == tokenizer.mask_id]
+    if not positions:
+        raise BertkitError(f"no [MASK] in {text!r}: write [MASK] where a token should be predicted")
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in tokenizer.pad([enc]).items()}
+    logits = model(**batch).mlm_logits[0, positions].float()  # (M, V)
+    logits[:, sorted(tokenizer.special_ids)] = -torch.inf
+    probs = logits.softmax(-1)
+    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    return [
+        [(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist(), strict=True)]
+        for ps, ids in zip(top.values, top.indices, strict=True)
+    ]
