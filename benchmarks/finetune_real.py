@@ -33,6 +33,10 @@ PUBLISHED = {
     "BERT-base 93.5 (Devlin et al. 2019)",
     "mrpc": "BERT-mini 81.1 F1, BERT-base 88.9 F1 on GLUE test (Turc et al. 2019; Devlin et al. 2019)",
     "squad": "BERT-base SQuAD v1.1 dev EM 80.8 / F1 88.5 (Devlin et al. 2019), trained on the full train set",
+    "zh_chnsenticorp": "BERT-base (Chinese) 94.6 dev accuracy, as reported in the ERNIE paper (Sun et al. 2019)",
+    "zh_afqmc": "BERT-base (Chinese) 73.70 accuracy (CLUE, Xu et al. 2020)",
+    "zh_cmrc2018": "BERT-base (Chinese) dev EM 65.5 / F1 84.5 (Cui et al. 2019, Chinese BERT-wwm paper)",
+    "zh_cluener": "BERT-base (Chinese) 78.82 entity F1 (CLUENER2020, Xu et al. 2020)",
 }
 
 
@@ -48,17 +52,19 @@ def jobs(zh_model: Path, random_model: Path, work: Path) -> dict[str, list[str]]
         "mrpc": ["--task", "pair", "--model", minilm, "--train", f"{DATA}/mrpc/train.tsv", "--dev",
                  f"{DATA}/mrpc/dev.tsv", "--epochs", "3", "--learning-rate", "5e-5"],
         "squad": ["--task", "qa", "--model", minilm, "--train", str(squad_train), "--dev", str(squad_dev),
-                  "--epochs", "1", "--learning-rate", "1e-4", "--max-seq-length", "256", "--batch-size", "16"],
+                  "--epochs", "1", "--learning-rate", "1e-4", "--max-seq-length", "256", "--batch-size", "16",
+                  "--max-train-examples", "3000"],
         "wikiann": ["--task", "ner", "--model", minilm, "--train", f"{DATA}/wikiann_en/train.txt", "--dev",
-                    f"{DATA}/wikiann_en/dev.txt", "--epochs", "2", "--learning-rate", "1e-4"],
+                    f"{DATA}/wikiann_en/dev.txt", "--epochs", "1", "--learning-rate", "1e-4"],
     }  # fmt: skip
     zh_tasks = {
         "chnsenticorp": ["--task", "cls", "--train", f"{DATA}/chnsenticorp/train.tsv", "--dev",
                          f"{DATA}/chnsenticorp/dev.tsv", "--epochs", "1"],
         "afqmc": ["--task", "pair", "--train", f"{DATA}/afqmc/train.tsv", "--dev", f"{DATA}/afqmc/dev.tsv",
-                  "--epochs", "1", "--max-seq-length", "64"],
+                  "--epochs", "1", "--max-seq-length", "64", "--max-train-examples", "12000"],
         "cmrc2018": ["--task", "qa", "--train", f"{DATA}/cmrc2018/train.json", "--dev", f"{DATA}/cmrc2018/dev.json",
-                     "--epochs", "3", "--max-seq-length", "256", "--relocate-answers", "--batch-size", "16"],
+                     "--epochs", "1", "--max-seq-length", "256", "--relocate-answers", "--batch-size", "16",
+                     "--max-train-examples", "4000"],
         "cluener": ["--task", "ner", "--train", f"{DATA}/cluener2020/train.txt", "--dev",
                     f"{DATA}/cluener2020/dev.txt", "--epochs", "2"],
     }  # fmt: skip
@@ -114,7 +120,9 @@ def main() -> None:
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "bertkit.cli", "finetune", *cli, "--out", str(out)]
         print("$", " ".join(cmd[2:]), flush=True)
-        subprocess.run(cmd, check=True)
+        if subprocess.run(cmd).returncode != 0:  # the error is on stderr; the other jobs still run
+            print(f"{name}: failed", flush=True)
+            continue
         metrics = json.loads((out / "metrics.json").read_text())
         results["jobs"][name] = {
             "dev": metrics["dev"],
@@ -122,7 +130,7 @@ def main() -> None:
             "train_examples": metrics["train_examples"],
             "cli": cli,
             "minutes": round((time.perf_counter() - t0) / 60, 1),
-            "published_reference": PUBLISHED.get(name),
+            "published_reference": PUBLISHED.get(name, PUBLISHED.get(name.rsplit("_", 1)[0])),
         }
         results["machine"] = describe()
         RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

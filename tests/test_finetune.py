@@ -223,3 +223,23 @@ def test_bad_task_input(tmp_path: Path, tiny_zh_model: Path, data_dir: Path) -> 
     assert r.returncode == 2 and "not a fine-tuned task model" in r.stderr
     r = bertkit("predict", "--model", str(tiny_zh_model), "--input", str(train), ok=False)
     assert r.returncode == 2 and "not a fine-tuned task model" in r.stderr
+
+
+def test_relocate_keeps_unfindable_answers_for_scoring_only(tmp_path: Path, tiny_zh_model: Path) -> None:
+    """CMRC 2018 dev has answers whose text is not in the passage (e.g. a variant character): with
+    --relocate-answers they stay gold texts for scoring, and a question with no findable answer is not trained on."""
+    from bertkit.data.tasks import read_squad
+    from bertkit.tasks.base import TaskSettings
+    from bertkit.tasks.qa import QaTask
+
+    qa = tmp_path / "qa.json"
+    qas = [
+        {"id": "moved", "question": "小明在哪里？", "answers": [{"text": "北京", "answer_start": 0}]},
+        {"id": "absent", "question": "小明做什么？", "answers": [{"text": "効力", "answer_start": -1}]},
+    ]
+    qa.write_text(json.dumps({"data": [{"paragraphs": [{"context": "小明在北京工作。", "qas": qas}]}]}))
+    examples = read_squad(qa, relocate_answers=True)
+    assert [ex.answers for ex in examples] == [[("北京", 3)], [("効力", -1)]]
+    features = QaTask(TaskSettings(max_seq_length=64)).features(examples, Tokenizer.from_pretrained(tiny_zh_model),
+                                                               None, train=True)  # fmt: skip
+    assert {f["example"] for f in features} == {0}

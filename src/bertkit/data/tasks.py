@@ -123,7 +123,8 @@ def read_conll(path: str | Path, require_tags: bool = True) -> list[TaggedSenten
 
 def read_squad(path: str | Path, relocate_answers: bool = False) -> list[QAExample]:
     """SQuAD v1.1/v2.0 JSON. An answer whose text is not at its `answer_start` is an error, unless
-    `relocate_answers`, which moves it to the occurrence of its text nearest to the given offset."""
+    `relocate_answers`, which moves it to the occurrence of its text nearest to the given offset; an answer whose
+    text is nowhere in its passage then keeps start -1: scored against, never trained on."""
     path = Path(path)
     try:
         data = json.loads("\n".join(read_lines(path)))["data"]
@@ -140,9 +141,16 @@ def read_squad(path: str | Path, relocate_answers: bool = False) -> list[QAExamp
                     text, start = ans["text"], int(ans["answer_start"])
                     if context[start : start + len(text)] != text:
                         found = _nearest(context, text, start)
-                        if found < 0 or not relocate_answers:
-                            hint = "; pass --relocate-answers to use its nearest occurrence" if found >= 0 else ""
-                            raise BertkitError(f"{where}: answer {text!r} is not at answer_start {start}{hint}")
+                        if not relocate_answers:
+                            hint = (
+                                "nearest occurrence"
+                                if found >= 0
+                                else "text for scoring only (it is not in the passage)"
+                            )
+                            raise BertkitError(
+                                f"{where}: answer {text!r} is not at answer_start {start}; pass --relocate-answers to "
+                                f"use its {hint}"
+                            )
                         start = found
                     answers.append((text, start))
                 out.append(QAExample(str(qa["id"]), qa["question"], context, answers, bool(qa.get("is_impossible"))))

@@ -54,7 +54,10 @@ class QaTask(Task):
             room = st.max_seq_length - len(q_ids) - 3
             if room < 8:
                 raise BertkitError(f"question {ex.id!r}: --max-seq-length {st.max_seq_length} leaves no room for text")
-            answer = ex.answers[0] if (train and ex.answers) else None
+            located = [a for a in ex.answers if a[1] >= 0]  # start -1: kept for scoring only (--relocate-answers)
+            if train and ex.answers and not located:
+                continue  # answerable, but no answer text is in its passage: nothing to train on
+            answer = located[0] if (train and located) else None
             start = 0
             while True:
                 end = min(start + room, len(c.ids))
