@@ -37,6 +37,7 @@ import transformers
 from machine import describe
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
+from bertkit.data.tasks import read_classification
 from bertkit.model import BertForSequenceClassification
 from bertkit.train.loop import build_optimizer
 
@@ -175,10 +176,8 @@ def bench_pretrain(preset: str, device: torch.device, precision: str, B: int, T:
 def real_sentences(n: int, seed: int = 0) -> list[str]:
     import random
 
-    texts = []
-    for path in (DATA / "sst2/train.tsv", DATA / "chnsenticorp/train.tsv"):
-        rows = path.read_text(encoding="utf-8").splitlines()[1:]
-        texts += [r.split("\t")[0] for r in rows]
+    texts = [ex.text_a for path in (DATA / "sst2/train.tsv", DATA / "chnsenticorp/train.tsv")
+             for ex in read_classification(path)]  # fmt: skip
     random.Random(seed).shuffle(texts)
     return texts[:n]
 
