@@ -161,3 +161,29 @@ def test_dropout_only_in_training(train: bool) -> None:
     batch = random_batch()
     same = torch.equal(model(**batch).last_hidden_state, model(**batch).last_hidden_state)
     assert same is (not train)
+
+
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "plain"])
+def test_causal_encoder_matches_transformers_is_decoder(tmp_path: Path, unpad: bool) -> None:
+    """`is_decoder=True` (left-to-right attention, used by the bidirectional-vs-left-to-right experiment) computes
+    what transformers' BertModel computes with the same flag; and no token sees a later one."""
+    torch.manual_seed(0)
+    ours = BertModel(tiny_config(is_decoder=True)).eval()
+    ours.unpad = unpad
+    ours.save_pretrained(tmp_path)
+    ref = transformers.BertModel.from_pretrained(tmp_path).eval()
+    assert ref.config.is_decoder
+    batch = random_batch()
+    o, r = ours(**batch), ref(**batch)
+    real = batch["attention_mask"].bool()
+    assert (o.last_hidden_state - r.last_hidden_state)[real].abs().max() <= 1e-5
+    # Changing token 10 changes nothing before it.
+    changed = dict(batch, input_ids=batch["input_ids"].clone())
+    changed["input_ids"][:, 10] = 4
+    o2 = ours(**changed)
+    assert (o2.last_hidden_state[:, :10] - o.last_hidden_state[:, :10]).abs().max() <= 1e-6
+    assert (o2.last_hidden_state[0, 10:] - o.last_hidden_state[0, 10:]).abs().max() > 1e-3
+    # The pooler reads the last real token (transformers' reads token 0, which has seen only itself).
+    last = batch["attention_mask"].sum(1) - 1
+    h_last = o.last_hidden_state[torch.arange(3), last]
+    assert torch.allclose(o.pooler_output, torch.tanh(ours.pooler.dense(h_last)), atol=1e-6)

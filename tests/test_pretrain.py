@@ -156,3 +156,39 @@ def test_torchrun_ddp_on_cpu_and_resume_with_another_world_size(tmp_path: Path, 
     r = subprocess.run([sys.executable, "-m", "bertkit.cli", *args, "--resume"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and steps_logged(run) == 14
+
+
+def test_next_token_batch_undoes_masking_shifts_and_reverses() -> None:
+    import torch
+
+    from bertkit.tasks.pretrain import next_token_batch
+
+    # Row 0: [CLS] 5 [MASK]=6 [SEP] 7 [SEP]; row 1 is shorter and padded.
+    batch = {
+        "input_ids": torch.tensor([[2, 5, 4, 3, 7, 3], [2, 8, 3, 9, 3, 0]]),
+        "mlm_labels": torch.tensor([[-100, -100, 6, -100, -100, -100], [-100] * 6]),
+        "token_type_ids": torch.tensor([[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0]]),
+        "attention_mask": torch.tensor([[1] * 6, [1, 1, 1, 1, 1, 0]]),
+        "nsp_labels": torch.tensor([0, 1]),
+    }
+    l2r = next_token_batch(batch)
+    assert l2r["input_ids"].tolist() == [[2, 5, 6, 3, 7, 3], [2, 8, 3, 9, 3, 0]]
+    assert l2r["mlm_labels"].tolist() == [[5, 6, 3, 7, 3, -100], [8, 3, 9, 3, -100, -100]]
+    r2l = next_token_batch(batch, reverse=True)
+    assert r2l["input_ids"].tolist() == [[3, 7, 3, 6, 5, 2], [3, 9, 3, 8, 2, 0]]
+    assert r2l["token_type_ids"].tolist() == [[1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]]
+    assert r2l["mlm_labels"].tolist() == [[7, 3, 6, 5, 2, -100], [9, 3, 8, 2, -100, -100]]
+
+
+def test_left_to_right_pretraining_learns_and_saves_a_causal_model(tmp_path: Path, small_data: Path) -> None:
+    from bertkit.config import BertConfig
+
+    args = pretrain_args(small_data, tmp_path / "run", "--objective", "l2r", "--no-nsp")
+    args[args.index("--max-steps") + 1] = "40"
+    subprocess.run(args, check=True, capture_output=True)
+    assert BertConfig.load(tmp_path / "run/model").is_decoder
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    train = [r["mlm_loss"] for r in rows if r.get("split", "train") == "train" and "mlm_loss" in r]
+    assert sum(train[-5:]) / 5 < sum(train[:5]) / 5 - 0.5  # the next-token loss falls
+    summary = json.loads((tmp_path / "run/model/bertkit_pretraining.json").read_text())
+    assert summary["objective"] == "l2r"

@@ -131,6 +131,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         num_workers=args.workers,
         resume=args.resume,
         dropout=args.dropout,
+        objective=args.objective,
     )
     metrics = run_pretrain(cfg)
     print(json.dumps(metrics))
@@ -170,7 +171,11 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
             f"{args.model} has a vocabulary of {model.config.vocab_size}, "
             f"the data's tokenizer {data.tokenizer.vocab_size}: they do not belong together"
         )
-    return evaluate_pretraining(model, data, batch_size=args.batch_size, max_instances=args.max_instances)
+    summary = Path(args.model) / "bertkit_pretraining.json"
+    objective = json.loads(summary.read_text()).get("objective", "mlm") if summary.is_file() else "mlm"
+    return evaluate_pretraining(
+        model, data, batch_size=args.batch_size, max_instances=args.max_instances, objective=objective
+    )
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
@@ -269,6 +274,35 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
     run_quickstart(Path(args.out), budget=args.budget, seed=args.seed)
 
 
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from bertkit.experiments.claims import EXPERIMENTS
+    from bertkit.experiments.workspace import SCALES, Workspace, default_data_dir
+
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    scale = SCALES[args.scale] if args.seeds is None else replace(SCALES[args.scale], seeds=args.seeds)
+    data = Path(args.data) if args.data else default_data_dir()
+    if data is not None and not (data / "lcqmc").is_dir():
+        raise BertkitError(f"--data {data}: no lcqmc/ folder there; point it at the shared benchmark data folder")
+    if data is None:
+        print("shared benchmark data not found (--data / $BERTKIT_DATA): the pair and QA tasks are skipped")
+    ws = Workspace(Path(args.work), scale, data, progress=not args.quiet)
+    reports = (
+        Path(args.reports)
+        if args.reports
+        else Path("docs/experiments") / ("" if args.scale == "default" else args.scale)
+    )
+    for name in names:
+        path = EXPERIMENTS[name](ws).write(reports)
+        print(f"\n{name}: report written to {path}")
+        print(
+            "\n".join(
+                line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("- ") and "**" in line
+            )
+        )
+
+
 def _add_masking_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("masking")
     g.add_argument("--mask-prob", type=float, default=0.15, help="share of tokens chosen (default 0.15)")
@@ -349,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlm-weight", type=float, default=1.0)
     p.add_argument("--nsp-weight", type=float, default=1.0)
     p.add_argument("--no-nsp", action="store_true", help="train masked LM only")
+    p.add_argument(
+        "--objective",
+        choices=["mlm", "l2r", "r2l"],
+        default="mlm",
+        help="mlm: BERT's masked LM; l2r / r2l: a causal next-token language model (the ablation baseline)",
+    )
     p.add_argument("--workers", type=int, default=1, help="data-loading processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -418,6 +458,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=1.0, help="scale the work (0.1 = a smoke run)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser(
+        "experiment",
+        help="reproduce one of the BERT paper's claims at small scale (report + plots under docs/experiments)",
+        description="Claims: pretraining (pre-trained vs random init, four task families), word2vec (CBOW and "
+        "Skip-gram baselines), bidirectional (masked LM vs left-to-right), masking (80/10/10 vs other recipes), "
+        "nsp (with vs without next-sentence prediction), elmo (two one-directional encoders vs one deep "
+        "bidirectional one), or all. Pre-training arms and fine-tuning runs are cached in --work and shared "
+        "between experiments; a re-run only does what is missing.",
+    )
+    p.add_argument("name", choices=["pretraining", "word2vec", "bidirectional", "masking", "nsp", "elmo", "all"])
+    p.add_argument("--scale", choices=["default", "test"], default="default", help="test: a seconds-long smoke run")
+    p.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds per cell (default 3; test 2)")
+    p.add_argument("--work", default="runs/experiments", metavar="DIR", help="cached arms and runs")
+    p.add_argument("--reports", default=None, metavar="DIR", help="default docs/experiments (test: .../test)")
+    p.add_argument("--data", default=None, metavar="DIR", help="shared benchmark data (LCQMC, CMRC 2018)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_experiment)
     return parser
 
 

@@ -40,6 +40,9 @@ class BertConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    # Causal (left-to-right) self-attention, as Hugging Face's BertModel does with is_decoder=True. bertkit's
+    # pooler then reads the last real token, the only one that has seen the whole sequence.
+    is_decoder: bool = False
     # Extra HF keys (architectures, id2label, ...) kept verbatim so a round trip loses nothing.
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -84,6 +84,17 @@ class Unpadded:
         return out.view(self.B, self.T, *t.shape[1:])  # (B, T, ...)
 
 
+def reverse_real_tokens(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Reverse the real tokens of each row of a right-padded (B, T, ...) tensor; padding stays at the end.
+    Its own inverse. A right-to-left model reads its input this way."""
+    T = attention_mask.shape[1]
+    pos = torch.arange(T, device=attention_mask.device)[None]  # (1, T)
+    src = torch.where(attention_mask.bool(), attention_mask.sum(1, keepdim=True) - 1 - pos, pos)  # (B, T)
+    if x.dim() > 2:
+        src = src.view(*src.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, src)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; Q, K and V come from one fused projection."""
 
@@ -147,21 +158,39 @@ class EncoderLayer(nn.Module):
 
 
 class Pooler(nn.Module):
-    """tanh(W h_[CLS] + b): the sentence vector that NSP and sentence classification read."""
+    """tanh(W h + b) of the [CLS] token: the sentence vector that NSP and sentence classification read.
+
+    A causal (is_decoder) model reads the last real token instead: [CLS] has seen only itself there.
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.last_token = config.is_decoder
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(h[:, 0]))  # (B, H)
+    def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.last_token:
+            B, T = h.shape[:2]
+            last = (attention_mask.sum(1) - 1) if attention_mask is not None else torch.full((B,), T - 1)
+            first = h[torch.arange(B, device=h.device), last.to(h.device)]  # (B, H)
+        else:
+            first = h[:, 0]  # (B, H)
+        return torch.tanh(self.dense(first))  # (B, H)
 
 
-def attention_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, T) 1/0 padding mask -> additive (B, 1, 1, T) bias for SDPA; None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
+def attention_bias(
+    attention_mask: torch.Tensor | None, dtype: torch.dtype, causal: bool = False, T: int = 0
+) -> torch.Tensor | None:
+    """(B, T) 1/0 padding mask -> additive bias for SDPA: (B, 1, 1, T), or (B, 1, T, T) when `causal` (each token
+    sees itself and the tokens before it); None when nothing is masked."""
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if not padded and not causal:
         return None
-    keep = attention_mask[:, None, None, :].bool()
+    keep = attention_mask[:, None, None, :].bool() if padded else None  # (B, 1, 1, T)
+    if causal:
+        device = attention_mask.device if attention_mask is not None else None
+        lower = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, T, T)
+        keep = lower if keep is None else keep & lower
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
@@ -247,8 +276,10 @@ class BertModel(nn.Module, PreTrainedMixin):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        bias = attention_bias(attention_mask, self.embeddings.word_embeddings.weight.dtype)
-        if bias is not None and self.unpad:
+        dtype = self.embeddings.word_embeddings.weight.dtype
+        bias = attention_bias(attention_mask, dtype, causal=self.config.is_decoder, T=T)
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if padded and self.unpad:
             # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only.
             unpadded = Unpadded(attention_mask)
             ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)
@@ -260,7 +291,7 @@ class BertModel(nn.Module, PreTrainedMixin):
             x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
             for layer in self.layers:
                 x = layer(x, bias)
-        pooled = self.pooler(x) if self.pooler is not None else None
+        pooled = self.pooler(x, attention_mask) if self.pooler is not None else None
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
 
 

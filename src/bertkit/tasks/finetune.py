@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,6 +64,12 @@ class FinetuneConfig:
     resume: bool = False
     progress: bool = True
     settings: TaskSettings | None = None
+    save_model: bool = True  # False: metrics only, no model directory or checkpoints (for many short runs)
+
+
+# Builds the model to train from the (label-completed) config and the number of labels, instead of loading
+# `cfg.model`'s weights into the task's standard model: experiments use it for probes and other architectures.
+ModelFactory = Callable[[BertConfig, "int | None"], torch.nn.Module]
 
 
 class _FeatureSet(torch.utils.data.Dataset):
@@ -108,7 +115,7 @@ def load_task_model(model_dir: str | Path, task_name: str | None = None, device:
     return task, model, Tokenizer.from_pretrained(path), id2label
 
 
-def run_finetune(cfg: FinetuneConfig) -> dict:
+def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) -> dict:
     """Fine-tune; returns the best dev metrics (or the last training metrics when there is no dev set)."""
     if cfg.task not in TASKS:
         raise BertkitError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)}")
@@ -135,8 +142,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     if cfg.dropout is not None:
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = cfg.dropout
     torch.manual_seed(cfg.seed)
-    model_cls = TASK_MODELS[task.model_name]
-    model = model_cls.from_pretrained(cfg.model, config=config, num_labels=len(labels) if labels else None)
+    num_labels = len(labels) if labels else None
+    if model_factory is not None:
+        model = model_factory(config, num_labels)
+    else:
+        model = TASK_MODELS[task.model_name].from_pretrained(cfg.model, config=config, num_labels=num_labels)
     model.train()
 
     train_features = task.features(train_ex, tok, label2id, train=True)
@@ -153,7 +163,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         warmup_ratio=cfg.warmup_ratio,
         log_every=cfg.log_every,
         eval_every=eval_every if dev_ex is not None else 0,
-        save_every=eval_every,
+        save_every=eval_every if cfg.save_model else 0,
         keep_checkpoints=1,
         seed=cfg.seed,
         device=cfg.device,
@@ -186,7 +196,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         score = metrics[task.main_metric]
         if score > best["score"]:
             best.update(score=score, metrics=metrics, evals_since=0, step=trainer.state.step)
-            if trainer.is_main:
+            if trainer.is_main and cfg.save_model:
                 save_model_dir(out)  # the output directory always holds the best model so far
         else:
             best["evals_since"] += 1
@@ -195,12 +205,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     eval_fn = None
     if dev_ex is not None:
         eval_fn = lambda m: task.evaluate(m, tok, dev_ex, dev_features, id2label)  # noqa: E731
-    trainer = Trainer(model, train_cfg, loader, loss_fn, len(dataset), eval_fn, save_extra=save_model_dir,
-                      on_eval=on_eval)  # fmt: skip
+    trainer = Trainer(model, train_cfg, loader, loss_fn, len(dataset), eval_fn,
+                      save_extra=save_model_dir if cfg.save_model else None, on_eval=on_eval)  # fmt: skip
     if cfg.resume:
         trainer.resume()
     trainer.train()
-    if dev_ex is None and trainer.is_main:
+    if dev_ex is None and trainer.is_main and cfg.save_model:
         save_model_dir(out)
     result = {
         "task": cfg.task,
@@ -211,6 +221,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         "steps": trainer.state.step,
         "labels": labels,
         "args": {k: v for k, v in asdict(cfg).items() if k != "settings"},
+        "settings": asdict(settings),
     }
     if trainer.is_main:
         text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"

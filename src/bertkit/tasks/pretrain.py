@@ -1,4 +1,9 @@
-"""Recipe: pre-train BERT from scratch (or continue) on a prepared data directory with masked LM + NSP."""
+"""Recipe: pre-train BERT from scratch (or continue) on a prepared data directory with masked LM + NSP.
+
+`objective` "l2r" / "r2l" trains the same encoder as a left-to-right (or right-to-left) language model instead:
+causal attention and a next-token loss through the same tied output layer (the baseline of the paper's
+bidirectionality ablation). A right-to-left model reads every sequence reversed, in training and afterwards.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from bertkit.config import PRESETS, BertConfig
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.pretraining import EpochSampler, PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
-from bertkit.model import IGNORE_INDEX, BertForPreTraining
+from bertkit.model import IGNORE_INDEX, BertForPreTraining, reverse_real_tokens
 from bertkit.train.loop import TrainConfig, Trainer, latest_checkpoint
 
 
@@ -28,14 +33,28 @@ class PretrainConfig:
     num_workers: int = 1  # data-loading processes (masking happens there)
     resume: bool = False
     dropout: float | None = None  # overrides the config's hidden and attention dropout (0 suits short runs)
+    objective: str = "mlm"  # "mlm" (BERT), "l2r" or "r2l" (causal next-token language model)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise BertkitError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+
+
+OBJECTIVES = ("mlm", "l2r", "r2l")
 
 
 def build_model(
-    spec: str, vocab_size: int, max_seq_length: int, dropout: float | None = None, **kwargs
+    spec: str,
+    vocab_size: int,
+    max_seq_length: int,
+    dropout: float | None = None,
+    config_overrides: dict | None = None,
+    **kwargs,
 ) -> BertForPreTraining:
     """A model from a preset name, a config.json or a model directory; its vocabulary must match the data's."""
     path = Path(spec)
     over = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    over.update(config_overrides or {})
     if spec in PRESETS:
         model = BertForPreTraining(BertConfig.preset(spec, vocab_size=vocab_size, **over), **kwargs)
     elif path.is_dir():
@@ -64,7 +83,28 @@ def build_model(
     return model
 
 
-def pretraining_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], use_nsp: bool = True):
+def next_token_batch(batch: dict[str, torch.Tensor], reverse: bool = False) -> dict[str, torch.Tensor]:
+    """A masked batch -> a language-modelling batch: masking undone, each sequence optionally reversed (its real
+    tokens; padding stays at the end), and labels = the next token at every real position but the last."""
+    chosen = batch["mlm_labels"] != IGNORE_INDEX
+    ids = torch.where(chosen, batch["mlm_labels"], batch["input_ids"])  # (B, T) the original tokens
+    types, mask = batch["token_type_ids"], batch["attention_mask"]
+    if reverse:
+        ids, types = reverse_real_tokens(ids, mask), reverse_real_tokens(types, mask)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, :-1] = torch.where(mask[:, 1:].bool(), ids[:, 1:], IGNORE_INDEX)
+    return dict(batch, input_ids=ids, token_type_ids=types, mlm_labels=labels)
+
+
+def objective_batch(batch: dict[str, torch.Tensor], objective: str) -> dict[str, torch.Tensor]:
+    """The batch a model of this objective trains on (MLM batches pass through)."""
+    return batch if objective == "mlm" else next_token_batch(batch, reverse=objective == "r2l")
+
+
+def pretraining_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], use_nsp: bool = True, objective: str = "mlm"
+):
+    batch = objective_batch(batch, objective)
     out = model(
         batch["input_ids"],
         batch["token_type_ids"],
@@ -80,9 +120,15 @@ def pretraining_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], use
 
 @torch.no_grad()
 def evaluate_pretraining(
-    model: BertForPreTraining, data: PretrainingData, batch_size: int = 64, max_instances: int | None = None
+    model: BertForPreTraining,
+    data: PretrainingData,
+    batch_size: int = 64,
+    max_instances: int | None = None,
+    objective: str = "mlm",
 ) -> dict[str, float]:
-    """Held-out MLM loss and accuracy (over the chosen tokens) and NSP accuracy, with one fixed mask."""
+    """Held-out MLM loss and accuracy (over the chosen tokens) and NSP accuracy, with one fixed mask.
+
+    For a left-to-right / right-to-left model the `mlm_*` figures are those of next-token prediction."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -90,7 +136,7 @@ def evaluate_pretraining(
     loss_sum = correct = predicted = nsp_correct = 0.0
     for start in range(0, n, batch_size):
         batch = collate([data[i] for i in range(start, min(n, start + batch_size))], data.tokenizer.pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = objective_batch({k: v.to(device) for k, v in batch.items()}, objective)
         out = model(
             batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], mlm_labels=batch["mlm_labels"]
         )
@@ -127,6 +173,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         cfg.model,
         tok.vocab_size,
         manifest["config"]["max_seq_length"],
+        config_overrides={"is_decoder": True} if cfg.objective != "mlm" else None,
         mlm_weight=cfg.mlm_weight,
         nsp_weight=cfg.nsp_weight,
     )
@@ -146,16 +193,20 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     def save_extra(directory: Path) -> None:
         tok.save_pretrained(directory)
         summary = {"data": str(cfg.data), "model": cfg.model, "masking": asdict(cfg.masking)}
-        summary.update(mlm_weight=cfg.mlm_weight, nsp_weight=cfg.nsp_weight)
+        summary.update(mlm_weight=cfg.mlm_weight, nsp_weight=cfg.nsp_weight, objective=cfg.objective)
         (directory / "bertkit_pretraining.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     trainer = Trainer(
         model,
         cfg.train,
         loader_fn=loader,
-        loss_fn=lambda m, b: pretraining_loss(m, b, use_nsp),
+        loss_fn=lambda m, b: pretraining_loss(m, b, use_nsp, cfg.objective),
         samples_per_epoch=len(data),
-        eval_fn=(lambda m: evaluate_pretraining(m, eval_data, max_instances=cfg.eval_instances)) if eval_data else None,
+        eval_fn=(
+            (lambda m: evaluate_pretraining(m, eval_data, max_instances=cfg.eval_instances, objective=cfg.objective))
+            if eval_data
+            else None
+        ),
         save_extra=save_extra,
         find_unused_parameters=not use_nsp,  # without NSP the pooler and NSP head get no gradient
     )

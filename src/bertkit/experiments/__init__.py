@@ -1,0 +1,1 @@
+"""`bertkit experiment NAME`: the BERT paper's claims reproduced at small scale on real data (see claims.py)."""

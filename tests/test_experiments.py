@@ -1,0 +1,85 @@
+"""The claim experiments: their building blocks checked directly, and every experiment run end to end at the
+`test` scale (seconds per arm) so that the code stays alive. The committed reports come from the default scale."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from bertkit import BertConfig, BertModel
+from bertkit.experiments.claims import EXPERIMENTS
+from bertkit.experiments.models import ConcatBiLM, embedding_matrix
+from bertkit.experiments.report import verdict
+from bertkit.experiments.workspace import SCALES, Workspace
+
+
+def test_verdict_compares_means_against_the_spread() -> None:
+    assert "**held**" in verdict("x", [0.80, 0.82, 0.81], [0.70, 0.71, 0.69])
+    assert "**held only within noise**" in verdict("x", [0.80, 0.84, 0.76], [0.79, 0.80, 0.78])
+    assert "**did not hold**" in verdict("x", [0.70, 0.71], [0.70, 0.71])
+    assert "**did not hold**" in verdict("x", [0.60, 0.61], [0.70, 0.71])
+
+
+def test_concat_bilm_sees_left_context_forward_and_right_context_backward() -> None:
+    """Token t's features: the left-to-right half depends on tokens <= t only, the right-to-left half on >= t."""
+    torch.manual_seed(0)
+    cfg = BertConfig.preset("tiny", vocab_size=100, max_position_embeddings=32, is_decoder=True, num_hidden_layers=1)
+    model = ConcatBiLM(BertModel(cfg), BertModel(cfg), num_labels=3, per_token=True, dropout=0.0).eval()
+    feats = {}
+    model.classifier.register_forward_hook(lambda m, inp, out: feats.__setitem__("h", inp[0]))
+    ids = torch.tensor([[2, 10, 11, 12, 13, 3, 0, 0], [2, 20, 21, 22, 23, 24, 25, 3]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+        h = feats["h"].clone()
+        changed = ids.clone()
+        changed[:, 3] = 50
+        model(changed, attention_mask=mask)
+        h2 = feats["h"]
+    H = cfg.hidden_size
+    moved = (h2 - h).abs().amax(-1)  # (B, T)
+    fwd, bwd = (h2 - h)[..., :H].abs().amax(-1), (h2 - h)[..., H:].abs().amax(-1)
+    assert fwd[:, :3].max() < 1e-6 and fwd[:, 3:6].min() > 1e-4  # forward: only from position 3 on
+    assert bwd[0, 4:6].max() < 1e-6 and bwd[:, :4].min() > 1e-4  # backward: only up to position 3
+    assert moved[0, 6:].max() == 0  # padding untouched
+
+
+def test_word2vec_matrix_is_rescaled_to_bert_init() -> None:
+    class Vectors:  # the part of gensim's KeyedVectors that embedding_matrix reads
+        vector_size = 4
+        key_to_index: ClassVar[dict] = {"a": 0, "b": 1}
+
+        def __getitem__(self, key):
+            return np.array([1.0, -2.0, 3.0, 0.5]) * (1 if key == "a" else -1)
+
+    class Tok:
+        vocab: ClassVar[list] = ["[PAD]", "a", "b", "c"]
+
+    m = embedding_matrix(Vectors(), Tok(), std=0.02)
+    assert m.shape == (4, 4)
+    assert abs(float(m[1:3].std(unbiased=False)) - 0.02) < 1e-6
+    assert torch.allclose(m[1], -m[2])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, data_dir: Path) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("exp"), replace(SCALES["test"], seeds=2), data_dir, progress=False)
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_experiment_runs_and_writes_its_report(workspace: Workspace, tmp_path: Path, name: str) -> None:
+    path = EXPERIMENTS[name](workspace).write(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    assert "## What held and what did not" in text and "**" in text  # verdicts were computed
+    assert "± " in text  # mean ± std over seeds
+    for line in text.splitlines():
+        if line.startswith("!["):
+            assert (tmp_path / line.split("(")[1].rstrip(")")).stat().st_size > 1000  # the PNG exists
+    raw = json.loads((tmp_path / f"{name}.json").read_text())
+    assert raw
