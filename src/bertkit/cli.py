@@ -278,6 +278,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from bertkit.experiments.claims import EXPERIMENTS
+    from bertkit.experiments.report import write_index
     from bertkit.experiments.workspace import SCALES, Workspace, default_data_dir
 
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
@@ -295,6 +296,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     )
     for name in names:
         path = EXPERIMENTS[name](ws).write(reports)
+        write_index(reports, list(EXPERIMENTS))
         print(f"\n{name}: report written to {path}")
         print(
             "\n".join(

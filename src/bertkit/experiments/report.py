@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class Report:
                 ms.append(m)
                 ss.append(s)
             ax.bar(xs, ms, width, yerr=ss, capsize=3, label=col)
-        ax.set_xticks(range(len(table.rows)), [label for label, _ in table.rows], fontsize=8)
+        ax.set_xticks(range(len(table.rows)), [textwrap.fill(label, 22) for label, _ in table.rows], fontsize=7)
         ax.set_ylabel("dev score")
         ax.set_title(table.title, fontsize=9)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -131,6 +132,23 @@ class Report:
         path.write_text("\n".join(parts) + "\n", encoding="utf-8")
         (out_dir / f"{self.name}.json").write_text(json.dumps(self.raw, indent=2, ensure_ascii=False) + "\n")
         return path
+
+
+def write_index(out_dir: Path, names: list[str]) -> Path:
+    """`README.md` in the reports folder: every report there, with its verdicts copied from it."""
+    intro = "Each report is written by `bertkit experiment NAME`; the verdicts below are copied from them."
+    parts = ["# The BERT paper's claims at small scale", "", intro, ""]
+    for name in names:
+        path = out_dir / f"{name}.md"
+        if not path.is_file():
+            parts += [f"## {name}: not run yet", ""]
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        parts += [f"## [{lines[0].lstrip('# ')}]({name}.md)", ""]
+        parts += [line for line in lines if line.startswith("- ") and "**" in line] + [""]
+    index = out_dir / "README.md"
+    index.write_text("\n".join(parts), encoding="utf-8")
+    return index
 
 
 def _pyplot():

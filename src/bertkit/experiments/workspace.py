@@ -48,8 +48,8 @@ class Scale:
     pretrain_lr: float = 1e-3
     evals: int = 6  # held-out evaluations per pre-training run (the NSP-accuracy curve)
     train_examples: dict[str, int] = field(default_factory=lambda: {"cls": 1000, "pair": 4000, "qa": 1002, "ner": 1000})
-    dev_examples: dict[str, int] = field(default_factory=lambda: {"cls": 1000, "pair": 1000, "qa": 300, "ner": 1000})
-    epochs: dict[str, float] = field(default_factory=lambda: {"cls": 3, "pair": 2, "qa": 2, "ner": 5})
+    dev_examples: dict[str, int] = field(default_factory=lambda: {"cls": 1000, "pair": 1000, "qa": 200, "ner": 1000})
+    epochs: dict[str, float] = field(default_factory=lambda: {"cls": 3, "pair": 2, "qa": 1, "ner": 5})
     seq_length: dict[str, int] = field(default_factory=lambda: {"cls": 64, "pair": 64, "qa": 256, "ner": 128})
     finetune_lr: float = 5e-4
     probe_lr: float = 5e-3
@@ -84,6 +84,7 @@ class Arm:
     name: str
     objective: str = "mlm"  # mlm | l2r | r2l
     nsp: bool = True
+    mask_prob: float = 0.15
     mask_frac: float = 0.8
     random_frac: float = 0.1
     layers: int | None = None  # encoder depth, when not the preset's
@@ -210,7 +211,10 @@ class Workspace:
         run_pretrain(
             PretrainConfig(
                 data=str(self.prepared()), model=spec, train=train,
-                masking=MaskingConfig(mask_frac=arm.mask_frac, random_frac=arm.random_frac),
+                masking=MaskingConfig(
+                    mask_prob=arm.mask_prob, max_predictions=max(20, round(arm.mask_prob * s.max_seq_length * 1.3)),
+                    mask_frac=arm.mask_frac, random_frac=arm.random_frac,
+                ),
                 nsp_weight=1.0 if arm.nsp else 0.0, eval_instances=1000, dropout=0.0, objective=arm.objective,
                 resume=latest_checkpoint(run) is not None, num_workers=0,
             )

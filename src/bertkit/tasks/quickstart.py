@@ -44,6 +44,8 @@ class QuickstartPlan:
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
     pretrain_minutes: float = 5.0  # a cap, in case the machine is slower than the one the steps were sized on
+    mask_prob: float = 0.15
+    nsp: bool = True
     train_examples: int = 3000
     dev_examples: int = 1000
     finetune_epochs: float = 3.0
@@ -138,7 +140,10 @@ def run_quickstart(out: Path, budget: float = 1.0, seed: int = 0, progress: bool
             data=str(data_dir),
             model=plan.preset,
             train=train,
-            masking=MaskingConfig(),
+            masking=MaskingConfig(
+                mask_prob=plan.mask_prob, max_predictions=max(20, round(1.3 * plan.mask_prob * plan.max_seq_length))
+            ),
+            nsp_weight=1.0 if plan.nsp else 0.0,
             eval_instances=1000,
             dropout=0.0,
             resume=latest_checkpoint(run_dir) is not None,
