@@ -260,6 +260,12 @@ def masking(ws: Workspace) -> Report:
         table.add(f"{label} ([MASK] / same / random)", [ft, probe])
         report.raw[label] = {"finetune": ft, "probe": probe}
     report.tables.append(table)
+    best_probe = max(sum(p) / len(p) for _, p in scores.values())
+    if best_probe < 0.05:
+        report.notes.append(
+            f"Every probe scores below 0.05 F1 (best {best_probe:.3f}): the frozen encoders give a linear layer "
+            "almost nothing at this budget, so the probe verdicts compare noise-level numbers and are no evidence."
+        )
     for label in ("100/0/0", "80/0/20", "80/20/0"):
         for k, how in ((0, "fine-tuned"), (1, "probe")):
             report.verdicts.append(verdict(f"80/10/10 beats {label} ({how})", scores["80/10/10"][k], scores[label][k]))
