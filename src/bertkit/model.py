@@ -172,23 +172,26 @@ class Pooler(nn.Module):
         if self.last_token:
             B, T = h.shape[:2]
             last = (attention_mask.sum(1) - 1) if attention_mask is not None else torch.full((B,), T - 1)
-            first = h[torch.arange(B, device=h.device), last.to(h.device)]  # (B, H)
+            read = h[torch.arange(B, device=h.device), last.to(h.device)]  # (B, H)
         else:
-            first = h[:, 0]  # (B, H)
-        return torch.tanh(self.dense(first))  # (B, H)
+            read = h[:, 0]  # (B, H)
+        return torch.tanh(self.dense(read))  # (B, H)
+
+
+def is_padded(attention_mask: torch.Tensor | None) -> bool:
+    """Whether any position is padding (a host sync: call it once per forward)."""
+    return attention_mask is not None and not bool(attention_mask.all())
 
 
 def attention_bias(
-    attention_mask: torch.Tensor | None, dtype: torch.dtype, causal: bool = False, T: int = 0
+    padding_mask: torch.Tensor | None, dtype: torch.dtype, causal: bool = False, T: int = 0, device=None
 ) -> torch.Tensor | None:
-    """(B, T) 1/0 padding mask -> additive bias for SDPA: (B, 1, 1, T), or (B, 1, T, T) when `causal` (each token
-    sees itself and the tokens before it); None when nothing is masked."""
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    if not padded and not causal:
+    """(B, T) 1/0 padding mask (None when nothing is padded) -> additive bias for SDPA: (B, 1, 1, T), or
+    (B, 1, T, T) when `causal` (each token sees itself and the tokens before it); None when nothing is masked."""
+    if padding_mask is None and not causal:
         return None
-    keep = attention_mask[:, None, None, :].bool() if padded else None  # (B, 1, 1, T)
+    keep = padding_mask[:, None, None, :].bool() if padding_mask is not None else None  # (B, 1, 1, T)
     if causal:
-        device = attention_mask.device if attention_mask is not None else None
         lower = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, T, T)
         keep = lower if keep is None else keep & lower
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
@@ -277,8 +280,10 @@ class BertModel(nn.Module, PreTrainedMixin):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         dtype = self.embeddings.word_embeddings.weight.dtype
-        bias = attention_bias(attention_mask, dtype, causal=self.config.is_decoder, T=T)
-        padded = attention_mask is not None and not bool(attention_mask.all())
+        padded = is_padded(attention_mask)
+        bias = attention_bias(
+            attention_mask if padded else None, dtype, causal=self.config.is_decoder, T=T, device=input_ids.device
+        )
         if padded and self.unpad:
             # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only.
             unpadded = Unpadded(attention_mask)

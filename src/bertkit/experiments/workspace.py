@@ -84,7 +84,6 @@ class Arm:
     name: str
     objective: str = "mlm"  # mlm | l2r | r2l
     nsp: bool = True
-    mask_prob: float = 0.15
     mask_frac: float = 0.8
     random_frac: float = 0.1
     layers: int | None = None  # encoder depth, when not the preset's
@@ -211,10 +210,7 @@ class Workspace:
         run_pretrain(
             PretrainConfig(
                 data=str(self.prepared()), model=spec, train=train,
-                masking=MaskingConfig(
-                    mask_prob=arm.mask_prob, max_predictions=max(20, round(arm.mask_prob * s.max_seq_length * 1.3)),
-                    mask_frac=arm.mask_frac, random_frac=arm.random_frac,
-                ),
+                masking=MaskingConfig(mask_frac=arm.mask_frac, random_frac=arm.random_frac),
                 nsp_weight=1.0 if arm.nsp else 0.0, eval_instances=1000, dropout=0.0, objective=arm.objective,
                 resume=latest_checkpoint(run) is not None, num_workers=0,
             )

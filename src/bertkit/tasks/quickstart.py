@@ -12,7 +12,6 @@ interrupted pre-training resumes from its last checkpoint. `budget` scales the d
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.prepare import PrepareConfig, prepare
 from bertkit.data.tasks import read_classification
+from bertkit.experiments.models import majority_accuracy
 from bertkit.infer import fill_mask
 from bertkit.model import BertForPreTraining
 from bertkit.tasks.finetune import FinetuneConfig, run_finetune
@@ -44,8 +44,6 @@ class QuickstartPlan:
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
     pretrain_minutes: float = 5.0  # a cap, in case the machine is slower than the one the steps were sized on
-    mask_prob: float = 0.15
-    nsp: bool = True
     train_examples: int = 3000
     dev_examples: int = 1000
     finetune_epochs: float = 3.0
@@ -68,10 +66,8 @@ def _stage(n: int, text: str) -> None:
 
 def _majority_baselines(paths: dict) -> dict[str, float]:
     """Majority-class accuracy for sentiment; all-O NER scores F1 = 0 by definition."""
-    train = Counter(ex.label for ex in read_classification(paths["sentiment_train"]))
-    dev = [ex.label for ex in read_classification(paths["sentiment_dev"])]
-    top = train.most_common(1)[0][0]
-    return {"sentiment": sum(y == top for y in dev) / len(dev), "ner": 0.0}
+    train, dev = read_classification(paths["sentiment_train"]), read_classification(paths["sentiment_dev"])
+    return {"sentiment": majority_accuracy(train, dev), "ner": 0.0}
 
 
 def run_quickstart(out: Path, budget: float = 1.0, seed: int = 0, progress: bool = True) -> dict:
@@ -140,10 +136,7 @@ def run_quickstart(out: Path, budget: float = 1.0, seed: int = 0, progress: bool
             data=str(data_dir),
             model=plan.preset,
             train=train,
-            masking=MaskingConfig(
-                mask_prob=plan.mask_prob, max_predictions=max(20, round(1.3 * plan.mask_prob * plan.max_seq_length))
-            ),
-            nsp_weight=1.0 if plan.nsp else 0.0,
+            masking=MaskingConfig(),
             eval_instances=1000,
             dropout=0.0,
             resume=latest_checkpoint(run_dir) is not None,
