@@ -192,3 +192,18 @@ def test_left_to_right_pretraining_learns_and_saves_a_causal_model(tmp_path: Pat
     assert sum(train[-5:]) / 5 < sum(train[:5]) / 5 - 0.5  # the next-token loss falls
     summary = json.loads((tmp_path / "run/model/bertkit_pretraining.json").read_text())
     assert summary["objective"] == "l2r"
+
+
+def test_dropout_and_init_range_overrides_reach_the_model(tmp_path: Path, small_data: Path) -> None:
+    from bertkit.config import BertConfig
+    from bertkit.model import BertForPreTraining
+    from bertkit.tasks.pretrain import PretrainConfig, run_pretrain
+    from bertkit.train.loop import TrainConfig
+
+    train = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=2, batch_size=4, learning_rate=1e-7, progress=False)
+    run_pretrain(PretrainConfig(data=str(small_data), model="tiny", train=train, dropout=0.0, init_range=0.05))
+    config = BertConfig.load(tmp_path / "run/model")
+    assert config.hidden_dropout_prob == 0.0 and config.attention_probs_dropout_prob == 0.0
+    assert config.initializer_range == 0.05
+    weights = BertForPreTraining.from_pretrained(tmp_path / "run/model").bert.embeddings.word_embeddings.weight
+    assert abs(weights.std().item() - 0.05) < 0.003  # drawn with the new std, not the preset's 0.02

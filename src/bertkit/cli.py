@@ -132,6 +132,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         resume=args.resume,
         dropout=args.dropout,
         objective=args.objective,
+        init_range=args.init_range,
     )
     metrics = run_pretrain(cfg)
     print(json.dumps(metrics))
@@ -396,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout (0 suits short runs)")
+    p.add_argument(
+        "--init-range",
+        type=float,
+        default=None,
+        help="std of a new model's initial weights (config initializer_range; presets: 0.02)",
+    )
     _add_masking_flags(p)
     p.set_defaults(func=_cmd_pretrain)
 

@@ -332,7 +332,11 @@ class Tokenizer:
         limit_alphabet: int = 10000,
         show_progress: bool = True,
     ) -> Tokenizer:
-        """Learn a WordPiece vocabulary from UTF-8 corpus files; special tokens come first, in BERT order."""
+        """Learn a WordPiece vocabulary from UTF-8 corpus files; special tokens come first, in BERT order.
+
+        Not bit-reproducible: the `tokenizers` trainer breaks ties between equally frequent merges in hash-map
+        order, so two runs on the same corpus can differ in a few rare `##` pieces (huggingface/tokenizers#1794).
+        Save the vocabulary and reuse it, as every bertkit recipe does once a vocabulary exists."""
         if vocab_size <= len(SPECIAL_TOKENS):
             raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
         n_text_lines = 0

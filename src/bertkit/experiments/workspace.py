@@ -230,9 +230,11 @@ class Workspace:
         seed: int,
         factory: ModelFactory | None = None,
         learning_rate: float | None = None,
-        dropout: float | None = None,
+        dropout: float = 0.1,
     ) -> float:
-        """Fine-tune one (arm, task, seed) and return its best dev score (cached in `metrics.json`)."""
+        """Fine-tune one (arm, task, seed) and return its best dev score (cached in `metrics.json`).
+
+        Dropout is BERT's fine-tuning 0.1 whatever the arm was pre-trained with (the arms pre-train without)."""
         s = self.scale
         out = self.root / "finetune" / run_name / task / f"seed{seed}"
         metrics = out / "metrics.json"

@@ -34,10 +34,20 @@ class PretrainConfig:
     resume: bool = False
     dropout: float | None = None  # overrides the config's hidden and attention dropout (0 suits short runs)
     objective: str = "mlm"  # "mlm" (BERT), "l2r" or "r2l" (causal next-token language model)
+    init_range: float | None = None  # overrides the config's initializer_range (std of the initial weights)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise BertkitError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+
+    def config_overrides(self) -> dict:
+        """Model-config keys this run sets besides dropout: causal attention for l2r/r2l, the init scale."""
+        over: dict = {}
+        if self.objective != "mlm":
+            over["is_decoder"] = True
+        if self.init_range is not None:
+            over["initializer_range"] = self.init_range
+        return over
 
 
 OBJECTIVES = ("mlm", "l2r", "r2l")
@@ -173,7 +183,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         cfg.model,
         tok.vocab_size,
         manifest["config"]["max_seq_length"],
-        config_overrides={"is_decoder": True} if cfg.objective != "mlm" else None,
+        dropout=cfg.dropout,
+        config_overrides=cfg.config_overrides(),
         mlm_weight=cfg.mlm_weight,
         nsp_weight=cfg.nsp_weight,
     )
