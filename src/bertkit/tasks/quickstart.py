@@ -44,7 +44,7 @@ class QuickstartPlan:
     pretrain_batch: int = 32  # at this budget more, smaller steps learn faster than fewer large ones (measured)
     pretrain_lr: float = 1e-3
     # Initial weights' std: 0.05 reached a higher held-out MLM accuracy than BERT's 0.02 at the same step (measured
-    # on tiny; both arms of the comparison start from it).
+    # on tiny, benchmarks/results/pretrain_tiny_sweep.json; both arms of the comparison start from it).
     init_range: float = 0.05
     pretrain_minutes: float = 7.0  # a cap, in case the machine is slower than the one the steps were sized on
     train_examples: int = 3000
@@ -53,7 +53,8 @@ class QuickstartPlan:
     ner_epochs: float = 5.0
     # Each arm is fine-tuned at every learning rate here and its best dev score reported, as the paper selects
     # its fine-tuning lr on dev. One by default: 1e-3 was the best of (2e-4, 5e-4, 1e-3) for both arms and both
-    # tasks in 7 of the 8 runs measured, and the minutes a grid costs buy more pre-training instead.
+    # tasks in 7 of the 8 cases measured (benchmarks/results/quickstart_lr_check.json), and the minutes a grid
+    # costs buy more pre-training instead.
     finetune_lrs: tuple[float, ...] = (1e-3,)
 
     @classmethod
