@@ -41,8 +41,10 @@ class PretrainConfig:
             raise BertkitError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
 
     def config_overrides(self) -> dict:
-        """Model-config keys this run sets besides dropout: causal attention for l2r/r2l, the init scale."""
+        """Every model-config key this run sets: dropout, causal attention for l2r/r2l, the init scale."""
         over: dict = {}
+        if self.dropout is not None:
+            over["hidden_dropout_prob"] = over["attention_probs_dropout_prob"] = self.dropout
         if self.objective != "mlm":
             over["is_decoder"] = True
         if self.init_range is not None:
@@ -57,14 +59,14 @@ def build_model(
     spec: str,
     vocab_size: int,
     max_seq_length: int,
-    dropout: float | None = None,
     config_overrides: dict | None = None,
     **kwargs,
 ) -> BertForPreTraining:
-    """A model from a preset name, a config.json or a model directory; its vocabulary must match the data's."""
+    """A model from a preset name, a config.json or a model directory; its vocabulary must match the data's.
+
+    `config_overrides` (config.json keys) apply on top of whichever config the model comes with."""
     path = Path(spec)
-    over = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
-    over.update(config_overrides or {})
+    over = config_overrides or {}
     if spec in PRESETS:
         model = BertForPreTraining(BertConfig.preset(spec, vocab_size=vocab_size, **over), **kwargs)
     elif path.is_dir():
@@ -183,7 +185,6 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         cfg.model,
         tok.vocab_size,
         manifest["config"]["max_seq_length"],
-        dropout=cfg.dropout,
         config_overrides=cfg.config_overrides(),
         mlm_weight=cfg.mlm_weight,
         nsp_weight=cfg.nsp_weight,
