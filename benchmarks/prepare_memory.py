@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import describe
+from bertkit.machine import describe
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("BERTKIT_DATA", HERE.parent.parent / "shared" / "data"))

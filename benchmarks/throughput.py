@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from machine import describe
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.data.tasks import read_classification
+from bertkit.machine import describe
 from bertkit.model import BertForSequenceClassification
 from bertkit.train.loop import build_optimizer
 

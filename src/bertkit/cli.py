@@ -32,7 +32,8 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
     from bertkit.checkpoint import atomic_write
     from bertkit.data.corpus import read_lines
-    from bertkit.infer import embed, embedding_settings, pick_device
+    from bertkit.infer import embed, embedding_settings
+    from bertkit.machine import pick_device
     from bertkit.model import BertModel
     from bertkit.tokenizer import Tokenizer
 
@@ -139,7 +140,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from bertkit.infer import pick_device
+    from bertkit.machine import pick_device
 
     device = pick_device(args.device)
     if (Path(args.data) / "manifest.json").is_file():
@@ -217,7 +218,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     import tempfile
 
-    from bertkit.infer import pick_device
+    from bertkit.machine import pick_device
     from bertkit.tasks.finetune import load_task_model
 
     task, model, tok, id2label = load_task_model(args.model, None, pick_device(args.device))
@@ -256,7 +257,8 @@ def _read_for_prediction(task, path: str) -> list:
 
 
 def _cmd_fill_mask(args: argparse.Namespace) -> None:
-    from bertkit.infer import fill_mask, pick_device
+    from bertkit.infer import fill_mask
+    from bertkit.machine import pick_device
     from bertkit.model import BertForPreTraining
     from bertkit.tokenizer import Tokenizer
 
@@ -316,6 +318,7 @@ def _add_masking_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `bertkit` argument parser: one sub-command per recipe, each with `func` set to its handler."""
     parser = argparse.ArgumentParser(
         prog="bertkit",
         description="BERT end to end: train a WordPiece vocabulary, prepare data, pre-train, fine-tune, "

@@ -95,6 +95,7 @@ class BertConfig:
         return cls(**kwargs, extra=extra)
 
     def save(self, path: str | Path) -> None:
+        """Write the Hugging Face `config.json` dictionary (`to_dict`) to `path`."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     @classmethod

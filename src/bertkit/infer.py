@@ -15,15 +15,6 @@ from bertkit.model import BertForPreTraining, BertModel
 from bertkit.tokenizer import Tokenizer
 
 
-def pick_device(name: str | None = None) -> torch.device:
-    """`cuda` when asked for (or available when `name` is None), else `cpu`."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BertkitError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(name)
-
-
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average of the token vectors that the attention mask keeps: (B, T, H) -> (B, H)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)

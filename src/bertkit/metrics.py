@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 
 def accuracy(pred: Sequence, gold: Sequence) -> float:
+    """Share of predictions equal to the gold labels (0 when there are none)."""
     return sum(p == g for p, g in zip(pred, gold, strict=True)) / max(len(gold), 1)
 
 
@@ -85,6 +86,7 @@ def normalize_answer(s: str) -> str:
 
 
 def squad_f1(prediction: str, truth: str) -> float:
+    """SQuAD's F1 over the bags of words of the normalised prediction and answer."""
     p, t = normalize_answer(prediction).split(), normalize_answer(truth).split()
     common = Counter(p) & Counter(t)
     same = sum(common.values())
@@ -95,6 +97,7 @@ def squad_f1(prediction: str, truth: str) -> float:
 
 
 def squad_em(prediction: str, truth: str) -> float:
+    """SQuAD's exact match: 1.0 when the normalised texts are equal, else 0.0."""
     return float(normalize_answer(prediction) == normalize_answer(truth))
 
 
@@ -144,6 +147,8 @@ def cmrc_f1(prediction: str, truth: str) -> float:
 
 
 def cmrc_em(prediction: str, truth: str) -> float:
+    """CMRC 2018's exact match: 1.0 when equal after lower-casing, trimming and dropping punctuation."""
+
     def strip(s: str) -> str:
         return "".join(ch for ch in s.lower().strip() if ch not in _CMRC_PUNCT)
 

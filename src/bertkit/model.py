@@ -25,6 +25,7 @@ IGNORE_INDEX = -100  # label value for positions that carry no loss
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (Hugging Face's `gelu_new`)."""
     return F.gelu(x, approximate="tanh")
 
 
@@ -39,6 +40,7 @@ ACTIVATIONS = {
 
 
 def activation(name: str):
+    """The activation function named by a config's `hidden_act`; raises on an unsupported name."""
     if name not in ACTIVATIONS:
         raise BertkitError(f"hidden_act {name!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
@@ -77,9 +79,11 @@ class Unpadded:
         self.positions = self.index % self.T  # (N,) position of each real token in its sequence
 
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...): the rows of the real tokens."""
         return t.flatten(0, 1).index_select(0, self.index)  # (N, ...)
 
     def pad(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...), zeros at the padded positions."""
         out = t.new_zeros(self.B * self.T, *t.shape[1:]).index_copy(0, self.index, t)
         return out.view(self.B, self.T, *t.shape[1:])  # (B, T, ...)
 
@@ -199,12 +203,16 @@ def attention_bias(
 
 @dataclass
 class BertOutput:
+    """BertModel's output: per-token hidden states and the pooled sentence vector (None without a pooler)."""
+
     last_hidden_state: torch.Tensor  # (B, T, H)
     pooler_output: torch.Tensor | None  # (B, H)
 
 
 @dataclass
 class PreTrainingOutput:
+    """BertForPreTraining's output: total, MLM and NSP losses (None without labels) and both logits."""
+
     loss: torch.Tensor | None
     mlm_loss: torch.Tensor | None
     nsp_loss: torch.Tensor | None
@@ -367,11 +375,14 @@ def num_parameters(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------- task models
 @dataclass
 class TaskOutput:
+    """A task model's output: the loss (None without labels) and the logits."""
+
     loss: torch.Tensor | None
     logits: torch.Tensor  # (B, C) sequence | (B, T, C) tokens | (B, T, 2) start/end
 
 
 def num_labels_of(config: BertConfig, num_labels: int | None) -> int:
+    """`num_labels` when given, else the size of the config's `id2label`, else 2."""
     if num_labels is not None:
         return num_labels
     id2label = config.extra.get("id2label")

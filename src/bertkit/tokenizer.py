@@ -25,6 +25,7 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors, traine
 from tokenizers.models import WordPiece
 
 from bertkit.data.corpus import read_corpus_lines
+from bertkit.data.padding import encoder_inputs
 from bertkit.errors import BertkitError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -52,15 +53,18 @@ class Encoding:
 
     @property
     def token_type_ids(self) -> list[int]:
+        """Segment ids: 0 over `[CLS] A [SEP]`, 1 over `B [SEP]`."""
         n_a = self._len_a + 2
         return [0] * n_a + [1] * (len(self.input_ids) - n_a)
 
     @property
     def attention_mask(self) -> list[int]:
+        """All ones: an Encoding holds no padding (`Tokenizer.pad` adds it)."""
         return [1] * len(self.input_ids)
 
     @property
     def offsets(self) -> list[tuple[int, int]]:
+        """Each token's (start, end) span in its own segment's text; (0, 0) for special tokens."""
         out = [(0, 0), *self._a.offsets[: self._len_a], (0, 0)]
         if self._b is not None:
             out += [*self._b.offsets[: self._len_b], (0, 0)]
@@ -68,6 +72,7 @@ class Encoding:
 
     @property
     def sequence_ids(self) -> list[int | None]:
+        """Each token's segment: 0 for A, 1 for B, None for special tokens."""
         out: list[int | None] = [None, *([0] * self._len_a), None]
         if self._b is not None:
             out += [*([1] * self._len_b), None]
@@ -217,9 +222,11 @@ class Tokenizer:
         return self._rust.encode(text, add_special_tokens=False).tokens
 
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
+        """Ids of the tokens; one not in the vocabulary gets the [UNK] id."""
         return [self.token_to_id.get(t, self.unk_id) for t in tokens]
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        """Vocabulary entries of the ids, `##` pieces and special tokens as they are."""
         return [self.vocab[i] for i in ids]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
@@ -304,16 +311,8 @@ class Tokenizer:
         T = max(len(e) for e in encodings)
         if pad_to_multiple_of:
             T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
-        B = len(encodings)
-        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        types = torch.zeros((B, T), dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
-        for i, e in enumerate(encodings):
-            n = len(e)
-            ids[i, :n] = torch.tensor(e.input_ids)
-            types[i, :n] = torch.tensor(e.token_type_ids)
-            mask[i, :n] = 1
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+        ids, types = [e.input_ids for e in encodings], [e.token_type_ids for e in encodings]
+        return encoder_inputs(ids, types, self.pad_id, T)
 
     def batch(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None

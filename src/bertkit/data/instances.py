@@ -23,6 +23,8 @@ IS_NEXT, NOT_NEXT = 0, 1  # NSP labels as in transformers: 0 = B continues A, 1 
 
 @dataclass
 class Instance:
+    """One NSP pair before special tokens: A and B token ids, the NSP label, optional word-start flags."""
+
     tokens_a: list[int]
     tokens_b: list[int]
     nsp_label: int

@@ -17,6 +17,8 @@ from bertkit.model import IGNORE_INDEX
 
 @dataclass
 class MaskingConfig:
+    """MLM corruption settings: share of tokens chosen, cap per sequence, [MASK]/random split, whole words."""
+
     mask_prob: float = 0.15
     max_predictions: int = 20  # cap per sequence (the original's max_predictions_per_seq)
     mask_frac: float = 0.8  # of the chosen tokens: share replaced by [MASK]

@@ -43,6 +43,8 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 @dataclass
 class PrepareConfig:
+    """Settings of `bertkit prepare`: instance lengths, NSP, static/whole-word masking, eval share, shards."""
+
     max_seq_length: int = 128
     short_seq_prob: float = 0.1
     dupe_factor: int = 1  # >1: that many copies, each with its own fixed mask (static masking, as the original)

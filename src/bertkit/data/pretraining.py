@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from bertkit.data.masking import MaskingConfig, mask_sequence
+from bertkit.data.padding import encoder_inputs, pad_rows
 from bertkit.data.prepare import FORMAT
 from bertkit.errors import BertkitError
 from bertkit.model import IGNORE_INDEX
@@ -17,6 +18,7 @@ from bertkit.tokenizer import Tokenizer
 
 
 def read_manifest(data_dir: str | Path) -> dict:
+    """The `manifest.json` of a prepared data directory, checked to be in this version's FORMAT."""
     path = Path(data_dir) / "manifest.json"
     if not path.is_file():
         raise BertkitError(f"{data_dir} is not a prepared data directory (no manifest.json); run `bertkit prepare`")
@@ -83,19 +85,8 @@ class PretrainingData(torch.utils.data.Dataset):
 
 def collate(items: list[dict[str, np.ndarray]], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Pad to the longest sequence in the batch (dynamic padding)."""
-    T = max(len(x["input_ids"]) for x in items)
-    B = len(items)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    types = torch.zeros((B, T), dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
-    for r, x in enumerate(items):
-        n = len(x["input_ids"])
-        ids[r, :n] = torch.from_numpy(x["input_ids"])
-        types[r, :n] = torch.from_numpy(x["token_type_ids"])
-        labels[r, :n] = torch.from_numpy(x["mlm_labels"])
-        mask[r, :n] = 1
-    out = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "mlm_labels": labels}
+    out = encoder_inputs([x["input_ids"] for x in items], [x["token_type_ids"] for x in items], pad_id)
+    out["mlm_labels"] = pad_rows([x["mlm_labels"] for x in items], IGNORE_INDEX, out["input_ids"].shape[1])
     out["nsp_labels"] = torch.tensor([int(x["nsp_labels"]) for x in items], dtype=torch.long)
     return out
 
@@ -112,6 +103,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.shuffle = shuffle
 
     def order(self) -> np.ndarray:
+        """This epoch's global (all-rank) order: a permutation seeded by (seed, epoch), or 0..n-1."""
         if not self.shuffle:
             return np.arange(self.n)
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)

@@ -17,6 +17,8 @@ from bertkit.errors import BertkitError
 
 @dataclass
 class TextExample:
+    """One classification example: a text (or a text pair), its label, and its line in the file."""
+
     text_a: str
     text_b: str | None
     label: str | None  # None when reading unlabelled input for prediction
@@ -25,6 +27,8 @@ class TextExample:
 
 @dataclass
 class TaggedSentence:
+    """One NER sentence: its tokens (words or Chinese characters) and their tags (None if unlabelled)."""
+
     tokens: list[str]  # words (English) or characters (Chinese)
     tags: list[str] | None
     line: int = 0
@@ -32,6 +36,8 @@ class TaggedSentence:
 
 @dataclass
 class QAExample:
+    """One question over its passage: gold answers as (text, character start); SQuAD v2's is_impossible."""
+
     id: str
     question: str
     context: str

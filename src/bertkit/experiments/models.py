@@ -56,6 +56,8 @@ class ConcatBiLM(nn.Module):
 
 
 def concat_bilm_factory(l2r_dir: Path, r2l_dir: Path, task: str):
+    """A ModelFactory for `ConcatBiLM` over the L2R and R2L model directories, with the run's dropout."""
+
     def build(config: BertConfig, num_labels: int | None) -> nn.Module:
         over = {"hidden_dropout_prob": config.hidden_dropout_prob,
                 "attention_probs_dropout_prob": config.attention_probs_dropout_prob}  # fmt: skip
@@ -137,6 +139,7 @@ def word2vec_token_features(wv, tokenizer: Tokenizer, sentences: Sequence[Tagged
 
 # ------------------------------------------------------------------------------------------ classical baselines
 def majority_accuracy(train: Sequence[TextExample], dev: Sequence[TextExample]) -> float:
+    """Dev accuracy of always predicting the most frequent training label."""
     top = Counter(ex.label for ex in train).most_common(1)[0][0]
     return accuracy([top] * len(dev), [ex.label for ex in dev])
 
@@ -163,6 +166,7 @@ def tfidf_logreg_accuracy(train: Sequence[TextExample], dev: Sequence[TextExampl
 
 
 def linear_accuracy(x_train: np.ndarray, y_train: Sequence[str], x_dev: np.ndarray, y_dev: Sequence[str]) -> float:
+    """Dev accuracy of a logistic regression trained on the feature rows `x_train`."""
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(max_iter=2000).fit(x_train, list(y_train))

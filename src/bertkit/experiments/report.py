@@ -10,10 +10,12 @@ from pathlib import Path
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def fmt(values: list[float] | float | None) -> str:
+    """A table cell: 'mean ± std' of a list of scores, a single number to 3 decimals, or 'n/a' for None."""
     if values is None:
         return "n/a"
     if isinstance(values, float | int):
@@ -37,15 +39,19 @@ def verdict(claim: str, a: list[float], b: list[float]) -> str:
 
 @dataclass
 class Table:
+    """A results table: one row per task, one column per arm; a cell: scores over seeds, a number or None."""
+
     title: str
     columns: list[str]  # arm labels
     rows: list[tuple[str, list[list[float] | float | None]]] = field(default_factory=list)
     metric_note: str = ""
 
     def add(self, label: str, cells: list[list[float] | float | None]) -> None:
+        """Append a row: its label and one cell per column."""
         self.rows.append((label, cells))
 
     def markdown(self) -> str:
+        """The table in markdown under a `###` title, cells as 'mean ± std', then `metric_note`."""
         lines = [f"| task | {' | '.join(self.columns)} |", "| --- |" + " --- |" * len(self.columns)]
         lines += [f"| {label} | {' | '.join(fmt(c) for c in cells)} |" for label, cells in self.rows]
         note = f"\n{self.metric_note}" if self.metric_note else ""
@@ -54,6 +60,8 @@ class Table:
 
 @dataclass
 class Report:
+    """One experiment's results: setup, tables, verdicts, notes, curves, raw numbers; `write` renders it."""
+
     name: str
     title: str
     setup: list[str] = field(default_factory=list)

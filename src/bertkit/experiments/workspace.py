@@ -116,12 +116,14 @@ class Workspace:
 
     # ------------------------------------------------------------------------------------------------ data
     def corpus(self) -> list[Path]:
+        """The pre-training corpus files (People's Daily, unlabelled reviews), written on first use."""
         corpus = self.root / "corpus" / "peoples_daily_199801.txt"
         if not corpus.is_file():
             write_peoples_daily_corpus(corpus, max_paragraphs=self.scale.corpus_paragraphs)
         return [corpus, self.bundled()["reviews_unlabelled"]]
 
     def bundled(self) -> dict[str, Path]:
+        """Paths of the bundled sentiment and NER sets and the unlabelled reviews, written on first use."""
         s = self.scale
         return write_bundled_tasks(
             self.root / "tasks", s.corpus_paragraphs, max(s.train_examples["cls"], s.train_examples["ner"]),
@@ -129,6 +131,7 @@ class Workspace:
         )  # fmt: skip
 
     def tokenizer_dir(self) -> Path:
+        """The WordPiece tokenizer directory, trained on `corpus()` unless it is already there."""
         path = self.root / "tokenizer"
         if not (path / "vocab.txt").is_file():
             tok = Tokenizer.train(self.corpus(), vocab_size=self.scale.vocab_size, show_progress=self.progress)
@@ -136,6 +139,7 @@ class Workspace:
         return path
 
     def prepared(self) -> Path:
+        """The prepared NSP pre-training data directory, built unless it already has a manifest."""
         path = self.root / "data"
         if not (path / "manifest.json").is_file():
             cfg = PrepareConfig(max_seq_length=self.scale.max_seq_length, seed=0)
@@ -218,6 +222,7 @@ class Workspace:
         return model
 
     def pretrain_log(self, arm: Arm) -> list[dict]:
+        """The `metrics.jsonl` records of an arm's pre-training run ([] before it has run)."""
         path = self.root / "pretrain" / arm.name / "metrics.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
@@ -258,6 +263,7 @@ class Workspace:
         return json.loads(metrics.read_text())["dev"][TASK_METRIC[task]]
 
     def seeds(self) -> range:
+        """The fine-tuning seeds: 0 to `scale.seeds` - 1."""
         return range(self.scale.seeds)
 
     def scores(self, run_name: str, model_dir: Path, task: str, **kwargs) -> list[float]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from bertkit.data.padding import encoder_inputs, pad_rows
 from bertkit.model import IGNORE_INDEX
 from bertkit.tokenizer import Tokenizer
 
@@ -17,6 +18,8 @@ Feature = dict[str, Any]
 
 @dataclass
 class TaskSettings:
+    """Task settings kept with the model: max sequence length; QA windows, query/answer lengths, n-best."""
+
     max_seq_length: int = 128
     doc_stride: int = 128  # QA: overlap step between windows of a long passage
     max_query_length: int = 64
@@ -36,6 +39,7 @@ class Task:
         self.settings = settings or TaskSettings()
 
     def read(self, path: str | Path, labelled: bool = True) -> list:
+        """Read a data file into examples; `labelled=False` accepts input without labels (for prediction)."""
         raise NotImplementedError
 
     def labels(self, examples: Sequence) -> list[str] | None:
@@ -46,6 +50,9 @@ class Task:
         """Raise on a label the model does not know (dev/test data)."""
 
     def features(self, examples: Sequence, tok: Tokenizer, label2id: dict[str, int] | None, train: bool):
+        """Encode examples into features: `input_ids`, `token_type_ids`, labels, and what decoding needs.
+
+        `train` is True for the training set; without `label2id` (None) class and tag labels are left out."""
         raise NotImplementedError
 
     def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -53,30 +60,19 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> dict:
+        """Metrics of the model on labelled `examples`, from their `features` (built with train=False)."""
         raise NotImplementedError
 
     def predict(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> list[dict]:
+        """One JSON-serialisable prediction per example (the lines `bertkit predict` writes)."""
         raise NotImplementedError
 
 
 def pad_batch(features: Sequence[Feature], pad_id: int, keys: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """Pad input_ids/token_type_ids (and per-token `labels` when present) to the longest; stack scalar `keys`."""
-    T = max(len(f["input_ids"]) for f in features)
-    B = len(features)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    types = torch.zeros((B, T), dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    token_labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long) if "token_labels" in features[0] else None
-    for r, f in enumerate(features):
-        n = len(f["input_ids"])
-        ids[r, :n] = torch.tensor(f["input_ids"])
-        types[r, :n] = torch.tensor(f["token_type_ids"])
-        mask[r, :n] = 1
-        if token_labels is not None:
-            token_labels[r, :n] = torch.tensor(f["token_labels"])
-    out = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-    if token_labels is not None:
-        out["labels"] = token_labels
+    out = encoder_inputs([f["input_ids"] for f in features], [f["token_type_ids"] for f in features], pad_id)
+    if "token_labels" in features[0]:
+        out["labels"] = pad_rows([f["token_labels"] for f in features], IGNORE_INDEX, out["input_ids"].shape[1])
     for k in keys:
         if k in features[0]:
             dtype = torch.float if isinstance(features[0][k], float) else torch.long

@@ -18,6 +18,7 @@ REGRESSION = "__regression__"
 
 
 def is_regression(labels: Sequence[str]) -> bool:
+    """True when the labels are numbers, some written as decimals, with more than two distinct values."""
     try:
         values = [float(x) for x in labels]
     except ValueError:
@@ -26,12 +27,15 @@ def is_regression(labels: Sequence[str]) -> bool:
 
 
 class ClassificationTask(Task):
+    """Single-sentence classification (`cls`) from the pooled [CLS] vector; regression on decimal labels."""
+
     name = "cls"
     main_metric = "accuracy"
     model_name = "cls"
     pair = False
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
+        """Rows read by `read_classification`; a pair task requires `text_b` in every row."""
         examples = read_classification(path, require_label=labelled)
         for ex in examples:
             if self.pair and ex.text_b is None:
@@ -39,6 +43,7 @@ class ClassificationTask(Task):
         return examples
 
     def labels(self, examples: Sequence[TextExample]) -> list[str]:
+        """Labels sorted by (length, text), or [REGRESSION] for decimal labels; one label is an error."""
         values = [ex.label for ex in examples if ex.label is not None]
         if is_regression(values):
             return [REGRESSION]
@@ -81,6 +86,7 @@ class ClassificationTask(Task):
         return torch.stack(run_model(model, self, features, tok.pad_id))  # (N, C)
 
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
+        """Accuracy, macro-F1 and the example count; MSE and Pearson r for regression."""
         logits = self._scores(model, tok, features)
         if id2label[0] == REGRESSION:
             pred = logits[:, 0]
@@ -93,6 +99,7 @@ class ClassificationTask(Task):
         return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold), "examples": len(gold)}
 
     def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+        """The best `label` and every label's `probabilities` per example; a `score` for regression."""
         logits = self._scores(model, tok, features)
         if id2label[0] == REGRESSION:
             return [{"score": float(x)} for x in logits[:, 0]]
@@ -105,6 +112,8 @@ class ClassificationTask(Task):
 
 
 class PairClassificationTask(ClassificationTask):
+    """Sentence-pair classification (`pair`): `text_a` as segment A, `text_b` as segment B."""
+
     name = "pair"
     model_name = "pair"
     pair = True

@@ -42,6 +42,8 @@ _ARCH_TO_TASK = {
 
 @dataclass
 class FinetuneConfig:
+    """Settings of one fine-tuning run (`bertkit finetune`): task, model, data files, output, training."""
+
     task: str
     model: str
     train: str

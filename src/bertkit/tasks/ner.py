@@ -29,11 +29,14 @@ def words_of(text: str) -> tuple[list[str], list[tuple[int, int]]]:
 
 
 class NerTask(Task):
+    """Token labelling (`ner`): a BIO/BIOES tag per word, predicted at the word's first sub-token."""
+
     name = "ner"
     main_metric = "f1"
     model_name = "ner"
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TaggedSentence]:
+        """CoNLL when labelled; else text lines split by `words_of`, character spans kept for `predict`."""
         if labelled:
             return read_conll(path, require_tags=True)
         from bertkit.data.corpus import read_lines
@@ -48,6 +51,7 @@ class NerTask(Task):
         return out
 
     def labels(self, examples: Sequence[TaggedSentence]) -> list[str]:
+        """'O' first, then the tags sorted by entity type and then prefix."""
         tags = {t for ex in examples for t in (ex.tags or [])}
         return ["O", *sorted(tags - {"O"}, key=lambda t: (t[2:], t[0]))]
 
@@ -58,6 +62,7 @@ class NerTask(Task):
                     raise BertkitError(f"{path}:{ex.line + k}: label {t!r} was not in the training data")
 
     def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
+        """Chunks of whole words up to `max_seq_length`; a word's label sits on its first sub-token only."""
         budget = self.settings.max_seq_length - 2
         encs = tok._rust.encode_batch([ex.tokens for ex in examples], is_pretokenized=True, add_special_tokens=False)
         out: list[Feature] = []
@@ -105,11 +110,13 @@ class NerTask(Task):
         return tags
 
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
+        """Entity-level precision, recall and F1 (conlleval chunking) of the tags at first sub-tokens."""
         pred = self._tags(model, tok, examples, features, id2label)
         gold = [ex.tags for ex in examples]
         return {**entity_prf(pred, gold), "sentences": len(gold)}
 
     def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+        """Per sentence: its word tags and its entities (type, character start and end, text)."""
         pred = self._tags(model, tok, examples, features, id2label)
         out = []
         for ex, tags in zip(examples, pred, strict=True):

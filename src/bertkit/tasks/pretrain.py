@@ -23,6 +23,8 @@ from bertkit.train.loop import TrainConfig, Trainer, latest_checkpoint
 
 @dataclass
 class PretrainConfig:
+    """Settings of one pre-training run: data, model, training loop, masking, loss weights, objective."""
+
     data: str
     model: str = "mini"  # a preset name, a config.json, or a model directory to continue from
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/pretrain"))
@@ -116,6 +118,7 @@ def objective_batch(batch: dict[str, torch.Tensor], objective: str) -> dict[str,
 def pretraining_loss(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], use_nsp: bool = True, objective: str = "mlm"
 ):
+    """(loss, {mlm_loss, nsp_loss}) of a batch reshaped for `objective`; NSP only with `use_nsp`."""
     batch = objective_batch(batch, objective)
     out = model(
         batch["input_ids"],

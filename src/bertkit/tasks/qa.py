@@ -22,11 +22,14 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 class QaTask(Task):
+    """Extractive QA (`qa`): start/end scores over passage tokens, long passages in sliding windows."""
+
     name = "qa"
     main_metric = "f1"
     model_name = "qa"
 
     def read(self, path: str | Path, labelled: bool = True) -> list[QAExample]:
+        """SQuAD JSON, or a `.jsonl` file of {question, context, id?} objects without answers (prediction)."""
         path = Path(path)
         if path.suffix == ".jsonl":  # {"question": ..., "context": ..., "id": optional} per line
             out = []
@@ -45,6 +48,7 @@ class QaTask(Task):
         return examples
 
     def features(self, examples: Sequence[QAExample], tok: Tokenizer, label2id, train: bool) -> list[Feature]:
+        """One `[CLS] question [SEP] window [SEP]` feature per window; `train` labels the answer, or [CLS]."""
         st = self.settings
         questions = tok._rust.encode_batch([ex.question for ex in examples], add_special_tokens=False)
         contexts = tok._rust.encode_batch([ex.context for ex in examples], add_special_tokens=False)
@@ -125,6 +129,7 @@ class QaTask(Task):
         return out
 
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
+        """EM and F1 of the best span over all windows; CMRC 2018 scoring when most passages are Chinese."""
         answers = self._answers(model, tok, examples, features)
         lang = "zh" if sum(bool(_CJK.search(ex.context[:200])) for ex in examples) > len(examples) / 2 else "en"
         gold = {ex.id: [t for t, _ in ex.answers] for ex in examples}
@@ -132,6 +137,7 @@ class QaTask(Task):
         return {**scores, "questions": len(examples), "scoring": "cmrc2018" if lang == "zh" else "squad"}
 
     def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+        """Per question: the best span over all windows (empty if no-answer wins), its offsets and score."""
         answers = self._answers(model, tok, examples, features)
         out = []
         for ex in examples:

@@ -59,6 +59,7 @@ class QuickstartPlan:
 
     @classmethod
     def for_budget(cls, budget: float) -> QuickstartPlan:
+        """The plan scaled by `budget`: pre-training steps and minutes, train/dev sizes (capped)."""
         plan = cls()
         plan.pretrain_steps = max(20, round(plan.pretrain_steps * budget))
         plan.pretrain_minutes *= max(budget, 0.05)

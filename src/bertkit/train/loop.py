@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from bertkit.checkpoint import atomic_write
 from bertkit.errors import BertkitError
+from bertkit.machine import pick_device
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -36,6 +37,8 @@ LoaderFn = Callable[[int, int, int, int], Iterable[Batch]]  # (epoch, start samp
 
 @dataclass
 class TrainConfig:
+    """Settings of one `Trainer` run: steps, batch, optimiser, schedule, cadences, device, precision."""
+
     out_dir: str
     max_steps: int = 1000
     batch_size: int = 32  # per device and micro-step
@@ -58,6 +61,8 @@ class TrainConfig:
 
 @dataclass
 class TrainState:
+    """Where training stands, saved with every checkpoint: step, epoch, samples of the epoch consumed."""
+
     step: int = 0
     epoch: int = 0
     epoch_samples: int = 0  # samples of the current epoch's global order already consumed
@@ -70,12 +75,9 @@ def dist_info() -> tuple[int, int, int]:
 
 
 def setup_device(name: str | None) -> tuple[torch.device, int, int]:
+    """The device for this process (under torchrun: the GPU of its local rank), its rank and the world size."""
     rank, world, local = dist_info()
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise BertkitError("--device cuda was asked for but no CUDA device is available")
+    if pick_device(name).type == "cuda":
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
         # TF32 tensor cores for the fp32 matmuls that autocast leaves (10-bit mantissa inputs, fp32 accumulate).
@@ -89,6 +91,7 @@ def setup_device(name: str | None) -> tuple[torch.device, int, int]:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global random generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -118,6 +121,8 @@ def build_optimizer(
 
 
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up to 1 over `warmup` steps, then linear decay to 0 at `total`."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -211,6 +216,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
+        """Write `checkpoint-STEP` atomically (model directory, `save_extra`, training state), point
+        `latest` at it and keep the newest `keep_checkpoints`. Main rank only."""
         if not self.is_main:
             return
         name = f"checkpoint-{self.state.step:07d}"
@@ -267,6 +274,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def log(self, record: dict[str, Any]) -> None:
+        """Append a record, with the step, to `metrics.jsonl` (and TensorBoard when open); main rank only."""
         if not self.is_main:
             return
         record = {"step": self.state.step, **record}
@@ -287,6 +295,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> dict[str, float]:
+        """Run `eval_fn` under autocast, log the metrics, let `on_eval` ask to stop; {} without `eval_fn`."""
         if self.eval_fn is None:
             return {}
         self.model.eval()
@@ -304,6 +313,10 @@ class Trainer:
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
     def train(self) -> dict[str, float]:
+        """Run the loop up to `max_steps`; returns the last evaluation's metrics ({} without `eval_fn`).
+
+        Logs, evaluates and checkpoints on their cadences, and once more at the last step; stops early when
+        `on_eval` asks or `max_minutes` runs out; draws `curves.png` at the end."""
         cfg = self.cfg
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,45 @@
+"""The machine a run uses: the device to train or infer on, and a description written into results and reports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+
+import torch
+
+from bertkit.errors import BertkitError
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """`cuda` when asked for (or available when `name` is None), else `cpu`."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BertkitError(f"--device {name} was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def describe() -> dict:
+    """CPU model, cores, memory, Python, platform, torch and its threads, and the GPU if there is one."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info: dict = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    info["platform"] = platform.platform()
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(ValueError, OSError):
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return info
+
+
+def summary() -> str:
+    """One line for a report: '2 CPU cores (AMD EPYC), 23.5 GiB, no GPU, torch 2.13.0+cpu'."""
+    m = describe()
+    memory = f", {m['memory_gib']} GiB" if "memory_gib" in m else ""
+    return f"{m['cores']} CPU cores ({m['cpu']}){memory}, {m.get('gpu', 'no GPU')}, torch {m['torch']}"
