@@ -119,6 +119,7 @@ def test_checkpoint_loads_in_transformers_and_evaluate_prints_json(tmp_path: Pat
     )  # fmt: skip
     metrics = json.loads(r.stdout.strip().splitlines()[-1])
     assert {"mlm_loss", "mlm_accuracy", "nsp_accuracy"} <= metrics.keys()
+    assert 0 <= metrics["masked_accuracy"] <= 1 and 0 < metrics["masked_majority"] <= 1
     assert json.loads((tmp_path / "m.json").read_text()) == metrics
 
 
