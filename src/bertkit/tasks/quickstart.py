@@ -152,9 +152,12 @@ def run_quickstart(out: Path, budget: float = 1.0, seed: int = 0, progress: bool
         )
         run_pretrain(cfg)
     pretrain_metrics = _last_eval(run_dir / "metrics.jsonl")
+    nan = float("nan")
     print(
-        f"held-out MLM accuracy {pretrain_metrics.get('mlm_accuracy', float('nan')):.3f}, "
-        f"NSP accuracy {pretrain_metrics.get('nsp_accuracy', float('nan')):.3f} -> {model_dir}"
+        f"held-out MLM accuracy {pretrain_metrics.get('mlm_accuracy', nan):.3f} "
+        f"([MASK]ed tokens only: {pretrain_metrics.get('masked_accuracy', nan):.3f}; always guessing the commonest: "
+        f"{pretrain_metrics.get('masked_majority', nan):.3f}), "
+        f"NSP accuracy {pretrain_metrics.get('nsp_accuracy', nan):.3f} -> {model_dir}"
     )
 
     _stage(5, "fine-tuning: sentiment (cls) and NER, from the pre-trained model and from random initialisation")
