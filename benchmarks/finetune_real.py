@@ -91,6 +91,11 @@ def jobs(zh_model: Path, random_model: Path, work: Path) -> dict[str, list[str]]
     return out
 
 
+def published_reference(job: str) -> str | None:
+    """The published figure for a job: by its name, or by the task its name starts with (zh_cmrc2018_random_...)."""
+    return PUBLISHED.get(job) or next((v for k, v in PUBLISHED.items() if job.startswith(f"{k}_")), None)
+
+
 def zh_comparison(results: dict) -> dict:
     """Per Chinese task and initialisation: the best dev score over ZH_LRS (the paper's protocol: the best
     fine-tuning lr on dev, chosen per arm) and the score at every lr that has run."""
@@ -170,7 +175,7 @@ def main() -> None:
             "train_examples": metrics["train_examples"],
             "cli": cli,
             "minutes": round((time.perf_counter() - t0) / 60, 1),
-            "published_reference": PUBLISHED.get(name, PUBLISHED.get(name.split("_pretrained")[0].split("_random")[0])),
+            "published_reference": published_reference(name),
         }
         results["zh_comparison"] = zh_comparison(results)
         results["machine"] = describe()
