@@ -195,16 +195,85 @@ def test_left_to_right_pretraining_learns_and_saves_a_causal_model(tmp_path: Pat
     assert summary["objective"] == "l2r"
 
 
-def test_dropout_and_init_range_overrides_reach_the_model(tmp_path: Path, small_data: Path) -> None:
-    from bertkit.config import BertConfig
-    from bertkit.model import BertForPreTraining
-    from bertkit.tasks.pretrain import PretrainConfig, run_pretrain
-    from bertkit.train.loop import TrainConfig
+def test_dropout_and_init_range_overrides_reach_the_model(
+    tmp_path: Path, small_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
 
+    from bertkit.config import BertConfig
+    from bertkit.model import BertForPreTraining, SelfAttention
+    from bertkit.tasks import pretrain
+    from bertkit.train.loop import TrainConfig, Trainer
+
+    trained = []
+
+    class Recording(Trainer):  # the model the loop really trains, for the assertions below
+        def __init__(self, model, *args, **kwargs):
+            trained.append(model)
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "Trainer", Recording)
     train = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=2, batch_size=4, learning_rate=1e-7, progress=False)
-    run_pretrain(PretrainConfig(data=str(small_data), model="tiny", train=train, dropout=0.0, init_range=0.05))
+    cfg = pretrain.PretrainConfig(data=str(small_data), model="tiny", train=train, dropout=0.0, init_range=0.05)
+    pretrain.run_pretrain(cfg)
+    (model,) = trained
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(m.attn_dropout == 0.0 for m in model.modules() if isinstance(m, SelfAttention))
+    # Dropout was this run's setting: the saved config keeps the preset's 0.1 for fine-tuning, the run records 0.
     config = BertConfig.load(tmp_path / "run/model")
-    assert config.hidden_dropout_prob == 0.0 and config.attention_probs_dropout_prob == 0.0
+    assert config.hidden_dropout_prob == 0.1 and config.attention_probs_dropout_prob == 0.1
+    assert json.loads((tmp_path / "run/model/bertkit_pretraining.json").read_text())["dropout"] == 0.0
     assert config.initializer_range == 0.05
     weights = BertForPreTraining.from_pretrained(tmp_path / "run/model").bert.embeddings.word_embeddings.weight
     assert abs(weights.std().item() - 0.05) < 0.003  # drawn with the new std, not the preset's 0.02
+
+
+def test_pretraining_metrics_by_hand() -> None:
+    """evaluate_pretraining on two fixed instances and a model whose predictions are known: every figure by hand."""
+    import math
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from bertkit.tasks.pretrain import evaluate_pretraining
+
+    mask_id, wrong_guess, vocab = 4, 7, 10
+
+    class CopyOrSeven(torch.nn.Module):
+        """Predicts each chosen token as its input token, or 7 where the input is [MASK]; NSP always 0."""
+
+        config = SimpleNamespace(vocab_size=vocab)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, token_type_ids, attention_mask, mlm_labels):
+            inputs = input_ids[mlm_labels != -100]
+            guess = torch.where(inputs == mask_id, wrong_guess, inputs)
+            logits = 5.0 * torch.nn.functional.one_hot(guess, vocab).float()
+            return SimpleNamespace(mlm_logits=logits, nsp_logits=torch.tensor([[1.0, 0.0]]).repeat(len(input_ids), 1))
+
+    def item(ids, labels, nsp):
+        ids = np.array(ids)
+        types = np.zeros_like(ids)
+        return {"input_ids": ids, "token_type_ids": types, "mlm_labels": np.array(labels), "nsp_labels": nsp}
+
+    class Data(list):
+        tokenizer = SimpleNamespace(pad_id=0, mask_id=mask_id)
+
+    data = Data(
+        [
+            item([1, 4, 5, 4, 2], [-100, 7, 5, 8, -100], 0),  # [MASK]->7 right, unchanged 5 right, [MASK]->8 wrong
+            item([1, 4, 6, 2], [-100, 7, 9, -100], 1),  # [MASK]->7 right, random 6 (was 9) wrong
+        ]
+    )
+    metrics = evaluate_pretraining(CopyOrSeven(), data)
+    right = -math.log(math.exp(5) / (math.exp(5) + vocab - 1))
+    wrong = -math.log(1 / (math.exp(5) + vocab - 1))
+    assert metrics["mlm_loss"] == pytest.approx((3 * right + 2 * wrong) / 5, rel=1e-5)
+    assert metrics["mlm_accuracy"] == pytest.approx(3 / 5)  # copying the unchanged token counts here
+    assert metrics["masked_accuracy"] == pytest.approx(2 / 3)  # [MASK] positions only: 7, 8, 7
+    assert metrics["masked_majority"] == pytest.approx(2 / 3)  # always answering 7
+    assert metrics["nsp_accuracy"] == pytest.approx(1 / 2) and metrics["eval_instances"] == 2

@@ -399,7 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout (0 suits short runs)")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="dropout during this run (0 suits short runs); the saved config keeps the model's own (presets: 0.1), "
+        "which fine-tuning uses",
+    )
     p.add_argument(
         "--init-range",
         type=float,

@@ -367,6 +367,18 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
         return PreTrainingOutput(loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits)
 
 
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Run `model` with dropout `p` everywhere (hidden states and attention probabilities), config untouched.
+
+    Pre-training without dropout is a setting of the run, not of the architecture: the config keeps its own
+    dropout, so the saved model fine-tunes with it (BERT's 0.1) unless told otherwise."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif isinstance(module, SelfAttention):
+            module.attn_dropout = p
+
+
 def num_parameters(model: nn.Module) -> int:
     """Distinct trainable parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

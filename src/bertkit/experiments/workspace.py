@@ -239,11 +239,12 @@ class Workspace:
         seed: int,
         factory: ModelFactory | None = None,
         learning_rate: float | None = None,
-        dropout: float = 0.1,
+        dropout: float | None = None,
     ) -> float:
         """Fine-tune one (arm, task, seed) and return its best dev score (cached in `metrics.json`).
 
-        Dropout is BERT's fine-tuning 0.1 whatever the arm was pre-trained with (the arms pre-train without)."""
+        `dropout` None uses the model config's: BERT's 0.1, since pre-training without dropout leaves the saved
+        config's value alone."""
         s = self.scale
         out = self.root / "finetune" / run_name / task / f"seed{seed}"
         metrics = out / "metrics.json"

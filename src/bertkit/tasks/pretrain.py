@@ -17,7 +17,7 @@ from bertkit.config import PRESETS, BertConfig
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.pretraining import EpochSampler, PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
-from bertkit.model import IGNORE_INDEX, BertForPreTraining, reverse_real_tokens
+from bertkit.model import IGNORE_INDEX, BertForPreTraining, reverse_real_tokens, set_dropout
 from bertkit.train.loop import TrainConfig, Trainer, latest_checkpoint
 
 
@@ -34,7 +34,7 @@ class PretrainConfig:
     eval_instances: int = 2000  # held-out instances per evaluation
     num_workers: int = 1  # data-loading processes (masking happens there)
     resume: bool = False
-    dropout: float | None = None  # overrides the config's hidden and attention dropout (0 suits short runs)
+    dropout: float | None = None  # this run's dropout (0 suits short runs); the saved config keeps the model's
     objective: str = "mlm"  # "mlm" (BERT), "l2r" or "r2l" (causal next-token language model)
     init_range: float | None = None  # overrides the config's initializer_range (std of the initial weights)
 
@@ -43,10 +43,9 @@ class PretrainConfig:
             raise BertkitError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
 
     def config_overrides(self) -> dict:
-        """Every model-config key this run sets: dropout, causal attention for l2r/r2l, the init scale."""
+        """Every model-config key this run sets: causal attention for l2r/r2l, the init scale (not dropout: that
+        is a setting of the run, applied by `build_model`, so the saved config keeps the fine-tuning dropout)."""
         over: dict = {}
-        if self.dropout is not None:
-            over["hidden_dropout_prob"] = over["attention_probs_dropout_prob"] = self.dropout
         if self.objective != "mlm":
             over["is_decoder"] = True
         if self.init_range is not None:
@@ -62,11 +61,13 @@ def build_model(
     vocab_size: int,
     max_seq_length: int,
     config_overrides: dict | None = None,
+    dropout: float | None = None,
     **kwargs,
 ) -> BertForPreTraining:
     """A model from a preset name, a config.json or a model directory; its vocabulary must match the data's.
 
-    `config_overrides` (config.json keys) apply on top of whichever config the model comes with."""
+    `config_overrides` (config.json keys) apply on top of whichever config the model comes with; `dropout`, when
+    given, replaces the model's dropout for this run without changing its config (see `set_dropout`)."""
     path = Path(spec)
     over = config_overrides or {}
     if spec in PRESETS:
@@ -94,6 +95,8 @@ def build_model(
             f"the data holds sequences of up to {max_seq_length} tokens but the model has only "
             f"{model.config.max_position_embeddings} positions"
         )
+    if dropout is not None:
+        set_dropout(model, dropout)
     return model
 
 
@@ -204,6 +207,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         tok.vocab_size,
         manifest["config"]["max_seq_length"],
         config_overrides=cfg.config_overrides(),
+        dropout=cfg.dropout,
         mlm_weight=cfg.mlm_weight,
         nsp_weight=cfg.nsp_weight,
     )
@@ -224,6 +228,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         tok.save_pretrained(directory)
         summary = {"data": str(cfg.data), "model": cfg.model, "masking": asdict(cfg.masking)}
         summary.update(mlm_weight=cfg.mlm_weight, nsp_weight=cfg.nsp_weight, objective=cfg.objective)
+        summary.update(dropout=cfg.dropout, init_range=cfg.init_range)  # the run's, None: the config's
         (directory / "bertkit_pretraining.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     trainer = Trainer(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from bertkit.config import BertConfig
 from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.prepare import PrepareConfig, prepare
@@ -164,7 +165,7 @@ def run_quickstart(out: Path, budget: float = 1.0, seed: int = 0, progress: bool
     random_dir = out / "random_init"
     if not (random_dir / "model.safetensors").is_file():
         torch.manual_seed(seed)
-        BertForPreTraining(BertForPreTraining.from_pretrained(model_dir).config).save_pretrained(random_dir)
+        BertForPreTraining(BertConfig.load(model_dir)).save_pretrained(random_dir)
         Tokenizer.from_pretrained(model_dir).save_pretrained(random_dir)
     results: dict[str, dict] = {}
     for task, name, metric in (("cls", "sentiment", "accuracy"), ("ner", "ner", "f1")):
@@ -183,7 +184,6 @@ def run_quickstart(out: Path, budget: float = 1.0, seed: int = 0, progress: bool
                             out=str(run_out),
                             epochs=plan.ner_epochs if task == "ner" else plan.finetune_epochs,
                             learning_rate=lr,
-                            dropout=0.1,  # BERT's fine-tuning dropout; pre-training ran without
                             seed=seed,
                             progress=progress,
                         )
