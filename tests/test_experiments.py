@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bertkit import BertConfig, BertModel
+from bertkit.errors import BertkitError
 from bertkit.experiments.claims import EXPERIMENTS
 from bertkit.experiments.models import ConcatBiLM, embedding_matrix
 from bertkit.experiments.report import verdict, write_index
@@ -87,3 +88,13 @@ def test_experiment_runs_and_writes_its_report(workspace: Workspace, tmp_path: P
     assert raw
     index = write_index(tmp_path, list(EXPERIMENTS)).read_text(encoding="utf-8")
     assert f"]({name}.md)" in index and f"## {name}: not run yet" not in index  # linked, with its verdicts
+
+
+def test_workspace_refuses_cached_runs_of_another_scale(tmp_path: Path) -> None:
+    Workspace(tmp_path, SCALES["test"], progress=False)
+    Workspace(tmp_path, replace(SCALES["test"], seeds=5), progress=False)  # more seeds reuse the cached ones
+    with pytest.raises(BertkitError, match="another `test` scale"):
+        Workspace(tmp_path, replace(SCALES["test"], pretrain_steps=7), progress=False)
+    (tmp_path / "old" / "test" / "pretrain").mkdir(parents=True)
+    with pytest.raises(BertkitError, match=r"without a scale\.json"):
+        Workspace(tmp_path / "old", SCALES["test"], progress=False)

@@ -56,17 +56,17 @@ def test_classification_training_matches_transformers(tmp_path: Path, minilm_dir
     ref.save_pretrained(tmp_path)  # the same fresh head goes into both models
     ours = BertForSequenceClassification.from_pretrained(tmp_path)
     tok = Tokenizer.from_pretrained(minilm_dir)
-    rows = tsv_rows(data_dir / "sst2/train.tsv")[: STEPS * 16]
+    rows = tsv_rows(data_dir / "sst2/train.tsv")[: STEPS * 8]
     batches = []
     for s in range(STEPS):
-        chunk = rows[s * 16 : (s + 1) * 16]
+        chunk = rows[s * 8 : (s + 1) * 8]
         b = tok.batch([r["text"] for r in chunk], max_length=128)
         b["labels"] = torch.tensor([int(r["label"]) for r in chunk])
         batches.append(b)
     losses = train_both(ours, ref, batches, lr=5e-5)
     worst = max(abs(a - b) for a, b in losses)
     assert worst <= 1e-4, losses
-    assert losses[-1][0] < losses[0][0]  # it learns
+    assert sum(a for a, _ in losses[-10:]) < sum(a for a, _ in losses[:10])  # it learns
 
 
 def test_qa_training_matches_transformers(tmp_path: Path, minilm_dir: Path, data_dir: Path) -> None:
@@ -75,7 +75,7 @@ def test_qa_training_matches_transformers(tmp_path: Path, minilm_dir: Path, data
     ref.save_pretrained(tmp_path)
     ours = BertForQuestionAnswering.from_pretrained(tmp_path)
     tok = Tokenizer.from_pretrained(minilm_dir)
-    task = QaTask(TaskSettings(max_seq_length=192, doc_stride=64))
+    task = QaTask(TaskSettings(max_seq_length=128, doc_stride=48))
     examples = task.read(data_dir / "squad_v1.1/dev-v1.1.json")[:400]
     features = [f for f in task.features(examples, tok, None, train=True) if f["start_positions"] > 0]
     assert len(features) >= STEPS * 4

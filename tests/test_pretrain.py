@@ -196,7 +196,7 @@ def test_left_to_right_pretraining_learns_and_saves_a_causal_model(tmp_path: Pat
 
 
 def test_dropout_and_init_range_overrides_reach_the_model(
-    tmp_path: Path, small_data: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, small_data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import torch
 
@@ -216,7 +216,7 @@ def test_dropout_and_init_range_overrides_reach_the_model(
     train = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=2, batch_size=4, learning_rate=1e-7, progress=False)
     cfg = pretrain.PretrainConfig(data=str(small_data), model="tiny", train=train, dropout=0.0, init_range=0.05)
     pretrain.run_pretrain(cfg)
-    (model,) = trained
+    model = trained[0]
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     assert all(m.attn_dropout == 0.0 for m in model.modules() if isinstance(m, SelfAttention))
     # Dropout was this run's setting: the saved config keeps the preset's 0.1 for fine-tuning, the run records 0.
@@ -226,6 +226,11 @@ def test_dropout_and_init_range_overrides_reach_the_model(
     assert config.initializer_range == 0.05
     weights = BertForPreTraining.from_pretrained(tmp_path / "run/model").bert.embeddings.word_embeddings.weight
     assert abs(weights.std().item() - 0.05) < 0.003  # drawn with the new std, not the preset's 0.02
+    # Continuing from that model without --dropout runs with the config's 0.1, and says so.
+    train.out_dir = str(tmp_path / "more")
+    pretrain.run_pretrain(pretrain.PretrainConfig(data=str(small_data), model=str(tmp_path / "run/model"), train=train))
+    assert "was pre-trained with dropout 0.0; this run uses the config's" in capsys.readouterr().out
+    assert all(m.p == 0.1 for m in trained[1].modules() if isinstance(m, torch.nn.Dropout))
 
 
 def test_pretraining_metrics_by_hand() -> None:
@@ -266,14 +271,14 @@ def test_pretraining_metrics_by_hand() -> None:
     data = Data(
         [
             item([1, 4, 5, 4, 2], [-100, 7, 5, 8, -100], 0),  # [MASK]->7 right, unchanged 5 right, [MASK]->8 wrong
-            item([1, 4, 6, 2], [-100, 7, 9, -100], 1),  # [MASK]->7 right, random 6 (was 9) wrong
+            item([1, 4, 6, 2], [-100, 8, 9, -100], 1),  # [MASK]->8 wrong, random 6 (was 9) wrong
         ]
     )
     metrics = evaluate_pretraining(CopyOrSeven(), data)
     right = -math.log(math.exp(5) / (math.exp(5) + vocab - 1))
     wrong = -math.log(1 / (math.exp(5) + vocab - 1))
-    assert metrics["mlm_loss"] == pytest.approx((3 * right + 2 * wrong) / 5, rel=1e-5)
-    assert metrics["mlm_accuracy"] == pytest.approx(3 / 5)  # copying the unchanged token counts here
-    assert metrics["masked_accuracy"] == pytest.approx(2 / 3)  # [MASK] positions only: 7, 8, 7
-    assert metrics["masked_majority"] == pytest.approx(2 / 3)  # always answering 7
+    assert metrics["mlm_loss"] == pytest.approx((2 * right + 3 * wrong) / 5, rel=1e-5)
+    assert metrics["mlm_accuracy"] == pytest.approx(2 / 5)  # copying the unchanged token counts here
+    assert metrics["masked_accuracy"] == pytest.approx(1 / 3)  # [MASK] positions only: 7 right; 8, 8 wrong
+    assert metrics["masked_majority"] == pytest.approx(2 / 3)  # always answering 8
     assert metrics["nsp_accuracy"] == pytest.approx(1 / 2) and metrics["eval_instances"] == 2

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
+import pytest
+
 from bertkit.data.tasks import read_conll
+from bertkit.errors import BertkitError
 from bertkit.tasks.quickstart import FILL_MASK_EXAMPLE, QuickstartPlan, run_quickstart
 
 
@@ -36,3 +40,21 @@ def test_quickstart_small_budget(tmp_path: Path) -> None:
     again = run_quickstart(tmp_path, budget=0.02, progress=False)
     assert again["results"] == result["results"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # ...but not for another run's settings: those would mix two runs' models and results.
+    with pytest.raises(BertkitError, match=re.escape("--budget 0.02 --seed 0, not --budget 0.03 --seed 0")):
+        run_quickstart(tmp_path, budget=0.03, progress=False)
+    with pytest.raises(BertkitError, match=re.escape("--budget 0.02 --seed 0, not --budget 0.02 --seed 1")):
+        run_quickstart(tmp_path, budget=0.02, seed=1, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # Pre-training ran without dropout, yet both models fine-tune with BERT's 0.1 from their configs.
+    for model in ("pretrain/model", "random_init"):
+        config = json.loads((tmp_path / model / "config.json").read_text())
+        assert config["hidden_dropout_prob"] == config["attention_probs_dropout_prob"] == 0.1
+    assert json.loads((tmp_path / "pretrain/model/bertkit_pretraining.json").read_text())["dropout"] == 0.0
+
+
+def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(BertkitError, match=r"not empty and has no run\.json"):
+        run_quickstart(tmp_path, budget=0.02, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

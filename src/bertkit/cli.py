@@ -472,8 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fill_mask)
 
     p = sub.add_parser("quickstart", help="the end-to-end demo on the bundled Chinese data")
-    p.add_argument("--out", default="runs/quickstart", metavar="DIR", help="where everything is written")
-    p.add_argument("--budget", type=float, default=1.0, help="scale the work (0.1 = a smoke run)")
+    p.add_argument(
+        "--out",
+        default="runs/quickstart",
+        metavar="DIR",
+        help="where everything is written; a re-run with the same budget and seed reuses its finished stages",
+    )
+    p.add_argument("--budget", type=float, default=1.0, help="scale the work (0.1 = a smoke run; use its own --out)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_quickstart)
 

@@ -142,8 +142,8 @@ def word2vec(ws: Workspace) -> Report:
         *_setup(ws, ["bert"]),
         f"Word2Vec: gensim, dimension {H} (= the encoder's width), window 5, min_count 1, {s.w2v_epochs} epochs, "
         "over the same corpus cut into the same WordPiece tokens. 'init. embeddings': the same encoder from random "
-        "initialisation with its token-embedding layer set to the vectors (rescaled to BERT's initial std 0.02 so "
-        "that position and segment embeddings are not drowned) and trained"
+        f"initialisation with its token-embedding layer set to the vectors (rescaled to the encoder's initial std "
+        f"{std:g} so that position and segment embeddings are not drowned) and trained"
         + ("; 'frozen': that layer kept fixed. " if True in FREEZE else " (a frozen variant exists, not run here). ")
         + "'features + LR': average vector per sentence (classification) or a 3-token window of vectors per token "
         "(NER), logistic regression (scikit-learn).",
@@ -169,7 +169,7 @@ L2R = Arm("l2r", objective="l2r", nsp=False)
 
 
 def bidirectional(ws: Workspace) -> Report:
-    """Claim 3: masked LM vs. left-to-right LM pre-training (both without NSP) on the four tasks; fill-mask."""
+    """Claim 3: masked LM vs. left-to-right LM pre-training (both without NSP) on every task; fill-mask."""
     report = Report("bidirectional", "Claim 3: deep bidirectional (masked LM) vs. left-to-right pre-training")
     mlm, l2r = ws.pretrain(MLM_ONLY), ws.pretrain(L2R)
     table = Table("dev scores", ["masked LM (no NSP)", "left-to-right LM (no NSP)", "random init"])

@@ -143,7 +143,8 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         config.extra["label2id"] = label2id
     if cfg.dropout is not None:
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = cfg.dropout
-    elif config.hidden_dropout_prob == 0.0:  # e.g. a model saved by a bertkit older than this check
+    elif config.hidden_dropout_prob == 0.0 or config.attention_probs_dropout_prob == 0.0:
+        # e.g. pre-trained by a bertkit from before pre-training dropout became a run setting (commit f5e1b9d)
         print(f"note: {cfg.model} has dropout 0 in its config; BERT fine-tunes with 0.1 (pass --dropout 0.1)")
     torch.manual_seed(cfg.seed)
     num_labels = len(labels) if labels else None

