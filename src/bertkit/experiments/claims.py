@@ -286,6 +286,16 @@ def nsp(ws: Workspace) -> Report:
             + ", ".join(f"{st}: {a:.3f}" for st, a in curve)
             + f". At {steps} steps it reaches {acc:.3f}; the paper reports 97-98% after 1M steps of BERT-base."
         )
+    # What each arm's masked LM learnt: NSP shares the encoder, so it can help or hold back the MLM.
+    for arm in (BERT, MLM_ONLY):
+        evals = [r for r in ws.pretrain_log(arm) if r.get("split") == "eval" and "masked_accuracy" in r]
+        if evals:
+            report.raw[f"{arm.name}_masked_accuracy_curve"] = [(r["step"], r["masked_accuracy"]) for r in evals]
+            report.notes.append(
+                f"{arm.name}: held-out accuracy on the [MASK]ed tokens by step (always guessing the commonest "
+                f"token scores {evals[-1]['masked_majority']:.3f}): "
+                + ", ".join(f"{r['step']}: {r['masked_accuracy']:.3f}" for r in evals)
+            )
     report.setup = _setup(ws, ["bert", "mlm_no_nsp"])
     return report
 
