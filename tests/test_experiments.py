@@ -95,6 +95,7 @@ def test_workspace_refuses_cached_runs_of_another_scale(tmp_path: Path) -> None:
     Workspace(tmp_path, replace(SCALES["test"], seeds=5), progress=False)  # more seeds reuse the cached ones
     with pytest.raises(BertkitError, match="another `test` scale"):
         Workspace(tmp_path, replace(SCALES["test"], pretrain_steps=7), progress=False)
-    (tmp_path / "old" / "test" / "pretrain").mkdir(parents=True)
-    with pytest.raises(BertkitError, match=r"without a scale\.json"):
+    (tmp_path / "old" / "test" / "tokenizer").mkdir(parents=True)  # any file: vocabulary and data are cached too
+    with pytest.raises(BertkitError, match=r"not empty and has no scale\.json"):
         Workspace(tmp_path / "old", SCALES["test"], progress=False)
+    assert [p.name for p in (tmp_path / "old" / "test").iterdir()] == ["tokenizer"]  # nothing written

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -191,6 +192,26 @@ def atomic_write(path: str | Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callable[[dict | None], Exception]) -> None:
+    """Make `folder` the cache of the one run that `settings` (JSON-able) describes, recorded in `folder/record`.
+
+    A cache whose stages are reused by their files alone must never serve another run: a folder recorded with
+    other settings raises `refuse(recorded settings)`, a non-empty folder without the record `refuse(None)`, and
+    nothing in the folder is touched then. Callers word the refusal (what differs, which flag to change)."""
+    folder = Path(folder)
+    path = folder / record
+    wanted = json.loads(json.dumps(settings))  # tuples -> lists, as they read back
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded != wanted:
+            raise refuse(recorded)
+        return
+    if folder.is_dir() and any(folder.iterdir()):
+        raise refuse(None)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(wanted, indent=2) + "\n"))
 
 
 def save_model(model: nn.Module, path: str | Path) -> None:

@@ -14,7 +14,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bertkit.checkpoint import atomic_write
+from bertkit.checkpoint import claim_folder
 from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.prepare import PrepareConfig, prepare
@@ -125,25 +125,18 @@ class Workspace:
         """Record the scale in `root/scale.json`; refuse a folder whose cached arms and runs were made otherwise.
 
         Arms and runs are reused by their files alone, so another scale's (or an older bertkit's) would be mixed
-        into the reports under this scale's description."""
-        record = self.root / "scale.json"
-        scale = {
-            k: v for k, v in json.loads(json.dumps(asdict(self.scale))).items() if k != "seeds"
-        }  # runs are per seed
-        if record.is_file():
-            if json.loads(record.read_text()) != scale:
-                raise BertkitError(
-                    f"{self.root} holds arms and runs of another `{self.scale.name}` scale (see its scale.json); "
-                    "choose another --work, or delete that folder to start over"
-                )
-            return
-        if any((self.root / d).exists() for d in ("pretrain", "finetune")):
-            raise BertkitError(
-                f"{self.root} holds arms and runs without a scale.json (made by an older bertkit): choose another "
-                "--work, or delete that folder to start over"
+        into the reports under this scale's description. More seeds reuse the cached ones: runs are per seed."""
+        scale = {k: v for k, v in asdict(self.scale).items() if k != "seeds"}
+
+        def refuse(before: dict | None) -> BertkitError:
+            what = (
+                f"holds arms and runs of another `{self.scale.name}` scale (see its scale.json)"
+                if before is not None
+                else "is not empty and has no scale.json (not an experiments workspace)"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(scale, indent=2) + "\n"))
+            return BertkitError(f"{self.root} {what}: choose another --work, or delete that folder to start over")
+
+        claim_folder(self.root, "scale.json", scale, refuse)
 
     # ------------------------------------------------------------------------------------------------ data
     def corpus(self) -> list[Path]:
