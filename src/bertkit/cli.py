@@ -387,7 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-instances", type=int, default=2000)
     p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps")
     p.add_argument("--mlm-weight", type=float, default=1.0)
-    p.add_argument("--nsp-weight", type=float, default=1.0)
+    p.add_argument(
+        "--nsp-weight",
+        type=float,
+        default=1.0,
+        help="NSP's share of the loss (the paper: 1). On short CPU budgets 0.1 let small models' masked LM leave its "
+        "plateau, which it did not at 1, while NSP still learned (benchmarks/results/nsp_plateau.json)",
+    )
     p.add_argument("--no-nsp", action="store_true", help="train masked LM only")
     p.add_argument(
         "--objective",
