@@ -11,6 +11,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per test worker (and for the CLI processes it starts): `-n 2` on 2 cores runs two tests at once,
+    # and two processes with two threads each on two cores run several times slower than one.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 REPO = Path(__file__).resolve().parents[1]
 
