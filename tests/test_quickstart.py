@@ -50,7 +50,9 @@ def test_quickstart_small_budget(tmp_path: Path) -> None:
     for model in ("pretrain/model", "random_init"):
         config = json.loads((tmp_path / model / "config.json").read_text())
         assert config["hidden_dropout_prob"] == config["attention_probs_dropout_prob"] == 0.1
-    assert json.loads((tmp_path / "pretrain/model/bertkit_pretraining.json").read_text())["dropout"] == 0.0
+    record = json.loads((tmp_path / "pretrain/model/bertkit_pretraining.json").read_text())
+    assert record["dropout"] == 0.0
+    assert record["nsp_weight"] == 0.1  # the plan's: NSP at weight 1 held the masked LM on its plateau
 
 
 def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
