@@ -91,10 +91,17 @@ class Arm:
     name: str
     objective: str = "mlm"  # mlm | l2r | r2l
     nsp: bool = True
+    nsp_weight: float = 1.0  # NSP's share of the loss when `nsp` (the paper: 1)
+    max_grad_norm: float = 1.0  # gradient clipping; inf switches it off
     mask_frac: float = 0.8
     random_frac: float = 0.1
     layers: int | None = None  # encoder depth, when not the preset's
     steps_frac: float = 1.0  # share of the scale's pre-training steps
+
+    @property
+    def loss_nsp_weight(self) -> float:
+        """The NSP weight pre-training uses: `nsp_weight`, or 0 without NSP."""
+        return self.nsp_weight if self.nsp else 0.0
 
 
 BERT = Arm("bert")  # MLM 80/10/10 + NSP: the paper's recipe
@@ -223,7 +230,7 @@ class Workspace:
         train = TrainConfig(
             out_dir=str(run), max_steps=steps, batch_size=s.pretrain_batch, learning_rate=s.pretrain_lr,
             warmup_ratio=0.06, eval_every=max(1, steps // s.evals), save_every=max(1, steps // 3), log_every=25,
-            seed=0, progress=self.progress,
+            seed=0, progress=self.progress, max_grad_norm=arm.max_grad_norm,
         )  # fmt: skip
         spec: str = s.preset
         if arm.layers is not None:  # a shallower encoder of the same width: a config file for build_model
@@ -239,7 +246,7 @@ class Workspace:
             PretrainConfig(
                 data=str(self.prepared()), model=spec, train=train,
                 masking=MaskingConfig(mask_frac=arm.mask_frac, random_frac=arm.random_frac),
-                nsp_weight=1.0 if arm.nsp else 0.0, eval_instances=1000, dropout=0.0, init_range=s.init_range,
+                nsp_weight=arm.loss_nsp_weight, eval_instances=1000, dropout=0.0, init_range=s.init_range,
                 objective=arm.objective,
                 resume=latest_checkpoint(run) is not None, num_workers=0,
             )
