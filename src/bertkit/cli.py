@@ -434,29 +434,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_masking_flags(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("finetune", help="fine-tune on labelled data: cls, pair, ner or qa")
-    p.add_argument("--task", required=True, choices=["cls", "pair", "ner", "qa"])
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune on labelled data: cls, pair, ner or qa",
+        description="Fine-tune a pre-trained model for one task; --out becomes a Hugging Face task-model directory "
+        "(the best dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints).",
+    )
+    p.add_argument(
+        "--task", required=True, choices=["cls", "pair", "ner", "qa"],
+        help="cls: text -> label; pair: two texts -> label; ner: a label per token (CoNLL); qa: answer span (SQuAD)",
+    )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help="a bertkit or Hugging Face BERT model directory")
     p.add_argument("--train", required=True, metavar="FILE", help="TSV/CSV/JSONL, CoNLL, or SQuAD JSON")
     p.add_argument("--dev", default=None, metavar="FILE", help="evaluated each epoch; the best model is kept")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--out", required=True, metavar="DIR", help="the fine-tuned model directory")
+    p.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (default 3)")
     p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=5e-5)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--max-seq-length", type=int, default=None, help="default 128 (qa: 384)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per optimiser step (default 32)")
+    p.add_argument(
+        "--learning-rate", type=float, default=5e-5,
+        help="AdamW's peak rate, reached after warm-up, then decayed linearly to 0 (default 5e-5, BERT's for a "
+        "base model; bertkit's small pre-trained models did best at 5e-4 to 1e-3)",
+    )  # fmt: skip
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with a rising rate (default 0.1)")
+    p.add_argument(
+        "--max-seq-length", type=int, default=None,
+        help="tokens per example, longer ones truncated (default 128; qa: 384, with --doc-stride windows)",
+    )  # fmt: skip
     p.add_argument("--doc-stride", type=int, default=128, help="qa: step between windows of a long passage")
     p.add_argument("--max-answer-length", type=int, default=30, help="qa: in tokens")
     p.add_argument("--relocate-answers", action="store_true", help="qa: fix answer_start to the text's position")
     p.add_argument("--patience", type=int, default=None, help="early stop after N evaluations without gain")
     p.add_argument("--eval-every", type=int, default=None, help="steps (default: once per epoch)")
     p.add_argument("--max-train-examples", type=int, default=None, help="train on the first N examples")
-    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default=None)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout (BERT: 0.1)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--seed", type=int, default=42, help="head initialisation, data order, dropout (default 42)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+        help="auto: bf16 autocast on GPUs that support it, else fp32",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("predict", help="predictions of a fine-tuned model as JSON lines")

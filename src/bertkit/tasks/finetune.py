@@ -117,6 +117,22 @@ def load_task_model(model_dir: str | Path, task_name: str | None = None, device:
     return task, model, Tokenizer.from_pretrained(path), id2label
 
 
+_NOTED: set[tuple[Path, int]] = set()
+
+
+def _note_untrained_positions(model_dir: Path, max_seq_length: int) -> None:
+    """Say so when fine-tuning reaches positions a bertkit pre-training never showed the model: their position
+    embeddings are still the random initial ones (BERT pre-trained its last 10% of steps at full length for this)."""
+    record = model_dir / "bertkit_pretraining.json"
+    seen = json.loads(record.read_text()).get("max_seq_length") if record.is_file() else None
+    if seen is not None and seen < max_seq_length and (model_dir, max_seq_length) not in _NOTED:
+        _NOTED.add((model_dir, max_seq_length))  # once per process: a recipe fine-tunes one model many times
+        print(
+            f"note: {model_dir} was pre-trained on sequences of up to {seen} tokens, so positions {seen}.."
+            f"{max_seq_length - 1} of --max-seq-length {max_seq_length} start from untrained position embeddings"
+        )
+
+
 def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) -> dict:
     """Fine-tune; returns the best dev metrics (or the last training metrics when there is no dev set)."""
     if cfg.task not in TASKS:
@@ -138,6 +154,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     config = BertConfig.load(cfg.model)
     if config.max_position_embeddings < settings.max_seq_length:
         raise BertkitError(f"--max-seq-length {settings.max_seq_length} exceeds the model's positions")
+    _note_untrained_positions(Path(cfg.model), settings.max_seq_length)
     if labels:
         config.extra["id2label"] = {str(i): label for i, label in id2label.items()}
         config.extra["label2id"] = label2id

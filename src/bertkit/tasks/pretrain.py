@@ -187,6 +187,15 @@ def evaluate_pretraining(
     }
 
 
+def _positions_seen(cfg: PretrainConfig, max_seq_length: int) -> int:
+    """The longest sequence the model has been pre-trained on, this run and the one it continues from: position
+    embeddings beyond it are still the random initial ones (`finetune` notes it)."""
+    before = Path(cfg.model) / "bertkit_pretraining.json"
+    if before.is_file():
+        max_seq_length = max(max_seq_length, json.loads(before.read_text()).get("max_seq_length") or 0)
+    return max_seq_length
+
+
 def _note_dropout_change(cfg: PretrainConfig, source: Path | None) -> None:
     """Say so when this run's dropout differs from the one the model (or checkpoint) was pre-trained with."""
     record = source / "bertkit_pretraining.json" if source is not None else None
@@ -240,6 +249,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         summary = {"data": str(cfg.data), "model": cfg.model, "masking": asdict(cfg.masking)}
         summary.update(mlm_weight=cfg.mlm_weight, nsp_weight=cfg.nsp_weight, objective=cfg.objective)
         summary.update(dropout=cfg.dropout, init_range=cfg.init_range)  # the run's, None: the config's
+        summary["max_seq_length"] = _positions_seen(cfg, manifest["config"]["max_seq_length"])
         (directory / "bertkit_pretraining.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     trainer = Trainer(
