@@ -14,8 +14,10 @@ from bertkit.errors import BertkitError
 from bertkit.tasks.quickstart import FILL_MASK_EXAMPLE, QuickstartPlan, run_quickstart
 
 
-def test_quickstart_small_budget(tmp_path: Path) -> None:
+def test_quickstart_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     result = run_quickstart(tmp_path, budget=0.02, progress=False)
+    # Pre-trained on 64-token pairs, fine-tuned at 128: fine-tuning says which positions start untrained.
+    assert "pre-trained on sequences of up to 64 tokens, so positions 64..127" in capsys.readouterr().out
     assert (tmp_path / "corpus/peoples_daily_199801.txt").stat().st_size > 1_000_000
     for name in ("sentiment", "ner"):
         for init in ("pretrained", "random"):
@@ -23,6 +25,9 @@ def test_quickstart_small_budget(tmp_path: Path) -> None:
             by_lr = result["results"][name][f"{init}_by_lr"]
             assert len(by_lr) == len(QuickstartPlan().finetune_lrs)
             assert result["results"][name][init] == max(by_lr.values())  # the best on dev is reported
+            scores = result["results"][name][f"{init}_scores"]
+            assert len(scores) == QuickstartPlan().finetune_seeds[name]
+            assert result["results"][name][init] == pytest.approx(sum(scores) / len(scores))
     assert result["results"]["sentiment"]["pretrained"] > result["majority_baseline"]["sentiment"] - 0.2
     ner = read_conll(tmp_path / "tasks/ner_train.txt")
     tags = {t for s in ner for t in s.tags}
@@ -35,7 +40,10 @@ def test_quickstart_small_budget(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "results.json").read_text())["results"] == result["results"]
     # Re-running reuses every finished stage.
     finished = ["tokenizer/vocab.txt", "data/manifest.json", "pretrain/model/model.safetensors"]
-    finished.append("finetune/ner_random_lr0.001/metrics.json")
+    finished += (
+        "finetune/ner_random_lr0.001_seed0/metrics.json",
+        "finetune/sentiment_pretrained_lr0.001_seed2/metrics.json",
+    )
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / f for f in finished)}
     again = run_quickstart(tmp_path, budget=0.02, progress=False)
     assert again["results"] == result["results"]
@@ -53,6 +61,7 @@ def test_quickstart_small_budget(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "pretrain/model/bertkit_pretraining.json").read_text())
     assert record["dropout"] == 0.0
     assert record["nsp_weight"] == 0.1  # the plan's: NSP at weight 1 held the masked LM on its plateau
+    assert record["max_seq_length"] == QuickstartPlan().max_seq_length
 
 
 def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
