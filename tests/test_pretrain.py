@@ -196,7 +196,7 @@ def test_left_to_right_pretraining_learns_and_saves_a_causal_model(tmp_path: Pat
 
 
 def test_dropout_and_init_range_overrides_reach_the_model(
-    tmp_path: Path, small_data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, small_data: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import torch
 
@@ -231,6 +231,14 @@ def test_dropout_and_init_range_overrides_reach_the_model(
     pretrain.run_pretrain(pretrain.PretrainConfig(data=str(small_data), model=str(tmp_path / "run/model"), train=train))
     assert "was pre-trained with dropout 0.0; this run uses the config's" in capsys.readouterr().out
     assert all(m.p == 0.1 for m in trained[1].modules() if isinstance(m, torch.nn.Dropout))
+    # The record keeps the longest sequence the model has seen, across continued runs (positions beyond it are
+    # untrained): 64 from the first run, still 64 after continuing on 32-token data.
+    assert json.loads((tmp_path / "run/model/bertkit_pretraining.json").read_text())["max_seq_length"] == 64
+    short = tmp_path / "data32"
+    prepare([data_dir / "pretrain_zh/luxun.txt"], small_data.parent / "tok", short, PrepareConfig(max_seq_length=32))
+    train.out_dir = str(tmp_path / "short")
+    pretrain.run_pretrain(pretrain.PretrainConfig(data=str(short), model=str(tmp_path / "more/model"), train=train))
+    assert json.loads((tmp_path / "short/model/bertkit_pretraining.json").read_text())["max_seq_length"] == 64
 
 
 def test_pretraining_metrics_by_hand() -> None:

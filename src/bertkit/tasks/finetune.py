@@ -129,7 +129,9 @@ def _note_untrained_positions(model_dir: Path, max_seq_length: int) -> None:
         _NOTED.add((model_dir, max_seq_length))  # once per process: a recipe fine-tunes one model many times
         print(
             f"note: {model_dir} was pre-trained on sequences of up to {seen} tokens, so positions {seen}.."
-            f"{max_seq_length - 1} of --max-seq-length {max_seq_length} start from untrained position embeddings"
+            f"{max_seq_length - 1} of --max-seq-length {max_seq_length} start from untrained position embeddings "
+            f"(to train them: bertkit prepare --max-seq-length {max_seq_length}, then bertkit pretrain --model "
+            f"{model_dir} on that data for a few hundred steps)"
         )
 
 
