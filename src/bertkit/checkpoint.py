@@ -194,6 +194,16 @@ def atomic_write(path: str | Path, write: Any) -> None:
         raise
 
 
+PRETRAINING_RECORD = "bertkit_pretraining.json"  # beside a model that `bertkit pretrain` saved
+
+
+def read_pretraining_record(model_dir: str | Path | None) -> dict:
+    """What a bertkit pre-training recorded beside its model (objective, loss weights, dropout, longest sequence,
+    ...); {} for a model it did not pre-train, such as a Hugging Face checkpoint."""
+    path = Path(model_dir) / PRETRAINING_RECORD if model_dir is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
 def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callable[[dict | None], Exception]) -> None:
     """Make `folder` the cache of the one run that `settings` (JSON-able) describes, recorded in `folder/record`.
 

@@ -162,6 +162,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
+    from bertkit.checkpoint import read_pretraining_record
     from bertkit.data.pretraining import PretrainingData
     from bertkit.model import BertForPreTraining
     from bertkit.tasks.pretrain import evaluate_pretraining
@@ -173,8 +174,7 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
             f"{args.model} has a vocabulary of {model.config.vocab_size}, "
             f"the data's tokenizer {data.tokenizer.vocab_size}: they do not belong together"
         )
-    summary = Path(args.model) / "bertkit_pretraining.json"
-    objective = json.loads(summary.read_text()).get("objective", "mlm") if summary.is_file() else "mlm"
+    objective = read_pretraining_record(args.model).get("objective", "mlm")
     return evaluate_pretraining(
         model, data, batch_size=args.batch_size, max_instances=args.max_instances, objective=objective
     )

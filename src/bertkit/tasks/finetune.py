@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bertkit.checkpoint import atomic_write
+from bertkit.checkpoint import atomic_write, read_pretraining_record
 from bertkit.config import BertConfig
 from bertkit.data.pretraining import EpochSampler
 from bertkit.errors import BertkitError
@@ -123,8 +123,7 @@ _NOTED: set[tuple[Path, int]] = set()
 def _note_untrained_positions(model_dir: Path, max_seq_length: int) -> None:
     """Say so when fine-tuning reaches positions a bertkit pre-training never showed the model: their position
     embeddings are still the random initial ones (BERT pre-trained its last 10% of steps at full length for this)."""
-    record = model_dir / "bertkit_pretraining.json"
-    seen = json.loads(record.read_text()).get("max_seq_length") if record.is_file() else None
+    seen = read_pretraining_record(model_dir).get("max_seq_length")
     if seen is not None and seen < max_seq_length and (model_dir, max_seq_length) not in _NOTED:
         _NOTED.add((model_dir, max_seq_length))  # once per process: a recipe fine-tunes one model many times
         print(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record
 from bertkit.config import PRESETS, BertConfig
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.pretraining import EpochSampler, PretrainingData, collate, read_manifest
@@ -190,18 +191,12 @@ def evaluate_pretraining(
 def _positions_seen(cfg: PretrainConfig, max_seq_length: int) -> int:
     """The longest sequence the model has been pre-trained on, this run and the one it continues from: position
     embeddings beyond it are still the random initial ones (`finetune` notes it)."""
-    before = Path(cfg.model) / "bertkit_pretraining.json"
-    if before.is_file():
-        max_seq_length = max(max_seq_length, json.loads(before.read_text()).get("max_seq_length") or 0)
-    return max_seq_length
+    return max(max_seq_length, read_pretraining_record(cfg.model).get("max_seq_length") or 0)
 
 
 def _note_dropout_change(cfg: PretrainConfig, source: Path | None) -> None:
     """Say so when this run's dropout differs from the one the model (or checkpoint) was pre-trained with."""
-    record = source / "bertkit_pretraining.json" if source is not None else None
-    if record is None or not record.is_file():
-        return
-    before = json.loads(record.read_text()).get("dropout")
+    before = read_pretraining_record(source).get("dropout")
     if before is not None and before != cfg.dropout:
         now = "the config's" if cfg.dropout is None else str(cfg.dropout)
         print(f"note: {source} was pre-trained with dropout {before}; this run uses {now} (--dropout sets it)")
@@ -250,7 +245,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         summary.update(mlm_weight=cfg.mlm_weight, nsp_weight=cfg.nsp_weight, objective=cfg.objective)
         summary.update(dropout=cfg.dropout, init_range=cfg.init_range)  # the run's, None: the config's
         summary["max_seq_length"] = _positions_seen(cfg, manifest["config"]["max_seq_length"])
-        (directory / "bertkit_pretraining.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (directory / PRETRAINING_RECORD).write_text(json.dumps(summary, indent=2) + "\n")
 
     trainer = Trainer(
         model,
