@@ -12,13 +12,14 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bertkit import BertConfig, BertModel
 from bertkit.errors import BertkitError
 from bertkit.experiments.claims import EXPERIMENTS
 from bertkit.experiments.models import ConcatBiLM, embedding_matrix
 from bertkit.experiments.report import verdict, write_index
-from bertkit.experiments.workspace import SCALES, Workspace
+from bertkit.experiments.workspace import BERT, SCALES, Workspace
 
 
 def test_verdict_compares_means_against_the_spread() -> None:
@@ -88,6 +89,20 @@ def test_experiment_runs_and_writes_its_report(workspace: Workspace, tmp_path: P
     assert raw
     index = write_index(tmp_path, list(EXPERIMENTS)).read_text(encoding="utf-8")
     assert f"]({name}.md)" in index and f"## {name}: not run yet" not in index  # linked, with its verdicts
+
+
+def test_each_seed_is_its_own_pretraining_run_and_arm_definitions_are_checked(workspace: Workspace) -> None:
+    # The spread over seeds must cover pre-training: seed 1 of an arm starts from other weights and data order.
+    w0, w1 = (load_file(workspace.pretrain(BERT, seed) / "model.safetensors") for seed in (0, 1))
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+    assert json.loads((workspace.pretrain(BERT, 1).parent / "arm.json").read_text())["seed"] == 1
+    # A cached run of the same name made with another definition is never reused under the new one.
+    (workspace.root / "pretrain" / "bert" / "seed5").mkdir(parents=True)
+    (workspace.root / "pretrain" / "bert" / "seed5" / "arm.json").write_text(
+        json.dumps({"name": "bert", "nsp_weight": 1})
+    )
+    with pytest.raises(BertkitError, match="another arm definition"):
+        workspace.pretrain(BERT, 5)
 
 
 def test_workspace_refuses_cached_runs_of_another_scale(tmp_path: Path) -> None:

