@@ -15,9 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from bertkit import BertConfig, BertModel
+from bertkit.data.tasks import TaggedSentence
 from bertkit.errors import BertkitError
 from bertkit.experiments.claims import EXPERIMENTS
-from bertkit.experiments.models import ConcatBiLM, embedding_matrix
+from bertkit.experiments.models import ConcatBiLM, char_window_ner_f1, embedding_matrix
 from bertkit.experiments.report import verdict, write_index
 from bertkit.experiments.workspace import BERT, SCALES, Workspace
 
@@ -68,6 +69,20 @@ def test_word2vec_matrix_is_rescaled_to_bert_init() -> None:
     assert m.shape == (4, 4)
     assert abs(float(m[1:3].std(unbiased=False)) - 0.02) < 1e-6
     assert torch.allclose(m[1], -m[2])
+
+
+def test_char_window_ner_baseline_learns_context_and_scores_entities() -> None:
+    # 京 after 北 is a location, 京 after 小 is not: only the window features can tell them apart.
+    def sent(prefix: str) -> TaggedSentence:
+        loc = prefix == "北"
+        return TaggedSentence(
+            [*"我去", prefix, "京", "了"], ["O", "O", "B-LOC" if loc else "O", "I-LOC" if loc else "O", "O"]
+        )
+
+    train = [sent(p) for p in "北小" * 20]
+    assert char_window_ner_f1(train, [sent("北"), sent("小")]) == 1.0
+    # Scored by entity, not by token: gold spans one character off the predicted 北京 score nothing.
+    assert char_window_ner_f1(train, [TaggedSentence([*"我去北京了"], ["O", "O", "O", "B-LOC", "I-LOC"])]) == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import torch
 
 from bertkit.data.tasks import read_classification, read_conll
 from bertkit.experiments.models import (
+    char_window_ner_f1,
     concat_bilm_factory,
     embedding_matrix,
     linear_accuracy,
@@ -64,19 +65,28 @@ def _setup(ws: Workspace, arms: list[str]) -> list[str]:
             if "pair" in tasks
             else "; the pair and QA tasks need ../shared/data (not found: skipped)."
         ),
+        "Classical baselines (same labelled examples, seconds on a CPU): 'n-gram features + LR' is tf-idf over "
+        "character 1-3-grams + logistic regression for cls and pair (pair: both sides and their product), and "
+        "one-hot characters in a +-2 window with the two bigrams through the token + one-vs-rest logistic "
+        "regression for NER (no QA baseline); 'majority' always predicts the commonest training label (NER: O, "
+        "so F1 0).",
     ]
     return lines
 
 
+BASELINES = ["n-gram features + LR", "majority"]  # the classical baselines every table lists, as columns
+
+
 def _baselines(ws: Workspace, task: str) -> dict[str, float | None]:
+    """The classical baselines on `task`'s dev set, trained on the same labelled examples as the encoders."""
     train, dev = ws.tasks()[task]
+    n = ws.scale.train_examples[task]
     if task in ("cls", "pair"):
-        n = ws.scale.train_examples[task]
         tr, dv = read_classification(train)[:n], read_classification(dev)
-        return {"tf-idf + LR": tfidf_logreg_accuracy(tr, dv), "majority": majority_accuracy(tr, dv)}
-    if task == "ner":
-        return {"tf-idf + LR": None, "majority": 0.0}  # all-O predicts no entity: F1 0
-    return {"tf-idf + LR": None, "majority": None}
+        return dict(zip(BASELINES, [tfidf_logreg_accuracy(tr, dv), majority_accuracy(tr, dv)], strict=True))
+    if task == "ner":  # the majority tag, O everywhere, finds no entity: F1 0
+        return dict(zip(BASELINES, [char_window_ner_f1(read_conll(train)[:n], read_conll(dev)), 0.0], strict=True))
+    return dict.fromkeys(BASELINES)
 
 
 def _random_init_scores(ws: Workspace, task: str) -> list[float]:
@@ -102,12 +112,12 @@ def pretraining_helps(ws: Workspace) -> Report:
     """Claim 1: pre-trained BERT vs. random initialisation on every task, with tf-idf + LR and majority."""
     report = Report("pretraining", "Claim 1: pre-training helps (pre-trained vs. random initialisation)")
     tasks = list(ws.tasks())
-    table = Table("dev scores", ["BERT pre-trained", "random init", "tf-idf + LR", "majority"])
+    table = Table("dev scores", ["BERT pre-trained", "random init", *BASELINES])
     for task in tasks:
         pre = ws.scores("bert", task, BERT)
         rnd = _random_init_scores(ws, task)
         base = _baselines(ws, task)
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [pre, rnd, base["tf-idf + LR"], base["majority"]])
+        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [pre, rnd, *base.values()])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: pre-trained beats random", pre, rnd))
         report.raw[task] = {"pretrained": pre, "random": rnd, **base}
     report.tables.append(table)
@@ -132,7 +142,7 @@ def word2vec(ws: Workspace) -> Report:
     columns = ["BERT fine-tuned", "random init"]
     columns += [f"{n} {'frozen' if f else 'init.'} embeddings" for f in FREEZE for n in vectors]
     columns += [f"{n} features + LR" for n in vectors]
-    table = Table("dev scores", columns)
+    table = Table("dev scores", [*columns, *BASELINES])
     for task in ("cls", "ner"):
         row: list = [ws.scores("bert", task, BERT), _random_init_scores(ws, task)]
         inits = {}
@@ -159,12 +169,13 @@ def word2vec(ws: Workspace) -> Report:
             else:
                 tr, dv = read_conll(train)[: s.train_examples[task]], read_conll(dev)
                 row.append([linear_ner_f1(wv, tok, tr, dv) for wv in wvs])
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", row)
+        base = _baselines(ws, task)
+        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [*row, *base.values()])
         for name in vectors:
             report.verdicts.append(
                 verdict(f"{TASK_LABEL[task]}: BERT beats {name}-initialised embeddings", row[0], inits[(name, False)])
             )
-        report.raw[task] = dict(zip(columns, row, strict=True))
+        report.raw[task] = {**dict(zip(columns, row, strict=True)), **base}
     report.tables.append(table)
     report.setup = [
         *_setup(ws, ["bert"]),
@@ -200,13 +211,14 @@ L2R = Arm("l2r", objective="l2r", nsp=False)
 def bidirectional(ws: Workspace) -> Report:
     """Claim 3: masked LM vs. left-to-right LM pre-training (both without NSP) on every task; fill-mask."""
     report = Report("bidirectional", "Claim 3: deep bidirectional (masked LM) vs. left-to-right pre-training")
-    table = Table("dev scores", ["masked LM (no NSP)", "left-to-right LM (no NSP)", "random init"])
+    table = Table("dev scores", ["masked LM (no NSP)", "left-to-right LM (no NSP)", "random init", *BASELINES])
     for task in [t for t in ("cls", "ner", "pair", "qa") if t in ws.tasks()]:
         a, b = ws.scores("mlm_no_nsp", task, MLM_ONLY), ws.scores("l2r", task, L2R)
         rnd = _random_init_scores(ws, task)
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b, rnd])
+        base = _baselines(ws, task)
+        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b, rnd, *base.values()])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: masked LM beats left-to-right", a, b))
-        report.raw[task] = {"mlm": a, "l2r": b, "random": rnd}
+        report.raw[task] = {"mlm": a, "l2r": b, "random": rnd, **base}
     report.tables.append(table)
     # The fill-mask sentence, both ways: the masked LM sees both sides of the gap, the left-to-right model only
     # "今天天气很" (it predicts the next token from the left context). Seed 0's models.
@@ -273,6 +285,9 @@ def masking(ws: Workspace) -> Report:
         scores[label] = (ft, probe)
         table.add(f"{label} ([MASK] / same / random)", [ft, probe])
         report.raw[label] = {"finetune": ft, "probe": probe}
+    for name, score in _baselines(ws, "ner").items():  # no encoder, so one number: shown under fine-tuned
+        table.add(f"classical: {name}", [score, None])
+        report.raw[name] = score
     report.tables.append(table)
     best_probe = max(sum(p) / len(p) for _, p in scores.values())
     if best_probe < 0.05:
@@ -296,12 +311,13 @@ def masking(ws: Workspace) -> Report:
 def nsp(ws: Workspace) -> Report:
     """Claim 5: MLM + NSP vs. MLM only on the pair, QA and cls tasks, and the held-out NSP accuracy curve."""
     report = Report("nsp", "Claim 5: next-sentence prediction (with vs. without NSP)")
-    table = Table("dev scores", [f"MLM + {BERT.nsp_weight:g} x NSP", "MLM only"])
+    table = Table("dev scores", [f"MLM + {BERT.nsp_weight:g} x NSP", "MLM only", *BASELINES])
     for task in [t for t in ("pair", "qa", "cls") if t in ws.tasks()]:
         a, b = ws.scores("bert", task, BERT), ws.scores("mlm_no_nsp", task, MLM_ONLY)
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b])
+        base = _baselines(ws, task)
+        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b, *base.values()])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: NSP helps", a, b))
-        report.raw[task] = {"nsp": a, "no_nsp": b}
+        report.raw[task] = {"nsp": a, "no_nsp": b, **base}
     report.tables.append(table)
     curves = _eval_curves(ws, BERT, "nsp_accuracy")
     report.raw["nsp_accuracy_curve"] = curves
@@ -333,7 +349,8 @@ def elmo(ws: Workspace) -> Report:
     half = max(1, depth // 2)
     l2r = Arm("elmo_l2r", objective="l2r", nsp=False, layers=half, steps_frac=0.5)
     r2l = Arm("elmo_r2l", objective="r2l", nsp=False, layers=half, steps_frac=0.5)
-    table = Table("dev scores", ["deep bidirectional (MLM, no NSP)", "ELMo-style L2R + R2L concatenated"])
+    columns = ["deep bidirectional (MLM, no NSP)", "ELMo-style L2R + R2L concatenated", *BASELINES]
+    table = Table("dev scores", columns)
     for task in ("cls", "ner"):
         a = ws.scores("mlm_no_nsp", task, MLM_ONLY)
 
@@ -341,9 +358,10 @@ def elmo(ws: Workspace) -> Report:
             return concat_bilm_factory(ws.pretrain(l2r, seed), ws.pretrain(r2l, seed), task)
 
         b = ws.scores("elmo_concat", task, l2r, factory=concat)
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b])
+        base = _baselines(ws, task)
+        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b, *base.values()])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: deep bidirectional beats ELMo-style", a, b))
-        report.raw[task] = {"deep_bidirectional": a, "elmo_style": b}
+        report.raw[task] = {"deep_bidirectional": a, "elmo_style": b, **base}
     report.tables.append(table)
     report.setup = [
         *_setup(ws, ["mlm_no_nsp", "elmo_l2r", "elmo_r2l"]),

@@ -186,3 +186,38 @@ def linear_ner_f1(wv, tokenizer: Tokenizer, train: Sequence[TaggedSentence], dev
         pred.append(flat[k : k + len(s.tokens)])
         k += len(s.tokens)
     return entity_prf(pred, [s.tags or [] for s in dev])["f1"]
+
+
+def _char_window_features(tokens: Sequence[str], i: int) -> dict[str, float]:
+    """One-hot features of token i: itself and its two neighbours each side, and the two bigrams through it."""
+
+    def at(k: int) -> str:
+        return tokens[k] if 0 <= k < len(tokens) else "<s>"
+
+    feats = {f"w{d}={at(i + d)}": 1.0 for d in (-2, -1, 0, 1, 2)}
+    feats[f"b-1={at(i - 1)}{at(i)}"] = 1.0
+    feats[f"b+1={at(i)}{at(i + 1)}"] = 1.0
+    return feats
+
+
+def char_window_ner_f1(train: Sequence[TaggedSentence], dev: Sequence[TaggedSentence]) -> float:
+    """Entity F1 of the classical tagger: per-token logistic regression over one-hot characters in a +-2 window."""
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    def rows(sentences: Sequence[TaggedSentence]):
+        x = vec.transform([_char_window_features(s.tokens, i) for s in sentences for i in range(len(s.tokens))])
+        x.indices, x.indptr = x.indices.astype(np.int32), x.indptr.astype(np.int32)  # liblinear wants int32
+        return x
+
+    vec = DictVectorizer().fit(_char_window_features(s.tokens, i) for s in train for i in range(len(s.tokens)))
+    # One-vs-rest liblinear: seconds, where the multinomial lbfgs fit took two minutes for the same F1 (+-0.01).
+    clf = OneVsRestClassifier(LogisticRegression(C=4.0, solver="liblinear"))
+    clf.fit(rows(train), [t for s in train for t in s.tags or []])
+    flat = list(clf.predict(rows(dev)))
+    pred, k = [], 0
+    for s in dev:
+        pred.append(flat[k : k + len(s.tokens)])
+        k += len(s.tokens)
+    return entity_prf(pred, [s.tags or [] for s in dev])["f1"]
