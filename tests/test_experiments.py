@@ -118,6 +118,10 @@ def test_each_seed_is_its_own_pretraining_run_and_arm_definitions_are_checked(wo
     )
     with pytest.raises(BertkitError, match="another arm definition"):
         workspace.pretrain(BERT, 5)
+    # Likewise a cached fine-tuning run made from another model than this seed's arm.
+    workspace.finetune("bert", workspace.pretrain(BERT, 0), "cls", seed=0)  # cached, or seconds at this scale
+    with pytest.raises(BertkitError, match=r"was fine-tuned from .*seed0/model, not .*seed1/model"):
+        workspace.finetune("bert", workspace.pretrain(BERT, 1), "cls", seed=0)
 
 
 def test_workspace_refuses_cached_runs_of_another_scale(tmp_path: Path) -> None:

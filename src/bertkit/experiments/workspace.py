@@ -311,7 +311,15 @@ class Workspace:
                 ),
                 model_factory=factory,
             )  # fmt: skip
-        return json.loads(metrics.read_text())["dev"][TASK_METRIC[task]]
+        done = json.loads(metrics.read_text())
+        # Runs are found by (name, task, seed) alone; one made from another model (an older workspace's single
+        # seed-0 arm, say) must not stand in for this seed's.
+        if Path(done["args"]["model"]).parts[-3:] != Path(model_dir).parts[-3:]:
+            raise BertkitError(
+                f"{out} was fine-tuned from {done['args']['model']}, not {model_dir} (a workspace of an older "
+                "bertkit?): choose another --work, or delete that run to redo it"
+            )
+        return done["dev"][TASK_METRIC[task]]
 
     def seeds(self) -> range:
         """The seeds, 0 to `scale.seeds` - 1: each one pre-training run per arm and one fine-tuning run per task."""
