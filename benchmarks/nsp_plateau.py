@@ -27,9 +27,9 @@ ARMS = {
     arm.name: arm
     for arm in (
         Arm("mlm_only", nsp=False),
-        Arm("mlm_nsp"),  # the paper's recipe, as `bertkit experiment` runs it
+        Arm("mlm_nsp", nsp_weight=1.0),  # the paper's recipe (`bertkit experiment` ran it so until stop 15)
         Arm("nsp_w0.1", nsp_weight=0.1),
-        Arm("nsp_noclip", max_grad_norm=math.inf),
+        Arm("nsp_noclip", nsp_weight=1.0, max_grad_norm=math.inf),
     )
 }
 
