@@ -49,7 +49,7 @@ def main() -> None:
     curves = {}
     for name in names:
         ws.pretrain(ARMS[name])
-        curves[name] = [r for r in ws.pretrain_log(ARMS[name]) if r.get("split") == "eval"]
+        curves[name] = ws.pretrain_evals(ARMS[name])
     result = {
         "benchmark": "nsp_plateau",
         "data": str(ws.prepared()),

@@ -96,8 +96,7 @@ def _random_init_scores(ws: Workspace, task: str) -> list[float]:
 
 def _eval_curves(ws: Workspace, arm: Arm, key: str) -> list[list[tuple[int, float]]]:
     """`key` at every held-out evaluation of each seed's pre-training run of `arm` (one (step, value) list each)."""
-    curves = [[(r["step"], r[key]) for r in ws.pretrain_log(arm, seed) if r.get("split") == "eval" and key in r]
-              for seed in ws.seeds()]  # fmt: skip
+    curves = [[(r["step"], r[key]) for r in ws.pretrain_evals(arm, seed) if key in r] for seed in ws.seeds()]
     return [c for c in curves if c]
 
 

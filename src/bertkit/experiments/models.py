@@ -180,10 +180,14 @@ def linear_ner_f1(wv, tokenizer: Tokenizer, train: Sequence[TaggedSentence], dev
     x_train = word2vec_token_features(wv, tokenizer, train)
     y_train = [t for s in train for t in s.tags or []]
     clf = LogisticRegression(max_iter=1000).fit(x_train, y_train)
-    flat = list(clf.predict(word2vec_token_features(wv, tokenizer, dev)))
+    return _token_predictions_f1(clf.predict(word2vec_token_features(wv, tokenizer, dev)), dev)
+
+
+def _token_predictions_f1(flat: Sequence[str], dev: Sequence[TaggedSentence]) -> float:
+    """Entity F1 of one predicted tag per token, `flat` holding the dev sentences' tokens one after another."""
     pred, k = [], 0
     for s in dev:
-        pred.append(flat[k : k + len(s.tokens)])
+        pred.append(list(flat[k : k + len(s.tokens)]))
         k += len(s.tokens)
     return entity_prf(pred, [s.tags or [] for s in dev])["f1"]
 
@@ -206,18 +210,16 @@ def char_window_ner_f1(train: Sequence[TaggedSentence], dev: Sequence[TaggedSent
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
-    def rows(sentences: Sequence[TaggedSentence]):
-        x = vec.transform([_char_window_features(s.tokens, i) for s in sentences for i in range(len(s.tokens))])
-        x.indices, x.indptr = x.indices.astype(np.int32), x.indptr.astype(np.int32)  # liblinear wants int32
+    def features(sentences: Sequence[TaggedSentence]) -> list[dict[str, float]]:
+        return [_char_window_features(s.tokens, i) for s in sentences for i in range(len(s.tokens))]
+
+    def int32(x):  # liblinear wants 32-bit sparse indices
+        x.indices, x.indptr = x.indices.astype(np.int32), x.indptr.astype(np.int32)
         return x
 
-    vec = DictVectorizer().fit(_char_window_features(s.tokens, i) for s in train for i in range(len(s.tokens)))
+    vec = DictVectorizer()
+    x_train = int32(vec.fit_transform(features(train)))
     # One-vs-rest liblinear: seconds, where the multinomial lbfgs fit took two minutes for the same F1 (+-0.01).
     clf = OneVsRestClassifier(LogisticRegression(C=4.0, solver="liblinear"))
-    clf.fit(rows(train), [t for s in train for t in s.tags or []])
-    flat = list(clf.predict(rows(dev)))
-    pred, k = [], 0
-    for s in dev:
-        pred.append(flat[k : k + len(s.tokens)])
-        k += len(s.tokens)
-    return entity_prf(pred, [s.tags or [] for s in dev])["f1"]
+    clf.fit(x_train, [t for s in train for t in s.tags or []])
+    return _token_predictions_f1(clf.predict(int32(vec.transform(features(dev)))), dev)

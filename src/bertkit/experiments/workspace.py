@@ -266,14 +266,15 @@ class Workspace:
         )  # fmt: skip
         return model
 
-    def pretrain_log(self, arm: Arm, seed: int = 0) -> list[dict]:
-        """The `metrics.jsonl` records of an arm's seed-`seed` pre-training run ([] before it has run)."""
+    def pretrain_evals(self, arm: Arm, seed: int = 0) -> list[dict]:
+        """The held-out evaluation records in an arm's seed-`seed` `metrics.jsonl` ([] before it has run)."""
         path = self.root / "pretrain" / arm.name / f"seed{seed}" / "metrics.jsonl"
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        return [r for r in records if r.get("split") == "eval"]
 
     def last_evals(self, arm: Arm) -> list[dict]:
         """The last held-out evaluation of every seed's pre-training run that has one."""
-        evals = [[r for r in self.pretrain_log(arm, seed) if r.get("split") == "eval"] for seed in self.seeds()]
+        evals = (self.pretrain_evals(arm, seed) for seed in self.seeds())
         return [e[-1] for e in evals if e]
 
     # ------------------------------------------------------------------------------------------ fine-tuning
