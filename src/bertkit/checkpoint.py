@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -105,6 +105,25 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             raise BertkitError(f"{f}: cannot read weights ({e})") from None
         tensors.update({_normalise_key(k): v for k, v in part.items()})
     return tensors
+
+
+def tensor_names(path: str | Path) -> set[str]:
+    """The (normalised) HF names of a model directory's tensors; safetensors files are not loaded to list them."""
+    names: set[str] = set()
+    for f in _weight_files(Path(path)):
+        if f.suffix != ".safetensors":
+            return set(read_tensors(path))
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                names.update(_normalise_key(k) for k in st.keys())  # noqa: SIM118 (safe_open has no __iter__)
+        except (SafetensorError, OSError) as e:
+            raise BertkitError(f"{f}: cannot read weights ({e})") from None
+    return names
+
+
+def has_mlm_head(path: str | Path) -> bool:
+    """Whether a model directory holds a masked-LM head (bertkit pretrain, HF BertForPreTraining / BertForMaskedLM)."""
+    return any(n.startswith("cls.predictions.") for n in tensor_names(path))
 
 
 def _align_prefix(tensors: dict[str, torch.Tensor], wants_prefix: bool) -> dict[str, torch.Tensor]:

@@ -257,11 +257,19 @@ def _read_for_prediction(task, path: str) -> list:
 
 
 def _cmd_fill_mask(args: argparse.Namespace) -> None:
+    from bertkit.checkpoint import has_mlm_head
     from bertkit.infer import fill_mask
     from bertkit.machine import pick_device
     from bertkit.model import BertForPreTraining
     from bertkit.tokenizer import Tokenizer
 
+    if not Path(args.model).is_dir():
+        raise BertkitError(f"model directory {args.model} does not exist")
+    if not has_mlm_head(args.model):
+        raise BertkitError(
+            f"{args.model} has no masked-LM head (cls.predictions.*): fill-mask needs a pre-trained model, e.g. "
+            "the model/ folder of a bertkit pretrain run or a Hugging Face BertForPreTraining / BertForMaskedLM"
+        )
     model = BertForPreTraining.from_pretrained(args.model).to(pick_device(args.device))
     tok = Tokenizer.from_pretrained(args.model)
     texts = args.text or [line for line in sys.stdin.read().splitlines() if line.strip()]
@@ -269,6 +277,29 @@ def _cmd_fill_mask(args: argparse.Namespace) -> None:
         predictions = fill_mask(model, tok, text, top_k=args.top_k)
         row = {"text": text, "masks": [[{"token": t, "score": round(p, 6)} for t, p in m] for m in predictions]}
         print(json.dumps(row, ensure_ascii=False))
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from bertkit.serve import serve
+
+    serve(args.model, host=args.host, port=args.port, device=args.device)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from bertkit.export import export_onnx
+
+    if args.format != "onnx":
+        raise BertkitError(f"--format {args.format}: only onnx is supported")
+    summary = export_onnx(args.model, args.out, opset=args.opset, check=not args.no_check)
+    checked = (
+        f"checked against PyTorch (max abs diff {summary['max_abs_diff']:.1e})"
+        if "max_abs_diff" in summary
+        else "not checked"
+    )
+    print(
+        f"wrote {summary['out']} ({summary['bytes'] / 1e6:.1f} MB; outputs {', '.join(summary['outputs'])}; {checked})"
+    )
+    print(json.dumps(summary, ensure_ascii=False))
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
@@ -494,6 +525,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.set_defaults(func=_cmd_fill_mask)
+
+    p = sub.add_parser(
+        "serve",
+        help="a JSON API and a web page over a model directory",
+        description="Serve a model directory over HTTP: a web page at /, and a JSON API. A fine-tuned model answers "
+        'POST /api/predict {"inputs": [{"text": ...}]} (cls, ner), [{"text_a": ..., "text_b": ...}] (pair) or '
+        '[{"question": ..., "context": ...}] (qa); a pre-trained model with its MLM head answers POST /api/fill-mask '
+        '{"texts": ["...[MASK]..."], "top_k": 5}; every model answers POST /api/embed {"texts": [...]}. '
+        'GET /api/info describes the model. Bad input answers 400 with {"error": ...}.',
+    )
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "export",
+        help="write a model directory as an ONNX file (checked against PyTorch before it is kept)",
+        description="Export to ONNX with torch's exporter: inputs input_ids, token_type_ids, attention_mask "
+        "(int64, batch and sequence length dynamic); outputs named as in transformers (logits; start_logits and "
+        "end_logits for qa; prediction_logits and seq_relationship_logits for a pre-trained model; "
+        "last_hidden_state and pooler_output for an encoder). The file is run in onnxruntime on two sample batches and "
+        "kept only if it matches the PyTorch model. Needs: pip install 'bertkit[export]'.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("quickstart", help="the end-to-end demo on the bundled Chinese data")
     p.add_argument(

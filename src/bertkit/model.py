@@ -288,11 +288,13 @@ class BertModel(nn.Module, PreTrainedMixin):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         dtype = self.embeddings.word_embeddings.weight.dtype
-        padded = is_padded(attention_mask)
+        # An exported graph (ONNX, torch.export) must serve every input: it always applies the mask, never unpads.
+        exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
+        padded = attention_mask is not None if exporting else is_padded(attention_mask)
         bias = attention_bias(
             attention_mask if padded else None, dtype, causal=self.config.is_decoder, T=T, device=input_ids.device
         )
-        if padded and self.unpad:
+        if padded and self.unpad and not exporting:
             # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only.
             unpadded = Unpadded(attention_mask)
             ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from bertkit.data.padding import encoder_inputs, pad_rows
+from bertkit.errors import BertkitError
 from bertkit.model import IGNORE_INDEX
 from bertkit.tokenizer import Tokenizer
 
@@ -42,6 +43,10 @@ class Task:
         """Read a data file into examples; `labelled=False` accepts input without labels (for prediction)."""
         raise NotImplementedError
 
+    def from_json(self, row: dict, n: int = 0) -> Any:
+        """One unlabelled example from a JSON object (an HTTP request's input); `n` is kept as its line number."""
+        raise NotImplementedError
+
     def labels(self, examples: Sequence) -> list[str] | None:
         """The label set collected from training examples (None for span QA)."""
         return None
@@ -66,6 +71,15 @@ class Task:
     def predict(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> list[dict]:
         """One JSON-serialisable prediction per example (the lines `bertkit predict` writes)."""
         raise NotImplementedError
+
+
+def text_field(row: dict, key: str, alternative: str | None = None) -> str:
+    """`row[key]` (or `row[alternative]`) as a non-empty string; else a BertkitError saying which field is wrong."""
+    value = row.get(key, row.get(alternative)) if alternative else row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        wanted = f"{key!r}" + (f" (or {alternative!r})" if alternative else "")
+        raise BertkitError(f"{wanted} must be a non-empty string, got {value!r}")
+    return value
 
 
 def pad_batch(features: Sequence[Feature], pad_id: int, keys: Sequence[str] = ()) -> dict[str, torch.Tensor]:

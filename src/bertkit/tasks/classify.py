@@ -11,7 +11,7 @@ import torch
 from bertkit.data.tasks import TextExample, read_classification
 from bertkit.errors import BertkitError
 from bertkit.metrics import accuracy, macro_f1
-from bertkit.tasks.base import Feature, Task, run_model
+from bertkit.tasks.base import Feature, Task, run_model, text_field
 from bertkit.tokenizer import Tokenizer
 
 REGRESSION = "__regression__"
@@ -41,6 +41,11 @@ class ClassificationTask(Task):
             if self.pair and ex.text_b is None:
                 raise BertkitError(f"{path}:{ex.line}: a pair task needs text_a and text_b columns")
         return examples
+
+    def from_json(self, row: dict, n: int = 0) -> TextExample:
+        """{"text"} (or {"text_a"}); a pair task also needs {"text_b"}."""
+        text_a = text_field(row, "text_a", alternative="text")
+        return TextExample(text_a, text_field(row, "text_b") if self.pair else None, None, n)
 
     def labels(self, examples: Sequence[TextExample]) -> list[str]:
         """Labels sorted by (length, text), or [REGRESSION] for decimal labels; one label is an error."""

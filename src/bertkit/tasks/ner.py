@@ -13,7 +13,7 @@ from bertkit.data.tasks import TaggedSentence, read_conll
 from bertkit.errors import BertkitError
 from bertkit.metrics import entity_prf, entity_spans
 from bertkit.model import IGNORE_INDEX
-from bertkit.tasks.base import Feature, Task, run_model
+from bertkit.tasks.base import Feature, Task, run_model, text_field
 from bertkit.tokenizer import Tokenizer
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -26,6 +26,14 @@ def words_of(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     else:
         spans = [m.span() for m in re.finditer(r"\S+", text)]
     return [text[s:e] for s, e in spans], spans
+
+
+def _sentence(text: str, n: int) -> TaggedSentence:
+    """An unlabelled sentence from raw text, keeping the text and word spans that `predict` maps entities back to."""
+    words, spans = words_of(text)
+    sent = TaggedSentence(words, None, n)
+    sent.text, sent.spans = text, spans  # type: ignore[attr-defined]
+    return sent
 
 
 class NerTask(Task):
@@ -41,14 +49,11 @@ class NerTask(Task):
             return read_conll(path, require_tags=True)
         from bertkit.data.corpus import read_lines
 
-        out = []
-        for n, line in enumerate(read_lines(path), start=1):
-            if line.strip():
-                words, spans = words_of(line)
-                sent = TaggedSentence(words, None, n)
-                sent.text, sent.spans = line, spans  # type: ignore[attr-defined]
-                out.append(sent)
-        return out
+        return [_sentence(line, n) for n, line in enumerate(read_lines(path), start=1) if line.strip()]
+
+    def from_json(self, row: dict, n: int = 0) -> TaggedSentence:
+        """{"text"}: raw text, split as `words_of` splits it."""
+        return _sentence(text_field(row, "text"), n)
 
     def labels(self, examples: Sequence[TaggedSentence]) -> list[str]:
         """'O' first, then the tags sorted by entity type and then prefix."""

@@ -15,7 +15,7 @@ from bertkit.data.corpus import read_lines
 from bertkit.data.tasks import QAExample, read_squad
 from bertkit.errors import BertkitError
 from bertkit.metrics import qa_scores
-from bertkit.tasks.base import Feature, Task, run_model
+from bertkit.tasks.base import Feature, Task, run_model, text_field
 from bertkit.tokenizer import Tokenizer
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -38,14 +38,23 @@ class QaTask(Task):
                     continue
                 try:
                     obj = json.loads(line)
-                    out.append(QAExample(str(obj.get("id", n)), obj["question"], obj["context"]))
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                except json.JSONDecodeError as e:
                     raise BertkitError(f"{path}:{n}: expected {{question, context}} JSON ({e})") from None
+                if not isinstance(obj, dict):
+                    raise BertkitError(f"{path}:{n}: expected {{question, context}} JSON, got {obj!r}")
+                try:
+                    out.append(self.from_json(obj, n))
+                except BertkitError as e:
+                    raise BertkitError(f"{path}:{n}: {e}") from None
             return out
         examples = read_squad(path, relocate_answers=self.settings.relocate_answers)
         if labelled and all(not ex.answers and not ex.is_impossible for ex in examples):
             raise BertkitError(f"{path}: no answers to train or evaluate on")
         return examples
+
+    def from_json(self, row: dict, n: int = 0) -> QAExample:
+        """{"question", "context", "id" (optional)}."""
+        return QAExample(str(row.get("id", n)), text_field(row, "question"), text_field(row, "context"))
 
     def features(self, examples: Sequence[QAExample], tok: Tokenizer, label2id, train: bool) -> list[Feature]:
         """One `[CLS] question [SEP] window [SEP]` feature per window; `train` labels the answer, or [CLS]."""

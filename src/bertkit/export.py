@@ -1,0 +1,151 @@
+"""`bertkit export`: a model directory -> one ONNX file, checked against the PyTorch model before it is kept.
+
+The graph takes `input_ids`, `token_type_ids`, `attention_mask` (int64, (batch, sequence), both dynamic) and gives
+the outputs `transformers` names: `logits` (cls, pair, ner), `start_logits` / `end_logits` (qa),
+`prediction_logits` / `seq_relationship_logits` (a pre-trained model with its heads), or `last_hidden_state` /
+`pooler_output` (an encoder). The task and labels go into the file's metadata (`bertkit_task`, `id2label`).
+Tokenize with the model directory's tokenizer (tokenizer.json), as for the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bertkit.checkpoint import atomic_write, has_mlm_head
+from bertkit.errors import BertkitError
+from bertkit.model import BertForPreTraining, BertModel
+from bertkit.tokenizer import Tokenizer
+
+INPUTS = ["input_ids", "token_type_ids", "attention_mask"]
+SAMPLE = [  # a pair of different lengths, so that the check covers padding and both segments
+    ("今天天气很好，我们去公园散步吧。", "好的，下午三点见。"),
+    ("The quick brown fox jumps over the lazy dog.", None),
+    ("北京是中华人民共和国的首都。", None),
+]
+
+
+class _Graph(nn.Module):
+    """The model with plain tensor outputs, in the order `names` lists them."""
+
+    def __init__(self, model: nn.Module, kind: str):
+        super().__init__()
+        self.model, self.kind = model, kind
+        self.names = {
+            "encoder": ["last_hidden_state", "pooler_output"] if model_has_pooler(model) else ["last_hidden_state"],
+            "pretraining": ["prediction_logits", "seq_relationship_logits"],
+            "qa": ["start_logits", "end_logits"],
+        }.get(kind, ["logits"])
+
+    def forward(self, input_ids, token_type_ids, attention_mask) -> tuple[torch.Tensor, ...]:
+        out = self.model(input_ids, token_type_ids, attention_mask)
+        if self.kind == "encoder":
+            return tuple(t for t in (out.last_hidden_state, out.pooler_output) if t is not None)
+        if self.kind == "pretraining":
+            return out.mlm_logits, out.nsp_logits
+        if self.kind == "qa":
+            return out.logits[..., 0], out.logits[..., 1]  # (B, T) each
+        return (out.logits,)
+
+
+def model_has_pooler(model: nn.Module) -> bool:
+    return getattr(model, "pooler", None) is not None
+
+
+def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
+    """(model in eval mode, kind, metadata) of a model directory: a task model, a pre-trained one, or an encoder."""
+    from bertkit.tasks.finetune import load_task_model, task_of
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise BertkitError(f"model directory {path} does not exist")
+    try:
+        task_name = task_of(path)
+    except BertkitError:
+        task_name = None
+    if task_name:
+        _, model, _, id2label = load_task_model(path, None, "cpu")
+        kind = "qa" if task_name == "qa" else "classifier"
+        meta = {"bertkit_task": task_name, "id2label": json.dumps({str(k): v for k, v in id2label.items()})}
+    elif has_mlm_head(path):
+        model, kind, meta = BertForPreTraining.from_pretrained(path), "pretraining", {"bertkit_task": "pretraining"}
+    else:
+        model, kind, meta = BertModel.from_pretrained(path), "encoder", {"bertkit_task": "encoder"}
+    return model.eval(), kind, meta
+
+
+def sample_inputs(tok: Tokenizer, n: int = len(SAMPLE)) -> dict[str, torch.Tensor]:
+    """A small padded batch (the first `n` samples) for tracing and for checking the exported graph."""
+    return tok.pad([tok.encode(a, b, max_length=64) for a, b in SAMPLE[:n]])
+
+
+def export_onnx(model_dir: str | Path, out: str | Path, opset: int = 18, check: bool = True) -> dict:
+    """Write `out` (ONNX) from `model_dir`; with `check`, run it in onnxruntime on a sample batch and refuse to keep
+    it unless its outputs equal the PyTorch model's (max abs difference on real tokens <= 1e-4). Returns a summary."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 (torch's ONNX exporter needs it)
+    except ImportError as e:
+        raise BertkitError(f"ONNX export needs onnx and onnxscript: pip install 'bertkit[export]' ({e})") from None
+    model, kind, meta = load_for_export(model_dir)
+    tok = Tokenizer.from_pretrained(model_dir)
+    graph = _Graph(model, kind)
+    inputs = sample_inputs(tok)
+    args = tuple(inputs[k] for k in INPUTS)
+    batch = torch.export.Dim("batch")
+    seq = torch.export.Dim("sequence", max=model.config.max_position_embeddings)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" per op
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
+            program = torch.onnx.export(
+                graph, args, input_names=INPUTS, output_names=graph.names, opset_version=opset, dynamo=True,
+                dynamic_shapes=tuple({0: batch, 1: seq} for _ in INPUTS), verbose=False,
+            )  # fmt: skip
+        proto = program.model_proto
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, tmp)
+        if check:  # the tracing batch and one of another batch size and length: the axes must really be dynamic
+            summary["max_abs_diff"] = check_onnx(tmp, graph, [inputs, sample_inputs(tok, 1)])
+
+    summary: dict = {"out": str(out), "kind": kind, "outputs": graph.names, "opset": opset, **meta}
+    atomic_write(out, write)
+    summary["bytes"] = out.stat().st_size
+    return summary
+
+
+def check_onnx(
+    path: str | Path, graph: _Graph, batches: list[dict[str, torch.Tensor]], tolerance: float = 1e-4
+) -> float:
+    """Max abs difference between onnxruntime and PyTorch outputs on the real tokens of `batches`; an error above
+    `tolerance` (padding positions are don't-cares: bertkit leaves them zero, the graph computes them)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BertkitError("checking the export needs onnxruntime: pip install 'bertkit[export]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for inputs in batches:
+        got = session.run(None, {k: inputs[k].numpy() for k in INPUTS})
+        with torch.no_grad():
+            expected = [t.numpy() for t in graph(*(inputs[k] for k in INPUTS))]
+        real = inputs["attention_mask"].numpy().astype(bool)  # (B, T)
+        for name, g, e in zip(graph.names, got, expected, strict=True):
+            if g.shape != e.shape:
+                raise BertkitError(f"exported output {name} has shape {g.shape}, the model's {e.shape}")
+            keep = real if g.ndim >= 2 and g.shape[:2] == real.shape else np.ones(g.shape[:1], dtype=bool)
+            worst = max(worst, float(np.abs(g[keep] - e[keep]).max()))
+    if worst > tolerance:
+        raise BertkitError(f"the exported graph differs from the model by {worst:.2e} (> {tolerance}); not written")
+    return worst

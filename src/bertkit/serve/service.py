@@ -1,0 +1,152 @@
+"""One model directory behind the HTTP API: what the model can do, and the calls that do it.
+
+A fine-tuned task model predicts (labels, entities or answers); a pre-trained model with its masked-LM head fills
+[MASK]s; every model embeds sentences. The HTTP layer (`bertkit.serve.server`) only parses requests and calls these.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bertkit.checkpoint import has_mlm_head
+from bertkit.config import BertConfig
+from bertkit.errors import BertkitError
+from bertkit.infer import embed, embedding_settings, fill_mask
+from bertkit.machine import pick_device
+from bertkit.model import BertForPreTraining, BertModel
+from bertkit.tokenizer import Tokenizer
+
+MAX_INPUTS = 256  # per request: larger batches belong to `bertkit predict` / `bertkit embed` on files
+TASK_INPUT = {
+    "cls": '{"text": "..."}',
+    "pair": '{"text_a": "...", "text_b": "..."}',
+    "ner": '{"text": "..."}',
+    "qa": '{"question": "...", "context": "..."}',
+}
+
+
+class Service:
+    """A loaded model directory and its calls; thread-safe (one call runs the model at a time)."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        from bertkit.tasks.finetune import load_task_model, task_of
+
+        self.path = Path(model_dir)
+        if not self.path.is_dir():
+            raise BertkitError(f"model directory {self.path} does not exist")
+        self.device = pick_device(device)
+        self.config = BertConfig.load(self.path)
+        try:
+            self.task_name: str | None = task_of(self.path)
+        except BertkitError:
+            self.task_name = None  # a pre-trained or plain encoder: fill-mask and/or embeddings only
+        self.mlm: BertForPreTraining | None = None
+        self.task_model: torch.nn.Module | None = None
+        if self.task_name:
+            self.task, self.task_model, self.tokenizer, self.id2label = load_task_model(self.path, None, self.device)
+            self.encoder: BertModel = self.task_model.bert  # type: ignore[assignment]
+        else:
+            self.tokenizer = Tokenizer.from_pretrained(self.path)
+            if has_mlm_head(self.path):
+                self.mlm = BertForPreTraining.from_pretrained(self.path).to(self.device)
+                self.encoder = self.mlm.bert
+            else:
+                self.encoder = BertModel.from_pretrained(self.path).to(self.device)
+        self.embedding = embedding_settings(self.path)
+        self._lock = threading.Lock()  # torch already spreads one call over every core; queue the rest
+
+    def info(self) -> dict[str, Any]:
+        """What the model is and which endpoints it answers."""
+        endpoints = ["/api/embed"]
+        if self.task_name:
+            endpoints.insert(0, "/api/predict")
+        if self.mlm is not None:
+            endpoints.insert(0, "/api/fill-mask")
+        c = self.config
+        return {
+            "model": str(self.path),
+            "task": self.task_name,
+            "input": TASK_INPUT.get(self.task_name or ""),
+            "labels": [self.id2label[i] for i in sorted(self.id2label)] if self.task_name else None,
+            "endpoints": endpoints,
+            "config": {
+                "layers": c.num_hidden_layers,
+                "hidden_size": c.hidden_size,
+                "heads": c.num_attention_heads,
+                "vocab_size": c.vocab_size,
+                "max_position_embeddings": c.max_position_embeddings,
+            },
+            "embedding": {"pooling": self.embedding["pooling"], "normalize": self.embedding["normalize"]},
+            "device": str(self.device),
+        }
+
+    def predict(self, inputs: list[dict]) -> list[dict]:
+        """The task model's predictions, one per input object (the fields `info()["input"]` names)."""
+        if not self.task_name:
+            raise BertkitError(
+                f"{self.path} is not a fine-tuned task model, so it has no predictions; "
+                f"it answers {', '.join(self.info()['endpoints'])}"
+            )
+        _check_count(inputs, "inputs")
+        examples = []
+        for n, row in enumerate(inputs):
+            if not isinstance(row, dict):
+                raise BertkitError(f"inputs[{n}]: expected an object like {TASK_INPUT[self.task_name]}, got {row!r}")
+            try:
+                examples.append(self.task.from_json(row, n))
+            except BertkitError as e:
+                wanted = TASK_INPUT[self.task_name]
+                raise BertkitError(f"inputs[{n}]: {e}; a {self.task_name} model takes {wanted}") from None
+        with self._lock:
+            features = self.task.features(examples, self.tokenizer, None, train=False)
+            return self.task.predict(self.task_model, self.tokenizer, examples, features, self.id2label)
+
+    def fill_mask(self, texts: list[str], top_k: int = 5) -> list[dict]:
+        """Top-k tokens for every [MASK] of each text."""
+        if self.mlm is None:
+            raise BertkitError(f"{self.path} has no masked-LM head (cls.predictions.*), so it cannot fill [MASK]")
+        _check_texts(texts)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 100:
+            raise BertkitError(f"top_k must be an integer from 1 to 100, got {top_k!r}")
+        out = []
+        with self._lock:
+            for n, text in enumerate(texts):
+                try:
+                    masks = fill_mask(self.mlm, self.tokenizer, text, top_k=top_k)
+                except BertkitError as e:
+                    raise BertkitError(f"texts[{n}]: {e}") from None
+                out.append({"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]})
+        return out
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Sentence embeddings with the directory's pooling (mean, L2-normalised, unless it says otherwise)."""
+        _check_texts(texts)
+        with self._lock:
+            vectors = embed(
+                self.encoder,
+                self.tokenizer,
+                texts,
+                max_length=self.embedding["max_length"] or self.config.max_position_embeddings,
+                pooling=self.embedding["pooling"],
+                normalize=self.embedding["normalize"],
+                device=self.device,
+            )
+        return vectors.tolist()
+
+
+def _check_count(items: Any, name: str) -> None:
+    if not isinstance(items, list) or not items:
+        raise BertkitError(f"{name} must be a non-empty list, got {type(items).__name__}")
+    if len(items) > MAX_INPUTS:
+        raise BertkitError(f"{len(items)} {name} in one request; send at most {MAX_INPUTS} (or use the CLI on a file)")
+
+
+def _check_texts(texts: Any) -> None:
+    _check_count(texts, "texts")
+    for n, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise BertkitError(f"texts[{n}] must be a non-empty string, got {t!r}")

@@ -1,0 +1,131 @@
+"""`bertkit export --format onnx`: the ONNX graph, run in onnxruntime, gives transformers' outputs on the same
+weights and inputs (padding and both segments included), at batch sizes and lengths other than the traced ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import transformers
+
+from bertkit import BertConfig, BertForPreTraining, Tokenizer
+from bertkit.errors import BertkitError
+from bertkit.export import export_onnx
+from bertkit.tasks.base import TaskSettings
+from bertkit.tasks.finetune import FinetuneConfig, run_finetune
+
+TEXTS = [
+    ("这家酒店的位置很好，离地铁站只有五分钟。", "房间有点小，但是很干净。"),
+    ("服务一般。", None),
+    ("A man is playing a guitar on the street, and a small crowd has gathered to listen.", None),
+    ("北京是中华人民共和国的首都。", "北京是哪个国家的首都？"),
+]
+
+
+def _run(path: Path, hf_tok) -> tuple[list[np.ndarray], dict]:
+    a = [t for t, _ in TEXTS]
+    b = [t or "" for _, t in TEXTS]
+    enc = hf_tok(a, b, return_tensors="pt", padding=True, return_token_type_ids=True)
+    # A lone text has no segment B: encode those rows again without one, padded to the same length.
+    for i, (_, second) in enumerate(TEXTS):
+        if second is None:
+            single = hf_tok(a[i], return_tensors="pt", padding="max_length", max_length=enc["input_ids"].shape[1])
+            for k in enc:
+                enc[k][i] = single[k][0]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {k: enc[k].numpy().astype(np.int64) for k in ("input_ids", "token_type_ids", "attention_mask")}
+    return session.run(None, feeds), enc
+
+
+def _close_on_real_tokens(got: np.ndarray, want: torch.Tensor, mask: torch.Tensor, tol: float = 1e-4) -> None:
+    want_np = want.detach().numpy()
+    keep = mask.numpy().astype(bool) if got.ndim >= 2 and got.shape[:2] == tuple(mask.shape) else slice(None)
+    assert got.shape == want_np.shape
+    assert np.abs(got[keep] - want_np[keep]).max() < tol
+
+
+def test_encoder_export_matches_transformers(tmp_path: Path, minilm_dir: Path) -> None:
+    out = tmp_path / "minilm.onnx"
+    summary = export_onnx(minilm_dir, out)
+    assert summary["outputs"] == ["last_hidden_state", "pooler_output"] and summary["max_abs_diff"] < 1e-4
+    hf_tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    (hidden, pooled), enc = _run(out, hf_tok)
+    ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    with torch.no_grad():
+        want = ref(**enc)
+    _close_on_real_tokens(hidden, want.last_hidden_state, enc["attention_mask"])
+    _close_on_real_tokens(pooled, want.pooler_output, enc["attention_mask"])
+    assert {p.key: p.value for p in onnx.load(str(out)).metadata_props}["bertkit_task"] == "encoder"
+
+
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
+    """A tiny random Chinese BERT fine-tuned for a few steps as a classifier and as a QA model."""
+    root = tmp_path_factory.mktemp("export")
+    rows = (data_dir / "chnsenticorp/train.tsv").read_text(encoding="utf-8").splitlines()
+    (root / "corpus.txt").write_text("\n".join(r.split("\t")[0] for r in rows[1:2000]), encoding="utf-8")
+    tok = Tokenizer.train([root / "corpus.txt"], vocab_size=2000, show_progress=False)
+    torch.manual_seed(0)
+    BertForPreTraining(BertConfig.preset("tiny", vocab_size=tok.vocab_size)).save_pretrained(root / "pretrained")
+    tok.save_pretrained(root / "pretrained")
+    (root / "cls.tsv").write_text("\n".join(rows[:101]) + "\n", encoding="utf-8")
+    squad = json.loads((data_dir / "cmrc2018/train.json").read_text(encoding="utf-8"))
+    squad["data"] = squad["data"][:5]
+    (root / "qa.json").write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+    for task, train in [("cls", "cls.tsv"), ("qa", "qa.json")]:
+        settings = TaskSettings(max_seq_length=128, relocate_answers=True) if task == "qa" else None
+        cfg = FinetuneConfig(task=task, model=str(root / "pretrained"), train=str(root / train), dev=None,
+                             out=str(root / task), max_steps=3, learning_rate=1e-3, progress=False,
+                             settings=settings)  # fmt: skip
+        run_finetune(cfg)
+    return {"cls": root / "cls", "qa": root / "qa", "pretrained": root / "pretrained"}
+
+
+def test_task_exports_match_transformers(tmp_path: Path, task_models: dict[str, Path]) -> None:
+    hf_tok = transformers.AutoTokenizer.from_pretrained(task_models["cls"])
+
+    summary = export_onnx(task_models["cls"], tmp_path / "cls.onnx")
+    assert summary["outputs"] == ["logits"] and json.loads(summary["id2label"]) == {"0": "0", "1": "1"}
+    (logits,), enc = _run(tmp_path / "cls.onnx", hf_tok)
+    with torch.no_grad():
+        want = transformers.BertForSequenceClassification.from_pretrained(task_models["cls"]).eval()(**enc).logits
+    _close_on_real_tokens(logits, want, enc["attention_mask"])
+
+    summary = export_onnx(task_models["qa"], tmp_path / "qa.onnx")
+    assert summary["outputs"] == ["start_logits", "end_logits"]
+    (start, end), enc = _run(tmp_path / "qa.onnx", hf_tok)
+    with torch.no_grad():
+        want = transformers.BertForQuestionAnswering.from_pretrained(task_models["qa"]).eval()(**enc)
+    _close_on_real_tokens(start, want.start_logits, enc["attention_mask"])
+    _close_on_real_tokens(end, want.end_logits, enc["attention_mask"])
+
+    summary = export_onnx(task_models["pretrained"], tmp_path / "pt.onnx")
+    (mlm, nsp), enc = _run(tmp_path / "pt.onnx", hf_tok)
+    with torch.no_grad():
+        want = transformers.BertForPreTraining.from_pretrained(task_models["pretrained"]).eval()(**enc)
+    _close_on_real_tokens(mlm, want.prediction_logits, enc["attention_mask"])
+    _close_on_real_tokens(nsp, want.seq_relationship_logits, enc["attention_mask"])
+
+
+def test_a_failed_check_keeps_what_was_there(tmp_path: Path, task_models: dict[str, Path], monkeypatch) -> None:
+    out = tmp_path / "cls.onnx"
+    out.write_bytes(b"an earlier export")
+
+    def differs(*args, **kwargs):
+        raise BertkitError("the exported graph differs from the model by 1.0e+00 (> 0.0001); not written")
+
+    monkeypatch.setattr("bertkit.export.check_onnx", differs)
+    with pytest.raises(BertkitError, match="differs"):
+        export_onnx(task_models["cls"], out)
+    assert out.read_bytes() == b"an earlier export" and list(tmp_path.iterdir()) == [out]  # no temporary left
+
+    r = subprocess.run([sys.executable, "-m", "bertkit.cli", "export", "--model", str(tmp_path / "missing"), "--out",
+                        str(out)], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "does not exist" in r.stderr

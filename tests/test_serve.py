@@ -1,0 +1,226 @@
+"""`bertkit serve` as a real client sees it: HTTP answers equal the reference (transformers, sentence-transformers)
+or the `bertkit predict` CLI on the same inputs, and bad requests get a 4xx that says what was wrong."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertkit import BertConfig, BertForPreTraining, Tokenizer
+from bertkit.data.tasks import read_conll
+from bertkit.infer import fill_mask
+from bertkit.serve import Service, make_server
+from bertkit.serve.service import MAX_INPUTS
+from bertkit.tasks.base import TaskSettings
+from bertkit.tasks.finetune import FinetuneConfig, run_finetune
+
+
+@contextmanager
+def served(model_dir: Path) -> Iterator[str]:
+    server = make_server(Service(model_dir, device="cpu"), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def request(url: str, body: object | None = None, raw: bytes | None = None) -> tuple[int, dict | str]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            status, payload, kind = r.status, r.read(), r.headers["Content-Type"]
+    except urllib.error.HTTPError as e:
+        status, payload, kind = e.code, e.read(), e.headers["Content-Type"]
+    return status, json.loads(payload) if kind.startswith("application/json") else payload.decode()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
+    """A tiny random Chinese BERT (with its MLM head) and cls / ner / qa models fine-tuned from it for a few steps."""
+    root = tmp_path_factory.mktemp("serve")
+    sentiment = (data_dir / "chnsenticorp/train.tsv").read_text(encoding="utf-8").splitlines()
+    corpus = root / "corpus.txt"
+    texts = [r.split("\t")[0] for r in sentiment[1:1500]]
+    texts += ["".join(s.tokens) for s in read_conll(data_dir / "cluener2020/train.txt")[:1500]]
+    corpus.write_text("\n".join(texts), encoding="utf-8")
+    tok = Tokenizer.train([corpus], vocab_size=3000, show_progress=False)
+    torch.manual_seed(0)
+    BertForPreTraining(BertConfig.preset("tiny", vocab_size=tok.vocab_size)).save_pretrained(root / "pretrained")
+    tok.save_pretrained(root / "pretrained")
+
+    files = {"cls": root / "cls.tsv", "ner": root / "ner.txt", "qa": root / "qa.json"}
+    files["cls"].write_text("\n".join(sentiment[:201]) + "\n", encoding="utf-8")
+    sents = (data_dir / "cluener2020/train.txt").read_text(encoding="utf-8").split("\n\n")[:200]
+    files["ner"].write_text("\n\n".join(sents) + "\n", encoding="utf-8")
+    squad = json.loads((data_dir / "cmrc2018/train.json").read_text(encoding="utf-8"))
+    squad["data"] = squad["data"][:10]
+    files["qa"].write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+    out = {"pretrained": root / "pretrained"}
+    for task, path in files.items():
+        out[task] = root / task
+        settings = TaskSettings(max_seq_length=256, relocate_answers=True) if task == "qa" else None
+        cfg = FinetuneConfig(task=task, model=str(root / "pretrained"), train=str(path), dev=None, out=str(out[task]),
+                             max_steps=4, learning_rate=1e-3, progress=False, settings=settings)  # fmt: skip
+        run_finetune(cfg)
+    return out
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bertkit.cli", *args], input=stdin, capture_output=True, text=True)
+
+
+def test_predict_equals_transformers_and_the_cli(models: dict[str, Path], tmp_path: Path) -> None:
+    import transformers
+
+    texts = ["这个宾馆比较陈旧了，特价的房间也很一般。", "房间很大，服务员也很热情，下次还会再来。"]
+    with served(models["cls"]) as url:
+        status, info = request(url + "/api/info")
+        assert status == 200 and info["task"] == "cls" and info["labels"] == ["0", "1"]
+        assert info["endpoints"] == ["/api/predict", "/api/embed"]
+        status, out = request(url + "/api/predict", {"inputs": [{"text": t} for t in texts]})
+        assert status == 200
+        one = request(url + "/api/predict", {"text": texts[0]})[1]  # a single input may come alone
+        assert one["predictions"][0] == out["predictions"][0]
+    ref = transformers.BertForSequenceClassification.from_pretrained(models["cls"]).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(models["cls"])
+    with torch.no_grad():
+        probs = ref(**hf_tok(texts, return_tensors="pt", padding=True)).logits.softmax(-1)
+    for row, p in zip(out["predictions"], probs.tolist(), strict=True):
+        assert row["label"] == str(int(np.argmax(p)))
+        assert [row["probabilities"][k] for k in ("0", "1")] == pytest.approx(p, abs=1e-5)
+
+    text = "浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。"
+    qa = {"id": "q1", "question": "谁从另一个角度进行了解读？", "context": text}
+    for task, body, stdin, suffix in [("ner", {"text": text}, text, ".txt"), ("qa", qa, json.dumps(qa), ".jsonl")]:
+        with served(models[task]) as url:
+            status, out = request(url + "/api/predict", {"inputs": [body]})
+        assert status == 200, out
+        src = tmp_path / f"{task}{suffix}"
+        src.write_text(stdin + "\n", encoding="utf-8")
+        cli = _cli("predict", "--model", str(models[task]), "--input", str(src))
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        assert out["predictions"] == [json.loads(cli.stdout)]
+    assert len(out["predictions"][0]["answer"]) > 0 and out["predictions"][0]["answer"] in text
+
+
+def test_fill_mask_and_embed(models: dict[str, Path], minilm_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    text = "今天天气很[MASK]，我们不得不取消户外运动。"
+    with served(models["pretrained"]) as url:
+        status, info = request(url + "/api/info")
+        assert info["task"] is None and info["endpoints"] == ["/api/fill-mask", "/api/embed"]
+        status, out = request(url + "/api/fill-mask", {"texts": [text], "top_k": 3})
+    assert status == 200
+    model = BertForPreTraining.from_pretrained(models["pretrained"])
+    expected = fill_mask(model, Tokenizer.from_pretrained(models["pretrained"]), text, top_k=3)
+    got = out["results"][0]["masks"][0]
+    assert [g["token"] for g in got] == [t for t, _ in expected[0]]
+    assert [g["score"] for g in got] == pytest.approx([p for _, p in expected[0]], abs=1e-6)
+
+    sentences = ["A man is playing a guitar.", "Someone plays an instrument.", "这家酒店的服务很好。"]
+    with served(minilm_dir) as url:
+        status, info = request(url + "/api/info")
+        assert info["endpoints"] == ["/api/embed"]  # a sentence-transformers directory: no MLM head, no task
+        status, out = request(url + "/api/embed", {"texts": sentences})
+        bad = request(url + "/api/fill-mask", {"texts": ["a [MASK] b"]})
+    assert status == 200 and out["dim"] == 384
+    ref = SentenceTransformer(str(minilm_dir), device="cpu").encode(sentences, convert_to_numpy=True)
+    ours = np.array(out["embeddings"])
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.99999
+    assert bad[0] == 400 and "no masked-LM head" in bad[1]["error"]
+
+
+def test_bad_requests_say_what_was_wrong(models: dict[str, Path]) -> None:
+    with served(models["qa"]) as url:
+        cases = [
+            (
+                "/api/predict",
+                {"inputs": [{"question": "谁？"}]},
+                400,
+                "inputs[0]: 'context' must be a non-empty string",
+            ),
+            ("/api/predict", {"inputs": ["谁？"]}, 400, 'expected an object like {"question": "...", "context"'),
+            ("/api/predict", {"inputs": []}, 400, "inputs must be a non-empty list"),
+            ("/api/predict", {"inputs": [{"question": "q", "context": "c"}] * (MAX_INPUTS + 1)}, 400, "at most"),
+            ("/api/predict", [1, 2], 400, "expected a JSON object"),
+            ("/api/embed", {"texts": ["ok", 3]}, 400, "texts[1] must be a non-empty string"),
+            ("/api/embed", {"sentences": ["ok"]}, 400, 'expected {"texts"'),
+            ("/api/fill-mask", {"texts": ["a [MASK]"]}, 400, "no masked-LM head"),
+            ("/api/nothing", {}, 404, "this model answers /api/predict, /api/embed"),
+        ]
+        for path, body, code, message in cases:
+            status, out = request(url + path, body)
+            assert status == code and message in out["error"], (path, body, out)
+        status, out = request(url + "/api/predict", raw=b"{not json")
+        assert status == 400 and "not UTF-8 JSON" in out["error"]
+        status, out = request(url + "/api/predict")  # GET on a POST route
+        assert status == 405
+        status, page = request(url + "/")
+        assert status == 200 and "/api/info" in page and "<script>" in page
+        status, out = request(url + "/healthz")
+        assert status == 200 and out == {"status": "ok"}  # and still serving after every error above
+
+
+def test_serve_command(models: dict[str, Path], minilm_dir: Path) -> None:
+    r = _cli("serve", "--model", str(models["cls"].parent / "missing"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = _cli("fill-mask", "--model", str(minilm_dir), "a [MASK] b")
+    assert r.returncode == 2 and "no masked-LM head" in r.stderr
+    command = [sys.executable, "-m", "bertkit.cli", "serve", "--model", str(models["ner"]), "--port", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert "serving" in line and "a ner model" in line, line + proc.stderr.read()  # type: ignore[union-attr]
+        url = line.split(" at ")[1].split(" ")[0].rstrip("/")
+        status, out = request(url + "/api/predict", {"text": "叶老桂博士在北京。"})
+        assert status == 200 and len(out["predictions"][0]["tags"]) == len("叶老桂博士在北京。")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="the web page's script is run in node")
+def test_web_page_script(models: dict[str, Path], tmp_path: Path) -> None:
+    """The page's own JavaScript, run against the server: each model shows its sections and their results."""
+    page = (Path(__file__).parents[1] / "src/bertkit/serve/page.html").read_text(encoding="utf-8")
+    script = tmp_path / "page.js"
+    script.write_text(re.search(r"<script>(.*)</script>", page, re.S).group(1), encoding="utf-8")  # type: ignore[union-attr]
+    harness = Path(__file__).parent / "page_harness.js"
+    shown = {}
+    for name in ("cls", "ner", "pretrained"):
+        with served(models[name]) as url:
+            r = subprocess.run(["node", str(harness), url, str(script)], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr[-2000:]
+            shown[name] = json.loads(r.stdout)
+            if name == "ner":
+                text = "浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。"  # the page's example
+                entities = request(url + "/api/predict", {"text": text})[1]["predictions"][0]["entities"]
+    assert shown["cls"]["shown"] == {"predict": True, "fill-mask": False, "embed": True}
+    assert "label: <b>" in shown["cls"]["predict"] and shown["cls"]["predict"].count("<tr>") == 2
+    assert "fine-tuned for cls" in shown["cls"]["info"] and "labels 0, 1" in shown["cls"]["info"]
+    marked = re.findall(r"<mark [^>]*>(.*?)<small>(.*?)</small></mark>", shown["ner"]["predict"])
+    assert marked == [(e["text"], e["type"]) for e in entities]
+    assert re.sub(r"<small>.*?</small>|<[^>]+>", "", shown["ner"]["predict"]).startswith(text)  # text kept whole
+    assert shown["pretrained"]["shown"] == {"predict": False, "fill-mask": True, "embed": True}
+    assert shown["pretrained"]["fill-mask"].count("<tr>") == 5
+    for name in shown:
+        assert re.search(r"cosine similarity <b>-?[01]\.\d{4}</b>", shown[name]["embed"])
