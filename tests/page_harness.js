@@ -15,7 +15,10 @@ global.fetch = (path, opts) => realFetch(base + path, opts);
 const source = fs.readFileSync(scriptPath, "utf8");
 (async () => {
   eval(source);
-  await new Promise((r) => setTimeout(r, 500));
+  for (let waited = 0; !elements.info || !elements.info.textContent; waited += 50) {  // until /api/info is shown
+    if (waited > 60000) throw new Error("the page never showed the model's description");
+    await new Promise((r) => setTimeout(r, 50));
+  }
   // inputs the page creates with innerHTML: give them the example values the markup holds
   for (const m of (elements["predict-fields"] || {innerHTML: ""}).innerHTML.matchAll(/id="f-(\w+)"(?: value="([^"]*)")?>([^<]*)/g)) {
     document.getElementById("f-" + m[1]).value = m[2] !== undefined ? m[2] : m[3];

@@ -17,7 +17,7 @@ import transformers
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.errors import BertkitError
-from bertkit.export import export_onnx
+from bertkit.export import _Graph, check_onnx, export_onnx, load_for_export, sample_inputs
 from bertkit.tasks.base import TaskSettings
 from bertkit.tasks.finetune import FinetuneConfig, run_finetune
 
@@ -79,13 +79,15 @@ def task_models(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
     squad = json.loads((data_dir / "cmrc2018/train.json").read_text(encoding="utf-8"))
     squad["data"] = squad["data"][:5]
     (root / "qa.json").write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
-    for task, train in [("cls", "cls.tsv"), ("qa", "qa.json")]:
+    sents = (data_dir / "cluener2020/train.txt").read_text(encoding="utf-8").split("\n\n")[:100]
+    (root / "ner.txt").write_text("\n\n".join(sents) + "\n", encoding="utf-8")
+    for task, train in [("cls", "cls.tsv"), ("qa", "qa.json"), ("ner", "ner.txt")]:
         settings = TaskSettings(max_seq_length=128, relocate_answers=True) if task == "qa" else None
         cfg = FinetuneConfig(task=task, model=str(root / "pretrained"), train=str(root / train), dev=None,
                              out=str(root / task), max_steps=3, learning_rate=1e-3, progress=False,
                              settings=settings)  # fmt: skip
         run_finetune(cfg)
-    return {"cls": root / "cls", "qa": root / "qa", "pretrained": root / "pretrained"}
+    return {"cls": root / "cls", "qa": root / "qa", "ner": root / "ner", "pretrained": root / "pretrained"}
 
 
 def test_task_exports_match_transformers(tmp_path: Path, task_models: dict[str, Path]) -> None:
@@ -96,6 +98,13 @@ def test_task_exports_match_transformers(tmp_path: Path, task_models: dict[str, 
     (logits,), enc = _run(tmp_path / "cls.onnx", hf_tok)
     with torch.no_grad():
         want = transformers.BertForSequenceClassification.from_pretrained(task_models["cls"]).eval()(**enc).logits
+    _close_on_real_tokens(logits, want, enc["attention_mask"])
+
+    summary = export_onnx(task_models["ner"], tmp_path / "ner.onnx")  # per-token logits (B, T, labels)
+    (logits,), enc = _run(tmp_path / "ner.onnx", hf_tok)
+    with torch.no_grad():
+        want = transformers.BertForTokenClassification.from_pretrained(task_models["ner"]).eval()(**enc).logits
+    assert logits.ndim == 3
     _close_on_real_tokens(logits, want, enc["attention_mask"])
 
     summary = export_onnx(task_models["qa"], tmp_path / "qa.onnx")
@@ -112,6 +121,36 @@ def test_task_exports_match_transformers(tmp_path: Path, task_models: dict[str, 
         want = transformers.BertForPreTraining.from_pretrained(task_models["pretrained"]).eval()(**enc)
     _close_on_real_tokens(mlm, want.prediction_logits, enc["attention_mask"])
     _close_on_real_tokens(nsp, want.seq_relationship_logits, enc["attention_mask"])
+
+
+def test_only_heads_in_the_directory_are_exported(tmp_path: Path, task_models: dict[str, Path]) -> None:
+    """An HF BertForMaskedLM has no NSP head and no pooler: exporting it must not invent them from random weights."""
+    tok = Tokenizer.from_pretrained(task_models["pretrained"])
+    config = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=128)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    summary = export_onnx(tmp_path / "mlm", tmp_path / "mlm.onnx")
+    assert summary["outputs"] == ["prediction_logits"] and summary["bertkit_task"] == "mlm"
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "mlm")
+    (mlm,), enc = _run(tmp_path / "mlm.onnx", hf_tok)
+    with torch.no_grad():
+        want = transformers.BertForMaskedLM.from_pretrained(tmp_path / "mlm").eval()(**enc).logits
+    _close_on_real_tokens(mlm, want, enc["attention_mask"])
+
+
+def test_the_check_rejects_a_graph_that_differs(tmp_path: Path, task_models: dict[str, Path]) -> None:
+    out = tmp_path / "cls.onnx"
+    export_onnx(task_models["cls"], out)
+    model, kind, _ = load_for_export(task_models["cls"])
+    graph = _Graph(model, kind)
+    batch = sample_inputs(Tokenizer.from_pretrained(task_models["cls"]))
+    assert check_onnx(out, graph, [batch]) < 1e-4
+    with torch.no_grad():
+        model.classifier.bias[0] += 1e-3  # a change well above float error, far below a visible one
+    with pytest.raises(BertkitError, match="differs from the model"):
+        check_onnx(out, graph, [batch])
 
 
 def test_a_failed_check_keeps_what_was_there(tmp_path: Path, task_models: dict[str, Path], monkeypatch) -> None:

@@ -533,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
         'POST /api/predict {"inputs": [{"text": ...}]} (cls, ner), [{"text_a": ..., "text_b": ...}] (pair) or '
         '[{"question": ..., "context": ...}] (qa); a pre-trained model with its MLM head answers POST /api/fill-mask '
         '{"texts": ["...[MASK]..."], "top_k": 5}; every model answers POST /api/embed {"texts": [...]}. '
-        'GET /api/info describes the model. Bad input answers 400 with {"error": ...}.',
+        "GET /api/info describes the model. Posts must say Content-Type: application/json. Bad input answers 4xx "
+        'with {"error": ...}.',
     )
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

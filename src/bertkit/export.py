@@ -2,9 +2,10 @@
 
 The graph takes `input_ids`, `token_type_ids`, `attention_mask` (int64, (batch, sequence), both dynamic) and gives
 the outputs `transformers` names: `logits` (cls, pair, ner), `start_logits` / `end_logits` (qa),
-`prediction_logits` / `seq_relationship_logits` (a pre-trained model with its heads), or `last_hidden_state` /
-`pooler_output` (an encoder). The task and labels go into the file's metadata (`bertkit_task`, `id2label`).
-Tokenize with the model directory's tokenizer (tokenizer.json), as for the PyTorch model.
+`prediction_logits` / `seq_relationship_logits` (a pre-trained model with its heads; the second only when the
+directory has an NSP head), or `last_hidden_state` / `pooler_output` (an encoder; the second only with a pooler).
+The task and labels go into the file's metadata (`bertkit_task`, `id2label`). Tokenize with the model directory's
+tokenizer (tokenizer.json), as for the PyTorch model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertkit.checkpoint import atomic_write, has_mlm_head
+from bertkit.checkpoint import atomic_write, has_mlm_head, tensor_names
 from bertkit.errors import BertkitError
 from bertkit.model import BertForPreTraining, BertModel
 from bertkit.tokenizer import Tokenizer
@@ -32,34 +33,38 @@ SAMPLE = [  # a pair of different lengths, so that the check covers padding and 
 
 
 class _Graph(nn.Module):
-    """The model with plain tensor outputs, in the order `names` lists them."""
+    """The model with plain tensor outputs, in the order `names` lists them; `per_token` names the (B, T, ...) ones."""
 
     def __init__(self, model: nn.Module, kind: str):
         super().__init__()
         self.model, self.kind = model, kind
+        encoder = model.bert if hasattr(model, "bert") else model
         self.names = {
-            "encoder": ["last_hidden_state", "pooler_output"] if model_has_pooler(model) else ["last_hidden_state"],
+            "encoder": ["last_hidden_state", "pooler_output"] if encoder.pooler is not None else ["last_hidden_state"],
             "pretraining": ["prediction_logits", "seq_relationship_logits"],
+            "mlm": ["prediction_logits"],
             "qa": ["start_logits", "end_logits"],
         }.get(kind, ["logits"])
+        self.per_token = {"last_hidden_state", "prediction_logits", "start_logits", "end_logits"}
+        if kind == "tagger":
+            self.per_token.add("logits")
 
     def forward(self, input_ids, token_type_ids, attention_mask) -> tuple[torch.Tensor, ...]:
         out = self.model(input_ids, token_type_ids, attention_mask)
         if self.kind == "encoder":
             return tuple(t for t in (out.last_hidden_state, out.pooler_output) if t is not None)
-        if self.kind == "pretraining":
-            return out.mlm_logits, out.nsp_logits
+        if self.kind in ("pretraining", "mlm"):
+            return (out.mlm_logits, out.nsp_logits)[: len(self.names)]
         if self.kind == "qa":
             return out.logits[..., 0], out.logits[..., 1]  # (B, T) each
         return (out.logits,)
 
 
-def model_has_pooler(model: nn.Module) -> bool:
-    return getattr(model, "pooler", None) is not None
-
-
 def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
-    """(model in eval mode, kind, metadata) of a model directory: a task model, a pre-trained one, or an encoder."""
+    """(model in eval mode, kind, metadata) of a model directory: a task model, a pre-trained one, or an encoder.
+
+    Only heads whose weights are in the directory are exported: an HF BertForMaskedLM gives prediction_logits alone,
+    an encoder saved without its pooler gives last_hidden_state alone (never freshly initialised outputs)."""
     from bertkit.tasks.finetune import load_task_model, task_of
 
     path = Path(model_dir)
@@ -69,20 +74,24 @@ def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
         task_name = task_of(path)
     except BertkitError:
         task_name = None
+    names = tensor_names(path)
     if task_name:
         _, model, _, id2label = load_task_model(path, None, "cpu")
-        kind = "qa" if task_name == "qa" else "classifier"
+        kind = {"qa": "qa", "ner": "tagger"}.get(task_name, "classifier")
         meta = {"bertkit_task": task_name, "id2label": json.dumps({str(k): v for k, v in id2label.items()})}
     elif has_mlm_head(path):
-        model, kind, meta = BertForPreTraining.from_pretrained(path), "pretraining", {"bertkit_task": "pretraining"}
+        model = BertForPreTraining.from_pretrained(path)
+        kind = "pretraining" if any(n.startswith("cls.seq_relationship.") for n in names) else "mlm"
+        meta = {"bertkit_task": kind}
     else:
-        model, kind, meta = BertModel.from_pretrained(path), "encoder", {"bertkit_task": "encoder"}
+        pooler = any(n.removeprefix("bert.").startswith("pooler.") for n in names)
+        model, kind, meta = BertModel.from_pretrained(path, add_pooler=pooler), "encoder", {"bertkit_task": "encoder"}
     return model.eval(), kind, meta
 
 
-def sample_inputs(tok: Tokenizer, n: int = len(SAMPLE)) -> dict[str, torch.Tensor]:
-    """A small padded batch (the first `n` samples) for tracing and for checking the exported graph."""
-    return tok.pad([tok.encode(a, b, max_length=64) for a, b in SAMPLE[:n]])
+def sample_inputs(tok: Tokenizer, which: slice = slice(None)) -> dict[str, torch.Tensor]:
+    """A small padded batch of SAMPLE[which] for tracing and for checking the exported graph."""
+    return tok.pad([tok.encode(a, b, max_length=64) for a, b in SAMPLE[which]])
 
 
 def export_onnx(model_dir: str | Path, out: str | Path, opset: int = 18, check: bool = True) -> dict:
@@ -93,6 +102,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, opset: int = 18, check: 
         import onnxscript  # noqa: F401 (torch's ONNX exporter needs it)
     except ImportError as e:
         raise BertkitError(f"ONNX export needs onnx and onnxscript: pip install 'bertkit[export]' ({e})") from None
+    if not hasattr(torch.compiler, "is_exporting"):
+        raise BertkitError(f"bertkit export needs torch >= 2.7 (this is {torch.__version__})")
     model, kind, meta = load_for_export(model_dir)
     tok = Tokenizer.from_pretrained(model_dir)
     graph = _Graph(model, kind)
@@ -116,8 +127,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, opset: int = 18, check: 
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, tmp)
-        if check:  # the tracing batch and one of another batch size and length: the axes must really be dynamic
-            summary["max_abs_diff"] = check_onnx(tmp, graph, [inputs, sample_inputs(tok, 1)])
+        if check:  # the tracing batch, and one of another size and length (no pair): the axes must be dynamic
+            summary["max_abs_diff"] = check_onnx(tmp, graph, [inputs, sample_inputs(tok, slice(2, 3))])
 
     summary: dict = {"out": str(out), "kind": kind, "outputs": graph.names, "opset": opset, **meta}
     atomic_write(out, write)
@@ -144,8 +155,11 @@ def check_onnx(
         for name, g, e in zip(graph.names, got, expected, strict=True):
             if g.shape != e.shape:
                 raise BertkitError(f"exported output {name} has shape {g.shape}, the model's {e.shape}")
-            keep = real if g.ndim >= 2 and g.shape[:2] == real.shape else np.ones(g.shape[:1], dtype=bool)
-            worst = max(worst, float(np.abs(g[keep] - e[keep]).max()))
+            keep = real if name in graph.per_token else np.ones(g.shape[:1], dtype=bool)
+            diff = np.abs(g[keep] - e[keep])
+            if not np.isfinite(diff).all():
+                raise BertkitError(f"exported output {name} is not finite where the model's is (or the reverse)")
+            worst = max(worst, float(diff.max()))
     if worst > tolerance:
         raise BertkitError(f"the exported graph differs from the model by {worst:.2e} (> {tolerance}); not written")
     return worst

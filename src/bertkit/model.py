@@ -182,6 +182,10 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(read))  # (B, H)
 
 
+# torch.compiler.is_exporting appeared in torch 2.7 (bertkit export requires that torch; elsewhere this is False).
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
 def is_padded(attention_mask: torch.Tensor | None) -> bool:
     """Whether any position is padding (a host sync: call it once per forward)."""
     return attention_mask is not None and not bool(attention_mask.all())
@@ -289,7 +293,7 @@ class BertModel(nn.Module, PreTrainedMixin):
             token_type_ids = torch.zeros_like(input_ids)
         dtype = self.embeddings.word_embeddings.weight.dtype
         # An exported graph (ONNX, torch.export) must serve every input: it always applies the mask, never unpads.
-        exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
+        exporting = _is_exporting() or torch.jit.is_tracing()
         padded = attention_mask is not None if exporting else is_padded(attention_mask)
         bias = attention_bias(
             attention_mask if padded else None, dtype, causal=self.config.is_decoder, T=T, device=input_ids.device

@@ -8,7 +8,9 @@
     POST /api/embed      {"texts": ["...", ...]}                    -> {"embeddings": [[...]], "dim": H}
 
 One input may come alone: `{"text": ...}` (or the task's other fields) for predict, `{"text": ...}` for the others.
-Bad input answers 400 with {"error": what was wrong and what to send}; nothing is ever written to disk.
+Bad input answers 4xx with {"error": what was wrong and what to send}; nothing is ever written to disk. POSTs must
+say `Content-Type: application/json`, and on a loopback address a Host header naming another machine is refused
+(403): a web page elsewhere can neither post a form to the API nor reach it through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -30,9 +32,24 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 class _Handler(BaseHTTPRequestHandler):
     service: Service  # set on the subclass that `make_server` builds
+    allowed_hosts: frozenset[str] | None = None  # Host header names accepted; None: any (a non-loopback --host)
     server_version = "bertkit"
+    timeout = 30  # seconds a connection may stall before its thread gives up on it
+
+    def _host_ok(self) -> bool:
+        """On a loopback address, refuse a Host header naming another machine (DNS rebinding from a web page)."""
+        if self.allowed_hosts is None:
+            return True
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name in self.allowed_hosts:
+            return True
+        self._error(HTTPStatus.FORBIDDEN, f"Host {host!r} is not this server; use http://127.0.0.1 or localhost")
+        return False
 
     def do_GET(self) -> None:
+        if not self._host_ok():
+            return
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             page = files("bertkit.serve").joinpath("page.html").read_bytes()
@@ -47,18 +64,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, f"no such page {path}; the API is under /api (see GET /api/info)")
 
     def do_POST(self) -> None:
+        if not self._host_ok():
+            return
         path = self.path.split("?", 1)[0]
         route = _POST_ROUTES.get(path)
         if route is None:
             self._error(HTTPStatus.NOT_FOUND, f"no such endpoint {path}; this model answers {self._endpoints()}")
+            return
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind != "application/json":  # also keeps out cross-site form posts, which cannot send this type
+            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send Content-Type: application/json (got {kind!r})")
             return
         try:
             body = self._read_json()
             self._json(HTTPStatus.OK, route(self.service, body))
         except BertkitError as e:
             self._error(HTTPStatus.BAD_REQUEST, str(e))
-        except _TooLarge as e:
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e))
+        except _BadLength as e:
+            self._error(e.status, str(e))
         except Exception as e:  # a bug, not bad input: say so, keep serving
             log.exception("error answering %s", path)
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(e).__name__}: {e})")
@@ -67,17 +90,26 @@ class _Handler(BaseHTTPRequestHandler):
         return ", ".join(self.service.info()["endpoints"])
 
     def _read_json(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise _TooLarge(f"request body of {length} bytes; the limit is {MAX_BODY_BYTES}")
+        header = self.headers.get("Content-Length")
+        if header is None:
+            raise _BadLength(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header with the JSON body")
+        try:
+            length = int(header)
+        except ValueError:
+            raise _BadLength(HTTPStatus.BAD_REQUEST, f"Content-Length {header!r} is not a number") from None
+        if not 0 <= length <= MAX_BODY_BYTES:
+            raise _BadLength(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body of {length} bytes; at most {MAX_BODY_BYTES}")
         raw = self.rfile.read(length)
         try:
             return json.loads(raw.decode("utf-8") or "null")
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BertkitError(f"the request body is not UTF-8 JSON ({e})") from None
+        except RecursionError:
+            raise BertkitError("the request body is nested too deeply") from None
 
     def _json(self, status: HTTPStatus, obj: Any) -> None:
-        self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+        body = json.dumps(obj, ensure_ascii=False, allow_nan=False)  # strict JSON: a NaN here is a bug to see
+        self._send(status, body.encode("utf-8"), "application/json; charset=utf-8")
 
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json(status, {"error": message})
@@ -93,8 +125,10 @@ class _Handler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(), format % args)
 
 
-class _TooLarge(Exception):
-    pass
+class _BadLength(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 def _object(body: Any) -> dict:
@@ -132,7 +166,9 @@ _POST_ROUTES = {"/api/predict": _predict, "/api/fill-mask": _fill_mask, "/api/em
 
 def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """An HTTP server for `service` (not yet serving: call `serve_forever`). Port 0 picks a free port."""
-    handler = type("Handler", (_Handler,), {"service": service})
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    allowed = frozenset({"127.0.0.1", "localhost", "[::1]", host}) if loopback else None
+    handler = type("Handler", (_Handler,), {"service": service, "allowed_hosts": allowed})
     return ThreadingHTTPServer((host, port), handler)
 
 

@@ -18,6 +18,7 @@ from bertkit.errors import BertkitError
 from bertkit.infer import embed, embedding_settings, fill_mask
 from bertkit.machine import pick_device
 from bertkit.model import BertForPreTraining, BertModel
+from bertkit.tasks.base import check_encodable
 from bertkit.tokenizer import Tokenizer
 
 MAX_INPUTS = 256  # per request: larger batches belong to `bertkit predict` / `bertkit embed` on files
@@ -150,3 +151,4 @@ def _check_texts(texts: Any) -> None:
     for n, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise BertkitError(f"texts[{n}] must be a non-empty string, got {t!r}")
+        check_encodable(t, f"texts[{n}]")

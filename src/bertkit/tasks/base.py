@@ -76,10 +76,19 @@ class Task:
 def text_field(row: dict, key: str, alternative: str | None = None) -> str:
     """`row[key]` (or `row[alternative]`) as a non-empty string; else a BertkitError saying which field is wrong."""
     value = row.get(key, row.get(alternative)) if alternative else row.get(key)
+    wanted = f"{key!r}" + (f" (or {alternative!r})" if alternative else "")
     if not isinstance(value, str) or not value.strip():
-        wanted = f"{key!r}" + (f" (or {alternative!r})" if alternative else "")
         raise BertkitError(f"{wanted} must be a non-empty string, got {value!r}")
+    check_encodable(value, wanted)
     return value
+
+
+def check_encodable(text: str, where: str) -> None:
+    """A BertkitError for text that cannot be UTF-8 (a lone surrogate, e.g. from JSON's \\ud800)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BertkitError(f"{where} holds a character that is not valid Unicode text ({e.reason})") from None
 
 
 def pad_batch(features: Sequence[Feature], pad_id: int, keys: Sequence[str] = ()) -> dict[str, torch.Tensor]:

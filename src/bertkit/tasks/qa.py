@@ -5,6 +5,7 @@ passage text through character offsets. SQuAD v2 "no answer" when the data has u
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,7 +108,8 @@ class QaTask(Task):
         keys = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
         return {k: batch[k] for k in keys if k in batch}
 
-    def _answers(self, model, tok, examples, features) -> dict[str, dict]:
+    def _answers(self, model, tok, examples, features) -> list[dict]:
+        """The best answer of each example, in order (by position: ids need not be unique in prediction input)."""
         st = self.settings
         logits = run_model(model, self, features, tok.pad_id)
         with_null = any(ex.is_impossible for ex in examples)
@@ -129,28 +131,29 @@ class QaTask(Task):
                     if score > cur["score"]:
                         a, b = f["offsets"][s][0], f["offsets"][e][1]
                         cur.update(text=ex.context[a:b], score=score, start=a, end=b)
-        out = {}
-        for e, ex in enumerate(examples):
+        out = []
+        for e in range(len(examples)):
             cur = best.get(e, {"text": "", "score": float("-inf"), "null": 0.0})
             if with_null and cur["null"] > cur["score"]:
                 cur = {"text": "", "score": cur["null"], "null": cur["null"]}
-            out[ex.id] = cur
+            out.append(cur)
         return out
 
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
         """EM and F1 of the best span over all windows; CMRC 2018 scoring when most passages are Chinese."""
         answers = self._answers(model, tok, examples, features)
         lang = "zh" if sum(bool(_CJK.search(ex.context[:200])) for ex in examples) > len(examples) / 2 else "en"
-        gold = {ex.id: [t for t, _ in ex.answers] for ex in examples}
-        scores = qa_scores({k: v["text"] for k, v in answers.items()}, gold, lang)
+        gold = {str(i): [t for t, _ in ex.answers] for i, ex in enumerate(examples)}
+        scores = qa_scores({str(i): a["text"] for i, a in enumerate(answers)}, gold, lang)
         return {**scores, "questions": len(examples), "scoring": "cmrc2018" if lang == "zh" else "squad"}
 
     def predict(self, model, tok, examples, features, id2label) -> list[dict]:
-        """Per question: the best span over all windows (empty if no-answer wins), its offsets and score."""
+        """Per question: the best span over all windows (empty if no-answer wins), its offsets and score; no span at
+        all (e.g. every candidate longer than max_answer_length) gives an empty answer with score None."""
         answers = self._answers(model, tok, examples, features)
         out = []
-        for ex in examples:
-            a = answers[ex.id]
+        for ex, a in zip(examples, answers, strict=True):
+            score = a["score"] if math.isfinite(a["score"]) else None
             out.append({"id": ex.id, "answer": a["text"], "start": a.get("start"), "end": a.get("end"),
-                        "score": a["score"]})  # fmt: skip
+                        "score": score})  # fmt: skip
         return out
