@@ -212,6 +212,21 @@ def test_bad_requests_say_what_was_wrong(models: dict[str, Path]) -> None:
         assert status == 200 and out == {"status": "ok"}  # and still serving after every error above
 
 
+def test_predict_out_file_is_replaced_only_when_complete(models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "answers.jsonl"
+    out.write_text("earlier answers\n", encoding="utf-8")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "谁？", "context": "叶老桂。"}\n{"question": "谁？"}\n', encoding="utf-8")
+    r = _cli("predict", "--model", str(models["qa"]), "--input", str(bad), "--out", str(out))
+    assert r.returncode == 2 and "bad.jsonl:2: 'context' must be a non-empty string" in r.stderr
+    assert out.read_text(encoding="utf-8") == "earlier answers\n"
+    good = tmp_path / "good.jsonl"
+    good.write_text(bad.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    r = _cli("predict", "--model", str(models["qa"]), "--input", str(good), "--out", str(out))
+    assert r.returncode == 0 and r.stdout == ""
+    assert json.loads(out.read_text(encoding="utf-8"))["id"] == "1"
+
+
 def test_serve_command(models: dict[str, Path], minilm_dir: Path) -> None:
     r = _cli("serve", "--model", str(models["cls"].parent / "missing"))
     assert r.returncode == 2 and "does not exist" in r.stderr

@@ -228,15 +228,20 @@ def _cmd_predict(args: argparse.Namespace) -> None:
                                          encoding="utf-8") as f:  # fmt: skip
             f.write(sys.stdin.read())
         path = f.name
-    examples = _read_for_prediction(task, path)
-    features = task.features(examples, tok, None, train=False)
-    out = sys.stdout if not args.out else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
     try:
-        for row in task.predict(model, tok, examples, features, id2label):
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        examples = _read_for_prediction(task, path)
     finally:
-        if out is not sys.stdout:
-            out.close()
+        if args.input == "-":
+            Path(path).unlink(missing_ok=True)
+    features = task.features(examples, tok, None, train=False)
+    rows = task.predict(model, tok, examples, features, id2label)
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if not args.out:
+        sys.stdout.write(lines)
+        return
+    from bertkit.checkpoint import atomic_write
+
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))  # a failed run keeps the old file
 
 
 def _read_for_prediction(task, path: str) -> list:
