@@ -1,0 +1,113 @@
+"""Does BERT's long-sequence last phase matter here? The quickstart pre-trains on pairs of up to 64 tokens and
+fine-tunes NER at 128, so positions 64..127 start untrained; BERT pre-trained its last 10% of steps at full length
+for this reason. Two arms continue the same quickstart model for the same number of steps (lr a tenth of the
+quickstart's peak, 10% warm-up, then linear decay), one on 64-token pairs, one on 128-token pairs; each is then
+fine-tuned on the quickstart's NER task (same data, seed, epochs, lr), and scored on the dev sentences that fit
+in 64 tokens and on those that do not.
+
+    python benchmarks/long_phase.py --quickstart runs/quickstart      # a finished `bertkit quickstart` folder
+
+~10 min on 2 CPU cores. Writes benchmarks/results/long_phase.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from bertkit.data.masking import MaskingConfig  # noqa: E402
+from bertkit.data.prepare import PrepareConfig, prepare  # noqa: E402
+from bertkit.data.tasks import read_conll  # noqa: E402
+from bertkit.machine import describe  # noqa: E402
+from bertkit.tasks.finetune import FinetuneConfig, load_task_model, run_finetune  # noqa: E402
+from bertkit.tasks.pretrain import PretrainConfig, run_pretrain  # noqa: E402
+from bertkit.tasks.quickstart import QuickstartPlan  # noqa: E402
+from bertkit.train.loop import TrainConfig  # noqa: E402
+
+
+def split_by_length(dev: Path, out: Path, tok_dir: Path, limit: int) -> dict[str, Path]:
+    """The dev sentences whose encoding fits in `limit` tokens ([CLS] .. [SEP]) and the rest, as two CoNLL files."""
+    from bertkit.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tok_dir)
+    groups: dict[str, list[str]] = {"short": [], "long": []}
+    for sent in read_conll(dev):
+        n = len(tok.encode("".join(sent.tokens)).input_ids)
+        rows = "\n".join(f"{t} {g}" for t, g in zip(sent.tokens, sent.tags or [], strict=True))
+        groups["short" if n <= limit else "long"].append(rows)
+    paths = {}
+    for name, rows in groups.items():
+        paths[name] = out / f"ner_dev_{name}.txt"
+        paths[name].write_text("\n\n".join(rows) + "\n", encoding="utf-8")
+    return paths
+
+
+def scores_by_length(ner: Path, dev_parts: dict[str, Path]) -> dict[str, float]:
+    """Entity F1 of a fine-tuned NER model on the whole dev set (its metrics.json) and on each part."""
+    task, model, tok, id2label = load_task_model(ner, None, "cpu")
+    scores = {"all": json.loads((ner / "metrics.json").read_text())["dev"]["f1"]}
+    for part, path in dev_parts.items():
+        examples = task.read(path)
+        features = task.features(examples, tok, None, train=False)
+        scores[part] = task.evaluate(model, tok, examples, features, id2label)["f1"]
+    return scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quickstart", default="runs/quickstart", help="a finished bertkit quickstart folder")
+    ap.add_argument("--steps", type=int, default=400, help="continued pre-training steps per arm (10%% of 4,000)")
+    ap.add_argument("--work", default="runs/long_phase")
+    args = ap.parse_args()
+    qs, work = Path(args.quickstart), Path(args.work)
+    plan, run = QuickstartPlan(), json.loads((qs / "run.json").read_text())
+    seed = run["seed"]
+    corpora = [*sorted((qs / "corpus").glob("*.txt")), qs / "tasks" / "reviews_unlabelled.txt"]
+    tasks = qs / "tasks"
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": describe(), "quickstart": str(qs), "seed": seed, "steps": args.steps, "arms": {}}
+    dev_parts = split_by_length(tasks / "ner_dev.txt", work, qs / "tokenizer", plan.max_seq_length)
+    results["dev_sentences"] = {k: len(read_conll(p)) for k, p in dev_parts.items()}
+
+    for length in (plan.max_seq_length, 128):
+        arm = f"continue_{length}"
+        data = work / f"data_{length}"
+        if not (data / "manifest.json").is_file():
+            prepare(corpora, qs / "tokenizer", data, PrepareConfig(max_seq_length=length, seed=seed), overwrite=True)
+        run_dir = work / arm
+        if not (run_dir / "model" / "model.safetensors").is_file():
+            train = TrainConfig(out_dir=str(run_dir), max_steps=args.steps, batch_size=plan.pretrain_batch,
+                                learning_rate=plan.pretrain_lr / 10, warmup_ratio=0.1, eval_every=args.steps,
+                                save_every=args.steps, log_every=25, seed=seed)  # fmt: skip
+            run_pretrain(PretrainConfig(data=str(data), model=str(qs / "pretrain" / "model"), train=train,
+                                        masking=MaskingConfig(), nsp_weight=plan.nsp_weight, eval_instances=1000,
+                                        dropout=0.0))  # fmt: skip
+        ner = work / f"ner_{arm}"
+        if not (ner / "metrics.json").is_file():
+            run_finetune(FinetuneConfig(task="ner", model=str(run_dir / "model"), train=str(tasks / "ner_train.txt"),
+                                        dev=str(tasks / "ner_dev.txt"), out=str(ner), epochs=plan.ner_epochs,
+                                        learning_rate=plan.finetune_lrs[0],
+                                        max_train_examples=plan.train_examples["ner"], seed=seed))  # fmt: skip
+        scores = scores_by_length(ner, dev_parts)
+        results["arms"][arm] = {"pretraining_sequence_length": length, "ner_dev_f1": scores}
+        print(f"{arm}: NER dev F1 {scores}", flush=True)
+
+    # For reference, the quickstart's own NER model (no continued pre-training), scored the same way.
+    ner = qs / "finetune" / f"ner_pretrained_lr{plan.finetune_lrs[0]:g}_seed{seed}"
+    if (ner / "metrics.json").is_file():
+        results["arms"]["quickstart_as_is"] = {"pretraining_sequence_length": plan.max_seq_length,
+                                               "ner_dev_f1": scores_by_length(ner, dev_parts)}  # fmt: skip
+    a, b = (results["arms"][f"continue_{n}"]["ner_dev_f1"] for n in (plan.max_seq_length, 128))
+    results["long_minus_short"] = {k: b[k] - a[k] for k in a}
+    out = HERE / "results" / "long_phase.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"128-token phase minus 64-token phase: {results['long_minus_short']}\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
