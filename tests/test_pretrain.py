@@ -159,6 +159,45 @@ def test_torchrun_ddp_on_cpu_and_resume_with_another_world_size(tmp_path: Path, 
     assert "resumed from" in r.stdout and steps_logged(run) == 14
 
 
+def test_torchrun_fsdp_matches_ddp_and_resumes_in_one_process(tmp_path: Path, small_data: Path) -> None:
+    """FSDP2 on two processes (gloo) trains exactly as DDP does (same losses, same saved weights); its checkpoints
+    are full model directories that transformers loads and that a single process resumes without --fsdp."""
+    import transformers
+
+    from bertkit.checkpoint import read_tensors
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    losses, stdout = {}, {}
+    for mode in ("ddp", "fsdp"):
+        args = pretrain_args(small_data, tmp_path / mode, "--dropout", "0", "--device", "cpu")[3:]
+        args[args.index("--max-steps") + 1] = "6"
+        args[args.index("--save-every") + 1] = "3"
+        extra = ["--fsdp"] if mode == "fsdp" else []
+        r = subprocess.run([*torchrun, "-m", "bertkit.cli", *args, *extra], capture_output=True, text=True, env=env,
+                           timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        stdout[mode] = r.stdout
+        losses[mode] = [v for (_, split), v in sorted(train_losses(tmp_path / mode).items()) if split == "train"]
+    assert len(losses["fsdp"]) == 6
+    assert "sharded across 2 processes" in stdout["fsdp"] and "sharded" not in stdout["ddp"]
+    for a, b in zip(losses["ddp"], losses["fsdp"], strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+    ddp, fsdp = read_tensors(tmp_path / "ddp/model"), read_tensors(tmp_path / "fsdp/model")
+    assert ddp.keys() == fsdp.keys() and max(float((ddp[k] - fsdp[k]).abs().max()) for k in ddp) < 1e-4
+    _, info = transformers.BertForPreTraining.from_pretrained(tmp_path / "fsdp/model", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    args[args.index("--max-steps") + 1] = "8"
+    r = subprocess.run([sys.executable, "-m", "bertkit.cli", *args, "--resume"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and steps_logged(tmp_path / "fsdp") == 8
+    args[args.index("--max-steps") + 1] = "10"  # and back to two sharded processes
+    r = subprocess.run([*torchrun, "-m", "bertkit.cli", *args, "--fsdp", "--resume"], capture_output=True, text=True,
+                       env=env, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and steps_logged(tmp_path / "fsdp") == 10
+
+
 def test_next_token_batch_undoes_masking_shifts_and_reverses() -> None:
     import torch
 

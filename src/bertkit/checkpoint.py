@@ -62,10 +62,11 @@ def hf_names(name: str) -> list[str]:
     return [name]
 
 
-def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Our state dict under HF names (QKV split in three, tied decoder weight left out)."""
+def to_hf_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Our state dict (`model`'s, or `state` when given, e.g. gathered from FSDP shards) under HF names (QKV split
+    in three, tied decoder weight left out)."""
     out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in (state if state is not None else model.state_dict()).items():
         names = hf_names(name)
         if not names:
             continue
@@ -172,7 +173,12 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str =
                 f"gives {_shape(current, names)}; config.json and the weights do not match"
             )
         new_state[name] = value.to(current.dtype)
-    model.load_state_dict(new_state, strict=False)
+    if any(hasattr(t, "full_tensor") for t in state.values()):  # FSDP-sharded (DTensor) parameters
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, new_state, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        model.load_state_dict(new_state, strict=False)
     return fresh
 
 
@@ -243,11 +249,12 @@ def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callab
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(wanted, indent=2) + "\n"))
 
 
-def save_model(model: nn.Module, path: str | Path) -> None:
-    """Write a Hugging Face model directory: `config.json` (with `architectures`) and `model.safetensors`."""
+def save_model(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a Hugging Face model directory: `config.json` (with `architectures`) and `model.safetensors`, from
+    `model`'s weights or from `state` (its full state dict, e.g. gathered from FSDP shards)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = to_hf_state_dict(model)
+    tensors = to_hf_state_dict(model, state)
     atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config: BertConfig = model.config  # type: ignore[assignment]
     d = config.to_dict()

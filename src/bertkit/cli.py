@@ -121,6 +121,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         device=args.device,
         precision=args.precision,
         max_minutes=args.max_minutes,
+        fsdp=args.fsdp,
     )
     cfg = PretrainConfig(
         data=args.data,
@@ -416,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     p.add_argument("--batch-size", type=int, default=32, help="per device and micro-step")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard parameters, gradients and optimizer state across the processes (PyTorch FSDP2) "
+        "instead of replicating them (DDP), for models that do not fit one device; checkpoints are full model "
+        "directories either way, and a run resumes with or without --fsdp, on any number of processes",
+    )
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-ratio", type=float, default=0.05, help="share of steps with linear warm-up")

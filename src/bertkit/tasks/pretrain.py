@@ -265,7 +265,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         print(f"nothing to resume in {out}: starting from step 0")
     _note_dropout_change(cfg, latest_checkpoint(out) if cfg.resume else Path(cfg.model))
     metrics = trainer.train()
+    trainer.save_model_dir(out / "model")
     if trainer.is_main:
-        model.save_pretrained(out / "model")
         save_extra(out / "model")
     return metrics
