@@ -198,6 +198,19 @@ def test_torchrun_fsdp_matches_ddp_and_resumes_in_one_process(tmp_path: Path, sm
     assert "resumed from" in r.stdout and steps_logged(tmp_path / "fsdp") == 10
 
 
+def test_resume_without_nsp(tmp_path: Path, small_data: Path) -> None:
+    """Without NSP the pooler and NSP head never get a gradient, so the optimizer has no state for them: resuming
+    must still work (the arms without NSP in the experiments resume this way)."""
+    args = pretrain_args(small_data, tmp_path / "run", "--no-nsp")
+    args[args.index("--max-steps") + 1] = "4"
+    args[args.index("--save-every") + 1] = "2"
+    subprocess.run(args, check=True, capture_output=True)
+    args[args.index("--max-steps") + 1] = "6"
+    r = subprocess.run([*args, "--resume"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and steps_logged(tmp_path / "run") == 6
+
+
 def test_next_token_batch_undoes_masking_shifts_and_reverses() -> None:
     import torch
 

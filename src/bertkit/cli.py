@@ -7,6 +7,7 @@ written is left half-done because every output file is written to a temporary na
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -422,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="under torchrun: shard parameters, gradients and optimizer state across the processes (PyTorch FSDP2) "
         "instead of replicating them (DDP), for models that do not fit one device; checkpoints are full model "
-        "directories either way, and a run resumes with or without --fsdp, on any number of processes",
+        "directories either way, and a run resumes with or without --fsdp, on any number of processes (the "
+        "global batch is --batch-size x processes, so only the same number resumes exactly)",
     )
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -614,9 +616,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bertkit {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `bertkit predict ... | head`: the reader left; no traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail too
-        return 1
+    except BrokenPipeError:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # standard output's reader left (`bertkit predict ... | head`): no traceback
+            with contextlib.suppress(OSError, ValueError):  # the exit-time flush must not fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        raise  # another pipe broke (e.g. a data-loading worker's): a real error
     return 0
 
 

@@ -192,9 +192,12 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.device, self.rank, self.world = setup_device(cfg.device)
         self.is_main = self.rank == 0
-        self.raw_model = model.to(self.device)
-        self.model: nn.Module = model
         self.fsdp = cfg.fsdp and self.world > 1
+        if cfg.fsdp and not self.fsdp and self.is_main:
+            print("note: --fsdp shards across torchrun's processes; with one process it trains as usual")
+        # Under FSDP each unit moves its own shard to the device: the whole model never sits on one device.
+        self.raw_model = model if self.fsdp else model.to(self.device)
+        self.model: nn.Module = model
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
 
@@ -277,6 +280,15 @@ class Trainer:
         for old in done[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
+    def _agreed(self, flag: bool) -> bool:
+        """True when any rank says so: a decision to stop must be the same on every rank (each reads its own
+        clock), or one would leave the loop while the others wait for it in a collective."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor(int(flag), device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def save_model_dir(self, path: Path) -> None:
         """Write the model as a model directory (rank 0). Every rank must call it: under FSDP the shards are
         gathered first, a collective."""
@@ -301,15 +313,16 @@ class Trainer:
             return False
         load_state(self.raw_model, read_tensors(ckpt), source=str(ckpt))
         state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
-        by_name = all(isinstance(k, str) for k in state["optimizer"]["state"])
+        groups = state["optimizer"]["param_groups"]
+        by_name = any(isinstance(p, str) for g in groups for p in g["params"])
         if by_name:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            full = StateDictOptions(full_state_dict=True)
-            kernels = [(g["fused"], g["foreach"]) for g in self.optimizer.param_groups]
-            set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=full)
-            for g, (fused, foreach) in zip(self.optimizer.param_groups, kernels, strict=True):
-                g["fused"], g["foreach"] = fused, foreach  # this run's kernel, not the writer's (FSDP: no fused)
+            for g, mine in zip(groups, self.optimizer.param_groups, strict=True):
+                g["fused"], g["foreach"] = mine["fused"], mine["foreach"]  # this run's kernel, not the writer's
+            # strict=False: a parameter that never had a gradient (the NSP head without NSP) has no state to load.
+            options = StateDictOptions(full_state_dict=True, strict=False)
+            set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=options)
         elif self.fsdp:  # keyed by position: written by a bertkit from before FSDP support
             raise BertkitError(f"{ckpt} is from an older bertkit: resume it without --fsdp")
         else:
@@ -452,7 +465,7 @@ class Trainer:
                     if self.is_main:
                         print(f"early stop at step {self.state.step}: no better evaluation for a while")
                     break
-                if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
+                if cfg.max_minutes and self._agreed(time.perf_counter() - t_start > 60 * cfg.max_minutes):
                     stopping = True
                     if self.is_main:
                         print(f"time budget of {cfg.max_minutes} minutes used: stopping at step {self.state.step}")
