@@ -122,9 +122,11 @@ def tensor_names(path: str | Path) -> set[str]:
     return names
 
 
-def has_mlm_head(path: str | Path) -> bool:
-    """Whether a model directory holds a masked-LM head (bertkit pretrain, HF BertForPreTraining / BertForMaskedLM)."""
-    return any(n.startswith("cls.predictions.") for n in tensor_names(path))
+def has_mlm_head(model: str | Path | set[str]) -> bool:
+    """Whether a model directory (or its `tensor_names`) holds a masked-LM head (bertkit pretrain, HF
+    BertForPreTraining / BertForMaskedLM)."""
+    names = model if isinstance(model, set) else tensor_names(model)
+    return any(n.startswith("cls.predictions.") for n in names)
 
 
 def _align_prefix(tensors: dict[str, torch.Tensor], wants_prefix: bool) -> dict[str, torch.Tensor]:

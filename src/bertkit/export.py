@@ -65,21 +65,18 @@ def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
 
     Only heads whose weights are in the directory are exported: an HF BertForMaskedLM gives prediction_logits alone,
     an encoder saved without its pooler gives last_hidden_state alone (never freshly initialised outputs)."""
-    from bertkit.tasks.finetune import load_task_model, task_of
+    from bertkit.tasks.finetune import fine_tuned_task, load_task_model
 
     path = Path(model_dir)
     if not path.is_dir():
         raise BertkitError(f"model directory {path} does not exist")
-    try:
-        task_name = task_of(path)
-    except BertkitError:
-        task_name = None
+    task_name = fine_tuned_task(path)
     names = tensor_names(path)
     if task_name:
         _, model, _, id2label = load_task_model(path, None, "cpu")
         kind = {"qa": "qa", "ner": "tagger"}.get(task_name, "classifier")
         meta = {"bertkit_task": task_name, "id2label": json.dumps({str(k): v for k, v in id2label.items()})}
-    elif has_mlm_head(path):
+    elif has_mlm_head(names):
         model = BertForPreTraining.from_pretrained(path)
         kind = "pretraining" if any(n.startswith("cls.seq_relationship.") for n in names) else "mlm"
         meta = {"bertkit_task": kind}

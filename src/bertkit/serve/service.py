@@ -37,17 +37,14 @@ class Service:
     """A loaded model directory and its calls; thread-safe (model calls run one at a time on one worker thread)."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
-        from bertkit.tasks.finetune import load_task_model, task_of
+        from bertkit.tasks.finetune import fine_tuned_task, load_task_model
 
         self.path = Path(model_dir)
         if not self.path.is_dir():
             raise BertkitError(f"model directory {self.path} does not exist")
         self.device = pick_device(device)
         self.config = BertConfig.load(self.path)
-        try:
-            self.task_name: str | None = task_of(self.path)
-        except BertkitError:
-            self.task_name = None  # a pre-trained or plain encoder: fill-mask and/or embeddings only
+        self.task_name = fine_tuned_task(self.path)  # None: a pre-trained or plain encoder (fill-mask, embed)
         self.mlm: BertForPreTraining | None = None
         self.task_model: torch.nn.Module | None = None
         if self.task_name:

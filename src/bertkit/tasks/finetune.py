@@ -85,20 +85,28 @@ class _FeatureSet(torch.utils.data.Dataset):
         return self.features[key[1] if isinstance(key, tuple) else key]
 
 
-def task_of(model_dir: str | Path, explicit: str | None = None) -> str:
-    """The task a model directory was fine-tuned for (bertkit_task.json, else its HF architecture)."""
-    if explicit:
-        return explicit
+def fine_tuned_task(model_dir: str | Path) -> str | None:
+    """The task a model directory was fine-tuned for (bertkit_task.json, else its HF architecture); None for a
+    pre-trained or plain encoder directory."""
     path = Path(model_dir)
     if (path / TASK_FILE).is_file():
         return json.loads((path / TASK_FILE).read_text())["task"]
     arch = (BertConfig.load(path).extra.get("architectures") or [""])[0]
-    if arch not in _ARCH_TO_TASK:
+    return _ARCH_TO_TASK.get(arch)
+
+
+def task_of(model_dir: str | Path, explicit: str | None = None) -> str:
+    """The task a model directory was fine-tuned for; an error naming its architecture when it is not a task model."""
+    if explicit:
+        return explicit
+    task = fine_tuned_task(model_dir)
+    if task is None:
+        arch = (BertConfig.load(model_dir).extra.get("architectures") or [""])[0]
         raise BertkitError(
             f"{model_dir} is a {arch or 'plain BERT'} model, not a fine-tuned task model: fine-tune it first "
             "(bertkit finetune), or use a model directory written by it"
         )
-    return _ARCH_TO_TASK[arch]
+    return task
 
 
 def load_task_model(model_dir: str | Path, task_name: str | None = None, device: str | None = None):
