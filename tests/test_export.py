@@ -15,11 +15,9 @@ import pytest
 import torch
 import transformers
 
-from bertkit import BertConfig, BertForPreTraining, Tokenizer
+from bertkit import Tokenizer
 from bertkit.errors import BertkitError
 from bertkit.export import _Graph, check_onnx, export_onnx, load_for_export, sample_inputs
-from bertkit.tasks.base import TaskSettings
-from bertkit.tasks.finetune import FinetuneConfig, run_finetune
 
 TEXTS = [
     ("这家酒店的位置很好，离地铁站只有五分钟。", "房间有点小，但是很干净。"),
@@ -65,67 +63,42 @@ def test_encoder_export_matches_transformers(tmp_path: Path, minilm_dir: Path) -
     assert {p.key: p.value for p in onnx.load(str(out)).metadata_props}["bertkit_task"] == "encoder"
 
 
-@pytest.fixture(scope="module")
-def task_models(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
-    """A tiny random Chinese BERT fine-tuned for a few steps as a classifier and as a QA model."""
-    root = tmp_path_factory.mktemp("export")
-    rows = (data_dir / "chnsenticorp/train.tsv").read_text(encoding="utf-8").splitlines()
-    (root / "corpus.txt").write_text("\n".join(r.split("\t")[0] for r in rows[1:2000]), encoding="utf-8")
-    tok = Tokenizer.train([root / "corpus.txt"], vocab_size=2000, show_progress=False)
-    torch.manual_seed(0)
-    BertForPreTraining(BertConfig.preset("tiny", vocab_size=tok.vocab_size)).save_pretrained(root / "pretrained")
-    tok.save_pretrained(root / "pretrained")
-    (root / "cls.tsv").write_text("\n".join(rows[:101]) + "\n", encoding="utf-8")
-    squad = json.loads((data_dir / "cmrc2018/train.json").read_text(encoding="utf-8"))
-    squad["data"] = squad["data"][:5]
-    (root / "qa.json").write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
-    sents = (data_dir / "cluener2020/train.txt").read_text(encoding="utf-8").split("\n\n")[:100]
-    (root / "ner.txt").write_text("\n\n".join(sents) + "\n", encoding="utf-8")
-    for task, train in [("cls", "cls.tsv"), ("qa", "qa.json"), ("ner", "ner.txt")]:
-        settings = TaskSettings(max_seq_length=128, relocate_answers=True) if task == "qa" else None
-        cfg = FinetuneConfig(task=task, model=str(root / "pretrained"), train=str(root / train), dev=None,
-                             out=str(root / task), max_steps=3, learning_rate=1e-3, progress=False,
-                             settings=settings)  # fmt: skip
-        run_finetune(cfg)
-    return {"cls": root / "cls", "qa": root / "qa", "ner": root / "ner", "pretrained": root / "pretrained"}
+def test_task_exports_match_transformers(tmp_path: Path, tiny_task_models: dict[str, Path]) -> None:
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tiny_task_models["cls"])
 
-
-def test_task_exports_match_transformers(tmp_path: Path, task_models: dict[str, Path]) -> None:
-    hf_tok = transformers.AutoTokenizer.from_pretrained(task_models["cls"])
-
-    summary = export_onnx(task_models["cls"], tmp_path / "cls.onnx")
+    summary = export_onnx(tiny_task_models["cls"], tmp_path / "cls.onnx")
     assert summary["outputs"] == ["logits"] and json.loads(summary["id2label"]) == {"0": "0", "1": "1"}
     (logits,), enc = _run(tmp_path / "cls.onnx", hf_tok)
     with torch.no_grad():
-        want = transformers.BertForSequenceClassification.from_pretrained(task_models["cls"]).eval()(**enc).logits
+        want = transformers.BertForSequenceClassification.from_pretrained(tiny_task_models["cls"]).eval()(**enc).logits
     _close_on_real_tokens(logits, want, enc["attention_mask"])
 
-    summary = export_onnx(task_models["ner"], tmp_path / "ner.onnx")  # per-token logits (B, T, labels)
+    summary = export_onnx(tiny_task_models["ner"], tmp_path / "ner.onnx")  # per-token logits (B, T, labels)
     (logits,), enc = _run(tmp_path / "ner.onnx", hf_tok)
     with torch.no_grad():
-        want = transformers.BertForTokenClassification.from_pretrained(task_models["ner"]).eval()(**enc).logits
+        want = transformers.BertForTokenClassification.from_pretrained(tiny_task_models["ner"]).eval()(**enc).logits
     assert logits.ndim == 3
     _close_on_real_tokens(logits, want, enc["attention_mask"])
 
-    summary = export_onnx(task_models["qa"], tmp_path / "qa.onnx")
+    summary = export_onnx(tiny_task_models["qa"], tmp_path / "qa.onnx")
     assert summary["outputs"] == ["start_logits", "end_logits"]
     (start, end), enc = _run(tmp_path / "qa.onnx", hf_tok)
     with torch.no_grad():
-        want = transformers.BertForQuestionAnswering.from_pretrained(task_models["qa"]).eval()(**enc)
+        want = transformers.BertForQuestionAnswering.from_pretrained(tiny_task_models["qa"]).eval()(**enc)
     _close_on_real_tokens(start, want.start_logits, enc["attention_mask"])
     _close_on_real_tokens(end, want.end_logits, enc["attention_mask"])
 
-    summary = export_onnx(task_models["pretrained"], tmp_path / "pt.onnx")
+    summary = export_onnx(tiny_task_models["pretrained"], tmp_path / "pt.onnx")
     (mlm, nsp), enc = _run(tmp_path / "pt.onnx", hf_tok)
     with torch.no_grad():
-        want = transformers.BertForPreTraining.from_pretrained(task_models["pretrained"]).eval()(**enc)
+        want = transformers.BertForPreTraining.from_pretrained(tiny_task_models["pretrained"]).eval()(**enc)
     _close_on_real_tokens(mlm, want.prediction_logits, enc["attention_mask"])
     _close_on_real_tokens(nsp, want.seq_relationship_logits, enc["attention_mask"])
 
 
-def test_only_heads_in_the_directory_are_exported(tmp_path: Path, task_models: dict[str, Path]) -> None:
+def test_only_heads_in_the_directory_are_exported(tmp_path: Path, tiny_task_models: dict[str, Path]) -> None:
     """An HF BertForMaskedLM has no NSP head and no pooler: exporting it must not invent them from random weights."""
-    tok = Tokenizer.from_pretrained(task_models["pretrained"])
+    tok = Tokenizer.from_pretrained(tiny_task_models["pretrained"])
     config = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
                                      num_attention_heads=2, intermediate_size=128)  # fmt: skip
     torch.manual_seed(0)
@@ -140,12 +113,12 @@ def test_only_heads_in_the_directory_are_exported(tmp_path: Path, task_models: d
     _close_on_real_tokens(mlm, want, enc["attention_mask"])
 
 
-def test_the_check_rejects_a_graph_that_differs(tmp_path: Path, task_models: dict[str, Path]) -> None:
+def test_the_check_rejects_a_graph_that_differs(tmp_path: Path, tiny_task_models: dict[str, Path]) -> None:
     out = tmp_path / "cls.onnx"
-    export_onnx(task_models["cls"], out)
-    model, kind, _ = load_for_export(task_models["cls"])
+    export_onnx(tiny_task_models["cls"], out)
+    model, kind, _ = load_for_export(tiny_task_models["cls"])
     graph = _Graph(model, kind)
-    batch = sample_inputs(Tokenizer.from_pretrained(task_models["cls"]))
+    batch = sample_inputs(Tokenizer.from_pretrained(tiny_task_models["cls"]))
     assert check_onnx(out, graph, [batch]) < 1e-4
     with torch.no_grad():
         model.classifier.bias[0] += 1e-3  # a change well above float error, far below a visible one
@@ -153,7 +126,7 @@ def test_the_check_rejects_a_graph_that_differs(tmp_path: Path, task_models: dic
         check_onnx(out, graph, [batch])
 
 
-def test_a_failed_check_keeps_what_was_there(tmp_path: Path, task_models: dict[str, Path], monkeypatch) -> None:
+def test_a_failed_check_keeps_what_was_there(tmp_path: Path, tiny_task_models: dict[str, Path], monkeypatch) -> None:
     out = tmp_path / "cls.onnx"
     out.write_bytes(b"an earlier export")
 
@@ -162,7 +135,7 @@ def test_a_failed_check_keeps_what_was_there(tmp_path: Path, task_models: dict[s
 
     monkeypatch.setattr("bertkit.export.check_onnx", differs)
     with pytest.raises(BertkitError, match="differs"):
-        export_onnx(task_models["cls"], out)
+        export_onnx(tiny_task_models["cls"], out)
     assert out.read_bytes() == b"an earlier export" and list(tmp_path.iterdir()) == [out]  # no temporary left
 
     r = subprocess.run([sys.executable, "-m", "bertkit.cli", "export", "--model", str(tmp_path / "missing"), "--out",
