@@ -134,6 +134,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         eval_instances=args.eval_instances,
         num_workers=args.workers,
         resume=args.resume,
+        overwrite=args.overwrite,
         dropout=args.dropout,
         objective=args.objective,
         init_range=args.init_range,
@@ -212,6 +213,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         precision=args.precision,
         dropout=args.dropout,
         resume=args.resume,
+        overwrite=args.overwrite,
         settings=settings,
     )
     result = run_finetune(cfg)
@@ -414,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mini", metavar="PRESET|CONFIG.json|DIR", help="default: the mini preset")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="start again in a RUN_DIR that holds an earlier run (only the files pretrain writes are removed)",
+    )  # fmt: skip
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     p.add_argument("--batch-size", type=int, default=32, help="per device and micro-step")
@@ -471,8 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a model on held-out data (one JSON object on the last line)")
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--data", required=True, metavar="FILE|DATA_DIR", help="task data file, or prepared DATA_DIR")
-    p.add_argument("--task", choices=["cls", "pair", "ner", "qa"], default=None, help="default: the model's")
-    p.add_argument("--split", default="eval", choices=["eval", "train"], help="pre-training data only")
+    p.add_argument(
+        "--task", choices=["cls", "pair", "regression", "ner", "qa"], default=None, help="default: the model's"
+    )
+    p.add_argument(
+        "--split", default="eval", choices=["eval", "train", "all"],
+        help="pre-training data only: the held-out split (default), the training split, or both",
+    )  # fmt: skip
     p.add_argument("--out", default=None, metavar="FILE.json")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-instances", type=int, default=None, help="pre-training data only")
@@ -488,8 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(the best dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints).",
     )
     p.add_argument(
-        "--task", required=True, choices=["cls", "pair", "ner", "qa"],
-        help="cls: text -> label; pair: two texts -> label; ner: a label per token (CoNLL); qa: answer span (SQuAD)",
+        "--task", required=True, choices=["cls", "pair", "regression", "ner", "qa"],
+        help="cls: text -> label; pair: two texts -> label; regression: text (or two) -> a number; ner: a label "
+        "per token (CoNLL); qa: answer span (SQuAD)",
     )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help="a bertkit or Hugging Face BERT model directory")
     p.add_argument("--train", required=True, metavar="FILE", help="TSV/CSV/JSONL, CoNLL, or SQuAD JSON")
@@ -516,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-examples", type=int, default=None, help="train on the first N examples")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout (BERT: 0.1)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier fine-tuned model in --out (only the files finetune writes are removed)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=42, help="head initialisation, data order, dropout (default 42)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument(

@@ -64,6 +64,7 @@ class FinetuneConfig:
     dropout: float | None = None
     log_every: int = 20
     resume: bool = False
+    overwrite: bool = False  # replace an earlier output (only the files fine-tuning writes)
     progress: bool = True
     settings: TaskSettings | None = None
     save_model: bool = True  # False: metrics only, no model directory or checkpoints (for many short runs)

@@ -35,6 +35,7 @@ class PretrainConfig:
     eval_instances: int = 2000  # held-out instances per evaluation
     num_workers: int = 1  # data-loading processes (masking happens there)
     resume: bool = False
+    overwrite: bool = False  # start again in a run directory holding an earlier run (only its own files removed)
     dropout: float | None = None  # this run's dropout (0 suits short runs); the saved config keeps the model's
     objective: str = "mlm"  # "mlm" (BERT), "l2r" or "r2l" (causal next-token language model)
     init_range: float | None = None  # overrides the config's initializer_range (std of the initial weights)

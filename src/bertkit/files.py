@@ -1,0 +1,96 @@
+"""Output directories that a command may write into, and the rules that keep a user's other files safe.
+
+Every command that writes a directory (`prepare`, `pretrain`, `finetune`, `quickstart`) goes through
+`claim_output_dir` before it writes anything:
+- an output that equals or contains one of the command's inputs is refused (writing there could replace the very
+  files being read, or a later `--overwrite` could remove them);
+- a non-empty directory is refused unless it is this command's own earlier output being resumed, or the user
+  passed `--overwrite`; even then only the entries this command recognises as its own are removed, never
+  anything else that lies there.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatch
+from pathlib import Path
+
+from bertkit.errors import BertkitError
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def check_output_not_input(out: str | Path, inputs: Iterable[str | Path], flag: str = "--out") -> None:
+    """Refuse an output path that equals an input or is a folder holding one (e.g. `--out` = `--model`, or the
+    folder of the corpus being read)."""
+    target = _resolved(out)
+    for given in inputs:
+        source = _resolved(given)
+        if source == target or source.is_relative_to(target):
+            relation = "is" if source == target else "contains"
+            raise BertkitError(
+                f"{flag} {out} {relation} the input {given}: writing there could replace what is being read; "
+                "choose another output directory"
+            )
+
+
+def own_entries(out: Path, owns: Sequence[str]) -> list[Path]:
+    """The entries directly in `out` whose names match one of the glob patterns in `owns`."""
+    return sorted(p for p in out.iterdir() if any(fnmatch(p.name, pattern) for pattern in owns))
+
+
+def remove_entries(entries: Iterable[Path]) -> None:
+    """Delete files and folders (only those given)."""
+    for p in entries:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def claim_output_dir(
+    out: str | Path,
+    owns: Sequence[str],
+    *,
+    inputs: Iterable[str | Path] = (),
+    overwrite: bool = False,
+    resume: bool | None = None,
+    is_own_output: bool = False,
+    what: str = "output",
+) -> Path:
+    """Make `out` safe to write this command's output into; returns it as a Path (created if missing).
+
+    `owns`: glob patterns of the entries the command writes directly in `out` (the only ones `--overwrite` may
+    remove). `is_own_output`: the caller recognised `out` as an earlier output of this very command (e.g. its
+    manifest is there); with `resume` such a directory is kept as it is (None: the command cannot resume).
+    Refuses, with one line naming the directory and the flag to use: an output equal to or containing an input, a path that is a file, and a
+    non-empty directory unless `resume` (own output only) or `overwrite`.
+    """
+    path = Path(out)
+    check_output_not_input(path, inputs)
+    if path.exists() and not path.is_dir():
+        raise BertkitError(f"--out {path} is a file, not a directory: choose a directory")
+    if not path.is_dir():
+        path.mkdir(parents=True)
+        return path
+    entries = list(path.iterdir())
+    if not entries:
+        return path
+    if resume and is_own_output:
+        return path
+    if not overwrite:
+        if is_own_output:
+            hint = "pass --resume to continue it, " if resume is False else ""
+            raise BertkitError(
+                f"{path} already holds a {what}: {hint}pass --overwrite to replace it, or choose a new --out"
+            )
+        example = sorted(p.name for p in entries)[0]
+        raise BertkitError(
+            f"{path} is not empty ({len(entries)} entries, e.g. {example!r}) and was not written by this command: "
+            "choose a new or empty --out (--overwrite would replace only the files this command writes)"
+        )
+    remove_entries(own_entries(path, owns))
+    return path
