@@ -6,7 +6,6 @@ Every error names the file and the line (or the question id for SQuAD) and says 
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,13 @@ from bertkit.errors import BertkitError
 
 @dataclass
 class TextExample:
-    """One classification example: a text (or a text pair), its label, and its line in the file."""
+    """One classification example: a text (or a text pair), its label, and its file and line."""
 
     text_a: str
     text_b: str | None
     label: str | None  # None when reading unlabelled input for prediction
     line: int = 0
+    source: str = ""  # the file it was read from, for messages that point at it
 
 
 @dataclass
@@ -45,64 +45,141 @@ class QAExample:
     is_impossible: bool = False
 
 
+# ---------------------------------------------------------------------------------------------- lines
+
+
+def numbered_lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file. A CR alone also ends a line (old Mac files), as it does in
+    Python's universal newlines, so such a file is not read as one long line."""
+    out: list[tuple[int, str]] = []
+    for line in read_lines(path):
+        for part in line.split("\r"):
+            out.append((len(out) + 1, part))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- classification
+
+TEXT_COLUMNS = ("text_a", "text", "sentence")  # the first column present holds the (first) text
+_DELIMITERS = {".csv": (",", "comma-separated"), ".tsv": ("\t", "tab-separated")}
 
 
 def read_classification(path: str | Path, require_label: bool = True) -> list[TextExample]:
-    """Rows with `text` (or `text_a`, `text_b`) and `label`; the format follows the extension (.tsv .csv .jsonl)."""
+    """Rows with `text` (or `text_a`, `text_b`) and `label`; the format follows the extension (.csv comma-separated,
+    .jsonl JSON lines, anything else tab-separated). Labels are stripped of surrounding white space, so `1 ` from a
+    spreadsheet export is the label `1`."""
     path = Path(path)
-    lines = list(read_lines(path))
-    suffix = path.suffix.lower()
-    rows: list[tuple[int, dict]] = []
-    if suffix in (".jsonl", ".json"):
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BertkitError(f"{path}:{n}: not a JSON object ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise BertkitError(f"{path}:{n}: expected a JSON object with text and label")
-            rows.append((n, obj))
-    else:
-        delimiter = "," if suffix == ".csv" else "\t"
-        quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
-        reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if header is None:
-            raise BertkitError(f"{path}: empty file (expected a header such as text<TAB>label)")
-        for n, values in enumerate(reader, start=2):
-            if not values:
-                continue
-            if len(values) != len(header):
-                raise BertkitError(f"{path}:{n}: {len(values)} columns, but the header has {len(header)}: {header}")
-            rows.append((n, dict(zip(header, values, strict=True))))
+    lines = numbered_lines(path)
+    rows = (
+        _json_rows(path, lines)
+        if path.suffix.lower() in (".jsonl", ".json")
+        else _delimited_rows(path, lines, require_label)
+    )
     out = []
     for n, row in rows:
-        text_a = row.get("text_a", row.get("text", row.get("sentence")))
+        text_a = next((row[k] for k in TEXT_COLUMNS if row.get(k) is not None), None)
         if text_a is None:
-            raise BertkitError(f"{path}:{n}: no text (or text_a) field; found {sorted(row)}")
+            raise BertkitError(f"{path}:{n}: no 'text' (or 'text_a') field; found {sorted(row)}")
         label = row.get("label")
-        if label is None and require_label:
-            raise BertkitError(f"{path}:{n}: no label field")
-        out.append(TextExample(str(text_a), row.get("text_b"), None if label is None else str(label), n))
+        label = None if label is None else str(label).strip()
+        if require_label and label is None:
+            raise BertkitError(f"{path}:{n}: no 'label' field; found {sorted(row)}")
+        if require_label and not label:
+            raise BertkitError(f"{path}:{n}: the label is empty; give every training or evaluation row a label")
+        text_b = row.get("text_b")
+        out.append(TextExample(str(text_a), None if text_b is None else str(text_b), label or None, n, str(path)))
     if not out:
         raise BertkitError(f"{path}: no examples")
     return out
+
+
+def _json_rows(path: Path, lines: list[tuple[int, str]]) -> list[tuple[int, dict]]:
+    rows = []
+    for n, line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BertkitError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise BertkitError(f"{path}:{n}: expected a JSON object with text and label")
+        rows.append((n, obj))
+    return rows
+
+
+def _delimited_rows(path: Path, lines: list[tuple[int, str]], require_label: bool) -> list[tuple[int, dict]]:
+    suffix = path.suffix.lower()
+    delimiter, kind = _DELIMITERS.get(suffix, _DELIMITERS[".tsv"])
+    quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
+    # Feed csv the lines with \n ends, so that its line_num is the file's line number (a quoted CSV field may span
+    # lines); blank lines give empty rows, which are skipped.
+    reader = csv.reader((line + "\n" for _, line in lines), delimiter=delimiter, quoting=quoting)
+    try:
+        header = next((values for values in reader if values), None)
+        if header is None:
+            raise BertkitError(f"{path}: empty file (expected a header such as {_example_header(delimiter)})")
+        header_line, first = reader.line_num, lines[reader.line_num - 1][1]
+        header = [name.strip() for name in header]
+        if not any(k in header for k in TEXT_COLUMNS):
+            _check_delimiter(path, first, header)
+            raise BertkitError(
+                f"{path}:{header_line}: the first line must be a header naming the columns, e.g. "
+                f"{_example_header(delimiter)} (or text_a, text_b and label for pairs); found {first!r}"
+            )
+        rows = []
+        for values in reader:
+            n = reader.line_num
+            if not values:
+                continue
+            if len(values) != len(header):
+                _check_delimiter(path, lines[n - 1][1], header)
+                tab = " (a TSV field cannot hold a tab)" if delimiter == "\t" and len(values) > len(header) else ""
+                raise BertkitError(
+                    f"{path}:{n}: {len(values)} columns, but the header has {len(header)}: {header}{tab}"
+                )
+            rows.append((n, dict(zip(header, values, strict=True))))
+    except csv.Error as e:
+        raise BertkitError(f"{path}:{reader.line_num}: not {kind} text ({e})") from None
+    if require_label and "label" not in header:
+        raise BertkitError(
+            f"{path}:{header_line}: the header has no 'label' column (it names {header}); "
+            f"name the label column 'label', e.g. {_example_header(delimiter)}"
+        )
+    return rows
+
+
+def _example_header(delimiter: str) -> str:
+    return "text,label" if delimiter == "," else "text<TAB>label"
+
+
+def _check_delimiter(path: Path, line: str, header: list[str]) -> None:
+    """Raise when the file looks separated by the other delimiter than its extension picks: a tab-separated .csv
+    or a comma-separated .tsv reads as one column."""
+    suffix = path.suffix.lower()
+    delimiter = _DELIMITERS.get(suffix, _DELIMITERS[".tsv"])[0]
+    other = "\t" if delimiter == "," else ","
+    if len(header) == 1 and other in line and delimiter not in line:
+        rename = path.with_suffix(".tsv" if other == "\t" else ".csv").name
+        found, missing = ("tabs", "commas") if other == "\t" else ("commas", "tabs")
+        raise BertkitError(
+            f"{path}: its lines hold {found} and no {missing}, but the extension picks the delimiter: .csv is read as "
+            f"comma-separated and .tsv as tab-separated; rename it to {rename}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- CoNLL
 
 
 def read_conll(path: str | Path, require_tags: bool = True) -> list[TaggedSentence]:
-    """`token label` per line (the last column is the label), a blank line between sentences."""
+    """`token label` per line (the last column is the label; white space around it is no part of it), a blank line
+    between sentences."""
     path = Path(path)
     out: list[TaggedSentence] = []
     tokens: list[str] = []
     tags: list[str] = []
     start = 1
-    for n, line in enumerate(read_lines(path), start=1):
+    for n, line in numbered_lines(path):
         if not line.strip() or line.startswith("-DOCSTART-"):
             if tokens:
                 out.append(TaggedSentence(tokens, tags if require_tags else None, start))
@@ -130,21 +207,35 @@ def read_conll(path: str | Path, require_tags: bool = True) -> list[TaggedSenten
 def read_squad(path: str | Path, relocate_answers: bool = False) -> list[QAExample]:
     """SQuAD v1.1/v2.0 JSON. An answer whose text is not at its `answer_start` is an error, unless
     `relocate_answers`, which moves it to the occurrence of its text nearest to the given offset; an answer whose
-    text is nowhere in its passage then keeps start -1: scored against, never trained on."""
+    text is nowhere in its passage then keeps start -1: scored against, never trained on.
+
+    A missing or mistyped field is an error naming the file, the place (data[a].paragraphs[p].qas[q]) and the field.
+    """
     path = Path(path)
     try:
-        data = json.loads("\n".join(read_lines(path)))["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise BertkitError(f"{path}: not SQuAD JSON ({e})") from None
+        doc = json.loads("\n".join(read_lines(path)))
+    except json.JSONDecodeError as e:
+        raise BertkitError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise BertkitError(f'{path}: not SQuAD JSON: expected an object with a "data" list of articles')
     out: list[QAExample] = []
-    for a, article in enumerate(data):
-        for p, para in enumerate(article.get("paragraphs", [])):
-            context = para["context"]
-            for q, qa in enumerate(para.get("qas", [])):
-                where = f"{path}: question {qa.get('id')!r} (data[{a}].paragraphs[{p}].qas[{q}])"
+    for a, article in enumerate(doc["data"]):
+        where = f"{path}: data[{a}]"
+        for p, para in enumerate(_field(_object(article, where), "paragraphs", list, where, default=[])):
+            where = f"{path}: data[{a}].paragraphs[{p}]"
+            para = _object(para, where)
+            context = _field(para, "context", str, where)
+            for q, qa in enumerate(_field(para, "qas", list, where, default=[])):
+                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
+                qa = _object(qa, where)
+                qid = str(_field(qa, "id", (str, int), where))
+                where += f" (id {qid!r})"
+                question = _field(qa, "question", str, where)
                 answers = []
-                for ans in qa.get("answers", []):
-                    text, start = ans["text"], int(ans["answer_start"])
+                for i, ans in enumerate(_field(qa, "answers", list, where, default=[])):
+                    ans = _object(ans, f"{where}: answers[{i}]")
+                    text = _field(ans, "text", str, f"{where}: answers[{i}]")
+                    start = _offset(ans.get("answer_start"), f"{where}: answers[{i}].answer_start")
                     if context[start : start + len(text)] != text:
                         found = _nearest(context, text, start)
                         if not relocate_answers:
@@ -159,10 +250,48 @@ def read_squad(path: str | Path, relocate_answers: bool = False) -> list[QAExamp
                             )
                         start = found
                     answers.append((text, start))
-                out.append(QAExample(str(qa["id"]), qa["question"], context, answers, bool(qa.get("is_impossible"))))
+                out.append(QAExample(qid, question, context, answers, bool(qa.get("is_impossible"))))
     if not out:
         raise BertkitError(f"{path}: no questions")
     return out
+
+
+_MISSING = object()
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", (str, int): "a string or a number"}
+
+
+def _object(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise BertkitError(f"{where}: expected a JSON object, got {_short(value)}")
+    return value
+
+
+def _field(obj: dict, key: str, kind: type | tuple[type, ...], where: str, default: object = _MISSING):
+    """`obj[key]`, checked to be of `kind`; a missing key gives `default`, or an error naming `where` and `key`."""
+    if key not in obj:
+        if default is _MISSING:
+            raise BertkitError(f"{where}: no {key!r} field")
+        return default
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BertkitError(f"{where}: {key!r} must be {_TYPE_NAMES[kind]}, got {_short(value)}")
+    return value
+
+
+def _offset(value: object, where: str) -> int:
+    """A character offset: a whole number >= 0 (also when written as "12" or 12.0, as some converters do)."""
+    if (isinstance(value, str) and value.strip().isdigit()) or (isinstance(value, float) and value.is_integer()):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BertkitError(
+            f"{where} must be a whole number >= 0 (the answer's character offset in context), got {_short(value)}"
+        )
+    return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _nearest(context: str, text: str, start: int) -> int:
