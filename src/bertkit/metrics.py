@@ -1,10 +1,12 @@
-"""Task metrics: accuracy / macro-F1, entity-level P/R/F1 (conlleval chunking, as seqeval), SQuAD and CMRC 2018.
+"""Task metrics: accuracy / macro-F1, regression correlations and error, entity-level P/R/F1 (conlleval chunking,
+as seqeval), SQuAD and CMRC 2018.
 
 All scores are fractions in [0, 1].
 """
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -27,6 +29,63 @@ def macro_f1(pred: Sequence, gold: Sequence) -> float:
         fn = sum(p != c and g == c for p, g in zip(pred, gold, strict=True))
         scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return sum(scores) / max(len(scores), 1)
+
+
+# ---------------------------------------------------------------------------------------------- regression
+
+
+def mean_squared_error(pred: Sequence[float], gold: Sequence[float]) -> float:
+    """Mean of the squared differences (0 when there are none)."""
+    return math.fsum((p - g) ** 2 for p, g in zip(pred, gold, strict=True)) / max(len(gold), 1)
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's correlation coefficient r. When either side is constant r is undefined; this returns 0 then (no
+    measurable relation), so that a model that predicts one value for everything ranks as no better than chance
+    instead of poisoning the metrics with NaN."""
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"{n} predictions for {len(y)} gold values")
+    if n < 2:
+        return 0.0
+    mx, my = math.fsum(x) / n, math.fsum(y) / n
+    dx, dy = [a - mx for a in x], [b - my for b in y]
+    sxx, syy = math.fsum(d * d for d in dx), math.fsum(d * d for d in dy)
+    if sxx == 0.0 or syy == 0.0:
+        return 0.0
+    r = math.fsum(a * b for a, b in zip(dx, dy, strict=True)) / math.sqrt(sxx * syy)
+    return max(-1.0, min(1.0, r))
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks; tied values share the mean of their ranks (as scipy.stats.rankdata's default)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation: Pearson's r of the ranks (ties averaged); 0 when either side is constant."""
+    return pearson(_ranks(x), _ranks(y))
+
+
+def regression_scores(pred: Sequence[float], gold: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman correlation, mean squared error and the example count: what GLUE reports for STS-B
+    (the two correlations) plus the error the model is trained on."""
+    return {
+        "pearson": pearson(pred, gold),
+        "spearman": spearman(pred, gold),
+        "mse": mean_squared_error(pred, gold),
+        "examples": len(gold),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- entities

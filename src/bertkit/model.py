@@ -416,6 +416,9 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
         super().__init__()
         self.config = config
         self.num_labels = num_labels_of(config, num_labels)
+        if self.num_labels == 1:
+            # Said in config.json, so that transformers loads it as what it computes: MSE on one output.
+            config.extra["problem_type"] = "regression"
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
@@ -490,6 +493,7 @@ class BertForQuestionAnswering(nn.Module, PreTrainedMixin):
 TASK_MODELS: dict[str, type[nn.Module]] = {
     "cls": BertForSequenceClassification,
     "pair": BertForSequenceClassification,
+    "regression": BertForSequenceClassification,  # with one output
     "ner": BertForTokenClassification,
     "qa": BertForQuestionAnswering,
 }

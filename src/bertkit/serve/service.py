@@ -28,6 +28,7 @@ MAX_INPUTS = 256  # per request: larger batches belong to `bertkit predict` / `b
 TASK_INPUT = {
     "cls": '{"text": "..."}',
     "pair": '{"text_a": "...", "text_b": "..."}',
+    "regression": '{"text": "..."}, or {"text_a": "...", "text_b": "..."} for a model trained on pairs',
     "ner": '{"text": "..."}',
     "qa": '{"question": "...", "context": "..."}',
 }

@@ -19,7 +19,8 @@ Feature = dict[str, Any]
 
 @dataclass
 class TaskSettings:
-    """Task settings kept with the model: max sequence length; QA windows, query/answer lengths, n-best."""
+    """Task settings kept with the model: max sequence length; QA windows, query/answer lengths, n-best; whether a
+    regression reads text pairs."""
 
     max_seq_length: int = 128
     doc_stride: int = 128  # QA: overlap step between windows of a long passage
@@ -27,6 +28,9 @@ class TaskSettings:
     max_answer_length: int = 30
     n_best: int = 20
     relocate_answers: bool = False
+    # Regression: True/False once its training data has shown whether inputs are pairs; None (a model from
+    # elsewhere) reads a pair wherever the input has text_b.
+    text_pair: bool | None = None
 
 
 class Task:

@@ -1,8 +1,9 @@
-"""Single-sentence (`cls`) and sentence-pair (`pair`) classification from the pooled [CLS] vector; regression
-(one output, MSE) when the labels are decimal numbers."""
+"""Single-sentence (`cls`) and sentence-pair (`pair`) classification from the pooled [CLS] vector, and regression
+(`regression`: a text or text pair -> one number, MSE) from the same vector with one output."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,24 +11,24 @@ import torch
 
 from bertkit.data.tasks import TextExample, read_classification
 from bertkit.errors import BertkitError
-from bertkit.metrics import accuracy, macro_f1
+from bertkit.metrics import accuracy, macro_f1, regression_scores
 from bertkit.tasks.base import Feature, Task, run_model, text_field
 from bertkit.tokenizer import Tokenizer
 
-REGRESSION = "__regression__"
+SCORE = "score"  # a regression's one output: its label name in config.json's id2label and its key in predictions
 
 
-def is_regression(labels: Sequence[str]) -> bool:
-    """True when the labels are numbers, some written as decimals, with more than two distinct values."""
+def as_number(label: str) -> float | None:
+    """The label as a finite number, or None when it is not one."""
     try:
-        values = [float(x) for x in labels]
+        value = float(label)
     except ValueError:
-        return False
-    return any(("." in x or "e" in x.lower()) for x in labels) and len(set(values)) > 2
+        return None
+    return value if math.isfinite(value) else None
 
 
 class ClassificationTask(Task):
-    """Single-sentence classification (`cls`) from the pooled [CLS] vector; regression on decimal labels."""
+    """Single-sentence classification (`cls`) from the pooled [CLS] vector."""
 
     name = "cls"
     main_metric = "accuracy"
@@ -48,37 +49,55 @@ class ClassificationTask(Task):
         return TextExample(text_a, text_field(row, "text_b") if self.pair else None, None, n)
 
     def labels(self, examples: Sequence[TextExample]) -> list[str]:
-        """Labels sorted by (length, text), or [REGRESSION] for decimal labels; one label is an error."""
-        values = [ex.label for ex in examples if ex.label is not None]
-        if is_regression(values):
-            return [REGRESSION]
-        labels = sorted(set(values), key=lambda x: (len(x), x))
+        """Labels sorted by (length, text). One label is an error, and so are labels that are all numbers with some
+        fractions (0.5): one class per distinct value is never what such data means."""
+        labelled = [ex for ex in examples if ex.label is not None]
+        values = [ex.label for ex in labelled]
+        numbers = [as_number(v) for v in values]  # type: ignore[arg-type]
+        if numbers and None not in numbers:
+            # Refused rather than switched to regression: the user named the task, a regression model answers in
+            # another form ({"score"} instead of a label), and a stray 0.5 among 0/1 may be a data error instead.
+            fraction = next((ex for ex, x in zip(labelled, numbers, strict=True) if not x.is_integer()), None)
+            if fraction is not None:
+                raise BertkitError(
+                    f"labels are numbers with fractions ({fraction.label} at {fraction.source}:{fraction.line}), so "
+                    f"classification would make one class per distinct value: pass --task regression to train a "
+                    f"regression (MSE; dev metrics Pearson, Spearman, MSE), or make the labels whole numbers or names"
+                )
+        labels = sorted(set(values), key=lambda x: (len(x), x))  # type: ignore[arg-type]
         if len(labels) < 2:
             raise BertkitError(f"the training data has a single label {labels}: nothing to classify")
         return labels
 
     def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path) -> None:
-        if REGRESSION in label2id:
-            return
         for ex in examples:
             if ex.label is not None and ex.label not in label2id:
                 known = list(label2id)
                 raise BertkitError(f"{path}:{ex.line}: label {ex.label!r} was not in the training data {known}")
 
-    def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
-        encs = tok.encode_batch(
+    def _encode(self, examples: Sequence[TextExample], tok: Tokenizer, pair: bool):
+        return tok.encode_batch(
             [ex.text_a for ex in examples],
-            [ex.text_b or "" for ex in examples] if self.pair else None,
+            [ex.text_b or "" for ex in examples] if pair else None,
             max_length=self.settings.max_seq_length,
         )
-        regression = label2id is not None and REGRESSION in label2id
+
+    def encodings(self, examples: Sequence[TextExample], tok: Tokenizer) -> list:
+        """One encoding per example: segment B is `text_b` for a pair task."""
+        return self._encode(examples, tok, self.pair)
+
+    def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
         out = []
-        for ex, enc in zip(examples, encs, strict=True):
+        for ex, enc in zip(examples, self.encodings(examples, tok), strict=True):
             f: Feature = {"input_ids": enc.input_ids, "token_type_ids": enc.token_type_ids}
             if ex.label is not None and label2id is not None:
-                f["label"] = float(ex.label) if regression else label2id[ex.label]
+                f["label"] = self.target(ex.label, label2id)
             out.append(f)
         return out
+
+    def target(self, label: str, label2id: dict[str, int]) -> int | float:
+        """The training target of a label: its class id."""
+        return label2id[label]
 
     def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         keys = ("input_ids", "token_type_ids", "attention_mask")
@@ -91,24 +110,15 @@ class ClassificationTask(Task):
         return torch.stack(run_model(model, self, features, tok.pad_id))  # (N, C)
 
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
-        """Accuracy, macro-F1 and the example count; MSE and Pearson r for regression."""
+        """Accuracy, macro-F1 and the example count."""
         logits = self._scores(model, tok, features)
-        if id2label[0] == REGRESSION:
-            pred = logits[:, 0]
-            gold = torch.tensor([float(ex.label) for ex in examples])
-            mse = float(((pred - gold) ** 2).mean())
-            pearson = float(torch.corrcoef(torch.stack([pred, gold]))[0, 1])
-            return {"mse": mse, "pearson": pearson}
         pred = [id2label[i] for i in logits.argmax(-1).tolist()]
         gold = [ex.label for ex in examples]
         return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold), "examples": len(gold)}
 
     def predict(self, model, tok, examples, features, id2label) -> list[dict]:
-        """The best `label` and every label's `probabilities` per example; a `score` for regression."""
-        logits = self._scores(model, tok, features)
-        if id2label[0] == REGRESSION:
-            return [{"score": float(x)} for x in logits[:, 0]]
-        probs = logits.softmax(-1)
+        """The best `label` and every label's `probabilities` per example."""
+        probs = self._scores(model, tok, features).softmax(-1)
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
@@ -122,3 +132,86 @@ class PairClassificationTask(ClassificationTask):
     name = "pair"
     model_name = "pair"
     pair = True
+
+
+class RegressionTask(ClassificationTask):
+    """Regression (`regression`): a text, or a text pair (`text_a`, `text_b`), -> one number, trained with MSE.
+
+    Whether inputs are pairs is learnt from the training data and kept in the settings (`text_pair`), so a model
+    trained on pairs asks for pairs when it predicts."""
+
+    name = "regression"
+    # Pearson's r picks the best dev model: STS-B's convention (GLUE reports Pearson, then Spearman, for it; the
+    # BERT paper's table gives Spearman). Both are in the metrics, with the MSE; a lower MSE is not the aim alone,
+    # since predicting every target's mean scores well on MSE while ranking nothing.
+    main_metric = "pearson"
+    model_name = "regression"
+
+    @property
+    def pair(self) -> bool | None:  # type: ignore[override]
+        return self.settings.text_pair
+
+    def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
+        """Rows read by `read_classification`; labels must be finite numbers; a pair model needs `text_b`."""
+        examples = read_classification(path, require_label=labelled)
+        for ex in examples:
+            if labelled and as_number(ex.label) is None:  # type: ignore[arg-type]
+                kind = "a finite number" if _is_float(ex.label) else "a number"  # type: ignore[arg-type]
+                raise BertkitError(
+                    f"{path}:{ex.line}: label {ex.label!r} is not {kind}; a regression needs a number in every row"
+                )
+            if self.pair and ex.text_b is None:
+                raise BertkitError(f"{path}:{ex.line}: this regression model reads text pairs: give text_a and text_b")
+        return examples
+
+    def from_json(self, row: dict, n: int = 0) -> TextExample:
+        """{"text"} (or {"text_a"}), and {"text_b"} for a model trained on pairs."""
+        text_a = text_field(row, "text_a", alternative="text")
+        pair = self.pair if self.pair is not None else "text_b" in row
+        return TextExample(text_a, text_field(row, "text_b") if pair else None, None, n)
+
+    def labels(self, examples: Sequence[TextExample]) -> list[str]:
+        """[SCORE]: one output. Also settles, from these training examples, whether inputs are pairs."""
+        with_b = [ex.text_b is not None for ex in examples]
+        if any(with_b) and not all(with_b):
+            ex = examples[with_b.index(False)]
+            raise BertkitError(f"{ex.source}:{ex.line}: no text_b, while other rows have one; give all or none")
+        self.settings.text_pair = bool(examples) and all(with_b)
+        return [SCORE]
+
+    def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path) -> None:
+        """Nothing to check: `read` has checked that every label is a number."""
+
+    def encodings(self, examples: Sequence[TextExample], tok: Tokenizer) -> list:
+        """Pairs when the model reads pairs; a model that does not know (None) pairs the examples that have text_b."""
+        if self.pair is not None:
+            return self._encode(examples, tok, self.pair)
+        out: list = [None] * len(examples)
+        for pair in (False, True):
+            idx = [i for i, ex in enumerate(examples) if (ex.text_b is not None) == pair]
+            if not idx:
+                continue
+            for i, enc in zip(idx, self._encode([examples[i] for i in idx], tok, pair), strict=True):
+                out[i] = enc
+        return out
+
+    def target(self, label: str, label2id: dict[str, int]) -> float:
+        """The label's number."""
+        return float(label)
+
+    def evaluate(self, model, tok, examples, features, id2label) -> dict:
+        """Pearson, Spearman, MSE and the example count."""
+        pred = self._scores(model, tok, features)[:, 0].tolist()
+        return regression_scores(pred, [float(ex.label) for ex in examples])
+
+    def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+        """{"score": x} per example."""
+        return [{SCORE: x} for x in self._scores(model, tok, features)[:, 0].tolist()]
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
