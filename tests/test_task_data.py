@@ -195,3 +195,17 @@ def test_squad_not_json_or_not_squad(tmp_path: Path) -> None:
     path.write_text('[{"context": "x"}]', encoding="utf-8")
     with pytest.raises(BertkitError, match=r'x\.json: not SQuAD JSON: expected an object with a "data" list'):
         read_squad(path)
+
+
+def test_prediction_inputs_with_old_mac_line_ends(tmp_path: Path, data_dir: Path) -> None:
+    from bertkit.tasks.qa import QaTask
+
+    texts = ["".join(s.tokens) for s in read_conll(data_dir / "weibo_ner/dev.txt")[:3]]
+    (tmp_path / "ner.txt").write_bytes("\r".join(texts).encode("utf-8"))
+    assert ["".join(s.tokens) for s in NerTask().read(tmp_path / "ner.txt", labelled=False)] == [
+        t.replace(" ", "") for t in texts
+    ]
+    squad = read_squad(data_dir / "cmrc2018/train.json", relocate_answers=True)[:3]
+    rows = [json.dumps({"id": ex.id, "question": ex.question, "context": ex.context}) for ex in squad]
+    (tmp_path / "qa.jsonl").write_bytes("\r".join(rows).encode("utf-8"))
+    assert [ex.id for ex in QaTask().read(tmp_path / "qa.jsonl", labelled=False)] == [ex.id for ex in squad]

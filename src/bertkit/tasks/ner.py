@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bertkit.data.tasks import TaggedSentence, read_conll
+from bertkit.data.tasks import TaggedSentence, numbered_lines, read_conll
 from bertkit.errors import BertkitError
 from bertkit.metrics import entity_prf, entity_spans
 from bertkit.model import IGNORE_INDEX
@@ -47,9 +47,7 @@ class NerTask(Task):
         """CoNLL when labelled; else text lines split by `words_of`, character spans kept for `predict`."""
         if labelled:
             return read_conll(path, require_tags=True)
-        from bertkit.data.corpus import read_lines
-
-        return [_sentence(line, n) for n, line in enumerate(read_lines(path), start=1) if line.strip()]
+        return [_sentence(line, n) for n, line in numbered_lines(path) if line.strip()]
 
     def from_json(self, row: dict, n: int = 0) -> TaggedSentence:
         """{"text"}: raw text, split as `words_of` splits it."""

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bertkit.data.corpus import read_lines
-from bertkit.data.tasks import QAExample, read_squad
+from bertkit.data.tasks import QAExample, numbered_lines, read_squad
 from bertkit.errors import BertkitError
 from bertkit.metrics import qa_scores
 from bertkit.tasks.base import Feature, Task, run_model, text_field
@@ -34,7 +33,7 @@ class QaTask(Task):
         path = Path(path)
         if path.suffix == ".jsonl":  # {"question": ..., "context": ..., "id": optional} per line
             out = []
-            for n, line in enumerate(read_lines(path), start=1):
+            for n, line in numbered_lines(path):
                 if not line.strip():
                     continue
                 try:
