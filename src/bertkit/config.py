@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,46 @@ PRESETS: dict[str, tuple[int, int, int]] = {
 # Hugging Face keys that we carry through unchanged but do not use.
 _HF_PASSTHROUGH = ("architectures", "id2label", "label2id", "problem_type", "finetuning_task")
 
+# Fields that must be positive whole numbers (sizes and counts).
+_POSITIVE_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a size
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _wrong(name: str, value: Any, expected: str) -> str:
+    """What is wrong with one field, e.g. `hidden_size is "384" (a string): expected a positive integer`; the value
+    is written as JSON writes it, so it reads as it does in config.json."""
+    try:
+        shown = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    kind = {str: " (a string)", list: " (a list)", dict: " (an object)", bool: "", type(None): ""}.get(type(value), "")
+    hint = " (write it without quotes)" if isinstance(value, str) and _parses_as_number(value) else ""
+    return f"{name} is {shown}{kind}: expected {expected}{hint}"
+
+
+def _parses_as_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
 
 @dataclass
 class BertConfig:
@@ -39,7 +80,7 @@ class BertConfig:
     type_vocab_size: int = 2
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0  # null in some Hugging Face configs: no padding index
     # Causal (left-to-right) self-attention, as Hugging Face's BertModel does with is_decoder=True. bertkit's
     # pooler then reads the last real token, the only one that has seen the whole sequence.
     is_decoder: bool = False
@@ -47,12 +88,50 @@ class BertConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a `BertkitError` naming the first field whose value a BERT model cannot be built from (its type, or
+        its range), and what is expected. Every constructor runs it; code that assigns fields afterwards should call
+        it again (or build the config with `dataclasses.replace`)."""
+        for name in _POSITIVE_INTS:
+            value = getattr(self, name)
+            if not (_is_int(value) and value > 0):
+                raise BertkitError(_wrong(name, value, "a positive integer"))
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value <= 1):
+                raise BertkitError(_wrong(name, value, "a probability from 0 to 1"))
+        if not (_is_number(self.initializer_range) and self.initializer_range >= 0):
+            raise BertkitError(_wrong("initializer_range", self.initializer_range, "a number >= 0, such as 0.02"))
+        if not (_is_number(self.layer_norm_eps) and self.layer_norm_eps > 0):
+            raise BertkitError(_wrong("layer_norm_eps", self.layer_norm_eps, "a number > 0, such as 1e-12"))
+        pad = self.pad_token_id
+        if pad is not None and not (_is_int(pad) and 0 <= pad < self.vocab_size):
+            raise BertkitError(_wrong("pad_token_id", pad, f"a token id from 0 to {self.vocab_size - 1}, or null"))
+        if not (isinstance(self.hidden_act, str) and self.hidden_act):
+            raise BertkitError(_wrong("hidden_act", self.hidden_act, 'the name of an activation, such as "gelu"'))
+        if not isinstance(self.is_decoder, bool):
+            raise BertkitError(_wrong("is_decoder", self.is_decoder, "true or false"))
         if self.hidden_size % self.num_attention_heads != 0:
             raise BertkitError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}: "
+                "each head takes an equal share of the hidden size"
             )
-        if self.vocab_size <= 0:
-            raise BertkitError(f"vocab_size must be positive, got {self.vocab_size}")
+        if not isinstance(self.extra, dict):
+            raise BertkitError(f"extra is {type(self.extra).__name__}: expected a dict of Hugging Face keys")
+        expected = {"id2label": 'an object mapping label ids to names, such as {"0": "neg"}',
+                    "label2id": 'an object mapping label names to ids, such as {"neg": 0}'}  # fmt: skip
+        for name, words in expected.items():
+            value = self.extra.get(name)
+            if value is not None and not isinstance(value, dict):
+                raise BertkitError(_wrong(name, value, words))
+        id2label = self.extra.get("id2label") or {}
+        if any(not _is_int(k) and not (isinstance(k, str) and k.strip().lstrip("-").isdigit()) for k in id2label):
+            raise BertkitError(_wrong("id2label", id2label, expected["id2label"]))
+        arch = self.extra.get("architectures")
+        if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
+            raise BertkitError(_wrong("architectures", arch, 'a list of class names, such as ["BertModel"]'))
 
     @property
     def head_dim(self) -> int:
@@ -84,6 +163,10 @@ class BertConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BertConfig:
         """Build from a Hugging Face `config.json` dictionary; unknown keys we need are kept in `extra`."""
+        if not isinstance(d, dict):
+            kind = {list: "a list", str: "a string"}.get(type(d), f"a JSON {type(d).__name__}")
+            raise BertkitError(f"the config is {kind}: expected a JSON object of BERT settings, such as "
+                               '{"hidden_size": 768, ...}')  # fmt: skip
         if d.get("model_type", "bert") != "bert":
             raise BertkitError(f"config has model_type {d.get('model_type')!r}; bertkit reads BERT models only")
         pos = d.get("position_embedding_type", "absolute")
@@ -95,12 +178,15 @@ class BertConfig:
         return cls(**kwargs, extra=extra)
 
     def save(self, path: str | Path) -> None:
-        """Write the Hugging Face `config.json` dictionary (`to_dict`) to `path`."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        """Write the Hugging Face `config.json` dictionary (`to_dict`) to `path`, atomically."""
+        from bertkit.checkpoint import atomic_write  # checkpoint imports this module
+
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> BertConfig:
-        """Read a `config.json` file, or the one inside a model directory."""
+        """Read a `config.json` file, or the one inside a model directory. Every error names the file."""
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
@@ -109,5 +195,10 @@ class BertConfig:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BertkitError(f"{path}: not a valid JSON config ({e})") from None
-        return cls.from_dict(d)
+            raise BertkitError(f"{path}: not valid JSON ({e}); restore the file or copy the model again") from None
+        except OSError as e:
+            raise BertkitError(f"{path}: cannot read it ({e.strerror})") from None
+        try:
+            return cls.from_dict(d)
+        except BertkitError as e:
+            raise BertkitError(f"{path}: {e}") from None
