@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import transformers
 
-from bertkit import BertConfig, BertForPreTraining, Tokenizer
-from bertkit.infer import fill_mask
+from bertkit import BertConfig, BertForPreTraining, BertkitError, Tokenizer
+from bertkit.infer import embedding_settings, fill_mask
 
 
 def test_fill_mask_matches_transformers(tmp_path: Path, data_dir: Path) -> None:
@@ -34,3 +35,40 @@ def test_fill_mask_matches_transformers(tmp_path: Path, data_dir: Path) -> None:
         top = probs.topk(5)
         assert [t for t, _ in predicted] == hf_tok.convert_ids_to_tokens(top.indices.tolist())
         assert max(abs(p - q) for (_, p), q in zip(predicted, top.values.tolist(), strict=True)) < 1e-5
+
+
+def test_embedding_settings_follow_sentence_transformers_files(tmp_path: Path, minilm_dir: Path) -> None:
+    assert embedding_settings(minilm_dir) == {"pooling": "mean", "normalize": True, "max_length": 256}
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling/config.json").write_text(
+        '{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}'
+    )
+    assert embedding_settings(tmp_path)["pooling"] == "cls"
+    assert embedding_settings(tmp_path / "absent") == {"pooling": "mean", "normalize": True, "max_length": None}
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "said"),
+    [
+        ("1_Pooling/config.json", '{"pooling_mode_cls_token": tru', "not valid JSON"),
+        ("1_Pooling/config.json", "[true]", "expected a JSON object of settings, found list"),
+        ("1_Pooling/config.json", '{"pooling_mode_cls_token": "false"}', 'pooling_mode_cls_token is "false": expected'),
+        ("1_Pooling/config.json", '{"pooling_mode_max_tokens": true}', "pooling pooling_mode_max_tokens is not supp"),
+        (
+            "1_Pooling/config.json",
+            '{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}',
+            "pooling pooling_mode_mean_tokens + pooling_mode_cls_token is not supported",
+        ),
+        ("sentence_bert_config.json", '{"max_seq_length": "256"}', 'max_seq_length is "256": expected a positive'),
+        ("sentence_bert_config.json", "{", "not valid JSON"),
+    ],
+)
+def test_broken_sentence_transformers_settings_name_the_file(tmp_path: Path, file: str, text: str, said: str) -> None:
+    """Invalid JSON, wrong types and pooling bertkit does not compute are one-line errors naming the file: silently
+    pooling by mean instead of max would give wrong vectors with exit 0."""
+    path = tmp_path / file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    with pytest.raises(BertkitError) as e:
+        embedding_settings(tmp_path)
+    assert str(e.value).startswith(f"{path}: ") and said in str(e.value) and "\n" not in str(e.value), str(e.value)

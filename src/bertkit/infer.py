@@ -21,16 +21,56 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
+# sentence-transformers pooling modes, and which of them bertkit computes.
+_POOLING_MODES = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": None,
+    "pooling_mode_mean_sqrt_len_tokens": None,
+    "pooling_mode_weightedmean_tokens": None,
+    "pooling_mode_lasttoken": None,
+}
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BertkitError(f"{path}: not valid JSON ({e}); restore the file or copy the model again") from None
+    except OSError as e:
+        raise BertkitError(f"{path}: cannot read it ({e.strerror})") from None
+    if not isinstance(value, dict):
+        raise BertkitError(f"{path}: expected a JSON object of settings, found {type(value).__name__}")
+    return value
+
+
 def embedding_settings(path: str | Path) -> dict:
-    """Pooling and length settings of a sentence-transformers directory, when it has them."""
+    """Pooling and length settings of a sentence-transformers directory, when it has them.
+
+    A setting bertkit cannot follow (max or weighted pooling, several modes at once) or of the wrong type is an
+    error naming the file: computing mean vectors instead would be silently wrong."""
     path = Path(path)
-    settings = {"pooling": "mean", "normalize": True, "max_length": None}
+    settings: dict = {"pooling": "mean", "normalize": True, "max_length": None}
     st = path / "sentence_bert_config.json"
     if st.is_file():
-        settings["max_length"] = json.loads(st.read_text()).get("max_seq_length")
+        length = _read_json_object(st).get("max_seq_length")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length <= 0):
+            raise BertkitError(f"{st}: max_seq_length is {json.dumps(length)}: expected a positive integer or null")
+        settings["max_length"] = length
     pooling = path / "1_Pooling" / "config.json"
-    if pooling.is_file() and json.loads(pooling.read_text()).get("pooling_mode_cls_token"):
-        settings["pooling"] = "cls"
+    if pooling.is_file():
+        modes = _read_json_object(pooling)
+        for key in _POOLING_MODES:
+            if key in modes and not isinstance(modes[key], bool):
+                raise BertkitError(f"{pooling}: {key} is {json.dumps(modes[key])}: expected true or false")
+        chosen = [key for key in _POOLING_MODES if modes.get(key)]
+        if len(chosen) > 1 or (chosen and _POOLING_MODES[chosen[0]] is None):
+            raise BertkitError(
+                f"{pooling}: pooling {' + '.join(chosen)} is not supported; bertkit pools by "
+                "pooling_mode_mean_tokens or pooling_mode_cls_token (one of them)"
+            )
+        if chosen:
+            settings["pooling"] = _POOLING_MODES[chosen[0]]
     return settings
 
 
@@ -63,6 +103,12 @@ def embed(
         if normalize:
             vec = torch.nn.functional.normalize(vec, p=2, dim=-1)
         out[idx] = vec.float().cpu().numpy()
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if bad.size:  # finite weights can still overflow (e.g. in float16); a NaN vector must not reach a file
+        raise BertkitError(
+            f"the model computed a vector with NaN or infinite values for text {bad[0] + 1} "
+            f"({bad.size} of {len(out)} texts), so no vectors are returned; its weights overflow on this input"
+        )
     return out
 
 
@@ -82,6 +128,8 @@ def fill_mask(
     logits = model(**batch).mlm_logits[0, positions].float()  # (M, V)
     logits[:, sorted(tokenizer.special_ids)] = -torch.inf
     probs = logits.softmax(-1)
+    if not torch.isfinite(probs).all():
+        raise BertkitError(f"the model computed NaN or infinite scores for {text!r}: its weights are unusable")
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     return [
         [(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist(), strict=True)]
