@@ -7,11 +7,14 @@ on read, safetensors or (for old HF directories) `pytorch_model.bin` through `to
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import pickle
 import re
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,16 +88,36 @@ def _normalise_key(key: str) -> str:
 def _weight_files(path: Path) -> list[Path]:
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (path / index).is_file():
-            weight_map = json.loads((path / index).read_text())["weight_map"]
-            return [path / f for f in sorted(set(weight_map.values()))]
+            try:
+                weight_map = json.loads((path / index).read_text(encoding="utf-8"))["weight_map"]
+                files = sorted(set(weight_map.values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise BertkitError(
+                    f"{path / index}: not a valid weight index (expected JSON with a weight_map of tensor name -> "
+                    f"file; {type(e).__name__}: {e}); copy the model again"
+                ) from None
+            return [path / f for f in files]
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
             return [path / name]
     raise BertkitError(f"{path}: no model.safetensors (or pytorch_model.bin): is this a model directory?")
 
 
+# What a damaged, truncated or foreign weight file raises while it is read.
+_READ_ERRORS = (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError)
+
+
+def _corrupt(f: Path, e: BaseException) -> BertkitError:
+    return BertkitError(
+        f"{f}: cannot read weights: the file is corrupt or truncated ({e}); copy it again from where it came from"
+    )
+
+
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a model directory, keyed by (normalised) HF name."""
+    """All tensors of a model directory, keyed by (normalised) HF name.
+
+    Weights holding NaN or infinity are refused, naming the file and the first such tensor: a model that a
+    diverged run left behind would otherwise load silently and answer with NaN."""
     tensors: dict[str, torch.Tensor] = {}
     for f in _weight_files(Path(path)):
         try:
@@ -102,8 +125,16 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
                 part = load_file(str(f))
             else:
                 part = torch.load(f, map_location="cpu", weights_only=True)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            raise BertkitError(f"{f}: cannot read weights ({e})") from None
+        except _READ_ERRORS as e:
+            raise _corrupt(f, e) from None
+        if not isinstance(part, dict):
+            raise BertkitError(f"{f}: holds a {type(part).__name__}, not a dictionary of named tensors")
+        for name, tensor in part.items():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise BertkitError(
+                    f"{f}: tensor {name} holds NaN or infinite values, so the model would answer NaN (a training run "
+                    "that diverged?); use an earlier checkpoint, or train again with a lower learning rate"
+                )
         tensors.update({_normalise_key(k): v for k, v in part.items()})
     return tensors
 
@@ -118,7 +149,7 @@ def tensor_names(path: str | Path) -> set[str]:
             with safe_open(str(f), framework="pt") as st:
                 names.update(_normalise_key(k) for k in st.keys())  # noqa: SIM118 (safe_open has no __iter__)
         except (SafetensorError, OSError) as e:
-            raise BertkitError(f"{f}: cannot read weights ({e})") from None
+            raise _corrupt(f, e) from None
     return names
 
 
@@ -145,17 +176,25 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str =
     A missing encoder tensor or any shape mismatch is an error that names the tensor and both shapes.
     """
     wants_prefix = any(n.startswith("bert.") for n, _ in model.named_parameters())
+    names_in_weights = set(tensors)
     tensors = _align_prefix(tensors, wants_prefix)
     if "cls.predictions.bias" not in tensors and "cls.predictions.decoder.bias" in tensors:
         tensors["cls.predictions.bias"] = tensors["cls.predictions.decoder.bias"]
     fresh: list[str] = []
     state = model.state_dict()
     new_state: dict[str, torch.Tensor] = {}
+    expected = {n for name in state for n in hf_names(name)}
     for name, current in state.items():
         names = hf_names(name)
         if not names:
             continue
         missing = [n for n in names if n not in tensors]
+        damaged = _damaged_name(missing[0], names_in_weights, expected) if missing else None
+        if damaged:
+            raise BertkitError(
+                f"{source} is corrupt: it holds no tensor {missing[0]} but one named {damaged!r}, a damaged copy of "
+                "that name (a changed byte in the file's header); copy the model again from where it came from"
+            )
         if missing:
             if _HEADS.match(name):
                 fresh.append(name)
@@ -165,6 +204,12 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str =
                 "the weights do not belong to a BERT model of this config"
             )
         parts = [tensors[n] for n in names]
+        stored = next((p for p in parts if p.is_floating_point() != current.is_floating_point()), None)
+        if stored is not None:  # e.g. F32 changed to I32 in the header: the bytes would load as other numbers
+            raise BertkitError(
+                f"{source} is corrupt: tensor {names[0]} is stored as {stored.dtype}, but the model holds it as "
+                f"{current.dtype}; copy the model again from where it came from"
+            )
         value = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
         if value.shape != current.shape and _HEADS.match(name):
             fresh.append(name)  # e.g. a classifier for another label set: a new head, not an error
@@ -184,6 +229,19 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str =
     return fresh
 
 
+def _damaged_name(wanted: str, names: set[str], expected: set[str]) -> str | None:
+    """A name in the weights that no model part asks for and that differs from the missing `wanted` in one or two
+    characters: what a flipped byte in a safetensors header (plain JSON) makes of a tensor name. Compared with and
+    without the "bert." prefix, which the file may have or lack."""
+    forms = {wanted, "bert." + wanted, wanted.removeprefix("bert.")}
+    known = expected | {"bert." + n for n in expected} | {n.removeprefix("bert.") for n in expected}
+    for name in sorted(names - known):
+        for form in forms:
+            if len(name) == len(form) and sum(a != b for a, b in zip(name, form, strict=True)) <= 2:
+                return name
+    return None
+
+
 def _shape(current: torch.Tensor, names: list[str]) -> tuple[int, ...]:
     shape = list(current.shape)
     shape[0] //= len(names)
@@ -201,24 +259,78 @@ def load_model(cls: type[M], path: str | Path, config: BertConfig | None = None,
         raise BertkitError(f"model directory {path} does not exist")
     config = config or BertConfig.load(path)
     model = cls(config, **kwargs)
-    fresh = load_state(model, read_tensors(path), source=str(path))
+    files = _weight_files(path)
+    fresh = load_state(model, read_tensors(path), source=str(files[0] if len(files) == 1 else path))
     if fresh:
         log.warning("%s: initialised fresh (not in the checkpoint): %s", path, ", ".join(sorted(fresh)))
     model.eval()
     return model
 
 
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Run `write(tmp_path)` and move the result over `path` only once it is complete."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+# Below this much free space, a failed write is taken for a full disk: numpy and torch report a short write
+# without its errno, and safetensors only in its message.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(s in str(error) for s in ("No space left on device", "os error 28", "Disk quota exceeded")):
+        return True
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        fs = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    free_blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail  # root may also fill the reserved blocks
+    return free_blocks * fs.f_frsize < _NEARLY_FULL_BYTES
+
+
+def _new_temp_file(path: Path) -> tuple[Path, int]:
+    """An empty file beside `path`, and the mode a plain open() gives a new file here (0o666 less the umask, which
+    the kernel applies to this very file; mkstemp's 0o600 would hide models from the users a umask of 022 allows)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Run `write(tmp_path)` and move the result over `path` only once it is complete.
+
+    A failure leaves any earlier `path` as it was and no temporary file; a full disk is a `BertkitError` saying
+    "disk full at PATH". The file gets the mode a plain open() would give it: the earlier file's mode, else 0o666
+    less the umask (whatever mode `write` creates its file with, as safetensors does with 0o600). The temporary
+    file is named `.NAME.RANDOM.tmp` beside `path`: the commands that clean up after a kill match that pattern."""
+    path = Path(path)
+    try:
+        tmp, mode = _new_temp_file(path)
+    except OSError as e:
+        if _disk_full(e, path.parent):
+            raise _disk_full_error(path) from None
         raise
+    try:
+        write(str(tmp))
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.is_file() else mode)
+        os.replace(tmp, path)
+    except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, BertkitError) and _disk_full(e, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise _disk_full_error(path) from None
+        raise
+
+
+def _disk_full_error(path: Path) -> BertkitError:
+    return BertkitError(
+        f"disk full at {path}: it was not written (an earlier file of that name is unchanged); free some space or "
+        "write to another disk, then run again"
+    )
 
 
 PRETRAINING_RECORD = "bertkit_pretraining.json"  # beside a model that `bertkit pretrain` saved
@@ -253,10 +365,18 @@ def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callab
 
 def save_model(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """Write a Hugging Face model directory: `config.json` (with `architectures`) and `model.safetensors`, from
-    `model`'s weights or from `state` (its full state dict, e.g. gathered from FSDP shards)."""
+    `model`'s weights or from `state` (its full state dict, e.g. gathered from FSDP shards). Weights holding NaN or
+    infinity are refused before anything is written."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_state_dict(model, state)
+    # The last line of defence against keeping a diverged model: one isfinite per tensor is cheap next to the write.
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BertkitError(
+                f"refusing to save a model with NaN or infinite weights (tensor {name}) to {path}: training diverged; "
+                "lower the learning rate, or resume from an earlier checkpoint"
+            )
+    path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config: BertConfig = model.config  # type: ignore[assignment]
     d = config.to_dict()
