@@ -160,6 +160,9 @@ def _damage(squad: dict, what: str) -> tuple[dict, str]:
     if what == "answer_start":
         qa["answers"][0]["answer_start"] = "abc"
         return squad, at + rf" \(id '{qid}'\): answers\[0\]\.answer_start must be a whole number.*'abc'"
+    if what == "answer_start 3.5":
+        qa["answers"][0]["answer_start"] = 3.5
+        return squad, at + rf" \(id '{qid}'\): answers\[0\]\.answer_start must be a whole number.*3\.5"
     if what == "answers":
         qa["answers"] = {"text": "x"}
         return squad, at + rf" \(id '{qid}'\): 'answers' must be a list"
@@ -169,7 +172,9 @@ def _damage(squad: dict, what: str) -> tuple[dict, str]:
     raise AssertionError(what)
 
 
-@pytest.mark.parametrize("what", ["context", "id", "question", "answer_start", "answers", "paragraphs"])
+@pytest.mark.parametrize(
+    "what", ["context", "id", "question", "answer_start", "answer_start 3.5", "answers", "paragraphs"]
+)
 def test_squad_with_a_missing_or_wrong_field_names_file_place_and_field(
     tmp_path: Path, data_dir: Path, what: str
 ) -> None:

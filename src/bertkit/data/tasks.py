@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,12 +280,14 @@ def _field(obj: dict, key: str, kind: type | tuple[type, ...], where: str, defau
 
 
 def _offset(value: object, where: str) -> int:
-    """A character offset: a whole number >= 0 (also when written as "12" or 12.0, as some converters do)."""
-    if (isinstance(value, str) and value.strip().isdigit()) or (isinstance(value, float) and value.is_integer()):
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    """A character offset: a whole number (also when written as "12" or 12.0, as some converters do). A negative one
+    (-1: the text is not in the passage) is kept; it matches nowhere, so it is an error or relocated, as any."""
+    whole_text = isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value) is not None
+    if whole_text or (isinstance(value, float) and value.is_integer()):
+        value = int(value)  # type: ignore[arg-type]
+    if not isinstance(value, int) or isinstance(value, bool):
         raise BertkitError(
-            f"{where} must be a whole number >= 0 (the answer's character offset in context), got {_short(value)}"
+            f"{where} must be a whole number (the answer's character offset in context), got {_short(value)}"
         )
     return value
 
