@@ -14,6 +14,8 @@ def read_lines(path: str | Path) -> Iterator[str]:
     Raises `BertkitError` naming the file, line and byte offset of the first invalid UTF-8 sequence.
     """
     path = Path(path)
+    if path.is_dir():
+        raise BertkitError(f"{path} is a directory: give its files, e.g. {path / '*.txt'}")
     if not path.is_file():
         raise BertkitError(f"file {path} does not exist")
     offset = 0

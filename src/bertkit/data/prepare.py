@@ -1,7 +1,7 @@
 """`bertkit prepare`: corpus files -> tokenized NSP instances in compact binary shards, streaming.
 
 Layout of a data directory:
-  manifest.json                      settings, counts, shard list (written last: its presence means complete)
+  manifest.json                      settings, counts, shard list (moved in last: its presence means complete)
   tokenizer/                         the tokenizer the ids belong to
   {split}-{k:05d}.tokens.bin         token ids of A then B for every instance (uint16 or uint32)
   {split}-{k:05d}.index.bin          int64 rows (offset, len_a, len_b, nsp_label)
@@ -11,20 +11,28 @@ Memory stays flat in corpus size: documents are grouped into blocks of about `bl
 is turned into instances on its own (random NotNext segments come from the same block), and at most two blocks
 per worker are in flight. Blocks and their random generators depend only on the corpus and the seed, so the
 output is the same for any number of workers.
+
+Nothing in the output directory is touched until the new data is complete: it is written to a temporary folder
+inside the output directory (removed on any error, and by the next run if a kill left it), then prepare's own
+earlier entries are replaced and the new ones moved in, manifest.json last. Other files in the directory stay.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -34,10 +42,17 @@ from tqdm.auto import tqdm
 from bertkit.data.instances import instances_from_document
 from bertkit.data.sentences import iter_documents
 from bertkit.errors import BertkitError
+from bertkit.files import check_output_not_input, claim_output_dir, own_entries, remove_entries
 from bertkit.tokenizer import Tokenizer
 
 FORMAT = "bertkit-pretraining-v1"
 SPLITS = ("train", "eval")
+# The entries prepare writes directly in its output directory: the only ones `--overwrite` replaces.
+OWN_ENTRIES = ("manifest.json", "tokenizer", *(f"{s}-[0-9][0-9][0-9][0-9][0-9].*.bin" for s in SPLITS))
+# The temporary folder (inside the output directory, so the final moves are renames on one file system) and the
+# file that marks it as prepare's, so that a later run may remove one that a kill left behind.
+_TEMP_PREFIX, _TEMP_SUFFIX, _TEMP_MARKER = ".bertkit-prepare-", ".partial", "BERTKIT_PREPARE_IN_PROGRESS"
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # no space, or over the quota
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -161,30 +176,56 @@ class _ShardWriter:
         lengths = rows[:, 0] + rows[:, 1]
         offsets = shard["tokens"] + np.concatenate([[0], np.cumsum(lengths)[:-1]])
         index = np.column_stack([offsets, rows]).astype(np.int64)
-        self._files["tokens"].write(tokens.tobytes())  # type: ignore[attr-defined]
-        self._files["index"].write(index.tobytes())  # type: ignore[attr-defined]
+        self._write("tokens", tokens)
+        self._write("index", index)
         if starts is not None:
-            self._files["starts"].write(starts.tobytes())  # type: ignore[attr-defined]
+            self._write("starts", starts)
         shard["instances"] += len(rows)
         shard["tokens"] += int(lengths.sum())
         self.instances += len(rows)
         self.tokens += int(lengths.sum())
         self.nsp_random += int(rows[:, 2].sum())
 
+    def _write(self, kind: str, array: np.ndarray) -> None:
+        f = self._files[kind]
+        with _naming(f.name):  # type: ignore[attr-defined]
+            f.write(array.tobytes())  # type: ignore[attr-defined]
+
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()  # type: ignore[attr-defined]
-        self._files = {}
+        files, self._files = self._files, {}
+        for f in files.values():
+            with _naming(f.name):  # type: ignore[attr-defined]
+                f.close()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _naming(path: str | Path) -> Iterator[None]:
+    """Attach `path` to an OSError raised without a file name (a failed write or flush), so it can be reported."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
+def _is_eval_document(doc_index: int, share: Fraction, offset: int) -> bool:
+    """Whether document `doc_index` is held out: `share` of the documents, spread evenly.
+
+    For a share of 1/n this is every n-th document, starting at the seed's offset.
+    """
+    return (doc_index + offset) * share.numerator % share.denominator < share.numerator
 
 
 def _blocks(corpus: list[Path], cfg: PrepareConfig, stats: dict) -> Iterator[tuple[str, int, list[list[str]]]]:
     """Group documents into (split, block index, documents) jobs of about `block_chars` characters."""
-    period = max(2, round(1 / cfg.eval_fraction)) if cfg.eval_fraction > 0 else 0
+    share = Fraction(cfg.eval_fraction).limit_denominator(1_000_000)
+    offset = -cfg.seed % share.denominator  # with a share of 1/n, document `seed mod n` is the first held out
     pending: dict[str, list[list[str]]] = {s: [] for s in SPLITS}
     size = dict.fromkeys(SPLITS, 0)
     count = dict.fromkeys(SPLITS, 0)
     for doc_index, doc in enumerate(iter_documents(corpus)):
-        split = "eval" if period and doc_index % period == cfg.seed % period else "train"
+        split = "eval" if _is_eval_document(doc_index, share, offset) else "train"
         pending[split].append(doc)
         size[split] += sum(len(s) for s in doc)
         stats["documents"][split] += 1
@@ -198,6 +239,52 @@ def _blocks(corpus: list[Path], cfg: PrepareConfig, stats: dict) -> Iterator[tup
             yield split, count[split], pending[split]
 
 
+def _check_settings(cfg: PrepareConfig) -> None:
+    if cfg.max_seq_length < 8:
+        raise BertkitError(f"--max-seq-length {cfg.max_seq_length} is too short for [CLS] A [SEP] B [SEP]")
+    if cfg.dupe_factor < 1:
+        raise BertkitError("--dupe-factor must be at least 1")
+    if not 0 <= cfg.eval_fraction <= 1:  # also refuses NaN
+        raise BertkitError(
+            f"--eval-fraction {cfg.eval_fraction} is not a share of documents: give a number from 0 to 1 "
+            "(1 holds out every document: an evaluation-only directory)"
+        )
+    if not 0 <= cfg.short_seq_prob <= 1:
+        raise BertkitError(f"--short-seq-prob {cfg.short_seq_prob} is not a probability: give a number from 0 to 1")
+    if cfg.block_chars < 1 or cfg.shard_tokens < 1:
+        raise BertkitError("block_chars and shard_tokens must be positive")
+
+
+def _check_corpus(corpus: list[str | Path]) -> list[Path]:
+    paths = [Path(p) for p in corpus]
+    for p in paths:
+        if p.is_dir():
+            raise BertkitError(f"corpus {p} is a directory: give its files, e.g. {p / '*.txt'}")
+        if not p.is_file():
+            raise BertkitError(f"corpus file {p} does not exist")
+    return paths
+
+
+def _remove_stale_temporary_folders(out: Path) -> None:
+    """Remove what an earlier run that was killed left: temporary folders that carry prepare's marker."""
+    for p in out.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+        if p.is_dir() and not p.is_symlink() and (p / _TEMP_MARKER).is_file():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Replace prepare's own entries in `out` by the complete new ones in `tmp`; other entries stay."""
+    # The old manifest goes first and the new one comes last, so that a directory caught half-way (a kill between
+    # these renames) never looks complete.
+    (out / "manifest.json").unlink(missing_ok=True)
+    remove_entries(own_entries(out, OWN_ENTRIES))
+    for p in sorted(tmp.iterdir()):
+        if p.name not in ("manifest.json", _TEMP_MARKER):
+            os.replace(p, out / p.name)
+    os.replace(tmp / "manifest.json", out / "manifest.json")
+    shutil.rmtree(tmp)
+
+
 def prepare(
     corpus: list[str | Path],
     tokenizer_dir: str | Path,
@@ -206,25 +293,60 @@ def prepare(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Turn corpus files into a pre-training data directory; returns the manifest."""
-    cfg = cfg or PrepareConfig()
-    corpus_paths = [Path(p) for p in corpus]
-    out = Path(out)
-    if cfg.max_seq_length < 8:
-        raise BertkitError(f"--max-seq-length {cfg.max_seq_length} is too short for [CLS] A [SEP] B [SEP]")
-    if cfg.dupe_factor < 1:
-        raise BertkitError("--dupe-factor must be at least 1")
-    for p in corpus_paths:
-        if not p.is_file():
-            raise BertkitError(f"corpus file {p} does not exist")
-    tok = Tokenizer.from_pretrained(tokenizer_dir)
-    if (out / "manifest.json").exists() and not overwrite:
-        raise BertkitError(f"{out} already holds prepared data; pass --overwrite to replace it")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tok.save_pretrained(tmp / "tokenizer")
+    """Turn corpus files into a pre-training data directory; returns the manifest.
 
+    `out` may be new, empty, prepare's own earlier output (replaced with `overwrite`), or, with `overwrite`, a
+    directory holding other files too: those stay. An `out` that is or holds a corpus file or the tokenizer is
+    refused. On any error (a full disk, Ctrl-C included) `out` is left as it was.
+    """
+    cfg = cfg or PrepareConfig()
+    _check_settings(cfg)
+    corpus_paths = _check_corpus(corpus)
+    out = Path(out)
+    inputs = [*corpus_paths, Path(tokenizer_dir)]
+    check_output_not_input(out, inputs)
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    if out.is_dir():
+        _remove_stale_temporary_folders(out)
+    created = not out.exists()
+    # Only the checks here (input, non-empty, --overwrite): prepare's own earlier entries are replaced at the end,
+    # once the new data is complete, so a run that fails leaves them as they were.
+    claim_output_dir(
+        out,
+        (),
+        inputs=inputs,
+        overwrite=overwrite,
+        is_own_output=(out / "manifest.json").is_file(),
+        what="prepared data directory",
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=out))
+    try:
+        (tmp / _TEMP_MARKER).write_text("bertkit prepare writes here; left by a killed run, it is safe to delete\n")
+        manifest = _write_data(corpus_paths, tokenizer_dir, tok, tmp, cfg, progress)
+        _move_into_place(tmp, out)
+    except BaseException as e:  # KeyboardInterrupt too: nothing of this run may stay behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            where = Path(e.filename) if e.filename else out
+            if where.is_relative_to(tmp):
+                where = out / where.relative_to(tmp)  # where the file was going, not the folder just removed
+            raise BertkitError(
+                f"disk full at {where}: {out} was left as it was; free some space (or choose another --out) "
+                "and run bertkit prepare again"
+            ) from None
+        raise
+    return manifest
+
+
+def _write_data(
+    corpus_paths: list[Path], tokenizer_dir: str | Path, tok: Tokenizer, tmp: Path, cfg: PrepareConfig, progress: bool
+) -> dict:
+    """Write the tokenizer, the shards and manifest.json of a complete data directory into `tmp`."""
+    with _naming(tmp / "tokenizer"):
+        tok.save_pretrained(tmp / "tokenizer")
     writers = {s: _ShardWriter(tmp, s, cfg.shard_tokens, cfg.whole_word_mask) for s in SPLITS}
     stats = {"documents": dict.fromkeys(SPLITS, 0), "chars": 0}
     bar = tqdm(desc="prepare", unit=" docs", disable=not progress)
@@ -238,29 +360,39 @@ def prepare(
         bar.set_postfix(tokens=f"{done:,}", tok_s=f"{done / max(time.perf_counter() - start, 1e-9):,.0f}")
 
     jobs = _blocks(corpus_paths, cfg, stats)
-    if cfg.workers <= 1:
-        _init_worker(str(tokenizer_dir), cfg)
-        for job in jobs:
-            consume(_process_block(job))
-    else:
-        ctx = get_context("spawn")  # the Rust tokenizer's threads do not survive fork
-        with ProcessPoolExecutor(cfg.workers, ctx, _init_worker, (str(tokenizer_dir), cfg)) as pool:
-            inflight: deque = deque()
+    try:
+        if cfg.workers <= 1:
+            _init_worker(str(tokenizer_dir), cfg)
             for job in jobs:
-                inflight.append(pool.submit(_process_block, job))
-                if len(inflight) >= 2 * cfg.workers:
+                consume(_process_block(job))
+        else:
+            ctx = get_context("spawn")  # the Rust tokenizer's threads do not survive fork
+            pool = ProcessPoolExecutor(cfg.workers, ctx, _init_worker, (str(tokenizer_dir), cfg))
+            try:
+                inflight: deque = deque()
+                for job in jobs:
+                    inflight.append(pool.submit(_process_block, job))
+                    if len(inflight) >= 2 * cfg.workers:
+                        consume(inflight.popleft().result())
+                while inflight:
                     consume(inflight.popleft().result())
-            while inflight:
-                consume(inflight.popleft().result())
-    bar.close()
-    for w in writers.values():
-        w.close()
+            finally:
+                pool.shutdown(cancel_futures=True)  # after an error, do not run the queued blocks first
+        for w in writers.values():
+            w.close()
+    finally:
+        bar.close()
+        for w in writers.values():
+            with contextlib.suppress(OSError):  # after a failed write, closing may fail again; the folder goes
+                w.close()
     elapsed = time.perf_counter() - start
 
-    train = writers["train"]
-    if train.instances == 0:
+    # An evaluation-only directory (--eval-fraction 1) needs held-out instances; any other, training ones.
+    needed = "eval" if cfg.eval_fraction == 1 else "train"
+    if writers[needed].instances == 0:
+        kind = "held-out" if needed == "eval" else "training"
         raise BertkitError(
-            f"corpus {', '.join(map(str, corpus_paths))} gave no training instances: it is empty, or every "
+            f"corpus {', '.join(map(str, corpus_paths))} gave no {kind} instances: it is empty, or every "
             "document is too short (a document needs at least two tokens)"
         )
     manifest = {
@@ -283,8 +415,7 @@ def prepare(
             for s, w in writers.items()
         },
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    with _naming(tmp / "manifest.json"):
+        (tmp / "manifest.json").write_text(text, encoding="utf-8")
     return manifest

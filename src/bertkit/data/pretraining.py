@@ -11,30 +11,144 @@ import torch
 
 from bertkit.data.masking import MaskingConfig, mask_sequence
 from bertkit.data.padding import encoder_inputs, pad_rows
-from bertkit.data.prepare import FORMAT
+from bertkit.data.prepare import FORMAT, SPLITS
 from bertkit.errors import BertkitError
 from bertkit.model import IGNORE_INDEX
 from bertkit.tokenizer import Tokenizer
 
+_AGAIN = "run bertkit prepare again"
+_INDEX_ROW_BYTES = 4 * np.dtype(np.int64).itemsize  # (offset, len_a, len_b, nsp_label)
+SPLIT_CHOICES = (*SPLITS, "all")
 
-def read_manifest(data_dir: str | Path) -> dict:
-    """The `manifest.json` of a prepared data directory, checked to be in this version's FORMAT."""
-    path = Path(data_dir) / "manifest.json"
+
+def read_manifest(data_dir: str | Path, check_files: bool = True) -> dict:
+    """The `manifest.json` of a prepared data directory, checked to be in this version's FORMAT, with every field
+    that readers use; with `check_files`, every shard file must also have the size the manifest implies.
+
+    A damaged or incomplete directory is a `BertkitError` naming the file (or field) and the expected value.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / "manifest.json"
     if not path.is_file():
         raise BertkitError(f"{data_dir} is not a prepared data directory (no manifest.json); run `bertkit prepare`")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise BertkitError(f"{path}: not valid UTF-8 at byte {e.start}; the directory is damaged: {_AGAIN}") from None
+    except json.JSONDecodeError as e:
+        raise BertkitError(
+            f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno}); the directory is damaged: {_AGAIN}"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise BertkitError(f"{path}: not a JSON object; the directory is damaged: {_AGAIN}")
     if manifest.get("format") != FORMAT:
-        raise BertkitError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise BertkitError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}; {_AGAIN}")
+    _check_fields(manifest, path)
+    if check_files:
+        check_shard_files(data_dir, manifest)
     return manifest
 
 
+def _field(manifest: dict, keys: tuple[str | int, ...], kind: type, path: Path, choices: tuple = ()):
+    """`manifest[k0][k1]...`, checked to exist, to be of `kind` (a bool is not an int; counts are not negative)
+    and, when `choices` are given, to be one of them."""
+    label = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+    value: object = manifest
+    for key in keys:
+        if isinstance(key, int):
+            present = isinstance(value, list) and key < len(value)
+        else:
+            present = isinstance(value, dict) and key in value
+        if not present:
+            raise BertkitError(f"{path}: field {label} is missing; the directory is damaged: {_AGAIN}")
+        value = value[key]  # type: ignore[index]
+    wrong = not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+    if wrong or (choices and value not in choices) or (isinstance(value, int) and value < 0):
+        expected = " or ".join(map(repr, choices)) if choices else kind.__name__
+        raise BertkitError(f"{path}: field {label} is {value!r}, expected {expected}; {_AGAIN}")
+    return value
+
+
+def _check_fields(manifest: dict, path: Path) -> None:
+    """Every field that the readers of a data directory use, with its type; shard counts add up."""
+    _field(manifest, ("config", "max_seq_length"), int, path)
+    _field(manifest, ("config", "whole_word_mask"), bool, path)
+    _field(manifest, ("masking",), str, path, ("dynamic", "static"))
+    dtype = _field(manifest, ("token_dtype",), str, path, ("uint16", "uint32"))
+    vocab_size = _field(manifest, ("vocab_size",), int, path)
+    if dtype == "uint16" and vocab_size > 65536:
+        raise BertkitError(f"{path}: token_dtype uint16 cannot hold a vocabulary of {vocab_size}; {_AGAIN}")
+    for split in SPLITS:
+        totals = {key: _field(manifest, ("splits", split, key), int, path) for key in ("instances", "tokens")}
+        shards = _field(manifest, ("splits", split, "shards"), list, path)
+        for k in range(len(shards)):
+            name = _field(manifest, ("splits", split, "shards", k, "name"), str, path)
+            if not name or Path(name).name != name:
+                raise BertkitError(f"{path}: splits.{split}.shards[{k}].name {name!r} is not a file name; {_AGAIN}")
+            for key in ("instances", "tokens"):
+                _field(manifest, ("splits", split, "shards", k, key), int, path)
+        for key, total in totals.items():
+            added = sum(shard[key] for shard in shards)
+            if added != total:
+                raise BertkitError(
+                    f"{path}: splits.{split}.{key} is {total:,}, but its shards add up to {added:,}; "
+                    f"the directory is damaged: {_AGAIN}"
+                )
+
+
+def check_shard_files(data_dir: str | Path, manifest: dict) -> None:
+    """Every shard file of every split has the size the manifest implies (from `stat`; nothing is read).
+
+    Catches a truncated or missing file, a renamed shard and a changed `token_dtype`.
+    """
+    data_dir = Path(data_dir)
+    dtype = manifest["token_dtype"]
+    itemsize = np.dtype(dtype).itemsize
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            n_tokens, n_rows = shard["tokens"], shard["instances"]
+            expected = {
+                "tokens": (n_tokens * itemsize, f"{n_tokens:,} tokens of {dtype}"),
+                "index": (n_rows * _INDEX_ROW_BYTES, f"{n_rows:,} instances of {_INDEX_ROW_BYTES} bytes"),
+            }
+            if manifest["config"]["whole_word_mask"]:
+                expected["starts"] = (n_tokens, f"{n_tokens:,} word-start flags of 1 byte")
+            for kind, (size, what) in expected.items():
+                file = data_dir / f"{shard['name']}.{kind}.bin"
+                try:
+                    actual = file.stat().st_size
+                except FileNotFoundError:
+                    raise BertkitError(
+                        f"{file} is missing (manifest.json lists it: {size:,} bytes, {what}); "
+                        f"the directory is damaged or incomplete: {_AGAIN}"
+                    ) from None
+                if actual != size:
+                    raise BertkitError(
+                        f"{file} has {actual:,} bytes, the manifest expects {size:,} ({what}); "
+                        f"the directory is damaged or incomplete: {_AGAIN}"
+                    )
+
+
 class PretrainingData(torch.utils.data.Dataset):
-    """Instances of one split. Index with `(epoch, i)`: dynamic masking draws a new mask per epoch."""
+    """Instances of one split ("train" or "eval"), or of both ("all": train then eval). Index with `(epoch, i)`:
+    dynamic masking draws a new mask per epoch.
+
+    Opening checks the manifest and the size of every shard file, so a damaged directory fails here, not hours
+    into training.
+    """
 
     def __init__(self, data_dir: str | Path, split: str = "train", masking: MaskingConfig | None = None, seed: int = 0):
+        if split not in SPLIT_CHOICES:
+            raise BertkitError(f"split {split!r} does not exist: choose one of {', '.join(SPLIT_CHOICES)}")
         self.dir = Path(data_dir)
+        self.split = split
         self.manifest = read_manifest(self.dir)
         self.tokenizer = Tokenizer.from_pretrained(self.dir / "tokenizer")
+        if self.tokenizer.vocab_size != self.manifest["vocab_size"]:
+            raise BertkitError(
+                f"{self.dir / 'tokenizer'} has {self.tokenizer.vocab_size} tokens, the manifest "
+                f"{self.manifest['vocab_size']}: the tokenizer is not the one the data was made with; {_AGAIN}"
+            )
         self.masking = masking or MaskingConfig()
         if self.masking.whole_word and not self.manifest["config"]["whole_word_mask"]:
             raise BertkitError(f"{data_dir} was prepared without --whole-word-mask; prepare it again with it")
@@ -43,14 +157,23 @@ class PretrainingData(torch.utils.data.Dataset):
         self.seed = seed
         dtype = np.dtype(self.manifest["token_dtype"])
         self.shards = []
-        for shard in self.manifest["splits"][split]["shards"]:
-            base = self.dir / shard["name"]
-            tokens = np.memmap(f"{base}.tokens.bin", dtype=dtype, mode="r") if shard["tokens"] else np.zeros(0, dtype)
-            index = np.fromfile(f"{base}.index.bin", dtype=np.int64).reshape(-1, 4)
-            starts = None
-            if self.manifest["config"]["whole_word_mask"] and shard["tokens"]:
-                starts = np.memmap(f"{base}.starts.bin", dtype=np.uint8, mode="r")
-            self.shards.append((tokens, index, starts))
+        # Per shard: its file name base, whether its split is masked statically, and the global index of the
+        # split's first instance (an instance's mask depends on its index within its own split, so "all" is
+        # exactly "train" followed by "eval").
+        self._shard_info: list[tuple[Path, bool, int]] = []
+        for part in SPLITS if split == "all" else (split,):
+            part_static = part != "train" or self.manifest["masking"] == "static"
+            part_start = sum(len(s[1]) for s in self.shards)
+            for shard in self.manifest["splits"][part]["shards"]:
+                base = self.dir / shard["name"]
+                has_tokens = shard["tokens"] > 0  # an empty file cannot be memory-mapped
+                tokens = np.memmap(f"{base}.tokens.bin", dtype=dtype, mode="r") if has_tokens else np.zeros(0, dtype)
+                index = np.fromfile(f"{base}.index.bin", dtype=np.int64).reshape(-1, 4)
+                starts = None
+                if self.manifest["config"]["whole_word_mask"] and has_tokens:
+                    starts = np.memmap(f"{base}.starts.bin", dtype=np.uint8, mode="r")
+                self.shards.append((tokens, index, starts))
+                self._shard_info.append((base, part_static, part_start))
         self.bounds = np.cumsum([0] + [len(s[1]) for s in self.shards])
         tok = self.tokenizer
         self.random_ids = np.asarray(
@@ -64,7 +187,14 @@ class PretrainingData(torch.utils.data.Dataset):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         s = int(np.searchsorted(self.bounds, i, side="right")) - 1
         tokens, index, starts = self.shards[s]
-        offset, len_a, len_b, nsp = (int(v) for v in index[i - self.bounds[s]])
+        row = i - int(self.bounds[s])
+        offset, len_a, len_b, nsp = (int(v) for v in index[row])
+        if offset < 0 or len_a < 1 or len_b < 1 or offset + len_a + len_b > len(tokens):
+            base = self._shard_info[s][0]
+            raise BertkitError(
+                f"{base}.index.bin: row {row} points outside {base.name}.tokens.bin ({len(tokens):,} tokens); "
+                f"the directory is damaged: {_AGAIN}"
+            )
         tok = self.tokenizer
         a = tokens[offset : offset + len_a].astype(np.int64)
         b = tokens[offset + len_a : offset + len_a + len_b].astype(np.int64)
@@ -76,7 +206,8 @@ class PretrainingData(torch.utils.data.Dataset):
             sa = starts[offset : offset + len_a]
             sb = starts[offset + len_a : offset + len_a + len_b]
             word_starts = np.concatenate([[1], sa, [1], sb, [1]]).astype(np.uint8)
-        rng = np.random.default_rng([self.seed, 0 if self.static else epoch + 1, i])
+        _, static, split_start = self._shard_info[s]
+        rng = np.random.default_rng([self.seed, 0 if static else epoch + 1, i - split_start])
         masked, labels = mask_sequence(ids, special, rng, self.masking, tok.mask_id, self.random_ids, word_starts)
         types = np.zeros(len(ids), dtype=np.int64)
         types[len_a + 2 :] = 1
