@@ -408,3 +408,15 @@ def test_a_damaged_directory_through_the_cli(tmp_path, capsys, prepared: Path):
     status, err = cli(capsys, "pretrain", "--data", data, "--out", tmp_path / "run", "--max-steps", "1")
     line = one_line(err)
     assert status == 2 and "train-00000.index.bin" in line and "run bertkit prepare again" in line
+
+
+def test_an_index_row_that_points_outside_its_shard_is_named_when_read(tmp_path, prepared: Path):
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    index = np.fromfile(data / "train-00000.index.bin", dtype=np.int64).reshape(-1, 4)
+    index[7, 0] = 10**9  # a flipped high bit in an offset: the file keeps its size, so opening cannot see it
+    index.tofile(data / "train-00000.index.bin")
+    train = PretrainingData(data)
+    assert len(train[(0, 6)]["input_ids"]) > 3
+    with pytest.raises(BertkitError, match=r"train-00000\.index\.bin: row 7 points outside .* prepare again"):
+        train[(0, 7)]
