@@ -249,6 +249,17 @@ def test_saving_non_finite_weights_is_refused_and_the_earlier_model_kept(models,
     assert not (tmp_path / "new").exists()
 
 
+def test_large_finite_weights_are_not_mistaken_for_non_finite(tmp_path: Path) -> None:
+    """The check sums each tensor first; a sum that overflows to inf must fall back to the element-wise check."""
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=16, max_position_embeddings=16))  # fmt: skip
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight.fill_(3e38)  # finite; their float32 sum is inf
+    save_model(model, tmp_path)
+    loaded = BertModel.from_pretrained(tmp_path)
+    assert torch.equal(loaded.embeddings.word_embeddings.weight, model.embeddings.word_embeddings.weight)
+
+
 def test_embed_refuses_vectors_that_overflow(models: dict[str, Path]) -> None:
     """Finite weights can still overflow to inf and then NaN; embed must raise rather than return such vectors."""
     from bertkit.infer import embed

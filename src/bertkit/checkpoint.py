@@ -281,10 +281,15 @@ _NEARLY_FULL_BYTES = 1 << 20
 
 
 def _disk_full(error: BaseException, folder: Path) -> bool:
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if any(s in str(error) for s in ("No space left on device", "os error 28", "Disk quota exceeded")):
-        return True
+    chain: BaseException | None = error
+    seen: set[int] = set()
+    while chain is not None and id(chain) not in seen:  # torch.save wraps a short write's OSError in a RuntimeError
+        seen.add(id(chain))
+        if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(s in str(chain) for s in ("No space left on device", "os error 28", "Disk quota exceeded")):
+            return True
+        chain = chain.__cause__ or chain.__context__
     try:
         fs = os.statvfs(folder)
     except (OSError, AttributeError):
