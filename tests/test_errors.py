@@ -71,6 +71,7 @@ def test_corrupt_weight_file(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     r = run_cli("embed", "--model", str(tmp_path), "--input", "-", "--out", str(tmp_path / "e.npy"))
     assert r.returncode == 2 and "cannot read weights" in r.stderr and "Traceback" not in r.stderr
+    assert f"{tmp_path / 'model.safetensors'}: cannot read weights: the file is corrupt" in r.stderr
     with pytest.raises(BertkitError, match="cannot read weights"):
         BertModel.from_pretrained(tmp_path)
 

@@ -341,7 +341,7 @@ def atomic_write(path: str | Path, write: Any) -> None:
 
 def _disk_full_error(path: Path) -> BertkitError:
     return BertkitError(
-        f"disk full at {path}: it was not written (an earlier file of that name is unchanged); free some space or "
+        f"disk full at {path}: it was not written (any earlier file of that name is unchanged); free some space or "
         "write to another disk, then run again"
     )
 
