@@ -100,6 +100,9 @@ def test_out_holding_the_corpus_and_other_files_is_refused_and_untouched(tmp_pat
         status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", folder, *extra)
         assert status == 2 and "contains the input" in one_line(err)
         assert snapshot(folder) == before
+    tokenizer_before = snapshot(tok_dir)
+    status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", tok_dir, "--overwrite")
+    assert status == 2 and "is the input" in one_line(err) and snapshot(tok_dir) == tokenizer_before
     # Not an input, but not prepare's either: refused without --overwrite, and untouched.
     other = tmp_path / "other"
     other.mkdir()
