@@ -158,6 +158,15 @@ def test_embed_with_broken_pooling_settings(models, tmp_path: Path, capsys, text
     assert not out.exists()
 
 
+@pytest.mark.parametrize("text", ["{", "[1, 2]"])
+def test_broken_pretraining_record_is_one_line(tmp_path: Path, text: str) -> None:
+    from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record
+
+    (tmp_path / PRETRAINING_RECORD).write_text(text)
+    with pytest.raises(BertkitError, match=f"^{re.escape(str(tmp_path / PRETRAINING_RECORD))}: "):
+        read_pretraining_record(tmp_path)
+
+
 def test_the_undamaged_copies_work(models: dict[str, Path], tmp_path: Path, capsys) -> None:
     """The damage above is what fails: the same commands on the intact directories succeed."""
     out = tmp_path / "emb.npy"

@@ -353,7 +353,15 @@ def read_pretraining_record(model_dir: str | Path | None) -> dict:
     """What a bertkit pre-training recorded beside its model (objective, loss weights, dropout, longest sequence,
     ...); {} for a model it did not pre-train, such as a Hugging Face checkpoint."""
     path = Path(model_dir) / PRETRAINING_RECORD if model_dir is not None else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    if path is None or not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BertkitError(f"{path}: not valid JSON ({e}); restore it from a copy of the model") from None
+    if not isinstance(record, dict):
+        raise BertkitError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    return record
 
 
 def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callable[[dict | None], Exception]) -> None:
