@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+from bertkit.cli import main
 from bertkit.data.tasks import read_conll
 from bertkit.errors import BertkitError
 from bertkit.tasks.quickstart import FILL_MASK_EXAMPLE, QuickstartPlan, run_quickstart
@@ -17,7 +19,7 @@ from bertkit.tasks.quickstart import FILL_MASK_EXAMPLE, QuickstartPlan, run_quic
 def test_quickstart_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     result = run_quickstart(tmp_path, budget=0.02, progress=False)
     # Pre-trained on 64-token pairs, fine-tuned at 128: fine-tuning says which positions start untrained.
-    assert "pre-trained on sequences of up to 64 tokens, so positions 64..127" in capsys.readouterr().out
+    assert re.search(r"pre-trained on .*up to 64 tokens.* positions 64\W+127", capsys.readouterr().out)
     assert (tmp_path / "corpus/peoples_daily_199801.txt").stat().st_size > 1_000_000
     for name in ("sentiment", "ner"):
         for init in ("pretrained", "random"):
@@ -37,6 +39,9 @@ def test_quickstart_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert result["fill_mask"]["text"] == FILL_MASK_EXAMPLE
     table = (tmp_path / "results.md").read_text()
     assert "pre-trained" in table and "random init" in table
+    # A fixed number of pre-training steps, not a time cap: the table does not depend on the machine's speed.
+    assert result["pretraining_steps"]["done"] == result["pretraining_steps"]["planned"] == 80
+    assert "pre-training ran all 80 planned steps" in table
     assert json.loads((tmp_path / "results.json").read_text())["results"] == result["results"]
     # Re-running reuses every finished stage.
     finished = ["tokenizer/vocab.txt", "data/manifest.json", "pretrain/model/model.safetensors"]
@@ -53,7 +58,23 @@ def test_quickstart_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture) 
         run_quickstart(tmp_path, budget=0.03, progress=False)
     with pytest.raises(BertkitError, match=re.escape("--budget 0.02 --seed 0, not --budget 0.02 --seed 1")):
         run_quickstart(tmp_path, budget=0.02, seed=1, progress=False)
+    capsys.readouterr()
+    assert main(["quickstart", "--out", str(tmp_path), "--budget", "0.02", "--max-minutes", "5"]) == 2
+    assert "not --budget 0.02 --seed 0 --max-minutes 5;" in capsys.readouterr().err  # a time limit is another run
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # --max-minutes stops pre-training early, and the results say so in words. The limited run starts from this
+    # run's data and fine-tuning folders (copied, run.json given the limit), which keeps this test fast: only
+    # pre-training, what this part checks, runs again.
+    limited = tmp_path / "limited"
+    shutil.copytree(tmp_path, limited, ignore=lambda d, names: {"pretrain", "limited", "results.md", "results.json"})
+    run = json.loads((tmp_path / "run.json").read_text())
+    (limited / "run.json").write_text(json.dumps({**run, "max_minutes": 1e-4}))
+    stopped = run_quickstart(limited, budget=0.02, progress=False, max_minutes=1e-4)
+    note = "pre-training stopped by --max-minutes 0.0001 at step 1 of 80; results depend on this machine's speed"
+    assert note in capsys.readouterr().out and note in (limited / "results.md").read_text()
+    assert stopped["pretraining_steps"] == {**stopped["pretraining_steps"], "done": 1, "planned": 80,
+                                            "stopped_early": True}  # fmt: skip
     # Pre-training ran without dropout, yet both models fine-tune with BERT's 0.1 from their configs.
     for model in ("pretrain/model", "random_init"):
         config = json.loads((tmp_path / model / "config.json").read_text())

@@ -9,14 +9,86 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
+# Only light modules here: `bertkit --help` parses before anything imports torch (about 2 s); each handler
+# imports what it needs.
 from bertkit.errors import BertkitError
 
 Handler = Callable[[argparse.Namespace], None]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with each error on one line, like the commands' own errors; the usage block is `--help`'s."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _whole_number(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
+    """An argparse `type` for an integer in [low, high]: anything else is argparse's one-line error, exit 2."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            wanted = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}{why}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float | None = None, low_open: bool = False, high_open: bool = False):
+    """An argparse `type` for a finite float in the interval from `low` to `high` (open ends where asked)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            if high is not None and not (low_open or high_open):
+                wanted = f"from {low:g} to {high:g}"
+            else:
+                wanted = f"more than {low:g}" if low_open else f"at least {low:g}"
+                wanted += "" if high is None else f" and {'less than' if high_open else 'at most'} {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE = _whole_number(1)
+NON_NEGATIVE = _whole_number(0)
+SEQ_LENGTH = _whole_number(8, why=" (room for [CLS], the text and [SEP])")
+PORT = _whole_number(0, 65535, why=" (0 picks a free port)")
+POSITIVE_NUMBER = _number(0, low_open=True)
+NON_NEGATIVE_NUMBER = _number(0)
+FRACTION = _number(0, 1)  # a share, both ends allowed
+DROPOUT = _number(0, 1, high_open=True)
+SEED = _whole_number(0, 2**32 - 1)  # numpy's seeding refuses negative numbers
+
+
+def _json(value: Any, what: str) -> str:
+    """`value` as one line of JSON, or a one-line error when it holds NaN or infinity (which JSON cannot carry and
+    `json.dumps` would print as the invalid `NaN`)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise BertkitError(
+            f"{what} is not a finite number (NaN or infinity): the model's weights or outputs have diverged, e.g. "
+            "after training with too high a --learning-rate; train it again with a lower one"
+        ) from None
 
 
 def _cmd_vocab(args: argparse.Namespace) -> None:
@@ -140,7 +212,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         init_range=args.init_range,
     )
     metrics = run_pretrain(cfg)
-    print(json.dumps(metrics))
+    print(_json(metrics, "a pre-training metric"))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -159,7 +231,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         if id2label:
             task.check_labels(examples, {v: k for k, v in id2label.items()}, args.data)
         metrics = task.evaluate(model, tok, examples, task.features(examples, tok, None, train=False), id2label)
-    line = json.dumps(metrics, ensure_ascii=False)
+    line = _json(metrics, "a metric")
     if args.out:
         Path(args.out).write_text(line + "\n", encoding="utf-8")
     print(line)
@@ -172,6 +244,11 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
     from bertkit.tasks.pretrain import evaluate_pretraining
 
     data = PretrainingData(args.data, args.split, _masking_config(args), args.seed)
+    print(_split_summary(args, data), file=sys.stderr)
+    if len(data) == 0:
+        why = " (prepared with --eval-fraction 0, or too small a corpus): use --split train"
+        why = why if args.split == "eval" else ""
+        raise BertkitError(f"the {args.split} split of {args.data} has no instances{why}")
     model = BertForPreTraining.from_pretrained(args.model).to(device)
     if model.config.vocab_size != data.tokenizer.vocab_size:
         raise BertkitError(
@@ -182,6 +259,28 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
     return evaluate_pretraining(
         model, data, batch_size=args.batch_size, max_instances=args.max_instances, objective=objective
     )
+
+
+def _split_summary(args: argparse.Namespace, data) -> str:
+    """One line saying which split of a prepared directory is evaluated and how much of it: the default, the
+    held-out split, is a small share of the documents, which a user who prepared a separate corpus may not expect."""
+    manifest = data.manifest
+    documents = manifest.get("documents", {})
+    total = sum(documents.values())
+    n = len(data) if args.max_instances is None else min(len(data), args.max_instances)
+    count, limit = f"{n:,} instances", ""
+    if n < len(data):
+        count, limit = f"the first {n:,} of its {len(data):,} instances", f"--max-instances {n}; "
+    if args.split == "eval":
+        fraction = manifest.get("config", {}).get("eval_fraction")
+        share = f", {fraction:.0%} of the" if isinstance(fraction, (int, float)) else " of"
+        origin = f"{documents.get('eval', 0):,}{share} {total:,} documents, held out by prepare"
+        others = "--split train|all for the others"
+    elif args.split == "train":
+        origin, others = f"{documents.get('train', 0):,} of {total:,} documents", "--split eval for held-out figures"
+    else:
+        origin, others = f"all {total:,} documents, training and held out", "--split eval for held-out figures only"
+    return f"evaluating the {args.split} split of {args.data}: {count} ({limit}{origin}; {others})"
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
@@ -217,7 +316,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         settings=settings,
     )
     result = run_finetune(cfg)
-    print(json.dumps(result["dev"], ensure_ascii=False))
+    print(_json(result["dev"], "a dev metric"))
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -240,13 +339,35 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             Path(path).unlink(missing_ok=True)
     features = task.features(examples, tok, None, train=False)
     rows = task.predict(model, tok, examples, features, id2label)
-    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    lines = "".join(
+        _json({**_echo(example), **row}, f"{args.model}'s prediction for {_where(example, path)}") + "\n"
+        for example, row in zip(examples, rows, strict=True)
+    )
     if not args.out:
         sys.stdout.write(lines)
         return
     from bertkit.checkpoint import atomic_write
 
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))  # a failed run keeps the old file
+
+
+def _echo(example) -> dict:
+    """The input of one prediction, so that each output line can be read on its own: the line number and text(s)
+    of a classification or NER input, the id and question of a QA one."""
+    if hasattr(example, "question"):  # QA: the passage is left out (long, and the same for many questions)
+        return {"id": example.id, "question": example.question}
+    if hasattr(example, "tokens"):  # NER: the text the entities' start and end point into
+        return {"line": example.line, "text": getattr(example, "text", " ".join(example.tokens))}
+    if example.text_b is None:
+        return {"line": example.line, "text": example.text_a}
+    return {"line": example.line, "text_a": example.text_a, "text_b": example.text_b}
+
+
+def _where(example, path: str) -> str:
+    """Where an input came from, for an error message."""
+    if hasattr(example, "question"):
+        return f"question id {example.id!r} of {path}"
+    return f"line {example.line} of {path}" if example.line else f"an input of {path}"
 
 
 def _read_for_prediction(task, path: str) -> list:
@@ -283,10 +404,12 @@ def _cmd_fill_mask(args: argparse.Namespace) -> None:
     model = BertForPreTraining.from_pretrained(args.model).to(pick_device(args.device))
     tok = Tokenizer.from_pretrained(args.model)
     texts = args.text or [line for line in sys.stdin.read().splitlines() if line.strip()]
-    for text in texts:
+    lines = []
+    for n, text in enumerate(texts, start=1):
         predictions = fill_mask(model, tok, text, top_k=args.top_k)
         row = {"text": text, "masks": [[{"token": t, "score": round(p, 6)} for t, p in m] for m in predictions]}
-        print(json.dumps(row, ensure_ascii=False))
+        lines.append(_json(row, f"{args.model}'s score for text {n}"))
+    print("\n".join(lines))
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -315,7 +438,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from bertkit.tasks.quickstart import run_quickstart
 
-    run_quickstart(Path(args.out), budget=args.budget, seed=args.seed)
+    run_quickstart(Path(args.out), budget=args.budget, seed=args.seed, max_minutes=args.max_minutes)
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
@@ -351,40 +474,53 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
 
 def _add_masking_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("masking")
-    g.add_argument("--mask-prob", type=float, default=0.15, help="share of tokens chosen (default 0.15)")
-    g.add_argument("--max-predictions", type=int, default=20, help="cap of chosen tokens per sequence")
-    g.add_argument("--mask-frac", type=float, default=0.8, help="chosen -> [MASK] (default 0.8)")
-    g.add_argument("--random-frac", type=float, default=0.1, help="chosen -> random token (default 0.1)")
+    g.add_argument("--mask-prob", type=_number(0, 1, True, True), default=0.15, help="share of tokens chosen (0.15)")
+    g.add_argument("--max-predictions", type=POSITIVE, default=20, help="cap of chosen tokens per sequence")
+    g.add_argument("--mask-frac", type=FRACTION, default=0.8, help="chosen -> [MASK] (default 0.8)")
+    g.add_argument("--random-frac", type=FRACTION, default=0.1, help="chosen -> random token (default 0.1)")
     g.add_argument("--whole-word-mask", action="store_true", help="choose whole words (data prepared with it)")
+
+
+def _version() -> str:
+    """The installed package's version (from its metadata; the source tree's when run uninstalled)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bertkit")
+    except PackageNotFoundError:
+        from bertkit import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `bertkit` argument parser: one sub-command per recipe, each with `func` set to its handler."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bertkit",
         description="BERT end to end: train a WordPiece vocabulary, prepare data, pre-train, fine-tune, "
         "evaluate, predict, embed. Model directories are Hugging Face BERT directories.",
     )
+    parser.add_argument("--version", action="version", version=f"bertkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("vocab", help="learn a WordPiece vocabulary from a corpus")
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
-    p.add_argument("--vocab-size", type=int, default=30522, help="target vocabulary size (default 30522)")
+    p.add_argument("--vocab-size", type=POSITIVE, default=30522, help="target vocabulary size (default 30522)")
     p.add_argument("--out", required=True, metavar="DIR", help="tokenizer directory to write")
     p.add_argument(
         "--cased", dest="lowercase", action="store_false", help="keep case and accents (default: lower-case)"
     )
-    p.add_argument("--min-frequency", type=int, default=2, help="rarest pair that may be merged (default 2)")
+    p.add_argument("--min-frequency", type=POSITIVE, default=2, help="rarest pair that may be merged (default 2)")
     p.set_defaults(func=_cmd_vocab)
 
     p = sub.add_parser("embed", help="sentence embeddings (mean pooling, L2-normalised) to a .npy file")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory (bertkit or Hugging Face)")
     p.add_argument("--input", required=True, metavar="FILE|-", help="one text per line; - for standard input")
     p.add_argument("--out", required=True, metavar="FILE.npy", help="float32 array (lines x hidden size)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
     p.add_argument(
         "--max-seq-length",
-        type=int,
+        type=SEQ_LENGTH,
         default=None,
         help="default: the model's own (sentence_bert_config.json)",
     )
@@ -399,15 +535,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer (or model) directory")
     p.add_argument("--out", required=True, metavar="DATA_DIR")
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--short-seq-prob", type=float, default=0.1, help="share of shorter instances (default 0.1)")
-    p.add_argument("--dupe-factor", type=int, default=1, help="K copies with fixed masks (static masking; default 1)")
+    p.add_argument("--max-seq-length", type=SEQ_LENGTH, default=128)
+    p.add_argument("--short-seq-prob", type=FRACTION, default=0.1, help="share of shorter instances (default 0.1)")
+    p.add_argument(
+        "--dupe-factor", type=POSITIVE, default=1, help="K copies with fixed masks (static masking; default 1)"
+    )
     p.add_argument("--static-masking", action="store_true", help="one fixed mask per instance (default: dynamic)")
     p.add_argument("--whole-word-mask", action="store_true", help="record word starts (jieba for Chinese)")
     p.add_argument("--no-nsp", action="store_true", help="B is always the real continuation")
-    p.add_argument("--eval-fraction", type=float, default=0.02, help="share of documents held out (default 0.02)")
-    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument(
+        "--eval-fraction", type=FRACTION, default=0.02,
+        help="share of documents held out for evaluation, 0 to 1 (default 0.02; 1: an evaluation-only directory)",
+    )  # fmt: skip
+    p.add_argument("--workers", type=POSITIVE, default=1, help="processes (default 1)")
+    p.add_argument("--seed", type=SEED, default=12345)
     p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
     p.set_defaults(func=_cmd_prepare)
 
@@ -420,10 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="start again in a RUN_DIR that holds an earlier run (only the files pretrain writes are removed)",
     )  # fmt: skip
-    p.add_argument("--max-steps", type=int, default=1000)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
-    p.add_argument("--batch-size", type=int, default=32, help="per device and micro-step")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    p.add_argument("--max-steps", type=POSITIVE, default=1000)
+    p.add_argument("--max-minutes", type=POSITIVE_NUMBER, default=None, help="stop after this much training time")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, help="per device and micro-step")
+    p.add_argument("--grad-accum", type=POSITIVE, default=1, help="micro-steps per optimizer step")
     p.add_argument(
         "--fsdp",
         action="store_true",
@@ -432,17 +573,22 @@ def build_parser() -> argparse.ArgumentParser:
         "directories either way, and a run resumes with or without --fsdp, on any number of processes (the "
         "global batch is --batch-size x processes, so only the same number resumes exactly)",
     )
-    p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-ratio", type=float, default=0.05, help="share of steps with linear warm-up")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--eval-every", type=int, default=200, help="held-out evaluation interval in steps (0: end only)")
-    p.add_argument("--eval-instances", type=int, default=2000)
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps")
-    p.add_argument("--mlm-weight", type=float, default=1.0)
+    p.add_argument("--learning-rate", type=POSITIVE_NUMBER, default=1e-4)
+    p.add_argument("--weight-decay", type=NON_NEGATIVE_NUMBER, default=0.01)
+    p.add_argument("--warmup-ratio", type=FRACTION, default=0.05, help="share of steps with linear warm-up")
+    p.add_argument("--log-every", type=POSITIVE, default=10)
+    p.add_argument(
+        "--eval-every", type=NON_NEGATIVE, default=200, help="held-out evaluation interval in steps (0: end only)"
+    )
+    p.add_argument("--eval-instances", type=POSITIVE, default=2000)
+    p.add_argument(
+        "--save-every", type=NON_NEGATIVE, default=500,
+        help="checkpoint interval in steps (0: no checkpoints, so nothing to --resume from; the model is still saved)",
+    )  # fmt: skip
+    p.add_argument("--mlm-weight", type=NON_NEGATIVE_NUMBER, default=1.0)
     p.add_argument(
         "--nsp-weight",
-        type=float,
+        type=NON_NEGATIVE_NUMBER,
         default=1.0,
         help="NSP's share of the loss (the paper: 1). On short CPU budgets 0.1 let small models' masked LM leave its "
         "plateau, which it did not at 1, while NSP still learned (benchmarks/results/nsp_plateau.json)",
@@ -454,20 +600,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="mlm",
         help="mlm: BERT's masked LM; l2r / r2l: a causal next-token language model (the ablation baseline)",
     )
-    p.add_argument("--workers", type=int, default=1, help="data-loading processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=NON_NEGATIVE, default=1, help="data-loading processes (0: in this one)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument(
         "--dropout",
-        type=float,
+        type=DROPOUT,
         default=None,
         help="dropout during this run (0 suits short runs); the saved config keeps the model's own (presets: 0.1), "
         "which fine-tuning uses",
     )
     p.add_argument(
         "--init-range",
-        type=float,
+        type=POSITIVE_NUMBER,
         default=None,
         help="std of a new model's initial weights (config initializer_range; presets: 0.02)",
     )
@@ -485,9 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pre-training data only: the held-out split (default), the training split, or both",
     )  # fmt: skip
     p.add_argument("--out", default=None, metavar="FILE.json")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-instances", type=int, default=None, help="pre-training data only")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
+    p.add_argument("--max-instances", type=POSITIVE, default=None, help="pre-training data only: the first N")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default=None)
     _add_masking_flags(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -507,32 +653,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, metavar="FILE", help="TSV/CSV/JSONL, CoNLL, or SQuAD JSON")
     p.add_argument("--dev", default=None, metavar="FILE", help="evaluated each epoch; the best model is kept")
     p.add_argument("--out", required=True, metavar="DIR", help="the fine-tuned model directory")
-    p.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (default 3)")
-    p.add_argument("--max-steps", type=int, default=None, help="overrides --epochs")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per optimiser step (default 32)")
+    p.add_argument("--epochs", type=POSITIVE_NUMBER, default=3.0, help="passes over the training data (default 3)")
+    p.add_argument("--max-steps", type=POSITIVE, default=None, help="overrides --epochs")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, help="examples per optimiser step (default 32)")
     p.add_argument(
-        "--learning-rate", type=float, default=5e-5,
+        "--learning-rate", type=POSITIVE_NUMBER, default=5e-5,
         help="AdamW's peak rate, reached after warm-up, then decayed linearly to 0 (default 5e-5, BERT's for a "
         "base model; bertkit's small pre-trained models did best at 5e-4 to 1e-3)",
     )  # fmt: skip
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with a rising rate (default 0.1)")
+    p.add_argument("--warmup-ratio", type=FRACTION, default=0.1, help="share of steps with a rising rate (default 0.1)")
     p.add_argument(
-        "--max-seq-length", type=int, default=None,
+        "--max-seq-length", type=SEQ_LENGTH, default=None,
         help="tokens per example, longer ones truncated (default 128; qa: 384, with --doc-stride windows)",
     )  # fmt: skip
-    p.add_argument("--doc-stride", type=int, default=128, help="qa: step between windows of a long passage")
-    p.add_argument("--max-answer-length", type=int, default=30, help="qa: in tokens")
+    p.add_argument("--doc-stride", type=POSITIVE, default=128, help="qa: step between windows of a long passage")
+    p.add_argument("--max-answer-length", type=POSITIVE, default=30, help="qa: in tokens")
     p.add_argument("--relocate-answers", action="store_true", help="qa: fix answer_start to the text's position")
-    p.add_argument("--patience", type=int, default=None, help="early stop after N evaluations without gain")
-    p.add_argument("--eval-every", type=int, default=None, help="steps (default: once per epoch)")
-    p.add_argument("--max-train-examples", type=int, default=None, help="train on the first N examples")
-    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout (BERT: 0.1)")
+    p.add_argument("--patience", type=POSITIVE, default=None, help="early stop after N evaluations without gain")
+    p.add_argument("--eval-every", type=POSITIVE, default=None, help="steps (default: once per epoch)")
+    p.add_argument("--max-train-examples", type=POSITIVE, default=None, help="train on the first N examples")
+    p.add_argument("--dropout", type=DROPOUT, default=None, help="override the model's dropout (BERT: 0.1)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument(
         "--overwrite", action="store_true",
         help="replace an earlier fine-tuned model in --out (only the files finetune writes are removed)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=42, help="head initialisation, data order, dropout (default 42)")
+    p.add_argument("--seed", type=SEED, default=42, help="head initialisation, data order, dropout (default 42)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument(
         "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -554,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, metavar="DIR", help="a pre-trained model directory (with the MLM head)")
     p.add_argument("text", nargs="*", help="texts with [MASK] (default: one per line on stdin)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=POSITIVE, default=5)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.set_defaults(func=_cmd_fill_mask)
 
@@ -570,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
+    p.add_argument("--port", type=PORT, default=8000, help="0 to 65535 (default 8000; 0 picks a free port)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.set_defaults(func=_cmd_serve)
 
@@ -586,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, metavar="FILE.onnx")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=POSITIVE, default=18, help="ONNX opset (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     p.set_defaults(func=_cmd_export)
 
@@ -597,8 +743,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where everything is written; a re-run with the same budget and seed reuses its finished stages",
     )
-    p.add_argument("--budget", type=float, default=1.0, help="scale the work (0.1 = a smoke run; use its own --out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--budget", type=POSITIVE_NUMBER, default=1.0, help="scale the work (0.1 = a smoke run; use its own --out)"
+    )
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument(
+        "--max-minutes", type=POSITIVE_NUMBER, default=None,
+        help="stop pre-training once it has run this long (default: no limit, all of the plan's steps, so the same "
+        "budget and seed give the same table on any machine); when the limit cuts pre-training short, the results "
+        "depend on the machine's speed and the table says so",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_quickstart)
 
     p = sub.add_parser(
@@ -612,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", choices=["pretraining", "word2vec", "bidirectional", "masking", "nsp", "elmo", "all"])
     p.add_argument("--scale", choices=["default", "test"], default="default", help="test: a seconds-long smoke run")
-    p.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds per cell (default 3; test 2)")
+    p.add_argument("--seeds", type=POSITIVE, default=None, help="fine-tuning seeds per cell (default 3; test 2)")
     p.add_argument("--work", default="runs/experiments", metavar="DIR", help="cached arms and runs")
     p.add_argument("--reports", default=None, metavar="DIR", help="default docs/experiments (test: .../test)")
     p.add_argument("--data", default=None, metavar="DIR", help="shared benchmark data (LCQMC, CMRC 2018)")

@@ -1,0 +1,207 @@
+"""The `bertkit` command itself: flag checking, --version, a --help that does not wait for torch, prediction lines
+that carry their input and are always valid JSON, and an `evaluate` that says what it evaluated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from bertkit.cli import _echo, _json, main
+from bertkit.data.tasks import TextExample
+from bertkit.errors import BertkitError
+
+MODEL, DATA, OUT = "no/such/model", "no/such/data", "no/such/out"
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["finetune", "--task", "cls", "--model", MODEL, "--train", DATA, "--out", OUT, "--batch-size", "0"],
+         "--batch-size"),
+        (["finetune", "--task", "cls", "--model", MODEL, "--train", DATA, "--out", OUT, "--epochs", "0"], "--epochs"),
+        (["finetune", "--task", "cls", "--model", MODEL, "--train", DATA, "--out", OUT, "--learning-rate", "-1e-4"],
+         "--learning-rate"),
+        (["finetune", "--task", "cls", "--model", MODEL, "--train", DATA, "--out", OUT, "--max-seq-length", "0"],
+         "--max-seq-length"),
+        (["pretrain", "--data", DATA, "--out", OUT, "--batch-size", "0"], "--batch-size"),
+        (["pretrain", "--data", DATA, "--out", OUT, "--learning-rate", "0"], "--learning-rate"),
+        (["pretrain", "--data", DATA, "--out", OUT, "--learning-rate", "nan"], "--learning-rate"),
+        (["pretrain", "--data", DATA, "--out", OUT, "--max-steps", "-5"], "--max-steps"),
+        (["pretrain", "--data", DATA, "--out", OUT, "--log-every", "0"], "--log-every"),
+        (["pretrain", "--data", DATA, "--out", OUT, "--seed", "-1"], "--seed"),
+        (["prepare", "--corpus", DATA, "--tokenizer", MODEL, "--out", OUT, "--eval-fraction", "1.5"],
+         "--eval-fraction"),
+        (["prepare", "--corpus", DATA, "--tokenizer", MODEL, "--out", OUT, "--max-seq-length", "3"],
+         "--max-seq-length"),
+        (["serve", "--model", MODEL, "--port", "70000"], "--port"),
+        (["serve", "--model", MODEL, "--port", "-1"], "--port"),
+        (["embed", "--model", MODEL, "--input", DATA, "--out", OUT, "--batch-size", "0"], "--batch-size"),
+        (["evaluate", "--model", MODEL, "--data", DATA, "--max-instances", "0"], "--max-instances"),
+        (["fill-mask", "--model", MODEL, "--top-k", "0", "a [MASK]"], "--top-k"),
+        (["quickstart", "--budget", "0"], "--budget"),
+        (["quickstart", "--max-minutes", "-1"], "--max-minutes"),
+        (["vocab", "--corpus", DATA, "--out", OUT, "--vocab-size", "ten"], "--vocab-size"),
+    ],
+)  # fmt: skip
+def test_a_bad_count_is_one_line_and_exit_2(args: list[str], flag: str, capsys: pytest.CaptureFixture) -> None:
+    # Before the command runs at all, so nothing is read or written; the line names the flag and the valid range.
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"bertkit {args[0]}: error: argument {flag}: "), err
+    assert f"see bertkit {args[0]} --help" in err
+
+
+def test_good_edge_values_are_accepted() -> None:
+    from bertkit.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--model", MODEL, "--port", "0"]).port == 0  # 0: a free port
+    assert parser.parse_args(["serve", "--model", MODEL, "--port", "65535"]).port == 65535
+    for fraction in ("0", "1"):  # 1: an evaluation-only directory
+        args = parser.parse_args(["prepare", "--corpus", DATA, "--tokenizer", MODEL, "--out", OUT, "--eval-fraction",
+                                  fraction])  # fmt: skip
+        assert args.eval_fraction == float(fraction)
+    assert parser.parse_args(["pretrain", "--data", DATA, "--out", OUT, "--eval-every", "0"]).eval_every == 0
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"bertkit {version('bertkit')}"
+
+
+def test_help_does_not_import_torch() -> None:
+    # `bertkit --help` took 2.3 s because importing the package imported torch; the parser needs none of it.
+    code = "import sys, bertkit.cli; bertkit.cli.build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+    # ...while the package's public names still import as before (loaded on first use).
+    code = "from bertkit import BertConfig, BertModel, BertForPreTraining, Tokenizer; print(BertModel.__name__)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "BertModel"
+
+
+def test_predict_lines_echo_their_input(tiny_task_models: dict[str, Path], tmp_path: Path, capsys) -> None:
+    texts = ["这个宾馆比较陈旧了，特价的房间也很一般。", "", "房间很大，服务员也很热情，下次还会再来。"]
+    src = tmp_path / "reviews.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["predict", "--model", str(tiny_task_models["cls"]), "--input", str(src)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["line"], r["text"]) for r in rows] == [(1, texts[0]), (3, texts[2])]  # the blank line is skipped
+    assert all({"label", "probabilities"} <= set(r) for r in rows)  # the prediction's keys are all still there
+
+    text = "浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。"
+    src = tmp_path / "ner.txt"
+    src.write_text(text + "\n", encoding="utf-8")
+    assert main(["predict", "--model", str(tiny_task_models["ner"]), "--input", str(src)]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["text"] == text and row["line"] == 1 and len(row["tags"]) == len(text)
+    assert all(row["text"][e["start"] : e["end"]] == e["text"] for e in row["entities"])  # offsets into the echo
+
+    src = tmp_path / "qa.jsonl"
+    src.write_text(json.dumps({"id": "q7", "question": "谁从另一个角度进行了解读？", "context": text}) + "\n")
+    assert main(["predict", "--model", str(tiny_task_models["qa"]), "--input", str(src)]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["id"] == "q7" and row["question"] == "谁从另一个角度进行了解读？" and "answer" in row
+
+    assert _echo(TextExample("句子一", "句子二", None, 4)) == {"line": 4, "text_a": "句子一", "text_b": "句子二"}
+
+
+def test_non_finite_outputs_are_an_error_not_invalid_json(tiny_task_models: dict[str, Path], tmp_path: Path,
+                                                          capsys) -> None:  # fmt: skip
+    import torch
+
+    from bertkit.model import BertForSequenceClassification
+
+    # Finite weights so large that the logits overflow to infinity and the probabilities become NaN: `predict`
+    # printed `NaN` (not JSON) with exit 0.
+    model_dir = tmp_path / "overflowing"
+    shutil.copytree(tiny_task_models["cls"], model_dir)
+    model = BertForSequenceClassification.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.classifier.weight.fill_(3e38)
+    model.save_pretrained(model_dir)
+    src = tmp_path / "reviews.txt"
+    src.write_text("房间很大。\n", encoding="utf-8")
+    out = tmp_path / "predictions.jsonl"
+    assert main(["predict", "--model", str(model_dir), "--input", str(src), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "not a finite number" in captured.err
+    assert f"line 1 of {src}" in captured.err and not out.exists()  # nothing half-written
+    assert captured.out == ""
+    with pytest.raises(BertkitError, match="not a finite number"):
+        _json({"mlm_loss": float("inf")}, "a metric")
+    assert _json({"mlm_loss": 1.5, "text": "好"}, "a metric") == '{"mlm_loss": 1.5, "text": "好"}'
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_task_models: dict[str, Path], data_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """Small prepared directories with the tiny model's tokenizer: one holding out a fifth of its documents, one
+    holding out nothing."""
+    root = tmp_path_factory.mktemp("prepared")
+    lines = sorted((data_dir / "pretrain_zh").glob("*.txt"))[0].read_text(encoding="utf-8").splitlines()
+    lines = [line for line in lines if line.strip()][:400]
+    corpus = root / "corpus.txt"  # 100 documents of 4 lines
+    corpus.write_text("\n\n".join("\n".join(lines[i : i + 4]) for i in range(0, 400, 4)) + "\n", encoding="utf-8")
+    out = {}
+    for name, fraction in (("split", "0.2"), ("no_eval", "0")):
+        out[name] = root / name
+        args = ["prepare", "--corpus", str(corpus), "--tokenizer", str(tiny_task_models["pretrained"]),
+                "--out", str(out[name]), "--max-seq-length", "32", "--eval-fraction", fraction]  # fmt: skip
+        assert main(args) == 0
+    return out
+
+
+def test_evaluate_says_which_split_and_how_many(tiny_task_models: dict[str, Path], prepared: dict[str, Path],
+                                                 capsys) -> None:  # fmt: skip
+    data = prepared["split"]
+    manifest = json.loads((data / "manifest.json").read_text())
+    model = str(tiny_task_models["pretrained"])
+    capsys.readouterr()
+    for split in ("eval", "train"):
+        n = manifest["splits"][split]["instances"]
+        assert main(["evaluate", "--model", model, "--data", str(data), "--split", split]) == 0
+        captured = capsys.readouterr()
+        assert f"evaluating the {split} split of {data}: {n:,} instances" in captured.err
+        assert json.loads(captured.out.splitlines()[-1])["eval_instances"] == n
+    docs = manifest["documents"]
+    assert f"{docs['eval']:,}, 20% of the {docs['eval'] + docs['train']:,} documents, held out by prepare" in (
+        _last_summary(model, data, capsys, "--split", "eval")
+    )
+    n = manifest["splits"]["eval"]["instances"]
+    assert f"the first 5 of its {n:,} instances (--max-instances 5; " in _last_summary(
+        model, data, capsys, "--max-instances", "5"
+    )
+    assert main(["evaluate", "--model", model, "--data", str(prepared["no_eval"])]) == 2
+    err = capsys.readouterr().err
+    assert "the eval split of" in err and "has no instances" in err and "--split train" in err
+
+
+def _last_summary(model: str, data: Path, capsys, *flags: str) -> str:
+    assert main(["evaluate", "--model", model, "--data", str(data), *flags]) == 0
+    return capsys.readouterr().err
+
+
+def test_evaluate_split_all(tiny_task_models: dict[str, Path], prepared: dict[str, Path], capsys) -> None:
+    from bertkit.data.pretraining import PretrainingData
+
+    try:
+        PretrainingData(prepared["split"], "all")
+    except (KeyError, BertkitError):
+        pytest.skip("PretrainingData does not read split='all' yet")
+    manifest = json.loads((prepared["split"] / "manifest.json").read_text())
+    n = sum(manifest["splits"][s]["instances"] for s in ("train", "eval"))
+    args = ["evaluate", "--model", str(tiny_task_models["pretrained"]), "--data", str(prepared["split"])]
+    assert main([*args, "--split", "all", "--max-instances", "10"]) == 0
+    err = capsys.readouterr().err
+    assert f"evaluating the all split of {prepared['split']}: the first 10 of its {n:,} instances" in err
+    assert "all 100 documents, training and held out" in err
