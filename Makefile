@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,demo,zh,plots,experiments]'
 	touch $(STAMP)
+	@echo "installed $(VENV)/bin/bertkit; to call it as bertkit: source $(VENV)/bin/activate"
 
 quickstart: $(STAMP)
 	$(VENV)/bin/bertkit quickstart

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +41,31 @@ def test_pipeline_script(tmp_path: Path, data_dir: Path) -> None:
     assert [p.stat().st_mtime_ns for p in stages] == written  # a re-run skips every finished stage
     r = subprocess.run(["bash", str(ROOT / "examples/pipeline.sh")], capture_output=True, text=True)
     assert r.returncode == 2 and "CORPUS_DIR" in r.stdout  # no arguments: the usage
+
+
+def test_pipeline_script_finds_the_bertkit_that_make_installed(tmp_path: Path) -> None:
+    """`make` installs into .venv, so a fresh clone has no `bertkit` on the PATH: the script then uses the checkout's
+    .venv/bin/bertkit (it failed with "bertkit: command not found", exit 127), and without either says what to do."""
+    path = "/usr/bin:/bin"
+    if shutil.which("bertkit", path=path):
+        pytest.skip(f"a bertkit is installed system-wide ({shutil.which('bertkit', path=path)})")
+    checkout = tmp_path / "checkout"
+    (checkout / "examples").mkdir(parents=True)
+    shutil.copy(ROOT / "examples/pipeline.sh", checkout / "examples/pipeline.sh")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "part.txt").write_text("一句话。\n", encoding="utf-8")
+    args = [str(corpus), str(tmp_path / "train.tsv"), str(tmp_path / "dev.tsv"), str(tmp_path / "out")]
+    env = {"PATH": path, "HOME": str(tmp_path)}  # no BERTKIT, no bertkit on the PATH
+    command = ["bash", str(checkout / "examples/pipeline.sh"), *args]
+
+    r = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "bertkit not found" in r.stderr and "source .venv/bin/activate" in r.stderr
+
+    fake = checkout / ".venv/bin/bertkit"  # stands in for the installed command: records its arguments, fails
+    fake.parent.mkdir(parents=True)
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "called"}\nexit 3\n')
+    fake.chmod(0o755)
+    r = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr  # the first stage ran it, and the script stopped at its failure
+    assert (tmp_path / "called").read_text().startswith(f"vocab --corpus {corpus / 'part.txt'} ")
