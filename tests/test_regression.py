@@ -159,6 +159,14 @@ def test_predict_and_evaluate_give_scores_and_regression_metrics(
         assert metrics[k] == pytest.approx(v, abs=1e-5), k
     gold = [float(line.split("\t")[1]) for line in sentiment["dev"].read_text(encoding="utf-8").splitlines()[1:]]
     assert metrics["mse"] == pytest.approx(mean_squared_error([r["score"] for r in rows], gold), abs=1e-5)
+    # Plain lines (a .txt file, or standard input) are read as texts, as for a classifier, in the same order.
+    texts = [line.split("\t")[0] for line in sentiment["dev"].read_text(encoding="utf-8").splitlines()[1:]]
+    plain = sentiment["dev"].with_suffix(".txt")
+    plain.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["predict", "--model", str(out), "--input", str(plain), "--device", "cpu"]) == 0
+    plain_rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in plain_rows] == texts
+    assert [r["score"] for r in plain_rows] == pytest.approx([r["score"] for r in rows], abs=1e-6)
     # evaluate --task cls on a regression model is refused (it would report nonsense accuracy)
     assert main(["evaluate", "--model", str(out), "--data", str(sentiment["dev"]), "--task", "cls"]) == 2
     assert "not 'cls'" in capsys.readouterr().err

@@ -159,7 +159,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     print(
         f"{tr['instances']:,} training instances ({tr['tokens']:,} tokens) from {m['documents']['train']:,} documents, "
         f"{ev['instances']:,} held-out instances from {m['documents']['eval']:,}; "
-        f"{tr['tokens'] / max(m['seconds'], 1e-9):,.0f} tokens/s -> {args.out}"
+        f"{(tr['tokens'] + ev['tokens']) / max(m['seconds'], 1e-9):,.0f} tokens/s -> {args.out}"
     )
 
 
@@ -375,12 +375,14 @@ def _read_for_prediction(task, path: str) -> list:
     from bertkit.data.tasks import TextExample
 
     suffix = Path(path).suffix.lower()
-    if task.name in ("cls", "pair") and suffix not in (".tsv", ".csv", ".jsonl", ".json"):
+    if task.name in ("cls", "pair", "regression") and suffix not in (".tsv", ".csv", ".jsonl", ".json"):
+        # A regression model knows whether it reads pairs (learnt from its training data); else a tab says so.
+        pair = {"cls": False, "pair": True}.get(task.name, getattr(task, "pair", None))
         rows = []
         for n, line in enumerate(read_lines(path), start=1):
             if line.strip():
-                a, _, b = line.partition("\t")
-                rows.append(TextExample(a, b if task.name == "pair" else None, None, n))
+                a, tab, b = line.partition("\t")
+                rows.append(TextExample(a, b if (pair if pair is not None else bool(tab)) else None, None, n))
         return rows
     if task.name == "ner" and suffix in (".conll", ".bio", ".bioes"):
         return task.read(path, labelled=True)
@@ -640,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "finetune",
-        help="fine-tune on labelled data: cls, pair, ner or qa",
+        help="fine-tune on labelled data: cls, pair, regression, ner or qa",
         description="Fine-tune a pre-trained model for one task; --out becomes a Hugging Face task-model directory "
         "(the best dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints).",
     )
@@ -650,7 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
         "per token (CoNLL); qa: answer span (SQuAD)",
     )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help="a bertkit or Hugging Face BERT model directory")
-    p.add_argument("--train", required=True, metavar="FILE", help="TSV/CSV/JSONL, CoNLL, or SQuAD JSON")
+    p.add_argument(
+        "--train", required=True, metavar="FILE",
+        help="TSV/CSV/JSONL with a header line (text or text_a, text_b, label), CoNLL, or SQuAD JSON; .csv is read "
+        "as comma-separated, .tsv as tab-separated; labels are read without surrounding white space ('1 ' is '1')",
+    )  # fmt: skip
     p.add_argument("--dev", default=None, metavar="FILE", help="evaluated each epoch; the best model is kept")
     p.add_argument("--out", required=True, metavar="DIR", help="the fine-tuned model directory")
     p.add_argument("--epochs", type=POSITIVE_NUMBER, default=3.0, help="passes over the training data (default 3)")
