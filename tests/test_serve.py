@@ -269,3 +269,22 @@ def test_web_page_script(models: dict[str, Path], tmp_path: Path) -> None:
     assert shown["pretrained"]["fill-mask"].count("<tr>") == 5
     for name in shown:
         assert re.search(r"cosine similarity <b>-?[01]\.\d{4}</b>", shown[name]["embed"])
+
+
+def test_a_model_that_overflows_is_a_server_error_not_a_bad_request(models: dict[str, Path], tmp_path: Path) -> None:
+    # Finite weights so large that the encoder's activations overflow: the request was fine, the model is not, so
+    # the answer is 500 with the reason (a 400 would send the client looking for a mistake in its request).
+    from bertkit import BertForPreTraining
+
+    model_dir = tmp_path / "overflowing"
+    shutil.copytree(models["pretrained"], model_dir)
+    model = BertForPreTraining.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.bert.embeddings.ln.weight.fill_(3e38)
+    model.save_pretrained(model_dir)
+    with served(model_dir) as url:
+        status, body = request(url + "/api/embed", {"texts": ["今天天气很好"]})
+        assert status == 500 and "NaN or infinite" in body["error"], body
+        status, body = request(url + "/api/fill-mask", {"texts": ["今天天气很[MASK]"]})
+        assert status == 500 and "NaN or infinite" in body["error"], body
+        assert request(url + "/healthz")[0] == 200  # still serving

@@ -6,3 +6,8 @@ class BertkitError(Exception):
 
     The message says what was wrong, where, and (when it is not obvious) what to do.
     """
+
+
+class NonFiniteOutputError(BertkitError):
+    """The model computed NaN or infinite values: the fault lies with the model's weights, not with the input,
+    so a server answers it with 500 rather than 400."""

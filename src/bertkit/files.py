@@ -66,8 +66,8 @@ def claim_output_dir(
     `owns`: glob patterns of the entries the command writes directly in `out` (the only ones `--overwrite` may
     remove). `is_own_output`: the caller recognised `out` as an earlier output of this very command (e.g. its
     manifest is there); with `resume` such a directory is kept as it is (None: the command cannot resume).
-    Refuses, with one line naming the directory and the flag to use: an output equal to or containing an input, a path that is a file, and a
-    non-empty directory unless `resume` (own output only) or `overwrite`.
+    Refuses, with one line naming the directory and the flag to use: an output equal to or containing an input,
+    a path that is a file, and a non-empty directory unless `resume` (own output only) or `overwrite`.
     """
     path = Path(out)
     check_output_not_input(path, inputs)

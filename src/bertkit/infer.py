@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, NonFiniteOutputError
 from bertkit.model import BertForPreTraining, BertModel
 from bertkit.tokenizer import Tokenizer
 
@@ -105,7 +105,7 @@ def embed(
         out[idx] = vec.float().cpu().numpy()
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if bad.size:  # finite weights can still overflow (e.g. in float16); a NaN vector must not reach a file
-        raise BertkitError(
+        raise NonFiniteOutputError(
             f"the model computed a vector with NaN or infinite values for text {bad[0] + 1} "
             f"({bad.size} of {len(out)} texts), so no vectors are returned; its weights overflow on this input"
         )
@@ -129,7 +129,7 @@ def fill_mask(
     logits[:, sorted(tokenizer.special_ids)] = -torch.inf
     probs = logits.softmax(-1)
     if not torch.isfinite(probs).all():
-        raise BertkitError(f"the model computed NaN or infinite scores for {text!r}: its weights are unusable")
+        raise NonFiniteOutputError(f"the model computed NaN or infinite scores for {text!r}: its weights are unusable")
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     return [
         [(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist(), strict=True)]

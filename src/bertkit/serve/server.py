@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from typing import Any
 
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, NonFiniteOutputError
 from bertkit.serve.service import Service
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_json()
             self._json(HTTPStatus.OK, route(self.service, body))
+        except NonFiniteOutputError as e:  # the model's fault, not the request's
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, str(e))
         except BertkitError as e:
             self._error(HTTPStatus.BAD_REQUEST, str(e))
         except _BadLength as e:

@@ -129,8 +129,8 @@ class Service:
             for n, text in enumerate(texts):
                 try:
                     masks = fill_mask(mlm, self.tokenizer, text, top_k=top_k)
-                except BertkitError as e:
-                    raise BertkitError(f"texts[{n}]: {e}") from None
+                except BertkitError as e:  # the same kind of error (bad input, or a model that overflows)
+                    raise type(e)(f"texts[{n}]: {e}") from None
                 out.append({"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]})
             return out
 
