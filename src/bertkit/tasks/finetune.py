@@ -7,8 +7,12 @@ The output directory is a Hugging Face model directory (the best dev checkpoint)
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,13 +22,21 @@ from bertkit.checkpoint import atomic_write, read_pretraining_record
 from bertkit.config import BertConfig
 from bertkit.data.pretraining import EpochSampler
 from bertkit.errors import BertkitError
+from bertkit.files import check_output_not_input, claim_output_dir, own_entries, remove_entries
 from bertkit.model import TASK_MODELS
 from bertkit.tasks.base import Task, TaskSettings, pad_batch
 from bertkit.tasks.classify import ClassificationTask, PairClassificationTask
 from bertkit.tasks.ner import NerTask
 from bertkit.tasks.qa import QaTask
 from bertkit.tokenizer import Tokenizer
-from bertkit.train.loop import TrainConfig, Trainer
+from bertkit.train.loop import (
+    TrainConfig,
+    Trainer,
+    discard_failed_start,
+    disk_full_as_error,
+    dist_info,
+    latest_checkpoint,
+)
 
 TASKS: dict[str, type[Task]] = {
     "cls": ClassificationTask,
@@ -135,12 +147,100 @@ def _note_untrained_positions(model_dir: Path, max_seq_length: int) -> None:
     seen = read_pretraining_record(model_dir).get("max_seq_length")
     if seen is not None and seen < max_seq_length and (model_dir, max_seq_length) not in _NOTED:
         _NOTED.add((model_dir, max_seq_length))  # once per process: a recipe fine-tunes one model many times
-        print(
-            f"note: {model_dir} was pre-trained on sequences of up to {seen} tokens, so positions {seen}.."
-            f"{max_seq_length - 1} of --max-seq-length {max_seq_length} start from untrained position embeddings "
-            f"(to train them: bertkit prepare --max-seq-length {max_seq_length}, then bertkit pretrain --model "
-            f"{model_dir} on that data for a few hundred steps)"
+        print(f"note: the model was pre-trained on up to {seen} tokens; positions {seen}-{max_seq_length - 1} "
+              "start untrained and are learned here")  # fmt: skip
+
+
+# The files fine-tuning writes directly in --out (the best model, its tokenizer, task file and metrics), the
+# training/ folder, and what a write killed half-way leaves: the only entries --overwrite (or a fresh start after
+# --resume found nothing to resume) removes.
+OUTPUT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    TASK_FILE,
+    "metrics.json",
+)
+_BEST_TMP = ".tmp-best-model"
+STALE_OUTPUT = (_BEST_TMP, *(f".{name}.*.tmp" for name in OUTPUT_FILES))  # atomic_write's ".NAME.RANDOM.tmp"
+OUTPUT_OWNS = (*OUTPUT_FILES, "training", *STALE_OUTPUT)
+
+
+def _claim_output(cfg: FinetuneConfig, out: Path) -> bool:
+    """Check --out before anything is written (see `bertkit.files.claim_output_dir`): not an input, not a non-empty
+    directory that is not an earlier fine-tuning (unless --overwrite, which removes only fine-tuning's own entries).
+    Removes what a killed run left half-written. True when there is a checkpoint to resume from; --resume without
+    one starts from step 0 (saying so), or is refused when --out holds a finished model that it would replace."""
+    inputs = [cfg.model, cfg.train, *([cfg.dev] if cfg.dev else [])]
+    if dist_info()[0] != 0:  # under torchrun rank 0 claims; the others only look for a checkpoint
+        return cfg.resume and latest_checkpoint(out / "training") is not None
+    if not out.exists():  # created when the first file is written: an input error leaves no empty folder behind
+        check_output_not_input(out, inputs)
+        if cfg.resume:
+            print(f"nothing to resume: {out} does not exist yet; starting from step 0")
+        return False
+    is_own = (out / TASK_FILE).is_file() or (out / "training").is_dir()
+    claim_output_dir(out, OUTPUT_OWNS, inputs=inputs, overwrite=cfg.overwrite, resume=cfg.resume,
+                     is_own_output=is_own, what="fine-tuned model")  # fmt: skip
+    remove_entries(own_entries(out, STALE_OUTPUT))
+    if not cfg.resume:
+        return False
+    if latest_checkpoint(out / "training") is not None:
+        return True
+    if (out / "metrics.json").is_file() or ((out / "model.safetensors").is_file() and not (out / "training").is_dir()):
+        raise BertkitError(
+            f"nothing to resume in {out}: it holds a finished fine-tuned model but no checkpoint (training/); pass "
+            "--overwrite to fine-tune again (it replaces that model), or choose a new --out"
         )
+    leftovers = own_entries(out, OUTPUT_OWNS)
+    remove_entries(leftovers)  # a run killed before its first checkpoint: start it again from scratch
+    print(f"nothing to resume in {out} (no checkpoint{' yet' if leftovers else ''}): starting from step 0")
+    return False
+
+
+class _FreshHeads(logging.Filter):
+    """Holds back checkpoint.load_model's "initialised fresh" warning: a new task head is what fine-tuning
+    expects, so `run_finetune` says it plainly instead of as a warning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "initialised fresh" not in message:
+            return True
+        self.names += message.rsplit(": ", 1)[-1].split(", ")
+        return False
+
+
+@contextmanager
+def _fresh_heads_noted(num_labels: int | None) -> Iterator[None]:
+    """Load a model inside: the parameters initialised fresh are then named in one plain line."""
+    heads = _FreshHeads()
+    logger = logging.getLogger("bertkit.checkpoint")
+    logger.addFilter(heads)
+    try:
+        yield
+    finally:
+        logger.removeFilter(heads)
+    task_head = sorted({n.split(".")[0] for n in heads.names if n.startswith(("classifier.", "qa_outputs."))})
+    others = [n for n in heads.names if n.split(".")[0] not in task_head]
+    if task_head:
+        size = f" for {num_labels} label{'s' if num_labels != 1 else ''}" if num_labels else ""
+        print(f"{', '.join(task_head)}: a new task head{size}, trained from scratch (the usual start of fine-tuning)")
+    if others:
+        print(f"note: not in the model directory, so initialised at random: {', '.join(sorted(others))}")
+
+
+def _move_into(src: Path, out: Path) -> None:
+    """Move every file of the folder `src` into `out` (each by an atomic rename), then remove `src`."""
+    for f in sorted(src.iterdir(), key=lambda p: p.name == "model.safetensors"):  # the weights last
+        os.replace(f, out / f.name)
+    src.rmdir()
 
 
 def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) -> dict:
@@ -160,6 +260,8 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     dev_ex = task.read(cfg.dev) if cfg.dev else None
     if dev_ex is not None and label2id:
         task.check_labels(dev_ex, label2id, cfg.dev)
+    out_existed = out.exists()
+    resuming = _claim_output(cfg, out)
 
     config = BertConfig.load(cfg.model)
     if config.max_position_embeddings < settings.max_seq_length:
@@ -178,7 +280,8 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     if model_factory is not None:
         model = model_factory(config, num_labels)
     else:
-        model = TASK_MODELS[task.model_name].from_pretrained(cfg.model, config=config, num_labels=num_labels)
+        with _fresh_heads_noted(num_labels):
+            model = TASK_MODELS[task.model_name].from_pretrained(cfg.model, config=config, num_labels=num_labels)
     model.train()
 
     train_features = task.features(train_ex, tok, label2id, train=True)
@@ -211,43 +314,77 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
             batch_size=cfg.batch_size,
             sampler=EpochSampler(len(dataset), cfg.seed, epoch, start, rank, world),
             collate_fn=lambda fs: pad_batch(fs, tok.pad_id, scalar_keys),
+            # Its own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
+            # run, which creates one more, would train differently from an uninterrupted one.
+            generator=torch.Generator().manual_seed(cfg.seed),
         )
 
     def loss_fn(m, batch):
         return m(**task.model_inputs(batch)).loss, {}
 
     task_meta = {"task": cfg.task, "settings": asdict(settings)}
-    best: dict = {"score": -math.inf, "metrics": {}, "evals_since": 0}
 
-    def save_model_dir(directory: Path) -> None:
-        model.save_pretrained(directory)
+    def save_extra(directory: Path) -> None:
+        """Beside the weights of a model directory: the tokenizer and the task file."""
         tok.save_pretrained(directory)
         (directory / TASK_FILE).write_text(json.dumps(task_meta, indent=2) + "\n")
 
+    def save_best() -> None:
+        """Replace the model in --out by the current one: written beside, then each file renamed into place, so
+        a kill leaves the earlier best model or the new one (and a temporary folder that the next start removes)."""
+        trainer.check_finite_weights()
+        if not (trainer.is_main and cfg.save_model):
+            return
+        tmp = out / _BEST_TMP
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with disk_full_as_error(out, "the best model saved before is intact; free some space, then run again "
+                                    "with --resume"):  # fmt: skip
+                model.save_pretrained(tmp)
+                save_extra(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _move_into(tmp, out)
+
     def on_eval(metrics: dict) -> bool:
+        best = trainer.state.recipe  # saved with every checkpoint: a resumed run knows the best so far
         score = metrics[task.main_metric]
-        if score > best["score"]:
-            best.update(score=score, metrics=metrics, evals_since=0, step=trainer.state.step)
-            if trainer.is_main and cfg.save_model:
-                save_model_dir(out)  # the output directory always holds the best model so far
+        if score > best.get("score", -math.inf):
+            epoch = min(trainer.state.epoch + 1, trainer.epochs_total)
+            best.update(score=score, metrics=trainer.state.last_eval, evals_since=0, step=trainer.state.step,
+                        epoch=epoch)  # fmt: skip
+            save_best()  # the output directory always holds the best model so far
         else:
-            best["evals_since"] += 1
+            best["evals_since"] = best.get("evals_since", 0) + 1
         return cfg.patience is not None and best["evals_since"] >= cfg.patience
 
     eval_fn = None
     if dev_ex is not None:
         eval_fn = lambda m: task.evaluate(m, tok, dev_ex, dev_features, id2label)  # noqa: E731
     trainer = Trainer(model, train_cfg, loader, loss_fn, len(dataset), eval_fn,
-                      save_extra=save_model_dir if cfg.save_model else None, on_eval=on_eval)  # fmt: skip
-    if cfg.resume:
+                      save_extra=save_extra if cfg.save_model else None, on_eval=on_eval,
+                      bar_metric=(f"dev {task.main_metric}", task.main_metric))  # fmt: skip
+    if resuming:
         trainer.resume()
-    trainer.train()
-    if dev_ex is None and trainer.is_main and cfg.save_model:
-        save_model_dir(out)
+    try:
+        trainer.train()
+        if dev_ex is None:
+            save_best()
+    except BertkitError:
+        # Diverged or disk full before anything could be resumed or kept: leave --out as this run found it.
+        kept = latest_checkpoint(out / "training") is not None or (out / "model.safetensors").is_file()
+        if not resuming and trainer.is_main and not kept:
+            discard_failed_start(out, OUTPUT_OWNS, created=not out_existed)
+        raise
+    best = trainer.state.recipe
+    if trainer.is_main:
+        print(_closing_line(cfg, task.main_metric, best, trainer, out, dev_ex is not None))
     result = {
         "task": cfg.task,
-        "dev": best["metrics"],
+        "dev": best.get("metrics", {}),
         "best_step": best.get("step"),
+        "best_epoch": best.get("epoch"),
         "train_examples": len(train_ex),
         "train_features": len(train_features),
         "steps": trainer.state.step,
@@ -259,3 +396,15 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(text, encoding="utf-8"))
     return result
+
+
+def _closing_line(cfg: FinetuneConfig, metric: str, best: dict, trainer: Trainer, out: Path, has_dev: bool) -> str:
+    """The run's end state in one line: the best dev score, when and where it was saved."""
+    saved = f"saved to {out}" if cfg.save_model else f"metrics in {out / 'metrics.json'} (no model saved)"
+    epochs = f"of {trainer.epochs_total}"
+    if not has_dev:
+        epoch = min(trainer.state.epoch + 1, trainer.epochs_total)
+        return f"no --dev: the last model (step {trainer.state.step}, epoch {epoch} {epochs}) {saved}"
+    if "score" not in best:  # resumed from a checkpoint of an older bertkit, which did not record the best
+        return f"dev {metric} {trainer.state.last_eval.get(metric, float('nan')):.3f} at the last step; {saved}"
+    return f"best dev {metric} {best['score']:.3f} at step {best['step']} (epoch {best['epoch']} {epochs}), {saved}"

@@ -8,6 +8,7 @@ bidirectionality ablation). A right-to-left model reads every sequence reversed,
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,8 +19,17 @@ from bertkit.config import PRESETS, BertConfig
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.pretraining import EpochSampler, PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
+from bertkit.files import claim_output_dir, own_entries, remove_entries
 from bertkit.model import IGNORE_INDEX, BertForPreTraining, reverse_real_tokens, set_dropout
-from bertkit.train.loop import TrainConfig, Trainer, latest_checkpoint
+from bertkit.train.loop import (
+    STALE_PATTERNS,
+    TrainConfig,
+    Trainer,
+    discard_failed_start,
+    disk_full_as_error,
+    dist_info,
+    latest_checkpoint,
+)
 
 
 @dataclass
@@ -203,12 +213,86 @@ def _note_dropout_change(cfg: PretrainConfig, source: Path | None) -> None:
         print(f"note: {source} was pre-trained with dropout {before}; this run uses {now} (--dropout sets it)")
 
 
+# Everything `pretrain` writes directly in its run directory: the only entries --overwrite removes.
+# What a run killed while writing leaves: removed whenever a run starts or resumes.
+PRETRAIN_STALE = (".tmp-model", *STALE_PATTERNS)
+PRETRAIN_OWNS = ("checkpoint-*", "latest", "metrics.jsonl", "curves.png", "tensorboard", "model", *PRETRAIN_STALE)
+
+
+def _inputs(cfg: PretrainConfig, out: Path) -> list[Path]:
+    """What the run reads and its output must not hold: the data directory, and a model directory to continue
+    from. A config file lying directly in the run directory is allowed (the experiments keep an encoder's config
+    beside its run): it is read once, before anything is written, and pretrain writes no .json file there."""
+    inputs = [Path(cfg.data)]
+    model = Path(cfg.model)
+    if model.is_dir() or (model.is_file() and model.resolve().parent != out.resolve()):
+        inputs.append(model)
+    return inputs
+
+
+def _check_training_split(data_dir: str, manifest: dict) -> None:
+    """A prepared directory without training instances (`prepare --eval-fraction 1` makes evaluation-only ones)
+    is refused before anything is read or written."""
+    splits = manifest.get("splits", {})
+    train = splits.get("train", {}).get("instances", 0)
+    held_out = splits.get("eval", {}).get("instances", 0)
+    if train == 0 and held_out:
+        raise BertkitError(
+            f"{data_dir} holds no training data, only a held-out split of {held_out:,} instances (an evaluation-only "
+            "directory, as prepare --eval-fraction 1 makes): pre-train on a directory prepared with an "
+            "--eval-fraction below 1, and use this one with bertkit evaluate"
+        )
+    if train == 0:
+        raise BertkitError(f"{data_dir} has no training instances: prepare it again from a non-empty corpus")
+
+
+def _claim_run_dir(cfg: PretrainConfig, out: Path) -> bool:
+    """Make `out` this run's directory (see `bertkit.files.claim_output_dir`); True when there is a checkpoint
+    to resume from. `--resume` without one starts from step 0 (saying so), or is refused when the directory holds
+    a finished model: training again would replace it. Under torchrun only rank 0 claims (and removes); the
+    others only look whether there is a checkpoint."""
+    if dist_info()[0] != 0:
+        return cfg.resume and latest_checkpoint(out) is not None
+    claim_output_dir(
+        out,
+        PRETRAIN_OWNS,
+        inputs=_inputs(cfg, out),
+        overwrite=cfg.overwrite,
+        resume=cfg.resume,
+        is_own_output=out.is_dir() and bool(own_entries(out, PRETRAIN_OWNS)),
+        what="pre-training run",
+    )
+    remove_entries(own_entries(out, PRETRAIN_STALE))
+    if not cfg.resume or latest_checkpoint(out) is not None:
+        return cfg.resume
+    if (out / "model").is_dir():
+        raise BertkitError(
+            f"nothing to resume in {out}: it holds a finished model (model/) but no checkpoint; pass --overwrite "
+            "to train again (it replaces model/), or choose a new --out"
+        )
+    leftovers = own_entries(out, PRETRAIN_OWNS)
+    remove_entries(leftovers)  # a run killed before its first checkpoint: its logs would mislead
+    print(f"nothing to resume in {out} (no checkpoint{' yet' if leftovers else ''}): starting from step 0")
+    return False
+
+
+def _last_train_loss(metrics: Path) -> float | None:
+    """The training loss of the last logged step in a metrics.jsonl, or None."""
+    if not metrics.is_file():
+        return None
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    losses = [r["loss"] for r in rows if r.get("split", "train") == "train" and "loss" in r]
+    return losses[-1] if losses else None
+
+
 def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
-    """Pre-train; returns the final held-out metrics. The run directory gets checkpoints, metrics and a model."""
+    """Pre-train; returns the final held-out metrics (without a held-out split: the steps and the last training
+    loss). The run directory gets checkpoints, metrics and a model."""
     out = Path(cfg.train.out_dir)
-    if not cfg.resume and out.exists() and latest_checkpoint(out) is not None:
-        raise BertkitError(f"{out} already has checkpoints: pass --resume to continue, or choose a new --out")
     manifest = read_manifest(cfg.data)
+    _check_training_split(cfg.data, manifest)
+    out_existed = out.exists()
+    resuming = _claim_run_dir(cfg, out)
     seed = cfg.train.seed
     data = PretrainingData(cfg.data, "train", cfg.masking, seed)
     if len(data) == 0:
@@ -216,6 +300,11 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     eval_data = (
         PretrainingData(cfg.data, "eval", cfg.masking, seed) if manifest["splits"]["eval"]["instances"] else None
     )
+    if eval_data is None:
+        print(
+            f"note: {cfg.data} has no held-out split (its corpus was too small to hold a document out): no held-out "
+            "evaluation; the training loss is reported instead"
+        )
     tok = data.tokenizer
     torch.manual_seed(seed)
     model = build_model(
@@ -261,12 +350,29 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         ),
         save_extra=save_extra,
         find_unused_parameters=not use_nsp,  # without NSP the pooler and NSP head get no gradient
+        bar_metric=("held-out MLM acc", "mlm_accuracy"),
     )
-    if cfg.resume and not trainer.resume():
-        print(f"nothing to resume in {out}: starting from step 0")
-    _note_dropout_change(cfg, latest_checkpoint(out) if cfg.resume else Path(cfg.model))
-    metrics = trainer.train()
-    trainer.save_model_dir(out / "model")
+    if resuming:
+        trainer.resume()
+    _note_dropout_change(cfg, latest_checkpoint(out) if resuming else Path(cfg.model))
+    try:
+        metrics = trainer.train()
+    except BertkitError:
+        # Diverged or disk full before a first checkpoint: leave the run directory as this run found it.
+        if not resuming and trainer.is_main and latest_checkpoint(out) is None and not (out / "model").exists():
+            discard_failed_start(out, PRETRAIN_OWNS, created=not out_existed)
+        raise
+    # Written beside, then renamed: model/ is complete or absent (scripts skip the stage when its weights exist).
+    model_dir, tmp = out / "model", out / ".tmp-model"
     if trainer.is_main:
-        save_extra(out / "model")
+        shutil.rmtree(tmp, ignore_errors=True)
+    with disk_full_as_error(model_dir, "the checkpoints are intact; free some space, then run again with --resume"):
+        trainer.save_model_dir(tmp)
+        if trainer.is_main:
+            save_extra(tmp)
+            shutil.rmtree(model_dir, ignore_errors=True)
+            tmp.rename(model_dir)
+    if eval_data is None:
+        loss = _last_train_loss(out / "metrics.jsonl")
+        return {"steps": trainer.state.step, **({"train_loss": loss} if loss is not None else {}), "eval_instances": 0}
     return metrics

@@ -7,15 +7,16 @@ installed), a curve PNG, and atomic checkpoints (model directory + training stat
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,73 @@ class TrainConfig:
 
 @dataclass
 class TrainState:
-    """Where training stands, saved with every checkpoint: step, epoch, samples of the epoch consumed."""
+    """Where training stands, saved with every checkpoint: step, epoch, samples of the epoch consumed, the last
+    evaluation, whether the run already stopped early, and what the recipe keeps across a resume."""
 
     step: int = 0
     epoch: int = 0
     epoch_samples: int = 0  # samples of the current epoch's global order already consumed
+    last_eval_step: int = -1  # the step of the last evaluation (-1: none), so a resumed run does not repeat it
+    last_eval: dict = field(default_factory=dict)
+    stopped_early: bool = False  # `on_eval` asked to stop: a resume must not train on
+    # The recipe's own bookkeeping (fine-tuning: the best dev score so far, its step, metrics, evaluations since),
+    # saved and restored with the checkpoint so that a resumed run decides exactly as an uninterrupted one.
+    recipe: dict = field(default_factory=dict)
+
+
+# Temporary entries a killed run can leave in its run directory: a checkpoint being written, and the files of
+# `atomic_write` (".NAME.RANDOM.tmp") for `latest` and `metrics.jsonl`. Removed when a run starts or resumes.
+STALE_PATTERNS = (".tmp-checkpoint-*", ".latest.*.tmp", ".metrics.jsonl.*.tmp")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether a failed write failed for want of space: an ENOSPC/EDQUOT `OSError` anywhere in the exception's
+    chain (torch.save reports a short write as a RuntimeError whose context is the OSError), or the text that
+    safetensors puts in its message."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(s in str(e) for s in ("No space left on device", "os error 28", "Disk quota exceeded")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@contextmanager
+def disk_full_as_error(path: str | Path, then: str = "free some space, then run again") -> Iterator[None]:
+    """Turn a full disk while writing under `path` into one line: "disk full at PATH: ...". Other errors pass."""
+    try:
+        yield
+    except BertkitError:
+        raise
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise BertkitError(f"disk full at {path}: {then}") from None
+
+
+def discard_failed_start(out: Path, owns: tuple[str, ...], created: bool) -> None:
+    """After a run failed before it left anything to resume or keep (a run that diverged at once, a full disk):
+    remove its own entries in `out` (logs that would mislead a later run), and `out` itself when this run
+    created it and it is empty now. Nothing else is touched."""
+    from bertkit.files import own_entries, remove_entries
+
+    if not out.is_dir():
+        return
+    remove_entries(own_entries(out, owns))
+    if created and not any(out.iterdir()):
+        out.rmdir()
+
+
+def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinity, or None."""
+    for name, t in tensors:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- distributed
@@ -164,6 +227,9 @@ def _set_rng_state(state: dict) -> None:
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
     """The newest complete checkpoint (one whose training state was written), or None."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return None
     pointer = out_dir / "latest"
     if pointer.is_file():
         candidate = out_dir / pointer.read_text().strip()
@@ -187,7 +253,10 @@ class Trainer:
         save_extra: Callable[[Path], None] | None = None,
         find_unused_parameters: bool = False,
         on_eval: Callable[[dict[str, float]], bool] | None = None,
+        bar_metric: tuple[str, str] | None = None,
     ):
+        """`bar_metric`: (label, key) of the evaluation figure the progress bar shows, e.g. ("dev accuracy",
+        "accuracy")."""
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.device, self.rank, self.world = setup_device(cfg.device)
@@ -228,6 +297,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
         self.tb = None
+        self.bar_metric = bar_metric
+        self._saved_step = -1  # the step of the newest checkpoint written or resumed from
+        # Optimizer steps per pass over the data (the last batch of an epoch may be short), for "epoch 2/3".
+        batches = math.ceil(math.ceil(samples_per_epoch / self.world) / cfg.batch_size) if samples_per_epoch else 0
+        self.steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
+        self.epochs_total = max(1, math.ceil(cfg.max_steps / self.steps_per_epoch))
 
     def _amp_dtype(self) -> torch.dtype | None:
         p = self.cfg.precision
@@ -242,7 +317,10 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
         """Write `checkpoint-STEP` atomically (model directory, `save_extra`, training state), point
-        `latest` at it and keep the newest `keep_checkpoints`. Every rank calls it (FSDP gathers); rank 0 writes."""
+        `latest` at it and keep the newest `keep_checkpoints`. Every rank calls it (FSDP gathers); rank 0 writes.
+
+        Non-finite weights are never saved (a `BertkitError` instead); a full disk is one line naming the run
+        directory, and leaves the earlier checkpoints and `latest` as they were."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         # The optimizer state keyed by parameter name, whole: any run, sharded or not, on any number of processes,
@@ -257,27 +335,45 @@ class Trainer:
         tmp = self.out / f".tmp-{name}"
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        self.save_model_dir(tmp)
+        try:
+            self.save_model_dir(tmp)
+            if self.is_main:
+                if self.save_extra:
+                    self.save_extra(tmp)
+                state = {
+                    "train_state": asdict(self.state),
+                    "optimizer": optimizer_state,
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "rng": _rng_state(),
+                    "config": asdict(self.cfg),
+                }
+                # Through a Python file object: a full disk then surfaces as an OSError (ENOSPC) in the chain.
+                with open(tmp / "training_state.pt", "wb") as f:
+                    torch.save(state, f)
+        except BaseException as e:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)  # the earlier checkpoints and `latest` are untouched
+            if isinstance(e, Exception) and not isinstance(e, BertkitError) and is_disk_full(e):
+                before = latest_checkpoint(self.out)
+                kept = f"the last checkpoint {before.name} is intact" if before else "no checkpoint was written yet"
+                again = "run again with --resume" if before else "run again"
+                raise BertkitError(f"disk full at {self.out}: {name} was not written ({kept}); free some space, then "
+                                   f"{again}") from None  # fmt: skip
+            raise
+        self._saved_step = self.state.step
         if not self.is_main:
             return
-        if self.save_extra:
-            self.save_extra(tmp)
-        torch.save(
-            {
-                "train_state": asdict(self.state),
-                "optimizer": optimizer_state,
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": _rng_state(),
-                "config": asdict(self.cfg),
-            },
-            tmp / "training_state.pt",
-        )
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # the checkpoint appears complete or not at all
-        atomic_write(self.out / "latest", lambda t: Path(t).write_text(name + "\n"))
-        done = sorted(p for p in self.out.glob("checkpoint-*") if p.is_dir())
-        for old in done[: -self.cfg.keep_checkpoints]:
+        with disk_full_as_error(self.out / "latest", f"it still names the previous checkpoint; {name} is complete"):
+            atomic_write(self.out / "latest", lambda t: Path(t).write_text(name + "\n"))
+        # Keep this checkpoint and the newest older ones; never the one just written, whatever else the folder
+        # holds (`latest` must always name a checkpoint that exists).
+        older = sorted(p for p in self.out.glob("checkpoint-*") if p.is_dir() and p.name < name)
+        keep = older[len(older) - self.cfg.keep_checkpoints + 1 :] if self.cfg.keep_checkpoints > 1 else []
+        # A later checkpoint than this one belongs to a run abandoned at an earlier point: not this run's.
+        for old in [p for p in self.out.glob("checkpoint-*") if p.is_dir() and p != final and p not in keep]:
             shutil.rmtree(old, ignore_errors=True)
 
     def _agreed(self, flag: bool) -> bool:
@@ -297,12 +393,39 @@ class Trainer:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        self.check_finite_weights(state)
         if not self.is_main:
             return
         if state is None:
             self.raw_model.save_pretrained(path)  # type: ignore[operator]
         else:
             save_model(self.raw_model, path, state=state)
+
+    def check_finite_weights(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Stop (a `BertkitError`, on every rank alike) when a weight is NaN or infinite: a diverged model is never
+        saved, as a checkpoint or as a best model. `state`: the full weights gathered from FSDP shards, if any."""
+        if self.fsdp:
+            bad = first_non_finite(state.items()) if state is not None else None  # rank 0 holds the gathered state
+        else:
+            bad = first_non_finite(self.raw_model.state_dict().items())
+        if self._agreed(bad is not None):
+            weights = f"weight {bad} holds NaN or infinity" if bad else "a weight holds NaN or infinity on rank 0"
+            raise self._diverged(self.state.step, weights)
+
+    def _diverged(self, step: int, what: str) -> BertkitError:
+        """The one line that stops a run that diverged: the step, what is not finite, and what to try."""
+        return BertkitError(
+            f"step {step}: {what}: training diverged (no non-finite weights were saved); try a lower --learning-rate "
+            f"(this run: {self.cfg.learning_rate:g}), --precision fp32, or check the training data"
+        )
+
+    def remove_stale(self) -> None:
+        """Delete what a killed run of this directory left half-written (see `STALE_PATTERNS`); main rank."""
+        if not self.is_main or not self.out.is_dir():
+            return
+        from bertkit.files import own_entries, remove_entries
+
+        remove_entries(own_entries(self.out, STALE_PATTERNS))
 
     def resume(self) -> bool:
         """Load the newest checkpoint in the run directory; False when there is none."""
@@ -330,7 +453,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(**state["train_state"])
+        self._saved_step = self.state.step
         _set_rng_state(state["rng"])
+        self.remove_stale()
         self._truncate_metrics(self.state.step)
         if self.is_main:
             print(f"resumed from {ckpt} at step {self.state.step}")
@@ -381,8 +506,12 @@ class Trainer:
                 if isinstance(m, FSDPModule):
                     m.reshard()
         self.log({"split": "eval", **metrics})
+        # Plain numbers and strings: the state is saved with the checkpoint and read back with weights_only=True.
+        self.state.last_eval = json.loads(json.dumps(metrics, default=float))
+        self.state.last_eval_step = self.state.step
         if self.on_eval is not None and self.on_eval(metrics):
             self.stop = True
+            self.state.stopped_early = True
         return metrics
 
     def _autocast(self):
@@ -390,29 +519,65 @@ class Trainer:
             return torch.autocast("cpu", enabled=False)
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
+    def _bar_fields(self, loss: float | None = None, tokens_per_s: float | None = None) -> dict[str, str]:
+        """What the progress bar shows after the step count: epoch, loss, speed and the latest evaluation."""
+        fields = {"epoch": f"{min(self.state.epoch + 1, self.epochs_total)}/{self.epochs_total}"}
+        if loss is not None:
+            fields["loss"] = f"{loss:.3f}"
+        if tokens_per_s is not None:
+            fields["tok/s"] = f"{tokens_per_s:,.0f}"
+        if self.bar_metric is not None and self.bar_metric[1] in self.state.last_eval:
+            fields[self.bar_metric[0]] = f"{self.state.last_eval[self.bar_metric[1]]:.3f}"
+        return fields
+
     def train(self) -> dict[str, float]:
         """Run the loop up to `max_steps`; returns the last evaluation's metrics ({} without `eval_fn`).
 
         Logs, evaluates and checkpoints on their cadences, and once more at the last step; stops early when
-        `on_eval` asks or `max_minutes` runs out; draws `curves.png` at the end."""
+        `on_eval` asks or `max_minutes` runs out; draws `curves.png` at the end. A loss, gradient or weight that is
+        not finite stops the run with a `BertkitError` (before any of it is saved), as does a full disk."""
         cfg = self.cfg
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self.remove_stale()
             self._open_tensorboard()
-        self.model.train()
-        global_batch = cfg.batch_size * cfg.grad_accum * self.world
         bar = tqdm(
             total=cfg.max_steps, initial=self.state.step, desc="train", disable=not (cfg.progress and self.is_main)
         )
-        last_eval: dict[str, float] = {}
+        try:
+            with disk_full_as_error(self.out, "the checkpoints written so far are intact; free some space, then "
+                                    "run again with --resume"):  # fmt: skip
+                self._train_steps(bar)
+                # Once more at the end, unless the last step already did it (or a resumed run finished before).
+                if cfg.eval_every and self.state.last_eval_step != self.state.step:
+                    self.evaluate()
+                if cfg.save_every and self._saved_step != self.state.step:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
+        if self.is_main:
+            plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
+        return self.state.last_eval
+
+    def _train_steps(self, bar: tqdm) -> None:
+        """The loop itself: optimizer steps until `max_steps`, an early stop, or the time budget."""
+        cfg = self.cfg
+        self.model.train()
+        global_batch = cfg.batch_size * cfg.grad_accum * self.world
+        postfix = self._bar_fields()
+        bar.set_postfix(postfix, refresh=False)
         window = {"tokens": 0, "t0": time.perf_counter(), "loss": 0.0, "n": 0, "parts": {}}
         t_start = time.perf_counter()
-        stopping = False
+        stopping = self.state.stopped_early  # a run that stopped early stays stopped when resumed
         while self.state.step < cfg.max_steps and not stopping:
             batches = iter(self.loader_fn(self.state.epoch, self.state.epoch_samples, self.rank, self.world))
             exhausted = False
             while self.state.step < cfg.max_steps and not exhausted:
                 self.optimizer.zero_grad(set_to_none=True)
+                bad_loss = None
                 for micro in range(cfg.grad_accum):
                     batch = next(batches, None)
                     if batch is None:
@@ -426,8 +591,11 @@ class Trainer:
                     with ctx, self._autocast():
                         loss, parts = self.loss_fn(self.model, batch)
                     self.scaler.scale(loss / cfg.grad_accum).backward()
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value) and bad_loss is None:
+                        bad_loss = loss_value
                     window["tokens"] += int(batch["attention_mask"].sum()) * self.world
-                    window["loss"] += loss.item() / cfg.grad_accum
+                    window["loss"] += loss_value / cfg.grad_accum
                     for k, v in parts.items():
                         window["parts"][k] = window["parts"].get(k, 0.0) + v / cfg.grad_accum
                 if exhausted and micro == 0:
@@ -436,6 +604,16 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
                     grad_norm = grad_norm.full_tensor()
+                # Before the optimizer step, so that the weights stay as they were. With fp16 loss scaling an
+                # infinite gradient is expected now and then (the scaler skips that step); a loss is never.
+                bad_grad = not self.scaler.is_enabled() and not bool(torch.isfinite(grad_norm))
+                if self._agreed(bad_loss is not None or bad_grad):
+                    step = self.state.step + 1
+                    if bad_loss is not None:
+                        raise self._diverged(step, f"the training loss is {bad_loss}, not a finite number")
+                    if bad_grad:
+                        raise self._diverged(step, f"the gradient norm is {float(grad_norm)}, not a finite number")
+                    raise self._diverged(step, "the training loss is not a finite number on another rank")
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
@@ -454,10 +632,13 @@ class Trainer:
                         "tokens_per_s": window["tokens"] / dt,
                     }
                     self.log(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}")
+                    postfix = self._bar_fields(rec["loss"], rec["tokens_per_s"])
+                    bar.set_postfix(postfix)
                     window = {"tokens": 0, "t0": time.perf_counter(), "loss": 0.0, "n": 0, "parts": {}}
                 if cfg.eval_every and self.state.step % cfg.eval_every == 0:
-                    last_eval = self.evaluate()
+                    self.evaluate()
+                    postfix.update(self._bar_fields())  # the new score, next to the last loss
+                    bar.set_postfix(postfix)
                 if cfg.save_every and self.state.step % cfg.save_every == 0:
                     self.save_checkpoint()
                 if self.stop:
@@ -475,16 +656,6 @@ class Trainer:
                 self.state.epoch_samples = 0
                 if self.samples_per_epoch == 0:
                     raise BertkitError("the training data is empty")
-        bar.close()
-        if cfg.eval_every and self.state.step % cfg.eval_every != 0:
-            last_eval = self.evaluate()
-        if cfg.save_every and self.state.step % cfg.save_every != 0:
-            self.save_checkpoint()
-        if self.tb is not None:
-            self.tb.close()
-        if self.is_main:
-            plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
-        return last_eval
 
 
 def plot_metrics(metrics: Path, png: Path) -> bool:
