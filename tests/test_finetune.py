@@ -243,3 +243,43 @@ def test_relocate_keeps_unfindable_answers_for_scoring_only(tmp_path: Path, tiny
     features = QaTask(TaskSettings(max_seq_length=64)).features(examples, Tokenizer.from_pretrained(tiny_zh_model),
                                                                None, train=True)  # fmt: skip
     assert {f["example"] for f in features} == {0}
+
+
+def test_finetune_says_what_it_did(
+    tmp_path: Path, tiny_zh_model: Path, data_dir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The expected case is quiet and the end state explicit: the new task head announced as such (not as the
+    loader's "initialised fresh" warning), a one-line note on untrained positions, epoch and dev score on the
+    progress bar, and a closing line with the best dev score, its step and epoch, and where the model is."""
+    import logging
+    import shutil
+
+    from bertkit.tasks.base import TaskSettings
+    from bertkit.tasks.finetune import FinetuneConfig, run_finetune
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_zh_model, model)
+    (model / "bertkit_pretraining.json").write_text(json.dumps({"max_seq_length": 16}))  # pre-trained at 16 tokens
+    train = _head(data_dir / "chnsenticorp/train.tsv", tmp_path / "train.tsv", 65)
+    dev = _head(data_dir / "chnsenticorp/dev.tsv", tmp_path / "dev.tsv", 33)
+    out = tmp_path / "cls"
+    settings = TaskSettings(max_seq_length=32)
+    with caplog.at_level(logging.INFO):
+        result = run_finetune(FinetuneConfig(task="cls", model=str(model), train=str(train), dev=str(dev),
+                                             out=str(out), epochs=2, batch_size=16, settings=settings))  # fmt: skip
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert "classifier: a new task head for 2 labels, trained from scratch (the usual start of fine-tuning)" in lines
+    assert not [r for r in caplog.records if "initialised fresh" in r.getMessage()]
+    notes = [x for x in lines if x.startswith("note:")]
+    assert notes == ["note: the model was pre-trained on up to 16 tokens; positions 16-31 start untrained and are "
+                     "learned here"]  # fmt: skip
+    accuracy, step, epoch = result["dev"]["accuracy"], result["best_step"], result["best_epoch"]
+    assert f"best dev accuracy {accuracy:.3f} at step {step} (epoch {epoch} of 2), saved to {out}" in lines
+    assert step in (4, 8) and epoch == step // 4
+    assert "epoch=2/2" in printed.err and "dev accuracy=" in printed.err  # the progress bar
+
+    run_finetune(FinetuneConfig(task="cls", model=str(model), train=str(train), dev=None, out=str(tmp_path / "nodev"),
+                                max_steps=2, batch_size=16, settings=settings, progress=False))  # fmt: skip
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"no --dev: the last model (step 2, epoch 1 of 1) saved to {tmp_path / 'nodev'}"
