@@ -42,13 +42,14 @@ def test_minilm_matches_transformers(minilm_dir: Path, data_dir: Path, unpad: bo
         o, r = ours(**batch), ref(**batch)
         diff = (o.last_hidden_state - r.last_hidden_state).abs()
         # Every real token: 1e-5. Padding rows are not used by anything: the unpadded path leaves them zero; the
-        # plain path computes them, and their values depend on the kernel (transformers' own eager and SDPA paths
-        # differ there by ~1.5e-5), so they get 1e-4.
+        # plain path computes them, and their values depend on the kernel: transformers' own eager and SDPA paths
+        # disagree there several times more than on real tokens, by an amount that changed between its releases
+        # (a fresh install failed a 1e-4 bound on activations of size up to ~6), so they get 5e-4.
         assert diff[mask].max() <= 1e-5
         if unpad:
             assert o.last_hidden_state[~mask].abs().max() == 0
         else:
-            assert diff[~mask].max() <= 1e-4
+            assert diff[~mask].max() <= 5e-4
         assert (o.pooler_output - r.pooler_output).abs().max() <= 1e-5
     assert n_padded > 1000
 
