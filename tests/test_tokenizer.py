@@ -43,6 +43,34 @@ def test_segments_specials_and_offsets(tok: Tokenizer) -> None:
     assert spans == ["Héllo", ",", "wörld", "!", "天", "安", "[MASK]", "京"]
 
 
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("가", ["ᄀ", "##ᅡ"]),  # accent stripping decomposes Hangul, and nothing composes it again
+        ("\u09cb", ["ে", "##া"]),  # Bengali vowel sign O: NFD gives two spacing marks, both kept
+        ("\u0bcb", ["ே", "##ா"]),  # Tamil vowel sign OO, likewise
+        ("ΆΣ", ["α", "##ς"]),  # Python's str.lower() gives a final sigma at the end of a word
+        ("ΣΑΣ'", ["σ", "##α", "##ς", "'"]),  # ... also before a case-ignorable apostrophe, not at a word's start
+        ("ΌΣΟΣ", ["ο", "##σ", "##ος"]),
+        ("a\u0378b", ["ab"]),  # an unassigned code point is dropped like a control character
+        ("a\u07fdb", ["ab"]),  # a non-spacing mark from Unicode 11 is stripped like any accent
+        ("x\u061dy", ["x", "[UNK]", "y"]),  # punctuation from Unicode 14 splits the word
+    ],
+)
+def test_cases_where_the_original_algorithm_differed(tok: Tokenizer, minilm_dir: Path, text: str, tokens) -> None:
+    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+    assert BertTokenizerLegacy(str(minilm_dir / "vocab.txt")).tokenize(text) == tokens  # the oracle says so
+    assert tok.tokenize(text) == tokens
+    assert tok.ids_batch([text]) == [tok.convert_tokens_to_ids(tokens)]
+
+
+def test_extension_e_start_is_isolated_like_every_cjk_ideograph() -> None:
+    """U+2B820..U+2B91F are CJK ideographs to the original (the Rust normaliser's table starts at U+2B920)."""
+    tok = Tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "\U0002b820", "##\U0002b820"])
+    assert tok.tokenize("a\U0002b820a") == ["a", "\U0002b820", "a"]
+
+
 def test_long_word_is_unk_and_truncation(tok: Tokenizer) -> None:
     assert tok.tokenize("a" * 101) == ["[UNK]"]
     assert tok.tokenize("unaffable") == ["una", "##ffa", "##ble"]

@@ -1,9 +1,18 @@
 """BERT's WordPiece tokenizer on the Rust `tokenizers` library, with the original algorithm's semantics.
 
-Normalisation and splitting follow Google's `tokenization.py` (as ported by `transformers`' legacy
-`BertTokenizer`): drop control characters, map white space to spaces, put spaces around every CJK character,
-NFC, optional lower-casing with accent stripping, split on white space and punctuation, then greedy
-longest-match-first WordPiece with `##` continuations and `[UNK]` for words over 100 characters.
+Normalisation and splitting follow Google's `tokenization.py` as `transformers`' legacy `BertTokenizer` runs it:
+drop control characters, put spaces around every CJK character, NFC, optional lower-casing (with Python's
+final-sigma rule) and accent stripping (NFD, drop non-spacing marks), split on white space and punctuation, then
+greedy longest-match-first WordPiece with `##` continuations and `[UNK]` for words over 100 characters.
+
+Which characters are controls, white space, punctuation, non-spacing marks, cased or case-ignorable is read from
+this Python's `unicodedata` (the tables the original algorithm uses), not from the Rust crate's own tables, which
+are older; only NFC/NFD and per-character lower-casing run on the Rust side's tables (see `_char_classes`).
+The ids equal the original's for every code point, except where the Rust crate's normalisation data (Unicode 9.0)
+lacks what Python's has (tests/test_tokenizer_property.py checks every code point): U+11938, whose decomposition
+came in Unicode 13.0, and 98 combining marks whose combining class came in 10.0 to 14.0 when another mark of a
+lower class follows one of them (Python's NFC/NFD puts that mark first, the Rust side leaves the order). Counted
+with Python 3.11 (Unicode 14.0) and tokenizers 0.23.
 
 Special tokens and pair truncation are done here rather than by `tokenizers`, so that truncation trims the longer
 segment first and, on a tie, segment B, exactly as the original `_truncate_seq_pair`.
@@ -11,6 +20,8 @@ segment first and, on a tie, segment B, exactly as the original `_truncate_seq_p
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import re
 import unicodedata
@@ -20,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as RustTokenizer
-from tokenizers import decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
 
 from bertkit.data.corpus import read_corpus_lines
@@ -97,8 +108,15 @@ def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int
     return len_a - excess // 2, len_b - (excess + 1) // 2
 
 
-_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF))  # BMP CJK ideograph blocks BERT isolates
+# The blocks the original `_is_chinese_char` isolates (the Rust BertNormalizer has U+2B920 where the original has
+# U+2B820, so Extension E's first 256 characters are given here rather than left to it).
+_ALL_CJK_RANGES = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+)  # fmt: skip
+_CJK_RANGES = tuple(r for r in _ALL_CJK_RANGES if r[1] < 0x10000)  # the BMP ones, for the table lookup
 _SPACES = frozenset(" \t\u3000")
+_ASCII_PUNCTUATION = ((33, 47), (58, 64), (91, 96), (123, 126))  # not all 'P*' in Unicode, punctuation to BERT
 
 
 def _is_bert_punctuation(c: str) -> bool:
@@ -107,6 +125,92 @@ def _is_bert_punctuation(c: str) -> bool:
     if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
         return True
     return unicodedata.category(c).startswith("P")
+
+
+def _class(ranges: Iterable[tuple[int, int]]) -> str:
+    """The body of an Oniguruma character class (no brackets) matching the (first, last) code point ranges."""
+    merged: list[list[int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return "".join(f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in merged)
+
+
+def _ranges_of(chars: Iterable[str]) -> list[tuple[int, int]]:
+    """(first, last) code point ranges of characters given in code point order."""
+    out: list[tuple[int, int]] = []
+    for cp in map(ord, chars):
+        if out and out[-1][1] == cp - 1:
+            out[-1] = (out[-1][0], cp)
+        else:
+            out.append((cp, cp))
+    return out
+
+
+@dataclass(frozen=True)
+class _CharClasses:
+    """Regular expressions (Oniguruma syntax, for `tokenizers.Regex`) of the original algorithm's character tests."""
+
+    removed: str  # what `_clean_text` drops: NUL, U+FFFD and every 'C*' category except tab, newline, return
+    space: str  # what the white-space splits split on (str.split(): Zs, tab, newline, return, U+2028, ...)
+    punctuation: str  # class body: ASCII symbols and 'P*'; each becomes a word of its own
+    chinese: str  # class body: the CJK blocks the original puts spaces around
+    nonspacing_mark: str  # 'Mn': what accent stripping drops after NFD
+    final_sigma: str  # a capital sigma that Python's str.lower() makes 'ς' (Unicode's Final_Sigma context)
+
+
+@functools.cache
+def _char_classes() -> _CharClasses:
+    """The original algorithm's character classes from this Python's `unicodedata` (about 0.2 s, once a process).
+
+    The Rust crate's own character tests use older tables (recent characters are neither controls nor punctuation
+    nor marks there, and U+166D is still punctuation), keep unassigned code points that the original drops, and
+    lower-case a capital sigma without context; given these classes, the Rust side only does NFC, NFD and
+    per-character lower-casing."""
+    runs = []  # (first, last, general category), in code point order; C-level loops throughout
+    first = 0
+    for category, same in itertools.groupby(map(unicodedata.category, map(chr, range(0x110000)))):
+        n = len(list(same))
+        runs.append((first, first + n - 1, category))
+        first += n
+    removed, kept = [(0xFFFD, 0xFFFD)], []
+    for a, b, category in runs:
+        if category == "Cc":  # 65 code points; tab, newline and return are white space to the original
+            for cp in range(a, b + 1):
+                (kept if cp in (9, 10, 13) else removed).append((cp, cp))
+        elif category != "Cs":  # surrogates cannot occur in a str that reaches Rust
+            (removed if category.startswith("C") else kept).append((a, b))
+    kept_chars = list(map(chr, itertools.chain.from_iterable(range(a, b + 1) for a, b in sorted(kept))))
+    titlecase = {chr(cp) for a, b, category in runs if category == "Lt" for cp in range(a, b + 1)}
+    lower, upper = map(str.islower, kept_chars), map(str.isupper, kept_chars)
+    cased = [c for c, lo, up in zip(kept_chars, lower, upper, strict=True) if lo or up or c in titlecase]
+
+    # Case_Ignorable is not exposed by Python, so it is read off str.lower() itself (NUL separates the probes and
+    # is neither cased nor case-ignorable): a capital sigma after a cased letter and a non-cased x is final ('ς')
+    # exactly when x is case-ignorable; after a cased x alone, exactly when x is not.
+    def sigma_is_final(probes: str) -> list[bool]:
+        return [p[-1] == "\u03c2" for p in probes.lower().split("\0")]
+
+    cased_set = set(cased)
+    others = [c for c in kept_chars if c not in cased_set]
+    finals = sigma_is_final("A" + "\u03a3\0A".join(others) + "\u03a3")
+    ignorable = {c for c, final in zip(others, finals, strict=True) if final}
+    finals = sigma_is_final("\u03a3\0".join(cased) + "\u03a3")
+    ignorable |= {c for c, final in zip(cased, finals, strict=True) if not final}
+    stops = _class(_ranges_of(c for c in cased if c not in ignorable))  # cased and not case-ignorable
+    skip = _class(_ranges_of(sorted(ignorable)))
+    p_runs = [(a, b) for a, b, category in runs if category.startswith("P")]
+    return _CharClasses(
+        removed=f"[{_class(removed)}]",
+        space=f"[{_class(_ranges_of(itertools.compress(kept_chars, map(str.isspace, kept_chars))))}]+",
+        punctuation=_class([*_ASCII_PUNCTUATION, *p_runs]),
+        chinese=_class(_ALL_CJK_RANGES),
+        nonspacing_mark=f"[{_class((a, b) for a, b, category in runs if category == 'Mn')}]",
+        # CPython's rule: preceded by a cased letter, skipping case-ignorable characters, and not followed by one.
+        final_sigma=f"(?<=[{stops}][{skip}]*)\\x{{3A3}}(?![{skip}]*[{stops}])",
+    )
 
 
 class _CharTable:
@@ -183,25 +287,22 @@ class Tokenizer:
         self.model_max_length = model_max_length
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.token_to_id[t] for t in SPECIAL_TOKENS)
         self.special_ids = frozenset(self.token_to_id[t] for t in SPECIAL_TOKENS)
-        self._rust = self._build_rust()
-        self._char_table: _CharTable | None = None  # built on first use (~0.5 s, measured)
+        # Both built on first use: the Rust pipeline needs `_char_classes` (~0.2 s once a process), the table ~0.3 s.
+        self._rust_tokenizer: RustTokenizer | None = None
+        self._char_table: _CharTable | None = None
+
+    @property
+    def _rust(self) -> RustTokenizer:
+        if self._rust_tokenizer is None:
+            self._rust_tokenizer = self._build_rust()
+        return self._rust_tokenizer
 
     def _build_rust(self) -> RustTokenizer:
         tk = RustTokenizer(
             WordPiece(self.token_to_id, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
         )
-        tk.normalizer = normalizers.Sequence(
-            [
-                normalizers.BertNormalizer(
-                    clean_text=True,
-                    handle_chinese_chars=self.tokenize_chinese_chars,
-                    strip_accents=self.strip_accents,
-                    lowercase=self.lowercase,
-                ),
-                normalizers.NFC(),
-            ]
-        )
-        tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tk.normalizer = self._normalizer()
+        tk.pre_tokenizer = self._pre_tokenizer()
         tk.decoder = decoders.WordPiece(prefix="##")
         tk.add_special_tokens(SPECIAL_TOKENS)  # "[MASK]" typed in a text stays one token
         # Used only by other readers of tokenizer.json (e.g. transformers); bertkit adds specials itself.
@@ -211,6 +312,31 @@ class Tokenizer:
             special_tokens=[(CLS, self.cls_id), (SEP, self.sep_id)],
         )
         return tk
+
+    def _normalizer(self) -> normalizers.Normalizer:
+        """The original's steps in its order: clean, NFC, lower-case, then NFD and drop 'Mn' if stripping accents.
+
+        No NFC after stripping: the original leaves the decomposed text (Hangul '가' stays 'ᄀ' + 'ᅡ'), and the
+        CJK spaces are put in by the pre-tokenizer instead (NFC composes nothing across a CJK ideograph)."""
+        cc = _char_classes()
+        steps = [normalizers.Replace(Regex(cc.removed), ""), normalizers.NFC()]
+        if self.lowercase:
+            steps += [normalizers.Replace(Regex(cc.final_sigma), "\u03c2"), normalizers.Lowercase()]
+        strip = self.strip_accents is not False if self.lowercase else bool(self.strip_accents)
+        if strip:
+            steps += [normalizers.NFD(), normalizers.Replace(Regex(cc.nonspacing_mark), "")]
+        return normalizers.Sequence(steps)
+
+    def _pre_tokenizer(self) -> pre_tokenizers.PreTokenizer:
+        """Split on white space, then make each punctuation character (and CJK ideograph) a word of its own."""
+        cc = _char_classes()
+        isolated = cc.punctuation + (cc.chinese if self.tokenize_chinese_chars else "")
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(cc.space), behavior="removed"),
+                pre_tokenizers.Split(Regex(f"[{isolated}]"), behavior="isolated"),
+            ]
+        )
 
     # ---------------------------------------------------------------- basics
     @property
