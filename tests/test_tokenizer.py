@@ -99,3 +99,141 @@ def test_train_validates_vocab_size(tmp_path: Path) -> None:
 
     with pytest.raises(BertkitError, match="too small"):
         Tokenizer.train([tmp_path / "x.txt"], vocab_size=3)
+
+
+# ---------------------------------------------------------------- vocabulary vs model, settings files, paths
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def model_dir(tmp_path: Path, n_tokens: int, model_vocab_size: int) -> Path:
+    """A directory as bertkit writes it: a tokenizer of n_tokens and a model config with model_vocab_size."""
+    from bertkit import BertConfig
+
+    path = tmp_path / "model"
+    Tokenizer([*SPECIALS, *(f"w{i}" for i in range(n_tokens - 5))]).save_pretrained(path)
+    BertConfig.preset("tiny", vocab_size=model_vocab_size).save(path / "config.json")
+    return path
+
+
+def edit_vocab(path: Path, keep: int | None = None, add: int = 0) -> None:
+    lines = (path / "vocab.txt").read_text(encoding="utf-8").splitlines()[:keep]
+    lines += [f"added{i}" for i in range(add)]
+    (path / "vocab.txt").write_text("".join(t + "\n" for t in lines), encoding="utf-8")
+
+
+def test_bertkit_directory_with_a_changed_vocab_is_an_error(tmp_path: Path) -> None:
+    from bertkit import BertkitError
+
+    path = model_dir(tmp_path, 40, 40)
+    assert Tokenizer.from_pretrained(path).vocab_size == 40
+    edit_vocab(path, keep=37)  # lost lines: every later id would take another token's embedding
+    with pytest.raises(BertkitError, match=r"has 37 tokens but .*tokenizer_config.json records 40 .*was changed"):
+        Tokenizer.from_pretrained(path)
+    edit_vocab(path, keep=37, add=5)  # now longer than the model
+    with pytest.raises(BertkitError, match=r"has 42 tokens but .* records 40"):
+        Tokenizer.from_pretrained(path)
+
+
+def test_tokenizer_larger_than_the_model_is_an_error_and_smaller_is_hugging_face_padding(tmp_path: Path) -> None:
+    """Without bertkit's record (a Hugging Face directory), only the model's vocab_size can be checked: a larger
+    vocabulary has ids without embeddings; a smaller one is the usual padded embedding table."""
+    import json
+
+    from bertkit import BertkitError
+
+    path = model_dir(tmp_path, 40, 48)
+    cfg_file = path / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    del cfg["bertkit"]
+    cfg_file.write_text(json.dumps(cfg), encoding="utf-8")
+    assert Tokenizer.from_pretrained(path).vocab_size == 40  # 40 tokens, 48 embeddings
+    edit_vocab(path, keep=30)
+    assert Tokenizer.from_pretrained(path).vocab_size == 30
+    edit_vocab(path, add=20)  # 50 > 48
+    with pytest.raises(BertkitError, match=r"has 50 tokens but .*config.json has vocab_size 48: ids 48 to 49 have"):
+        Tokenizer.from_pretrained(path)
+
+
+def test_minilm_checkpoint_loads_with_a_padded_model_vocabulary(tmp_path: Path, minilm_dir: Path) -> None:
+    import json
+    import shutil
+
+    for name in ("vocab.txt", "tokenizer_config.json", "config.json"):
+        shutil.copy(minilm_dir / name, tmp_path / name)
+    cfg = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    assert cfg["vocab_size"] == 30522 and "bertkit" not in (tmp_path / "tokenizer_config.json").read_text()
+    cfg["vocab_size"] = 30528  # padded to a multiple of 64, as some checkpoints are
+    (tmp_path / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    assert Tokenizer.from_pretrained(tmp_path).vocab_size == 30522
+
+
+def test_directory_bertkit_wrote_loads_in_transformers(tmp_path: Path, minilm_dir: Path) -> None:
+    """bertkit's own key in tokenizer_config.json does not disturb transformers' loaders."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    tok.save_pretrained(tmp_path)
+    text, pair = "Héllo, wörld! 天安门 [MASK] naïve", "Second segment, 第二句。"
+    expected = tok.encode(text, pair).input_ids
+    for loader in (AutoTokenizer, BertTokenizerFast, BertTokenizerLegacy):
+        hf = loader.from_pretrained(str(tmp_path))
+        assert hf(text, pair)["input_ids"] == expected, loader.__name__
+        assert hf.vocab_size == tok.vocab_size
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"do_lower_case": true,', r"tokenizer_config.json: not valid JSON \(.* at line 1, column"),
+        ("[]", r"tokenizer_config.json: expected a JSON object"),
+        ('{"do_lower_case": "false"}', r'tokenizer_config.json: field do_lower_case is "false"; it must be true or'),
+        ('{"strip_accents": 0}', r"field strip_accents is 0; it must be true, false or null"),
+        ('{"tokenize_chinese_chars": null}', r"field tokenize_chinese_chars is null"),
+        ('{"model_max_length": "512"}', r'field model_max_length is "512"; it must be a positive integer'),
+        ('{"model_max_length": 0}', r"field model_max_length is 0"),
+        ('{"bertkit": {"vocab_size": "40"}}', r'field bertkit.vocab_size is "40"'),
+        ('{"bertkit": 40}', r"field bertkit is 40"),
+    ],
+)
+def test_broken_tokenizer_config_is_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    from bertkit import BertkitError
+
+    Tokenizer(SPECIALS).save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(content, encoding="utf-8")
+    with pytest.raises(BertkitError, match=message) as e:
+        Tokenizer.from_pretrained(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_settings_that_hugging_face_writes_are_accepted(tmp_path: Path) -> None:
+    Tokenizer(SPECIALS).save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(
+        '{"do_lower_case": false, "strip_accents": true, "model_max_length": 1000000000000000019884624838656}',
+        encoding="utf-8",
+    )
+    tok = Tokenizer.from_pretrained(tmp_path)
+    assert (tok.lowercase, tok.strip_accents, tok.model_max_length) == (False, True, 512)
+
+
+def test_missing_model_directory_says_it_does_not_exist(tmp_path: Path) -> None:
+    from bertkit import BertkitError
+
+    (tmp_path / "model").mkdir()
+    with pytest.raises(BertkitError, match=r"modle does not exist; did you mean .*model\?"):
+        Tokenizer.from_pretrained(tmp_path / "modle")
+    with pytest.raises(BertkitError, match=r"nowhere/model does not exist; check the path"):
+        Tokenizer.from_pretrained(tmp_path / "nowhere" / "model")
+    with pytest.raises(BertkitError, match=r"no vocab.txt in .*model: is this a tokenizer or model directory"):
+        Tokenizer.from_pretrained(tmp_path / "model")
+
+
+def test_vocab_corpus_directory_asks_for_its_files(tmp_path: Path) -> None:
+    from bertkit import BertkitError
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("some text\n", encoding="utf-8")
+    with pytest.raises(
+        BertkitError, match=r"corpus is a directory; give the corpus files in it, e\.g\. .*corpus/\*\.txt"
+    ):
+        Tokenizer.train([tmp_path / "corpus"], vocab_size=100, show_progress=False)

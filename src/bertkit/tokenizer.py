@@ -20,6 +20,7 @@ segment first and, on a tie, segment B, exactly as the original `_truncate_seq_p
 
 from __future__ import annotations
 
+import difflib
 import functools
 import itertools
 import json
@@ -263,6 +264,76 @@ class _Piece:
         return [(p, p + 1) for p in self.positions]
 
 
+_OWN_KEY = "bertkit"  # bertkit's own section of tokenizer_config.json; other readers ignore it
+
+
+def _no_such_path(path: Path) -> str:
+    """Say that `path` does not exist, and suggest a near name beside it (a typo such as 'modle' for 'model')."""
+    parent = path.parent if path.parent.is_dir() else None
+    near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1) if parent else []
+    hint = f"; did you mean {parent / near[0]}?" if parent and near else "; check the path"
+    return f"{path} does not exist{hint}"
+
+
+def _read_tokenizer_config(path: Path) -> dict:
+    """Tokenizer settings from a tokenizer_config.json (defaults where it is missing), checked field by field.
+
+    Returns the keyword arguments of `Tokenizer` plus `vocab_size`: the size bertkit recorded, or None."""
+    cfg: object = {}
+    if path.is_file():
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise BertkitError(f"{path}: not valid UTF-8 at byte {e.start}; save it as UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise BertkitError(
+                f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix it, or save the "
+                "tokenizer again"
+            ) from None
+    if not isinstance(cfg, dict):
+        raise BertkitError(f"{path}: expected a JSON object {{...}}, found a {type(cfg).__name__}")
+
+    def field(name: str, default, ok, expected: str):
+        value = cfg.get(name, default)
+        if not ok(value):
+            raise BertkitError(f"{path}: field {name} is {json.dumps(value)}; it must be {expected}")
+        return value
+
+    def is_bool(v: object) -> bool:
+        return isinstance(v, bool)
+
+    def is_count(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    def is_length(v: object) -> bool:  # Hugging Face writes 1e30 for "no limit", as an integer or a float
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1
+
+    own = field(_OWN_KEY, {}, lambda v: isinstance(v, dict), 'an object such as {"vocab_size": 21128}')
+    recorded = own.get("vocab_size")
+    if recorded is not None and not is_count(recorded):
+        raise BertkitError(
+            f"{path}: field {_OWN_KEY}.vocab_size is {json.dumps(recorded)}; it must be a positive integer"
+        )
+    max_length = field("model_max_length", 512, is_length, "a positive integer")
+    return {
+        "lowercase": field("do_lower_case", True, is_bool, "true or false (a JSON boolean, without quotes)"),
+        "strip_accents": field("strip_accents", None, lambda v: v is None or is_bool(v), "true, false or null"),
+        "tokenize_chinese_chars": field("tokenize_chinese_chars", True, is_bool, "true or false (without quotes)"),
+        "model_max_length": int(max_length) if max_length < 1_000_000 else 512,
+        "vocab_size": recorded,
+    }
+
+
+def _model_vocab_size(path: Path) -> int | None:
+    """`vocab_size` of the model config.json beside a vocabulary, or None where there is none to read (a broken
+    config.json is reported by the model's loader, which reads it next)."""
+    try:
+        size = json.loads(path.read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
 class Tokenizer:
     """BERT WordPiece tokenizer: `encode`, `encode_batch`, `batch`, `train`, `from_pretrained`, `save_pretrained`."""
 
@@ -464,6 +535,9 @@ class Tokenizer:
         Save the vocabulary and reuse it, as every bertkit recipe does once a vocabulary exists."""
         if vocab_size <= len(SPECIAL_TOKENS):
             raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
+        for f in map(Path, files):
+            if f.is_dir():
+                raise BertkitError(f"{f} is a directory; give the corpus files in it, e.g. {f / '*.txt'}")
         n_text_lines = 0
 
         def lines() -> Iterable[str]:  # streamed; UTF-8 errors name the file and byte offset
@@ -494,8 +568,15 @@ class Tokenizer:
     # ---------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
-        """Read `vocab.txt` and `tokenizer_config.json` (bertkit's or Hugging Face's)."""
+        """Read `vocab.txt` and `tokenizer_config.json` (bertkit's or Hugging Face's) from a directory or vocab file.
+
+        The vocabulary must fit the model beside it: more tokens than `config.json`'s `vocab_size` is an error (their
+        ids have no embedding). Fewer is Hugging Face's padded embedding table and allowed, except where bertkit wrote
+        the directory: it records the vocabulary's size, and a vocab.txt that lost or gained lines since is an error
+        (each token after the change would silently get another token's embedding)."""
         path = Path(path)
+        if not path.exists():
+            raise BertkitError(_no_such_path(path))
         vocab_file = path / "vocab.txt" if path.is_dir() else path
         if not vocab_file.is_file():
             raise BertkitError(f"no vocab.txt in {path}: is this a tokenizer or model directory?")
@@ -506,18 +587,27 @@ class Tokenizer:
         if vocab and vocab[-1] == "":
             vocab.pop()
         vocab = [t.rstrip("\r") for t in vocab]
-        cfg: dict = {}
         cfg_file = vocab_file.parent / "tokenizer_config.json"
-        if cfg_file.is_file():
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        max_len = cfg.get("model_max_length", 512)
-        return cls(
-            vocab,
-            lowercase=cfg.get("do_lower_case", True),
-            strip_accents=cfg.get("strip_accents"),
-            tokenize_chinese_chars=cfg.get("tokenize_chinese_chars", True),
-            model_max_length=max_len if isinstance(max_len, int) and max_len < 1_000_000 else 512,
-        )
+        settings = _read_tokenizer_config(cfg_file)
+        recorded = settings.pop("vocab_size")
+        if recorded is not None and recorded != len(vocab):
+            raise BertkitError(
+                f"{vocab_file} has {len(vocab)} tokens but {cfg_file} records {recorded} ({_OWN_KEY}.vocab_size): "
+                "vocab.txt was changed after it was saved with this model, so tokens would get other tokens' "
+                f"embeddings; restore the saved vocab.txt (if the change is intended, delete {_OWN_KEY} from "
+                f"{cfg_file.name})"
+            )
+        model_config = vocab_file.parent / "config.json"
+        model_size = _model_vocab_size(model_config)
+        if model_size is not None and len(vocab) > model_size:
+            raise BertkitError(
+                f"{vocab_file} has {len(vocab)} tokens but {model_config} has vocab_size {model_size}: ids "
+                f"{model_size} to {len(vocab) - 1} have no embedding; use the vocab.txt saved with this model"
+            )
+        try:
+            return cls(vocab, **settings)
+        except BertkitError as e:
+            raise BertkitError(f"{vocab_file}: {e}; is this a BERT vocab.txt?") from None
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write `vocab.txt`, `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`."""
@@ -539,6 +629,7 @@ class Tokenizer:
             "tokenize_chinese_chars": self.tokenize_chinese_chars,
             "model_max_length": self.model_max_length,
             **specials,
+            _OWN_KEY: {"vocab_size": self.vocab_size},  # checked on load: a vocab.txt that lost lines is an error
         }
         (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (path / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")
