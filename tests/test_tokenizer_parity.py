@@ -103,3 +103,25 @@ def test_table_lookup_path_equals_rust_path(tmp_path: Path, minilm_dir: Path, zh
     bad = [t for t, f, s in zip(texts, fast, slow, strict=True) if (f.ids, list(f.offsets)) != (s.ids, s.offsets)]
     assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:3]}"
     assert tok.ids_batch(texts) == [s.ids for s in slow]
+
+
+def test_table_lookup_characters_stay_one_word_each() -> None:
+    """The table lookup tokenizes a covered text character by character. That equals tokenizing it whole only if
+    no two of its characters (punctuation, BMP CJK ideographs) interact under normalisation: none is a combining
+    mark or the second part of a canonical composition, and each one's NFC is again punctuation or CJK (seven
+    compatibility ideographs become Extension B ones)."""
+    import unicodedata
+
+    from bertkit.tokenizer import _ALL_CJK_RANGES, _CJK_RANGES, _is_bert_punctuation
+
+    table = {chr(c) for c in range(0x21, 0x10000) if _is_bert_punctuation(chr(c))}
+    table |= {chr(c) for lo, hi in _CJK_RANGES for c in range(lo, hi + 1)}
+    second_parts = set()
+    for cp in range(0x110000):
+        decomposition = unicodedata.decomposition(chr(cp)).split()
+        if len(decomposition) == 2 and not decomposition[0].startswith("<"):
+            second_parts.add(chr(int(decomposition[1], 16)))
+    assert not table & second_parts
+    assert not [c for c in table if unicodedata.combining(c)]
+    isolated = table | {chr(c) for lo, hi in _ALL_CJK_RANGES for c in range(lo, hi + 1)}
+    assert all(n in isolated for c in table for n in unicodedata.normalize("NFC", c))
