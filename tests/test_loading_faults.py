@@ -390,3 +390,24 @@ def test_save_model_into_a_full_disk(small_disk: Path, models: dict[str, Path]) 
     with pytest.raises(BertkitError, match=rf"^disk full at {small_disk / 'model' / 'model.safetensors'}:"):
         save_model(big, small_disk / "model")
     assert {p.name: p.read_bytes() for p in (small_disk / "model").iterdir()} == earlier
+
+
+def test_a_task_model_without_its_head_is_refused_not_answered_at_random(models, tmp_path: Path, capsys) -> None:
+    # A classifier directory whose weights lost the classifier (e.g. a pre-trained model's weights copied over
+    # it): the loader initialises a new head at random, and predict answered with it, exit 0.
+    model = tmp_path / "cls"
+    shutil.copytree(models["cls"], model)
+    tensors = load_file(str(model / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if not k.startswith("classifier.")}, str(model / "model.safetensors"))
+    code, out, err = run(capsys, "predict", "--model", str(model), "--input", str(models["texts"]))
+    assert_one_line_error(code, err, "predict", str(model), "no trained task head", "classifier.")
+    assert out == ""
+
+
+@pytest.mark.parametrize("text", ["{", '{"task": "translation"}', '{"task": "cls", "settings": [1]}'])
+def test_a_broken_task_record_is_one_line(models, tmp_path: Path, capsys, text: str) -> None:
+    model = tmp_path / "cls"
+    shutil.copytree(models["cls"], model)
+    (model / "bertkit_task.json").write_text(text)
+    code, out, err = run(capsys, "predict", "--model", str(model), "--input", str(models["texts"]))
+    assert_one_line_error(code, err, "predict", str(model / "bertkit_task.json"))

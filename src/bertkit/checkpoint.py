@@ -260,7 +260,8 @@ def load_model(cls: type[M], path: str | Path, config: BertConfig | None = None,
     """Build `cls` from a model directory: its `config.json` (unless `config` is given) and its weights.
 
     Works on bertkit directories and on Hugging Face BERT directories (any BertModel/BertFor* checkpoint, old
-    gamma/beta names included). Heads absent from the checkpoint are freshly initialised and logged.
+    gamma/beta names included). Heads absent from the checkpoint are freshly initialised and listed in the
+    model's `fresh_parameters`.
     """
     path = Path(path)
     if not path.is_dir():
@@ -269,8 +270,11 @@ def load_model(cls: type[M], path: str | Path, config: BertConfig | None = None,
     model = cls(config, **kwargs)
     files = _weight_files(path)
     fresh = load_state(model, read_tensors(path), source=str(files[0] if len(files) == 1 else path))
+    # Which heads are new is the caller's to judge: fine-tuning expects a new task head and says so plainly,
+    # prediction must refuse a task model whose head is missing, an encoder does not care about its pooler.
+    model.fresh_parameters = sorted(fresh)
     if fresh:
-        log.warning("%s: initialised fresh (not in the checkpoint): %s", path, ", ".join(sorted(fresh)))
+        log.debug("%s: initialised fresh (not in the checkpoint): %s", path, ", ".join(sorted(fresh)))
     model.eval()
     return model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +64,7 @@ def concat_bilm_factory(l2r_dir: Path, r2l_dir: Path, task: str):
                 "attention_probs_dropout_prob": config.attention_probs_dropout_prob}  # fmt: skip
         encoders = []
         for d in (l2r_dir, r2l_dir):
-            cfg = BertConfig.load(d)
-            cfg.__dict__.update(over)
-            encoders.append(BertModel.from_pretrained(d, config=cfg))
+            encoders.append(BertModel.from_pretrained(d, config=replace(BertConfig.load(d), **over)))
         return ConcatBiLM(*encoders, num_labels or 2, per_token=task == "ner", dropout=config.hidden_dropout_prob)
 
     return build

@@ -262,6 +262,7 @@ class Workspace:
                 nsp_weight=arm.loss_nsp_weight, eval_instances=1000, dropout=0.0, init_range=s.init_range,
                 objective=arm.objective,
                 resume=latest_checkpoint(run) is not None, num_workers=0,
+                overwrite=True,  # the folder also holds this arm's record (arm.json): not pretrain's to refuse
             )
         )  # fmt: skip
         return model

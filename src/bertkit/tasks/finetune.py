@@ -7,13 +7,11 @@ The output directory is a Hugging Face model directory (the best dev checkpoint)
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ from bertkit.errors import BertkitError
 from bertkit.files import check_output_not_input, claim_output_dir, own_entries, remove_entries
 from bertkit.model import TASK_MODELS
 from bertkit.tasks.base import Task, TaskSettings, pad_batch
-from bertkit.tasks.classify import ClassificationTask, PairClassificationTask
+from bertkit.tasks.classify import ClassificationTask, PairClassificationTask, RegressionTask
 from bertkit.tasks.ner import NerTask
 from bertkit.tasks.qa import QaTask
 from bertkit.tokenizer import Tokenizer
@@ -41,6 +39,7 @@ from bertkit.train.loop import (
 TASKS: dict[str, type[Task]] = {
     "cls": ClassificationTask,
     "pair": PairClassificationTask,
+    "regression": RegressionTask,
     "ner": NerTask,
     "qa": QaTask,
 }
@@ -103,9 +102,26 @@ def fine_tuned_task(model_dir: str | Path) -> str | None:
     pre-trained or plain encoder directory."""
     path = Path(model_dir)
     if (path / TASK_FILE).is_file():
-        return json.loads((path / TASK_FILE).read_text())["task"]
-    arch = (BertConfig.load(path).extra.get("architectures") or [""])[0]
-    return _ARCH_TO_TASK.get(arch)
+        return _task_record(path)["task"]
+    extra = BertConfig.load(path).extra
+    task = _ARCH_TO_TASK.get((extra.get("architectures") or [""])[0])
+    one_output = len(extra.get("id2label") or ()) == 1  # without id2label: transformers' default of 2 labels
+    if task == "cls" and (extra.get("problem_type") == "regression" or one_output):
+        return "regression"  # one output is a regression, as in transformers
+    return task
+
+
+def _task_record(model_dir: Path) -> dict:
+    """The `bertkit_task.json` fine-tuning wrote beside its model: {"task", "settings"}, checked."""
+    path = model_dir / TASK_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise BertkitError(f"{path}: not readable JSON ({e}); copy the model directory again") from None
+    settings = record.get("settings", {}) if isinstance(record, dict) else None
+    if not isinstance(record, dict) or record.get("task") not in TASKS or not isinstance(settings, dict):
+        raise BertkitError(f'{path}: expected {{"task": one of {", ".join(TASKS)}, "settings": {{...}}}}')
+    return record
 
 
 def task_of(model_dir: str | Path, explicit: str | None = None) -> str:
@@ -128,11 +144,20 @@ def load_task_model(model_dir: str | Path, task_name: str | None = None, device:
     name = task_of(path)
     if task_name and TASKS[task_name].model_name != TASKS[name].model_name and not {name, task_name} <= {"cls", "pair"}:
         raise BertkitError(f"{model_dir} was fine-tuned for {name!r}, not {task_name!r}")
-    meta = json.loads((path / TASK_FILE).read_text()) if (path / TASK_FILE).is_file() else {}
-    task = TASKS[task_name or name](TaskSettings(**meta.get("settings", {})))
+    meta = _task_record(path) if (path / TASK_FILE).is_file() else {}
+    try:
+        task = TASKS[task_name or name](TaskSettings(**meta.get("settings", {})))
+    except TypeError as e:  # a settings key this bertkit does not know
+        raise BertkitError(f"{path / TASK_FILE}: settings do not fit this bertkit ({e})") from None
     config = BertConfig.load(path)
     id2label = {int(k): v for k, v in (config.extra.get("id2label") or {}).items()}
     model = TASK_MODELS[task.model_name].from_pretrained(path, num_labels=len(id2label) or None)
+    heads = [n for n in getattr(model, "fresh_parameters", []) if n.startswith(("classifier.", "qa_outputs."))]
+    if heads:  # a task model without its trained head would answer at random, with exit 0
+        raise BertkitError(
+            f"{path}: the weights hold no trained task head ({heads[0]} is missing or of another shape): it is "
+            "not a complete fine-tuned model; copy the whole directory again, or fine-tune again"
+        )
     if device:
         model.to(device)
     return task, model, Tokenizer.from_pretrained(path), id2label
@@ -201,39 +226,17 @@ def _claim_output(cfg: FinetuneConfig, out: Path) -> bool:
     return False
 
 
-class _FreshHeads(logging.Filter):
-    """Holds back checkpoint.load_model's "initialised fresh" warning: a new task head is what fine-tuning
-    expects, so `run_finetune` says it plainly instead of as a warning."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "initialised fresh" not in message:
-            return True
-        self.names += message.rsplit(": ", 1)[-1].split(", ")
-        return False
-
-
-@contextmanager
-def _fresh_heads_noted(num_labels: int | None) -> Iterator[None]:
-    """Load a model inside: the parameters initialised fresh are then named in one plain line."""
-    heads = _FreshHeads()
-    logger = logging.getLogger("bertkit.checkpoint")
-    logger.addFilter(heads)
-    try:
-        yield
-    finally:
-        logger.removeFilter(heads)
-    task_head = sorted({n.split(".")[0] for n in heads.names if n.startswith(("classifier.", "qa_outputs."))})
-    others = [n for n in heads.names if n.split(".")[0] not in task_head]
+def _note_fresh_parameters(model: torch.nn.Module, num_labels: int | None) -> None:
+    """Name what the model directory did not hold, in one plain line each: a new task head is what fine-tuning
+    expects (not a warning); anything else initialised at random is worth a note."""
+    fresh = getattr(model, "fresh_parameters", [])
+    task_head = sorted({n.split(".")[0] for n in fresh if n.startswith(("classifier.", "qa_outputs."))})
+    others = [n for n in fresh if n.split(".")[0] not in task_head]
     if task_head:
         size = f" for {num_labels} label{'s' if num_labels != 1 else ''}" if num_labels else ""
         print(f"{', '.join(task_head)}: a new task head{size}, trained from scratch (the usual start of fine-tuning)")
     if others:
-        print(f"note: not in the model directory, so initialised at random: {', '.join(sorted(others))}")
+        print(f"note: not in the model directory, so initialised at random: {', '.join(others)}")
 
 
 def _move_into(src: Path, out: Path) -> None:
@@ -271,7 +274,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         config.extra["id2label"] = {str(i): label for i, label in id2label.items()}
         config.extra["label2id"] = label2id
     if cfg.dropout is not None:
-        config.hidden_dropout_prob = config.attention_probs_dropout_prob = cfg.dropout
+        config = replace(config, hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
     elif config.hidden_dropout_prob == 0.0 or config.attention_probs_dropout_prob == 0.0:
         # e.g. pre-trained by a bertkit from before pre-training dropout became a run setting (commit f5e1b9d)
         print(f"note: {cfg.model} has dropout 0 in its config; BERT fine-tunes with 0.1 (pass --dropout 0.1)")
@@ -280,8 +283,8 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     if model_factory is not None:
         model = model_factory(config, num_labels)
     else:
-        with _fresh_heads_noted(num_labels):
-            model = TASK_MODELS[task.model_name].from_pretrained(cfg.model, config=config, num_labels=num_labels)
+        model = TASK_MODELS[task.model_name].from_pretrained(cfg.model, config=config, num_labels=num_labels)
+        _note_fresh_parameters(model, num_labels)
     model.train()
 
     train_features = task.features(train_ex, tok, label2id, train=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -85,14 +85,12 @@ def build_model(
     if spec in PRESETS:
         model = BertForPreTraining(BertConfig.preset(spec, vocab_size=vocab_size, **over), **kwargs)
     elif path.is_dir():
-        config = BertConfig.load(path)
-        config.__dict__.update(over)
-        model = BertForPreTraining.from_pretrained(path, config=config, **kwargs)
+        model = BertForPreTraining.from_pretrained(path, config=replace(BertConfig.load(path), **over), **kwargs)
         model.train()
+        if model.fresh_parameters:  # e.g. continuing from an encoder-only directory: its heads start at random
+            print(f"note: not in {path}, so initialised at random: {', '.join(model.fresh_parameters)}")
     elif path.suffix == ".json" and path.is_file():
-        config = BertConfig.load(path)
-        config.__dict__.update(over)
-        model = BertForPreTraining(config, **kwargs)
+        model = BertForPreTraining(replace(BertConfig.load(path), **over), **kwargs)
     else:
         raise BertkitError(
             f"--model {spec!r} is neither a preset ({', '.join(PRESETS)}), a config.json nor a model dir"
