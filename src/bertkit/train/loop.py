@@ -682,13 +682,15 @@ def plot_metrics(metrics: Path, png: Path) -> bool:
     ax1.set_xlabel("step")
     ax1.set_ylabel("loss")
     ax1.legend()
-    for key in sorted({k for r in evals for k in r if k.endswith("accuracy") or k in ("f1", "exact_match")}):
+    scores = sorted({k for r in evals for k in r if k.endswith("accuracy") or k in ("f1", "exact_match")})
+    correlations = sorted({k for r in evals for k in r if k in ("pearson", "spearman")})  # regression: -1 to 1
+    for key in scores + correlations:
         pts = [(r["step"], r[key]) for r in evals if key in r]
         ax2.plot(*zip(*pts, strict=True), "o-", label=f"held-out {key}")
     ax2.set_xlabel("step")
-    ax2.set_ylabel("accuracy")
-    ax2.set_ylim(0, 1)
-    if evals:
+    ax2.set_ylabel("correlation" if correlations and not scores else "accuracy")
+    ax2.set_ylim(-1 if correlations else 0, 1)
+    if scores or correlations:
         ax2.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=100)
