@@ -279,7 +279,11 @@ def test_finetune_says_what_it_did(
     assert step in (4, 8) and epoch == step // 4
     assert "epoch=2/2" in printed.err and "dev accuracy=" in printed.err  # the progress bar
 
-    run_finetune(FinetuneConfig(task="cls", model=str(model), train=str(train), dev=None, out=str(tmp_path / "nodev"),
-                                max_steps=2, batch_size=16, settings=settings, progress=False))  # fmt: skip
+    from bertkit.cli import main
+
+    # Through the command: without --dev its last line is the closing line (it was a bare `{}`).
+    argv = ["finetune", "--task", "cls", "--model", str(model), "--train", str(train), "--out", str(tmp_path / "nodev"),
+            "--max-steps", "2", "--batch-size", "16", "--max-seq-length", "32"]  # fmt: skip
+    assert main(argv) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == f"no --dev: the last model (step 2, epoch 1 of 1) saved to {tmp_path / 'nodev'}"

@@ -316,7 +316,8 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         settings=settings,
     )
     result = run_finetune(cfg)
-    print(_json(result["dev"], "a dev metric"))
+    if result["dev"]:  # the last line: the best dev metrics, for scripts (without --dev the closing line says it all)
+        print(_json(result["dev"], "a dev metric"))
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
