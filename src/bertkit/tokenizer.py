@@ -593,9 +593,8 @@ class Tokenizer:
         if recorded is not None and recorded != len(vocab):
             raise BertkitError(
                 f"{vocab_file} has {len(vocab)} tokens but {cfg_file} records {recorded} ({_OWN_KEY}.vocab_size): "
-                "vocab.txt was changed after it was saved with this model, so tokens would get other tokens' "
-                f"embeddings; restore the saved vocab.txt (if the change is intended, delete {_OWN_KEY} from "
-                f"{cfg_file.name})"
+                "vocab.txt was changed after it was saved, so its ids no longer match the model or data made with "
+                f"it; restore the saved vocab.txt (if the change is intended, delete {_OWN_KEY} from {cfg_file.name})"
             )
         model_config = vocab_file.parent / "config.json"
         model_size = _model_vocab_size(model_config)
