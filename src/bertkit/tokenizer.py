@@ -535,9 +535,9 @@ class Tokenizer:
         Save the vocabulary and reuse it, as every bertkit recipe does once a vocabulary exists."""
         if vocab_size <= len(SPECIAL_TOKENS):
             raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
-        for f in map(Path, files):
+        for f in map(Path, files):  # before the trainer starts, in the words of `read_lines`
             if f.is_dir():
-                raise BertkitError(f"{f} is a directory; give the corpus files in it, e.g. {f / '*.txt'}")
+                raise BertkitError(f"{f} is a directory: give its files, e.g. {f / '*.txt'}")
         n_text_lines = 0
 
         def lines() -> Iterable[str]:  # streamed; UTF-8 errors name the file and byte offset
