@@ -205,3 +205,18 @@ def test_evaluate_split_all(tiny_task_models: dict[str, Path], prepared: dict[st
     err = capsys.readouterr().err
     assert f"evaluating the all split of {prepared['split']}: the first 10 of its {n:,} instances" in err
     assert "all 100 documents, training and held out" in err
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "fill-mask", "evaluate"])
+def test_a_mistyped_model_folder_is_named_as_missing(tiny_task_models: dict[str, Path], tmp_path: Path, capsys,
+                                                     command: str) -> None:  # fmt: skip
+    # `--model runs/x/modle` said "no vocab.txt ... is this a tokenizer or model directory?" (or "no config.json
+    # at ..."): the folder does not exist, and the near name beside it is the likely one.
+    typo = tiny_task_models["cls"].parent / "clss"
+    src = tmp_path / "in.txt"
+    src.write_text("房间很大。\n", encoding="utf-8")
+    argv = {"predict": ["--input", str(src)], "embed": ["--input", str(src), "--out", str(tmp_path / "v.npy")],
+            "fill-mask": ["今天[MASK]"], "evaluate": ["--data", str(src)]}[command]  # fmt: skip
+    assert main([command, "--model", str(typo), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{typo} does not exist; did you mean" in err, err

@@ -411,3 +411,4 @@ def test_a_broken_task_record_is_one_line(models, tmp_path: Path, capsys, text: 
     (model / "bertkit_task.json").write_text(text)
     code, out, err = run(capsys, "predict", "--model", str(model), "--input", str(models["texts"]))
     assert_one_line_error(code, err, "predict", str(model / "bertkit_task.json"))
+    assert out == ""

@@ -26,6 +26,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
+from bertkit.files import no_such_path
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ def load_model(cls: type[M], path: str | Path, config: BertConfig | None = None,
     """
     path = Path(path)
     if not path.is_dir():
-        raise BertkitError(f"model directory {path} does not exist")
+        raise BertkitError(no_such_path(path) if not path.exists() else f"{path} is a file, not a model directory")
     config = config or BertConfig.load(path)
     model = cls(config, **kwargs)
     files = _weight_files(path)

@@ -392,13 +392,14 @@ def _read_for_prediction(task, path: str) -> list:
 
 def _cmd_fill_mask(args: argparse.Namespace) -> None:
     from bertkit.checkpoint import has_mlm_head
+    from bertkit.files import no_such_path
     from bertkit.infer import fill_mask
     from bertkit.machine import pick_device
     from bertkit.model import BertForPreTraining
     from bertkit.tokenizer import Tokenizer
 
-    if not Path(args.model).is_dir():
-        raise BertkitError(f"model directory {args.model} does not exist")
+    if not Path(args.model).exists():
+        raise BertkitError(no_such_path(args.model))
     if not has_mlm_head(args.model):
         raise BertkitError(
             f"{args.model} has no masked-LM head (cls.predictions.*): fill-mask needs a pre-trained model, e.g. "

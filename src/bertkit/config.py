@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bertkit.errors import BertkitError
+from bertkit.files import no_such_path
 
 # Google's BERT miniatures (L layers, H hidden, A heads); intermediate size is 4H.
 PRESETS: dict[str, tuple[int, int, int]] = {
@@ -188,6 +189,8 @@ class BertConfig:
     def load(cls, path: str | Path) -> BertConfig:
         """Read a `config.json` file, or the one inside a model directory. Every error names the file."""
         path = Path(path)
+        if not path.exists():  # a typo in --model: say so, rather than ask whether it is a model directory
+            raise BertkitError(no_such_path(path))
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():

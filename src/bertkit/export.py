@@ -21,6 +21,7 @@ from torch import nn
 
 from bertkit.checkpoint import atomic_write, has_mlm_head, tensor_names
 from bertkit.errors import BertkitError
+from bertkit.files import no_such_path
 from bertkit.model import BertForPreTraining, BertModel
 from bertkit.tokenizer import Tokenizer
 
@@ -69,7 +70,7 @@ def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
 
     path = Path(model_dir)
     if not path.is_dir():
-        raise BertkitError(f"model directory {path} does not exist")
+        raise BertkitError(no_such_path(path))
     task_name = fine_tuned_task(path)
     names = tensor_names(path)
     if task_name:

@@ -11,12 +11,22 @@ Every command that writes a directory (`prepare`, `pretrain`, `finetune`, `quick
 
 from __future__ import annotations
 
+import difflib
 import shutil
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatch
 from pathlib import Path
 
 from bertkit.errors import BertkitError
+
+
+def no_such_path(path: str | Path) -> str:
+    """Say that `path` does not exist, and suggest a near name beside it (a typo such as 'modle' for 'model')."""
+    path = Path(path)
+    parent = path.parent if path.parent.is_dir() else None
+    near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1) if parent else []
+    hint = f"; did you mean {parent / near[0]}?" if parent and near else "; check the path"
+    return f"{path} does not exist{hint}"
 
 
 def _resolved(path: str | Path) -> Path:

@@ -20,7 +20,6 @@ segment first and, on a tie, segment B, exactly as the original `_truncate_seq_p
 
 from __future__ import annotations
 
-import difflib
 import functools
 import itertools
 import json
@@ -39,6 +38,7 @@ from tokenizers.models import WordPiece
 from bertkit.data.corpus import read_corpus_lines
 from bertkit.data.padding import encoder_inputs
 from bertkit.errors import BertkitError
+from bertkit.files import no_such_path
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # BERT order: a trained vocabulary starts with these
@@ -265,14 +265,6 @@ class _Piece:
 
 
 _OWN_KEY = "bertkit"  # bertkit's own section of tokenizer_config.json; other readers ignore it
-
-
-def _no_such_path(path: Path) -> str:
-    """Say that `path` does not exist, and suggest a near name beside it (a typo such as 'modle' for 'model')."""
-    parent = path.parent if path.parent.is_dir() else None
-    near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1) if parent else []
-    hint = f"; did you mean {parent / near[0]}?" if parent and near else "; check the path"
-    return f"{path} does not exist{hint}"
 
 
 def _read_tokenizer_config(path: Path) -> dict:
@@ -576,7 +568,7 @@ class Tokenizer:
         (each token after the change would silently get another token's embedding)."""
         path = Path(path)
         if not path.exists():
-            raise BertkitError(_no_such_path(path))
+            raise BertkitError(no_such_path(path))
         vocab_file = path / "vocab.txt" if path.is_dir() else path
         if not vocab_file.is_file():
             raise BertkitError(f"no vocab.txt in {path}: is this a tokenizer or model directory?")

@@ -143,7 +143,10 @@ class PretrainingData(torch.utils.data.Dataset):
         self.dir = Path(data_dir)
         self.split = split
         self.manifest = read_manifest(self.dir)
-        self.tokenizer = Tokenizer.from_pretrained(self.dir / "tokenizer")
+        try:
+            self.tokenizer = Tokenizer.from_pretrained(self.dir / "tokenizer")
+        except BertkitError as e:  # e.g. its vocab.txt changed since prepare saved it: the ids no longer fit
+            raise BertkitError(f"{e}; the data directory is damaged: {_AGAIN}") from None
         if self.tokenizer.vocab_size != self.manifest["vocab_size"]:
             raise BertkitError(
                 f"{self.dir / 'tokenizer'} has {self.tokenizer.vocab_size} tokens, the manifest "

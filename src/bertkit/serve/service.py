@@ -17,6 +17,7 @@ import torch
 from bertkit.checkpoint import has_mlm_head
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
+from bertkit.files import no_such_path
 from bertkit.infer import embed, embedding_settings, fill_mask
 from bertkit.machine import pick_device
 from bertkit.model import BertForPreTraining, BertModel
@@ -42,7 +43,7 @@ class Service:
 
         self.path = Path(model_dir)
         if not self.path.is_dir():
-            raise BertkitError(f"model directory {self.path} does not exist")
+            raise BertkitError(no_such_path(self.path))
         self.device = pick_device(device)
         self.config = BertConfig.load(self.path)
         self.task_name = fine_tuned_task(self.path)  # None: a pre-trained or plain encoder (fill-mask, embed)
