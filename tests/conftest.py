@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,31 @@ def shared_data_dir() -> Path:
     if not (path / "README.md").is_file():
         raise RuntimeError(f"real test data not found at {path}; set BERTKIT_DATA to the shared/data folder")
     return path
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`small_disk("1m")` mounts a tmpfs of that size in a new folder and returns it, so a test can fill a real
+    disk without filling the machine's; unmounted afterwards. Skips (saying why) where mounting is not allowed:
+    it needs root and the mount command; the simulated ENOSPC tests cover those machines."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"small_disk{len(mounted)}"
+        folder.mkdir()
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a small tmpfs needs root and the mount command; the simulated ENOSPC tests run")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                           text=True)  # fmt: skip
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); simulated ENOSPC tests run")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # still busy: detach it now
 
 
 @pytest.fixture(scope="session")

@@ -249,27 +249,17 @@ def test_disk_full_while_writing_shards_is_one_line_and_changes_nothing(
     assert snapshot(out) == before and not leftovers(out)
 
 
-def test_disk_full_on_a_small_tmpfs(tmp_path, capsys, data_dir, corpus_text, tok_dir):
-    mount = tmp_path / "small_disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a 1 MB tmpfs needs root; the ENOSPC path is covered by the monkeypatched test")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the monkeypatched test covers ENOSPC")
-    try:
-        small = write_corpus(tmp_path / "in" / "small.txt", corpus_text[:60_000])
-        out = mount / "data"
-        status, err = cli(capsys, "prepare", "--corpus", small, "--tokenizer", tok_dir, "--out", out)
-        assert status == 0, err
-        before = snapshot(mount)
-        big = data_dir / "pretrain_zh/luxun.txt"  # about 1.5 MB of token ids: more than the disk has left
-        status, err = cli(capsys, "prepare", "--corpus", big, "--tokenizer", tok_dir, "--out", out, "--overwrite")
-        assert status == 2 and f"disk full at {out}{os.sep}" in one_line(err)
-        assert snapshot(mount) == before
-    finally:
-        if subprocess.run(["umount", str(mount)]).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=True)  # still busy: detach it now, freed when idle
+def test_disk_full_on_a_small_tmpfs(tmp_path, capsys, data_dir, corpus_text, tok_dir, small_disk):
+    mount = small_disk("1m")
+    small = write_corpus(tmp_path / "in" / "small.txt", corpus_text[:60_000])
+    out = mount / "data"
+    status, err = cli(capsys, "prepare", "--corpus", small, "--tokenizer", tok_dir, "--out", out)
+    assert status == 0, err
+    before = snapshot(mount)
+    big = data_dir / "pretrain_zh/luxun.txt"  # about 1.5 MB of token ids: more than the disk has left
+    status, err = cli(capsys, "prepare", "--corpus", big, "--tokenizer", tok_dir, "--out", out, "--overwrite")
+    assert status == 2 and f"disk full at {out}{os.sep}" in one_line(err)
+    assert snapshot(mount) == before
 
 
 # ------------------------------------------------------------------ settings and paths

@@ -346,29 +346,19 @@ def test_disk_full_while_saving_the_training_state(tmp_path: Path, monkeypatch: 
     assert leftovers(run) == []
 
 
-def test_disk_full_on_a_real_small_filesystem(tmp_path: Path, pt_data: Path, capsys: pytest.CaptureFixture) -> None:
+def test_disk_full_on_a_real_small_filesystem(pt_data: Path, capsys: pytest.CaptureFixture, small_disk) -> None:
     """Pre-training into a 15 MiB tmpfs: the first checkpoint (9.6 MB: weights, Adam's moments, tokenizer) fits, the
     second does not. One line, exit 2, the first checkpoint intact and still `latest`."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root (to fill a real disk without filling the machine's)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=15m", "tmpfs", str(mount)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        args = pretrain_args(pt_data, mount / "run")
-        args[args.index("--max-steps") + 1] = "10"
-        code, _, err = cli_in_process(capsys, *args)
-        errors = [x for x in err.splitlines() if "error" in x]
-        assert code == 2, err[-2000:]
-        assert len(errors) == 1 and errors[0].startswith("bertkit pretrain: error: disk full at "), errors
-        assert latest_checkpoint(mount / "run") == mount / "run/checkpoint-0000005"
-        read_tensors(mount / "run/checkpoint-0000005")  # complete and readable
-        assert leftovers(mount / "run") == []
-    finally:
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True)  # busy: detach it all the same
+    mount = small_disk("15m")
+    args = pretrain_args(pt_data, mount / "run")
+    args[args.index("--max-steps") + 1] = "10"
+    code, _, err = cli_in_process(capsys, *args)
+    errors = [x for x in err.splitlines() if "error" in x]
+    assert code == 2, err[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("bertkit pretrain: error: disk full at "), errors
+    assert latest_checkpoint(mount / "run") == mount / "run/checkpoint-0000005"
+    read_tensors(mount / "run/checkpoint-0000005")  # complete and readable
+    assert leftovers(mount / "run") == []
 
 
 def test_latest_always_names_a_checkpoint_that_exists(tmp_path: Path) -> None:
