@@ -7,7 +7,6 @@ on read, safetensors or (for old HF directories) `pytorch_model.bin` through `to
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
-from bertkit.files import no_such_path
+from bertkit.files import is_disk_full, no_such_path
 
 log = logging.getLogger(__name__)
 
@@ -280,29 +279,6 @@ def load_model(cls: type[M], path: str | Path, config: BertConfig | None = None,
     return model
 
 
-# Below this much free space, a failed write is taken for a full disk: numpy and torch report a short write
-# without its errno, and safetensors only in its message.
-_NEARLY_FULL_BYTES = 1 << 20
-
-
-def _disk_full(error: BaseException, folder: Path) -> bool:
-    chain: BaseException | None = error
-    seen: set[int] = set()
-    while chain is not None and id(chain) not in seen:  # torch.save wraps a short write's OSError in a RuntimeError
-        seen.add(id(chain))
-        if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(s in str(chain) for s in ("No space left on device", "os error 28", "Disk quota exceeded")):
-            return True
-        chain = chain.__cause__ or chain.__context__
-    try:
-        fs = os.statvfs(folder)
-    except (OSError, AttributeError):
-        return False
-    free_blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail  # root may also fill the reserved blocks
-    return free_blocks * fs.f_frsize < _NEARLY_FULL_BYTES
-
-
 def _new_temp_file(path: Path) -> tuple[Path, int]:
     """An empty file beside `path`, and the mode a plain open() gives a new file here (0o666 less the umask, which
     the kernel applies to this very file; mkstemp's 0o600 would hide models from the users a umask of 022 allows)."""
@@ -329,7 +305,7 @@ def atomic_write(path: str | Path, write: Any) -> None:
     try:
         tmp, mode = _new_temp_file(path)
     except OSError as e:
-        if _disk_full(e, path.parent):
+        if is_disk_full(e, path.parent):
             raise _disk_full_error(path) from None
         raise
     try:
@@ -337,7 +313,7 @@ def atomic_write(path: str | Path, write: Any) -> None:
         os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.is_file() else mode)
         os.replace(tmp, path)
     except BaseException as e:
-        full = isinstance(e, Exception) and not isinstance(e, BertkitError) and _disk_full(e, path.parent)
+        full = isinstance(e, Exception) and not isinstance(e, BertkitError) and is_disk_full(e, path.parent)
         tmp.unlink(missing_ok=True)
         if full:
             raise _disk_full_error(path) from None

@@ -12,8 +12,11 @@ Every command that writes a directory (`prepare`, `pretrain`, `finetune`, `quick
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -104,3 +107,44 @@ def claim_output_dir(
         )
     remove_entries(own_entries(path, owns))
     return path
+
+
+# Below this much free space, a failed write is taken for a full disk: numpy and torch report a short write
+# without its errno, and safetensors only in its message.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def is_disk_full(error: BaseException, folder: str | Path | None = None) -> bool:
+    """Whether a failed write failed for want of space: an ENOSPC/EDQUOT `OSError` anywhere in the exception's
+    chain (torch.save reports a short write as a RuntimeError whose context is the OSError), the text safetensors
+    puts in its message, or, given the `folder` written to, less than 1 MiB left there."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(s in str(e) for s in ("No space left on device", "os error 28", "Disk quota exceeded")):
+            return True
+        e = e.__cause__ or e.__context__
+    if folder is None:
+        return False
+    try:
+        fs = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    free_blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail  # root may also fill the reserved blocks
+    return free_blocks * fs.f_frsize < _NEARLY_FULL_BYTES
+
+
+@contextmanager
+def disk_full_as_error(path: str | Path, then: str = "free some space, then run again") -> Iterator[None]:
+    """Turn a full disk while writing under `path` into one line: "disk full at PATH: ...". Other errors pass."""
+    try:
+        yield
+    except BertkitError:
+        raise
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise BertkitError(f"disk full at {path}: {then}") from None

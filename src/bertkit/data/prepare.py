@@ -20,7 +20,6 @@ earlier entries are replaced and the new ones moved in, manifest.json last. Othe
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 from bertkit.data.instances import instances_from_document
 from bertkit.data.sentences import iter_documents
 from bertkit.errors import BertkitError
-from bertkit.files import check_output_not_input, claim_output_dir, own_entries, remove_entries
+from bertkit.files import check_output_not_input, claim_output_dir, is_disk_full, own_entries, remove_entries
 from bertkit.tokenizer import Tokenizer
 
 FORMAT = "bertkit-pretraining-v1"
@@ -52,7 +51,6 @@ OWN_ENTRIES = ("manifest.json", "tokenizer", *(f"{s}-[0-9][0-9][0-9][0-9][0-9].*
 # The temporary folder (inside the output directory, so the final moves are renames on one file system) and the
 # file that marks it as prepare's, so that a later run may remove one that a kill left behind.
 _TEMP_PREFIX, _TEMP_SUFFIX, _TEMP_MARKER = ".bertkit-prepare-", ".partial", "BERTKIT_PREPARE_IN_PROGRESS"
-_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # no space, or over the quota
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -329,7 +327,7 @@ def prepare(
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if still empty
-        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        if isinstance(e, OSError) and is_disk_full(e):
             where = Path(e.filename) if e.filename else out
             if where.is_relative_to(tmp):
                 where = out / where.relative_to(tmp)  # where the file was going, not the folder just removed

@@ -20,7 +20,7 @@ from bertkit.checkpoint import atomic_write, read_pretraining_record
 from bertkit.config import BertConfig
 from bertkit.data.pretraining import EpochSampler
 from bertkit.errors import BertkitError
-from bertkit.files import check_output_not_input, claim_output_dir, own_entries, remove_entries
+from bertkit.files import check_output_not_input, claim_output_dir, disk_full_as_error, own_entries, remove_entries
 from bertkit.model import TASK_MODELS
 from bertkit.tasks.base import Task, TaskSettings, pad_batch
 from bertkit.tasks.classify import ClassificationTask, PairClassificationTask, RegressionTask
@@ -31,7 +31,6 @@ from bertkit.train.loop import (
     TrainConfig,
     Trainer,
     discard_failed_start,
-    disk_full_as_error,
     dist_info,
     latest_checkpoint,
 )

@@ -19,14 +19,13 @@ from bertkit.config import PRESETS, BertConfig
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.pretraining import EpochSampler, PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
-from bertkit.files import claim_output_dir, own_entries, remove_entries
+from bertkit.files import claim_output_dir, disk_full_as_error, own_entries, remove_entries
 from bertkit.model import IGNORE_INDEX, BertForPreTraining, reverse_real_tokens, set_dropout
 from bertkit.train.loop import (
     STALE_PATTERNS,
     TrainConfig,
     Trainer,
     discard_failed_start,
-    disk_full_as_error,
     dist_info,
     latest_checkpoint,
 )

@@ -7,15 +7,14 @@ installed), a curve PNG, and atomic checkpoints (model directory + training stat
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from bertkit.checkpoint import atomic_write, save_model
 from bertkit.errors import BertkitError
+from bertkit.files import disk_full_as_error, is_disk_full
 from bertkit.machine import pick_device
 
 Batch = dict[str, torch.Tensor]
@@ -82,35 +82,6 @@ class TrainState:
 # Temporary entries a killed run can leave in its run directory: a checkpoint being written, and the files of
 # `atomic_write` (".NAME.RANDOM.tmp") for `latest` and `metrics.jsonl`. Removed when a run starts or resumes.
 STALE_PATTERNS = (".tmp-checkpoint-*", ".latest.*.tmp", ".metrics.jsonl.*.tmp")
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether a failed write failed for want of space: an ENOSPC/EDQUOT `OSError` anywhere in the exception's
-    chain (torch.save reports a short write as a RuntimeError whose context is the OSError), or the text that
-    safetensors puts in its message."""
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(s in str(e) for s in ("No space left on device", "os error 28", "Disk quota exceeded")):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-@contextmanager
-def disk_full_as_error(path: str | Path, then: str = "free some space, then run again") -> Iterator[None]:
-    """Turn a full disk while writing under `path` into one line: "disk full at PATH: ...". Other errors pass."""
-    try:
-        yield
-    except BertkitError:
-        raise
-    except Exception as e:
-        if not is_disk_full(e):
-            raise
-        raise BertkitError(f"disk full at {path}: {then}") from None
 
 
 def discard_failed_start(out: Path, owns: tuple[str, ...], created: bool) -> None:
