@@ -361,7 +361,10 @@ DAMAGES = {
     ),
     "dtype unknown": (_edit_manifest(lambda m: m.update(token_dtype="int7")), ["manifest.json", "token_dtype"]),
     "invalid JSON": (lambda d: (d / "manifest.json").write_text('{"format": '), ["manifest.json", "not valid JSON"]),
-    "not an object": (lambda d: (d / "manifest.json").write_text("[]"), ["manifest.json", "not a JSON object"]),
+    "not an object": (
+        lambda d: (d / "manifest.json").write_text("[]"),
+        ["manifest.json", "expected a JSON object, found list"],
+    ),
     "key missing": (
         _edit_manifest(lambda m: m["splits"]["train"].pop("shards")),
         ["manifest.json", "splits.train.shards"],

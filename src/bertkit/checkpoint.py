@@ -25,7 +25,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
-from bertkit.files import is_disk_full, no_such_path
+from bertkit.files import is_disk_full, no_such_path, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -336,13 +336,7 @@ def read_pretraining_record(model_dir: str | Path | None) -> dict:
     path = Path(model_dir) / PRETRAINING_RECORD if model_dir is not None else None
     if path is None or not path.is_file():
         return {}
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BertkitError(f"{path}: not valid JSON ({e}); restore it from a copy of the model") from None
-    if not isinstance(record, dict):
-        raise BertkitError(f"{path}: expected a JSON object, found {type(record).__name__}")
-    return record
+    return read_json_object(path, "restore it from a copy of the model")
 
 
 def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callable[[dict | None], Exception]) -> None:

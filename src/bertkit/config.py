@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bertkit.errors import BertkitError
-from bertkit.files import no_such_path
+from bertkit.files import no_such_path, read_json
 
 # Google's BERT miniatures (L layers, H hidden, A heads); intermediate size is 4H.
 PRESETS: dict[str, tuple[int, int, int]] = {
@@ -195,12 +195,7 @@ class BertConfig:
             path = path / "config.json"
         if not path.is_file():
             raise BertkitError(f"no config.json at {path}: is this a model directory?")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BertkitError(f"{path}: not valid JSON ({e}); restore the file or copy the model again") from None
-        except OSError as e:
-            raise BertkitError(f"{path}: cannot read it ({e.strerror})") from None
+        d = read_json(path, "restore the file or copy the model again")
         try:
             return cls.from_dict(d)
         except BertkitError as e:

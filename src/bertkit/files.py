@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import difflib
 import errno
+import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 from bertkit.errors import BertkitError
 
@@ -30,6 +32,29 @@ def no_such_path(path: str | Path) -> str:
     near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1) if parent else []
     hint = f"; did you mean {parent / near[0]}?" if parent and near else "; check the path"
     return f"{path} does not exist{hint}"
+
+
+def read_json(path: str | Path, remedy: str) -> Any:
+    """The JSON value in the file `path`; one that cannot be read or parsed is one line naming it, saying where it
+    broke and what to do (`remedy`, e.g. "copy the model directory again")."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise BertkitError(f"{path}: not valid UTF-8 at byte {e.start}; {remedy}") from None
+    except OSError as e:
+        raise BertkitError(f"{path}: cannot read it ({e.strerror}); {remedy}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BertkitError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); {remedy}") from None
+
+
+def read_json_object(path: str | Path, remedy: str, what: str = "a JSON object") -> dict:
+    """`read_json` of a file that must hold an object {...} (settings, a record, a manifest)."""
+    value = read_json(path, remedy)
+    if not isinstance(value, dict):
+        raise BertkitError(f"{path}: expected {what}, found {type(value).__name__}; {remedy}")
+    return value
 
 
 def _resolved(path: str | Path) -> Path:

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bertkit.errors import BertkitError, NonFiniteOutputError
+from bertkit.files import read_json_object
 from bertkit.model import BertForPreTraining, BertModel
 from bertkit.tokenizer import Tokenizer
 
@@ -33,15 +34,7 @@ _POOLING_MODES = {
 
 
 def _read_json_object(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BertkitError(f"{path}: not valid JSON ({e}); restore the file or copy the model again") from None
-    except OSError as e:
-        raise BertkitError(f"{path}: cannot read it ({e.strerror})") from None
-    if not isinstance(value, dict):
-        raise BertkitError(f"{path}: expected a JSON object of settings, found {type(value).__name__}")
-    return value
+    return read_json_object(path, "restore the file or copy the model again", "a JSON object of settings")
 
 
 def embedding_settings(path: str | Path) -> dict:

@@ -38,7 +38,7 @@ from tokenizers.models import WordPiece
 from bertkit.data.corpus import read_corpus_lines
 from bertkit.data.padding import encoder_inputs
 from bertkit.errors import BertkitError
-from bertkit.files import no_such_path
+from bertkit.files import no_such_path, read_json_object
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # BERT order: a trained vocabulary starts with these
@@ -271,19 +271,7 @@ def _read_tokenizer_config(path: Path) -> dict:
     """Tokenizer settings from a tokenizer_config.json (defaults where it is missing), checked field by field.
 
     Returns the keyword arguments of `Tokenizer` plus `vocab_size`: the size bertkit recorded, or None."""
-    cfg: object = {}
-    if path.is_file():
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise BertkitError(f"{path}: not valid UTF-8 at byte {e.start}; save it as UTF-8") from None
-        except json.JSONDecodeError as e:
-            raise BertkitError(
-                f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix it, or save the "
-                "tokenizer again"
-            ) from None
-    if not isinstance(cfg, dict):
-        raise BertkitError(f"{path}: expected a JSON object {{...}}, found a {type(cfg).__name__}")
+    cfg = read_json_object(path, "fix it, or save the tokenizer again") if path.is_file() else {}
 
     def field(name: str, default, ok, expected: str):
         value = cfg.get(name, default)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from bertkit.data.masking import MaskingConfig, mask_sequence
 from bertkit.data.padding import encoder_inputs, pad_rows
 from bertkit.data.prepare import FORMAT, SPLITS
 from bertkit.errors import BertkitError
+from bertkit.files import read_json_object
 from bertkit.model import IGNORE_INDEX
 from bertkit.tokenizer import Tokenizer
 
@@ -31,16 +31,7 @@ def read_manifest(data_dir: str | Path, check_files: bool = True) -> dict:
     path = data_dir / "manifest.json"
     if not path.is_file():
         raise BertkitError(f"{data_dir} is not a prepared data directory (no manifest.json); run `bertkit prepare`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise BertkitError(f"{path}: not valid UTF-8 at byte {e.start}; the directory is damaged: {_AGAIN}") from None
-    except json.JSONDecodeError as e:
-        raise BertkitError(
-            f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno}); the directory is damaged: {_AGAIN}"
-        ) from None
-    if not isinstance(manifest, dict):
-        raise BertkitError(f"{path}: not a JSON object; the directory is damaged: {_AGAIN}")
+    manifest = read_json_object(path, f"the directory is damaged: {_AGAIN}")
     if manifest.get("format") != FORMAT:
         raise BertkitError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}; {_AGAIN}")
     _check_fields(manifest, path)

@@ -20,7 +20,14 @@ from bertkit.checkpoint import atomic_write, read_pretraining_record
 from bertkit.config import BertConfig
 from bertkit.data.pretraining import EpochSampler
 from bertkit.errors import BertkitError
-from bertkit.files import check_output_not_input, claim_output_dir, disk_full_as_error, own_entries, remove_entries
+from bertkit.files import (
+    check_output_not_input,
+    claim_output_dir,
+    disk_full_as_error,
+    own_entries,
+    read_json_object,
+    remove_entries,
+)
 from bertkit.model import TASK_MODELS
 from bertkit.tasks.base import Task, TaskSettings, pad_batch
 from bertkit.tasks.classify import ClassificationTask, PairClassificationTask, RegressionTask
@@ -113,12 +120,8 @@ def fine_tuned_task(model_dir: str | Path) -> str | None:
 def _task_record(model_dir: Path) -> dict:
     """The `bertkit_task.json` fine-tuning wrote beside its model: {"task", "settings"}, checked."""
     path = model_dir / TASK_FILE
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise BertkitError(f"{path}: not readable JSON ({e}); copy the model directory again") from None
-    settings = record.get("settings", {}) if isinstance(record, dict) else None
-    if not isinstance(record, dict) or record.get("task") not in TASKS or not isinstance(settings, dict):
+    record = read_json_object(path, "copy the model directory again")
+    if record.get("task") not in TASKS or not isinstance(record.get("settings", {}), dict):
         raise BertkitError(f'{path}: expected {{"task": one of {", ".join(TASKS)}, "settings": {{...}}}}')
     return record
 
