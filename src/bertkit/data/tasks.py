@@ -72,7 +72,7 @@ def read_classification(path: str | Path, require_label: bool = True) -> list[Te
     path = Path(path)
     lines = numbered_lines(path)
     rows = (
-        _json_rows(path, lines)
+        json_object_lines(path, lines, "a JSON object with text and label")
         if path.suffix.lower() in (".jsonl", ".json")
         else _delimited_rows(path, lines, require_label)
     )
@@ -94,7 +94,9 @@ def read_classification(path: str | Path, require_label: bool = True) -> list[Te
     return out
 
 
-def _json_rows(path: Path, lines: list[tuple[int, str]]) -> list[tuple[int, dict]]:
+def json_object_lines(path: Path, lines: list[tuple[int, str]], expected: str) -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSON-lines file; a line that is not a JSON object is one
+    error naming the file, the line and what was `expected` there."""
     rows = []
     for n, line in lines:
         if not line.strip():
@@ -102,9 +104,9 @@ def _json_rows(path: Path, lines: list[tuple[int, str]]) -> list[tuple[int, dict
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise BertkitError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+            raise BertkitError(f"{path}:{n}: not {expected} ({e.msg})") from None
         if not isinstance(obj, dict):
-            raise BertkitError(f"{path}:{n}: expected a JSON object with text and label")
+            raise BertkitError(f"{path}:{n}: expected {expected}, got {obj!r}")
         rows.append((n, obj))
     return rows
 

@@ -4,7 +4,6 @@ passage text through character offsets. SQuAD v2 "no answer" when the data has u
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bertkit.data.tasks import QAExample, numbered_lines, read_squad
+from bertkit.data.tasks import QAExample, json_object_lines, numbered_lines, read_squad
 from bertkit.errors import BertkitError
 from bertkit.metrics import qa_scores
 from bertkit.tasks.base import Feature, Task, run_model, text_field
@@ -33,15 +32,7 @@ class QaTask(Task):
         path = Path(path)
         if path.suffix == ".jsonl":  # {"question": ..., "context": ..., "id": optional} per line
             out = []
-            for n, line in numbered_lines(path):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BertkitError(f"{path}:{n}: expected {{question, context}} JSON ({e})") from None
-                if not isinstance(obj, dict):
-                    raise BertkitError(f"{path}:{n}: expected {{question, context}} JSON, got {obj!r}")
+            for n, obj in json_object_lines(path, numbered_lines(path), "a JSON object {question, context}"):
                 try:
                     out.append(self.from_json(obj, n))
                 except BertkitError as e:
