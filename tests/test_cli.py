@@ -220,3 +220,29 @@ def test_a_mistyped_model_folder_is_named_as_missing(tiny_task_models: dict[str,
     assert main([command, "--model", str(typo), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{typo} does not exist; did you mean" in err, err
+
+
+def test_vocab_never_replaces_what_it_did_not_write(tiny_task_models: dict[str, Path], tmp_path: Path, capsys) -> None:
+    # `vocab --out` a model directory replaced its vocab.txt (the model then reads other ids), exit 0.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("今天天气很好。\n我们去公园散步。\n" * 50, encoding="utf-8")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_task_models["cls"], model)
+    before = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not written by this command" in err, err
+    assert {p: p.read_bytes() for p in model.rglob("*") if p.is_file()} == before
+    # The corpus's own folder is an input's folder; an earlier tokenizer is replaced only with --overwrite.
+    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(tmp_path)]) == 2
+    assert "contains the input" in capsys.readouterr().err
+    tok = tmp_path / "tok"
+    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(tok)]) == 0
+    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(tok)]) == 2
+    assert "already holds a tokenizer" in capsys.readouterr().err
+    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(tok), "--overwrite"]) == 0
+    # A failed run leaves no folder behind.
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\n")
+    assert main(["vocab", "--corpus", str(bad), "--out", str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()

@@ -108,7 +108,11 @@ def test_checkpoint_loads_in_transformers_and_evaluate_prints_json(tmp_path: Pat
 
     args = pretrain_args(small_data, tmp_path / "run")
     args[args.index("--max-steps") + 1] = "12"
-    subprocess.run(args, check=True, capture_output=True)
+    done = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()
+    # The end state in words, then the held-out metrics as JSON on the last line (for scripts).
+    assert done[-2].startswith("pre-trained to step 12 of 12 (held-out masked-LM accuracy 0.")
+    assert done[-2].endswith(f"model saved to {tmp_path / 'run/model'}")
+    assert json.loads(done[-1])["eval_instances"] > 0
     ckpt = latest_checkpoint(tmp_path / "run")
     _, info = transformers.BertForPreTraining.from_pretrained(ckpt, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]

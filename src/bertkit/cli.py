@@ -92,11 +92,24 @@ def _json(value: Any, what: str) -> str:
 
 
 def _cmd_vocab(args: argparse.Namespace) -> None:
-    from bertkit.tokenizer import Tokenizer
+    from bertkit.files import claim_output_dir
+    from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 
-    tok = Tokenizer.train(
-        args.corpus, vocab_size=args.vocab_size, lowercase=args.lowercase, min_frequency=args.min_frequency
-    )
+    out = Path(args.out)
+    # An earlier tokenizer holds tokenizer files only; a model directory or anything else is not vocab's to replace.
+    existed = out.is_dir()
+    earlier = existed and {p.name for p in out.iterdir()} <= set(TOKENIZER_FILES)
+    claim_output_dir(out, TOKENIZER_FILES, inputs=args.corpus, overwrite=args.overwrite, is_own_output=earlier,
+                     what="tokenizer")  # fmt: skip
+    try:
+        tok = Tokenizer.train(
+            args.corpus, vocab_size=args.vocab_size, lowercase=args.lowercase, min_frequency=args.min_frequency
+        )
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # the folder this run made, still empty: leave no trace of a failed run
+        raise
     tok.save_pretrained(args.out)
     print(f"vocabulary of {tok.vocab_size} tokens written to {args.out}")
 
@@ -515,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cased", dest="lowercase", action="store_false", help="keep case and accents (default: lower-case)"
     )
     p.add_argument("--min-frequency", type=POSITIVE, default=2, help="rarest pair that may be merged (default 2)")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the tokenizer files in a DIR that holds an earlier one or other files (only those are removed)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_vocab)
 
     p = sub.add_parser("embed", help="sentence embeddings (mean pooling, L2-normalised) to a .npy file")

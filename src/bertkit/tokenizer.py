@@ -314,6 +314,10 @@ def _model_vocab_size(path: Path) -> int | None:
     return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
+# The files `Tokenizer.save_pretrained` writes (so commands that write a tokenizer know which entries are theirs).
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
 class Tokenizer:
     """BERT WordPiece tokenizer: `encode`, `encode_batch`, `batch`, `train`, `from_pretrained`, `save_pretrained`."""
 

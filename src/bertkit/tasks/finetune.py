@@ -33,7 +33,7 @@ from bertkit.tasks.base import Task, TaskSettings, pad_batch
 from bertkit.tasks.classify import ClassificationTask, PairClassificationTask, RegressionTask
 from bertkit.tasks.ner import NerTask
 from bertkit.tasks.qa import QaTask
-from bertkit.tokenizer import Tokenizer
+from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 from bertkit.train.loop import (
     TrainConfig,
     Trainer,
@@ -184,10 +184,7 @@ def _note_untrained_positions(model_dir: Path, max_seq_length: int) -> None:
 OUTPUT_FILES = (
     "config.json",
     "model.safetensors",
-    "vocab.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
+    *TOKENIZER_FILES,
     TASK_FILE,
     "metrics.json",
 )

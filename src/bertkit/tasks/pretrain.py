@@ -369,6 +369,14 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
             save_extra(tmp)
             shutil.rmtree(model_dir, ignore_errors=True)
             tmp.rename(model_dir)
+    if trainer.is_main:  # the end state in words; the CLI's last line is the metrics as JSON
+        held_out = (
+            f"held-out masked-LM accuracy {metrics['mlm_accuracy']:.3f}"
+            if "mlm_accuracy" in metrics
+            else "no held-out split to evaluate on"
+        )
+        steps = f"{trainer.state.step} of {cfg.train.max_steps}"
+        print(f"pre-trained to step {steps} ({held_out}); model saved to {model_dir}")
     if eval_data is None:
         loss = _last_train_loss(out / "metrics.jsonl")
         return {"steps": trainer.state.step, **({"train_loss": loss} if loss is not None else {}), "eval_instances": 0}
