@@ -43,7 +43,7 @@ corpus=("$CORPUS"/*.txt)
     --batch-size "$BATCH" --learning-rate "$LR" --nsp-weight "$NSP_WEIGHT" --resume
 [ -f "$OUT/$TASK/metrics.json" ] ||
   "${BERTKIT_CMD[@]}" finetune --task "$TASK" --model "$OUT/pretrain/model" --train "$TRAIN" --dev "$DEV" --out "$OUT/$TASK" \
-    --epochs "$EPOCHS" --max-seq-length "$SEQ"
+    --epochs "$EPOCHS" --max-seq-length "$SEQ" --resume
 "${BERTKIT_CMD[@]}" evaluate --model "$OUT/$TASK" --data "$DEV" --out "$OUT/dev_metrics.json" | tail -1
 "${BERTKIT_CMD[@]}" predict --model "$OUT/$TASK" --input "$DEV" --out "$OUT/dev_predictions.jsonl"
 "${BERTKIT_CMD[@]}" fill-mask --model "$OUT/pretrain/model" "$FILL_MASK"

@@ -70,6 +70,8 @@ def test_good_edge_values_are_accepted() -> None:
                                   fraction])  # fmt: skip
         assert args.eval_fraction == float(fraction)
     assert parser.parse_args(["pretrain", "--data", DATA, "--out", OUT, "--eval-every", "0"]).eval_every == 0
+    prepare = ["prepare", "--corpus", DATA, "--tokenizer", MODEL, "--out", OUT]
+    assert parser.parse_args([*prepare, "--workers", "0"]).workers == 0  # in this process, as it always was
 
 
 def test_version(capsys: pytest.CaptureFixture) -> None:
@@ -231,7 +233,7 @@ def test_vocab_never_replaces_what_it_did_not_write(tiny_task_models: dict[str, 
     before = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
     assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(model)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not written by this command" in err, err
+    assert err.count("\n") == 1 and "not written by bertkit vocab" in err, err
     assert {p: p.read_bytes() for p in model.rglob("*") if p.is_file()} == before
     # The corpus's own folder is an input's folder; an earlier tokenizer is replaced only with --overwrite.
     assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(tmp_path)]) == 2

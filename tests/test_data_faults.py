@@ -416,3 +416,18 @@ def test_an_index_row_that_points_outside_its_shard_is_named_when_read(tmp_path,
     assert len(train[(0, 6)]["input_ids"]) > 3
     with pytest.raises(BertkitError, match=r"train-00000\.index\.bin: row 7 points outside .* prepare again"):
         train[(0, 7)]
+
+
+def test_a_manifest_of_another_program_is_not_prepares(tmp_path, capsys, corpus_text, tok_dir):
+    # Any program may write a manifest.json (web apps do): it was taken for prepare's output, so --overwrite
+    # replaced it.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "manifest.json").write_text('{"name": "my web app", "icons": []}')
+    before = snapshot(site)
+    corpus = write_corpus(tmp_path / "in" / "c.txt", corpus_text[:20_000])
+    status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", site)
+    assert status == 2 and "was not written by bertkit prepare" in one_line(err)
+    status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", site, "--overwrite")
+    assert status == 2 and "'manifest.json', which bertkit prepare did not write there" in one_line(err)
+    assert snapshot(site) == before

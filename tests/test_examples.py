@@ -39,6 +39,11 @@ def test_pipeline_script(tmp_path: Path, data_dir: Path) -> None:
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert [p.stat().st_mtime_ns for p in stages] == written  # a re-run skips every finished stage
+    # A fine-tuning stage interrupted after its last checkpoint (no metrics.json yet): the re-run resumes it.
+    (out / "cls/metrics.json").unlink()
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from" in again.stdout and (out / "cls/metrics.json").is_file()
     r = subprocess.run(["bash", str(ROOT / "examples/pipeline.sh")], capture_output=True, text=True)
     assert r.returncode == 2 and "CORPUS_DIR" in r.stdout  # no arguments: the usage
 

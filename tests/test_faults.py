@@ -346,6 +346,45 @@ def test_disk_full_while_saving_the_training_state(tmp_path: Path, monkeypatch: 
     assert leftovers(run) == []
 
 
+def test_disk_full_while_pointing_latest_at_a_new_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """When `latest` cannot be rewritten, the checkpoint just written is removed again: `latest` still names the
+    previous one, which --resume continues from (kept, the new one would have been taken for a later run's and
+    removed at the next save, losing the work)."""
+    import bertkit.train.loop as loop
+
+    real_write, pointers = loop.atomic_write, []
+
+    def full_disk_for_latest(path, write):
+        if Path(path).name == "latest":
+            pointers.append(1)
+            if len(pointers) == 2:
+                raise BertkitError(f"disk full at {path}: free some space")
+        return real_write(path, write)
+
+    monkeypatch.setattr(loop, "atomic_write", full_disk_for_latest)
+    trainer = toy_trainer(tmp_path, max_steps=4, save_every=2)
+    with pytest.raises(BertkitError, match=r"^disk full at .*latest"):
+        trainer.train()
+    run = tmp_path / "run"
+    assert (run / "latest").read_text().strip() == "checkpoint-0000002"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0000002"]
+    assert latest_checkpoint(run) == run / "checkpoint-0000002"
+
+
+def test_resume_after_a_log_line_was_cut_short(tmp_path: Path) -> None:
+    """A kill or a full disk in the middle of a log write leaves half a JSON line: --resume failed on it with a
+    JSONDecodeError traceback. The cut line is dropped with the other records past the checkpoint."""
+    toy_trainer(tmp_path, max_steps=2, save_every=2).train()
+    metrics = tmp_path / "run/metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 3, "loss": 0.5, "lr"')
+    trainer = toy_trainer(tmp_path, max_steps=4, save_every=2)
+    assert trainer.resume()
+    trainer.train()
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
 def test_disk_full_on_a_real_small_filesystem(pt_data: Path, capsys: pytest.CaptureFixture, small_disk) -> None:
     """Pre-training into a 15 MiB tmpfs: the first checkpoint (9.6 MB: weights, Adam's moments, tokenizer) fits, the
     second does not. One line, exit 2, the first checkpoint intact and still `latest`."""
@@ -449,8 +488,11 @@ def test_pretrain_output_rules(tmp_path: Path, pt_data: Path, capsys: pytest.Cap
     assert code == 2 and "is not empty" in err
     code, _, err = cli_in_process(capsys, *pretrain_args(pt_data, pt_data.parent, *short))
     assert code == 2 and "contains the input" in err
-    code, _, err = cli_in_process(capsys, *pretrain_args(pt_data, out, *short, "--overwrite"))
+    code, stdout, err = cli_in_process(capsys, *pretrain_args(pt_data, out, *short, "--overwrite"))
     assert code == 0, err
+    # --eval-every 0 evaluates at the end only (it did not evaluate at all, and printed a bare {})
+    assert "held-out masked-LM accuracy" in stdout.splitlines()[-2]
+    assert json.loads(stdout.splitlines()[-1])["eval_instances"] > 0
     # Finished, without checkpoints (--save-every 0): --resume would train again over model/, so it is refused.
     before = snapshot(out)
     code, _, err = cli_in_process(capsys, *pretrain_args(pt_data, out, *short, "--resume"))
@@ -483,3 +525,28 @@ def test_pretrain_without_a_held_out_split_reports_the_training_loss(tmp_path: P
     assert "no held-out split" in stdout
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["steps"] == 3 and summary["train_loss"] > 0 and summary["eval_instances"] == 0
+
+
+def test_names_alone_never_make_a_folder_bertkits(tmp_path: Path, cls_data: dict[str, Path], pt_data: Path,
+                                                  minilm_dir: Path, capsys) -> None:  # fmt: skip
+    """A folder is a command's own only by its owner mark (or a file only that command writes): folders of other
+    programs that happen to hold training/, config.json, metrics.jsonl or tensorboard/ are neither resumed (which
+    cleared them: 'nothing to resume' removed every entry of those names, exit 0) nor have those files replaced
+    by --overwrite (an HF model's config.json and weights)."""
+    project = tmp_path / "project"
+    (project / "training").mkdir(parents=True)
+    (project / "training/my_notes.txt").write_text("mine")
+    (project / "config.json").write_text('{"mine": true}')
+    logs = tmp_path / "logs"
+    (logs / "tensorboard").mkdir(parents=True)
+    (logs / "tensorboard/my_old_logs").write_text("mine")
+    (logs / "metrics.jsonl").write_text('{"step": 1}\n')
+    hf_model = tmp_path / "hf_model"
+    shutil.copytree(minilm_dir, hf_model)
+    before = {d: snapshot(d) for d in (project, logs, hf_model)}
+    for args in (finetune_args(cls_data, project, "--max-steps", "2", "--resume"),
+                 pretrain_args(pt_data, logs, "--resume"),
+                 finetune_args(cls_data, hf_model, "--max-steps", "2", "--overwrite")):  # fmt: skip
+        code, _, err = cli_in_process(capsys, *args)
+        assert code == 2 and ("was not written by bertkit" in err or "did not write there" in err), err
+    assert {d: snapshot(d) for d in (project, logs, hf_model)} == before

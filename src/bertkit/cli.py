@@ -92,23 +92,22 @@ def _json(value: Any, what: str) -> str:
 
 
 def _cmd_vocab(args: argparse.Namespace) -> None:
-    from bertkit.files import claim_output_dir
+    from bertkit.files import claim_output_dir, release_output_dir
     from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 
     out = Path(args.out)
-    # An earlier tokenizer holds tokenizer files only; a model directory or anything else is not vocab's to replace.
     existed = out.is_dir()
-    earlier = existed and {p.name for p in out.iterdir()} <= set(TOKENIZER_FILES)
-    claim_output_dir(out, TOKENIZER_FILES, inputs=args.corpus, overwrite=args.overwrite, is_own_output=earlier,
-                     what="tokenizer")  # fmt: skip
+    # save_pretrained replaces its files by name once the new vocabulary is learnt (replace_later): a failed run
+    # keeps the earlier tokenizer.
+    claim_output_dir(out, TOKENIZER_FILES, command="vocab", inputs=args.corpus, overwrite=args.overwrite,
+                     replace_later=True, what="tokenizer")  # fmt: skip
     try:
         tok = Tokenizer.train(
             args.corpus, vocab_size=args.vocab_size, lowercase=args.lowercase, min_frequency=args.min_frequency
         )
     except BaseException:
         if not existed:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # the folder this run made, still empty: leave no trace of a failed run
+            release_output_dir(out, (), created=True)  # the folder this run made: leave no trace of a failed run
         raise
     tok.save_pretrained(args.out)
     print(f"vocabulary of {tok.vocab_size} tokens written to {args.out}")
@@ -568,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-fraction", type=FRACTION, default=0.02,
         help="share of documents held out for evaluation, 0 to 1 (default 0.02; 1: an evaluation-only directory)",
     )  # fmt: skip
-    p.add_argument("--workers", type=POSITIVE, default=1, help="processes (default 1)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=1, help="processes (default 1; 0 or 1: this one)")
     p.add_argument("--seed", type=SEED, default=12345)
     p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
     p.set_defaults(func=_cmd_prepare)

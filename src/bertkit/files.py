@@ -89,23 +89,44 @@ def remove_entries(entries: Iterable[Path]) -> None:
             p.unlink(missing_ok=True)
 
 
+# Written into every output directory a command claims: {"command": ...}. It is how a command knows a folder as
+# its own (to resume it, or to replace its files with --overwrite), since file names alone (config.json, model/,
+# metrics.jsonl) are common to many programs.
+OWNER_FILE = ".bertkit-output"
+
+
+def output_owner(path: str | Path) -> str | None:
+    """The command that claimed the directory `path` (its owner mark), or None."""
+    try:
+        record = json.loads((Path(path) / OWNER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("command") if isinstance(record, dict) else None
+
+
 def claim_output_dir(
     out: str | Path,
     owns: Sequence[str],
     *,
+    command: str,
     inputs: Iterable[str | Path] = (),
     overwrite: bool = False,
     resume: bool | None = None,
     is_own_output: bool = False,
+    replace_later: bool = False,
     what: str = "output",
 ) -> Path:
-    """Make `out` safe to write this command's output into; returns it as a Path (created if missing).
+    """Make `out` safe to write `command`'s output into, and mark it as that command's; returns it as a Path
+    (created if missing).
 
-    `owns`: glob patterns of the entries the command writes directly in `out` (the only ones `--overwrite` may
-    remove). `is_own_output`: the caller recognised `out` as an earlier output of this very command (e.g. its
-    manifest is there); with `resume` such a directory is kept as it is (None: the command cannot resume).
-    Refuses, with one line naming the directory and the flag to use: an output equal to or containing an input,
-    a path that is a file, and a non-empty directory unless `resume` (own output only) or `overwrite`.
+    The directory is the command's own when it carries the command's owner mark, or when the caller recognised it
+    by a file that only this command writes (`is_own_output`, e.g. a checkpoint's training state). `owns`: glob
+    patterns of the entries the command writes directly in `out`. Refuses, with one line naming the directory and
+    the flag to use: an output equal to or containing an input; a path that is a file; a non-empty directory that
+    is not its own (with --overwrite too, when it holds an entry of one of the command's names: that file is not
+    the command's to replace); its own unless `resume` (None: the command cannot resume) or `overwrite`. With
+    `overwrite` on its own directory the entries in `owns` are removed now, unless `replace_later` (the caller
+    replaces them once its new output is complete).
     """
     path = Path(out)
     check_output_not_input(path, inputs)
@@ -113,25 +134,43 @@ def claim_output_dir(
         raise BertkitError(f"--out {path} is a file, not a directory: choose a directory")
     if not path.is_dir():
         path.mkdir(parents=True)
-        return path
-    entries = list(path.iterdir())
-    if not entries:
-        return path
-    if resume and is_own_output:
-        return path
-    if not overwrite:
-        if is_own_output:
+    entries = [p for p in path.iterdir() if p.name != OWNER_FILE or output_owner(path) != command]
+    own = is_own_output or output_owner(path) == command
+    if entries and not (resume and own):
+        if not overwrite and own:
             hint = "pass --resume to continue it, " if resume is False else ""
             raise BertkitError(
                 f"{path} already holds a {what}: {hint}pass --overwrite to replace it, or choose a new --out"
             )
-        example = sorted(p.name for p in entries)[0]
-        raise BertkitError(
-            f"{path} is not empty ({len(entries)} entries, e.g. {example!r}) and was not written by this command: "
-            "choose a new or empty --out (--overwrite would replace only the files this command writes)"
-        )
-    remove_entries(own_entries(path, owns))
+        if not overwrite:
+            example = min((p.name for p in entries), key=lambda name: (name.startswith("."), name))  # a visible one
+            raise BertkitError(
+                f"{path} is not empty ({len(entries)} entries, e.g. {example!r}) and was not written by bertkit "
+                f"{command}: choose a new or empty --out (--overwrite would replace only a {what} of its own)"
+            )
+        clashes = [] if own else own_entries(path, owns)
+        if clashes:
+            raise BertkitError(
+                f"{path} holds {clashes[0].name!r}, which bertkit {command} did not write there: --overwrite replaces "
+                f"only a {what} of its own; choose another --out, or move that entry away first"
+            )
+        if not replace_later:
+            remove_entries(own_entries(path, owns))
+    text = json.dumps({"command": command}) + "\n"
+    (path / OWNER_FILE).write_text(text, encoding="utf-8")
     return path
+
+
+def release_output_dir(out: str | Path, owns: Sequence[str], created: bool) -> None:
+    """Undo a claim after a run failed before it left anything to keep: remove the command's own entries and its
+    owner mark, and `out` itself when the run created it and it is empty now. Nothing else is touched."""
+    path = Path(out)
+    if not path.is_dir():
+        return
+    remove_entries(own_entries(path, owns))
+    (path / OWNER_FILE).unlink(missing_ok=True)
+    if created and not any(path.iterdir()):
+        path.rmdir()
 
 
 # Below this much free space, a failed write is taken for a full disk: numpy and torch report a short write

@@ -41,7 +41,14 @@ from tqdm.auto import tqdm
 from bertkit.data.instances import instances_from_document
 from bertkit.data.sentences import iter_documents
 from bertkit.errors import BertkitError
-from bertkit.files import check_output_not_input, claim_output_dir, is_disk_full, own_entries, remove_entries
+from bertkit.files import (
+    OWNER_FILE,
+    check_output_not_input,
+    claim_output_dir,
+    is_disk_full,
+    own_entries,
+    remove_entries,
+)
 from bertkit.tokenizer import Tokenizer
 
 FORMAT = "bertkit-pretraining-v1"
@@ -263,6 +270,16 @@ def _check_corpus(corpus: list[str | Path]) -> list[Path]:
     return paths
 
 
+def _is_prepared(out: Path) -> bool:
+    """Whether `out` holds a data directory of this format that a bertkit prepare wrote before it marked its
+    outputs (any program may write a manifest.json: its "format" says whose it is)."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
 def _remove_stale_temporary_folders(out: Path) -> None:
     """Remove what an earlier run that was killed left: temporary folders that carry prepare's marker."""
     for p in out.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
@@ -311,10 +328,12 @@ def prepare(
     # once the new data is complete, so a run that fails leaves them as they were.
     claim_output_dir(
         out,
-        (),
+        OWN_ENTRIES,
+        command="prepare",
         inputs=inputs,
         overwrite=overwrite,
-        is_own_output=(out / "manifest.json").is_file(),
+        is_own_output=_is_prepared(out),
+        replace_later=True,
         what="prepared data directory",
     )
     tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=out))
@@ -324,6 +343,8 @@ def prepare(
         _move_into_place(tmp, out)
     except BaseException as e:  # KeyboardInterrupt too: nothing of this run may stay behind
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "manifest.json").is_file():  # no earlier output of prepare's here: nothing is its own
+            (out / OWNER_FILE).unlink(missing_ok=True)
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if still empty

@@ -26,7 +26,7 @@ from bertkit.tasks.base import TaskSettings
 from bertkit.tasks.finetune import FinetuneConfig, ModelFactory, run_finetune
 from bertkit.tasks.pretrain import PretrainConfig, run_pretrain
 from bertkit.tokenizer import Tokenizer
-from bertkit.train.loop import TrainConfig, latest_checkpoint
+from bertkit.train.loop import TrainConfig, latest_checkpoint, read_metrics_log
 
 # Corpus paragraphs used for pre-training; the NER sets come from the paragraphs after them.
 CORPUS_PARAGRAPHS = 17_000
@@ -270,8 +270,7 @@ class Workspace:
     def pretrain_evals(self, arm: Arm, seed: int = 0) -> list[dict]:
         """The held-out evaluation records in an arm's seed-`seed` `metrics.jsonl` ([] before it has run)."""
         path = self.root / "pretrain" / arm.name / f"seed{seed}" / "metrics.jsonl"
-        records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-        return [r for r in records if r.get("split") == "eval"]
+        return [r for r in read_metrics_log(path) if r.get("split") == "eval"]
 
     def last_evals(self, arm: Arm) -> list[dict]:
         """The last held-out evaluation of every seed's pre-training run that has one."""

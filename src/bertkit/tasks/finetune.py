@@ -26,6 +26,7 @@ from bertkit.files import (
     disk_full_as_error,
     own_entries,
     read_json_object,
+    release_output_dir,
     remove_entries,
 )
 from bertkit.model import TASK_MODELS
@@ -37,7 +38,6 @@ from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 from bertkit.train.loop import (
     TrainConfig,
     Trainer,
-    discard_failed_start,
     dist_info,
     latest_checkpoint,
 )
@@ -193,27 +193,32 @@ STALE_OUTPUT = (_BEST_TMP, *(f".{name}.*.tmp" for name in OUTPUT_FILES))  # atom
 OUTPUT_OWNS = (*OUTPUT_FILES, "training", *STALE_OUTPUT)
 
 
+def _inputs(cfg: FinetuneConfig) -> list[str]:
+    """What fine-tuning reads, which its --out must neither be nor hold."""
+    return [cfg.model, cfg.train, *([cfg.dev] if cfg.dev else [])]
+
+
 def _claim_output(cfg: FinetuneConfig, out: Path) -> bool:
     """Check --out before anything is written (see `bertkit.files.claim_output_dir`): not an input, not a non-empty
     directory that is not an earlier fine-tuning (unless --overwrite, which removes only fine-tuning's own entries).
     Removes what a killed run left half-written. True when there is a checkpoint to resume from; --resume without
     one starts from step 0 (saying so), or is refused when --out holds a finished model that it would replace."""
-    inputs = [cfg.model, cfg.train, *([cfg.dev] if cfg.dev else [])]
+    inputs = _inputs(cfg)
     if dist_info()[0] != 0:  # under torchrun rank 0 claims; the others only look for a checkpoint
         return cfg.resume and latest_checkpoint(out / "training") is not None
-    if not out.exists():  # created when the first file is written: an input error leaves no empty folder behind
-        check_output_not_input(out, inputs)
-        if cfg.resume:
-            print(f"nothing to resume: {out} does not exist yet; starting from step 0")
-        return False
-    is_own = (out / TASK_FILE).is_file() or (out / "training").is_dir()
-    claim_output_dir(out, OUTPUT_OWNS, inputs=inputs, overwrite=cfg.overwrite, resume=cfg.resume,
-                     is_own_output=is_own, what="fine-tuned model")  # fmt: skip
+    existed = out.exists()
+    # Written only by fine-tuning: outputs of a bertkit from before the owner mark are recognised by these.
+    recognised = (out / TASK_FILE).is_file() or latest_checkpoint(out / "training") is not None
+    claim_output_dir(out, OUTPUT_OWNS, command="finetune", inputs=inputs, overwrite=cfg.overwrite, resume=cfg.resume,
+                     is_own_output=recognised, what="fine-tuned model")  # fmt: skip
     remove_entries(own_entries(out, STALE_OUTPUT))
     if not cfg.resume:
         return False
     if latest_checkpoint(out / "training") is not None:
         return True
+    if not existed:
+        print(f"nothing to resume: {out} did not exist yet; starting from step 0")
+        return False
     if (out / "metrics.json").is_file() or ((out / "model.safetensors").is_file() and not (out / "training").is_dir()):
         raise BertkitError(
             f"nothing to resume in {out}: it holds a finished fine-tuned model but no checkpoint (training/); pass "
@@ -262,8 +267,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     dev_ex = task.read(cfg.dev) if cfg.dev else None
     if dev_ex is not None and label2id:
         task.check_labels(dev_ex, label2id, cfg.dev)
-    out_existed = out.exists()
-    resuming = _claim_output(cfg, out)
+    check_output_not_input(out, _inputs(cfg))  # at once; the rest of the claim once nothing can fail before writing
 
     config = BertConfig.load(cfg.model)
     if config.max_position_embeddings < settings.max_seq_length:
@@ -364,6 +368,8 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     eval_fn = None
     if dev_ex is not None:
         eval_fn = lambda m: task.evaluate(m, tok, dev_ex, dev_features, id2label)  # noqa: E731
+    out_existed = out.exists()
+    resuming = _claim_output(cfg, out)
     trainer = Trainer(model, train_cfg, loader, loss_fn, len(dataset), eval_fn,
                       save_extra=save_extra if cfg.save_model else None, on_eval=on_eval,
                       bar_metric=(f"dev {task.main_metric}", task.main_metric))  # fmt: skip
@@ -377,7 +383,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         # Diverged or disk full before anything could be resumed or kept: leave --out as this run found it.
         kept = latest_checkpoint(out / "training") is not None or (out / "model.safetensors").is_file()
         if not resuming and trainer.is_main and not kept:
-            discard_failed_start(out, OUTPUT_OWNS, created=not out_existed)
+            release_output_dir(out, OUTPUT_OWNS, created=not out_existed)
         raise
     best = trainer.state.recipe
     if trainer.is_main:

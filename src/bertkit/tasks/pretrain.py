@@ -19,15 +19,22 @@ from bertkit.config import PRESETS, BertConfig
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.pretraining import EpochSampler, PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
-from bertkit.files import claim_output_dir, disk_full_as_error, own_entries, remove_entries
+from bertkit.files import (
+    check_output_not_input,
+    claim_output_dir,
+    disk_full_as_error,
+    own_entries,
+    release_output_dir,
+    remove_entries,
+)
 from bertkit.model import IGNORE_INDEX, BertForPreTraining, reverse_real_tokens, set_dropout
 from bertkit.train.loop import (
     STALE_PATTERNS,
     TrainConfig,
     Trainer,
-    discard_failed_start,
     dist_info,
     latest_checkpoint,
+    read_metrics_log,
 )
 
 
@@ -253,10 +260,12 @@ def _claim_run_dir(cfg: PretrainConfig, out: Path) -> bool:
     claim_output_dir(
         out,
         PRETRAIN_OWNS,
+        command="pretrain",
         inputs=_inputs(cfg, out),
         overwrite=cfg.overwrite,
         resume=cfg.resume,
-        is_own_output=out.is_dir() and bool(own_entries(out, PRETRAIN_OWNS)),
+        # Written only by pre-training: runs of a bertkit from before the owner mark are recognised by these.
+        is_own_output=latest_checkpoint(out) is not None or (out / "model" / PRETRAINING_RECORD).is_file(),
         what="pre-training run",
     )
     remove_entries(own_entries(out, PRETRAIN_STALE))
@@ -275,9 +284,7 @@ def _claim_run_dir(cfg: PretrainConfig, out: Path) -> bool:
 
 def _last_train_loss(metrics: Path) -> float | None:
     """The training loss of the last logged step in a metrics.jsonl, or None."""
-    if not metrics.is_file():
-        return None
-    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    rows = read_metrics_log(metrics)
     losses = [r["loss"] for r in rows if r.get("split", "train") == "train" and "loss" in r]
     return losses[-1] if losses else None
 
@@ -288,8 +295,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     out = Path(cfg.train.out_dir)
     manifest = read_manifest(cfg.data)
     _check_training_split(cfg.data, manifest)
-    out_existed = out.exists()
-    resuming = _claim_run_dir(cfg, out)
+    check_output_not_input(out, _inputs(cfg, out))  # at once; the rest of the claim once nothing can fail first
     seed = cfg.train.seed
     data = PretrainingData(cfg.data, "train", cfg.masking, seed)
     if len(data) == 0:
@@ -334,6 +340,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         summary["max_seq_length"] = _positions_seen(cfg, manifest["config"]["max_seq_length"])
         (directory / PRETRAINING_RECORD).write_text(json.dumps(summary, indent=2) + "\n")
 
+    out_existed = out.exists()
+    resuming = _claim_run_dir(cfg, out)
     trainer = Trainer(
         model,
         cfg.train,
@@ -357,7 +365,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     except BertkitError:
         # Diverged or disk full before a first checkpoint: leave the run directory as this run found it.
         if not resuming and trainer.is_main and latest_checkpoint(out) is None and not (out / "model").exists():
-            discard_failed_start(out, PRETRAIN_OWNS, created=not out_existed)
+            release_output_dir(out, PRETRAIN_OWNS, created=not out_existed)
         raise
     # Written beside, then renamed: model/ is complete or absent (scripts skip the stage when its weights exist).
     model_dir, tmp = out / "model", out / ".tmp-model"

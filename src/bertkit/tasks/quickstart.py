@@ -35,7 +35,7 @@ from bertkit.model import BertForPreTraining
 from bertkit.tasks.finetune import FinetuneConfig, run_finetune
 from bertkit.tasks.pretrain import PretrainConfig, run_pretrain
 from bertkit.tokenizer import Tokenizer
-from bertkit.train.loop import TrainConfig, latest_checkpoint
+from bertkit.train.loop import TrainConfig, latest_checkpoint, read_metrics_log
 
 FILL_MASK_EXAMPLE = "今天天气很[MASK]，我们不得不取消户外运动。"
 CORPUS_PARAGRAPHS = 17_000  # of the 19,484 in the source; the rest give the NER sets
@@ -339,13 +339,8 @@ def _pretraining_steps(last_eval: dict, plan: QuickstartPlan, max_minutes: float
 
 
 def _last_eval(metrics: Path) -> dict:
-    last: dict = {}
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            record = json.loads(line)
-            if "mlm_accuracy" in record:
-                last = record
-    return last
+    evals = [r for r in read_metrics_log(metrics) if "mlm_accuracy" in r]
+    return evals[-1] if evals else {}
 
 
 def _table(results: dict, baselines: dict, plan: QuickstartPlan) -> str:

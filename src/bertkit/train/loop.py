@@ -84,19 +84,6 @@ class TrainState:
 STALE_PATTERNS = (".tmp-checkpoint-*", ".latest.*.tmp", ".metrics.jsonl.*.tmp")
 
 
-def discard_failed_start(out: Path, owns: tuple[str, ...], created: bool) -> None:
-    """After a run failed before it left anything to resume or keep (a run that diverged at once, a full disk):
-    remove its own entries in `out` (logs that would mislead a later run), and `out` itself when this run
-    created it and it is empty now. Nothing else is touched."""
-    from bertkit.files import own_entries, remove_entries
-
-    if not out.is_dir():
-        return
-    remove_entries(own_entries(out, owns))
-    if created and not any(out.iterdir()):
-        out.rmdir()
-
-
 def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     """The name of the first floating-point tensor holding NaN or infinity, or None."""
     for name, t in tensors:
@@ -337,8 +324,13 @@ class Trainer:
             return
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # the checkpoint appears complete or not at all
-        with disk_full_as_error(self.out / "latest", f"it still names the previous checkpoint; {name} is complete"):
+        try:
             atomic_write(self.out / "latest", lambda t: Path(t).write_text(name + "\n"))
+        except BaseException:
+            # `latest` still names the previous checkpoint, which --resume continues from; kept, this one would be
+            # taken for a later run's and removed at the next save.
+            shutil.rmtree(final, ignore_errors=True)
+            raise
         # Keep this checkpoint and the newest older ones; never the one just written, whatever else the folder
         # holds (`latest` must always name a checkpoint that exists).
         older = sorted(p for p in self.out.glob("checkpoint-*") if p.is_dir() and p.name < name)
@@ -437,7 +429,7 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if not self.is_main or not path.is_file():
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        keep = [json.dumps(r) for r in read_metrics_log(path) if r.get("step", 0) <= step]
         atomic_write(path, lambda t: Path(t).write_text("".join(x + "\n" for x in keep)))
 
     # ------------------------------------------------------------------ logging
@@ -519,8 +511,9 @@ class Trainer:
             with disk_full_as_error(self.out, "the checkpoints written so far are intact; free some space, then "
                                     "run again with --resume"):  # fmt: skip
                 self._train_steps(bar)
-                # Once more at the end, unless the last step already did it (or a resumed run finished before).
-                if cfg.eval_every and self.state.last_eval_step != self.state.step:
+                # Once more at the end (eval_every 0: only then), unless the last step already did it (or a
+                # resumed run finished before).
+                if self.eval_fn is not None and self.state.last_eval_step != self.state.step:
                     self.evaluate()
                 if cfg.save_every and self._saved_step != self.state.step:
                     self.save_checkpoint()
@@ -629,6 +622,22 @@ class Trainer:
                     raise BertkitError("the training data is empty")
 
 
+def read_metrics_log(path: Path) -> list[dict]:
+    """The records of a run's `metrics.jsonl` ([] when there is none). A line that is not a JSON object is passed
+    over: a kill or a full disk can cut the last line short, and resuming must not fail on it."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def plot_metrics(metrics: Path, png: Path) -> bool:
     """Loss and accuracy curves from a metrics.jsonl; False when matplotlib is not installed."""
     try:
@@ -638,7 +647,7 @@ def plot_metrics(metrics: Path, png: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    rows = read_metrics_log(metrics)
     train = [r for r in rows if r.get("split", "train") == "train"]
     evals = [r for r in rows if r.get("split") == "eval"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
