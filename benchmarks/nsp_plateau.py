@@ -27,7 +27,7 @@ ARMS = {
     arm.name: arm
     for arm in (
         Arm("mlm_only", nsp=False),
-        Arm("mlm_nsp", nsp_weight=1.0),  # the paper's recipe (`bertkit experiment` ran it so until stop 15)
+        Arm("mlm_nsp", nsp_weight=1.0),  # the paper's recipe (earlier `bertkit experiment` runs used it)
         Arm("nsp_w0.1", nsp_weight=0.1),
         Arm("nsp_noclip", nsp_weight=1.0, max_grad_norm=math.inf),
     )

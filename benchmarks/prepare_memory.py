@@ -3,7 +3,7 @@
     python benchmarks/prepare_memory.py [--workers 1]
 
 Each prepare runs in its own process; its peak RSS is read from the kernel (ru_maxrss of the child).
-Writes benchmarks/results/prepare_memory.json. Target (issue 3): ratio under 1.5.
+Writes benchmarks/results/prepare_memory.json. Target: ratio under 1.5.
 """
 
 from __future__ import annotations

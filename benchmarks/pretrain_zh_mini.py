@@ -3,7 +3,7 @@
     python benchmarks/pretrain_zh_mini.py [--minutes 30] [--out runs/bench_pretrain_zh]
 
 Runs vocab -> prepare -> pretrain through the CLI, then writes benchmarks/results/pretrain_zh_mini.json with the
-held-out curve (MLM loss/accuracy, NSP accuracy), the settings and the machine. Targets (issue 3): held-out MLM
+held-out curve (MLM loss/accuracy, NSP accuracy), the settings and the machine. Targets: held-out MLM
 accuracy >= 0.30 and NSP accuracy >= 0.75 within 30 minutes on 2 CPU cores.
 """
 

@@ -279,7 +279,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     if cfg.dropout is not None:
         config = replace(config, hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
     elif config.hidden_dropout_prob == 0.0 or config.attention_probs_dropout_prob == 0.0:
-        # e.g. pre-trained by a bertkit from before pre-training dropout became a run setting (commit f5e1b9d)
+        # e.g. pre-trained by an older bertkit, which saved the run's dropout into the model's config
         print(f"note: {cfg.model} has dropout 0 in its config; BERT fine-tunes with 0.1 (pass --dropout 0.1)")
     torch.manual_seed(cfg.seed)
     num_labels = len(labels) if labels else None
