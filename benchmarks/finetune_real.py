@@ -91,8 +91,8 @@ def jobs(zh_model: Path, random_model: Path, work: Path) -> dict[str, list[str]]
     for name, args in zh_tasks.items():
         for init, model in (("pretrained", zh_model), ("random", random_model)):
             for lr in ZH_TASK_LRS.get(name, ZH_LRS):
-                # BERT's fine-tuning dropout, stated: the Chinese mini was saved by an older bertkit, when a pre-training
-                # --dropout 0 still went into the model's config.
+                # BERT's fine-tuning dropout, stated: the Chinese mini was saved by an older bertkit, when a
+                # pre-training --dropout 0 still went into the model's config.
                 out[f"zh_{name}_{init}_lr{lr}"] = [
                     *args,
                     "--model",
