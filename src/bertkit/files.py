@@ -1,12 +1,13 @@
-"""Output directories that a command may write into, and the rules that keep a user's other files safe.
+"""Files a user gave or will keep: output directories, JSON files that may be damaged, a full disk.
 
-Every command that writes a directory (`prepare`, `pretrain`, `finetune`, `quickstart`) goes through
+Every command that writes a directory (`vocab`, `prepare`, `pretrain`, `finetune`) goes through
 `claim_output_dir` before it writes anything:
 - an output that equals or contains one of the command's inputs is refused (writing there could replace the very
   files being read, or a later `--overwrite` could remove them);
-- a non-empty directory is refused unless it is this command's own earlier output being resumed, or the user
-  passed `--overwrite`; even then only the entries this command recognises as its own are removed, never
-  anything else that lies there.
+- a folder is the command's own only by the owner mark it leaves there, or by a file only that command writes,
+  never by common names such as `config.json` or `training/`;
+- a non-empty directory is refused unless it is the command's own, being resumed, or the user passed
+  `--overwrite`; even then only the command's own entries are replaced, never anything else that lies there.
 """
 
 from __future__ import annotations
