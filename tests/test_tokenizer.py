@@ -94,6 +94,21 @@ def test_saved_tokenizer_loads_in_transformers(tmp_path: Path, data_dir: Path) -
         assert hf(line, truncation=True, max_length=64)["input_ids"] == tok.encode(line, max_length=64).input_ids
 
 
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_training_gives_the_same_vocabulary_every_time(tmp_path: Path, data_dir: Path, lowercase: bool) -> None:
+    """The `tokenizers` trainer alone numbered its `##c` pieces in hash-map order and broke ties between equally
+    frequent merges by those numbers: two runs of the quickstart's own vocabulary step gave different ids (and
+    a few different rare pieces), so the same command and seed trained a different model."""
+    english = sorted((data_dir / "pretrain_en").glob("*.txt"))[0].read_text(encoding="utf-8").splitlines()[:1500]
+    chinese = sorted((data_dir / "pretrain_zh").glob("*.txt"))[0].read_text(encoding="utf-8").splitlines()[:300]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(english + chinese) + "\n", encoding="utf-8")
+    vocabularies = [Tokenizer.train([corpus], vocab_size=3000, lowercase=lowercase, show_progress=False).vocab
+                    for _ in range(3)]  # fmt: skip
+    assert vocabularies[0] == vocabularies[1] == vocabularies[2]
+    assert any(t.startswith("##") for t in vocabularies[0])
+
+
 def test_train_validates_vocab_size(tmp_path: Path) -> None:
     from bertkit import BertkitError
 

@@ -25,6 +25,7 @@ import itertools
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,6 +315,11 @@ def _model_vocab_size(path: Path) -> int | None:
     return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
+def _python_class(rust_class: str) -> str:
+    """A character class written for the Rust regex engine (`\\x{HEX}` escapes) in Python's `re` syntax."""
+    return re.sub(r"\\x\{([0-9A-Fa-f]+)\}", lambda m: f"\\U{int(m.group(1), 16):08x}", rust_class)
+
+
 # The files `Tokenizer.save_pretrained` writes (so commands that write a tokenizer know which entries are theirs).
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -392,6 +398,31 @@ class Tokenizer:
                 pre_tokenizers.Split(Regex(f"[{isolated}]"), behavior="isolated"),
             ]
         )
+
+    def _continuation_pieces(self, lines: Iterable[str], limit_alphabet: int) -> list[str]:
+        """The `##c` piece of every character that occurs inside a word (not at its start), in a fixed order (by
+        character): the pieces the WordPiece trainer creates on its own, in hash-map order. Text goes through the
+        same normaliser; words are cut where the pre-tokenizer cuts them (white space, punctuation, CJK); only the
+        `limit_alphabet` most frequent characters (ties by character) can have a piece, as only they enter the
+        trainer's alphabet."""
+        cc = _char_classes()
+        spaces = cc.space.removeprefix("[").removesuffix("+").removesuffix("]")  # the class's members
+        cuts = _python_class(spaces + cc.punctuation + (cc.chinese if self.tokenize_chinese_chars else ""))
+        inside_word = re.compile(f"(?<=[^{cuts}])[^{cuts}]")
+        space = re.compile(_python_class(cc.space))
+        normalize = self._rust.normalizer.normalize_str
+        counts: Counter[str] = Counter()
+        inside: set[str] = set()
+        lines = iter(lines)
+        # In chunks of lines (a line break is white space: no word spans two), in C: one pass over a large corpus
+        # costs seconds, where splitting it into Python word objects cost minutes.
+        while chunk := list(itertools.islice(lines, 2000)):
+            text = normalize("\n".join(chunk))
+            counts.update(text)
+            inside.update(inside_word.findall(text))
+        letters = [c for c in counts if not space.fullmatch(c)]
+        alphabet = set(sorted(letters, key=lambda c: (-counts[c], c))[:limit_alphabet])
+        return ["##" + c for c in sorted(inside & alphabet)]
 
     # ---------------------------------------------------------------- basics
     @property
@@ -514,9 +545,12 @@ class Tokenizer:
     ) -> Tokenizer:
         """Learn a WordPiece vocabulary from UTF-8 corpus files; special tokens come first, in BERT order.
 
-        Not bit-reproducible: the `tokenizers` trainer breaks ties between equally frequent merges in hash-map
-        order, so two runs on the same corpus can differ in a few rare `##` pieces (huggingface/tokenizers#1794).
-        Save the vocabulary and reuse it, as every bertkit recipe does once a vocabulary exists."""
+        The same corpus and settings give the same vocabulary in every run. The `tokenizers` trainer on its own does
+        not: it numbers the `##c` pieces of single characters in hash-map order, and breaks ties between equally
+        frequent merges by those numbers, so runs differed in their ids and in a few rare pieces
+        (huggingface/tokenizers#1794). Here those pieces are counted first and handed to the trainer in a fixed
+        order (as tokens that exist from the start, which they do anyway), which leaves it nothing to order by
+        chance."""
         if vocab_size <= len(SPECIAL_TOKENS):
             raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
         for f in map(Path, files):  # before the trainer starts, in the words of `read_lines`
@@ -532,10 +566,11 @@ class Tokenizer:
                     yield line
 
         proto = cls(SPECIAL_TOKENS, lowercase=lowercase)._rust  # same normalisation and splitting as encoding
+        pieces = cls(SPECIAL_TOKENS, lowercase=lowercase)._continuation_pieces(read_corpus_lines(files), limit_alphabet)
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=SPECIAL_TOKENS,
+            special_tokens=SPECIAL_TOKENS + pieces,
             limit_alphabet=limit_alphabet,
             continuing_subword_prefix="##",
             show_progress=show_progress,
