@@ -14,7 +14,7 @@ import pickle
 import re
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,6 +121,11 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
+def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first tensor holding NaN or infinity, or None."""
+    return next((name for name, tensor in tensors if not _all_finite(tensor)), None)
+
+
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a model directory, keyed by (normalised) HF name.
 
@@ -137,12 +142,12 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             raise _corrupt(f, e) from None
         if not isinstance(part, dict):
             raise BertkitError(f"{f}: holds a {type(part).__name__}, not a dictionary of named tensors")
-        for name, tensor in part.items():
-            if isinstance(tensor, torch.Tensor) and not _all_finite(tensor):
-                raise BertkitError(
-                    f"{f}: tensor {name} holds NaN or infinite values, so the model would answer NaN (a training run "
-                    "that diverged?); use an earlier checkpoint, or train again with a lower learning rate"
-                )
+        name = first_non_finite((k, t) for k, t in part.items() if isinstance(t, torch.Tensor))
+        if name is not None:
+            raise BertkitError(
+                f"{f}: tensor {name} holds NaN or infinite values, so the model would answer NaN (a training run "
+                "that diverged?); use an earlier checkpoint, or train again with a lower learning rate"
+            )
         tensors.update({_normalise_key(k): v for k, v in part.items()})
     return tensors
 
@@ -366,12 +371,12 @@ def save_model(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor
     path = Path(path)
     tensors = to_hf_state_dict(model, state)
     # The last line of defence against keeping a diverged model (the trainer checks its loss first).
-    for name, tensor in tensors.items():
-        if not _all_finite(tensor):
-            raise BertkitError(
-                f"refusing to save a model with NaN or infinite weights (tensor {name}) to {path}: training diverged; "
-                "lower the learning rate, or resume from an earlier checkpoint"
-            )
+    name = first_non_finite(tensors.items())
+    if name is not None:
+        raise BertkitError(
+            f"refusing to save a model with NaN or infinite weights (tensor {name}) to {path}: training diverged; "
+            "lower the learning rate, or resume from an earlier checkpoint"
+        )
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config: BertConfig = model.config  # type: ignore[assignment]

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from bertkit.checkpoint import atomic_write, save_model
+from bertkit.checkpoint import atomic_write, first_non_finite, save_model
 from bertkit.errors import BertkitError
 from bertkit.files import disk_full_as_error, is_disk_full
 from bertkit.machine import pick_device
@@ -82,14 +82,6 @@ class TrainState:
 # Temporary entries a killed run can leave in its run directory: a checkpoint being written, and the files of
 # `atomic_write` (".NAME.RANDOM.tmp") for `latest` and `metrics.jsonl`. Removed when a run starts or resumes.
 STALE_PATTERNS = (".tmp-checkpoint-*", ".latest.*.tmp", ".metrics.jsonl.*.tmp")
-
-
-def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
-    """The name of the first floating-point tensor holding NaN or infinity, or None."""
-    for name, t in tensors:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return name
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- distributed
