@@ -403,6 +403,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     if trainer.is_main:
         text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(text, encoding="utf-8"))
+    trainer.close()
     return result
 
 

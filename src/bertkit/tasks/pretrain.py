@@ -377,6 +377,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
             save_extra(tmp)
             shutil.rmtree(model_dir, ignore_errors=True)
             tmp.rename(model_dir)
+    trainer.close()
     if trainer.is_main:  # the end state in words; the CLI's last line is the metrics as JSON
         held_out = (
             f"held-out masked-LM accuracy {metrics['mlm_accuracy']:.3f}"

@@ -209,7 +209,9 @@ class Trainer:
         "accuracy")."""
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
+        self._owns_process_group = dist.is_available() and not dist.is_initialized()
         self.device, self.rank, self.world = setup_device(cfg.device)
+        self._owns_process_group = self._owns_process_group and dist.is_initialized()
         self.is_main = self.rank == 0
         self.fsdp = cfg.fsdp and self.world > 1
         if cfg.fsdp and not self.fsdp and self.is_main:
@@ -517,6 +519,15 @@ class Trainer:
         if self.is_main:
             plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
         return self.state.last_eval
+
+    def close(self) -> None:
+        """End the process group this trainer started under torchrun; call it once the run's last collective (the
+        final save) is done. Left to the interpreter's teardown, gloo's worker threads can abort a run that
+        succeeded (SIGABRT, "terminate called without an active exception"). Only after success: on an error the
+        other ranks may still be inside a collective, and tearing the group down could hang them."""
+        if self._owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self._owns_process_group = False
 
     def _train_steps(self, bar: tqdm) -> None:
         """The loop itself: optimizer steps until `max_steps`, an early stop, or the time budget."""
