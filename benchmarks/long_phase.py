@@ -22,11 +22,11 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from bertkit.data.masking import MaskingConfig  # noqa: E402
 from bertkit.data.prepare import PrepareConfig, prepare  # noqa: E402
-from bertkit.data.tasks import read_conll  # noqa: E402
+from bertkit.data.task_files import read_conll  # noqa: E402
 from bertkit.machine import describe  # noqa: E402
-from bertkit.tasks.finetune import FinetuneConfig, load_task_model, run_finetune  # noqa: E402
-from bertkit.tasks.pretrain import PretrainConfig, run_pretrain  # noqa: E402
-from bertkit.tasks.quickstart import QuickstartPlan  # noqa: E402
+from bertkit.recipes.finetune import FinetuneConfig, load_task_model, run_finetune  # noqa: E402
+from bertkit.recipes.pretrain import PretrainConfig, run_pretrain  # noqa: E402
+from bertkit.recipes.quickstart import QuickstartPlan  # noqa: E402
 from bertkit.train.loop import TrainConfig  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bertkit.machine import describe
-from bertkit.tasks.finetune import FinetuneConfig, run_finetune
+from bertkit.recipes.finetune import FinetuneConfig, run_finetune
 
 HERE = Path(__file__).resolve().parent
 

@@ -33,9 +33,9 @@ from throughput import DATA, HERE, hf_twin, interleaved, real_sentences
 from bertkit import Tokenizer
 from bertkit.export import INPUTS, export_onnx
 from bertkit.machine import describe
+from bertkit.recipes.finetune import FinetuneConfig, load_task_model, run_finetune
 from bertkit.serve import Service, make_server
 from bertkit.tasks.base import TaskSettings
-from bertkit.tasks.finetune import FinetuneConfig, load_task_model, run_finetune
 
 CPU = torch.device("cpu")
 

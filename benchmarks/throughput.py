@@ -36,7 +36,7 @@ import torch
 import transformers
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
-from bertkit.data.tasks import read_classification
+from bertkit.data.task_files import read_classification
 from bertkit.machine import describe
 from bertkit.model import BertForSequenceClassification
 from bertkit.train.loop import build_optimizer

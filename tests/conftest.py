@@ -78,9 +78,9 @@ def tiny_task_models(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
     import torch
 
     from bertkit import BertConfig, BertForPreTraining, Tokenizer
-    from bertkit.data.tasks import read_conll
+    from bertkit.data.task_files import read_conll
+    from bertkit.recipes.finetune import FinetuneConfig, run_finetune
     from bertkit.tasks.base import TaskSettings
-    from bertkit.tasks.finetune import FinetuneConfig, run_finetune
 
     root = tmp_path_factory.mktemp("tiny_task_models")
     sentiment = (data_dir / "chnsenticorp/train.tsv").read_text(encoding="utf-8").splitlines()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bertkit.cli import _echo, _json, main
-from bertkit.data.tasks import TextExample
+from bertkit.data.task_files import TextExample
 from bertkit.errors import BertkitError
 
 MODEL, DATA, OUT = "no/such/model", "no/such/data", "no/such/out"

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertkit import BertConfig, BertModel
-from bertkit.data.tasks import TaggedSentence
+from bertkit.data.task_files import TaggedSentence
 from bertkit.errors import BertkitError
 from bertkit.experiments.claims import EXPERIMENTS
 from bertkit.experiments.models import ConcatBiLM, char_window_ner_f1, embedding_matrix

@@ -221,7 +221,7 @@ def test_finetune_resume_keeps_the_best_model(
     """Dev scores set by step (0.9 at step 4, then 0.5, 0.7): a run stopped after its step-8 checkpoint and resumed
     must keep the step-4 model as the best one, as the uninterrupted run does (the first evaluation after a resume
     is not better than 0.9)."""
-    from bertkit.tasks import finetune
+    from bertkit.recipes import finetune
     from bertkit.tasks.base import TaskSettings
     from bertkit.tasks.classify import ClassificationTask
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
-from bertkit.data.tasks import read_conll
+from bertkit.data.task_files import read_conll
 from bertkit.metrics import entity_prf, qa_scores
 
 # ------------------------------------------------------------------------------------------ metric parity
@@ -228,7 +228,7 @@ def test_bad_task_input(tmp_path: Path, tiny_zh_model: Path, data_dir: Path) -> 
 def test_relocate_keeps_unfindable_answers_for_scoring_only(tmp_path: Path, tiny_zh_model: Path) -> None:
     """CMRC 2018 dev has answers whose text is not in the passage (e.g. a variant character): with
     --relocate-answers they stay gold texts for scoring, and a question with no findable answer is not trained on."""
-    from bertkit.data.tasks import read_squad
+    from bertkit.data.task_files import read_squad
     from bertkit.tasks.base import TaskSettings
     from bertkit.tasks.qa import QaTask
 
@@ -254,8 +254,8 @@ def test_finetune_says_what_it_did(
     import logging
     import shutil
 
+    from bertkit.recipes.finetune import FinetuneConfig, run_finetune
     from bertkit.tasks.base import TaskSettings
-    from bertkit.tasks.finetune import FinetuneConfig, run_finetune
 
     model = tmp_path / "model"
     shutil.copytree(tiny_zh_model, model)

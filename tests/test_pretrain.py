@@ -218,7 +218,7 @@ def test_resume_without_nsp(tmp_path: Path, small_data: Path) -> None:
 def test_next_token_batch_undoes_masking_shifts_and_reverses() -> None:
     import torch
 
-    from bertkit.tasks.pretrain import next_token_batch
+    from bertkit.recipes.pretrain import next_token_batch
 
     # Row 0: [CLS] 5 [MASK]=6 [SEP] 7 [SEP]; row 1 is shorter and padded.
     batch = {
@@ -258,7 +258,7 @@ def test_dropout_and_init_range_overrides_reach_the_model(
 
     from bertkit.config import BertConfig
     from bertkit.model import BertForPreTraining, SelfAttention
-    from bertkit.tasks import pretrain
+    from bertkit.recipes import pretrain
     from bertkit.train.loop import TrainConfig, Trainer
 
     trained = []
@@ -305,7 +305,7 @@ def test_pretraining_metrics_by_hand() -> None:
     import numpy as np
     import torch
 
-    from bertkit.tasks.pretrain import evaluate_pretraining
+    from bertkit.recipes.pretrain import evaluate_pretraining
 
     mask_id, wrong_guess, vocab = 4, 7, 10
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bertkit.cli import main
-from bertkit.data.tasks import read_conll
+from bertkit.data.task_files import read_conll
 from bertkit.errors import BertkitError
-from bertkit.tasks.quickstart import FILL_MASK_EXAMPLE, QuickstartPlan, run_quickstart
+from bertkit.recipes.quickstart import FILL_MASK_EXAMPLE, QuickstartPlan, run_quickstart
 
 
 def test_quickstart_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -23,8 +23,8 @@ from realdata import tsv_rows
 from bertkit import BertConfig, BertForPreTraining, BertkitError, Tokenizer
 from bertkit.cli import main
 from bertkit.metrics import mean_squared_error, pearson, regression_scores, spearman
+from bertkit.recipes.finetune import TASK_FILE, FinetuneConfig, fine_tuned_task, load_task_model, run_finetune
 from bertkit.tasks.base import TaskSettings
-from bertkit.tasks.finetune import TASK_FILE, FinetuneConfig, fine_tuned_task, load_task_model, run_finetune
 
 
 def _sentiment_scores(data_dir: Path, split: str, n: int) -> list[tuple[str, str]]:

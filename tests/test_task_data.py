@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bertkit.data.tasks import read_classification, read_conll, read_squad
+from bertkit.data.task_files import read_classification, read_conll, read_squad
 from bertkit.errors import BertkitError
 from bertkit.tasks.classify import ClassificationTask, PairClassificationTask
 from bertkit.tasks.ner import NerTask

@@ -188,7 +188,7 @@ def _masking_config(args: argparse.Namespace):
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from bertkit.tasks.pretrain import PretrainConfig, run_pretrain
+    from bertkit.recipes.pretrain import PretrainConfig, run_pretrain
     from bertkit.train.loop import TrainConfig
 
     train = TrainConfig(
@@ -234,7 +234,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if (Path(args.data) / "manifest.json").is_file():
         metrics = _evaluate_pretraining(args, device)
     else:
-        from bertkit.tasks.finetune import load_task_model
+        from bertkit.recipes.finetune import load_task_model
 
         if Path(args.data).is_dir():
             raise BertkitError(f"{args.data} is a directory without manifest.json: give a task data file or DATA_DIR")
@@ -253,7 +253,7 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
     from bertkit.checkpoint import read_pretraining_record
     from bertkit.data.pretraining import PretrainingData
     from bertkit.model import BertForPreTraining
-    from bertkit.tasks.pretrain import evaluate_pretraining
+    from bertkit.recipes.pretrain import evaluate_pretraining
 
     data = PretrainingData(args.data, args.split, _masking_config(args), args.seed)
     print(_split_summary(args, data), file=sys.stderr)
@@ -296,8 +296,8 @@ def _split_summary(args: argparse.Namespace, data) -> str:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
+    from bertkit.recipes.finetune import FinetuneConfig, run_finetune
     from bertkit.tasks.base import TaskSettings
-    from bertkit.tasks.finetune import FinetuneConfig, run_finetune
 
     settings = TaskSettings(
         max_seq_length=args.max_seq_length or (384 if args.task == "qa" else 128),
@@ -336,7 +336,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import tempfile
 
     from bertkit.machine import pick_device
-    from bertkit.tasks.finetune import load_task_model
+    from bertkit.recipes.finetune import load_task_model
 
     task, model, tok, id2label = load_task_model(args.model, None, pick_device(args.device))
     path = args.input
@@ -385,7 +385,7 @@ def _where(example, path: str) -> str:
 
 def _read_for_prediction(task, path: str) -> list:
     from bertkit.data.corpus import read_lines
-    from bertkit.data.tasks import TextExample
+    from bertkit.data.task_files import TextExample
 
     suffix = Path(path).suffix.lower()
     if task.name in ("cls", "pair", "regression") and suffix not in (".tsv", ".csv", ".jsonl", ".json"):
@@ -452,7 +452,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
-    from bertkit.tasks.quickstart import run_quickstart
+    from bertkit.recipes.quickstart import run_quickstart
 
     run_quickstart(Path(args.out), budget=args.budget, seed=args.seed, max_minutes=args.max_minutes)
 

@@ -66,7 +66,7 @@ def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
 
     Only heads whose weights are in the directory are exported: an HF BertForMaskedLM gives prediction_logits alone,
     an encoder saved without its pooler gives last_hidden_state alone (never freshly initialised outputs)."""
-    from bertkit.tasks.finetune import fine_tuned_task, load_task_model
+    from bertkit.recipes.finetune import fine_tuned_task, load_task_model
 
     path = Path(model_dir)
     if not path.is_dir():

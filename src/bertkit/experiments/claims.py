@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from bertkit.data.tasks import read_classification, read_conll
+from bertkit.data.task_files import read_classification, read_conll
 from bertkit.experiments.models import (
     char_window_ner_f1,
     concat_bilm_factory,

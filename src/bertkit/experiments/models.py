@@ -15,7 +15,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.data.corpus import read_corpus_lines
-from bertkit.data.tasks import TaggedSentence, TextExample
+from bertkit.data.task_files import TaggedSentence, TextExample
 from bertkit.metrics import accuracy, entity_prf
 from bertkit.model import IGNORE_INDEX, TASK_MODELS, BertModel, TaskOutput, init_weights, reverse_real_tokens
 from bertkit.tokenizer import Tokenizer

@@ -22,9 +22,9 @@ from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.prepare import PrepareConfig, prepare
 from bertkit.errors import BertkitError
+from bertkit.recipes.finetune import FinetuneConfig, ModelFactory, run_finetune
+from bertkit.recipes.pretrain import PretrainConfig, run_pretrain
 from bertkit.tasks.base import TaskSettings
-from bertkit.tasks.finetune import FinetuneConfig, ModelFactory, run_finetune
-from bertkit.tasks.pretrain import PretrainConfig, run_pretrain
 from bertkit.tokenizer import Tokenizer
 from bertkit.train.loop import TrainConfig, latest_checkpoint, read_metrics_log
 

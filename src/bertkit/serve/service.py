@@ -39,7 +39,7 @@ class Service:
     """A loaded model directory and its calls; thread-safe (model calls run one at a time on one worker thread)."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
-        from bertkit.tasks.finetune import fine_tuned_task, load_task_model
+        from bertkit.recipes.finetune import fine_tuned_task, load_task_model
 
         self.path = Path(model_dir)
         if not self.path.is_dir():

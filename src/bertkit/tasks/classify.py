@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bertkit.data.tasks import TextExample, read_classification
+from bertkit.data.task_files import TextExample, read_classification
 from bertkit.errors import BertkitError
 from bertkit.metrics import accuracy, macro_f1, regression_scores
 from bertkit.tasks.base import Feature, Task, run_model, text_field

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bertkit.data.tasks import TaggedSentence, numbered_lines, read_conll
+from bertkit.data.task_files import TaggedSentence, numbered_lines, read_conll
 from bertkit.errors import BertkitError
 from bertkit.metrics import entity_prf, entity_spans
 from bertkit.model import IGNORE_INDEX

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bertkit.data.tasks import QAExample, json_object_lines, numbered_lines, read_squad
+from bertkit.data.task_files import QAExample, json_object_lines, numbered_lines, read_squad
 from bertkit.errors import BertkitError
 from bertkit.metrics import qa_scores
 from bertkit.tasks.base import Feature, Task, run_model, text_field

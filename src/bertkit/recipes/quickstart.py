@@ -27,13 +27,13 @@ from bertkit.config import BertConfig
 from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.prepare import PrepareConfig, prepare
-from bertkit.data.tasks import read_classification
+from bertkit.data.task_files import read_classification
 from bertkit.errors import BertkitError
 from bertkit.experiments.models import majority_accuracy
 from bertkit.infer import fill_mask
 from bertkit.model import BertForPreTraining
-from bertkit.tasks.finetune import FinetuneConfig, run_finetune
-from bertkit.tasks.pretrain import PretrainConfig, run_pretrain
+from bertkit.recipes.finetune import FinetuneConfig, run_finetune
+from bertkit.recipes.pretrain import PretrainConfig, run_pretrain
 from bertkit.tokenizer import Tokenizer
 from bertkit.train.loop import TrainConfig, latest_checkpoint, read_metrics_log
 

@@ -1,0 +1,1 @@
+"""End-to-end recipes: short scripts over the library blocks (pre-training, fine-tuning, the quickstart)."""
