@@ -29,38 +29,12 @@ from bertkit.checkpoint import atomic_write, first_non_finite, save_model
 from bertkit.errors import BertkitError
 from bertkit.files import disk_full_as_error, is_disk_full
 from bertkit.machine import pick_device
+from bertkit.train.config import TrainConfig
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
 LoaderFn = Callable[[int, int, int, int], Iterable[Batch]]  # (epoch, start sample, rank, world) -> batches
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one `Trainer` run: steps, batch, optimiser, schedule, cadences, device, precision."""
-
-    out_dir: str
-    max_steps: int = 1000
-    batch_size: int = 32  # per device and micro-step
-    grad_accum: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    adam_eps: float = 1e-6
-    max_grad_norm: float = 1.0
-    log_every: int = 10
-    eval_every: int = 200
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    seed: int = 0
-    device: str | None = None
-    precision: str = "auto"  # auto (bf16 on CUDA when supported, else fp32) | fp32 | bf16 | fp16
-    progress: bool = True
-    max_minutes: float | None = None  # stop (evaluate, save) once training has run this long
-    # Under torchrun: shard parameters, gradients and optimizer state across the ranks (PyTorch FSDP2, one unit per
-    # encoder layer plus the rest) instead of replicating them (DDP); for models too big for one device's memory.
-    fsdp: bool = False
 
 
 @dataclass
