@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from bertkit import BertkitError, Tokenizer
+from bertkit.constants import IGNORE_INDEX
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.prepare import PrepareConfig, prepare
 from bertkit.data.pretraining import PretrainingData, collate
 from bertkit.data.sentences import split_sentences
-from bertkit.model import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertkit.constants import IGNORE_INDEX
 from bertkit.errors import BertkitError
-from bertkit.model import IGNORE_INDEX
 
 
 @dataclass

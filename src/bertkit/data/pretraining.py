@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertkit.constants import IGNORE_INDEX
 from bertkit.data.masking import MaskingConfig, mask_sequence
 from bertkit.data.padding import encoder_inputs, pad_rows
 from bertkit.data.prepare import FORMAT, SPLITS
 from bertkit.errors import BertkitError
 from bertkit.files import read_json_object
-from bertkit.model import IGNORE_INDEX
 from bertkit.tokenizer import Tokenizer
 
 _AGAIN = "run bertkit prepare again"
