@@ -37,7 +37,6 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers.models import WordPiece
 
 from bertkit.data.corpus import read_corpus_lines
-from bertkit.data.padding import encoder_inputs
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path, read_json_object
 
@@ -108,6 +107,33 @@ def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int
         len_b, excess = len_b - d, excess - d
     # Now equal: the loop alternates B, A, B, ...
     return len_a - excess // 2, len_b - (excess + 1) // 2
+
+
+# Padding lives here, beside `Tokenizer.pad`, because it is the form the tokenizer's output takes for the encoder;
+# task batches and pre-training batches pad their rows (and labels) with the same two routines.
+def pad_rows(rows: Sequence[Sequence[int] | np.ndarray], value: int, length: int | None = None) -> torch.Tensor:
+    """Stack integer rows into a (B, T) LongTensor padded with `value`; T = `length` or the longest row."""
+    T = length if length is not None else max(len(r) for r in rows)
+    out = torch.full((len(rows), T), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out
+
+
+def encoder_inputs(
+    input_ids: Sequence[Sequence[int] | np.ndarray],
+    token_type_ids: Sequence[Sequence[int] | np.ndarray],
+    pad_id: int,
+    length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """`input_ids`, `token_type_ids` and `attention_mask` (1 on real tokens), each (B, T), right-padded."""
+    T = length if length is not None else max(len(r) for r in input_ids)
+    lengths = torch.tensor([len(r) for r in input_ids])
+    return {
+        "input_ids": pad_rows(input_ids, pad_id, T),
+        "token_type_ids": pad_rows(token_type_ids, 0, T),
+        "attention_mask": (torch.arange(T)[None, :] < lengths[:, None]).long(),  # (B, T)
+    }
 
 
 # The blocks the original `_is_chinese_char` isolates (the Rust BertNormalizer has U+2B920 where the original has

@@ -10,11 +10,10 @@ import torch
 
 from bertkit.constants import IGNORE_INDEX
 from bertkit.data.masking import MaskingConfig, mask_sequence
-from bertkit.data.padding import encoder_inputs, pad_rows
 from bertkit.data.prepare import FORMAT, SPLITS
 from bertkit.errors import BertkitError
 from bertkit.files import read_json_object
-from bertkit.tokenizer import Tokenizer
+from bertkit.tokenizer import Tokenizer, encoder_inputs, pad_rows
 
 _AGAIN = "run bertkit prepare again"
 _INDEX_ROW_BYTES = 4 * np.dtype(np.int64).itemsize  # (offset, len_a, len_b, nsp_label)
