@@ -142,7 +142,9 @@ _ALL_CJK_RANGES = (
     (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
     (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
 )  # fmt: skip
-_CJK_RANGES = tuple(r for r in _ALL_CJK_RANGES if r[1] < 0x10000)  # the BMP ones, for the table lookup
+# The Basic Multilingual Plane ones (U+3400-4DBF, U+4E00-9FFF, U+F900-FAFF): the table lookup's, and the CJK test
+# of language detection, whole-word masking and CMRC scoring.
+_CJK_RANGES = tuple(r for r in _ALL_CJK_RANGES if r[1] < 0x10000)
 _SPACES = frozenset(" \t\u3000")
 _ASCII_PUNCTUATION = ((33, 47), (58, 64), (91, 96), (123, 126))  # not all 'P*' in Unicode, punctuation to BERT
 
@@ -291,6 +293,15 @@ class _Piece:
         return [(p, p + 1) for p in self.positions]
 
 
+@dataclass(frozen=True)
+class TokenSpans:
+    """One text's tokens, without special tokens or truncation: their ids and each one's (start, end) character
+    span in the text (what answer spans and word boundaries are mapped through)."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+
 _OWN_KEY = "bertkit"  # bertkit's own section of tokenizer_config.json; other readers ignore it
 
 
@@ -344,6 +355,25 @@ def _model_vocab_size(path: Path) -> int | None:
 def _python_class(rust_class: str) -> str:
     """A character class written for the Rust regex engine (`\\x{HEX}` escapes) in Python's `re` syntax."""
     return re.sub(r"\\x\{([0-9A-Fa-f]+)\}", lambda m: f"\\U{int(m.group(1), 16):08x}", rust_class)
+
+
+@functools.cache
+def _cjk_pattern(bmp_only: bool) -> re.Pattern[str]:
+    return re.compile(f"[{_python_class(_class(_CJK_RANGES if bmp_only else _ALL_CJK_RANGES))}]")
+
+
+def is_cjk(char: str, bmp_only: bool = False) -> bool:
+    """Whether `char` is one CJK ideograph: in a block that the original `_is_chinese_char` isolates (the
+    tokenizer makes each such character a word of its own), or with `bmp_only` in one of those blocks that lie in
+    the Basic Multilingual Plane (U+3400-4DBF, U+4E00-9FFF, U+F900-FAFF; Extensions B to F and the compatibility
+    supplement left out), the set that language detection, whole-word masking and CMRC scoring test. An empty or
+    longer string is not one."""
+    return _cjk_pattern(bmp_only).fullmatch(char) is not None
+
+
+def contains_cjk(text: str, bmp_only: bool = False) -> bool:
+    """Whether any character of `text` is CJK as `is_cjk` tests it (one regular-expression search, in C)."""
+    return _cjk_pattern(bmp_only).search(text) is not None
 
 
 # The files `Tokenizer.save_pretrained` writes (so commands that write a tokenizer know which entries are theirs).
@@ -526,6 +556,27 @@ class Tokenizer:
     def ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens, no truncation (the fast path of `bertkit prepare`)."""
         return [e.ids for e in self._encode_segments(texts, offsets=False)]
+
+    def encode_with_offsets(self, texts: Sequence[str]) -> list[TokenSpans]:
+        """Token ids and character spans of each text, no special tokens, no truncation: a segment as `encode_batch`
+        encodes it (`Encoding.offsets` are these spans, bracketed by special tokens)."""
+        return [TokenSpans(e.ids, list(e.offsets)) for e in self._encode_segments(texts)]
+
+    def encode_words(self, sentences: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+        """Token ids of each word of each sentence given as words (no special tokens, no truncation), one list per
+        word: `out[s][w]` are the pieces of word w of sentence s. A word is tokenized on its own, as if white space
+        surrounded it (it may still split at punctuation); one that gives no token (only white space or control
+        characters) has an empty list. Grouped by word because token labelling puts a word's label on its first
+        piece and never cuts a word between chunks."""
+        encs = self._rust.encode_batch([list(s) for s in sentences], is_pretokenized=True, add_special_tokens=False)
+        out = []
+        for words, enc in zip(sentences, encs, strict=True):
+            per_word: list[list[int]] = [[] for _ in words]
+            for token_id, w in zip(enc.ids, enc.word_ids, strict=True):
+                if w is not None:  # None only for special tokens, which are not added here
+                    per_word[w].append(token_id)
+            out.append(per_word)
+        return out
 
     def _assemble(self, a, b, max_length: int, truncation: bool) -> Encoding:
         ids_a = a.ids

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -49,7 +48,7 @@ from bertkit.files import (
     own_entries,
     remove_entries,
 )
-from bertkit.tokenizer import Tokenizer
+from bertkit.tokenizer import Tokenizer, TokenSpans, contains_cjk, is_cjk
 
 FORMAT = "bertkit-pretraining-v1"
 SPLITS = ("train", "eval")
@@ -58,7 +57,6 @@ OWN_ENTRIES = ("manifest.json", "tokenizer", *(f"{s}-[0-9][0-9][0-9][0-9][0-9].*
 # The temporary folder (inside the output directory, so the final moves are renames on one file system) and the
 # file that marks it as prepare's, so that a later run may remove one that a kill left behind.
 _TEMP_PREFIX, _TEMP_SUFFIX, _TEMP_MARKER = ".bertkit-prepare-", ".partial", "BERTKIT_PREPARE_IN_PROGRESS"
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 @dataclass
@@ -94,17 +92,17 @@ def _init_worker(tokenizer_dir: str, cfg: PrepareConfig) -> None:
         _WORKER["jieba"] = jieba
 
 
-def _word_starts(sentence: str, enc) -> list[int]:
+def _word_starts(sentence: str, enc: TokenSpans) -> list[int]:
     """1 where a token starts a word: not a `##` piece and, in Chinese, at a jieba word boundary."""
-    starts = [0 if t.startswith("##") else 1 for t in enc.tokens]
+    starts = [0 if t.startswith("##") else 1 for t in _WORKER["tok"].convert_ids_to_tokens(enc.ids)]
     jieba = _WORKER.get("jieba")
-    if jieba is not None and _CJK.search(sentence):
+    if jieba is not None and contains_cjk(sentence, bmp_only=True):
         bounds, pos = set(), 0
         for w in jieba.lcut(sentence):
             bounds.add(pos)
             pos += len(w)
         for k, (s, _) in enumerate(enc.offsets):
-            if starts[k] and s not in bounds and _CJK.match(sentence[s : s + 1] or " "):
+            if starts[k] and s not in bounds and is_cjk(sentence[s : s + 1], bmp_only=True):
                 starts[k] = 0
     return starts
 
@@ -114,9 +112,9 @@ def _process_block(job: tuple[str, int, list[list[str]]]) -> tuple[str, np.ndarr
     tok: Tokenizer = _WORKER["tok"]
     cfg: PrepareConfig = _WORKER["cfg"]
     flat = [s for d in docs for s in d]
-    # Whole-word masking needs each token's text and offsets (Rust encodings); otherwise ids alone, mostly by
-    # table lookup (Tokenizer.ids_batch), which is several times faster on Chinese text.
-    encs = tok._rust.encode_batch(flat, add_special_tokens=False) if cfg.whole_word_mask else None
+    # Whole-word masking needs each token's character span as well; otherwise ids alone (Tokenizer.ids_batch),
+    # which skips building the spans.
+    encs = tok.encode_with_offsets(flat) if cfg.whole_word_mask else None
     ids = [e.ids for e in encs] if encs is not None else tok.ids_batch(flat)
     documents: list[list[list[int]]] = []
     starts: list[list[list[int]]] | None = [] if cfg.whole_word_mask else None
