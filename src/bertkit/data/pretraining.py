@@ -222,14 +222,11 @@ class EpochSampler(torch.utils.data.Sampler):
     whatever the world size, without replaying data.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1, shuffle=True):
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1):
         self.n, self.seed, self.epoch, self.start, self.rank, self.world = n, seed, epoch, start, rank, world
-        self.shuffle = shuffle
 
     def order(self) -> np.ndarray:
-        """This epoch's global (all-rank) order: a permutation seeded by (seed, epoch), or 0..n-1."""
-        if not self.shuffle:
-            return np.arange(self.n)
+        """This epoch's global (all-rank) order: a permutation seeded by (seed, epoch)."""
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:

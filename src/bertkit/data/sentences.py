@@ -37,7 +37,7 @@ def split_sentences(line: str) -> list[str]:
     return [s.strip() for s in out if s.strip()]
 
 
-def iter_documents(paths: Iterable[str | Path], split: bool = True) -> Iterator[list[str]]:
+def iter_documents(paths: Iterable[str | Path]) -> Iterator[list[str]]:
     """Yield documents as lists of sentences. A blank line, or the end of a file, ends a document."""
     for path in paths:
         doc: list[str] = []
@@ -47,6 +47,6 @@ def iter_documents(paths: Iterable[str | Path], split: bool = True) -> Iterator[
                     yield doc
                 doc = []
                 continue
-            doc.extend(split_sentences(line) if split else [line.strip()])
+            doc.extend(split_sentences(line))
         if doc:
             yield doc
