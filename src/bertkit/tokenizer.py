@@ -642,8 +642,8 @@ class Tokenizer:
                     n_text_lines += 1
                     yield line
 
-        proto = cls(SPECIAL_TOKENS, lowercase=lowercase)._rust  # same normalisation and splitting as encoding
-        pieces = cls(SPECIAL_TOKENS, lowercase=lowercase)._continuation_pieces(read_corpus_lines(files), limit_alphabet)
+        proto = cls(SPECIAL_TOKENS, lowercase=lowercase)  # same normalisation and splitting as encoding
+        pieces = proto._continuation_pieces(read_corpus_lines(files), limit_alphabet)
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
@@ -652,10 +652,10 @@ class Tokenizer:
             continuing_subword_prefix="##",
             show_progress=show_progress,
         )
-        proto.train_from_iterator(lines(), trainer=trainer)
+        proto._rust.train_from_iterator(lines(), trainer=trainer)
         if n_text_lines == 0:
             raise BertkitError(f"corpus {', '.join(map(str, files))} has no text to learn a vocabulary from")
-        learned = proto.get_vocab()
+        learned = proto._rust.get_vocab()
         vocab = sorted(learned, key=learned.__getitem__)
         if vocab[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS:
             raise BertkitError("internal: trained vocabulary does not start with the special tokens")

