@@ -27,15 +27,12 @@ from bertkit.files import (
     release_output_dir,
     remove_entries,
 )
-from bertkit.model import IGNORE_INDEX, BertForPreTraining, reverse_real_tokens, set_dropout
-from bertkit.train.loop import (
-    STALE_PATTERNS,
-    TrainConfig,
-    Trainer,
-    dist_info,
-    latest_checkpoint,
-    read_metrics_log,
-)
+from bertkit.model import IGNORE_INDEX, BertForPreTraining, EncoderLayer, reverse_real_tokens, set_dropout
+from bertkit.train.config import TrainConfig
+from bertkit.train.distributed import dist_info
+from bertkit.train.loop import Trainer
+from bertkit.train.metrics_log import Curves, read_metrics_log
+from bertkit.train.state import STALE_PATTERNS, latest_checkpoint
 
 
 @dataclass
@@ -203,6 +200,19 @@ def evaluate_pretraining(
     }
 
 
+def encoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The units FSDP shards one by one: each encoder layer (the embeddings and heads are the last unit)."""
+    return [m for m in model.modules() if isinstance(m, EncoderLayer)]
+
+
+# What curves.png shows for a pre-training run: its losses, and its held-out accuracies in the order drawn.
+PRETRAINING_CURVES = Curves(
+    train_losses=("loss", "mlm_loss", "nsp_loss"),
+    held_out_losses=("mlm_loss",),
+    held_out_scores=("masked_accuracy", "mlm_accuracy", "nsp_accuracy"),
+)
+
+
 def _positions_seen(cfg: PretrainConfig, max_seq_length: int) -> int:
     """The longest sequence the model has been pre-trained on, this run and the one it continues from: position
     embeddings beyond it are still the random initial ones (`finetune` notes it)."""
@@ -356,6 +366,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         save_extra=save_extra,
         find_unused_parameters=not use_nsp,  # without NSP the pooler and NSP head get no gradient
         bar_metric=("held-out MLM acc", "mlm_accuracy"),
+        shard_units=encoder_layers,
+        curves=PRETRAINING_CURVES,
     )
     if resuming:
         trainer.resume()

@@ -1,0 +1,146 @@
+"""A run's metrics: `metrics.jsonl` (one JSON object per line, with the step; "split": "eval" for evaluations), the
+same figures in TensorBoard when it is installed, and `curves.png` drawn from the log at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bertkit.checkpoint import atomic_write
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Appends records to `out/metrics.jsonl`, and to TensorBoard under `out/tensorboard` while it is open."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / METRICS_FILE
+        self.tensorboard = None
+
+    def open_tensorboard(self) -> None:
+        """Mirror the records to TensorBoard from now on; nothing when tensorboard is not installed (it is
+        optional: metrics.jsonl always has everything)."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self.tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
+
+    def write(self, step: int, record: dict[str, Any]) -> None:
+        """Append `record` with its step; its numbers go to TensorBoard as "SPLIT/KEY" (split: train by default)."""
+        record = {"step": step, **record}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            prefix = record.get("split", "train")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tensorboard.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        """Flush and close TensorBoard's writer (the JSON lines are written as they come)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+    def truncate(self, step: int) -> None:
+        """Drop the records past `step` (a resumed run is about to log those steps again), atomically."""
+        if not self.path.is_file():
+            return
+        keep = [json.dumps(r) for r in read_metrics_log(self.path) if r.get("step", 0) <= step]
+        atomic_write(self.path, lambda t: Path(t).write_text("".join(x + "\n" for x in keep)))
+
+
+def read_metrics_log(path: Path) -> list[dict]:
+    """The records of a run's `metrics.jsonl` ([] when there is none). A line that is not a JSON object is passed
+    over: a kill or a full disk can cut the last line short, and resuming must not fail on it."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+@dataclass(frozen=True)
+class Curves:
+    """What `plot_metrics` draws: losses on the left (training and held-out), held-out scores on the right.
+
+    `held_out_scores` None: every held-out figure named as a score between 0 and 1 (ending in "accuracy", or "f1",
+    "exact_match") and every correlation between -1 and 1 ("pearson", "spearman") that the log holds."""
+
+    train_losses: tuple[str, ...] = ("loss",)
+    held_out_losses: tuple[str, ...] = ()
+    held_out_scores: tuple[str, ...] | None = None
+
+
+Lines = dict[str, list[tuple[int, float]]]  # label -> (step, value) points
+CORRELATIONS = ("pearson", "spearman")  # plotted on a -1 to 1 axis; every other score on 0 to 1
+
+
+def _is_score(key: str) -> bool:
+    return key.endswith("accuracy") or key in ("f1", "exact_match") or key in CORRELATIONS
+
+
+def curve_points(records: list[dict], curves: Curves | None = None) -> tuple[Lines, Lines]:
+    """The lines `plot_metrics` draws from a log's records, by label: losses (left panel), then held-out scores and
+    correlations (right panel). A figure the log does not hold is left out, as are non-finite training losses."""
+    curves = curves or Curves()
+    train = [r for r in records if r.get("split", "train") == "train"]
+    evals = [r for r in records if r.get("split") == "eval"]
+    losses: Lines = {}
+    for key in curves.train_losses:
+        pts = [(r["step"], r[key]) for r in train if key in r and math.isfinite(r[key])]
+        if pts:
+            losses[f"train {key}"] = pts
+    for key in curves.held_out_losses:
+        pts = [(r["step"], r[key]) for r in evals if key in r]
+        if pts:
+            losses[f"held-out {key}"] = pts
+    logged = {k for r in evals for k in r}
+    wanted = curves.held_out_scores if curves.held_out_scores is not None else sorted(filter(_is_score, logged))
+    # Scores first, then correlations: the axis runs from -1 only when there are correlations.
+    ordered = [k for k in wanted if k not in CORRELATIONS] + [k for k in wanted if k in CORRELATIONS]
+    scores = {f"held-out {k}": [(r["step"], r[k]) for r in evals if k in r] for k in ordered if k in logged}
+    return losses, scores
+
+
+def plot_metrics(metrics: Path, png: Path, curves: Curves | None = None) -> bool:
+    """Draw `curves` from a metrics.jsonl into `png` (see `curve_points`); False when matplotlib is not installed.
+    Without `curves`: the training loss and every held-out score."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    losses, scores = curve_points(read_metrics_log(metrics), curves)
+    correlated = any(label.removeprefix("held-out ") in CORRELATIONS for label in scores)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, pts in losses.items():
+        ax1.plot(*zip(*pts, strict=True), *(["o-"] if label.startswith("held-out") else []), label=label)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    for label, pts in scores.items():
+        ax2.plot(*zip(*pts, strict=True), "o-", label=label)
+    ax2.set_xlabel("step")
+    only_correlations = correlated and all(label.removeprefix("held-out ") in CORRELATIONS for label in scores)
+    ax2.set_ylabel("correlation" if only_correlations else "accuracy")
+    ax2.set_ylim(-1 if correlated else 0, 1)
+    if scores:
+        ax2.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,179 @@
+"""Where a run stands, and the checkpoints that let a killed run continue exactly where it was.
+
+A run directory holds `checkpoint-STEP/` folders (a model directory plus `training_state.pt`: the loop's position,
+optimizer, schedule, loss scaler and every random generator) and `latest`, naming the newest complete one. A
+checkpoint is written under a temporary name and renamed, so it is complete or absent; `latest` moves only after.
+Resuming from one gives the same weights, bit for bit, as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bertkit.errors import BertkitError
+
+# Temporary entries a killed run can leave in its run directory: a checkpoint being written, and the files of
+# `atomic_write` (".NAME.RANDOM.tmp") for `latest` and `metrics.jsonl`. Removed when a run starts or resumes.
+STALE_PATTERNS = (".tmp-checkpoint-*", ".latest.*.tmp", ".metrics.jsonl.*.tmp")
+TRAINING_STATE = "training_state.pt"  # in a checkpoint folder: written last, so its presence marks it complete
+
+
+@dataclass
+class TrainState:
+    """Where training stands, saved with every checkpoint: step, epoch, samples of the epoch consumed, the last
+    evaluation, whether the run already stopped early, and what the recipe keeps across a resume."""
+
+    step: int = 0
+    epoch: int = 0
+    epoch_samples: int = 0  # samples of the current epoch's global order already consumed
+    last_eval_step: int = -1  # the step of the last evaluation (-1: none), so a resumed run does not repeat it
+    last_eval: dict = field(default_factory=dict)
+    stopped_early: bool = False  # `on_eval` asked to stop: a resume must not train on
+    # The recipe's own bookkeeping (fine-tuning: the best dev score so far, its step, metrics, evaluations since),
+    # saved and restored with the checkpoint so that a resumed run decides exactly as an uninterrupted one.
+    recipe: dict = field(default_factory=dict)
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint after `step` optimizer steps; zero-padded so that names sort by step."""
+    return f"checkpoint-{step:07d}"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint (one whose training state was written), or None."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return None
+    pointer = out_dir / "latest"
+    if pointer.is_file():
+        candidate = out_dir / pointer.read_text().strip()
+        if (candidate / TRAINING_STATE).is_file():
+            return candidate
+    done = sorted(p for p in out_dir.glob("checkpoint-*") if (p / TRAINING_STATE).is_file())
+    return done[-1] if done else None
+
+
+def remove_stale(out_dir: Path) -> None:
+    """Delete what a killed run of this directory left half-written (see `STALE_PATTERNS`)."""
+    if not out_dir.is_dir():
+        return
+    from bertkit.files import own_entries, remove_entries
+
+    remove_entries(own_entries(out_dir, STALE_PATTERNS))
+
+
+def prune_checkpoints(out_dir: Path, newest: Path, keep: int) -> None:
+    """Keep `newest` and the `keep - 1` checkpoints before it; remove the others. Never `newest` itself, whatever
+    else the folder holds (`latest` must always name a checkpoint that exists), and never a checkpoint of a later
+    step: it belongs to a run abandoned at an earlier point, not to this one, so it goes too."""
+    older = sorted(p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p.name < newest.name)
+    kept = older[len(older) - keep + 1 :] if keep > 1 else []
+    for old in [p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p != newest and p not in kept]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def disk_full_error(out_dir: Path, name: str) -> BertkitError:
+    """The one line for a checkpoint that a full disk stopped: what was not written, what is intact, what to do."""
+    before = latest_checkpoint(out_dir)
+    kept = f"the last checkpoint {before.name} is intact" if before else "no checkpoint was written yet"
+    again = "run again with --resume" if before else "run again"
+    return BertkitError(f"disk full at {out_dir}: {name} was not written ({kept}); free some space, then {again}")
+
+
+# ---------------------------------------------------------------------------------------------- random generators
+def rng_state() -> dict:
+    """Every global random generator's state (Python, NumPy, torch, each CUDA device): dropout and masking draw
+    from them, so a resumed run must continue each one where it was."""
+    # Plain containers and tensors only, so that torch.load(weights_only=True) can read it back.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved (CUDA's only where this machine has CUDA)."""
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- training state
+def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """An FSDP model's whole weights, gathered from the shards onto the CPU: a collective, every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state keyed by parameter name, whole: any run, sharded or not, on any number of processes, can
+    load it. Under FSDP (pass the sharded model) gathering it is a collective, so every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def write_training_state(
+    folder: Path,
+    train_state: TrainState,
+    optimizer_state: dict | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    config: Any,
+) -> None:
+    """Write `training_state.pt` into a checkpoint folder: the loop's position, the optimizer state (from
+    `gather_optimizer_state`), schedule, loss scaler, random generators and the run's config (a dataclass)."""
+    state = {
+        "train_state": asdict(train_state),
+        "optimizer": optimizer_state,
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(),
+        "config": asdict(config),
+    }
+    # Through a Python file object: a full disk then surfaces as an OSError (ENOSPC) in the chain.
+    with open(folder / TRAINING_STATE, "wb") as f:
+        torch.save(state, f)
+
+
+def read_training_state(checkpoint: Path) -> dict:
+    """What `write_training_state` wrote (tensors on the CPU; plain data only, so nothing in it is executed)."""
+    return torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict, fsdp: bool, checkpoint: Path
+) -> None:
+    """Load a checkpoint's optimizer state into `optimizer` (of `model`, the unwrapped module). State keyed by
+    parameter name loads into any run, sharded or not; the older form keyed by position only into an unsharded one."""
+    groups = saved["param_groups"]
+    by_name = any(isinstance(p, str) for g in groups for p in g["params"])
+    if by_name:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        for g, mine in zip(groups, optimizer.param_groups, strict=True):
+            g["fused"], g["foreach"] = mine["fused"], mine["foreach"]  # this run's kernel, not the writer's
+        # strict=False: a parameter that never had a gradient (the NSP head without NSP) has no state to load.
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_optimizer_state_dict(model, optimizer, saved, options=options)
+    elif fsdp:  # keyed by position: written by a bertkit from before FSDP support
+        raise BertkitError(f"{checkpoint} is from an older bertkit: resume it without --fsdp")
+    else:
+        optimizer.load_state_dict(saved)

@@ -1,0 +1,133 @@
+"""Checkpoints and training state (bertkit.train.state): which checkpoint a resume takes, which ones are kept, and
+that everything a resumed run needs comes back exactly. No shared data: toy models and folders."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertkit.train.config import TrainConfig
+from bertkit.train.optim import build_optimizer, build_scheduler
+from bertkit.train.state import (
+    TrainState,
+    disk_full_error,
+    gather_optimizer_state,
+    latest_checkpoint,
+    load_optimizer_state,
+    prune_checkpoints,
+    read_training_state,
+    remove_stale,
+    rng_state,
+    set_rng_state,
+    write_training_state,
+)
+
+
+def checkpoint(run: Path, step: int, complete: bool = True) -> Path:
+    folder = run / f"checkpoint-{step:07d}"
+    folder.mkdir(parents=True)
+    if complete:
+        (folder / "training_state.pt").write_bytes(b"x")
+    return folder
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path: Path) -> None:
+    good = tmp_path / "checkpoint-0000010"
+    good.mkdir(parents=True)
+    (good / "training_state.pt").write_bytes(b"x")
+    partial = tmp_path / "checkpoint-0000020"  # as if killed before its training state was written
+    partial.mkdir()
+    (tmp_path / ".tmp-checkpoint-0000030").mkdir()
+    (tmp_path / "latest").write_text("checkpoint-0000020\n")
+    assert latest_checkpoint(tmp_path) == good
+
+
+def test_latest_follows_the_pointer_else_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path / "absent") is None
+    assert latest_checkpoint(tmp_path) is None
+    first, second = checkpoint(tmp_path, 10), checkpoint(tmp_path, 20)
+    assert latest_checkpoint(tmp_path) == second  # no pointer: the newest complete one
+    (tmp_path / "latest").write_text("checkpoint-0000010\n")
+    assert latest_checkpoint(tmp_path) == first  # the pointer wins over a newer folder
+
+
+def test_pruning_keeps_the_newest_and_drops_later_steps(tmp_path: Path) -> None:
+    """The checkpoint just written and the `keep - 1` before it stay; one of a later step (an abandoned run's) and
+    older ones go."""
+    for step in (1, 2, 3, 9):
+        checkpoint(tmp_path, step)
+    newest = tmp_path / "checkpoint-0000003"
+    prune_checkpoints(tmp_path, newest, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0000002", "checkpoint-0000003"]
+    prune_checkpoints(tmp_path, newest, keep=1)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0000003"]
+
+
+def test_remove_stale_removes_only_half_written_entries(tmp_path: Path) -> None:
+    kept = [checkpoint(tmp_path, 4), tmp_path / "latest", tmp_path / "metrics.jsonl", tmp_path / "notes.txt"]
+    for path in kept[1:]:
+        path.write_text("x")
+    (tmp_path / ".tmp-checkpoint-0000008").mkdir()
+    (tmp_path / ".latest.abc123.tmp").write_text("x")
+    (tmp_path / ".metrics.jsonl.abc123.tmp").write_text("x")
+    remove_stale(tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_disk_full_message_says_what_is_intact(tmp_path: Path) -> None:
+    first = str(disk_full_error(tmp_path, "checkpoint-0000005"))
+    assert first == (f"disk full at {tmp_path}: checkpoint-0000005 was not written (no checkpoint was written yet); "
+                     "free some space, then run again")  # fmt: skip
+    checkpoint(tmp_path, 5)
+    later = str(disk_full_error(tmp_path, "checkpoint-0000010"))
+    assert "the last checkpoint checkpoint-0000005 is intact" in later and later.endswith("run again with --resume")
+
+
+def test_random_generators_continue_where_they_were() -> None:
+    saved = rng_state()
+    before = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)  # as a new process would be
+    set_rng_state(saved)
+    after = (random.random(), np.random.rand(), torch.rand(3))
+    assert before[:2] == after[:2] and torch.equal(before[2], after[2])
+
+
+def toy_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    model(x).pow(2).mean().backward()
+    optimizer.step()
+
+
+def test_training_state_round_trip_continues_bit_exactly(tmp_path: Path) -> None:
+    """Written and read back (weights_only), the state gives the position, and an optimizer and schedule that take
+    the next step exactly as the ones that wrote it."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 4)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
+    optimizer = build_optimizer(model, 1e-2)
+    scheduler = build_scheduler(optimizer, 0.5, 10)
+    for _ in range(3):
+        toy_step(model, optimizer, x)
+        scheduler.step()
+    state = TrainState(step=3, epoch=1, epoch_samples=16, recipe={"score": 0.5})
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    cfg = TrainConfig(out_dir=str(tmp_path))
+    write_training_state(tmp_path, state, gather_optimizer_state(model, optimizer), scheduler, scaler, cfg)
+    saved = read_training_state(tmp_path)
+    assert saved["train_state"] == asdict(state) and saved["config"] == asdict(cfg)
+
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
+    twin.load_state_dict(model.state_dict())
+    twin_optimizer = build_optimizer(twin, 1e-2)
+    twin_scheduler = build_scheduler(twin_optimizer, 0.5, 10)
+    load_optimizer_state(twin, twin_optimizer, saved["optimizer"], fsdp=False, checkpoint=tmp_path)
+    twin_scheduler.load_state_dict(saved["scheduler"])
+    assert twin_scheduler.get_last_lr() == scheduler.get_last_lr()
+    toy_step(model, optimizer, x)
+    toy_step(twin, twin_optimizer, x)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
