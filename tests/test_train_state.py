@@ -10,21 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertkit.train import state
 from bertkit.train.config import TrainConfig
 from bertkit.train.optim import build_optimizer, build_scheduler
-from bertkit.train.state import (
-    TrainState,
-    disk_full_error,
-    gather_optimizer_state,
-    latest_checkpoint,
-    load_optimizer_state,
-    prune_checkpoints,
-    read_training_state,
-    remove_stale,
-    rng_state,
-    set_rng_state,
-    write_training_state,
-)
 
 
 def checkpoint(run: Path, step: int, complete: bool = True) -> Path:
@@ -43,16 +31,16 @@ def test_incomplete_checkpoint_is_ignored(tmp_path: Path) -> None:
     partial.mkdir()
     (tmp_path / ".tmp-checkpoint-0000030").mkdir()
     (tmp_path / "latest").write_text("checkpoint-0000020\n")
-    assert latest_checkpoint(tmp_path) == good
+    assert state.latest_checkpoint(tmp_path) == good
 
 
 def test_latest_follows_the_pointer_else_the_newest_complete_checkpoint(tmp_path: Path) -> None:
-    assert latest_checkpoint(tmp_path / "absent") is None
-    assert latest_checkpoint(tmp_path) is None
+    assert state.latest_checkpoint(tmp_path / "absent") is None
+    assert state.latest_checkpoint(tmp_path) is None
     first, second = checkpoint(tmp_path, 10), checkpoint(tmp_path, 20)
-    assert latest_checkpoint(tmp_path) == second  # no pointer: the newest complete one
+    assert state.latest_checkpoint(tmp_path) == second  # no pointer: the newest complete one
     (tmp_path / "latest").write_text("checkpoint-0000010\n")
-    assert latest_checkpoint(tmp_path) == first  # the pointer wins over a newer folder
+    assert state.latest_checkpoint(tmp_path) == first  # the pointer wins over a newer folder
 
 
 def test_pruning_keeps_the_newest_and_drops_later_steps(tmp_path: Path) -> None:
@@ -61,9 +49,9 @@ def test_pruning_keeps_the_newest_and_drops_later_steps(tmp_path: Path) -> None:
     for step in (1, 2, 3, 9):
         checkpoint(tmp_path, step)
     newest = tmp_path / "checkpoint-0000003"
-    prune_checkpoints(tmp_path, newest, keep=2)
+    state.prune_checkpoints(tmp_path, newest, keep=2)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0000002", "checkpoint-0000003"]
-    prune_checkpoints(tmp_path, newest, keep=1)
+    state.prune_checkpoints(tmp_path, newest, keep=1)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0000003"]
 
 
@@ -74,24 +62,24 @@ def test_remove_stale_removes_only_half_written_entries(tmp_path: Path) -> None:
     (tmp_path / ".tmp-checkpoint-0000008").mkdir()
     (tmp_path / ".latest.abc123.tmp").write_text("x")
     (tmp_path / ".metrics.jsonl.abc123.tmp").write_text("x")
-    remove_stale(tmp_path)
+    state.remove_stale(tmp_path)
     assert sorted(tmp_path.iterdir()) == sorted(kept)
 
 
 def test_disk_full_message_says_what_is_intact(tmp_path: Path) -> None:
-    first = str(disk_full_error(tmp_path, "checkpoint-0000005"))
+    first = str(state.disk_full_error(tmp_path, "checkpoint-0000005"))
     assert first == (f"disk full at {tmp_path}: checkpoint-0000005 was not written (no checkpoint was written yet); "
                      "free some space, then run again")  # fmt: skip
     checkpoint(tmp_path, 5)
-    later = str(disk_full_error(tmp_path, "checkpoint-0000010"))
+    later = str(state.disk_full_error(tmp_path, "checkpoint-0000010"))
     assert "the last checkpoint checkpoint-0000005 is intact" in later and later.endswith("run again with --resume")
 
 
 def test_random_generators_continue_where_they_were() -> None:
-    saved = rng_state()
+    saved = state.rng_state()
     before = (random.random(), np.random.rand(), torch.rand(3))
     random.seed(1), np.random.seed(1), torch.manual_seed(1)  # as a new process would be
-    set_rng_state(saved)
+    state.set_rng_state(saved)
     after = (random.random(), np.random.rand(), torch.rand(3))
     assert before[:2] == after[:2] and torch.equal(before[2], after[2])
 
@@ -113,18 +101,19 @@ def test_training_state_round_trip_continues_bit_exactly(tmp_path: Path) -> None
     for _ in range(3):
         toy_step(model, optimizer, x)
         scheduler.step()
-    state = TrainState(step=3, epoch=1, epoch_samples=16, recipe={"score": 0.5})
+    position = state.TrainState(step=3, epoch=1, epoch_samples=16, recipe={"score": 0.5})
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     cfg = TrainConfig(out_dir=str(tmp_path))
-    write_training_state(tmp_path, state, gather_optimizer_state(model, optimizer), scheduler, scaler, cfg)
-    saved = read_training_state(tmp_path)
-    assert saved["train_state"] == asdict(state) and saved["config"] == asdict(cfg)
+    optimizer_state = state.gather_optimizer_state(model, optimizer)
+    state.write_training_state(tmp_path, position, optimizer_state, scheduler, scaler, cfg)
+    saved = state.read_training_state(tmp_path)
+    assert saved["train_state"] == asdict(position) and saved["config"] == asdict(cfg)
 
     twin = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
     twin.load_state_dict(model.state_dict())
     twin_optimizer = build_optimizer(twin, 1e-2)
     twin_scheduler = build_scheduler(twin_optimizer, 0.5, 10)
-    load_optimizer_state(twin, twin_optimizer, saved["optimizer"], fsdp=False, checkpoint=tmp_path)
+    state.load_optimizer_state(twin, twin_optimizer, saved["optimizer"], fsdp=False, checkpoint=tmp_path)
     twin_scheduler.load_state_dict(saved["scheduler"])
     assert twin_scheduler.get_last_lr() == scheduler.get_last_lr()
     toy_step(model, optimizer, x)

@@ -17,7 +17,7 @@ import torch
 from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record
 from bertkit.config import PRESETS, BertConfig
 from bertkit.data.masking import MaskingConfig
-from bertkit.data.pretraining import EpochSampler, PretrainingData, collate, read_manifest
+from bertkit.data.pretraining import PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
 from bertkit.files import (
     check_output_not_input,
@@ -331,17 +331,6 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     )
     use_nsp = cfg.nsp_weight > 0
 
-    def loader(epoch: int, start: int, rank: int, world: int):
-        return torch.utils.data.DataLoader(
-            data,
-            batch_size=cfg.train.batch_size,
-            sampler=EpochSampler(len(data), seed, epoch, start, rank, world),
-            collate_fn=lambda items: collate(items, tok.pad_id),
-            num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(seed),  # leaves the global RNG (dropout) untouched
-            pin_memory=torch.cuda.is_available(),  # page-locked batches: asynchronous host-to-GPU copies
-        )
-
     def save_extra(directory: Path) -> None:
         tok.save_pretrained(directory)
         summary = {"data": str(cfg.data), "model": cfg.model, "masking": asdict(cfg.masking)}
@@ -352,12 +341,13 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
 
     out_existed = out.exists()
     resuming = _claim_run_dir(cfg, out)
-    trainer = Trainer(
+    trainer = Trainer.from_dataset(
         model,
         cfg.train,
-        loader_fn=loader,
+        data,
+        collate_fn=lambda items: collate(items, tok.pad_id),
         loss_fn=lambda m, b: pretraining_loss(m, b, use_nsp, cfg.objective),
-        samples_per_epoch=len(data),
+        num_workers=cfg.num_workers,
         eval_fn=(
             (lambda m: evaluate_pretraining(m, eval_data, max_instances=cfg.eval_instances, objective=cfg.objective))
             if eval_data

@@ -12,7 +12,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from bertkit.checkpoint import atomic_write, first_non_finite, save_model
 from bertkit.errors import BertkitError
 from bertkit.files import disk_full_as_error, is_disk_full
-from bertkit.train.batches import Batch, LoaderFn
+from bertkit.machine import pick_device
+from bertkit.train.batches import Batch, LoaderFn, epoch_loader
 from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import ShardUnits, any_rank, replicate, reshard, setup_device, shard
 from bertkit.train.distributed import dist_info as dist_info  # re-export: moved
@@ -104,8 +105,8 @@ class Trainer:
         shard_units: ShardUnits | None = None,
         curves: Curves | None = None,
     ):
-        """`loader_fn`: this rank's batches of an epoch from a position in it (see `batches.LoaderFn`;
-        `batches.epoch_loader` builds one over a dataset). `loss_fn(model, batch)`: (loss, its parts as numbers, which
+        """`loader_fn`: this rank's batches of an epoch from a position in it (see `batches.LoaderFn`);
+        `Trainer.from_dataset` builds it from a dataset. `loss_fn(model, batch)`: (loss, its parts as numbers, which
         are logged). `eval_fn(model)`: held-out metrics. `save_extra(folder)`: writes what a model directory holds
         beside the weights (the tokenizer, a record). `on_eval(metrics)`: sees every evaluation; True stops early.
         `bar_metric`: (label, key) of the evaluation figure the progress bar shows, e.g. ("dev accuracy",
@@ -152,6 +153,23 @@ class Trainer:
         batches = math.ceil(math.ceil(samples_per_epoch / self.world) / cfg.batch_size) if samples_per_epoch else 0
         self.steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
         self.epochs_total = max(1, math.ceil(cfg.max_steps / self.steps_per_epoch))
+
+    @classmethod
+    def from_dataset(
+        cls,
+        model: nn.Module,
+        cfg: TrainConfig,
+        dataset: torch.utils.data.Dataset,
+        collate_fn: Callable[[Sequence[Any]], Batch],
+        loss_fn: LossFn,
+        num_workers: int = 0,
+        **kwargs: Any,
+    ) -> Trainer:
+        """A trainer over `dataset` (indexed by `(epoch, i)` keys, see `batches.epoch_loader`), shuffled per epoch
+        with `cfg.seed` and batched by `collate_fn` in `num_workers` loading processes; `kwargs` as for `Trainer`."""
+        pin = pick_device(cfg.device).type == "cuda"  # page-locked batches: asynchronous host-to-GPU copies
+        loader_fn = epoch_loader(dataset, collate_fn, cfg.batch_size, cfg.seed, num_workers, pin_memory=pin)
+        return cls(model, cfg, loader_fn, loss_fn, len(dataset), **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
