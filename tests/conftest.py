@@ -79,8 +79,9 @@ def tiny_task_models(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
 
     from bertkit import BertConfig, BertForPreTraining, Tokenizer
     from bertkit.data.task_files import read_conll
-    from bertkit.recipes.finetune import FinetuneConfig, run_finetune
-    from bertkit.tasks.base import TaskSettings
+    from bertkit.recipes.config import FinetuneConfig, finetune_training
+    from bertkit.recipes.finetune import run_finetune
+    from bertkit.tasks.settings import TaskSettings
 
     root = tmp_path_factory.mktemp("tiny_task_models")
     sentiment = (data_dir / "chnsenticorp/train.tsv").read_text(encoding="utf-8").splitlines()
@@ -104,7 +105,8 @@ def tiny_task_models(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
     for task, path in files.items():
         out[task] = root / task
         settings = TaskSettings(max_seq_length=256, relocate_answers=True) if task == "qa" else None
-        cfg = FinetuneConfig(task=task, model=str(root / "pretrained"), train=str(path), dev=None, out=str(out[task]),
-                             max_steps=4, learning_rate=1e-3, progress=False, settings=settings)  # fmt: skip
+        train = finetune_training(max_steps=4, learning_rate=1e-3, progress=False)
+        cfg = FinetuneConfig(task=task, model=str(root / "pretrained"), train_file=str(path), out=str(out[task]),
+                             train=train, settings=settings)  # fmt: skip
         run_finetune(cfg)
     return out

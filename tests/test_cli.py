@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bertkit.cli import _echo, _json, main
+from bertkit.cli import _json, main
 from bertkit.data.task_files import TextExample
 from bertkit.errors import BertkitError
 
@@ -115,7 +115,10 @@ def test_predict_lines_echo_their_input(tiny_task_models: dict[str, Path], tmp_p
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["id"] == "q7" and row["question"] == "谁从另一个角度进行了解读？" and "answer" in row
 
-    assert _echo(TextExample("句子一", "句子二", None, 4)) == {"line": 4, "text_a": "句子一", "text_b": "句子二"}
+    from bertkit.tasks.classify import PairClassificationTask
+
+    pair = TextExample("句子一", "句子二", None, 4)
+    assert PairClassificationTask().echo(pair) == {"line": 4, "text_a": "句子一", "text_b": "句子二"}
 
 
 def test_non_finite_outputs_are_an_error_not_invalid_json(tiny_task_models: dict[str, Path], tmp_path: Path,

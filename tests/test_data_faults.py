@@ -23,9 +23,9 @@ import pytest
 from bertkit import BertkitError, Tokenizer
 from bertkit.cli import main
 from bertkit.data import prepare as prepare_module
-from bertkit.data.corpus import read_lines
 from bertkit.data.prepare import PrepareConfig, prepare
 from bertkit.data.pretraining import PretrainingData, read_manifest
+from bertkit.files import read_lines
 
 REPO = Path(__file__).resolve().parents[1]
 

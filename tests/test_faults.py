@@ -222,8 +222,9 @@ def test_finetune_resume_keeps_the_best_model(
     must keep the step-4 model as the best one, as the uninterrupted run does (the first evaluation after a resume
     is not better than 0.9)."""
     from bertkit.recipes import finetune
-    from bertkit.tasks.base import TaskSettings
+    from bertkit.recipes.config import FinetuneConfig, finetune_training
     from bertkit.tasks.classify import ClassificationTask
+    from bertkit.tasks.settings import TaskSettings
 
     scores, trainers, stop_at = {4: 0.9, 8: 0.5, 12: 0.7}, [], []
 
@@ -245,10 +246,11 @@ def test_finetune_resume_keeps_the_best_model(
     monkeypatch.setattr(ClassificationTask, "evaluate", scripted)
 
     def run(out: Path, resume: bool = False) -> dict:
-        cfg = finetune.FinetuneConfig(
-            task="cls", model=str(cls_data["model"]), train=str(cls_data["train"]), dev=str(cls_data["dev"]),
-            out=str(out), max_steps=12, eval_every=4, batch_size=8, learning_rate=1e-3, seed=5, progress=False,
-            resume=resume, settings=TaskSettings(max_seq_length=32),
+        train = finetune_training(max_steps=12, eval_every=4, batch_size=8, learning_rate=1e-3, seed=5, progress=False)
+        cfg = FinetuneConfig(
+            task="cls", model=str(cls_data["model"]), train_file=str(cls_data["train"]),
+            dev_file=str(cls_data["dev"]), out=str(out), resume=resume, train=train,
+            settings=TaskSettings(max_seq_length=32),
         )  # fmt: skip
         return finetune.run_finetune(cfg)
 

@@ -229,8 +229,8 @@ def test_relocate_keeps_unfindable_answers_for_scoring_only(tmp_path: Path, tiny
     """CMRC 2018 dev has answers whose text is not in the passage (e.g. a variant character): with
     --relocate-answers they stay gold texts for scoring, and a question with no findable answer is not trained on."""
     from bertkit.data.task_files import read_squad
-    from bertkit.tasks.base import TaskSettings
     from bertkit.tasks.qa import QaTask
+    from bertkit.tasks.settings import TaskSettings
 
     qa = tmp_path / "qa.json"
     qas = [
@@ -254,8 +254,9 @@ def test_finetune_says_what_it_did(
     import logging
     import shutil
 
-    from bertkit.recipes.finetune import FinetuneConfig, run_finetune
-    from bertkit.tasks.base import TaskSettings
+    from bertkit.recipes.config import FinetuneConfig, finetune_training
+    from bertkit.recipes.finetune import run_finetune
+    from bertkit.tasks.settings import TaskSettings
 
     model = tmp_path / "model"
     shutil.copytree(tiny_zh_model, model)
@@ -265,8 +266,9 @@ def test_finetune_says_what_it_did(
     out = tmp_path / "cls"
     settings = TaskSettings(max_seq_length=32)
     with caplog.at_level(logging.INFO):
-        result = run_finetune(FinetuneConfig(task="cls", model=str(model), train=str(train), dev=str(dev),
-                                             out=str(out), epochs=2, batch_size=16, settings=settings))  # fmt: skip
+        result = run_finetune(FinetuneConfig(task="cls", model=str(model), train_file=str(train), dev_file=str(dev),
+                                             out=str(out), epochs=2, train=finetune_training(batch_size=16),
+                                             settings=settings))  # fmt: skip
     printed = capsys.readouterr()
     lines = printed.out.splitlines()
     assert "classifier: a new task head for 2 labels, trained from scratch (the usual start of fine-tuning)" in lines

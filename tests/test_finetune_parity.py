@@ -12,8 +12,9 @@ from realdata import tsv_rows
 
 from bertkit import Tokenizer
 from bertkit.model import BertForQuestionAnswering, BertForSequenceClassification
-from bertkit.tasks.base import TaskSettings, pad_batch
+from bertkit.tasks.base import pad_batch
 from bertkit.tasks.qa import QaTask
+from bertkit.tasks.settings import TaskSettings
 from bertkit.train.loop import linear_schedule, param_groups
 
 STEPS = 50

@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bertkit import BertConfig, BertForPreTraining, BertkitError, BertModel, Tokenizer
-from bertkit.checkpoint import atomic_write, save_model
+from bertkit.checkpoint import save_model
 from bertkit.cli import main
+from bertkit.files import atomic_write
 from bertkit.model import BertForSequenceClassification
 
 TEXTS = ["the cat sat on the mat", "a dog ran in the park", "birds sing in the morning", "the sun is warm today"]

@@ -23,8 +23,10 @@ from realdata import tsv_rows
 from bertkit import BertConfig, BertForPreTraining, BertkitError, Tokenizer
 from bertkit.cli import main
 from bertkit.metrics import mean_squared_error, pearson, regression_scores, spearman
-from bertkit.recipes.finetune import TASK_FILE, FinetuneConfig, fine_tuned_task, load_task_model, run_finetune
-from bertkit.tasks.base import TaskSettings
+from bertkit.recipes.config import FinetuneConfig, finetune_training
+from bertkit.recipes.finetune import run_finetune
+from bertkit.tasks.model_dir import TASK_FILE, fine_tuned_task, open_task_model
+from bertkit.tasks.settings import TaskSettings
 
 
 def _sentiment_scores(data_dir: Path, split: str, n: int) -> list[tuple[str, str]]:
@@ -69,9 +71,10 @@ def sentiment(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def regression_model(tmp_path_factory, pretrained: Path, sentiment: dict[str, Path]) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("regression_run") / "model"
-    cfg = FinetuneConfig(task="regression", model=str(pretrained), train=str(sentiment["train"]),
-                         dev=str(sentiment["dev"]), out=str(out), max_steps=6, eval_every=3, batch_size=16,
-                         learning_rate=1e-3, progress=False, settings=TaskSettings(max_seq_length=64))  # fmt: skip
+    train = finetune_training(max_steps=6, eval_every=3, batch_size=16, learning_rate=1e-3, progress=False)
+    cfg = FinetuneConfig(task="regression", model=str(pretrained), train_file=str(sentiment["train"]),
+                         dev_file=str(sentiment["dev"]), out=str(out), train=train,
+                         settings=TaskSettings(max_seq_length=64))  # fmt: skip
     return out, run_finetune(cfg)
 
 
@@ -181,7 +184,8 @@ def test_regression_model_loads_in_transformers_with_same_logits_and_loss(
     ref, info = transformers.BertForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert ref.config.problem_type == "regression" and ref.config.num_labels == 1
-    _, ours, tok, _ = load_task_model(out, None, "cpu")
+    opened = open_task_model(out, None, "cpu")
+    ours, tok = opened.model, opened.tokenizer
     rows = [line.split("\t") for line in sentiment["dev"].read_text(encoding="utf-8").splitlines()[1:9]]
     batch = tok.batch([r[0] for r in rows], max_length=64)  # lengths differ: padding is exercised
     assert not batch["attention_mask"].all()
@@ -208,9 +212,8 @@ def test_a_regression_directory_without_bertkit_task_file_is_recognised(
     config["id2label"], config["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
     (copy / "config.json").write_text(json.dumps(config))
     assert fine_tuned_task(copy) == "regression"
-    task, model, tok, id2label = load_task_model(copy, None, "cpu")
-    examples = [task.from_json({"text": "服务很好"})]
-    assert list(task.predict(model, tok, examples, task.features(examples, tok, None, False), id2label)[0]) == ["score"]
+    opened = open_task_model(copy, None, "cpu")
+    assert list(opened.predict([opened.task.from_json({"text": "服务很好"})])[0]) == ["score"]
 
 
 def test_served_regression_model(regression_model: tuple[Path, dict]) -> None:
@@ -230,11 +233,13 @@ def test_pair_regression_keeps_its_input_form(tmp_path: Path, pretrained: Path, 
     train = _write_tsv(tmp_path / "train.tsv", "text_a\ttext_b\tlabel", data)
     out = tmp_path / "out"
     settings = TaskSettings(max_seq_length=64)
-    cfg = FinetuneConfig(task="regression", model=str(pretrained), train=str(train), dev=None, out=str(out),
-                         max_steps=2, batch_size=12, progress=False, settings=settings)  # fmt: skip
+    training = finetune_training(max_steps=2, batch_size=12, progress=False)
+    cfg = FinetuneConfig(task="regression", model=str(pretrained), train_file=str(train), out=str(out),
+                         train=training, settings=settings)  # fmt: skip
     run_finetune(cfg)
     assert json.loads((out / TASK_FILE).read_text())["settings"]["text_pair"] is True
-    task, _, tok, _ = load_task_model(out, None, "cpu")
+    opened = open_task_model(out, None, "cpu")
+    task, tok = opened.task, opened.tokenizer
     with pytest.raises(BertkitError, match="text_b"):
         task.from_json({"text": "只有一句"})
     ex = task.from_json({"text_a": rows[0]["text_a"], "text_b": rows[0]["text_b"]})

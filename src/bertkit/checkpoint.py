@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import re
-import secrets
-import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +22,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
-from bertkit.files import is_disk_full, no_such_path, read_json_object
+from bertkit.files import atomic_write, no_such_path, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -284,54 +281,6 @@ def load_model(cls: type[M], path: str | Path, config: BertConfig | None = None,
     return model
 
 
-def _new_temp_file(path: Path) -> tuple[Path, int]:
-    """An empty file beside `path`, and the mode a plain open() gives a new file here (0o666 less the umask, which
-    the kernel applies to this very file; mkstemp's 0o600 would hide models from the users a umask of 022 allows)."""
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        try:
-            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Run `write(tmp_path)` and move the result over `path` only once it is complete.
-
-    A failure leaves any earlier `path` as it was and no temporary file; a full disk is a `BertkitError` saying
-    "disk full at PATH". The file gets the mode a plain open() would give it: the earlier file's mode, else 0o666
-    less the umask (whatever mode `write` creates its file with, as safetensors does with 0o600). The temporary
-    file is named `.NAME.RANDOM.tmp` beside `path`: the commands that clean up after a kill match that pattern."""
-    path = Path(path)
-    try:
-        tmp, mode = _new_temp_file(path)
-    except OSError as e:
-        if is_disk_full(e, path.parent):
-            raise _disk_full_error(path) from None
-        raise
-    try:
-        write(str(tmp))
-        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.is_file() else mode)
-        os.replace(tmp, path)
-    except BaseException as e:
-        full = isinstance(e, Exception) and not isinstance(e, BertkitError) and is_disk_full(e, path.parent)
-        tmp.unlink(missing_ok=True)
-        if full:
-            raise _disk_full_error(path) from None
-        raise
-
-
-def _disk_full_error(path: Path) -> BertkitError:
-    return BertkitError(
-        f"disk full at {path}: it was not written (any earlier file of that name is unchanged); free some space or "
-        "write to another disk, then run again"
-    )
-
-
 PRETRAINING_RECORD = "bertkit_pretraining.json"  # beside a model that `bertkit pretrain` saved
 
 
@@ -342,26 +291,6 @@ def read_pretraining_record(model_dir: str | Path | None) -> dict:
     if path is None or not path.is_file():
         return {}
     return read_json_object(path, "restore it from a copy of the model")
-
-
-def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callable[[dict | None], Exception]) -> None:
-    """Make `folder` the cache of the one run that `settings` (JSON-able) describes, recorded in `folder/record`.
-
-    A cache whose stages are reused by their files alone must never serve another run: a folder recorded with
-    other settings raises `refuse(recorded settings)`, a non-empty folder without the record `refuse(None)`, and
-    nothing in the folder is touched then. Callers word the refusal (what differs, which flag to change)."""
-    folder = Path(folder)
-    path = folder / record
-    wanted = json.loads(json.dumps(settings))  # tuples -> lists, as they read back
-    if path.is_file():
-        recorded = json.loads(path.read_text())
-        if recorded != wanted:
-            raise refuse(recorded)
-        return
-    if folder.is_dir() and any(folder.iterdir()):
-        raise refuse(None)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(wanted, indent=2) + "\n"))
 
 
 def save_model(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +19,20 @@ from typing import Any, NoReturn
 # Only light modules here: `bertkit --help` parses before anything imports torch (about 2 s); each handler
 # imports what it needs.
 from bertkit.errors import BertkitError
+from bertkit.options import (
+    DROPOUT,
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_NUMBER,
+    PORT,
+    POSITIVE,
+    POSITIVE_NUMBER,
+    SEED,
+    SEQ_LENGTH,
+    add_options,
+    from_args,
+    number,
+)
 
 Handler = Callable[[argparse.Namespace], None]
 
@@ -28,55 +42,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _whole_number(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
-    """An argparse `type` for an integer in [low, high]: anything else is argparse's one-line error, exit 2."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            wanted = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {wanted}{why}, got {value}")
-        return value
-
-    return parse
-
-
-def _number(low: float, high: float | None = None, low_open: bool = False, high_open: bool = False):
-    """An argparse `type` for a finite float in the interval from `low` to `high` (open ends where asked)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        too_low = value <= low if low_open else value < low
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if not math.isfinite(value) or too_low or too_high:
-            if high is not None and not (low_open or high_open):
-                wanted = f"from {low:g} to {high:g}"
-            else:
-                wanted = f"more than {low:g}" if low_open else f"at least {low:g}"
-                wanted += "" if high is None else f" and {'less than' if high_open else 'at most'} {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
-        return value
-
-    return parse
-
-
-POSITIVE = _whole_number(1)
-NON_NEGATIVE = _whole_number(0)
-SEQ_LENGTH = _whole_number(8, why=" (room for [CLS], the text and [SEP])")
-PORT = _whole_number(0, 65535, why=" (0 picks a free port)")
-POSITIVE_NUMBER = _number(0, low_open=True)
-NON_NEGATIVE_NUMBER = _number(0)
-FRACTION = _number(0, 1)  # a share, both ends allowed
-DROPOUT = _number(0, 1, high_open=True)
-SEED = _whole_number(0, 2**32 - 1)  # numpy's seeding refuses negative numbers
 
 
 def _json(value: Any, what: str) -> str:
@@ -89,6 +54,11 @@ def _json(value: Any, what: str) -> str:
             f"{what} is not a finite number (NaN or infinity): the model's weights or outputs have diverged, e.g. "
             "after training with too high a --learning-rate; train it again with a lower one"
         ) from None
+
+
+def _unset(config: type, args: argparse.Namespace, defaults: Any) -> dict[str, Any]:
+    """The fields of `defaults` (a config instance) that no flag of this command sets: a recipe's own defaults."""
+    return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(config) if not hasattr(args, f.name)}
 
 
 def _cmd_vocab(args: argparse.Namespace) -> None:
@@ -116,8 +86,7 @@ def _cmd_vocab(args: argparse.Namespace) -> None:
 def _cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from bertkit.checkpoint import atomic_write
-    from bertkit.data.corpus import read_lines
+    from bertkit.files import atomic_write, read_lines
     from bertkit.infer import embed, embedding_settings
     from bertkit.machine import pick_device
     from bertkit.model import BertModel
@@ -234,15 +203,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if (Path(args.data) / "manifest.json").is_file():
         metrics = _evaluate_pretraining(args, device)
     else:
-        from bertkit.recipes.finetune import load_task_model
+        from bertkit.tasks.model_dir import open_task_model
 
         if Path(args.data).is_dir():
             raise BertkitError(f"{args.data} is a directory without manifest.json: give a task data file or DATA_DIR")
-        task, model, tok, id2label = load_task_model(args.model, args.task, device)
-        examples = task.read(args.data)
-        if id2label:
-            task.check_labels(examples, {v: k for k, v in id2label.items()}, args.data)
-        metrics = task.evaluate(model, tok, examples, task.features(examples, tok, None, train=False), id2label)
+        task_model = open_task_model(args.model, args.task, device)
+        metrics = task_model.evaluate(task_model.task.read(args.data), args.data)
     line = _json(metrics, "a metric")
     if args.out:
         Path(args.out).write_text(line + "\n", encoding="utf-8")
@@ -296,38 +262,16 @@ def _split_summary(args: argparse.Namespace, data) -> str:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
-    from bertkit.recipes.finetune import FinetuneConfig, run_finetune
-    from bertkit.tasks.base import TaskSettings
+    from bertkit.recipes.config import FinetuneConfig, finetune_training
+    from bertkit.recipes.finetune import run_finetune
+    from bertkit.tasks.registry import task_class
+    from bertkit.tasks.settings import TaskSettings
+    from bertkit.train.config import TrainConfig
 
-    settings = TaskSettings(
-        max_seq_length=args.max_seq_length or (384 if args.task == "qa" else 128),
-        doc_stride=args.doc_stride,
-        max_answer_length=args.max_answer_length,
-        relocate_answers=args.relocate_answers,
-    )
-    cfg = FinetuneConfig(
-        task=args.task,
-        model=args.model,
-        train=args.train,
-        dev=args.dev,
-        out=args.out,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        warmup_ratio=args.warmup_ratio,
-        patience=args.patience,
-        eval_every=args.eval_every,
-        max_train_examples=args.max_train_examples,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        dropout=args.dropout,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        settings=settings,
-    )
-    result = run_finetune(cfg)
+    max_seq_length = args.max_seq_length or task_class(args.task).default_max_seq_length
+    settings = from_args(TaskSettings, args, max_seq_length=max_seq_length)
+    train = from_args(TrainConfig, args, **_unset(TrainConfig, args, finetune_training()))
+    result = run_finetune(from_args(FinetuneConfig, args, train=train, settings=settings))
     if result["dev"]:  # the last line: the best dev metrics, for scripts (without --dev the closing line says it all)
         print(_json(result["dev"], "a dev metric"))
 
@@ -336,89 +280,44 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import tempfile
 
     from bertkit.machine import pick_device
-    from bertkit.recipes.finetune import load_task_model
+    from bertkit.tasks.model_dir import open_task_model
 
-    task, model, tok, id2label = load_task_model(args.model, None, pick_device(args.device))
-    path = args.input
+    task_model = open_task_model(args.model, None, pick_device(args.device))
+    task, path = task_model.task, args.input
     if path == "-":  # standard input: plain lines (cls: text; pair: text<TAB>text; ner: text; qa: JSON lines)
-        with tempfile.NamedTemporaryFile("w", suffix=".jsonl" if task.name == "qa" else ".txt", delete=False,
-                                         encoding="utf-8") as f:  # fmt: skip
+        with tempfile.NamedTemporaryFile("w", suffix=task.stdin_suffix, delete=False, encoding="utf-8") as f:
             f.write(sys.stdin.read())
         path = f.name
     try:
-        examples = _read_for_prediction(task, path)
+        examples = task.read_for_prediction(path)
     finally:
         if args.input == "-":
             Path(path).unlink(missing_ok=True)
-    features = task.features(examples, tok, None, train=False)
-    rows = task.predict(model, tok, examples, features, id2label)
+    rows = task_model.predict(examples)
     lines = "".join(
-        _json({**_echo(example), **row}, f"{args.model}'s prediction for {_where(example, path)}") + "\n"
+        _json({**task.echo(example), **row}, f"{args.model}'s prediction for {task.where(example, path)}") + "\n"
         for example, row in zip(examples, rows, strict=True)
     )
     if not args.out:
         sys.stdout.write(lines)
         return
-    from bertkit.checkpoint import atomic_write
+    from bertkit.files import atomic_write
 
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))  # a failed run keeps the old file
 
 
-def _echo(example) -> dict:
-    """The input of one prediction, so that each output line can be read on its own: the line number and text(s)
-    of a classification or NER input, the id and question of a QA one."""
-    if hasattr(example, "question"):  # QA: the passage is left out (long, and the same for many questions)
-        return {"id": example.id, "question": example.question}
-    if hasattr(example, "tokens"):  # NER: the text the entities' start and end point into
-        return {"line": example.line, "text": getattr(example, "text", " ".join(example.tokens))}
-    if example.text_b is None:
-        return {"line": example.line, "text": example.text_a}
-    return {"line": example.line, "text_a": example.text_a, "text_b": example.text_b}
-
-
-def _where(example, path: str) -> str:
-    """Where an input came from, for an error message."""
-    if hasattr(example, "question"):
-        return f"question id {example.id!r} of {path}"
-    return f"line {example.line} of {path}" if example.line else f"an input of {path}"
-
-
-def _read_for_prediction(task, path: str) -> list:
-    from bertkit.data.corpus import read_lines
-    from bertkit.data.task_files import TextExample
-
-    suffix = Path(path).suffix.lower()
-    if task.name in ("cls", "pair", "regression") and suffix not in (".tsv", ".csv", ".jsonl", ".json"):
-        # A regression model knows whether it reads pairs (learnt from its training data); else a tab says so.
-        pair = {"cls": False, "pair": True}.get(task.name, getattr(task, "pair", None))
-        rows = []
-        for n, line in enumerate(read_lines(path), start=1):
-            if line.strip():
-                a, tab, b = line.partition("\t")
-                rows.append(TextExample(a, b if (pair if pair is not None else bool(tab)) else None, None, n))
-        return rows
-    if task.name == "ner" and suffix in (".conll", ".bio", ".bioes"):
-        return task.read(path, labelled=True)
-    return task.read(path, labelled=False)
-
-
 def _cmd_fill_mask(args: argparse.Namespace) -> None:
-    from bertkit.checkpoint import has_mlm_head
-    from bertkit.files import no_such_path
     from bertkit.infer import fill_mask
     from bertkit.machine import pick_device
-    from bertkit.model import BertForPreTraining
-    from bertkit.tokenizer import Tokenizer
+    from bertkit.tasks.model_dir import open_model_dir
 
-    if not Path(args.model).exists():
-        raise BertkitError(no_such_path(args.model))
-    if not has_mlm_head(args.model):
+    opened = open_model_dir(args.model, pick_device(args.device))
+    if opened.mlm is None:
         raise BertkitError(
             f"{args.model} has no masked-LM head (cls.predictions.*): fill-mask needs a pre-trained model, e.g. "
             "the model/ folder of a bertkit pretrain run or a Hugging Face BertForPreTraining / BertForMaskedLM"
         )
-    model = BertForPreTraining.from_pretrained(args.model).to(pick_device(args.device))
-    tok = Tokenizer.from_pretrained(args.model)
+    model, tok = opened.mlm, opened.tokenizer
     texts = args.text or [line for line in sys.stdin.read().splitlines() if line.strip()]
     lines = []
     for n, text in enumerate(texts, start=1):
@@ -490,7 +389,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
 
 def _add_masking_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("masking")
-    g.add_argument("--mask-prob", type=_number(0, 1, True, True), default=0.15, help="share of tokens chosen (0.15)")
+    g.add_argument("--mask-prob", type=number(0, 1, True, True), default=0.15, help="share of tokens chosen (0.15)")
     g.add_argument("--max-predictions", type=POSITIVE, default=20, help="cap of chosen tokens per sequence")
     g.add_argument("--mask-frac", type=FRACTION, default=0.8, help="chosen -> [MASK] (default 0.8)")
     g.add_argument("--random-frac", type=FRACTION, default=0.1, help="chosen -> random token (default 0.1)")
@@ -510,7 +409,12 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `bertkit` argument parser: one sub-command per recipe, each with `func` set to its handler."""
+    """The `bertkit` argument parser: one sub-command per recipe, each with `func` set to its handler. The flags of
+    the recipes' settings come from their config dataclasses (bertkit.options): defaults and help are theirs."""
+    from bertkit.recipes.config import FINETUNE_TRAINING_FLAGS, FinetuneConfig, finetune_training
+    from bertkit.tasks.settings import QA_MAX_SEQ_LENGTH, TaskSettings
+    from bertkit.train.config import TrainConfig
+
     parser = _Parser(
         prog="bertkit",
         description="BERT end to end: train a WordPiece vocabulary, prepare data, pre-train, fine-tune, "
@@ -664,50 +568,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a pre-trained model for one task; --out becomes a Hugging Face task-model directory "
         "(the best dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints).",
     )
-    p.add_argument(
-        "--task", required=True, choices=["cls", "pair", "regression", "ner", "qa"],
-        help="cls: text -> label; pair: two texts -> label; regression: text (or two) -> a number; ner: a label "
-        "per token (CoNLL); qa: answer span (SQuAD)",
-    )  # fmt: skip
-    p.add_argument("--model", required=True, metavar="DIR", help="a bertkit or Hugging Face BERT model directory")
-    p.add_argument(
-        "--train", required=True, metavar="FILE",
-        help="TSV/CSV/JSONL with a header line (text or text_a, text_b, label), CoNLL, or SQuAD JSON; .csv is read "
-        "as comma-separated, .tsv as tab-separated; labels are read without surrounding white space ('1 ' is '1')",
-    )  # fmt: skip
-    p.add_argument("--dev", default=None, metavar="FILE", help="evaluated each epoch; the best model is kept")
-    p.add_argument("--out", required=True, metavar="DIR", help="the fine-tuned model directory")
-    p.add_argument("--epochs", type=POSITIVE_NUMBER, default=3.0, help="passes over the training data (default 3)")
-    p.add_argument("--max-steps", type=POSITIVE, default=None, help="overrides --epochs")
-    p.add_argument("--batch-size", type=POSITIVE, default=32, help="examples per optimiser step (default 32)")
-    p.add_argument(
-        "--learning-rate", type=POSITIVE_NUMBER, default=5e-5,
-        help="AdamW's peak rate, reached after warm-up, then decayed linearly to 0 (default 5e-5, BERT's for a "
-        "base model; bertkit's small pre-trained models did best at 5e-4 to 1e-3)",
-    )  # fmt: skip
-    p.add_argument("--warmup-ratio", type=FRACTION, default=0.1, help="share of steps with a rising rate (default 0.1)")
-    p.add_argument(
-        "--max-seq-length", type=SEQ_LENGTH, default=None,
-        help="tokens per example, longer ones truncated (default 128; qa: 384, with --doc-stride windows)",
-    )  # fmt: skip
-    p.add_argument("--doc-stride", type=POSITIVE, default=128, help="qa: step between windows of a long passage")
-    p.add_argument("--max-answer-length", type=POSITIVE, default=30, help="qa: in tokens")
-    p.add_argument("--relocate-answers", action="store_true", help="qa: fix answer_start to the text's position")
-    p.add_argument("--patience", type=POSITIVE, default=None, help="early stop after N evaluations without gain")
-    p.add_argument("--eval-every", type=POSITIVE, default=None, help="steps (default: once per epoch)")
-    p.add_argument("--max-train-examples", type=POSITIVE, default=None, help="train on the first N examples")
-    p.add_argument("--dropout", type=DROPOUT, default=None, help="override the model's dropout (BERT: 0.1)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument(
-        "--overwrite", action="store_true",
-        help="replace an earlier fine-tuned model in --out (only the files finetune writes are removed)",
-    )  # fmt: skip
-    p.add_argument("--seed", type=SEED, default=42, help="head initialisation, data order, dropout (default 42)")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-        help="auto: bf16 autocast on GPUs that support it, else fp32",
-    )  # fmt: skip
+    add_options(p, FinetuneConfig, only=("task", "model", "train_file", "dev_file", "out", "epochs"))
+    g = p.add_argument_group("training")
+    add_options(g, TrainConfig, only=FINETUNE_TRAINING_FLAGS, defaults=finetune_training(),
+                overrides=FINETUNE_TRAINING_FLAGS)  # fmt: skip
+    add_options(g, FinetuneConfig, only=("patience", "max_train_examples", "dropout"))
+    add_options(g, TrainConfig, only=("device", "precision"))
+    g = p.add_argument_group("task settings (kept with the model)")
+    max_length = f"(default {TaskSettings.max_seq_length}; qa: {QA_MAX_SEQ_LENGTH}, with --doc-stride windows)"
+    add_options(g, TaskSettings, overrides={"max_seq_length": {"default": None, "help": f"tokens per example, "
+                                                               f"longer ones truncated {max_length}"}})  # fmt: skip
+    add_options(p, FinetuneConfig, only=("resume", "overwrite"))
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("predict", help="predictions of a fine-tuned model as JSON lines")

@@ -180,7 +180,7 @@ class BertConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the Hugging Face `config.json` dictionary (`to_dict`) to `path`, atomically."""
-        from bertkit.checkpoint import atomic_write  # checkpoint imports this module
+        from bertkit.files import atomic_write
 
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertkit.checkpoint import atomic_write, has_mlm_head, tensor_names
+from bertkit.checkpoint import tensor_names
 from bertkit.errors import BertkitError
-from bertkit.files import no_such_path
-from bertkit.model import BertForPreTraining, BertModel
+from bertkit.files import atomic_write
+from bertkit.tasks.model_dir import open_model_dir
+from bertkit.tasks.registry import TASKS
 from bertkit.tokenizer import Tokenizer
 
 INPUTS = ["input_ids", "token_type_ids", "attention_mask"]
@@ -34,21 +35,24 @@ SAMPLE = [  # a pair of different lengths, so that the check covers padding and 
 
 
 class _Graph(nn.Module):
-    """The model with plain tensor outputs, in the order `names` lists them; `per_token` names the (B, T, ...) ones."""
+    """The model with plain tensor outputs, in the order `names` lists them; `per_token` names the (B, T, ...) ones.
+
+    `kind` is "encoder", "pretraining", "mlm", or a task model's `export_kind`."""
 
     def __init__(self, model: nn.Module, kind: str):
         super().__init__()
         self.model, self.kind = model, kind
         encoder = model.bert if hasattr(model, "bert") else model
-        self.names = {
-            "encoder": ["last_hidden_state", "pooler_output"] if encoder.pooler is not None else ["last_hidden_state"],
+        self.task = next((t for t in TASKS.values() if t.export_kind == kind), None)
+        pooled = ["pooler_output"] if encoder.pooler is not None else []
+        self.names = list(self.task.onnx_outputs) if self.task is not None else {
+            "encoder": ["last_hidden_state", *pooled],
             "pretraining": ["prediction_logits", "seq_relationship_logits"],
             "mlm": ["prediction_logits"],
-            "qa": ["start_logits", "end_logits"],
-        }.get(kind, ["logits"])
-        self.per_token = {"last_hidden_state", "prediction_logits", "start_logits", "end_logits"}
-        if kind == "tagger":
-            self.per_token.add("logits")
+        }[kind]  # fmt: skip
+        self.per_token = {"last_hidden_state", "prediction_logits"}
+        if self.task is not None and self.task.per_token:
+            self.per_token.update(self.names)
 
     def forward(self, input_ids, token_type_ids, attention_mask) -> tuple[torch.Tensor, ...]:
         out = self.model(input_ids, token_type_ids, attention_mask)
@@ -56,8 +60,8 @@ class _Graph(nn.Module):
             return tuple(t for t in (out.last_hidden_state, out.pooler_output) if t is not None)
         if self.kind in ("pretraining", "mlm"):
             return (out.mlm_logits, out.nsp_logits)[: len(self.names)]
-        if self.kind == "qa":
-            return out.logits[..., 0], out.logits[..., 1]  # (B, T) each
+        if len(self.names) > 1:  # several outputs in the logits' last dimension, e.g. QA's start and end: (B, T) each
+            return tuple(out.logits[..., i] for i in range(len(self.names)))
         return (out.logits,)
 
 
@@ -66,25 +70,18 @@ def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
 
     Only heads whose weights are in the directory are exported: an HF BertForMaskedLM gives prediction_logits alone,
     an encoder saved without its pooler gives last_hidden_state alone (never freshly initialised outputs)."""
-    from bertkit.recipes.finetune import fine_tuned_task, load_task_model
-
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise BertkitError(no_such_path(path))
-    task_name = fine_tuned_task(path)
-    names = tensor_names(path)
-    if task_name:
-        _, model, _, id2label = load_task_model(path, None, "cpu")
-        kind = {"qa": "qa", "ner": "tagger"}.get(task_name, "classifier")
-        meta = {"bertkit_task": task_name, "id2label": json.dumps({str(k): v for k, v in id2label.items()})}
-    elif has_mlm_head(names):
-        model = BertForPreTraining.from_pretrained(path)
-        kind = "pretraining" if any(n.startswith("cls.seq_relationship.") for n in names) else "mlm"
+    opened = open_model_dir(model_dir, "cpu")
+    if opened.task_model is not None:
+        tm = opened.task_model
+        kind = tm.task.export_kind
+        meta = {"bertkit_task": tm.task.name, "id2label": json.dumps({str(k): v for k, v in tm.id2label.items()})}
+    elif opened.mlm is not None:
+        nsp = any(n.startswith("cls.seq_relationship.") for n in tensor_names(opened.path))
+        kind = "pretraining" if nsp else "mlm"
         meta = {"bertkit_task": kind}
     else:
-        pooler = any(n.removeprefix("bert.").startswith("pooler.") for n in names)
-        model, kind, meta = BertModel.from_pretrained(path, add_pooler=pooler), "encoder", {"bertkit_task": "encoder"}
-    return model.eval(), kind, meta
+        kind, meta = "encoder", {"bertkit_task": "encoder"}
+    return opened.model.eval(), kind, meta
 
 
 def sample_inputs(tok: Tokenizer, which: slice = slice(None)) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Files a user gave or will keep: output directories, JSON files that may be damaged, a full disk.
+"""Files a user gave or will keep: text and JSON files that may be damaged, atomic writes, output directories and
+run caches, a full disk. The one low module for reading and writing files (it imports nothing above errors).
 
 Every command that writes a directory (`vocab`, `prepare`, `pretrain`, `finetune`) goes through
 `claim_output_dir` before it writes anything:
@@ -16,8 +17,10 @@ import difflib
 import errno
 import json
 import os
+import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
@@ -33,6 +36,38 @@ def no_such_path(path: str | Path) -> str:
     near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1) if parent else []
     hint = f"; did you mean {parent / near[0]}?" if parent and near else "; check the path"
     return f"{path} does not exist{hint}"
+
+
+def read_lines(path: str | Path) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file without their line ends.
+
+    Raises `BertkitError` naming the file, line and byte offset of the first invalid UTF-8 sequence.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise BertkitError(f"{path} is a directory: give its files, e.g. {path / '*.txt'}")
+    if not path.is_file():
+        raise BertkitError(f"file {path} does not exist")
+    offset = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BertkitError(
+                    f"{path}: not valid UTF-8 at byte {offset + e.start} (line {lineno}); "
+                    "convert the file to UTF-8 first (e.g. iconv -f GBK -t UTF-8)"
+                ) from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not text
+            offset += len(raw)
+            yield line.rstrip("\r\n")
+
+
+def read_corpus_lines(paths: Iterable[str | Path]) -> Iterator[str]:
+    """The lines of several corpus files, one after another."""
+    for p in paths:
+        yield from read_lines(p)
 
 
 def read_json(path: str | Path, remedy: str) -> Any:
@@ -213,3 +248,71 @@ def disk_full_as_error(path: str | Path, then: str = "free some space, then run 
         if not is_disk_full(e):
             raise
         raise BertkitError(f"disk full at {path}: {then}") from None
+
+
+def _new_temp_file(path: Path) -> tuple[Path, int]:
+    """An empty file beside `path`, and the mode a plain open() gives a new file here (0o666 less the umask, which
+    the kernel applies to this very file; mkstemp's 0o600 would hide models from the users a umask of 022 allows)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Run `write(tmp_path)` and move the result over `path` only once it is complete.
+
+    A failure leaves any earlier `path` as it was and no temporary file; a full disk is a `BertkitError` saying
+    "disk full at PATH". The file gets the mode a plain open() would give it: the earlier file's mode, else 0o666
+    less the umask (whatever mode `write` creates its file with, as safetensors does with 0o600). The temporary
+    file is named `.NAME.RANDOM.tmp` beside `path`: the commands that clean up after a kill match that pattern."""
+    path = Path(path)
+    try:
+        tmp, mode = _new_temp_file(path)
+    except OSError as e:
+        if is_disk_full(e, path.parent):
+            raise _disk_full_error(path) from None
+        raise
+    try:
+        write(str(tmp))
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.is_file() else mode)
+        os.replace(tmp, path)
+    except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, BertkitError) and is_disk_full(e, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise _disk_full_error(path) from None
+        raise
+
+
+def _disk_full_error(path: Path) -> BertkitError:
+    return BertkitError(
+        f"disk full at {path}: it was not written (any earlier file of that name is unchanged); free some space or "
+        "write to another disk, then run again"
+    )
+
+
+def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callable[[dict | None], Exception]) -> None:
+    """Make `folder` the cache of the one run that `settings` (JSON-able) describes, recorded in `folder/record`.
+
+    A cache whose stages are reused by their files alone must never serve another run: a folder recorded with
+    other settings raises `refuse(recorded settings)`, a non-empty folder without the record `refuse(None)`, and
+    nothing in the folder is touched then. Callers word the refusal (what differs, which flag to change)."""
+    folder = Path(folder)
+    path = folder / record
+    wanted = json.loads(json.dumps(settings))  # tuples -> lists, as they read back
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded != wanted:
+            raise refuse(recorded)
+        return
+    if folder.is_dir() and any(folder.iterdir()):
+        raise refuse(None)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(wanted, indent=2) + "\n"))

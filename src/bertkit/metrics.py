@@ -12,6 +12,8 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+from bertkit.tokenizer import is_cjk
+
 # ---------------------------------------------------------------------------------------------- classification
 
 
@@ -163,7 +165,6 @@ def squad_em(prediction: str, truth: str) -> float:
 # ---------------------------------------------------------------------------------------------- CMRC 2018 (Chinese)
 
 _CMRC_PUNCT = set("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』") | {"……"}
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def _cmrc_segments(s: str) -> list[str]:
@@ -171,10 +172,10 @@ def _cmrc_segments(s: str) -> list[str]:
     out: list[str] = []
     buf = ""
     for ch in s.lower().strip():
-        if _CJK.match(ch) or ch in _CMRC_PUNCT or ch.isspace():
+        if is_cjk(ch, bmp_only=True) or ch in _CMRC_PUNCT or ch.isspace():
             out += re.findall(r"\w+|[^\w\s]", buf)
             buf = ""
-            if _CJK.match(ch):
+            if is_cjk(ch, bmp_only=True):
                 out.append(ch)
         else:
             buf += ch

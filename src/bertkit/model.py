@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertkit.config import BertConfig
+from bertkit.constants import IGNORE_INDEX
 from bertkit.errors import BertkitError
-
-IGNORE_INDEX = -100  # label value for positions that carry no loss
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -383,11 +382,6 @@ def set_dropout(model: nn.Module, p: float) -> None:
             module.p = p
         elif isinstance(module, SelfAttention):
             module.attn_dropout = p
-
-
-def num_parameters(model: nn.Module) -> int:
-    """Distinct trainable parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 # ---------------------------------------------------------------------------------------------- task models

@@ -36,9 +36,8 @@ from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors,
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers.models import WordPiece
 
-from bertkit.data.corpus import read_corpus_lines
 from bertkit.errors import BertkitError
-from bertkit.files import no_such_path, read_json_object
+from bertkit.files import no_such_path, read_corpus_lines, read_json_object
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # BERT order: a trained vocabulary starts with these

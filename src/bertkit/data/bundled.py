@@ -13,8 +13,8 @@ import importlib.util
 import re
 from pathlib import Path
 
-from bertkit.data.corpus import read_lines
 from bertkit.errors import BertkitError
+from bertkit.files import read_lines
 
 _SENTENCE_END = ("。", "！", "？", "”", "」", "…", "；", "）")
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from bertkit.data.corpus import read_lines
+from bertkit.files import read_lines
 
 # Chinese: after 。！？； (and …… or ！？ runs), keeping closing quotes/brackets with the sentence.
 _ZH_END = re.compile(r"([。！？；]+|…{1,2})([”’」』）)\]]*)")

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertkit.data.corpus import read_lines
 from bertkit.errors import BertkitError
+from bertkit.files import read_lines
 
 
 @dataclass

@@ -11,81 +11,34 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from bertkit.checkpoint import atomic_write, read_pretraining_record
+from bertkit.checkpoint import read_pretraining_record
 from bertkit.config import BertConfig
 from bertkit.data.pretraining import EpochSampler
 from bertkit.errors import BertkitError
 from bertkit.files import (
+    atomic_write,
     check_output_not_input,
     claim_output_dir,
     disk_full_as_error,
     own_entries,
-    read_json_object,
     release_output_dir,
     remove_entries,
 )
-from bertkit.model import TASK_MODELS
-from bertkit.tasks.base import Task, TaskSettings, pad_batch
-from bertkit.tasks.classify import ClassificationTask, PairClassificationTask, RegressionTask
-from bertkit.tasks.ner import NerTask
-from bertkit.tasks.qa import QaTask
+from bertkit.recipes.config import FinetuneConfig
+from bertkit.tasks.base import pad_batch
+from bertkit.tasks.model_dir import TASK_FILE, write_task_record
+from bertkit.tasks.registry import task_class
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 from bertkit.train.loop import (
-    TrainConfig,
     Trainer,
     dist_info,
     latest_checkpoint,
 )
-
-TASKS: dict[str, type[Task]] = {
-    "cls": ClassificationTask,
-    "pair": PairClassificationTask,
-    "regression": RegressionTask,
-    "ner": NerTask,
-    "qa": QaTask,
-}
-TASK_FILE = "bertkit_task.json"
-_ARCH_TO_TASK = {
-    "BertForSequenceClassification": "cls",
-    "BertForTokenClassification": "ner",
-    "BertForQuestionAnswering": "qa",
-}
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of one fine-tuning run (`bertkit finetune`): task, model, data files, output, training."""
-
-    task: str
-    model: str
-    train: str
-    dev: str | None
-    out: str
-    epochs: float = 3.0
-    max_steps: int | None = None
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    patience: int | None = None  # stop after this many evaluations without a better dev score
-    eval_every: int | None = None  # steps; default once per epoch
-    max_train_examples: int | None = None
-    seed: int = 42
-    device: str | None = None
-    precision: str = "auto"
-    dropout: float | None = None
-    log_every: int = 20
-    resume: bool = False
-    overwrite: bool = False  # replace an earlier output (only the files fine-tuning writes)
-    progress: bool = True
-    settings: TaskSettings | None = None
-    save_model: bool = True  # False: metrics only, no model directory or checkpoints (for many short runs)
-
 
 # Builds the model to train from the (label-completed) config and the number of labels, instead of loading
 # `cfg.model`'s weights into the task's standard model: experiments use it for probes and other architectures.
@@ -101,68 +54,6 @@ class _FeatureSet(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         return self.features[key[1] if isinstance(key, tuple) else key]
-
-
-def fine_tuned_task(model_dir: str | Path) -> str | None:
-    """The task a model directory was fine-tuned for (bertkit_task.json, else its HF architecture); None for a
-    pre-trained or plain encoder directory."""
-    path = Path(model_dir)
-    if (path / TASK_FILE).is_file():
-        return _task_record(path)["task"]
-    extra = BertConfig.load(path).extra
-    task = _ARCH_TO_TASK.get((extra.get("architectures") or [""])[0])
-    one_output = len(extra.get("id2label") or ()) == 1  # without id2label: transformers' default of 2 labels
-    if task == "cls" and (extra.get("problem_type") == "regression" or one_output):
-        return "regression"  # one output is a regression, as in transformers
-    return task
-
-
-def _task_record(model_dir: Path) -> dict:
-    """The `bertkit_task.json` fine-tuning wrote beside its model: {"task", "settings"}, checked."""
-    path = model_dir / TASK_FILE
-    record = read_json_object(path, "copy the model directory again")
-    if record.get("task") not in TASKS or not isinstance(record.get("settings", {}), dict):
-        raise BertkitError(f'{path}: expected {{"task": one of {", ".join(TASKS)}, "settings": {{...}}}}')
-    return record
-
-
-def task_of(model_dir: str | Path, explicit: str | None = None) -> str:
-    """The task a model directory was fine-tuned for; an error naming its architecture when it is not a task model."""
-    if explicit:
-        return explicit
-    task = fine_tuned_task(model_dir)
-    if task is None:
-        arch = (BertConfig.load(model_dir).extra.get("architectures") or [""])[0]
-        raise BertkitError(
-            f"{model_dir} is a {arch or 'plain BERT'} model, not a fine-tuned task model: fine-tune it first "
-            "(bertkit finetune), or use a model directory written by it"
-        )
-    return task
-
-
-def load_task_model(model_dir: str | Path, task_name: str | None = None, device: str | None = None):
-    """(task, model, tokenizer, id2label) of a fine-tuned model directory, checked to be of the task asked for."""
-    path = Path(model_dir)
-    name = task_of(path)
-    if task_name and TASKS[task_name].model_name != TASKS[name].model_name and not {name, task_name} <= {"cls", "pair"}:
-        raise BertkitError(f"{model_dir} was fine-tuned for {name!r}, not {task_name!r}")
-    meta = _task_record(path) if (path / TASK_FILE).is_file() else {}
-    try:
-        task = TASKS[task_name or name](TaskSettings(**meta.get("settings", {})))
-    except TypeError as e:  # a settings key this bertkit does not know
-        raise BertkitError(f"{path / TASK_FILE}: settings do not fit this bertkit ({e})") from None
-    config = BertConfig.load(path)
-    id2label = {int(k): v for k, v in (config.extra.get("id2label") or {}).items()}
-    model = TASK_MODELS[task.model_name].from_pretrained(path, num_labels=len(id2label) or None)
-    heads = [n for n in getattr(model, "fresh_parameters", []) if n.startswith(("classifier.", "qa_outputs."))]
-    if heads:  # a task model without its trained head would answer at random, with exit 0
-        raise BertkitError(
-            f"{path}: the weights hold no trained task head ({heads[0]} is missing or of another shape): it is "
-            "not a complete fine-tuned model; copy the whole directory again, or fine-tune again"
-        )
-    if device:
-        model.to(device)
-    return task, model, Tokenizer.from_pretrained(path), id2label
 
 
 _NOTED: set[tuple[Path, int]] = set()
@@ -195,7 +86,7 @@ OUTPUT_OWNS = (*OUTPUT_FILES, "training", *STALE_OUTPUT)
 
 def _inputs(cfg: FinetuneConfig) -> list[str]:
     """What fine-tuning reads, which its --out must neither be nor hold."""
-    return [cfg.model, cfg.train, *([cfg.dev] if cfg.dev else [])]
+    return [cfg.model, cfg.train_file, *([cfg.dev_file] if cfg.dev_file else [])]
 
 
 def _claim_output(cfg: FinetuneConfig, out: Path) -> bool:
@@ -252,21 +143,19 @@ def _move_into(src: Path, out: Path) -> None:
 
 def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) -> dict:
     """Fine-tune; returns the best dev metrics (or the last training metrics when there is no dev set)."""
-    if cfg.task not in TASKS:
-        raise BertkitError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)}")
-    settings = cfg.settings or TaskSettings(max_seq_length=384 if cfg.task == "qa" else 128)
-    task = TASKS[cfg.task](settings)
+    task = task_class(cfg.task)(cfg.settings)
+    settings = task.settings
     out = Path(cfg.out)
     tok = Tokenizer.from_pretrained(cfg.model)
-    train_ex = task.read(cfg.train)
+    train_ex = task.read(cfg.train_file)
     if cfg.max_train_examples:
         train_ex = train_ex[: cfg.max_train_examples]
     labels = task.labels(train_ex)
     label2id = {label: i for i, label in enumerate(labels)} if labels else None
     id2label = {i: label for i, label in enumerate(labels)} if labels else {}
-    dev_ex = task.read(cfg.dev) if cfg.dev else None
+    dev_ex = task.read(cfg.dev_file) if cfg.dev_file else None
     if dev_ex is not None and label2id:
-        task.check_labels(dev_ex, label2id, cfg.dev)
+        task.check_labels(dev_ex, label2id, cfg.dev_file)
     check_output_not_input(out, _inputs(cfg))  # at once; the rest of the claim once nothing can fail before writing
 
     config = BertConfig.load(cfg.model)
@@ -281,35 +170,27 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     elif config.hidden_dropout_prob == 0.0 or config.attention_probs_dropout_prob == 0.0:
         # e.g. pre-trained by an older bertkit, which saved the run's dropout into the model's config
         print(f"note: {cfg.model} has dropout 0 in its config; BERT fine-tunes with 0.1 (pass --dropout 0.1)")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     num_labels = len(labels) if labels else None
     if model_factory is not None:
         model = model_factory(config, num_labels)
     else:
-        model = TASK_MODELS[task.model_name].from_pretrained(cfg.model, config=config, num_labels=num_labels)
+        model = task.model_class.from_pretrained(cfg.model, config=config, num_labels=num_labels)
         _note_fresh_parameters(model, num_labels)
     model.train()
 
     train_features = task.features(train_ex, tok, label2id, train=True)
     dev_features = task.features(dev_ex, tok, label2id, train=False) if dev_ex is not None else None
-    steps_per_epoch = math.ceil(len(train_features) / cfg.batch_size)
-    max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    eval_every = cfg.eval_every or steps_per_epoch
-    train_cfg = TrainConfig(
+    steps_per_epoch = math.ceil(len(train_features) / cfg.train.batch_size)
+    max_steps = cfg.train.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    eval_every = cfg.train.eval_every or steps_per_epoch
+    train_cfg = replace(
+        cfg.train,
         out_dir=str(out / "training"),
         max_steps=max_steps,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        warmup_ratio=cfg.warmup_ratio,
-        log_every=cfg.log_every,
         eval_every=eval_every if dev_ex is not None else 0,
         save_every=eval_every if cfg.save_model else 0,
-        keep_checkpoints=1,
-        seed=cfg.seed,
-        device=cfg.device,
-        precision=cfg.precision,
-        progress=cfg.progress,
+        keep_checkpoints=1,  # the best model is kept in --out; the checkpoint is only for --resume
     )
     dataset = _FeatureSet(train_features)
     scalar_keys = ("label", "start_positions", "end_positions")
@@ -317,23 +198,21 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     def loader(epoch: int, start: int, rank: int, world: int):
         return torch.utils.data.DataLoader(
             dataset,
-            batch_size=cfg.batch_size,
-            sampler=EpochSampler(len(dataset), cfg.seed, epoch, start, rank, world),
+            batch_size=train_cfg.batch_size,
+            sampler=EpochSampler(len(dataset), train_cfg.seed, epoch, start, rank, world),
             collate_fn=lambda fs: pad_batch(fs, tok.pad_id, scalar_keys),
             # Its own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
             # run, which creates one more, would train differently from an uninterrupted one.
-            generator=torch.Generator().manual_seed(cfg.seed),
+            generator=torch.Generator().manual_seed(train_cfg.seed),
         )
 
     def loss_fn(m, batch):
         return m(**task.model_inputs(batch)).loss, {}
 
-    task_meta = {"task": cfg.task, "settings": asdict(settings)}
-
     def save_extra(directory: Path) -> None:
         """Beside the weights of a model directory: the tokenizer and the task file."""
         tok.save_pretrained(directory)
-        (directory / TASK_FILE).write_text(json.dumps(task_meta, indent=2) + "\n")
+        write_task_record(directory, task)
 
     def save_best() -> None:
         """Replace the model in --out by the current one: written beside, then each file renamed into place, so
@@ -397,7 +276,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         "train_features": len(train_features),
         "steps": trainer.state.step,
         "labels": labels,
-        "args": {k: v for k, v in asdict(cfg).items() if k != "settings"},
+        "args": _run_record(cfg),
         "settings": asdict(settings),
     }
     if trainer.is_main:
@@ -405,6 +284,19 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(text, encoding="utf-8"))
     trainer.close()
     return result
+
+
+def _run_record(cfg: FinetuneConfig) -> dict:
+    """The run's settings as metrics.json records them: one flat object (the task settings apart), its keys the
+    names of the flags that set them."""
+    t = cfg.train
+    return {"task": cfg.task, "model": cfg.model, "train": cfg.train_file, "dev": cfg.dev_file, "out": cfg.out,
+            "epochs": cfg.epochs, "max_steps": t.max_steps, "batch_size": t.batch_size,
+            "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "warmup_ratio": t.warmup_ratio,
+            "patience": cfg.patience, "eval_every": t.eval_every, "max_train_examples": cfg.max_train_examples,
+            "seed": t.seed, "device": t.device, "precision": t.precision, "dropout": cfg.dropout,
+            "log_every": t.log_every, "resume": cfg.resume, "overwrite": cfg.overwrite, "progress": t.progress,
+            "save_model": cfg.save_model}  # fmt: skip
 
 
 def _closing_line(cfg: FinetuneConfig, metric: str, best: dict, trainer: Trainer, out: Path, has_dev: bool) -> str:

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
-from bertkit.checkpoint import claim_folder
 from bertkit.data.task_files import read_classification
 from bertkit.errors import BertkitError
+from bertkit.files import claim_folder
 from bertkit.infer import fill_mask
 from bertkit.model import BertForPreTraining
-from bertkit.recipes.finetune import FinetuneConfig, run_finetune
+from bertkit.recipes.config import FinetuneConfig, finetune_training
+from bertkit.recipes.finetune import run_finetune
 from bertkit.recipes.small_scale import (
     NSP_WEIGHT,
     PretrainingPlan,
@@ -242,15 +243,13 @@ def _finetune_both(
                     cfg = FinetuneConfig(
                         task=task,
                         model=str(init_dir),
-                        train=str(tasks[f"{name}_train"]),
-                        dev=str(tasks[f"{name}_dev"]),
+                        train_file=str(tasks[f"{name}_train"]),
+                        dev_file=str(tasks[f"{name}_dev"]),
                         out=str(run_out),
                         epochs=plan.ner_epochs if task == "ner" else plan.finetune_epochs,
-                        learning_rate=lr,
                         max_train_examples=plan.train_examples[name],
-                        seed=ft_seed,
-                        progress=progress,
                         overwrite=run_out.exists(),  # an interrupted run of this stage: start it again
+                        train=finetune_training(learning_rate=lr, seed=ft_seed, progress=progress),
                     )
                     run_finetune(cfg)
                 score = json.loads((run_out / "metrics.json").read_text())["dev"][metric]

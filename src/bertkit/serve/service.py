@@ -12,53 +12,28 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
-from bertkit.checkpoint import has_mlm_head
-from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
-from bertkit.files import no_such_path
 from bertkit.infer import embed, embedding_settings, fill_mask
 from bertkit.machine import pick_device
-from bertkit.model import BertForPreTraining, BertModel
 from bertkit.tasks.base import check_encodable
-from bertkit.tokenizer import Tokenizer
+from bertkit.tasks.model_dir import open_model_dir
 
 T = TypeVar("T")
 MAX_INPUTS = 256  # per request: larger batches belong to `bertkit predict` / `bertkit embed` on files
-TASK_INPUT = {
-    "cls": '{"text": "..."}',
-    "pair": '{"text_a": "...", "text_b": "..."}',
-    "regression": '{"text": "..."}, or {"text_a": "...", "text_b": "..."} for a model trained on pairs',
-    "ner": '{"text": "..."}',
-    "qa": '{"question": "...", "context": "..."}',
-}
 
 
 class Service:
     """A loaded model directory and its calls; thread-safe (model calls run one at a time on one worker thread)."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
-        from bertkit.recipes.finetune import fine_tuned_task, load_task_model
-
         self.path = Path(model_dir)
-        if not self.path.is_dir():
-            raise BertkitError(no_such_path(self.path))
         self.device = pick_device(device)
-        self.config = BertConfig.load(self.path)
-        self.task_name = fine_tuned_task(self.path)  # None: a pre-trained or plain encoder (fill-mask, embed)
-        self.mlm: BertForPreTraining | None = None
-        self.task_model: torch.nn.Module | None = None
-        if self.task_name:
-            self.task, self.task_model, self.tokenizer, self.id2label = load_task_model(self.path, None, self.device)
-            self.encoder: BertModel = self.task_model.bert  # type: ignore[assignment]
-        else:
-            self.tokenizer = Tokenizer.from_pretrained(self.path)
-            if has_mlm_head(self.path):
-                self.mlm = BertForPreTraining.from_pretrained(self.path).to(self.device)
-                self.encoder = self.mlm.bert
-            else:
-                self.encoder = BertModel.from_pretrained(self.path).to(self.device)
+        opened = open_model_dir(self.path, self.device)
+        self.config, self.tokenizer, self.encoder = opened.config, opened.tokenizer, opened.encoder
+        self.mlm = opened.mlm
+        self.task_model = opened.task_model  # None: a pre-trained or plain encoder (fill-mask, embed)
+        self.task_name = self.task_model.task.name if self.task_model else None
         self.embedding = embedding_settings(self.path)
         # Every model call runs on this one thread, in arrival order: torch already spreads a call over every core,
         # and a fresh thread per request would pay for a fresh OpenMP thread team each time (measured: ~5 ms).
@@ -78,8 +53,8 @@ class Service:
         return {
             "model": str(self.path),
             "task": self.task_name,
-            "input": TASK_INPUT.get(self.task_name or ""),
-            "labels": [self.id2label[i] for i in sorted(self.id2label)] if self.task_name else None,
+            "input": self.task_model.task.input_schema if self.task_model else None,
+            "labels": [tm.id2label[i] for i in sorted(tm.id2label)] if (tm := self.task_model) else None,
             "endpoints": endpoints,
             "config": {
                 "layers": c.num_hidden_layers,
@@ -94,27 +69,22 @@ class Service:
 
     def predict(self, inputs: list[dict]) -> list[dict]:
         """The task model's predictions, one per input object (the fields `info()["input"]` names)."""
-        if not self.task_name:
+        task_model = self.task_model
+        if task_model is None:
             raise BertkitError(
                 f"{self.path} is not a fine-tuned task model, so it has no predictions; "
                 f"it answers {', '.join(self.info()['endpoints'])}"
             )
         _check_count(inputs, "inputs")
-        examples = []
+        task, examples = task_model.task, []
         for n, row in enumerate(inputs):
             if not isinstance(row, dict):
-                raise BertkitError(f"inputs[{n}]: expected an object like {TASK_INPUT[self.task_name]}, got {row!r}")
+                raise BertkitError(f"inputs[{n}]: expected an object like {task.input_schema}, got {row!r}")
             try:
-                examples.append(self.task.from_json(row, n))
+                examples.append(task.from_json(row, n))
             except BertkitError as e:
-                wanted = TASK_INPUT[self.task_name]
-                raise BertkitError(f"inputs[{n}]: {e}; a {self.task_name} model takes {wanted}") from None
-
-        def run() -> list[dict]:
-            features = self.task.features(examples, self.tokenizer, None, train=False)
-            return self.task.predict(self.task_model, self.tokenizer, examples, features, self.id2label)
-
-        return self._run(run)
+                raise BertkitError(f"inputs[{n}]: {e}; a {task.name} model takes {task.input_schema}") from None
+        return self._run(lambda: task_model.predict(examples))
 
     def fill_mask(self, texts: list[str], top_k: int = 5) -> list[dict]:
         """Top-k tokens for every [MASK] of each text."""

@@ -1,47 +1,46 @@
-"""What every fine-tuning task provides; the fine-tune/evaluate/predict recipes run any of them."""
+"""What every fine-tuning task provides: everything that differs between task families lives in a `Task` subclass
+(its model class, metric, input schema, defaults, reading and scoring), so the recipes, `predict`, `evaluate`,
+`serve` and `export` run any of them without naming one."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bertkit.data.padding import encoder_inputs, pad_rows
+from bertkit.constants import IGNORE_INDEX
 from bertkit.errors import BertkitError
-from bertkit.model import IGNORE_INDEX
-from bertkit.tokenizer import Tokenizer
+from bertkit.tasks.settings import TaskSettings
+from bertkit.tokenizer import Tokenizer, encoder_inputs, pad_rows
 
 Feature = dict[str, Any]
 
 
-@dataclass
-class TaskSettings:
-    """Task settings kept with the model: max sequence length; QA windows, query/answer lengths, n-best; whether a
-    regression reads text pairs."""
-
-    max_seq_length: int = 128
-    doc_stride: int = 128  # QA: overlap step between windows of a long passage
-    max_query_length: int = 64
-    max_answer_length: int = 30
-    n_best: int = 20
-    relocate_answers: bool = False
-    # Regression: True/False once its training data has shown whether inputs are pairs; None (a model from
-    # elsewhere) reads a pair wherever the input has text_b.
-    text_pair: bool | None = None
-
-
 class Task:
-    """A task family: reading, encoding to features, batching, scoring and prediction output."""
+    """A task family: its model, reading, encoding to features, batching, scoring and prediction output."""
 
-    name: str = ""
-    main_metric: str = ""
-    model_name: str = ""  # key of bertkit.model.TASK_MODELS
+    name: str = ""  # the CLI's --task value and bertkit_task.json's "task"
+    main_metric: str = ""  # the dev metric that picks the best model (higher is better)
+    model_class: type[torch.nn.Module]  # the bertkit.model class with this task's head (and its HF architecture)
+    # What the head's outputs mean ("classes", "value", "tags", "span"): a model fine-tuned for one task serves
+    # another task only with the same head (a pair classifier evaluates single sentences, never a tagger's data).
+    head: str = ""
+    input_schema: str = ""  # one input as a JSON object: what `predict` (JSON lines) and the HTTP API take
+    default_max_seq_length: int = TaskSettings.max_seq_length
+    export_kind: str = "classifier"  # what `bertkit export` calls the graph of such a model
+    onnx_outputs: tuple[str, ...] = ("logits",)  # the exported graph's outputs, named as transformers names them
+    per_token: bool = False  # whether those outputs have a sequence dimension: (B, T, ...)
+    stdin_suffix: str = ".txt"  # how `predict --input -` reads standard input: as a file of this kind
 
     def __init__(self, settings: TaskSettings | None = None):
-        self.settings = settings or TaskSettings()
+        self.settings = settings or self.default_settings()
+
+    @classmethod
+    def default_settings(cls) -> TaskSettings:
+        """The settings a run starts from when it is given none."""
+        return TaskSettings(max_seq_length=cls.default_max_seq_length)
 
     def read(self, path: str | Path, labelled: bool = True) -> list:
         """Read a data file into examples; `labelled=False` accepts input without labels (for prediction)."""
@@ -75,6 +74,19 @@ class Task:
     def predict(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> list[dict]:
         """One JSON-serialisable prediction per example (the lines `bertkit predict` writes)."""
         raise NotImplementedError
+
+    def read_for_prediction(self, path: str | Path) -> list:
+        """Inputs to predict from a file: the task's data format without labels (a task may accept more)."""
+        return self.read(path, labelled=False)
+
+    def echo(self, example: Any) -> dict:
+        """The input of one prediction, so that each output line of `bertkit predict` can be read on its own."""
+        raise NotImplementedError
+
+    def where(self, example: Any, path: str | Path) -> str:
+        """Where an input came from, for an error message."""
+        line = getattr(example, "line", None)
+        return f"line {line} of {path}" if line else f"an input of {path}"
 
 
 def text_field(row: dict, key: str, alternative: str | None = None) -> str:

@@ -11,7 +11,9 @@ import torch
 
 from bertkit.data.task_files import TextExample, read_classification
 from bertkit.errors import BertkitError
+from bertkit.files import read_lines
 from bertkit.metrics import accuracy, macro_f1, regression_scores
+from bertkit.model import BertForSequenceClassification
 from bertkit.tasks.base import Feature, Task, run_model, text_field
 from bertkit.tokenizer import Tokenizer
 
@@ -32,7 +34,9 @@ class ClassificationTask(Task):
 
     name = "cls"
     main_metric = "accuracy"
-    model_name = "cls"
+    model_class = BertForSequenceClassification
+    head = "classes"
+    input_schema = '{"text": "..."}'
     pair = False
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
@@ -42,6 +46,24 @@ class ClassificationTask(Task):
             if self.pair and ex.text_b is None:
                 raise BertkitError(f"{path}:{ex.line}: a pair task needs text_a and text_b columns")
         return examples
+
+    def read_for_prediction(self, path: str | Path) -> list[TextExample]:
+        """A TSV/CSV/JSON(L) file as `read` takes it, or plain lines: a text per line, or (for a model that reads
+        pairs) text_a<TAB>text_b. A model that does not know whether it reads pairs takes a tab as the sign."""
+        if Path(path).suffix.lower() in (".tsv", ".csv", ".jsonl", ".json"):
+            return self.read(path, labelled=False)
+        rows = []
+        for n, line in enumerate(read_lines(path), start=1):
+            if line.strip():
+                a, tab, b = line.partition("\t")
+                rows.append(TextExample(a, b if (self.pair if self.pair is not None else bool(tab)) else None, None, n))
+        return rows
+
+    def echo(self, example: TextExample) -> dict:
+        """The line number and the text(s)."""
+        if example.text_b is None:
+            return {"line": example.line, "text": example.text_a}
+        return {"line": example.line, "text_a": example.text_a, "text_b": example.text_b}
 
     def from_json(self, row: dict, n: int = 0) -> TextExample:
         """{"text"} (or {"text_a"}); a pair task also needs {"text_b"}."""
@@ -130,7 +152,7 @@ class PairClassificationTask(ClassificationTask):
     """Sentence-pair classification (`pair`): `text_a` as segment A, `text_b` as segment B."""
 
     name = "pair"
-    model_name = "pair"
+    input_schema = '{"text_a": "...", "text_b": "..."}'
     pair = True
 
 
@@ -145,7 +167,8 @@ class RegressionTask(ClassificationTask):
     # BERT paper's table gives Spearman). Both are in the metrics, with the MSE; a lower MSE is not the aim alone,
     # since predicting every target's mean scores well on MSE while ranking nothing.
     main_metric = "pearson"
-    model_name = "regression"
+    head = "value"
+    input_schema = '{"text": "..."}, or {"text_a": "...", "text_b": "..."} for a model trained on pairs'
 
     @property
     def pair(self) -> bool | None:  # type: ignore[override]

@@ -9,19 +9,18 @@ from pathlib import Path
 
 import torch
 
+from bertkit.constants import IGNORE_INDEX
 from bertkit.data.task_files import TaggedSentence, numbered_lines, read_conll
 from bertkit.errors import BertkitError
 from bertkit.metrics import entity_prf, entity_spans
-from bertkit.model import IGNORE_INDEX
+from bertkit.model import BertForTokenClassification
 from bertkit.tasks.base import Feature, Task, run_model, text_field
-from bertkit.tokenizer import Tokenizer
-
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+from bertkit.tokenizer import Tokenizer, contains_cjk
 
 
 def words_of(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     """Split raw text into the units a tagger labels: characters for Chinese, white-space words otherwise."""
-    if _CJK.search(text):
+    if contains_cjk(text, bmp_only=True):
         spans = [(i, i + 1) for i, ch in enumerate(text) if not ch.isspace()]
     else:
         spans = [m.span() for m in re.finditer(r"\S+", text)]
@@ -41,13 +40,25 @@ class NerTask(Task):
 
     name = "ner"
     main_metric = "f1"
-    model_name = "ner"
+    model_class = BertForTokenClassification
+    head = "tags"
+    input_schema = '{"text": "..."}'
+    export_kind = "tagger"
+    per_token = True
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TaggedSentence]:
         """CoNLL when labelled; else text lines split by `words_of`, character spans kept for `predict`."""
         if labelled:
             return read_conll(path, require_tags=True)
         return [_sentence(line, n) for n, line in numbered_lines(path) if line.strip()]
+
+    def read_for_prediction(self, path: str | Path) -> list[TaggedSentence]:
+        """Text lines; a CoNLL file (.conll, .bio, .bioes) is read as one, its tags left aside."""
+        return self.read(path, labelled=Path(path).suffix.lower() in (".conll", ".bio", ".bioes"))
+
+    def echo(self, example: TaggedSentence) -> dict:
+        """The line number and the text that the entities' start and end point into."""
+        return {"line": example.line, "text": getattr(example, "text", " ".join(example.tokens))}
 
     def from_json(self, row: dict, n: int = 0) -> TaggedSentence:
         """{"text"}: raw text, split as `words_of` splits it."""
@@ -67,14 +78,9 @@ class NerTask(Task):
     def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
         """Chunks of whole words up to `max_seq_length`; a word's label sits on its first sub-token only."""
         budget = self.settings.max_seq_length - 2
-        encs = tok._rust.encode_batch([ex.tokens for ex in examples], is_pretokenized=True, add_special_tokens=False)
+        pieces_per_sentence = tok.encode_words([ex.tokens for ex in examples])  # grouped per word: never split one
         out: list[Feature] = []
-        for s, (ex, enc) in enumerate(zip(examples, encs, strict=True)):
-            # Sub-token ids grouped per word, so chunks never split a word.
-            per_word: list[list[int]] = [[] for _ in ex.tokens]
-            for tid, w in zip(enc.ids, enc.word_ids, strict=True):
-                if w is not None:
-                    per_word[w].append(tid)
+        for s, (ex, per_word) in enumerate(zip(examples, pieces_per_sentence, strict=True)):
             start = 0
             while start < len(per_word):
                 ids, labels, first_pos, words = [tok.cls_id], [IGNORE_INDEX], [], []

@@ -5,7 +5,6 @@ passage text through character offsets. SQuAD v2 "no answer" when the data has u
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,10 +13,10 @@ import torch
 from bertkit.data.task_files import QAExample, json_object_lines, numbered_lines, read_squad
 from bertkit.errors import BertkitError
 from bertkit.metrics import qa_scores
+from bertkit.model import BertForQuestionAnswering
 from bertkit.tasks.base import Feature, Task, run_model, text_field
-from bertkit.tokenizer import Tokenizer
-
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+from bertkit.tasks.settings import QA_MAX_SEQ_LENGTH
+from bertkit.tokenizer import Tokenizer, contains_cjk
 
 
 class QaTask(Task):
@@ -25,7 +24,14 @@ class QaTask(Task):
 
     name = "qa"
     main_metric = "f1"
-    model_name = "qa"
+    model_class = BertForQuestionAnswering
+    head = "span"
+    input_schema = '{"question": "...", "context": "..."}'
+    stdin_suffix = ".jsonl"  # predict's standard input: JSON lines, as a question and its passage need
+    default_max_seq_length = QA_MAX_SEQ_LENGTH
+    onnx_outputs = ("start_logits", "end_logits")
+    export_kind = "qa"
+    per_token = True
 
     def read(self, path: str | Path, labelled: bool = True) -> list[QAExample]:
         """SQuAD JSON, or a `.jsonl` file of {question, context, id?} objects without answers (prediction)."""
@@ -43,6 +49,13 @@ class QaTask(Task):
             raise BertkitError(f"{path}: no answers to train or evaluate on")
         return examples
 
+    def echo(self, example: QAExample) -> dict:
+        """The id and question (the passage is left out: long, and the same for many questions)."""
+        return {"id": example.id, "question": example.question}
+
+    def where(self, example: QAExample, path: str | Path) -> str:
+        return f"question id {example.id!r} of {path}"
+
     def from_json(self, row: dict, n: int = 0) -> QAExample:
         """{"question", "context", "id" (optional)}."""
         return QAExample(str(row.get("id", n)), text_field(row, "question"), text_field(row, "context"))
@@ -50,11 +63,11 @@ class QaTask(Task):
     def features(self, examples: Sequence[QAExample], tok: Tokenizer, label2id, train: bool) -> list[Feature]:
         """One `[CLS] question [SEP] window [SEP]` feature per window; `train` labels the answer, or [CLS]."""
         st = self.settings
-        questions = tok._rust.encode_batch([ex.question for ex in examples], add_special_tokens=False)
-        contexts = tok._rust.encode_batch([ex.context for ex in examples], add_special_tokens=False)
+        questions = tok.ids_batch([ex.question for ex in examples])
+        contexts = tok.encode_with_offsets([ex.context for ex in examples])
         out: list[Feature] = []
         for e, (ex, q, c) in enumerate(zip(examples, questions, contexts, strict=True)):
-            q_ids = q.ids[: st.max_query_length]
+            q_ids = q[: st.max_query_length]
             room = st.max_seq_length - len(q_ids) - 3
             if room < 8:
                 raise BertkitError(f"question {ex.id!r}: --max-seq-length {st.max_seq_length} leaves no room for text")
@@ -132,7 +145,8 @@ class QaTask(Task):
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
         """EM and F1 of the best span over all windows; CMRC 2018 scoring when most passages are Chinese."""
         answers = self._answers(model, tok, examples, features)
-        lang = "zh" if sum(bool(_CJK.search(ex.context[:200])) for ex in examples) > len(examples) / 2 else "en"
+        n_chinese = sum(contains_cjk(ex.context[:200], bmp_only=True) for ex in examples)
+        lang = "zh" if n_chinese > len(examples) / 2 else "en"
         gold = {str(i): [t for t, _ in ex.answers] for i, ex in enumerate(examples)}
         scores = qa_scores({str(i): a["text"] for i, a in enumerate(answers)}, gold, lang)
         return {**scores, "questions": len(examples), "scoring": "cmrc2018" if lang == "zh" else "squad"}

@@ -1,32 +1,62 @@
-"""The settings of one training run."""
+"""The settings of one training run; the recipes' CLI flags for them are generated from these fields."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from bertkit.options import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE,
+    POSITIVE_NUMBER,
+    SEED,
+    option,
+)
 
 
 @dataclass
 class TrainConfig:
     """Settings of one `Trainer` run: steps, batch, optimiser, schedule, cadences, device, precision."""
 
-    out_dir: str
-    max_steps: int = 1000
-    batch_size: int = 32  # per device and micro-step
-    grad_accum: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
+    out_dir: str = option(
+        "runs/train", flag="--out", metavar="RUN_DIR", help="checkpoints, metrics.jsonl and curves.png go here"
+    )
+    max_steps: int | None = option(
+        1000, type=POSITIVE, help="optimizer steps to train for (a recipe may derive them: fine-tuning from --epochs)"
+    )
+    batch_size: int = option(32, type=POSITIVE, help="examples per device and micro-step")
+    grad_accum: int = option(1, type=POSITIVE, help="micro-steps per optimizer step")
+    learning_rate: float = option(
+        1e-4, type=POSITIVE_NUMBER, help="AdamW's peak rate, reached after warm-up, then decayed linearly to 0"
+    )
+    weight_decay: float = option(0.01, type=NON_NEGATIVE_NUMBER, help="AdamW's decoupled weight decay")
+    warmup_ratio: float = option(0.05, type=FRACTION, help="share of steps with a linearly rising rate")
     adam_eps: float = 1e-6
     max_grad_norm: float = 1.0
-    log_every: int = 10
-    eval_every: int = 200
-    save_every: int = 500
+    log_every: int = option(10, type=POSITIVE, help="steps between logged training losses")
+    eval_every: int | None = option(
+        200, type=NON_NEGATIVE, help="held-out evaluation interval in steps (0: at the end only)"
+    )
+    save_every: int = option(
+        500, type=NON_NEGATIVE,
+        help="checkpoint interval in steps (0: no checkpoints, so nothing to --resume from; the model is still saved)",
+    )  # fmt: skip
     keep_checkpoints: int = 2
-    seed: int = 0
-    device: str | None = None
-    precision: str = "auto"  # auto (bf16 on CUDA when supported, else fp32) | fp32 | bf16 | fp16
+    seed: int = option(0, type=SEED, help="initialisation, data order, masking and dropout")
+    device: str | None = option(None, help="cpu or cuda (default: cuda when available)")
+    precision: str = option(
+        "auto", choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 autocast on GPUs that support it, else fp32",
+    )  # fmt: skip
     progress: bool = True
-    max_minutes: float | None = None  # stop (evaluate, save) once training has run this long
-    # Under torchrun: shard parameters, gradients and optimizer state across the ranks (PyTorch FSDP2, one unit per
-    # encoder layer plus the rest) instead of replicating them (DDP); for models too big for one device's memory.
-    fsdp: bool = False
+    max_minutes: float | None = option(
+        None, type=POSITIVE_NUMBER, help="stop (evaluate, save) once training has run this long"
+    )
+    fsdp: bool = option(
+        False,
+        help="under torchrun: shard parameters, gradients and optimizer state across the processes (PyTorch FSDP2) "
+        "instead of replicating them (DDP), for models that do not fit one device; checkpoints are full model "
+        "directories either way, and a run resumes with or without --fsdp, on any number of processes (the "
+        "global batch is --batch-size x processes, so only the same number resumes exactly)",
+    )

@@ -1,0 +1,131 @@
+"""Settings that say how the command line sets them.
+
+A config dataclass declares each setting once, with its default, its check and its help text (`option`); the
+`bertkit` command adds the flags from those fields (`add_options`) and builds the config back from the parsed
+arguments (`from_args`). So a default or a help text is never restated in the CLI, and a new setting is one field.
+Only the standard library here: `bertkit --help` must not wait for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def whole_number(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
+    """An argparse `type` for an integer in [low, high]: anything else is argparse's one-line error, exit 2."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            wanted = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}{why}, got {value}")
+        return value
+
+    return parse
+
+
+def number(
+    low: float, high: float | None = None, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse `type` for a finite float in the interval from `low` to `high` (open ends where asked)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            if high is not None and not (low_open or high_open):
+                wanted = f"from {low:g} to {high:g}"
+            else:
+                wanted = f"more than {low:g}" if low_open else f"at least {low:g}"
+                wanted += "" if high is None else f" and {'less than' if high_open else 'at most'} {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE = whole_number(1)
+NON_NEGATIVE = whole_number(0)
+SEQ_LENGTH = whole_number(8, why=" (room for [CLS], the text and [SEP])")
+PORT = whole_number(0, 65535, why=" (0 picks a free port)")
+POSITIVE_NUMBER = number(0, low_open=True)
+NON_NEGATIVE_NUMBER = number(0)
+FRACTION = number(0, 1)  # a share, both ends allowed
+DROPOUT = number(0, 1, high_open=True)
+SEED = whole_number(0, 2**32 - 1)  # numpy's seeding refuses negative numbers
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    flag: str | None = None,
+    type: Callable[[str], Any] | None = None,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    nargs: str | None = None,
+) -> Any:
+    """A dataclass field that the CLI exposes as `flag` (default: `--field-name`). A bool with default False is a
+    switch that sets it, with default True one that clears it (name the flag then, e.g. `--no-nsp`). A field
+    without a default is a required flag. `help` may say %(default)s; otherwise a non-empty default is appended."""
+    meta = {"help": help, "flag": flag, "type": type, "choices": choices, "metavar": metavar, "nargs": nargs}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def cli_fields(config: type) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that the CLI exposes (declared with `option`)."""
+    return [f for f in dataclasses.fields(config) if "help" in f.metadata]
+
+
+def add_options(
+    parser: argparse.ArgumentParser | Any,
+    config: type,
+    *,
+    only: Sequence[str] | None = None,
+    skip: Sequence[str] = (),
+    defaults: Any = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Add a flag for each CLI field of `config` (those in `only`, if given; not those in `skip`). `defaults` (an
+    instance) supplies other defaults than the class's own, as a recipe that nests a config does; `overrides` other
+    `option` arguments by field name (a help text, a check, a default), where a recipe means something more
+    particular than the general field."""
+    for f in cli_fields(config):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        meta = {**f.metadata, **(overrides or {}).get(f.name, {})}
+        default = getattr(defaults, f.name) if defaults is not None else f.default
+        default = meta.get("default", default)
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        text = meta["help"]
+        kwargs: dict[str, Any] = {"dest": f.name}
+        if isinstance(default, bool):
+            kwargs["action"] = "store_false" if default else "store_true"
+        else:
+            if default is dataclasses.MISSING:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = default
+                if default is not None and "default" not in text:
+                    text += " (default %(default)s)"
+            for key in ("type", "choices", "metavar", "nargs"):
+                if meta[key] is not None:
+                    kwargs[key] = meta[key]
+        parser.add_argument(flag, help=text, **kwargs)
+
+
+def from_args(config: type, args: argparse.Namespace, **values: Any) -> Any:
+    """An instance of `config` from the parsed arguments of its CLI fields, and `values` for the rest (which win)."""
+    kwargs = {f.name: getattr(args, f.name) for f in cli_fields(config) if hasattr(args, f.name)}
+    return config(**{**kwargs, **values})

@@ -1,0 +1,66 @@
+"""The recipes' settings, each stated once: the CLI's flags, defaults and help texts are generated from these fields
+(bertkit.options). Light on purpose (no torch), so that `bertkit --help` answers at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bertkit.options import DROPOUT, POSITIVE, POSITIVE_NUMBER, option
+from bertkit.tasks.settings import TASK_NAMES, TaskSettings
+from bertkit.train.config import TrainConfig
+
+
+def finetune_training(**changes: Any) -> TrainConfig:
+    """Fine-tuning's training settings: BERT's defaults (batch 32, peak rate 5e-5, 10% warm-up) with `changes`.
+    Unless set, the steps come from the epochs, the evaluation cadence from the epoch length, and the output
+    folder from the run's output directory."""
+    defaults = TrainConfig(out_dir="", max_steps=None, batch_size=32, learning_rate=5e-5, warmup_ratio=0.1,
+                           eval_every=None, log_every=20, seed=42)  # fmt: skip
+    return replace(defaults, **changes)
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run (`bertkit finetune`): task, model, data files, output, training."""
+
+    task: str = option(
+        choices=TASK_NAMES,
+        help="cls: text -> label; pair: two texts -> label; regression: text (or two) -> a number; ner: a label "
+        "per token (CoNLL); qa: answer span (SQuAD)",
+    )
+    model: str = option(metavar="DIR", help="a bertkit or Hugging Face BERT model directory")
+    train_file: str = option(
+        flag="--train", metavar="FILE",
+        help="TSV/CSV/JSONL with a header line (text or text_a, text_b, label), CoNLL, or SQuAD JSON; .csv is read "
+        "as comma-separated, .tsv as tab-separated; labels are read without surrounding white space ('1 ' is '1')",
+    )  # fmt: skip
+    out: str = option(metavar="DIR", help="the fine-tuned model directory")
+    dev_file: str | None = option(
+        None, flag="--dev", metavar="FILE", help="evaluated each epoch; the best model is kept"
+    )
+    epochs: float = option(3.0, type=POSITIVE_NUMBER, help="passes over the training data")
+    patience: int | None = option(None, type=POSITIVE, help="early stop after N evaluations without gain")
+    max_train_examples: int | None = option(None, type=POSITIVE, help="train on the first N examples")
+    dropout: float | None = option(None, type=DROPOUT, help="override the model's dropout (BERT: 0.1)")
+    resume: bool = option(False, help="continue from the newest checkpoint in --out")
+    overwrite: bool = option(
+        False, help="replace an earlier fine-tuned model in --out (only the files finetune writes are removed)"
+    )
+    train: TrainConfig = field(default_factory=finetune_training)
+    settings: TaskSettings | None = None  # None: the task's defaults
+    save_model: bool = True  # False: metrics only, no model directory or checkpoints (for many short runs)
+
+
+# How `bertkit finetune` words the training flags it takes from TrainConfig, where fine-tuning means more.
+FINETUNE_TRAINING_FLAGS = {
+    "max_steps": {"help": "overrides --epochs"},
+    "batch_size": {"help": "examples per optimiser step"},
+    "learning_rate": {
+        "help": "AdamW's peak rate, reached after warm-up, then decayed linearly to 0 (default %(default)s, BERT's "
+        "for a base model; bertkit's small pre-trained models did best at 5e-4 to 1e-3)"
+    },
+    "warmup_ratio": {"help": "share of steps with a rising rate"},
+    "eval_every": {"type": POSITIVE, "help": "steps (default: once per epoch)"},
+    "seed": {"help": "head initialisation, data order, dropout"},
+}

@@ -1,0 +1,167 @@
+"""Open a model directory as what it is: a fine-tuned task model, a pre-trained model with its masked-LM head, or a
+plain encoder. `predict`, `evaluate`, `fill-mask`, `embed`, `serve` and `export` all open directories here, so each
+of them reads bertkit's and Hugging Face's directories alike and refuses an incomplete one with the same words.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bertkit.checkpoint import has_mlm_head, tensor_names
+from bertkit.config import BertConfig
+from bertkit.errors import BertkitError
+from bertkit.files import no_such_path, read_json_object
+from bertkit.model import BertForPreTraining, BertModel
+from bertkit.tasks.base import Task
+from bertkit.tasks.registry import TASKS, task_for_architecture
+from bertkit.tasks.settings import TaskSettings
+from bertkit.tokenizer import Tokenizer
+
+# Written beside a fine-tuned model's weights: {"task": name, "settings": TaskSettings as a dict}. A Hugging Face
+# task model has none; its task is read from its architecture (`task_for_architecture`).
+TASK_FILE = "bertkit_task.json"
+
+
+def write_task_record(directory: str | Path, task: Task) -> None:
+    """Write `bertkit_task.json` for a model of `task` into `directory`."""
+    record = {"task": task.name, "settings": asdict(task.settings)}
+    (Path(directory) / TASK_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_task_record(model_dir: str | Path) -> dict:
+    """The `bertkit_task.json` of a fine-tuned model directory: {"task", "settings"}, checked."""
+    path = Path(model_dir) / TASK_FILE
+    record = read_json_object(path, "copy the model directory again")
+    if record.get("task") not in TASKS or not isinstance(record.get("settings", {}), dict):
+        raise BertkitError(f'{path}: expected {{"task": one of {", ".join(TASKS)}, "settings": {{...}}}}')
+    return record
+
+
+def fine_tuned_task(model_dir: str | Path) -> str | None:
+    """The task a model directory was fine-tuned for (bertkit_task.json, else its HF architecture); None for a
+    pre-trained or plain encoder directory."""
+    path = Path(model_dir)
+    if (path / TASK_FILE).is_file():
+        return read_task_record(path)["task"]
+    extra = BertConfig.load(path).extra
+    id2label = extra.get("id2label")
+    return task_for_architecture(
+        (extra.get("architectures") or [""])[0], len(id2label) if id2label else None, extra.get("problem_type")
+    )
+
+
+@dataclass
+class TaskModel:
+    """A fine-tuned model with what answering needs: its task (and settings), tokenizer and labels."""
+
+    task: Task
+    model: nn.Module
+    tokenizer: Tokenizer
+    id2label: dict[int, str]
+
+    def features(self, examples: Sequence) -> list[dict[str, Any]]:
+        """The model's inputs for `examples` (labels left out)."""
+        return self.task.features(examples, self.tokenizer, None, train=False)
+
+    def predict(self, examples: Sequence) -> list[dict]:
+        """One JSON-serialisable prediction per example."""
+        return self.task.predict(self.model, self.tokenizer, examples, self.features(examples), self.id2label)
+
+    def evaluate(self, examples: Sequence, source: str | Path) -> dict:
+        """The task's metrics on labelled `examples` read from `source`; a label the model does not know is an
+        error naming its line in `source`."""
+        if self.id2label:
+            self.task.check_labels(examples, {v: k for k, v in self.id2label.items()}, source)
+        return self.task.evaluate(self.model, self.tokenizer, examples, self.features(examples), self.id2label)
+
+
+def open_task_model(
+    model_dir: str | Path, task: str | None = None, device: str | torch.device | None = None
+) -> TaskModel:
+    """The fine-tuned model in `model_dir`, as a `task` model when given (which must have the same kind of head as
+    the one it was fine-tuned for: a pair classifier evaluates single sentences, never a tagger's data)."""
+    path = Path(model_dir)
+    name = fine_tuned_task(path)
+    if name is None:
+        arch = (BertConfig.load(path).extra.get("architectures") or [""])[0]
+        raise BertkitError(
+            f"{model_dir} is a {arch or 'plain BERT'} model, not a fine-tuned task model: fine-tune it first "
+            "(bertkit finetune), or use a model directory written by it"
+        )
+    if task and TASKS[task].head != TASKS[name].head:
+        raise BertkitError(f"{model_dir} was fine-tuned for {name!r}, not {task!r}")
+    record = read_task_record(path) if (path / TASK_FILE).is_file() else {}
+    try:
+        task_obj = TASKS[task or name](TaskSettings(**record.get("settings", {})))
+    except TypeError as e:  # a settings key this bertkit does not know
+        raise BertkitError(f"{path / TASK_FILE}: settings do not fit this bertkit ({e})") from None
+    config = BertConfig.load(path)
+    id2label = {int(k): v for k, v in (config.extra.get("id2label") or {}).items()}
+    model = task_obj.model_class.from_pretrained(path, num_labels=len(id2label) or None)
+    heads = [n for n in getattr(model, "fresh_parameters", []) if n.startswith(("classifier.", "qa_outputs."))]
+    if heads:  # a task model without its trained head would answer at random, with exit 0
+        raise BertkitError(
+            f"{path}: the weights hold no trained task head ({heads[0]} is missing or of another shape): it is "
+            "not a complete fine-tuned model; copy the whole directory again, or fine-tune again"
+        )
+    if device is not None:
+        model.to(device)
+    return TaskModel(task_obj, model, Tokenizer.from_pretrained(path), id2label)
+
+
+@dataclass
+class ModelDir:
+    """An opened model directory. Exactly one of `task_model` (a fine-tuned model) and `mlm` (a pre-trained model
+    with its masked-LM head) is set, or neither (a plain encoder); `encoder` is always the BERT encoder inside."""
+
+    path: Path
+    config: BertConfig
+    tokenizer: Tokenizer
+    encoder: BertModel
+    task_model: TaskModel | None = None
+    mlm: BertForPreTraining | None = None
+
+    @property
+    def kind(self) -> str:
+        """"task", "pretrained" or "encoder"."""
+        return "task" if self.task_model else "pretrained" if self.mlm is not None else "encoder"
+
+    @property
+    def model(self) -> nn.Module:
+        """The whole model: the task model, the pre-training model, or the encoder."""
+        if self.task_model is not None:
+            return self.task_model.model
+        return self.mlm if self.mlm is not None else self.encoder
+
+
+def open_model_dir(model_dir: str | Path, device: str | torch.device | None = None) -> ModelDir:
+    """Open any model directory (bertkit's or Hugging Face's) as what it is. Only weights the directory holds are
+    loaded as heads: a directory without the masked-LM head opens as an encoder, and an encoder without the pooler's
+    weights gets no pooler (never a freshly initialised output)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise BertkitError(no_such_path(path))
+    config = BertConfig.load(path)
+    if fine_tuned_task(path):
+        task_model = open_task_model(path, None, device)
+        encoder: BertModel = task_model.model.bert  # type: ignore[assignment]
+        return ModelDir(path, config, task_model.tokenizer, encoder, task_model=task_model)
+    tokenizer = Tokenizer.from_pretrained(path)
+    names = tensor_names(path)
+    if has_mlm_head(names):
+        mlm = BertForPreTraining.from_pretrained(path)
+        if device is not None:
+            mlm.to(device)
+        return ModelDir(path, config, tokenizer, mlm.bert, mlm=mlm)
+    pooler = any(n.removeprefix("bert.").startswith("pooler.") for n in names)
+    encoder = BertModel.from_pretrained(path, add_pooler=pooler)
+    if device is not None:
+        encoder.to(device)
+    return ModelDir(path, config, tokenizer, encoder)

@@ -1,0 +1,31 @@
+"""The task names and the settings kept with a fine-tuned model: light (no torch), so the CLI can offer them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bertkit.options import POSITIVE, SEQ_LENGTH, option
+
+# The families of bertkit.tasks.registry, in its order (it checks that they agree).
+TASK_NAMES = ("cls", "pair", "regression", "ner", "qa")
+# QA's default length, the original's SQuAD setting: room for a passage window beside the question (the other
+# tasks default to TaskSettings.max_seq_length).
+QA_MAX_SEQ_LENGTH = 384
+
+
+@dataclass
+class TaskSettings:
+    """Task settings kept with the model: max sequence length; QA windows, query/answer lengths, n-best; whether a
+    regression reads text pairs."""
+
+    max_seq_length: int = option(
+        128, type=SEQ_LENGTH, help="tokens per example, longer ones truncated (qa: with --doc-stride windows)"
+    )
+    doc_stride: int = option(128, type=POSITIVE, help="qa: step between windows of a long passage")
+    max_query_length: int = 64
+    max_answer_length: int = option(30, type=POSITIVE, help="qa: in tokens")
+    n_best: int = 20
+    relocate_answers: bool = option(False, help="qa: fix answer_start to the text's position")
+    # Regression: True/False once its training data has shown whether inputs are pairs; None (a model from
+    # elsewhere) reads a pair wherever the input has text_b.
+    text_pair: bool | None = None

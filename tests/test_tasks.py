@@ -1,0 +1,75 @@
+"""The task registry and `open_model_dir`: every task family's facts in one class, every model directory opened as
+what it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertkit import BertConfig, BertkitError, BertModel, Tokenizer
+from bertkit.model import BertForPreTraining
+from bertkit.tasks.model_dir import TASK_FILE, fine_tuned_task, open_model_dir, open_task_model
+from bertkit.tasks.registry import TASKS, task_class, task_for_architecture
+
+
+def test_every_family_states_its_facts() -> None:
+    assert list(TASKS) == ["cls", "pair", "regression", "ner", "qa"]
+    for name, task in TASKS.items():
+        assert task.name == name
+        assert task.main_metric and task.head and task.input_schema.startswith("{")
+        assert task.model_class.hf_architecture.startswith("BertFor")
+        assert task.default_settings().max_seq_length == task.default_max_seq_length
+    assert TASKS["qa"].default_max_seq_length == 384 and TASKS["cls"].default_max_seq_length == 128
+    assert TASKS["cls"].head == TASKS["pair"].head != TASKS["regression"].head
+    with pytest.raises(BertkitError, match="unknown task 'nli'; choose one of cls, pair, regression, ner, qa"):
+        task_class("nli")
+
+
+@pytest.mark.parametrize(
+    ("architecture", "num_labels", "problem_type", "task"),
+    [
+        ("BertForSequenceClassification", None, None, "cls"),  # transformers' default: two labels
+        ("BertForSequenceClassification", 3, None, "cls"),
+        ("BertForSequenceClassification", 1, None, "regression"),  # one output is a regression, as in transformers
+        ("BertForSequenceClassification", 2, "regression", "regression"),
+        ("BertForTokenClassification", 9, None, "ner"),
+        ("BertForQuestionAnswering", None, None, "qa"),
+        ("BertForPreTraining", None, None, None),
+        ("BertModel", None, None, None),
+        ("", None, None, None),
+    ],
+)
+def test_task_of_a_hugging_face_architecture(architecture, num_labels, problem_type, task) -> None:
+    assert task_for_architecture(architecture, num_labels, problem_type) == task
+
+
+def test_open_model_dir_opens_each_kind(tiny_task_models: dict[str, Path], tmp_path: Path) -> None:
+    pretrained = open_model_dir(tiny_task_models["pretrained"])
+    assert pretrained.kind == "pretrained" and isinstance(pretrained.model, BertForPreTraining)
+    assert pretrained.encoder is pretrained.mlm.bert and pretrained.task_model is None
+    for name in ("cls", "ner", "qa"):
+        opened = open_model_dir(tiny_task_models[name])
+        assert opened.kind == "task" and opened.task_model.task.name == name and opened.mlm is None
+        assert opened.model is opened.task_model.model and opened.encoder is opened.model.bert
+        assert isinstance(opened.model, TASKS[name].model_class)
+    # An encoder saved without its pooler opens without one: no freshly initialised output.
+    torch.manual_seed(0)
+    config = BertConfig.load(tiny_task_models["pretrained"])
+    BertModel(config, add_pooler=False).save_pretrained(tmp_path / "enc")
+    Tokenizer.from_pretrained(tiny_task_models["pretrained"]).save_pretrained(tmp_path / "enc")
+    opened = open_model_dir(tmp_path / "enc")
+    assert opened.kind == "encoder" and opened.encoder.pooler is None and fine_tuned_task(tmp_path / "enc") is None
+    with pytest.raises(BertkitError, match="does not exist"):
+        open_model_dir(tmp_path / "missing")
+
+
+def test_open_task_model_checks_the_head(tiny_task_models: dict[str, Path]) -> None:
+    cls = tiny_task_models["cls"]
+    assert (cls / TASK_FILE).is_file()
+    assert open_task_model(cls, "pair").task.name == "pair"  # the same head: a pair classifier reads single texts
+    with pytest.raises(BertkitError, match="was fine-tuned for 'cls', not 'ner'"):
+        open_task_model(cls, "ner")
+    with pytest.raises(BertkitError, match="not a fine-tuned task model"):
+        open_task_model(tiny_task_models["pretrained"])
