@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from bertkit import BertConfig, BertModel
 from bertkit.data.task_files import TaggedSentence
 from bertkit.errors import BertkitError
-from bertkit.experiments.claims import EXPERIMENTS
-from bertkit.experiments.models import ConcatBiLM, char_window_ner_f1, embedding_matrix
-from bertkit.experiments.report import verdict, write_index
-from bertkit.experiments.workspace import BERT, SCALES, Workspace
+from experiments.claims import EXPERIMENTS
+from experiments.models import ConcatBiLM, char_window_ner_f1, embedding_matrix
+from experiments.report import verdict, write_index
+from experiments.workspace import BERT, SCALES, Workspace
 
 
 def test_verdict_compares_means_against_the_spread() -> None:
@@ -133,3 +133,28 @@ def test_workspace_refuses_cached_runs_of_another_scale(tmp_path: Path) -> None:
     with pytest.raises(BertkitError, match=r"not empty and has no scale\.json"):
         Workspace(tmp_path / "old", SCALES["test"], progress=False)
     assert [p.name for p in (tmp_path / "old" / "test").iterdir()] == ["tokenizer"]  # nothing written
+
+
+def test_entry_point_lists_the_claims_and_finds_its_paths_from_its_own_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from experiments import REPO
+    from experiments.__main__ import build_parser, main
+    from experiments.workspace import default_data_dir
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    assert all(f"  {name} " in shown for name in EXPERIMENTS) and "probe" in shown
+    # Another working directory changes nothing: workspace, reports and data are found from the checkout.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BERTKIT_DATA", raising=False)
+    args = build_parser().parse_args(["nsp"])
+    assert Path(args.work) == REPO / "runs" / "experiments"
+    assert (REPO / "docs" / "experiments" / "README.md").is_file() and (REPO / "experiments" / "claims.py").is_file()
+    assert default_data_dir() in (REPO.parent / "shared" / "data", None)
+    # A user's mistake is one line and exit status 2, before anything is written.
+    assert main(["nsp", "--seeds", "0", "--work", str(tmp_path / "ws")]) == 2
+    assert capsys.readouterr().err == "python -m experiments: error: --seeds 0: give at least 1\n"
+    assert not (tmp_path / "ws").exists()

@@ -127,7 +127,7 @@ class Report:
             self._bar_plot(out_dir, table, f"{self.name}{'_' + str(i + 1) if i else ''}.png")
         for file, caption, points in self.curves:
             self._line_plot(out_dir, file, caption, points)
-        parts = [f"# {self.title}", "", "_Written by `bertkit experiment " + self.name + "`; every number below was"
+        parts = [f"# {self.title}", "", "_Written by `python -m experiments " + self.name + "`; every number below was"
                  " measured by that command (see Setup)._", "", "## Setup", ""]  # fmt: skip
         parts += [f"- {line}" for line in self.setup]
         parts += ["", "## Results", ""]
@@ -148,7 +148,7 @@ class Report:
 
 def write_index(out_dir: Path, names: list[str]) -> Path:
     """`README.md` in the reports folder: every report there, with its verdicts copied from it."""
-    intro = "Each report is written by `bertkit experiment NAME`; the verdicts below are copied from them."
+    intro = "Each report is written by `python -m experiments NAME`; the verdicts below are copied from them."
     parts = ["# The BERT paper's claims at small scale", "", intro, ""]
     for name in names:
         path = out_dir / f"{name}.md"

@@ -3,7 +3,6 @@ encoders, Word2Vec vectors (gensim) as features or as an encoder's embedding lay
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -137,12 +136,6 @@ def word2vec_token_features(wv, tokenizer: Tokenizer, sentences: Sequence[Tagged
 
 
 # ------------------------------------------------------------------------------------------ classical baselines
-def majority_accuracy(train: Sequence[TextExample], dev: Sequence[TextExample]) -> float:
-    """Dev accuracy of always predicting the most frequent training label."""
-    top = Counter(ex.label for ex in train).most_common(1)[0][0]
-    return accuracy([top] * len(dev), [ex.label for ex in dev])
-
-
 def tfidf_logreg_accuracy(train: Sequence[TextExample], dev: Sequence[TextExample]) -> float:
     """TF-IDF character 1-3-grams + logistic regression; for pairs both sides and their product (shared n-grams)."""
     from scipy.sparse import hstack

@@ -1,13 +1,13 @@
 """Why NSP keeps a small masked LM on its plateau: the tiny model pre-trained with NSP at several weights and clips.
 
-    python benchmarks/nsp_plateau.py [--work runs/nsp_plateau] [--arms mlm_nsp,nsp_w0.1,...]
+    python -m experiments.nsp_plateau [--work runs/nsp_plateau] [--arms mlm_nsp,nsp_w0.1,...]   (repository root)
 
 Same data (the experiments' default workspace: People's Daily 1998-01 + unlabelled reviews), same tiny model, same
-seed, steps and learning rate as `bertkit experiment` (Scale "default"); the arms differ only in the NSP loss weight
-and the gradient-clipping norm. Each arm is judged by its held-out accuracy on [MASK]ed tokens against the floor of
-always guessing the commonest token. Each arm is an experiments `Arm` pre-trained by `Workspace.pretrain` in a
-workspace under --work (a finished arm is read, not re-run). Writes benchmarks/results/nsp_plateau.json (each arm's
-curve, the machine).
+seed, steps and learning rate as the claims (`python -m experiments`, Scale "default"); the arms differ only in the
+NSP loss weight and the gradient-clipping norm. Each arm is judged by its held-out accuracy on [MASK]ed tokens
+against the floor of always guessing the commonest token. Each arm is an experiments `Arm` pre-trained by
+`Workspace.pretrain` in a workspace under --work (a finished arm is read, not re-run). Writes
+benchmarks/results/nsp_plateau.json (each arm's curve, the machine).
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ import math
 import time
 from pathlib import Path
 
-from bertkit.experiments.workspace import SCALES, Arm, Workspace
 from bertkit.machine import describe
+from experiments import REPO
+from experiments.workspace import SCALES, Arm, Workspace
 
-HERE = Path(__file__).resolve().parent
+RESULTS = REPO / "benchmarks" / "results" / "nsp_plateau.json"
 # The arms differ only in the NSP loss weight and the gradient-clipping norm (inf: no clipping).
 ARMS = {
     arm.name: arm
     for arm in (
         Arm("mlm_only", nsp=False),
-        Arm("mlm_nsp", nsp_weight=1.0),  # the paper's recipe (earlier `bertkit experiment` runs used it)
+        Arm("mlm_nsp", nsp_weight=1.0),  # the paper's recipe
         Arm("nsp_w0.1", nsp_weight=0.1),
         Arm("nsp_noclip", nsp_weight=1.0, max_grad_norm=math.inf),
     )
@@ -36,15 +37,18 @@ ARMS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="runs/nsp_plateau", help="the workspace: data and one run folder per arm")
+    ap.add_argument(
+        "--work", default=str(REPO / "runs" / "nsp_plateau"), help="the workspace: data and one run folder per arm"
+    )
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
-    ap.add_argument("--results", default=str(HERE / "results" / "nsp_plateau.json"))
+    ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
     names = [a for a in args.arms.split(",") if a]
     unknown = [a for a in names if a not in ARMS]
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
-    ws = Workspace(Path(args.work), SCALES["default"])
+    scale = SCALES["default"]
+    ws = Workspace(Path(args.work), scale)
     t0 = time.perf_counter()
     curves = {}
     for name in names:
@@ -53,7 +57,8 @@ def main() -> None:
     result = {
         "benchmark": "nsp_plateau",
         "data": str(ws.prepared()),
-        "scale": "experiments default: tiny, 4000 steps x 32, lr 1e-3, init std 0.05, dropout 0, seed 0",
+        "scale": f"experiments default: {scale.preset}, {scale.pretrain_steps} steps x {scale.pretrain_batch}, "
+        f"lr {scale.pretrain_lr:g}, init std {scale.init_range}, dropout 0, seed 0",
         "arms": {
             n: {
                 "nsp_weight": ARMS[n].loss_nsp_weight,

@@ -1,28 +1,36 @@
 """The six claims of the BERT paper, each reproduced at small scale as one short recipe over the workspace.
 
-Every recipe returns a `Report`; `bertkit experiment NAME` writes it (markdown, JSON, PNG). No verdict is written
+Every recipe returns a `Report`; `python -m experiments NAME` writes it (markdown, JSON, PNG). No verdict is written
 in advance: each is computed from the measured scores (`report.verdict`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from bertkit.data.task_files import read_classification, read_conll
-from bertkit.experiments.models import (
+from bertkit.infer import fill_mask
+from bertkit.machine import summary as machine_summary
+from bertkit.model import BertForPreTraining
+from bertkit.recipes.quickstart import FILL_MASK_EXAMPLE
+from bertkit.recipes.small_scale import majority_accuracy
+from bertkit.tokenizer import Tokenizer
+from experiments.models import (
     char_window_ner_f1,
     concat_bilm_factory,
     embedding_matrix,
     linear_accuracy,
     linear_ner_f1,
-    majority_accuracy,
     tfidf_logreg_accuracy,
     train_word2vec,
     word2vec_init_factory,
     word2vec_sentence_features,
 )
-from bertkit.experiments.report import Report, Table, fmt, verdict
-from bertkit.experiments.workspace import (
+from experiments.report import Report, Table, fmt, verdict
+from experiments.workspace import (
     BERT,
     MLM_ONLY,
     TASK_LABEL,
@@ -32,12 +40,6 @@ from bertkit.experiments.workspace import (
     fresh_model_factory,
     probe_factory,
 )
-from bertkit.infer import fill_mask
-from bertkit.machine import summary as machine_summary
-from bertkit.model import BertForPreTraining
-from bertkit.tokenizer import Tokenizer
-
-FILL_MASK_EXAMPLE = "今天天气很[MASK]，我们不得不取消户外运动。"
 
 
 def _setup(ws: Workspace, arms: list[str]) -> list[str]:
@@ -63,7 +65,7 @@ def _setup(ws: Workspace, arms: list[str]) -> list[str]:
             ", LCQMC question pairs (its dev set split 1,000 dev / rest train: the train split is not in "
             "shared/data), CMRC 2018 (trial-set train; character F1 on the first dev articles)."
             if "pair" in tasks
-            else "; the pair and QA tasks need ../shared/data (not found: skipped)."
+            else "; the pair and QA tasks need the shared data sets ($BERTKIT_DATA; not found: skipped)."
         ),
         "Classical baselines (same labelled examples, seconds on a CPU): 'n-gram features + LR' is tf-idf over "
         "character 1-3-grams + logistic regression for cls and pair (pair: both sides and their product), and "
@@ -378,11 +380,45 @@ def _preset_layers(preset: str) -> int:
     return PRESETS[preset][0]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One claim: the recipe that measures it (calling the claim runs it) and what the index and --help say of it."""
+
+    recipe: Callable[[Workspace], Report]
+    tasks: tuple[str, ...]  # the task families it is measured on, in the report's order
+    setup: str  # the comparison, in one line
+
+    def __call__(self, ws: Workspace) -> Report:
+        return self.recipe(ws)
+
+
 EXPERIMENTS = {
-    "pretraining": pretraining_helps,
-    "word2vec": word2vec,
-    "bidirectional": bidirectional,
-    "masking": masking,
-    "nsp": nsp,
-    "elmo": elmo,
-}
+    "pretraining": Claim(
+        pretraining_helps, ("cls", "ner", "pair", "qa"),
+        "the BERT arm (masked LM 80/10/10 + NSP) vs. the same encoder from random initialisation, both fine-tuned",
+    ),
+    "word2vec": Claim(
+        word2vec, ("cls", "ner"),
+        "BERT fine-tuned vs. the same encoder from random initialisation with its token embeddings set to CBOW or "
+        "Skip-gram vectors trained on the same corpus, and vs. those vectors as features of a logistic regression",
+    ),
+    "bidirectional": Claim(
+        bidirectional, ("cls", "ner", "pair", "qa"),
+        "a masked LM vs. a left-to-right LM (causal attention, next-token prediction), both without NSP, same "
+        "encoder, data and steps; plus fill-mask from each",
+    ),
+    "masking": Claim(
+        masking, ("ner",),
+        "what a chosen token becomes ([MASK] / same / random: 80/10/10 vs. 100/0/0, 80/0/20, 80/20/0), each "
+        "encoder fine-tuned and as a probe",
+    ),
+    "nsp": Claim(
+        nsp, ("pair", "qa", "cls"),
+        "masked LM + NSP vs. masked LM only, same encoder, data and steps; plus held-out NSP accuracy by step",
+    ),
+    "elmo": Claim(
+        elmo, ("cls", "ner"),
+        "one deep bidirectional encoder (masked LM, no NSP) vs. a left-to-right and a right-to-left encoder of half "
+        "its depth, each pre-trained for half the steps, their outputs concatenated",
+    ),
+}  # fmt: skip

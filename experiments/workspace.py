@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bertkit.checkpoint import claim_folder
 from bertkit.config import BertConfig
 from bertkit.data.masking import MaskingConfig
 from bertkit.errors import BertkitError
+from bertkit.files import claim_folder
 from bertkit.recipes.finetune import FinetuneConfig, ModelFactory, run_finetune
 from bertkit.recipes.small_scale import (
     CORPUS_PARAGRAPHS,
@@ -31,6 +31,7 @@ from bertkit.recipes.small_scale import (
 )
 from bertkit.tasks.base import TaskSettings
 from bertkit.tokenizer import Tokenizer
+from experiments import REPO
 
 TASK_METRIC = {"cls": "accuracy", "pair": "accuracy", "qa": "f1", "ner": "f1"}
 TASK_LABEL = {
@@ -106,12 +107,11 @@ MLM_ONLY = Arm("mlm_no_nsp", nsp=False)
 
 
 def default_data_dir() -> Path | None:
-    """Where the shared benchmark data lives (`$BERTKIT_DATA`, else ../shared/data), or None."""
+    """The shared data sets (LCQMC, CMRC 2018): `$BERTKIT_DATA`, else shared/data beside the checkout; None when
+    neither holds them."""
     env = os.environ.get("BERTKIT_DATA")
-    for path in ([Path(env)] if env else []) + [Path.cwd().parent / "shared" / "data", Path("shared/data")]:
-        if (path / "README.md").is_file():
-            return path
-    return None
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    return path if (path / "README.md").is_file() else None
 
 
 class Workspace:
