@@ -28,7 +28,9 @@ from bertkit import BertConfig, BertForPreTraining, BertkitError, Tokenizer
 from bertkit.checkpoint import read_tensors
 from bertkit.cli import main
 from bertkit.data.prepare import PrepareConfig, prepare
-from bertkit.train.loop import TrainConfig, Trainer, latest_checkpoint
+from bertkit.train.config import TrainConfig
+from bertkit.train.loop import Trainer
+from bertkit.train.state import latest_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

@@ -15,7 +15,7 @@ from bertkit.model import BertForQuestionAnswering, BertForSequenceClassificatio
 from bertkit.tasks.base import pad_batch
 from bertkit.tasks.qa import QaTask
 from bertkit.tasks.settings import TaskSettings
-from bertkit.train.loop import linear_schedule, param_groups
+from bertkit.train.optim import linear_schedule, param_groups
 
 STEPS = 50
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}

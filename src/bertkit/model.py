@@ -491,3 +491,9 @@ TASK_MODELS: dict[str, type[nn.Module]] = {
     "ner": BertForTokenClassification,
     "qa": BertForQuestionAnswering,
 }
+
+
+def encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The encoder layers inside `model`: the units FSDP shards one by one (the embeddings and heads are the last
+    unit), so that only one layer's full parameters are gathered at a time."""
+    return [m for m in model.modules() if isinstance(m, EncoderLayer)]

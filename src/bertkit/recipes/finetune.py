@@ -18,7 +18,6 @@ import torch
 
 from bertkit.checkpoint import read_pretraining_record
 from bertkit.config import BertConfig
-from bertkit.data.pretraining import EpochSampler
 from bertkit.errors import BertkitError
 from bertkit.files import (
     atomic_write,
@@ -29,16 +28,15 @@ from bertkit.files import (
     release_output_dir,
     remove_entries,
 )
+from bertkit.model import encoder_layers
 from bertkit.recipes.config import FinetuneConfig
 from bertkit.tasks.base import pad_batch
 from bertkit.tasks.model_dir import TASK_FILE, write_task_record
 from bertkit.tasks.registry import task_class
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
-from bertkit.train.loop import (
-    Trainer,
-    dist_info,
-    latest_checkpoint,
-)
+from bertkit.train.distributed import dist_info
+from bertkit.train.loop import Trainer
+from bertkit.train.state import latest_checkpoint
 
 # Builds the model to train from the (label-completed) config and the number of labels, instead of loading
 # `cfg.model`'s weights into the task's standard model: experiments use it for probes and other architectures.
@@ -195,17 +193,6 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     dataset = _FeatureSet(train_features)
     scalar_keys = ("label", "start_positions", "end_positions")
 
-    def loader(epoch: int, start: int, rank: int, world: int):
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=train_cfg.batch_size,
-            sampler=EpochSampler(len(dataset), train_cfg.seed, epoch, start, rank, world),
-            collate_fn=lambda fs: pad_batch(fs, tok.pad_id, scalar_keys),
-            # Its own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
-            # run, which creates one more, would train differently from an uninterrupted one.
-            generator=torch.Generator().manual_seed(train_cfg.seed),
-        )
-
     def loss_fn(m, batch):
         return m(**task.model_inputs(batch)).loss, {}
 
@@ -249,9 +236,11 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         eval_fn = lambda m: task.evaluate(m, tok, dev_ex, dev_features, id2label)  # noqa: E731
     out_existed = out.exists()
     resuming = _claim_output(cfg, out)
-    trainer = Trainer(model, train_cfg, loader, loss_fn, len(dataset), eval_fn,
-                      save_extra=save_extra if cfg.save_model else None, on_eval=on_eval,
-                      bar_metric=(f"dev {task.main_metric}", task.main_metric))  # fmt: skip
+    trainer = Trainer.from_dataset(
+        model, train_cfg, dataset, lambda fs: pad_batch(fs, tok.pad_id, scalar_keys), loss_fn, eval_fn=eval_fn,
+        save_extra=save_extra if cfg.save_model else None, on_eval=on_eval, shard_units=encoder_layers,
+        bar_metric=(f"dev {task.main_metric}", task.main_metric),
+    )
     if resuming:
         trainer.resume()
     try:

@@ -16,6 +16,7 @@ import torch
 
 from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record
 from bertkit.config import PRESETS, BertConfig
+from bertkit.constants import IGNORE_INDEX
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.pretraining import PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
@@ -27,7 +28,7 @@ from bertkit.files import (
     release_output_dir,
     remove_entries,
 )
-from bertkit.model import IGNORE_INDEX, BertForPreTraining, EncoderLayer, reverse_real_tokens, set_dropout
+from bertkit.model import BertForPreTraining, encoder_layers, reverse_real_tokens, set_dropout
 from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import dist_info
 from bertkit.train.loop import Trainer
@@ -198,11 +199,6 @@ def evaluate_pretraining(
         "nsp_accuracy": nsp_correct / max(n, 1),
         "eval_instances": n,
     }
-
-
-def encoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The units FSDP shards one by one: each encoder layer (the embeddings and heads are the last unit)."""
-    return [m for m in model.modules() if isinstance(m, EncoderLayer)]
 
 
 # What curves.png shows for a pre-training run: its losses, and its held-out accuracies in the order drawn.
