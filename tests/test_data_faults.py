@@ -23,7 +23,8 @@ import pytest
 from bertkit import BertkitError, Tokenizer
 from bertkit.cli import main
 from bertkit.data import prepare as prepare_module
-from bertkit.data.prepare import PrepareConfig, prepare
+from bertkit.data.config import PrepareConfig
+from bertkit.data.prepare import prepare
 from bertkit.data.pretraining import PretrainingData, read_manifest
 from bertkit.files import read_lines
 

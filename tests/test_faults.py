@@ -27,7 +27,8 @@ from safetensors.torch import load_file
 from bertkit import BertConfig, BertForPreTraining, BertkitError, Tokenizer
 from bertkit.checkpoint import read_tensors
 from bertkit.cli import main
-from bertkit.data.prepare import PrepareConfig, prepare
+from bertkit.data.config import PrepareConfig
+from bertkit.data.prepare import prepare
 from bertkit.train.config import TrainConfig
 from bertkit.train.loop import Trainer
 from bertkit.train.state import latest_checkpoint

@@ -10,8 +10,9 @@ import pytest
 
 from bertkit import BertkitError, Tokenizer
 from bertkit.constants import IGNORE_INDEX
+from bertkit.data.config import PrepareConfig
 from bertkit.data.masking import MaskingConfig
-from bertkit.data.prepare import PrepareConfig, prepare
+from bertkit.data.prepare import prepare
 from bertkit.data.pretraining import PretrainingData, collate
 from bertkit.data.sentences import split_sentences
 

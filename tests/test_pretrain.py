@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from bertkit import Tokenizer
-from bertkit.data.prepare import PrepareConfig, prepare
+from bertkit.data.config import PrepareConfig
+from bertkit.data.prepare import prepare
 from bertkit.train.state import latest_checkpoint
 
 STEPS = 120

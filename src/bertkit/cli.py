@@ -20,10 +20,6 @@ from typing import Any, NoReturn
 # imports what it needs.
 from bertkit.errors import BertkitError
 from bertkit.options import (
-    DROPOUT,
-    FRACTION,
-    NON_NEGATIVE,
-    NON_NEGATIVE_NUMBER,
     PORT,
     POSITIVE,
     POSITIVE_NUMBER,
@@ -31,7 +27,6 @@ from bertkit.options import (
     SEQ_LENGTH,
     add_options,
     from_args,
-    number,
 )
 
 Handler = Callable[[argparse.Namespace], None]
@@ -122,19 +117,10 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from bertkit.data.prepare import PrepareConfig, prepare
+    from bertkit.data.config import PrepareConfig
+    from bertkit.data.prepare import prepare
 
-    cfg = PrepareConfig(
-        max_seq_length=args.max_seq_length,
-        short_seq_prob=args.short_seq_prob,
-        dupe_factor=args.dupe_factor,
-        static_masking=args.static_masking,
-        whole_word_mask=args.whole_word_mask,
-        nsp=not args.no_nsp,
-        eval_fraction=args.eval_fraction,
-        seed=args.seed,
-        workers=args.workers,
-    )
+    cfg = from_args(PrepareConfig, args)
     m = prepare(args.corpus, args.tokenizer, args.out, cfg, overwrite=args.overwrite)
     tr, ev = m["splits"]["train"], m["splits"]["eval"]
     print(
@@ -144,56 +130,16 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     )
 
 
-def _masking_config(args: argparse.Namespace):
-    from bertkit.data.masking import MaskingConfig
-
-    return MaskingConfig(
-        mask_prob=args.mask_prob,
-        max_predictions=args.max_predictions,
-        mask_frac=args.mask_frac,
-        random_frac=args.random_frac,
-        whole_word=args.whole_word_mask,
-    )
-
-
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from bertkit.recipes.pretrain import PretrainConfig, run_pretrain
-    from bertkit.train.loop import TrainConfig
+    from bertkit.data.masking import MaskingConfig
+    from bertkit.recipes.config import PretrainConfig
+    from bertkit.recipes.pretrain import run_pretrain
+    from bertkit.train.config import TrainConfig
 
-    train = TrainConfig(
-        out_dir=args.out,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        log_every=args.log_every,
-        eval_every=args.eval_every,
-        save_every=args.save_every,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        max_minutes=args.max_minutes,
-        fsdp=args.fsdp,
-    )
-    cfg = PretrainConfig(
-        data=args.data,
-        model=args.model,
-        train=train,
-        masking=_masking_config(args),
-        mlm_weight=args.mlm_weight,
-        nsp_weight=0.0 if args.no_nsp else args.nsp_weight,
-        eval_instances=args.eval_instances,
-        num_workers=args.workers,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        dropout=args.dropout,
-        objective=args.objective,
-        init_range=args.init_range,
-    )
-    metrics = run_pretrain(cfg)
-    print(_json(metrics, "a pre-training metric"))
+    nsp_weight = 0.0 if args.no_nsp else args.nsp_weight
+    cfg = from_args(PretrainConfig, args, train=from_args(TrainConfig, args), masking=from_args(MaskingConfig, args),
+                    nsp_weight=nsp_weight)  # fmt: skip
+    print(_json(run_pretrain(cfg), "a pre-training metric"))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -217,11 +163,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
     from bertkit.checkpoint import read_pretraining_record
+    from bertkit.data.masking import MaskingConfig
     from bertkit.data.pretraining import PretrainingData
     from bertkit.model import BertForPreTraining
     from bertkit.recipes.pretrain import evaluate_pretraining
 
-    data = PretrainingData(args.data, args.split, _masking_config(args), args.seed)
+    data = PretrainingData(args.data, args.split, from_args(MaskingConfig, args), args.seed)
     print(_split_summary(args, data), file=sys.stderr)
     if len(data) == 0:
         why = " (prepared with --eval-fraction 0, or too small a corpus): use --split train"
@@ -387,15 +334,6 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         )
 
 
-def _add_masking_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("masking")
-    g.add_argument("--mask-prob", type=number(0, 1, True, True), default=0.15, help="share of tokens chosen (0.15)")
-    g.add_argument("--max-predictions", type=POSITIVE, default=20, help="cap of chosen tokens per sequence")
-    g.add_argument("--mask-frac", type=FRACTION, default=0.8, help="chosen -> [MASK] (default 0.8)")
-    g.add_argument("--random-frac", type=FRACTION, default=0.1, help="chosen -> random token (default 0.1)")
-    g.add_argument("--whole-word-mask", action="store_true", help="choose whole words (data prepared with it)")
-
-
 def _version() -> str:
     """The installed package's version (from its metadata; the source tree's when run uninstalled)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -411,7 +349,9 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The `bertkit` argument parser: one sub-command per recipe, each with `func` set to its handler. The flags of
     the recipes' settings come from their config dataclasses (bertkit.options): defaults and help are theirs."""
-    from bertkit.recipes.config import FINETUNE_TRAINING_FLAGS, FinetuneConfig, finetune_training
+    from bertkit.data.config import PrepareConfig
+    from bertkit.data.masking import MaskingConfig
+    from bertkit.recipes.config import FINETUNE_TRAINING_FLAGS, FinetuneConfig, PretrainConfig, finetune_training
     from bertkit.tasks.settings import QA_MAX_SEQ_LENGTH, TaskSettings
     from bertkit.train.config import TrainConfig
 
@@ -459,89 +399,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer (or model) directory")
     p.add_argument("--out", required=True, metavar="DATA_DIR")
-    p.add_argument("--max-seq-length", type=SEQ_LENGTH, default=128)
-    p.add_argument("--short-seq-prob", type=FRACTION, default=0.1, help="share of shorter instances (default 0.1)")
-    p.add_argument(
-        "--dupe-factor", type=POSITIVE, default=1, help="K copies with fixed masks (static masking; default 1)"
-    )
-    p.add_argument("--static-masking", action="store_true", help="one fixed mask per instance (default: dynamic)")
-    p.add_argument("--whole-word-mask", action="store_true", help="record word starts (jieba for Chinese)")
-    p.add_argument("--no-nsp", action="store_true", help="B is always the real continuation")
-    p.add_argument(
-        "--eval-fraction", type=FRACTION, default=0.02,
-        help="share of documents held out for evaluation, 0 to 1 (default 0.02; 1: an evaluation-only directory)",
-    )  # fmt: skip
-    p.add_argument("--workers", type=NON_NEGATIVE, default=1, help="processes (default 1; 0 or 1: this one)")
-    p.add_argument("--seed", type=SEED, default=12345)
+    add_options(p, PrepareConfig)
     p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("pretrain", help="pre-train with masked LM + next-sentence prediction")
-    p.add_argument("--data", required=True, metavar="DATA_DIR", help="from bertkit prepare")
-    p.add_argument("--model", default="mini", metavar="PRESET|CONFIG.json|DIR", help="default: the mini preset")
-    p.add_argument("--out", required=True, metavar="RUN_DIR")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
-    p.add_argument(
-        "--overwrite", action="store_true",
-        help="start again in a RUN_DIR that holds an earlier run (only the files pretrain writes are removed)",
-    )  # fmt: skip
-    p.add_argument("--max-steps", type=POSITIVE, default=1000)
-    p.add_argument("--max-minutes", type=POSITIVE_NUMBER, default=None, help="stop after this much training time")
-    p.add_argument("--batch-size", type=POSITIVE, default=32, help="per device and micro-step")
-    p.add_argument("--grad-accum", type=POSITIVE, default=1, help="micro-steps per optimizer step")
-    p.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="under torchrun: shard parameters, gradients and optimizer state across the processes (PyTorch FSDP2) "
-        "instead of replicating them (DDP), for models that do not fit one device; checkpoints are full model "
-        "directories either way, and a run resumes with or without --fsdp, on any number of processes (the "
-        "global batch is --batch-size x processes, so only the same number resumes exactly)",
-    )
-    p.add_argument("--learning-rate", type=POSITIVE_NUMBER, default=1e-4)
-    p.add_argument("--weight-decay", type=NON_NEGATIVE_NUMBER, default=0.01)
-    p.add_argument("--warmup-ratio", type=FRACTION, default=0.05, help="share of steps with linear warm-up")
-    p.add_argument("--log-every", type=POSITIVE, default=10)
-    p.add_argument(
-        "--eval-every", type=NON_NEGATIVE, default=200, help="held-out evaluation interval in steps (0: end only)"
-    )
-    p.add_argument("--eval-instances", type=POSITIVE, default=2000)
-    p.add_argument(
-        "--save-every", type=NON_NEGATIVE, default=500,
-        help="checkpoint interval in steps (0: no checkpoints, so nothing to --resume from; the model is still saved)",
-    )  # fmt: skip
-    p.add_argument("--mlm-weight", type=NON_NEGATIVE_NUMBER, default=1.0)
-    p.add_argument(
-        "--nsp-weight",
-        type=NON_NEGATIVE_NUMBER,
-        default=1.0,
-        help="NSP's share of the loss (the paper: 1). On short CPU budgets 0.1 let small models' masked LM leave its "
-        "plateau, which it did not at 1, while NSP still learned (benchmarks/results/nsp_plateau.json)",
-    )
-    p.add_argument("--no-nsp", action="store_true", help="train masked LM only")
-    p.add_argument(
-        "--objective",
-        choices=["mlm", "l2r", "r2l"],
-        default="mlm",
-        help="mlm: BERT's masked LM; l2r / r2l: a causal next-token language model (the ablation baseline)",
-    )
-    p.add_argument("--workers", type=NON_NEGATIVE, default=1, help="data-loading processes (0: in this one)")
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument(
-        "--dropout",
-        type=DROPOUT,
-        default=None,
-        help="dropout during this run (0 suits short runs); the saved config keeps the model's own (presets: 0.1), "
-        "which fine-tuning uses",
-    )
-    p.add_argument(
-        "--init-range",
-        type=POSITIVE_NUMBER,
-        default=None,
-        help="std of a new model's initial weights (config initializer_range; presets: 0.02)",
-    )
-    _add_masking_flags(p)
+    add_options(p, PretrainConfig, only=("data", "model"))
+    add_options(p, TrainConfig, only=("out_dir",), overrides={"out_dir": {"default": dataclasses.MISSING}})
+    add_options(p, PretrainConfig, only=("resume", "overwrite"))
+    g = p.add_argument_group("training")
+    add_options(g, TrainConfig, skip=("out_dir",))
+    add_options(g, PretrainConfig, skip=("data", "model", "resume", "overwrite"))
+    g.add_argument("--no-nsp", action="store_true", help="train masked LM only (--nsp-weight 0)")
+    add_options(p.add_argument_group("masking"), MaskingConfig)
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="metrics of a model on held-out data (one JSON object on the last line)")
@@ -559,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-instances", type=POSITIVE, default=None, help="pre-training data only: the first N")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default=None)
-    _add_masking_flags(p)
+    add_options(p.add_argument_group("masking (pre-training data)"), MaskingConfig)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

@@ -122,6 +122,8 @@ def add_options(
             for key in ("type", "choices", "metavar", "nargs"):
                 if meta[key] is not None:
                     kwargs[key] = meta[key]
+            if meta["flag"] and meta["metavar"] is None and meta["choices"] is None:  # --workers N, not NUM_WORKERS
+                kwargs["metavar"] = meta["flag"].lstrip("-").replace("-", "_").upper()
         parser.add_argument(flag, help=text, **kwargs)
 
 

@@ -13,17 +13,22 @@ import numpy as np
 
 from bertkit.constants import IGNORE_INDEX
 from bertkit.errors import BertkitError
+from bertkit.options import FRACTION, POSITIVE, number, option
 
 
 @dataclass
 class MaskingConfig:
     """MLM corruption settings: share of tokens chosen, cap per sequence, [MASK]/random split, whole words."""
 
-    mask_prob: float = 0.15
-    max_predictions: int = 20  # cap per sequence (the original's max_predictions_per_seq)
-    mask_frac: float = 0.8  # of the chosen tokens: share replaced by [MASK]
-    random_frac: float = 0.1  # share replaced by a random token; the rest stay unchanged
-    whole_word: bool = False
+    mask_prob: float = option(0.15, type=number(0, 1, low_open=True, high_open=True), help="share of tokens chosen")
+    max_predictions: int = option(  # the original's max_predictions_per_seq
+        20, type=POSITIVE, help="cap of chosen tokens per sequence"
+    )
+    mask_frac: float = option(0.8, type=FRACTION, help="share of the chosen tokens replaced by [MASK]")
+    random_frac: float = option(  # the rest stay unchanged
+        0.1, type=FRACTION, help="share of the chosen tokens replaced by a random token"
+    )
+    whole_word: bool = option(False, flag="--whole-word-mask", help="choose whole words (data prepared with it)")
 
     def __post_init__(self) -> None:
         if not 0 < self.mask_prob < 1:

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from fractions import Fraction
 from multiprocessing import get_context
 from pathlib import Path
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from bertkit.data.config import PrepareConfig
 from bertkit.data.instances import instances_from_document
 from bertkit.data.sentences import iter_documents
 from bertkit.errors import BertkitError
@@ -57,23 +58,6 @@ OWN_ENTRIES = ("manifest.json", "tokenizer", *(f"{s}-[0-9][0-9][0-9][0-9][0-9].*
 # The temporary folder (inside the output directory, so the final moves are renames on one file system) and the
 # file that marks it as prepare's, so that a later run may remove one that a kill left behind.
 _TEMP_PREFIX, _TEMP_SUFFIX, _TEMP_MARKER = ".bertkit-prepare-", ".partial", "BERTKIT_PREPARE_IN_PROGRESS"
-
-
-@dataclass
-class PrepareConfig:
-    """Settings of `bertkit prepare`: instance lengths, NSP, static/whole-word masking, eval share, shards."""
-
-    max_seq_length: int = 128
-    short_seq_prob: float = 0.1
-    dupe_factor: int = 1  # >1: that many copies, each with its own fixed mask (static masking, as the original)
-    static_masking: bool = False
-    whole_word_mask: bool = False
-    nsp: bool = True
-    eval_fraction: float = 0.02  # share of documents held out for evaluation
-    seed: int = 12345
-    workers: int = 1
-    block_chars: int = 2_000_000
-    shard_tokens: int = 64_000_000
 
 
 # ------------------------------------------------------------------ work on one block (in a worker process)

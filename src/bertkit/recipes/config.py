@@ -6,9 +6,71 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bertkit.options import DROPOUT, POSITIVE, POSITIVE_NUMBER, option
+from bertkit.config import PRESETS
+from bertkit.data.masking import MaskingConfig
+from bertkit.errors import BertkitError
+from bertkit.options import DROPOUT, NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE, POSITIVE_NUMBER, option
 from bertkit.tasks.settings import TASK_NAMES, TaskSettings
 from bertkit.train.config import TrainConfig
+
+OBJECTIVES = ("mlm", "l2r", "r2l")
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of one pre-training run (`bertkit pretrain`): data, model, training loop, masking, loss weights,
+    objective."""
+
+    data: str = option(metavar="DATA_DIR", help="from bertkit prepare")
+    model: str = option(
+        "mini", metavar="PRESET|CONFIG.json|DIR",
+        help=f"a size preset ({', '.join(PRESETS)}), a config.json, or a model directory to continue from (default: "
+        "the %(default)s preset)",
+    )  # fmt: skip
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/pretrain"))
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    mlm_weight: float = option(1.0, type=NON_NEGATIVE_NUMBER, help="masked LM's share of the loss")
+    nsp_weight: float = option(
+        1.0, type=NON_NEGATIVE_NUMBER,
+        help="NSP's share of the loss (the paper: 1; 0 switches NSP off). On short CPU budgets 0.1 let small models' "
+        "masked LM leave its plateau, which it did not at 1, while NSP still learned "
+        "(benchmarks/results/nsp_plateau.json)",
+    )  # fmt: skip
+    eval_instances: int = option(2000, type=POSITIVE, help="held-out instances per evaluation")
+    num_workers: int = option(  # masking happens in them
+        1, flag="--workers", type=NON_NEGATIVE, help="data-loading processes (0: in this one)"
+    )
+    resume: bool = option(False, help="continue from the newest checkpoint in RUN_DIR")
+    overwrite: bool = option(
+        False, help="start again in a RUN_DIR that holds an earlier run (only the files pretrain writes are removed)"
+    )
+    dropout: float | None = option(
+        None, type=DROPOUT,
+        help="dropout during this run (0 suits short runs); the saved config keeps the model's own (presets: 0.1), "
+        "which fine-tuning uses",
+    )  # fmt: skip
+    objective: str = option(
+        "mlm", choices=OBJECTIVES,
+        help="mlm: BERT's masked LM; l2r / r2l: a causal next-token language model (the ablation baseline)",
+    )  # fmt: skip
+    init_range: float | None = option(
+        None, type=POSITIVE_NUMBER,
+        help="std of a new model's initial weights (config initializer_range; presets: 0.02)",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise BertkitError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+
+    def config_overrides(self) -> dict:
+        """Every model-config key this run sets: causal attention for l2r/r2l, the init scale (not dropout: that
+        is a setting of the run, applied by `build_model`, so the saved config keeps the fine-tuning dropout)."""
+        over: dict = {}
+        if self.objective != "mlm":
+            over["is_decoder"] = True
+        if self.init_range is not None:
+            over["initializer_range"] = self.init_range
+        return over
 
 
 def finetune_training(**changes: Any) -> TrainConfig:

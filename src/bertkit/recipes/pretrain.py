@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,6 @@ import torch
 from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record
 from bertkit.config import PRESETS, BertConfig
 from bertkit.constants import IGNORE_INDEX
-from bertkit.data.masking import MaskingConfig
 from bertkit.data.pretraining import PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
 from bertkit.files import (
@@ -29,47 +28,11 @@ from bertkit.files import (
     remove_entries,
 )
 from bertkit.model import BertForPreTraining, encoder_layers, reverse_real_tokens, set_dropout
-from bertkit.train.config import TrainConfig
+from bertkit.recipes.config import PretrainConfig
 from bertkit.train.distributed import dist_info
 from bertkit.train.loop import Trainer
 from bertkit.train.metrics_log import Curves, read_metrics_log
 from bertkit.train.state import STALE_PATTERNS, latest_checkpoint
-
-
-@dataclass
-class PretrainConfig:
-    """Settings of one pre-training run: data, model, training loop, masking, loss weights, objective."""
-
-    data: str
-    model: str = "mini"  # a preset name, a config.json, or a model directory to continue from
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/pretrain"))
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
-    mlm_weight: float = 1.0
-    nsp_weight: float = 1.0  # 0 switches next-sentence prediction off
-    eval_instances: int = 2000  # held-out instances per evaluation
-    num_workers: int = 1  # data-loading processes (masking happens there)
-    resume: bool = False
-    overwrite: bool = False  # start again in a run directory holding an earlier run (only its own files removed)
-    dropout: float | None = None  # this run's dropout (0 suits short runs); the saved config keeps the model's
-    objective: str = "mlm"  # "mlm" (BERT), "l2r" or "r2l" (causal next-token language model)
-    init_range: float | None = None  # overrides the config's initializer_range (std of the initial weights)
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise BertkitError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
-
-    def config_overrides(self) -> dict:
-        """Every model-config key this run sets: causal attention for l2r/r2l, the init scale (not dropout: that
-        is a setting of the run, applied by `build_model`, so the saved config keeps the fine-tuning dropout)."""
-        over: dict = {}
-        if self.objective != "mlm":
-            over["is_decoder"] = True
-        if self.init_range is not None:
-            over["initializer_range"] = self.init_range
-        return over
-
-
-OBJECTIVES = ("mlm", "l2r", "r2l")
 
 
 def build_model(

@@ -22,9 +22,7 @@ class TrainConfig:
     out_dir: str = option(
         "runs/train", flag="--out", metavar="RUN_DIR", help="checkpoints, metrics.jsonl and curves.png go here"
     )
-    max_steps: int | None = option(
-        1000, type=POSITIVE, help="optimizer steps to train for (a recipe may derive them: fine-tuning from --epochs)"
-    )
+    max_steps: int | None = option(1000, type=POSITIVE, help="optimizer steps to train for")  # None: the recipe's
     batch_size: int = option(32, type=POSITIVE, help="examples per device and micro-step")
     grad_accum: int = option(1, type=POSITIVE, help="micro-steps per optimizer step")
     learning_rate: float = option(

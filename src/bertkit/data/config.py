@@ -1,0 +1,32 @@
+"""The settings of `bertkit prepare`; light (no torch), so the CLI generates its flags from them at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bertkit.options import FRACTION, NON_NEGATIVE, POSITIVE, SEED, SEQ_LENGTH, option
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of `bertkit prepare`: instance lengths, NSP, static/whole-word masking, eval share, shards."""
+
+    max_seq_length: int = option(128, type=SEQ_LENGTH, help="tokens per instance, [CLS] A [SEP] B [SEP]")
+    short_seq_prob: float = option(
+        0.1, type=FRACTION, help="share of instances given a shorter target length, as fine-tuning inputs often are"
+    )
+    dupe_factor: int = option(  # >1: that many copies, each with its own fixed mask (static masking, as the original)
+        1, type=POSITIVE, help="K copies with fixed masks (static masking)"
+    )
+    static_masking: bool = option(False, help="one fixed mask per instance (default: dynamic)")
+    whole_word_mask: bool = option(False, help="record word starts (jieba for Chinese)")
+    nsp: bool = option(True, flag="--no-nsp", help="B is always the real continuation")
+    eval_fraction: float = option(
+        0.02, type=FRACTION,
+        help="share of documents held out for evaluation, 0 to 1 (default %(default)s; 1: an evaluation-only "
+        "directory)",
+    )  # fmt: skip
+    seed: int = option(12345, type=SEED, help="sentence pairing, random B sentences and static masks")
+    workers: int = option(1, type=NON_NEGATIVE, help="processes (0 or 1: this one)")
+    block_chars: int = 2_000_000
+    shard_tokens: int = 64_000_000
