@@ -12,7 +12,7 @@ from pathlib import Path
 from bertkit.errors import BertkitError
 from experiments import REPORTS, WORKSPACE
 from experiments.claims import EXPERIMENTS
-from experiments.report import write_index
+from experiments.index import write_index
 from experiments.workspace import SCALES, TASK_LABEL, Workspace, default_data_dir
 
 PROG = "python -m experiments"

@@ -17,6 +17,7 @@ from bertkit.machine import summary as machine_summary
 from bertkit.model import BertForPreTraining
 from bertkit.recipes.quickstart import FILL_MASK_EXAMPLE
 from bertkit.recipes.small_scale import majority_accuracy
+from bertkit.tasks.registry import task_class
 from bertkit.tokenizer import Tokenizer
 from experiments.models import (
     char_window_ner_f1,
@@ -34,7 +35,6 @@ from experiments.workspace import (
     BERT,
     MLM_ONLY,
     TASK_LABEL,
-    TASK_METRIC,
     Arm,
     Workspace,
     fresh_model_factory,
@@ -118,7 +118,7 @@ def pretraining_helps(ws: Workspace) -> Report:
         pre = ws.scores("bert", task, BERT)
         rnd = _random_init_scores(ws, task)
         base = _baselines(ws, task)
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [pre, rnd, *base.values()])
+        table.add(f"{TASK_LABEL[task]}, {task_class(task).main_metric}", [pre, rnd, *base.values()])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: pre-trained beats random", pre, rnd))
         report.raw[task] = {"pretrained": pre, "random": rnd, **base}
     report.tables.append(table)
@@ -127,9 +127,6 @@ def pretraining_helps(ws: Workspace) -> Report:
 
 
 # ------------------------------------------------------------------------------------------------- 2. Word2Vec
-FREEZE = (False,)  # (False, True) adds the frozen-embedding arms; left out of the committed run for compute
-
-
 def word2vec(ws: Workspace) -> Report:
     """Claim 2: BERT vs. Word2Vec vectors (embedding initialisation, and LR features) on cls and NER."""
     report = Report("word2vec", "Claim 2: BERT pre-training vs. Word2Vec (CBOW, Skip-gram) on the same corpus")
@@ -141,21 +138,19 @@ def word2vec(ws: Workspace) -> Report:
     kinds = {"CBOW": False, "Skip-gram": True}
     vectors = {name: [_word2vec(ws, tok, sg, H, seed) for seed in ws.seeds()] for name, sg in kinds.items()}
     columns = ["BERT fine-tuned", "random init"]
-    columns += [f"{n} {'frozen' if f else 'init.'} embeddings" for f in FREEZE for n in vectors]
+    columns += [f"{n} init. embeddings" for n in vectors]
     columns += [f"{n} features + LR" for n in vectors]
     table = Table("dev scores", [*columns, *BASELINES])
     for task in ("cls", "ner"):
         row: list = [ws.scores("bert", task, BERT), _random_init_scores(ws, task)]
         inits = {}
-        for freeze in FREEZE:
-            for name, wvs in vectors.items():
-                run = f"w2v_{name.lower().replace('-', '')}_{'frozen' if freeze else 'init'}"
+        for name, wvs in vectors.items():
 
-                def w2v_init(seed: int, wvs=wvs, freeze=freeze, task=task):
-                    return word2vec_init_factory(task, embedding_matrix(wvs[seed], tok, std, seed), freeze)
+            def w2v_init(seed: int, wvs=wvs, task=task):
+                return word2vec_init_factory(task, embedding_matrix(wvs[seed], tok, std, seed))
 
-                inits[(name, freeze)] = ws.scores(run, task, bert, factory=w2v_init)
-                row.append(inits[(name, freeze)])
+            inits[name] = ws.scores(f"w2v_{name.lower().replace('-', '')}_init", task, bert, factory=w2v_init)
+            row.append(inits[name])
         train, dev = ws.tasks()[task]
         for wvs in vectors.values():
             if task == "cls":
@@ -171,10 +166,10 @@ def word2vec(ws: Workspace) -> Report:
                 tr, dv = read_conll(train)[: s.train_examples[task]], read_conll(dev)
                 row.append([linear_ner_f1(wv, tok, tr, dv) for wv in wvs])
         base = _baselines(ws, task)
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [*row, *base.values()])
+        table.add(f"{TASK_LABEL[task]}, {task_class(task).main_metric}", [*row, *base.values()])
         for name in vectors:
             report.verdicts.append(
-                verdict(f"{TASK_LABEL[task]}: BERT beats {name}-initialised embeddings", row[0], inits[(name, False)])
+                verdict(f"{TASK_LABEL[task]}: BERT beats {name}-initialised embeddings", row[0], inits[name])
             )
         report.raw[task] = {**dict(zip(columns, row, strict=True)), **base}
     report.tables.append(table)
@@ -184,9 +179,8 @@ def word2vec(ws: Workspace) -> Report:
         "over the same corpus cut into the same WordPiece tokens, trained once per seed (seed s's vectors serve "
         "seed s's runs). 'init. embeddings': the same encoder from random "
         f"initialisation with its token-embedding layer set to the vectors (rescaled to the encoder's initial std "
-        f"{std:g} so that position and segment embeddings are not drowned) and trained"
-        + ("; 'frozen': that layer kept fixed. " if True in FREEZE else " (a frozen variant exists, not run here). ")
-        + "'features + LR': average vector per sentence (classification) or a 3-token window of vectors per token "
+        f"{std:g} so that position and segment embeddings are not drowned) and trained. "
+        "'features + LR': average vector per sentence (classification) or a 3-token window of vectors per token "
         "(NER), logistic regression (scikit-learn).",
     ]
     return report
@@ -217,7 +211,7 @@ def bidirectional(ws: Workspace) -> Report:
         a, b = ws.scores("mlm_no_nsp", task, MLM_ONLY), ws.scores("l2r", task, L2R)
         rnd = _random_init_scores(ws, task)
         base = _baselines(ws, task)
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b, rnd, *base.values()])
+        table.add(f"{TASK_LABEL[task]}, {task_class(task).main_metric}", [a, b, rnd, *base.values()])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: masked LM beats left-to-right", a, b))
         report.raw[task] = {"mlm": a, "l2r": b, "random": rnd, **base}
     report.tables.append(table)
@@ -298,7 +292,8 @@ def masking(ws: Workspace) -> Report:
         )
     for label in ("100/0/0", "80/0/20", "80/20/0"):
         for k, how in ((0, "fine-tuned"), (1, "probe")):
-            report.verdicts.append(verdict(f"80/10/10 beats {label} ({how})", scores["80/10/10"][k], scores[label][k]))
+            claim = f"{TASK_LABEL['ner']}: 80/10/10 beats {label} ({how})"
+            report.verdicts.append(verdict(claim, scores["80/10/10"][k], scores[label][k]))
     report.setup = [
         *_setup(ws, [a.name for a in MASKING_ARMS.values()]),
         f"15% of tokens chosen in every arm; the arms differ only in what a chosen token becomes. Probe: the "
@@ -316,7 +311,7 @@ def nsp(ws: Workspace) -> Report:
     for task in [t for t in ("pair", "qa", "cls") if t in ws.tasks()]:
         a, b = ws.scores("bert", task, BERT), ws.scores("mlm_no_nsp", task, MLM_ONLY)
         base = _baselines(ws, task)
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b, *base.values()])
+        table.add(f"{TASK_LABEL[task]}, {task_class(task).main_metric}", [a, b, *base.values()])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: NSP helps", a, b))
         report.raw[task] = {"nsp": a, "no_nsp": b, **base}
     report.tables.append(table)
@@ -360,7 +355,7 @@ def elmo(ws: Workspace) -> Report:
 
         b = ws.scores("elmo_concat", task, l2r, factory=concat)
         base = _baselines(ws, task)
-        table.add(f"{TASK_LABEL[task]}, {TASK_METRIC[task]}", [a, b, *base.values()])
+        table.add(f"{TASK_LABEL[task]}, {task_class(task).main_metric}", [a, b, *base.values()])
         report.verdicts.append(verdict(f"{TASK_LABEL[task]}: deep bidirectional beats ELMo-style", a, b))
         report.raw[task] = {"deep_bidirectional": a, "elmo_style": b, **base}
     report.tables.append(table)

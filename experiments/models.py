@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertkit.config import BertConfig
+from bertkit.constants import IGNORE_INDEX
 from bertkit.data.corpus import read_corpus_lines
 from bertkit.data.task_files import TaggedSentence, TextExample
 from bertkit.metrics import accuracy, entity_prf
-from bertkit.model import IGNORE_INDEX, TASK_MODELS, BertModel, TaskOutput, init_weights, reverse_real_tokens
+from bertkit.model import BertModel, TaskOutput, init_weights, reverse_real_tokens
+from bertkit.tasks.registry import task_class
 from bertkit.tokenizer import Tokenizer
 
 
@@ -92,16 +94,14 @@ def embedding_matrix(wv, tokenizer: Tokenizer, std: float, seed: int = 0) -> tor
     return torch.tensor(np.stack(rows), dtype=torch.float32)
 
 
-def word2vec_init_factory(task: str, vectors: torch.Tensor, freeze: bool):
-    """The task's standard encoder from random initialisation, its word embeddings replaced by Word2Vec vectors
-    (trainable, or frozen)."""
+def word2vec_init_factory(task: str, vectors: torch.Tensor):
+    """The task's standard encoder from random initialisation, its (trainable) word embeddings replaced by Word2Vec
+    vectors."""
 
     def build(config: BertConfig, num_labels: int | None) -> nn.Module:
-        model = TASK_MODELS[task](config, num_labels=num_labels)
-        emb = model.bert.embeddings.word_embeddings
+        model = task_class(task).model_class(config, num_labels=num_labels)
         with torch.no_grad():
-            emb.weight.copy_(vectors)
-        emb.weight.requires_grad_(not freeze)
+            model.bert.embeddings.word_embeddings.weight.copy_(vectors)
         return model
 
     return build

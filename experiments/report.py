@@ -44,18 +44,16 @@ class Table:
     title: str
     columns: list[str]  # arm labels
     rows: list[tuple[str, list[list[float] | float | None]]] = field(default_factory=list)
-    metric_note: str = ""
 
     def add(self, label: str, cells: list[list[float] | float | None]) -> None:
         """Append a row: its label and one cell per column."""
         self.rows.append((label, cells))
 
     def markdown(self) -> str:
-        """The table in markdown under a `###` title, cells as 'mean ± std', then `metric_note`."""
+        """The table in markdown under a `###` title, cells as 'mean ± std'."""
         lines = [f"| task | {' | '.join(self.columns)} |", "| --- |" + " --- |" * len(self.columns)]
         lines += [f"| {label} | {' | '.join(fmt(c) for c in cells)} |" for label, cells in self.rows]
-        note = f"\n{self.metric_note}" if self.metric_note else ""
-        return f"### {self.title}\n\n" + "\n".join(lines) + note
+        return f"### {self.title}\n\n" + "\n".join(lines)
 
 
 @dataclass
@@ -144,23 +142,6 @@ class Report:
         path.write_text("\n".join(parts) + "\n", encoding="utf-8")
         (out_dir / f"{self.name}.json").write_text(json.dumps(self.raw, indent=2, ensure_ascii=False) + "\n")
         return path
-
-
-def write_index(out_dir: Path, names: list[str]) -> Path:
-    """`README.md` in the reports folder: every report there, with its verdicts copied from it."""
-    intro = "Each report is written by `python -m experiments NAME`; the verdicts below are copied from them."
-    parts = ["# The BERT paper's claims at small scale", "", intro, ""]
-    for name in names:
-        path = out_dir / f"{name}.md"
-        if not path.is_file():
-            parts += [f"## {name}: not run yet", ""]
-            continue
-        lines = path.read_text(encoding="utf-8").splitlines()
-        parts += [f"## [{lines[0].lstrip('# ')}]({name}.md)", ""]
-        parts += [line for line in lines if line.startswith("- ") and "**" in line] + [""]
-    index = out_dir / "README.md"
-    index.write_text("\n".join(parts), encoding="utf-8")
-    return index
 
 
 def _pyplot():

@@ -21,7 +21,8 @@ from bertkit.config import BertConfig
 from bertkit.data.masking import MaskingConfig
 from bertkit.errors import BertkitError
 from bertkit.files import claim_folder
-from bertkit.recipes.finetune import FinetuneConfig, ModelFactory, run_finetune
+from bertkit.recipes.config import FinetuneConfig, finetune_training
+from bertkit.recipes.finetune import ModelFactory, run_finetune
 from bertkit.recipes.small_scale import (
     CORPUS_PARAGRAPHS,
     NSP_WEIGHT,
@@ -29,11 +30,11 @@ from bertkit.recipes.small_scale import (
     SmallScalePipeline,
     held_out_evals,
 )
-from bertkit.tasks.base import TaskSettings
+from bertkit.tasks.registry import task_class
+from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import Tokenizer
 from experiments import REPO
 
-TASK_METRIC = {"cls": "accuracy", "pair": "accuracy", "qa": "f1", "ner": "f1"}
 TASK_LABEL = {
     "cls": "review sentiment (cls)",
     "pair": "LCQMC question pairs (pair)",
@@ -273,10 +274,11 @@ class Workspace:
                 shutil.rmtree(out)
             run_finetune(
                 FinetuneConfig(
-                    task=task, model=str(model_dir), train=str(train), dev=str(dev), out=str(out),
-                    epochs=s.epochs[task], batch_size=s.batch_size, learning_rate=learning_rate or s.finetune_lr,
-                    max_train_examples=s.train_examples[task], seed=seed, dropout=dropout, settings=settings,
-                    progress=self.progress, save_model=False, log_every=50,
+                    task=task, model=str(model_dir), train_file=str(train), dev_file=str(dev), out=str(out),
+                    epochs=s.epochs[task], max_train_examples=s.train_examples[task], dropout=dropout,
+                    settings=settings, save_model=False,
+                    train=finetune_training(batch_size=s.batch_size, learning_rate=learning_rate or s.finetune_lr,
+                                            seed=seed, progress=self.progress, log_every=50),
                 ),
                 model_factory=factory,
             )  # fmt: skip
@@ -288,7 +290,7 @@ class Workspace:
                 f"{out} was fine-tuned from {done['args']['model']}, not {model_dir} (a workspace of an older "
                 "bertkit?): choose another --work, or delete that run to redo it"
             )
-        return done["dev"][TASK_METRIC[task]]
+        return done["dev"][task_class(task).main_metric]
 
     def seeds(self) -> range:
         """The seeds, 0 to `scale.seeds` - 1: each one pre-training run per arm and one fine-tuning run per task."""
@@ -313,20 +315,18 @@ class Workspace:
 
 def fresh_model_factory(task: str) -> ModelFactory:
     """Random initialisation (seeded by the fine-tuning seed): the 'no pre-training' arm."""
-    from bertkit.model import TASK_MODELS
 
     def build(config, num_labels):
-        return TASK_MODELS[task](config, num_labels=num_labels)
+        return task_class(task).model_class(config, num_labels=num_labels)
 
     return build
 
 
 def probe_factory(model_dir: Path, task: str) -> ModelFactory:
     """A feature-based probe: the pre-trained encoder frozen, only the new output layer trained."""
-    from bertkit.model import TASK_MODELS
 
     def build(config, num_labels):
-        model = TASK_MODELS[task].from_pretrained(model_dir, config=config, num_labels=num_labels)
+        model = task_class(task).model_class.from_pretrained(model_dir, config=config, num_labels=num_labels)
         for p in model.bert.parameters():
             p.requires_grad_(False)
         return model

@@ -18,8 +18,9 @@ from bertkit import BertConfig, BertModel
 from bertkit.data.task_files import TaggedSentence
 from bertkit.errors import BertkitError
 from experiments.claims import EXPERIMENTS
+from experiments.index import write_index
 from experiments.models import ConcatBiLM, char_window_ner_f1, embedding_matrix
-from experiments.report import verdict, write_index
+from experiments.report import verdict
 from experiments.workspace import BERT, SCALES, Workspace
 
 
@@ -158,3 +159,26 @@ def test_entry_point_lists_the_claims_and_finds_its_paths_from_its_own_folder(
     assert main(["nsp", "--seeds", "0", "--work", str(tmp_path / "ws")]) == 2
     assert capsys.readouterr().err == "python -m experiments: error: --seeds 0: give at least 1\n"
     assert not (tmp_path / "ws").exists()
+
+
+def test_index_names_tasks_and_compares_the_classical_baseline_with_every_encoder(tmp_path: Path) -> None:
+    def report(name: str, raw: dict) -> None:
+        (tmp_path / f"{name}.md").write_text(f"# Claim {name}\n\n- a: **held** (1 vs 0)\n- setup line\n")
+        (tmp_path / f"{name}.json").write_text(json.dumps(raw))
+
+    ngram = "n-gram features + LR"
+    report(
+        "pretraining",
+        {
+            "cls": {"pretrained": [0.70, 0.72], "random": [0.60, 0.62], ngram: 0.80, "majority": 0.5},
+            "ner": {"pretrained": [0.40, 0.42], "random": [0.20, 0.22], ngram: 0.45, "majority": 0.0},
+        },
+    )
+    # A claim on one task keeps its arms at the top level; a probe is an encoder too.
+    report("masking", {"80/10/10": {"finetune": [0.50, 0.52], "probe": [0.01, 0.02]}, ngram: 0.45, "majority": 0.0})
+    index = write_index(tmp_path, list(EXPERIMENTS)).read_text(encoding="utf-8")
+    assert "review sentiment (cls): 'n-gram features + LR' beats every encoder" in index and "0.710" in index
+    assert "People's Daily NER (ner): 'n-gram features + LR' does not beat every encoder" in index and "0.510" in index
+    assert "**Probe**" in index and "## word2vec: not run yet" in index
+    assert "Tasks and metrics (dev set): People's Daily NER (ner) by entity F1. Setup: what a chosen token" in index
+    assert "- a: **held** (1 vs 0)" in index and "- setup line" not in index  # verdicts only

@@ -31,7 +31,8 @@ from bertkit.model import BertForPreTraining
 from bertkit.recipes.pretrain import PretrainConfig, run_pretrain
 from bertkit.tokenizer import Tokenizer
 from bertkit.train.config import TrainConfig
-from bertkit.train.loop import latest_checkpoint, read_metrics_log
+from bertkit.train.metrics_log import read_metrics_log
+from bertkit.train.state import latest_checkpoint
 
 # People's Daily paragraphs in the pre-training corpus, of the source's 19,484; the NER sets come from the rest,
 # so no NER sentence was seen in pre-training.
