@@ -1,6 +1,6 @@
-"""Fine-tuning on the real data sets in ../shared/data, through the `bertkit finetune` CLI.
+"""Fine-tuning on the shared real data sets, through the `bertkit finetune` CLI.
 
-    python benchmarks/finetune_real.py                       # every job below (hours on 2 CPU cores)
+    python benchmarks/finetune_real.py                       # every job below (hours on a CPU)
     python benchmarks/finetune_real.py --only sst2,'zh_chnsenticorp_*'    # names or shell-style patterns
     python benchmarks/finetune_real.py --zh-model runs/bench_pretrain_zh/run/model
 
@@ -18,17 +18,16 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bertkit.machine import describe
+from common import DATA, RESULTS, write_result
 
-HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("BERTKIT_DATA", HERE.parent.parent / "shared" / "data"))
-RESULTS = HERE / "results" / "finetune_real.json"
+from bertkit.recipes.small_scale import random_init_twin
+
+RESULT = RESULTS / "finetune_real.json"
 
 # Published dev figures of comparable models, for orientation only (not measured here).
 PUBLISHED = {
@@ -142,19 +141,6 @@ def split_squad(work: Path) -> tuple[Path, Path]:
     return train, dev
 
 
-def random_init_like(model_dir: Path, out: Path) -> Path:
-    """The same architecture and vocabulary as `model_dir`, freshly initialised (seed 0)."""
-    if not (out / "model.safetensors").is_file():
-        import torch
-
-        from bertkit import BertConfig, BertForPreTraining, Tokenizer
-
-        torch.manual_seed(0)
-        BertForPreTraining(BertConfig.load(model_dir)).save_pretrained(out)
-        Tokenizer.from_pretrained(model_dir).save_pretrained(out)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=None, help="comma-separated job names or patterns (zh_*_lr5e-4)")
@@ -163,13 +149,15 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     zh_model = Path(args.zh_model)
-    random_model = random_init_like(zh_model, work / "zh_random_init") if zh_model.is_dir() else work / "missing"
+    random_model = (
+        random_init_twin(zh_model, work / "zh_random_init", seed=0) if zh_model.is_dir() else work / "missing"
+    )
     all_jobs = jobs(zh_model, random_model, work)
     patterns = args.only.split(",") if args.only else ["*"]
     names = [n for n in all_jobs if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     if not names:
         sys.exit(f"--only {args.only}: no job matches; jobs are {', '.join(all_jobs)}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"jobs": {}}
+    results = json.loads(RESULT.read_text(encoding="utf-8")) if RESULT.is_file() else {"jobs": {}}
     for name in names:
         cli = all_jobs[name]
         if "--model" in cli and not Path(cli[cli.index("--model") + 1]).is_dir():
@@ -192,8 +180,7 @@ def main() -> None:
             "published_reference": published_reference(name),
         }
         results["zh_comparison"] = zh_comparison(results)
-        results["machine"] = describe()
-        RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        write_result(RESULT, results)
         print(name, json.dumps(metrics["dev"]), flush=True)
 
 

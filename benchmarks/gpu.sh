@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # All throughput benchmarks on a CUDA device, one results file: benchmarks/results/throughput_cuda.json.
-#   bash benchmarks/gpu.sh            (about 5 minutes on an H100/H200)
+#   bash benchmarks/gpu.sh
 # BERT-base (L12/H768) pre-training at seq 128 with bf16 autocast, plus tiny/mini/small, fine-tuning and
 # inference; each against transformers (sdpa) with the same config and batch, in the same run.
 set -euo pipefail

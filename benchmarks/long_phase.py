@@ -7,24 +7,23 @@ in 64 tokens and on those that do not.
 
     python benchmarks/long_phase.py --quickstart runs/quickstart      # a finished `bertkit quickstart` folder
 
-~10 min on 2 CPU cores. Writes benchmarks/results/long_phase.json.
+Writes benchmarks/results/long_phase.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
+from common import RESULTS, write_result
 
-from bertkit.data.task_files import read_conll  # noqa: E402
-from bertkit.machine import describe  # noqa: E402
-from bertkit.recipes.finetune import FinetuneConfig, load_task_model, run_finetune  # noqa: E402
-from bertkit.recipes.quickstart import QuickstartPlan  # noqa: E402
-from bertkit.recipes.small_scale import prepared_pairs, pretrain_run  # noqa: E402
+from bertkit.data.task_files import read_conll
+from bertkit.recipes.config import FinetuneConfig, finetune_training
+from bertkit.recipes.finetune import run_finetune
+from bertkit.recipes.quickstart import QuickstartPlan
+from bertkit.recipes.small_scale import prepared_pairs, pretrain_run
+from bertkit.tasks.model_dir import open_task_model
 
 
 def split_by_length(dev: Path, out: Path, tok_dir: Path, limit: int) -> dict[str, Path]:
@@ -46,12 +45,10 @@ def split_by_length(dev: Path, out: Path, tok_dir: Path, limit: int) -> dict[str
 
 def scores_by_length(ner: Path, dev_parts: dict[str, Path]) -> dict[str, float]:
     """Entity F1 of a fine-tuned NER model on the whole dev set (its metrics.json) and on each part."""
-    task, model, tok, id2label = load_task_model(ner, None, "cpu")
+    model = open_task_model(ner, None, "cpu")
     scores = {"all": json.loads((ner / "metrics.json").read_text())["dev"]["f1"]}
     for part, path in dev_parts.items():
-        examples = task.read(path)
-        features = task.features(examples, tok, None, train=False)
-        scores[part] = task.evaluate(model, tok, examples, features, id2label)["f1"]
+        scores[part] = model.evaluate(model.task.read(path), path)["f1"]
     return scores
 
 
@@ -67,7 +64,7 @@ def main() -> None:
     corpora = [*sorted((qs / "corpus").glob("*.txt")), qs / "tasks" / "reviews_unlabelled.txt"]
     tasks = qs / "tasks"
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": describe(), "quickstart": str(qs), "seed": seed, "steps": args.steps, "arms": {}}
+    results: dict = {"quickstart": str(qs), "seed": seed, "steps": args.steps, "arms": {}}
     dev_parts = split_by_length(tasks / "ner_dev.txt", work, qs / "tokenizer", plan.max_seq_length)
     results["dev_sentences"] = {k: len(read_conll(p)) for k, p in dev_parts.items()}
 
@@ -80,10 +77,12 @@ def main() -> None:
                      warmup_ratio=0.1)  # fmt: skip
         ner = work / f"ner_{arm}"
         if not (ner / "metrics.json").is_file():
-            run_finetune(FinetuneConfig(task="ner", model=str(run_dir / "model"), train=str(tasks / "ner_train.txt"),
-                                        dev=str(tasks / "ner_dev.txt"), out=str(ner), epochs=plan.ner_epochs,
-                                        learning_rate=plan.finetune_lrs[0],
-                                        max_train_examples=plan.train_examples["ner"], seed=seed))  # fmt: skip
+            run_finetune(FinetuneConfig(
+                task="ner", model=str(run_dir / "model"), train_file=str(tasks / "ner_train.txt"),
+                dev_file=str(tasks / "ner_dev.txt"), out=str(ner), epochs=plan.ner_epochs,
+                max_train_examples=plan.train_examples["ner"],
+                train=finetune_training(learning_rate=plan.finetune_lrs[0], seed=seed),
+            ))  # fmt: skip
         scores = scores_by_length(ner, dev_parts)
         results["arms"][arm] = {"pretraining_sequence_length": length, "ner_dev_f1": scores}
         print(f"{arm}: NER dev F1 {scores}", flush=True)
@@ -95,8 +94,7 @@ def main() -> None:
                                                "ner_dev_f1": scores_by_length(ner, dev_parts)}  # fmt: skip
     a, b = (results["arms"][f"continue_{n}"]["ner_dev_f1"] for n in (plan.max_seq_length, 128))
     results["long_minus_short"] = {k: b[k] - a[k] for k in a}
-    out = HERE / "results" / "long_phase.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_result(RESULTS / "long_phase.json", results)
     print(f"128-token phase minus 64-token phase: {results['long_minus_short']}\nwrote {out}")
 
 

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bertkit.machine import describe
-
-HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("BERTKIT_DATA", HERE.parent.parent / "shared" / "data"))
+from common import DATA, RESULTS, write_result
 
 
 def peak_rss_of(cmd: list[str]) -> tuple[float, float]:
@@ -76,9 +72,8 @@ def main() -> None:
         "target_ratio": 1.5,
         "met": ratio < 1.5,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": describe(),
     }
-    (HERE / "results" / f"prepare_memory_w{args.workers}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_result(RESULTS / f"prepare_memory_w{args.workers}.json", report)
     print(f"peak RSS ratio x10/x1 = {ratio:.3f}")
 
 

@@ -1,4 +1,4 @@
-"""Learning on real data: the `mini` preset pre-trained on ../shared/data/pretrain_zh within a time budget.
+"""Learning on real data: the `mini` preset pre-trained on the shared data's pretrain_zh corpus within a time budget.
 
     python benchmarks/pretrain_zh_mini.py [--minutes 30] [--out runs/bench_pretrain_zh]
 
@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from bertkit.machine import describe
+from common import DATA, RESULTS, write_result
 
-HERE = Path(__file__).resolve().parent
-DATA = Path(__import__("os").environ.get("BERTKIT_DATA", HERE.parent.parent / "shared" / "data"))
+from bertkit.train.metrics_log import read_metrics_log
 
 
 def run(*args: str) -> None:
@@ -60,7 +59,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run("pretrain", "--data", str(data), "--out", str(out / "run"), *settings)
     wall = time.perf_counter() - t0
-    rows = [json.loads(x) for x in (out / "run/metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_metrics_log(out / "run" / "metrics.jsonl")
     evals = [r for r in rows if r.get("split") == "eval"]
     train = [r for r in rows if r.get("split", "train") == "train"]
     final = evals[-1]
@@ -85,11 +84,9 @@ def main() -> None:
         "met": final["mlm_accuracy"] >= 0.30 and final["nsp_accuracy"] >= 0.75,
         "heldout_curve": evals,
         "median_train_tokens_per_s": sorted(r["tokens_per_s"] for r in train)[len(train) // 2],
-        "machine": describe(),
     }
-    dest = HERE / "results" / "pretrain_zh_mini.json"
-    dest.write_text(json.dumps(result, indent=2) + "\n")
-    shutil.copy(out / "run/curves.png", HERE / "results" / "pretrain_zh_mini_curves.png")
+    write_result(RESULTS / "pretrain_zh_mini.json", result)
+    shutil.copy(out / "run/curves.png", RESULTS / "pretrain_zh_mini_curves.png")
     print(json.dumps(result["final_heldout"]), "targets met" if result["met"] else "targets NOT met")
 
 

@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bertkit.machine import describe
-
-HERE = Path(__file__).resolve().parent
+from common import RESULTS, write_result
 
 
 def main() -> None:
@@ -34,7 +32,7 @@ def main() -> None:
     if out.exists():
         sys.exit(f"{out} exists: a re-run would reuse its finished stages; choose a new --out")
     suffix = "" if args.seed == 0 else f"_seed{args.seed}"
-    results = Path(args.results or HERE / "results" / f"quickstart{suffix}.json")
+    results = Path(args.results or RESULTS / f"quickstart{suffix}.json")
     cmd = [sys.executable, "-m", "bertkit.cli", "quickstart", "--out", str(out), "--seed", str(args.seed)]
     cmd += ["--budget", str(args.budget)]
     t0 = time.perf_counter()
@@ -46,9 +44,8 @@ def main() -> None:
         command=f"bertkit quickstart --out {out} --seed {args.seed} --budget {args.budget:g}",
         wall_seconds=round(wall, 1),
         peak_rss_mib=peak_kib // 1024,
-        machine=describe(),
     )
-    results.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_result(results, summary)
     print(f"{wall / 60:.1f} min, peak RSS {peak_kib // 1024} MiB -> {results}")
 
 

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bertkit.machine import describe
-from bertkit.recipes.finetune import FinetuneConfig, run_finetune
+from common import RESULTS, write_result
 
-HERE = Path(__file__).resolve().parent
+from bertkit.recipes.config import FinetuneConfig, finetune_training
+from bertkit.recipes.finetune import run_finetune
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds 0..N-1 per size and initialisation")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--results", default=str(HERE / "results" / "quickstart_sentiment_labels.json"))
+    ap.add_argument("--results", default=str(RESULTS / "quickstart_sentiment_labels.json"))
     args = ap.parse_args()
     run = Path(args.run)
     summary = json.loads((run / "results.json").read_text(encoding="utf-8"))
@@ -50,9 +50,9 @@ def main() -> None:
                 scores = []
                 for seed in range(args.seeds):
                     cfg = FinetuneConfig(
-                        task="cls", model=str(model), train=str(train), dev=str(dev),
-                        out=str(Path(tmp) / f"{init}_{n}_{seed}"), epochs=args.epochs, learning_rate=args.lr,
-                        max_train_examples=n, seed=seed, progress=False, save_model=False,
+                        task="cls", model=str(model), train_file=str(train), dev_file=str(dev),
+                        out=str(Path(tmp) / f"{init}_{n}_{seed}"), epochs=args.epochs, max_train_examples=n,
+                        save_model=False, train=finetune_training(learning_rate=args.lr, seed=seed, progress=False),
                     )  # fmt: skip
                     scores.append(run_finetune(cfg)["dev"]["accuracy"])
                     print(f"{n} reviews, {init}, seed {seed}: {scores[-1]:.3f}", flush=True)
@@ -73,10 +73,8 @@ def main() -> None:
         "settings": {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": 32, "seeds": args.seeds},
         "dev_accuracy_by_labelled_reviews": table,
         "minutes": round((time.perf_counter() - t0) / 60, 1),
-        "machine": describe(),
     }
-    out = Path(args.results)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = write_result(args.results, result)
     print(f"-> {out}")
 
 

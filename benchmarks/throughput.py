@@ -1,6 +1,6 @@
 """Training and inference throughput, bertkit vs. `transformers`, same config, same batches, same run.
 
-    python benchmarks/throughput.py                                   # every CPU benchmark (~15 min on 2 cores)
+    python benchmarks/throughput.py                                   # every CPU benchmark
     python benchmarks/throughput.py --only pretrain --presets tiny,mini
     python benchmarks/throughput.py --device cuda --presets base --precision bf16 --only pretrain
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -34,15 +33,13 @@ from pathlib import Path
 
 import torch
 import transformers
+from common import DATA, RESULTS, write_result
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.data.task_files import read_classification
-from bertkit.machine import describe
 from bertkit.model import BertForSequenceClassification
-from bertkit.train.loop import build_optimizer
+from bertkit.train.optim import build_optimizer
 
-HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("BERTKIT_DATA", HERE.parent.parent / "shared" / "data"))
 transformers.logging.set_verbosity_error()
 
 
@@ -301,13 +298,12 @@ def main() -> None:
     peak_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_peak(device, peak_dtype)
     print(f"matmul peak ({peak_dtype}): {peak / 1e9:.1f} GFLOP/s", flush=True)
-    out_path = Path(args.out or HERE / "results" / f"throughput_{device.type}.json")
+    out_path = Path(args.out or RESULTS / f"throughput_{device.type}.json")
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    results.update({"machine": describe(), "precision": args.precision, "matmul_peak_tflop_s": peak / 1e12})
+    results.update({"precision": args.precision, "matmul_peak_tflop_s": peak / 1e12})
 
     def save() -> None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(results, indent=2) + "\n")
+        write_result(out_path, results)
 
     if "pretrain" in only:
         results.setdefault("pretrain", {})

@@ -1,0 +1,36 @@
+"""What every benchmark shares: where the real data is, where results go, and the machine they were measured on.
+
+Each benchmark runs as `python benchmarks/NAME.py` from any folder. Python puts the script's own folder first on
+the import path, so the scripts import this module as `common` with no path set-up of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bertkit.machine import describe
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def shared_data_dir() -> Path:
+    """The shared real data sets: `$BERTKIT_DATA`, else the `shared/data` folder beside the checkout (where the
+    tests look too)."""
+    env = os.environ.get("BERTKIT_DATA")
+    return Path(env) if env else HERE.parent.parent / "shared" / "data"
+
+
+DATA = shared_data_dir()
+
+
+def write_result(path: str | Path, result: dict) -> Path:
+    """Write `result` to `path` as indented JSON (UTF-8, Chinese kept readable) with the machine it was measured
+    on under "machine" (bertkit.machine.describe), and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result["machine"] = describe()
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
