@@ -45,7 +45,7 @@ PUBLISHED = {
 
 ZH_LRS = ("5e-4", "1e-3")  # fine-tuning learning rates tried for each Chinese task and initialisation
 # afqmc_full: AFQMC on all 34,334 training pairs for 2 epochs at a lower rate, after both arms sat at the majority
-# class with 12,000 pairs, 1 epoch and lr 5e-4 / 1e-3 (the `afqmc` jobs).
+# class with 12,000 pairs, 1 epoch and lr 5e-4 / 1e-3 (the `afqmc` jobs in benchmarks/results/finetune_real.json).
 ZH_TASK_LRS = {"afqmc_full": ("2e-4",)}
 ZH_METRIC = {
     "chnsenticorp": "accuracy",

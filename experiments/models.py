@@ -211,7 +211,7 @@ def char_window_ner_f1(train: Sequence[TaggedSentence], dev: Sequence[TaggedSent
 
     vec = DictVectorizer()
     x_train = int32(vec.fit_transform(features(train)))
-    # One-vs-rest liblinear: seconds, where the multinomial lbfgs fit took two minutes for the same F1 (+-0.01).
+    # One-vs-rest liblinear: far faster than a multinomial lbfgs fit over these sparse features, for no lower F1.
     clf = OneVsRestClassifier(LogisticRegression(C=4.0, solver="liblinear"))
     clf.fit(x_train, [t for s in train for t in s.tags or []])
     return _token_predictions_f1(clf.predict(int32(vec.transform(features(dev)))), dev)
