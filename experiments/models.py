@@ -14,8 +14,8 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.constants import IGNORE_INDEX
-from bertkit.data.corpus import read_corpus_lines
 from bertkit.data.task_files import TaggedSentence, TextExample
+from bertkit.files import read_corpus_lines
 from bertkit.metrics import accuracy, entity_prf
 from bertkit.model import BertModel, TaskOutput, init_weights, reverse_real_tokens
 from bertkit.tasks.registry import task_class

@@ -303,37 +303,6 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
     run_quickstart(Path(args.out), budget=args.budget, seed=args.seed, max_minutes=args.max_minutes)
 
 
-def _cmd_experiment(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
-    from bertkit.experiments.claims import EXPERIMENTS
-    from bertkit.experiments.report import write_index
-    from bertkit.experiments.workspace import SCALES, Workspace, default_data_dir
-
-    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
-    scale = SCALES[args.scale] if args.seeds is None else replace(SCALES[args.scale], seeds=args.seeds)
-    data = Path(args.data) if args.data else default_data_dir()
-    if data is not None and not (data / "lcqmc").is_dir():
-        raise BertkitError(f"--data {data}: no lcqmc/ folder there; point it at the shared benchmark data folder")
-    if data is None:
-        print("shared benchmark data not found (--data / $BERTKIT_DATA): the pair and QA tasks are skipped")
-    ws = Workspace(Path(args.work), scale, data, progress=not args.quiet)
-    reports = (
-        Path(args.reports)
-        if args.reports
-        else Path("docs/experiments") / ("" if args.scale == "default" else args.scale)
-    )
-    for name in names:
-        path = EXPERIMENTS[name](ws).write(reports)
-        write_index(reports, list(EXPERIMENTS))
-        print(f"\n{name}: report written to {path}")
-        print(
-            "\n".join(
-                line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("- ") and "**" in line
-            )
-        )
-
-
 def _version() -> str:
     """The installed package's version (from its metadata; the source tree's when run uninstalled)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -520,23 +489,6 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=_cmd_quickstart)
 
-    p = sub.add_parser(
-        "experiment",
-        help="reproduce one of the BERT paper's claims at small scale (report + plots under docs/experiments)",
-        description="Claims: pretraining (pre-trained vs random init, four task families), word2vec (CBOW and "
-        "Skip-gram baselines), bidirectional (masked LM vs left-to-right), masking (80/10/10 vs other recipes), "
-        "nsp (with vs without next-sentence prediction), elmo (two one-directional encoders vs one deep "
-        "bidirectional one), or all. Pre-training arms and fine-tuning runs are cached in --work and shared "
-        "between experiments; a re-run only does what is missing.",
-    )
-    p.add_argument("name", choices=["pretraining", "word2vec", "bidirectional", "masking", "nsp", "elmo", "all"])
-    p.add_argument("--scale", choices=["default", "test"], default="default", help="test: a seconds-long smoke run")
-    p.add_argument("--seeds", type=POSITIVE, default=None, help="fine-tuning seeds per cell (default 3; test 2)")
-    p.add_argument("--work", default="runs/experiments", metavar="DIR", help="cached arms and runs")
-    p.add_argument("--reports", default=None, metavar="DIR", help="default docs/experiments (test: .../test)")
-    p.add_argument("--data", default=None, metavar="DIR", help="shared benchmark data (LCQMC, CMRC 2018)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_experiment)
     return parser
 
 

@@ -484,15 +484,6 @@ class BertForQuestionAnswering(nn.Module, PreTrainedMixin):
         return TaskOutput(loss, logits)
 
 
-TASK_MODELS: dict[str, type[nn.Module]] = {
-    "cls": BertForSequenceClassification,
-    "pair": BertForSequenceClassification,
-    "regression": BertForSequenceClassification,  # with one output
-    "ner": BertForTokenClassification,
-    "qa": BertForQuestionAnswering,
-}
-
-
 def encoder_layers(model: nn.Module) -> list[nn.Module]:
     """The encoder layers inside `model`: the units FSDP shards one by one (the embeddings and heads are the last
     unit), so that only one layer's full parameters are gathered at a time."""

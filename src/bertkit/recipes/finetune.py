@@ -240,7 +240,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         model, train_cfg, dataset, lambda fs: pad_batch(fs, tok.pad_id, scalar_keys), loss_fn, eval_fn=eval_fn,
         save_extra=save_extra if cfg.save_model else None, on_eval=on_eval, shard_units=encoder_layers,
         bar_metric=(f"dev {task.main_metric}", task.main_metric),
-    )
+    )  # fmt: skip
     if resuming:
         trainer.resume()
     try:

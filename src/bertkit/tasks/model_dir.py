@@ -130,7 +130,7 @@ class ModelDir:
 
     @property
     def kind(self) -> str:
-        """"task", "pretrained" or "encoder"."""
+        """One of "task", "pretrained" and "encoder"."""
         return "task" if self.task_model else "pretrained" if self.mlm is not None else "encoder"
 
     @property

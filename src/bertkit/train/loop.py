@@ -23,21 +23,16 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from bertkit.checkpoint import atomic_write, first_non_finite, save_model
+from bertkit.checkpoint import first_non_finite, save_model
 from bertkit.errors import BertkitError
-from bertkit.files import disk_full_as_error, is_disk_full
+from bertkit.files import atomic_write, disk_full_as_error, is_disk_full
 from bertkit.machine import pick_device
 from bertkit.train.batches import Batch, LoaderFn, epoch_loader
 from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import ShardUnits, any_rank, replicate, reshard, setup_device, shard
-from bertkit.train.distributed import dist_info as dist_info  # re-export: moved
 from bertkit.train.metrics_log import Curves, MetricsLog, plot_metrics
-from bertkit.train.metrics_log import read_metrics_log as read_metrics_log  # re-export: moved
 from bertkit.train.optim import build_optimizer, build_scheduler
-from bertkit.train.optim import linear_schedule as linear_schedule  # re-export: moved
-from bertkit.train.optim import param_groups as param_groups  # re-export: moved
 from bertkit.train.precision import amp_dtype, autocast
-from bertkit.train.state import STALE_PATTERNS as STALE_PATTERNS  # re-export: moved
 from bertkit.train.state import (
     TrainState,
     checkpoint_name,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertkit.checkpoint import atomic_write
+from bertkit.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 
