@@ -14,9 +14,9 @@ import torch
 from bertkit.data.task_files import read_classification, read_conll
 from bertkit.infer import fill_mask
 from bertkit.machine import summary as machine_summary
+from bertkit.metrics import majority_accuracy
 from bertkit.model import BertForPreTraining
 from bertkit.recipes.quickstart import FILL_MASK_EXAMPLE
-from bertkit.recipes.small_scale import majority_accuracy
 from bertkit.tasks.registry import task_class
 from bertkit.tokenizer import Tokenizer
 from experiments.models import (
@@ -85,7 +85,8 @@ def _baselines(ws: Workspace, task: str) -> dict[str, float | None]:
     n = ws.scale.train_examples[task]
     if task in ("cls", "pair"):
         tr, dv = read_classification(train)[:n], read_classification(dev)
-        return dict(zip(BASELINES, [tfidf_logreg_accuracy(tr, dv), majority_accuracy(tr, dv)], strict=True))
+        majority = majority_accuracy([ex.label for ex in tr], [ex.label for ex in dv])
+        return dict(zip(BASELINES, [tfidf_logreg_accuracy(tr, dv), majority], strict=True))
     if task == "ner":  # the majority tag, O everywhere, finds no entity: F1 0
         return dict(zip(BASELINES, [char_window_ner_f1(read_conll(train)[:n], read_conll(dev)), 0.0], strict=True))
     return dict.fromkeys(BASELINES)

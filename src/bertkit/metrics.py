@@ -232,3 +232,9 @@ def qa_scores(predictions: dict[str, str], answers: dict[str, list[str]], lang: 
         f1 += max(f1_fn(pred, g) for g in golds)
     n = max(len(answers), 1)
     return {"exact_match": em / n, "f1": f1 / n}
+
+
+def majority_accuracy(train_labels: Sequence[str], dev_labels: Sequence[str]) -> float:
+    """Dev accuracy of always predicting the most frequent training label: the floor every comparison shows."""
+    top = Counter(train_labels).most_common(1)[0][0]
+    return accuracy([top] * len(dev_labels), list(dev_labels))

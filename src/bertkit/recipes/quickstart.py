@@ -28,6 +28,7 @@ from bertkit.data.task_files import read_classification
 from bertkit.errors import BertkitError
 from bertkit.files import claim_folder
 from bertkit.infer import fill_mask
+from bertkit.metrics import majority_accuracy
 from bertkit.model import BertForPreTraining
 from bertkit.recipes.config import FinetuneConfig, finetune_training
 from bertkit.recipes.finetune import run_finetune
@@ -36,7 +37,6 @@ from bertkit.recipes.small_scale import (
     PretrainingPlan,
     SmallScalePipeline,
     held_out_evals,
-    majority_accuracy,
     random_init_twin,
 )
 from bertkit.tokenizer import Tokenizer
@@ -114,7 +114,7 @@ def _majority_baselines(paths: dict) -> dict[str, float]:
     """Majority-class accuracy for sentiment, the majority taken over the whole training file written (a
     500-review subset can split almost evenly); all-O NER scores F1 = 0 by definition."""
     train, dev = read_classification(paths["sentiment_train"]), read_classification(paths["sentiment_dev"])
-    return {"sentiment": majority_accuracy(train, dev), "ner": 0.0}
+    return {"sentiment": majority_accuracy([ex.label for ex in train], [ex.label for ex in dev]), "ner": 0.0}
 
 
 def run_quickstart(

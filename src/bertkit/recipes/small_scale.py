@@ -13,7 +13,6 @@ and the experiments do.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,6 @@ from bertkit.config import BertConfig
 from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.prepare import PrepareConfig, prepare
-from bertkit.data.task_files import TextExample
-from bertkit.metrics import accuracy
 from bertkit.model import BertForPreTraining
 from bertkit.recipes.pretrain import PretrainConfig, run_pretrain
 from bertkit.tokenizer import Tokenizer
@@ -191,9 +188,3 @@ def random_init_twin(model_dir: Path, out: Path, seed: int) -> Path:
         BertForPreTraining(BertConfig.load(model_dir)).save_pretrained(out)
         Tokenizer.from_pretrained(model_dir).save_pretrained(out)
     return out
-
-
-def majority_accuracy(train: Sequence[TextExample], dev: Sequence[TextExample]) -> float:
-    """Dev accuracy of always predicting the most frequent training label: the floor every comparison shows."""
-    top = Counter(ex.label for ex in train).most_common(1)[0][0]
-    return accuracy([top] * len(dev), [ex.label for ex in dev])
