@@ -22,11 +22,8 @@ from bertkit.errors import BertkitError
 from bertkit.files import (
     atomic_write,
     check_output_not_input,
-    claim_output_dir,
     disk_full_as_error,
-    own_entries,
     release_output_dir,
-    remove_entries,
 )
 from bertkit.model import encoder_layers
 from bertkit.recipes.config import FinetuneConfig
@@ -34,9 +31,8 @@ from bertkit.tasks.base import pad_batch
 from bertkit.tasks.model_dir import TASK_FILE, write_task_record
 from bertkit.tasks.registry import task_class
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
-from bertkit.train.distributed import dist_info
 from bertkit.train.loop import Trainer
-from bertkit.train.state import latest_checkpoint
+from bertkit.train.state import claim_run_dir, latest_checkpoint
 
 # Builds the model to train from the (label-completed) config and the number of labels, instead of loading
 # `cfg.model`'s weights into the task's standard model: experiments use it for probes and other architectures.
@@ -88,35 +84,23 @@ def _inputs(cfg: FinetuneConfig) -> list[str]:
 
 
 def _claim_output(cfg: FinetuneConfig, out: Path) -> bool:
-    """Check --out before anything is written (see `bertkit.files.claim_output_dir`): not an input, not a non-empty
-    directory that is not an earlier fine-tuning (unless --overwrite, which removes only fine-tuning's own entries).
-    Removes what a killed run left half-written. True when there is a checkpoint to resume from; --resume without
-    one starts from step 0 (saying so), or is refused when --out holds a finished model that it would replace."""
-    inputs = _inputs(cfg)
-    if dist_info()[0] != 0:  # under torchrun rank 0 claims; the others only look for a checkpoint
-        return cfg.resume and latest_checkpoint(out / "training") is not None
-    existed = out.exists()
-    # Written only by fine-tuning: outputs of a bertkit from before the owner mark are recognised by these.
-    recognised = (out / TASK_FILE).is_file() or latest_checkpoint(out / "training") is not None
-    claim_output_dir(out, OUTPUT_OWNS, command="finetune", inputs=inputs, overwrite=cfg.overwrite, resume=cfg.resume,
-                     is_own_output=recognised, what="fine-tuned model")  # fmt: skip
-    remove_entries(own_entries(out, STALE_OUTPUT))
-    if not cfg.resume:
-        return False
-    if latest_checkpoint(out / "training") is not None:
-        return True
-    if not existed:
-        print(f"nothing to resume: {out} did not exist yet; starting from step 0")
-        return False
-    if (out / "metrics.json").is_file() or ((out / "model.safetensors").is_file() and not (out / "training").is_dir()):
-        raise BertkitError(
-            f"nothing to resume in {out}: it holds a finished fine-tuned model but no checkpoint (training/); pass "
-            "--overwrite to fine-tune again (it replaces that model), or choose a new --out"
-        )
-    leftovers = own_entries(out, OUTPUT_OWNS)
-    remove_entries(leftovers)  # a run killed before its first checkpoint: start it again from scratch
-    print(f"nothing to resume in {out} (no checkpoint{' yet' if leftovers else ''}): starting from step 0")
-    return False
+    """Check --out before anything is written (see `bertkit.train.state.claim_run_dir`); True when there is a
+    checkpoint to resume from."""
+    checkpoints = out / "training"
+
+    def finished() -> str | None:
+        model = (out / "model.safetensors").is_file() and not checkpoints.is_dir()
+        if not ((out / "metrics.json").is_file() or model):
+            return None
+        return ("it holds a finished fine-tuned model but no checkpoint (training/); pass --overwrite to fine-tune "
+                "again (it replaces that model), or choose a new --out")  # fmt: skip
+
+    return claim_run_dir(
+        out, checkpoints, OUTPUT_OWNS, STALE_OUTPUT, command="finetune", inputs=_inputs(cfg), overwrite=cfg.overwrite,
+        resume=cfg.resume, what="fine-tuned model",
+        # Written only by fine-tuning: outputs of a bertkit from before the owner mark are recognised by these.
+        is_own_output=(out / TASK_FILE).is_file() or latest_checkpoint(checkpoints) is not None, finished=finished,
+    )  # fmt: skip
 
 
 def _note_fresh_parameters(model: torch.nn.Module, num_labels: int | None) -> None:

@@ -21,18 +21,14 @@ from bertkit.data.pretraining import PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
 from bertkit.files import (
     check_output_not_input,
-    claim_output_dir,
     disk_full_as_error,
-    own_entries,
     release_output_dir,
-    remove_entries,
 )
 from bertkit.model import BertForPreTraining, encoder_layers, reverse_real_tokens, set_dropout
 from bertkit.recipes.config import PretrainConfig
-from bertkit.train.distributed import dist_info
 from bertkit.train.loop import Trainer
 from bertkit.train.metrics_log import Curves, read_metrics_log
-from bertkit.train.state import STALE_PATTERNS, latest_checkpoint
+from bertkit.train.state import STALE_PATTERNS, claim_run_dir, latest_checkpoint
 
 
 def build_model(
@@ -220,35 +216,16 @@ def _check_training_split(data_dir: str, manifest: dict) -> None:
 
 
 def _claim_run_dir(cfg: PretrainConfig, out: Path) -> bool:
-    """Make `out` this run's directory (see `bertkit.files.claim_output_dir`); True when there is a checkpoint
-    to resume from. `--resume` without one starts from step 0 (saying so), or is refused when the directory holds
-    a finished model: training again would replace it. Under torchrun only rank 0 claims (and removes); the
-    others only look whether there is a checkpoint."""
-    if dist_info()[0] != 0:
-        return cfg.resume and latest_checkpoint(out) is not None
-    claim_output_dir(
-        out,
-        PRETRAIN_OWNS,
-        command="pretrain",
-        inputs=_inputs(cfg, out),
-        overwrite=cfg.overwrite,
-        resume=cfg.resume,
+    """Make `out` this run's directory (see `bertkit.train.state.claim_run_dir`); True when there is a checkpoint
+    to resume from."""
+    return claim_run_dir(
+        out, out, PRETRAIN_OWNS, PRETRAIN_STALE, command="pretrain", inputs=_inputs(cfg, out),
+        overwrite=cfg.overwrite, resume=cfg.resume, what="pre-training run",
         # Written only by pre-training: runs of a bertkit from before the owner mark are recognised by these.
         is_own_output=latest_checkpoint(out) is not None or (out / "model" / PRETRAINING_RECORD).is_file(),
-        what="pre-training run",
-    )
-    remove_entries(own_entries(out, PRETRAIN_STALE))
-    if not cfg.resume or latest_checkpoint(out) is not None:
-        return cfg.resume
-    if (out / "model").is_dir():
-        raise BertkitError(
-            f"nothing to resume in {out}: it holds a finished model (model/) but no checkpoint; pass --overwrite "
-            "to train again (it replaces model/), or choose a new --out"
-        )
-    leftovers = own_entries(out, PRETRAIN_OWNS)
-    remove_entries(leftovers)  # a run killed before its first checkpoint: its logs would mislead
-    print(f"nothing to resume in {out} (no checkpoint{' yet' if leftovers else ''}): starting from step 0")
-    return False
+        finished=lambda: "it holds a finished model (model/) but no checkpoint; pass --overwrite to train again (it "
+        "replaces model/), or choose a new --out" if (out / "model").is_dir() else None,
+    )  # fmt: skip
 
 
 def _last_train_loss(metrics: Path) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 
 from bertkit.errors import BertkitError
+from bertkit.files import claim_output_dir, own_entries, remove_entries
+from bertkit.train.distributed import dist_info
 
 # Temporary entries a killed run can leave in its run directory: a checkpoint being written, and the files of
 # `atomic_write` (".NAME.RANDOM.tmp") for `latest` and `metrics.jsonl`. Removed when a run starts or resumes.
@@ -177,3 +180,44 @@ def load_optimizer_state(
         raise BertkitError(f"{checkpoint} is from an older bertkit: resume it without --fsdp")
     else:
         optimizer.load_state_dict(saved)
+
+
+def claim_run_dir(
+    out: Path,
+    checkpoints: Path,
+    owns: Sequence[str],
+    stale: Sequence[str],
+    *,
+    command: str,
+    inputs: Sequence[str | Path],
+    overwrite: bool,
+    resume: bool,
+    is_own_output: bool,
+    what: str,
+    finished: Callable[[], str | None],
+) -> bool:
+    """Make `out` a training run's output directory (`bertkit.files.claim_output_dir`: never an input, never a
+    folder that is not the command's own unless --overwrite, which removes only `owns`), remove the `stale` entries
+    a killed run left, and say whether there is a checkpoint in `checkpoints` to resume from. --resume without one
+    starts from step 0, saying so, after removing the leftovers of a run killed before its first checkpoint (its
+    logs would mislead); it is refused when `finished()` gives a reason (`out` holds a finished model that training
+    again would replace), asked once the claim has removed what it may. Under torchrun rank 0 claims and removes;
+    the others only look."""
+    if dist_info()[0] != 0:
+        return resume and latest_checkpoint(checkpoints) is not None
+    existed = out.exists()
+    claim_output_dir(out, owns, command=command, inputs=inputs, overwrite=overwrite, resume=resume,
+                     is_own_output=is_own_output, what=what)  # fmt: skip
+    remove_entries(own_entries(out, stale))
+    if not resume or latest_checkpoint(checkpoints) is not None:
+        return resume
+    if not existed:
+        print(f"nothing to resume: {out} did not exist yet; starting from step 0")
+        return False
+    reason = finished()
+    if reason is not None:
+        raise BertkitError(f"nothing to resume in {out}: {reason}")
+    leftovers = own_entries(out, owns)
+    remove_entries(leftovers)
+    print(f"nothing to resume in {out} (no checkpoint{' yet' if leftovers else ''}): starting from step 0")
+    return False
