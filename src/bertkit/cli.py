@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pooling", choices=["mean", "cls"], default=None, help="default: mean (or the model's)")
     p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("prepare", help="corpus -> NSP instances in binary shards for pre-training")
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POSITIVE, default=64)
     p.add_argument("--max-instances", type=POSITIVE, default=None, help="pre-training data only: the first N")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--device", default=None)
+    add_options(p, TrainConfig, only=("device",))
     add_options(p.add_argument_group("masking (pre-training data)"), MaskingConfig)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
     p.add_argument("--out", default=None, metavar="FILE.jsonl", help="default: standard output")
-    p.add_argument("--device", default=None)
+    add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help="a pre-trained model directory (with the MLM head)")
     p.add_argument("text", nargs="*", help="texts with [MASK] (default: one per line on stdin)")
     p.add_argument("--top-k", type=POSITIVE, default=5)
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_fill_mask)
 
     p = sub.add_parser(
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=PORT, default=8000, help="0 to 65535 (default 8000; 0 picks a free port)")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
