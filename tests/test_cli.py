@@ -11,8 +11,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from helpers import run_in_process
 
-from bertkit.cli import _json, main
+from bertkit.cli import _json
 from bertkit.data.task_files import TextExample
 from bertkit.errors import BertkitError
 
@@ -49,12 +50,10 @@ MODEL, DATA, OUT = "no/such/model", "no/such/data", "no/such/out"
         (["vocab", "--corpus", DATA, "--out", OUT, "--vocab-size", "ten"], "--vocab-size"),
     ],
 )  # fmt: skip
-def test_a_bad_count_is_one_line_and_exit_2(args: list[str], flag: str, capsys: pytest.CaptureFixture) -> None:
+def test_a_bad_count_is_one_line_and_exit_2(args: list[str], flag: str, bertkit) -> None:
     # Before the command runs at all, so nothing is read or written; the line names the flag and the valid range.
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
+    status, _, err = bertkit(*args)
+    assert status == 2
     assert err.count("\n") == 1 and err.startswith(f"bertkit {args[0]}: error: argument {flag}: "), err
     assert f"see bertkit {args[0]} --help" in err
 
@@ -74,11 +73,10 @@ def test_good_edge_values_are_accepted() -> None:
     assert parser.parse_args([*prepare, "--workers", "0"]).workers == 0  # in this process, as it always was
 
 
-def test_version(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        main(["--version"])
-    assert exit_.value.code == 0
-    assert capsys.readouterr().out.strip() == f"bertkit {version('bertkit')}"
+def test_version(bertkit) -> None:
+    status, out, _ = bertkit("--version")
+    assert status == 0
+    assert out.strip() == f"bertkit {version('bertkit')}"
 
 
 def test_help_does_not_import_torch() -> None:
@@ -92,27 +90,30 @@ def test_help_does_not_import_torch() -> None:
     assert r.stdout.strip() == "BertModel"
 
 
-def test_predict_lines_echo_their_input(tiny_task_models: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_predict_lines_echo_their_input(tiny_task_models: dict[str, Path], tmp_path: Path, bertkit) -> None:
     texts = ["这个宾馆比较陈旧了，特价的房间也很一般。", "", "房间很大，服务员也很热情，下次还会再来。"]
     src = tmp_path / "reviews.txt"
     src.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    assert main(["predict", "--model", str(tiny_task_models["cls"]), "--input", str(src)]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    status, out, _ = bertkit("predict", "--model", tiny_task_models["cls"], "--input", src)
+    assert status == 0
+    rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["line"], r["text"]) for r in rows] == [(1, texts[0]), (3, texts[2])]  # the blank line is skipped
     assert all({"label", "probabilities"} <= set(r) for r in rows)  # the prediction's keys are all still there
 
     text = "浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。"
     src = tmp_path / "ner.txt"
     src.write_text(text + "\n", encoding="utf-8")
-    assert main(["predict", "--model", str(tiny_task_models["ner"]), "--input", str(src)]) == 0
-    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    status, out, _ = bertkit("predict", "--model", tiny_task_models["ner"], "--input", src)
+    assert status == 0
+    (row,) = [json.loads(line) for line in out.splitlines()]
     assert row["text"] == text and row["line"] == 1 and len(row["tags"]) == len(text)
     assert all(row["text"][e["start"] : e["end"]] == e["text"] for e in row["entities"])  # offsets into the echo
 
     src = tmp_path / "qa.jsonl"
     src.write_text(json.dumps({"id": "q7", "question": "谁从另一个角度进行了解读？", "context": text}) + "\n")
-    assert main(["predict", "--model", str(tiny_task_models["qa"]), "--input", str(src)]) == 0
-    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    status, out, _ = bertkit("predict", "--model", tiny_task_models["qa"], "--input", src)
+    assert status == 0
+    (row,) = [json.loads(line) for line in out.splitlines()]
     assert row["id"] == "q7" and row["question"] == "谁从另一个角度进行了解读？" and "answer" in row
 
     from bertkit.tasks.classify import PairClassificationTask
@@ -122,7 +123,7 @@ def test_predict_lines_echo_their_input(tiny_task_models: dict[str, Path], tmp_p
 
 
 def test_non_finite_outputs_are_an_error_not_invalid_json(tiny_task_models: dict[str, Path], tmp_path: Path,
-                                                          capsys) -> None:  # fmt: skip
+                                                          bertkit) -> None:  # fmt: skip
     import torch
 
     from bertkit.model import BertForSequenceClassification
@@ -138,8 +139,8 @@ def test_non_finite_outputs_are_an_error_not_invalid_json(tiny_task_models: dict
     src = tmp_path / "reviews.txt"
     src.write_text("房间很大。\n", encoding="utf-8")
     out = tmp_path / "predictions.jsonl"
-    assert main(["predict", "--model", str(model_dir), "--input", str(src), "--out", str(out)]) == 2
-    captured = capsys.readouterr()
+    captured = bertkit("predict", "--model", model_dir, "--input", src, "--out", out)
+    assert captured.status == 2
     assert captured.err.count("\n") == 1 and "not a finite number" in captured.err
     assert f"line 1 of {src}" in captured.err and not out.exists()  # nothing half-written
     assert captured.out == ""
@@ -162,41 +163,41 @@ def prepared(tiny_task_models: dict[str, Path], data_dir: Path, tmp_path_factory
         out[name] = root / name
         args = ["prepare", "--corpus", str(corpus), "--tokenizer", str(tiny_task_models["pretrained"]),
                 "--out", str(out[name]), "--max-seq-length", "32", "--eval-fraction", fraction]  # fmt: skip
-        assert main(args) == 0
+        assert run_in_process(*args).status == 0  # module-scoped: no capsys
     return out
 
 
 def test_evaluate_says_which_split_and_how_many(tiny_task_models: dict[str, Path], prepared: dict[str, Path],
-                                                 capsys) -> None:  # fmt: skip
+                                                 bertkit) -> None:  # fmt: skip
     data = prepared["split"]
     manifest = json.loads((data / "manifest.json").read_text())
     model = str(tiny_task_models["pretrained"])
-    capsys.readouterr()
     for split in ("eval", "train"):
         n = manifest["splits"][split]["instances"]
-        assert main(["evaluate", "--model", model, "--data", str(data), "--split", split]) == 0
-        captured = capsys.readouterr()
+        captured = bertkit("evaluate", "--model", model, "--data", data, "--split", split)
+        assert captured.status == 0
         assert f"evaluating the {split} split of {data}: {n:,} instances" in captured.err
         assert json.loads(captured.out.splitlines()[-1])["eval_instances"] == n
     docs = manifest["documents"]
     assert f"{docs['eval']:,}, 20% of the {docs['eval'] + docs['train']:,} documents, held out by prepare" in (
-        _last_summary(model, data, capsys, "--split", "eval")
+        _last_summary(bertkit, model, data, "--split", "eval")
     )
     n = manifest["splits"]["eval"]["instances"]
     assert f"the first 5 of its {n:,} instances (--max-instances 5; " in _last_summary(
-        model, data, capsys, "--max-instances", "5"
+        bertkit, model, data, "--max-instances", "5"
     )
-    assert main(["evaluate", "--model", model, "--data", str(prepared["no_eval"])]) == 2
-    err = capsys.readouterr().err
+    status, _, err = bertkit("evaluate", "--model", model, "--data", prepared["no_eval"])
+    assert status == 2
     assert "the eval split of" in err and "has no instances" in err and "--split train" in err
 
 
-def _last_summary(model: str, data: Path, capsys, *flags: str) -> str:
-    assert main(["evaluate", "--model", model, "--data", str(data), *flags]) == 0
-    return capsys.readouterr().err
+def _last_summary(bertkit, model: str, data: Path, *flags: str) -> str:
+    status, _, err = bertkit("evaluate", "--model", model, "--data", data, *flags)
+    assert status == 0
+    return err
 
 
-def test_evaluate_split_all(tiny_task_models: dict[str, Path], prepared: dict[str, Path], capsys) -> None:
+def test_evaluate_split_all(tiny_task_models: dict[str, Path], prepared: dict[str, Path], bertkit) -> None:
     from bertkit.data.pretraining import PretrainingData
 
     try:
@@ -206,14 +207,14 @@ def test_evaluate_split_all(tiny_task_models: dict[str, Path], prepared: dict[st
     manifest = json.loads((prepared["split"] / "manifest.json").read_text())
     n = sum(manifest["splits"][s]["instances"] for s in ("train", "eval"))
     args = ["evaluate", "--model", str(tiny_task_models["pretrained"]), "--data", str(prepared["split"])]
-    assert main([*args, "--split", "all", "--max-instances", "10"]) == 0
-    err = capsys.readouterr().err
+    status, _, err = bertkit(*args, "--split", "all", "--max-instances", "10")
+    assert status == 0
     assert f"evaluating the all split of {prepared['split']}: the first 10 of its {n:,} instances" in err
     assert "all 100 documents, training and held out" in err
 
 
 @pytest.mark.parametrize("command", ["predict", "embed", "fill-mask", "evaluate"])
-def test_a_mistyped_model_folder_is_named_as_missing(tiny_task_models: dict[str, Path], tmp_path: Path, capsys,
+def test_a_mistyped_model_folder_is_named_as_missing(tiny_task_models: dict[str, Path], tmp_path: Path, bertkit,
                                                      command: str) -> None:  # fmt: skip
     # `--model runs/x/modle` said "no vocab.txt ... is this a tokenizer or model directory?" (or "no config.json
     # at ..."): the folder does not exist, and the near name beside it is the likely one.
@@ -222,32 +223,34 @@ def test_a_mistyped_model_folder_is_named_as_missing(tiny_task_models: dict[str,
     src.write_text("房间很大。\n", encoding="utf-8")
     argv = {"predict": ["--input", str(src)], "embed": ["--input", str(src), "--out", str(tmp_path / "v.npy")],
             "fill-mask": ["今天[MASK]"], "evaluate": ["--data", str(src)]}[command]  # fmt: skip
-    assert main([command, "--model", str(typo), *argv]) == 2
-    err = capsys.readouterr().err
+    status, _, err = bertkit(command, "--model", typo, *argv)
+    assert status == 2
     assert err.count("\n") == 1 and f"{typo} does not exist; did you mean" in err, err
 
 
-def test_vocab_never_replaces_what_it_did_not_write(tiny_task_models: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_vocab_never_replaces_what_it_did_not_write(tiny_task_models: dict[str, Path], tmp_path: Path, bertkit) -> None:
     # `vocab --out` a model directory replaced its vocab.txt (the model then reads other ids), exit 0.
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("今天天气很好。\n我们去公园散步。\n" * 50, encoding="utf-8")
     model = tmp_path / "model"
     shutil.copytree(tiny_task_models["cls"], model)
     before = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
-    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(model)]) == 2
-    err = capsys.readouterr().err
+    status, _, err = bertkit("vocab", "--corpus", corpus, "--vocab-size", "200", "--out", model)
+    assert status == 2
     assert err.count("\n") == 1 and "not written by bertkit vocab" in err, err
     assert {p: p.read_bytes() for p in model.rglob("*") if p.is_file()} == before
     # The corpus's own folder is an input's folder; an earlier tokenizer is replaced only with --overwrite.
-    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(tmp_path)]) == 2
-    assert "contains the input" in capsys.readouterr().err
+    status, _, err = bertkit("vocab", "--corpus", corpus, "--vocab-size", "200", "--out", tmp_path)
+    assert status == 2
+    assert "contains the input" in err
     tok = tmp_path / "tok"
-    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(tok)]) == 0
-    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(tok)]) == 2
-    assert "already holds a tokenizer" in capsys.readouterr().err
-    assert main(["vocab", "--corpus", str(corpus), "--vocab-size", "200", "--out", str(tok), "--overwrite"]) == 0
+    assert bertkit("vocab", "--corpus", corpus, "--vocab-size", "200", "--out", tok).status == 0
+    status, _, err = bertkit("vocab", "--corpus", corpus, "--vocab-size", "200", "--out", tok)
+    assert status == 2
+    assert "already holds a tokenizer" in err
+    assert bertkit("vocab", "--corpus", corpus, "--vocab-size", "200", "--out", tok, "--overwrite").status == 0
     # A failed run leaves no folder behind.
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok\n\xff\n")
-    assert main(["vocab", "--corpus", str(bad), "--out", str(tmp_path / "never")]) == 2
+    assert bertkit("vocab", "--corpus", bad, "--out", tmp_path / "never").status == 2
     assert not (tmp_path / "never").exists()

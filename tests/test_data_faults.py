@@ -1,8 +1,8 @@
 """Faults in the pre-training data layer: `bertkit prepare` never deletes what it did not write and leaves no
 temporary files behind, and a damaged or hand-edited data directory is one clear line when it is opened.
 
-The prepare tests go through `bertkit.cli.main`, where the point is what the user sees (exit status 2 and one
-line); a few settings the CLI does not expose (block and shard sizes) go through the library.
+The prepare tests go through the command (the `bertkit` fixture), where the point is what the user sees (exit
+status 2 and one line); a few settings the CLI does not expose (block and shard sizes) go through the library.
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import bertkit_command
 
 from bertkit import BertkitError, Tokenizer
-from bertkit.cli import main
 from bertkit.data import prepare as prepare_module
 from bertkit.data.config import PrepareConfig
 from bertkit.data.prepare import prepare
@@ -63,13 +62,6 @@ def write_corpus(path: Path, text: str) -> Path:
     return path
 
 
-def cli(capsys, *argv: str | Path) -> tuple[int, str]:
-    """Run `bertkit ARGV` in this process; returns (exit status, standard error)."""
-    capsys.readouterr()
-    status = main([str(a) for a in argv])
-    return status, capsys.readouterr().err
-
-
 def one_line(err: str) -> str:
     """The error line of a failed command: the only line of standard error besides the progress bar."""
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("prepare:")]
@@ -92,46 +84,46 @@ def leftovers(directory: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------ never delete what prepare did not write
-def test_out_holding_the_corpus_and_other_files_is_refused_and_untouched(tmp_path, capsys, corpus_text, tok_dir):
+def test_out_holding_the_corpus_and_other_files_is_refused_and_untouched(tmp_path, bertkit, corpus_text, tok_dir):
     folder = tmp_path / "work"
     corpus = write_corpus(folder / "corpus.txt", corpus_text)
     (folder / "notes.md").write_text("my notes\n")
     before = snapshot(folder)
     for extra in ([], ["--overwrite"]):
-        status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", folder, *extra)
+        status, _, err = bertkit("prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", folder, *extra)
         assert status == 2 and "contains the input" in one_line(err)
         assert snapshot(folder) == before
     tokenizer_before = snapshot(tok_dir)
-    status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", tok_dir, "--overwrite")
+    status, _, err = bertkit("prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", tok_dir, "--overwrite")
     assert status == 2 and "is the input" in one_line(err) and snapshot(tok_dir) == tokenizer_before
     # Not an input, but not prepare's either: refused without --overwrite, and untouched.
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.md").write_text("keep me\n")
-    status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", other)
+    status, _, err = bertkit("prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", other)
     assert status == 2 and "not empty" in one_line(err) and "--overwrite" in err
     assert snapshot(other) == {"notes.md": b"keep me\n"}
 
 
-def test_out_dotdot_from_a_child_folder_is_refused(tmp_path, capsys, monkeypatch, corpus_text, tok_dir):
+def test_out_dotdot_from_a_child_folder_is_refused(tmp_path, bertkit, monkeypatch, corpus_text, tok_dir):
     parent = tmp_path / "parent"
     write_corpus(parent / "child" / "corpus.txt", corpus_text)
     (parent / "other.txt").write_text("unrelated\n")
     before = snapshot(parent)
     monkeypatch.chdir(parent / "child")
-    status, err = cli(capsys, "prepare", "--corpus", "corpus.txt", "--tokenizer", tok_dir, "--out", "..", "--overwrite")
+    status, _, err = bertkit("prepare", "--corpus", "corpus.txt", "--tokenizer", tok_dir, "--out", "..", "--overwrite")
     assert status == 2 and "contains the input" in one_line(err)
     assert snapshot(parent) == before
 
 
-def test_overwrite_keeps_foreign_files_and_replaces_only_prepares_own(tmp_path, capsys, corpus_text, tok_dir):
+def test_overwrite_keeps_foreign_files_and_replaces_only_prepares_own(tmp_path, bertkit, corpus_text, tok_dir):
     corpus = write_corpus(tmp_path / "in" / "corpus.txt", corpus_text)
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
     (out / "notes.md").write_text("keep me\n")
     (out / "sub" / "train-00000.tokens.bin").write_bytes(b"not prepare's: in a subfolder")
     argv = ["prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", out, "--overwrite"]
-    status, err = cli(capsys, *argv)
+    status, _, err = bertkit(*argv)
     assert status == 0, err
     assert (out / "notes.md").read_text() == "keep me\n"
     assert (out / "sub" / "train-00000.tokens.bin").read_bytes() == b"not prepare's: in a subfolder"
@@ -140,7 +132,7 @@ def test_overwrite_keeps_foreign_files_and_replaces_only_prepares_own(tmp_path, 
     many_shards = PrepareConfig(block_chars=20_000, shard_tokens=20_000, seed=1)
     prepare([corpus], tok_dir, out, many_shards, overwrite=True, progress=False)
     assert len(list(out.glob("train-*.tokens.bin"))) > 2
-    status, err = cli(capsys, *argv, "--eval-fraction", "0.1")
+    status, _, err = bertkit(*argv, "--eval-fraction", "0.1")
     assert status == 0, err
     m = read_manifest(out)
     assert m["config"]["seed"] != many_shards.seed
@@ -151,21 +143,23 @@ def test_overwrite_keeps_foreign_files_and_replaces_only_prepares_own(tmp_path, 
     assert len(PretrainingData(out, "all")) == sum(m["splits"][s]["instances"] for s in ("train", "eval"))
 
 
-def test_a_failing_run_leaves_no_temporary_folder_and_the_earlier_output_intact(tmp_path, capsys, corpus_text, tok_dir):
+def test_a_failing_run_leaves_no_temporary_folder_and_the_earlier_output_intact(
+    tmp_path, bertkit, corpus_text, tok_dir
+):
     good = write_corpus(tmp_path / "in" / "good.txt", corpus_text)
     bad = tmp_path / "in" / "bad.txt"
     bad.write_bytes(corpus_text.encode() + b"\n\n\xff\xfe not UTF-8\n")
     out = tmp_path / "out"
-    status, err = cli(capsys, "prepare", "--corpus", good, "--tokenizer", tok_dir, "--out", out)
+    status, _, err = bertkit("prepare", "--corpus", good, "--tokenizer", tok_dir, "--out", out)
     assert status == 0, err
     before, beside = snapshot(out), sorted(p.name for p in tmp_path.iterdir())
     # The bad byte comes after a whole file of good text: shards were being written when it failed.
     argv = ["prepare", "--corpus", good, bad, "--tokenizer", tok_dir, "--out", out, "--overwrite"]
-    status, err = cli(capsys, *argv)
+    status, _, err = bertkit(*argv)
     assert status == 2 and "bad.txt: not valid UTF-8" in one_line(err)
     assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == beside
     # A first run that fails leaves no output folder at all.
-    status, err = cli(capsys, "prepare", "--corpus", bad, "--tokenizer", tok_dir, "--out", tmp_path / "new")
+    status, _, err = bertkit("prepare", "--corpus", bad, "--tokenizer", tok_dir, "--out", tmp_path / "new")
     assert status == 2 and not (tmp_path / "new").exists() and not leftovers(tmp_path / "new")
 
 
@@ -188,12 +182,12 @@ def test_an_interrupted_run_cleans_up(tmp_path, monkeypatch, corpus_text, tok_di
     assert len(calls) == 3 and snapshot(out) == before and not leftovers(out)
 
 
-def test_a_killed_run_leaves_a_temporary_folder_that_the_next_run_removes(tmp_path, capsys, data_dir, tok_dir):
+def test_a_killed_run_leaves_a_temporary_folder_that_the_next_run_removes(tmp_path, bertkit, data_dir, tok_dir):
     out = tmp_path / "out"
     corpus = sorted((data_dir / "pretrain_zh").glob("*.txt"))  # about 10 s of work: killed as soon as it starts
     argv = ["prepare", "--corpus", *corpus, "--tokenizer", tok_dir, "--out", out]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "bertkit.cli", *map(str, argv)], stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(bertkit_command(*argv), stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 60
         while not list(out.glob(".*partial/*")) and proc.poll() is None and time.monotonic() < deadline:
@@ -205,7 +199,7 @@ def test_a_killed_run_leaves_a_temporary_folder_that_the_next_run_removes(tmp_pa
     assert leftovers(out) and not (out / "manifest.json").exists()
     # The directory holds only prepare's own temporary folder: no --overwrite needed, and it is gone afterwards.
     small = write_corpus(tmp_path / "in" / "small.txt", "一句话。又一句。\n第三句。\n\n另一篇。第二句。\n")
-    status, err = cli(capsys, "prepare", "--corpus", small, "--tokenizer", tok_dir, "--out", out)
+    status, _, err = bertkit("prepare", "--corpus", small, "--tokenizer", tok_dir, "--out", out)
     assert status == 0, err
     assert not leftovers(out) and (out / "manifest.json").is_file()
 
@@ -236,51 +230,50 @@ def _enospc_after(limit: int):
 
 
 def test_disk_full_while_writing_shards_is_one_line_and_changes_nothing(
-    tmp_path, capsys, monkeypatch, corpus_text, tok_dir
+    tmp_path, bertkit, monkeypatch, corpus_text, tok_dir
 ):
     corpus = write_corpus(tmp_path / "in" / "corpus.txt", corpus_text)
     out = tmp_path / "out"
-    status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", out, "--seed", "1")
+    status, _, err = bertkit("prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", out, "--seed", "1")
     assert status == 0, err
     before = snapshot(out)
     monkeypatch.setattr(prepare_module, "open", _enospc_after(50_000), raising=False)
-    status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", out, "--overwrite")
+    status, _, err = bertkit("prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", out, "--overwrite")
     line = one_line(err)
     assert status == 2 and f"disk full at {out}{os.sep}train-00000." in line, line
     assert snapshot(out) == before and not leftovers(out)
 
 
-def test_disk_full_on_a_small_tmpfs(tmp_path, capsys, data_dir, corpus_text, tok_dir, small_disk):
+def test_disk_full_on_a_small_tmpfs(tmp_path, bertkit, data_dir, corpus_text, tok_dir, small_disk):
     mount = small_disk("1m")
     small = write_corpus(tmp_path / "in" / "small.txt", corpus_text[:60_000])
     out = mount / "data"
-    status, err = cli(capsys, "prepare", "--corpus", small, "--tokenizer", tok_dir, "--out", out)
+    status, _, err = bertkit("prepare", "--corpus", small, "--tokenizer", tok_dir, "--out", out)
     assert status == 0, err
     before = snapshot(mount)
     big = data_dir / "pretrain_zh/luxun.txt"  # about 1.5 MB of token ids: more than the disk has left
-    status, err = cli(capsys, "prepare", "--corpus", big, "--tokenizer", tok_dir, "--out", out, "--overwrite")
+    status, _, err = bertkit("prepare", "--corpus", big, "--tokenizer", tok_dir, "--out", out, "--overwrite")
     assert status == 2 and f"disk full at {out}{os.sep}" in one_line(err)
     assert snapshot(mount) == before
 
 
 # ------------------------------------------------------------------ settings and paths
 @pytest.mark.parametrize("fraction", ["1.5", "-0.1", "nan"])
-def test_eval_fraction_outside_0_to_1_is_refused(tmp_path, capsys, fraction, corpus_text, tok_dir):
+def test_eval_fraction_outside_0_to_1_is_refused(tmp_path, bertkit, fraction, corpus_text, tok_dir):
     corpus = write_corpus(tmp_path / "corpus.txt", corpus_text[:2000])
     with pytest.raises(BertkitError, match=r"--eval-fraction .* give a number from 0 to 1"):
         prepare([corpus], tok_dir, tmp_path / "out", PrepareConfig(eval_fraction=float(fraction)), progress=False)
     # The command line refuses it while parsing its arguments (exit status 2, the flag named).
     argv = ["prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", tmp_path / "out"]
-    with pytest.raises(SystemExit) as e:
-        cli(capsys, *argv, f"--eval-fraction={fraction}")
-    assert e.value.code == 2 and "--eval-fraction" in capsys.readouterr().err
+    status, _, err = bertkit(*argv, f"--eval-fraction={fraction}")
+    assert status == 2 and "--eval-fraction" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_a_corpus_directory_is_named_as_such(tmp_path, capsys, corpus_text, tok_dir):
+def test_a_corpus_directory_is_named_as_such(tmp_path, bertkit, corpus_text, tok_dir):
     write_corpus(tmp_path / "texts" / "a.txt", corpus_text[:2000])
     argv = ["prepare", "--corpus", f"{tmp_path / 'texts'}/", "--tokenizer", tok_dir, "--out", tmp_path / "out"]
-    status, err = cli(capsys, *argv)
+    status, _, err = bertkit(*argv)
     line = one_line(err)
     assert status == 2 and f"corpus {tmp_path / 'texts'} is a directory: give its files, e.g. " in line, line
     assert not (tmp_path / "out").exists()
@@ -289,17 +282,17 @@ def test_a_corpus_directory_is_named_as_such(tmp_path, capsys, corpus_text, tok_
 
 
 # ------------------------------------------------------------------ splits
-def test_eval_fraction_1_makes_an_evaluation_only_directory(tmp_path, capsys, corpus_text, tok_dir):
+def test_eval_fraction_1_makes_an_evaluation_only_directory(tmp_path, bertkit, corpus_text, tok_dir):
     corpus = write_corpus(tmp_path / "corpus.txt", corpus_text)
     out = tmp_path / "heldout"
     argv = ["prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", out, "--eval-fraction", "1"]
-    status, err = cli(capsys, *argv)
+    status, _, err = bertkit(*argv)
     assert status == 0, err
     m = read_manifest(out)
     assert m["documents"] == {"train": 0, "eval": 40} and m["splits"]["train"]["shards"] == []
     assert len(PretrainingData(out, "train")) == 0
     assert len(PretrainingData(out, "all")) == len(PretrainingData(out, "eval")) == m["splits"]["eval"]["instances"]
-    status, err = cli(capsys, "pretrain", "--data", out, "--out", tmp_path / "run", "--max-steps", "1")
+    status, _, err = bertkit("pretrain", "--data", out, "--out", tmp_path / "run", "--max-steps", "1")
     assert status == 2 and "no training" in one_line(err)
 
 
@@ -398,11 +391,11 @@ def test_a_damaged_directory_is_one_clear_line_when_opened(tmp_path, prepared: P
     assert all(w in message for w in words), message
 
 
-def test_a_damaged_directory_through_the_cli(tmp_path, capsys, prepared: Path):
+def test_a_damaged_directory_through_the_cli(tmp_path, bertkit, prepared: Path):
     data = tmp_path / "data"
     shutil.copytree(prepared, data)
     _truncate("train-00000.index.bin", lambda n: n // 64 * 32)(data)
-    status, err = cli(capsys, "pretrain", "--data", data, "--out", tmp_path / "run", "--max-steps", "1")
+    status, _, err = bertkit("pretrain", "--data", data, "--out", tmp_path / "run", "--max-steps", "1")
     line = one_line(err)
     assert status == 2 and "train-00000.index.bin" in line and "run bertkit prepare again" in line
 
@@ -419,7 +412,7 @@ def test_an_index_row_that_points_outside_its_shard_is_named_when_read(tmp_path,
         train[(0, 7)]
 
 
-def test_a_manifest_of_another_program_is_not_prepares(tmp_path, capsys, corpus_text, tok_dir):
+def test_a_manifest_of_another_program_is_not_prepares(tmp_path, bertkit, corpus_text, tok_dir):
     # Any program may write a manifest.json (web apps do): it was taken for prepare's output, so --overwrite
     # replaced it.
     site = tmp_path / "site"
@@ -427,8 +420,8 @@ def test_a_manifest_of_another_program_is_not_prepares(tmp_path, capsys, corpus_
     (site / "manifest.json").write_text('{"name": "my web app", "icons": []}')
     before = snapshot(site)
     corpus = write_corpus(tmp_path / "in" / "c.txt", corpus_text[:20_000])
-    status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", site)
+    status, _, err = bertkit("prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", site)
     assert status == 2 and "was not written by bertkit prepare" in one_line(err)
-    status, err = cli(capsys, "prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", site, "--overwrite")
+    status, _, err = bertkit("prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", site, "--overwrite")
     assert status == 2 and "'manifest.json', which bertkit prepare did not write there" in one_line(err)
     assert snapshot(site) == before

@@ -7,10 +7,8 @@ from pathlib import Path
 import numpy as np
 from realdata import corpus_lines, tsv_rows
 
-from bertkit.cli import main
 
-
-def test_embed_matches_sentence_transformers(tmp_path: Path, minilm_dir: Path, data_dir: Path) -> None:
+def test_embed_matches_sentence_transformers(tmp_path: Path, minilm_dir: Path, data_dir: Path, bertkit) -> None:
     from sentence_transformers import SentenceTransformer
 
     texts = [r["text"] for r in tsv_rows(data_dir / "sst2/dev.tsv")[:250]]
@@ -20,7 +18,7 @@ def test_embed_matches_sentence_transformers(tmp_path: Path, minilm_dir: Path, d
     inp = tmp_path / "sentences.txt"
     inp.write_text("\n".join(texts) + "\n", encoding="utf-8")
     out = tmp_path / "emb.npy"
-    assert main(["embed", "--model", str(minilm_dir), "--input", str(inp), "--out", str(out), "--device", "cpu"]) == 0
+    assert bertkit("embed", "--model", minilm_dir, "--input", inp, "--out", out, "--device", "cpu").status == 0
     ours = np.load(out)
     ref = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, batch_size=64, convert_to_numpy=True)
     assert ours.shape == ref.shape == (len(texts), 384)

@@ -1,11 +1,10 @@
-"""Bad input gives one clear line and a non-zero exit, never a traceback."""
+"""Bad input gives one clear line and a non-zero exit, never a traceback (in this process, a traceback would be an
+exception out of the `bertkit` fixture, failing the test)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,14 @@ import pytest
 from bertkit import BertConfig, BertForPreTraining, BertkitError, BertModel, Tokenizer
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bertkit.cli", *args], capture_output=True, text=True)
-
-
-def test_non_utf8_corpus_names_file_and_byte(tmp_path: Path) -> None:
+def test_non_utf8_corpus_names_file_and_byte(tmp_path: Path, bertkit) -> None:
     bad = tmp_path / "gbk.txt"
     good_prefix = "第一行是好的。\n".encode()
     bad.write_bytes(good_prefix + "第二行是GBK编码。\n".encode("gbk"))
-    r = run_cli("vocab", "--corpus", str(bad), "--vocab-size", "100", "--out", str(tmp_path / "tok"))
-    assert r.returncode == 2
-    assert "Traceback" not in r.stderr
-    assert str(bad) in r.stderr and f"byte {len(good_prefix)}" in r.stderr and "line 2" in r.stderr
+    r = bertkit("vocab", "--corpus", bad, "--vocab-size", "100", "--out", tmp_path / "tok")
+    assert r.status == 2
+    assert "Traceback" not in r.err
+    assert str(bad) in r.err and f"byte {len(good_prefix)}" in r.err and "line 2" in r.err
     assert not (tmp_path / "tok").exists()
 
 
@@ -35,13 +30,13 @@ def test_empty_corpus(tmp_path: Path) -> None:
         Tokenizer.train([empty], vocab_size=100, show_progress=False)
 
 
-def test_directory_without_vocab_or_config(tmp_path: Path, minilm_dir: Path) -> None:
+def test_directory_without_vocab_or_config(tmp_path: Path, minilm_dir: Path, bertkit) -> None:
     with pytest.raises(BertkitError, match=r"no vocab\.txt"):
         Tokenizer.from_pretrained(tmp_path)
     with pytest.raises(BertkitError, match=r"no config\.json"):
         BertModel.from_pretrained(tmp_path)
-    r = run_cli("embed", "--model", str(tmp_path), "--input", "-", "--out", str(tmp_path / "x.npy"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "error" in r.stderr
+    r = bertkit("embed", "--model", tmp_path, "--input", "-", "--out", tmp_path / "x.npy")
+    assert r.status == 2 and "Traceback" not in r.err and "error" in r.err
 
 
 def test_weights_that_do_not_match_config(tmp_path: Path, minilm_dir: Path) -> None:
@@ -66,12 +61,12 @@ def test_missing_tensor_is_named(tmp_path: Path) -> None:
         BertForPreTraining.from_pretrained(tmp_path)
 
 
-def test_corrupt_weight_file(tmp_path: Path) -> None:
+def test_corrupt_weight_file(tmp_path: Path, bertkit) -> None:
     BertModel(BertConfig.preset("tiny", vocab_size=100)).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
-    r = run_cli("embed", "--model", str(tmp_path), "--input", "-", "--out", str(tmp_path / "e.npy"))
-    assert r.returncode == 2 and "cannot read weights" in r.stderr and "Traceback" not in r.stderr
-    assert f"{tmp_path / 'model.safetensors'}: cannot read weights: the file is corrupt" in r.stderr
+    r = bertkit("embed", "--model", tmp_path, "--input", "-", "--out", tmp_path / "e.npy")
+    assert r.status == 2 and "cannot read weights" in r.err and "Traceback" not in r.err
+    assert f"{tmp_path / 'model.safetensors'}: cannot read weights: the file is corrupt" in r.err
     with pytest.raises(BertkitError, match="cannot read weights"):
         BertModel.from_pretrained(tmp_path)
 

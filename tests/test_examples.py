@@ -6,10 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import BERTKIT_COMMAND
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_pipeline_script(tmp_path: Path, data_dir: Path) -> None:
     (tmp_path / "train.tsv").write_text("\n".join(rows[:301]) + "\n", encoding="utf-8")
     (tmp_path / "dev.tsv").write_text("\n".join(rows[:1] + rows[301:401]) + "\n", encoding="utf-8")
     env = {**os.environ, "PRESET": "tiny", "VOCAB": "2000", "SEQ": "64", "STEPS": "30", "BATCH": "16", "EPOCHS": "1",
-           "BERTKIT": f"{sys.executable} -m bertkit.cli"}  # fmt: skip
+           "BERTKIT": " ".join(BERTKIT_COMMAND)}  # fmt: skip
     command = ["bash", str(ROOT / "examples/pipeline.sh"), str(corpus), str(tmp_path / "train.tsv"),
                str(tmp_path / "dev.tsv"), str(tmp_path / "out")]  # fmt: skip
     r = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)

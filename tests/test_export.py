@@ -4,8 +4,6 @@ weights and inputs (padding and both segments included), at batch sizes and leng
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +124,9 @@ def test_the_check_rejects_a_graph_that_differs(tmp_path: Path, tiny_task_models
         check_onnx(out, graph, [batch])
 
 
-def test_a_failed_check_keeps_what_was_there(tmp_path: Path, tiny_task_models: dict[str, Path], monkeypatch) -> None:
+def test_a_failed_check_keeps_what_was_there(
+    tmp_path: Path, tiny_task_models: dict[str, Path], monkeypatch, bertkit
+) -> None:
     out = tmp_path / "cls.onnx"
     out.write_bytes(b"an earlier export")
 
@@ -138,6 +138,5 @@ def test_a_failed_check_keeps_what_was_there(tmp_path: Path, tiny_task_models: d
         export_onnx(tiny_task_models["cls"], out)
     assert out.read_bytes() == b"an earlier export" and list(tmp_path.iterdir()) == [out]  # no temporary left
 
-    r = subprocess.run([sys.executable, "-m", "bertkit.cli", "export", "--model", str(tmp_path / "missing"), "--out",
-                        str(out)], capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = bertkit("export", "--model", tmp_path / "missing", "--out", out)
+    assert r.status == 2 and "does not exist" in r.err

@@ -2,13 +2,13 @@
 disk, and the user mistakes that could lose data (an output that is an input, a non-empty foreign output).
 
 Small on purpose (the tiny preset, 32-token sequences, tens of steps). Only the runs that are killed are separate
-`python -m bertkit.cli` processes; the others run `bertkit.cli.main` in this process (an interpreter start-up, torch's
-and tensorboard's imports cost more than these runs). Every run compared for exact equality uses one thread (the
-`one_thread` fixture here, OMP_NUM_THREADS=1 there), so the arithmetic is the same in all of them."""
+`python -m bertkit.cli` processes; the others run `bertkit.cli.main` in this process (the `bertkit` fixture: an
+interpreter start-up, torch's and tensorboard's imports cost more than these runs). Every run compared for exact
+equality uses one thread (the `one_thread` fixture here, OMP_NUM_THREADS=1 there), so the arithmetic is the same in
+all of them. The training loop's own faults, on a toy model without shared data: test_train_faults.py."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -16,20 +16,18 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import bertkit_command, training_leftovers
 from safetensors.torch import load_file
 
-from bertkit import BertConfig, BertForPreTraining, BertkitError, Tokenizer
+from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.checkpoint import read_tensors
-from bertkit.cli import main
 from bertkit.data.config import PrepareConfig
 from bertkit.data.prepare import prepare
-from bertkit.train.config import TrainConfig
 from bertkit.train.loop import Trainer
 from bertkit.train.state import latest_checkpoint
 
@@ -39,7 +37,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # ------------------------------------------------------------------------------------------ fixtures and helpers
 @pytest.fixture(scope="module")
 def cls_data(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
-    """A tiny random Chinese BERT and a 48-example sentiment training set with a 32-example dev set."""
+    """A tiny random Chinese BERT and a 48-example sentiment training set with a 32-example dev set. Its own model,
+    not the shared `tiny_zh_pretrained`: an 800-piece vocabulary learned from these 80 reviews and 64 positions make
+    0.54 M weights (0.88 M there), so the many checkpoints these runs write, kill, resume and compare stay small."""
     root = tmp_path_factory.mktemp("faults_cls")
     lines = (data_dir / "chnsenticorp/train.tsv").read_text(encoding="utf-8").splitlines()
     (root / "train.tsv").write_text("\n".join(lines[:49]) + "\n", encoding="utf-8")
@@ -55,7 +55,9 @@ def cls_data(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def pt_data(tmp_path_factory, data_dir: Path) -> Path:
-    """A prepared pre-training directory (32-token pairs) from the first 1,500 lines of the Lu Xun corpus."""
+    """A prepared pre-training directory (32-token pairs) from the first 1,500 lines of the Lu Xun corpus, with a
+    1,000-piece vocabulary: its size sets the checkpoints' (the small-disk test below counts on one fitting in its
+    15 MiB and two not), so it is not test_pretrain.py's larger `small_data`."""
     root = tmp_path_factory.mktemp("faults_pt")
     corpus = root / "corpus.txt"
     lines = (data_dir / "pretrain_zh/luxun.txt").read_text(encoding="utf-8").splitlines()[:1500]
@@ -105,10 +107,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(ta[name], tb[name]), f"{name} differs between {a} and {b}"
 
 
-def leftovers(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.name.startswith(".tmp-") or p.name.endswith(".tmp"))
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
             if p.is_file()}  # fmt: skip
@@ -127,29 +125,22 @@ def without_speed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
 
 
-def cli_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """`bertkit ARGS` in this process (no interpreter start-up): exit status, stdout, stderr."""
-    code = main([*args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 # ------------------------------------------------------------------------------------------ kill -9, then --resume
 def test_finetune_killed_at_a_random_step_resumes_exactly(
-    tmp_path: Path, cls_data: dict[str, Path], capsys: pytest.CaptureFixture, one_thread: None
+    tmp_path: Path, cls_data: dict[str, Path], bertkit, one_thread: None
 ) -> None:
     """24 steps, an evaluation and a checkpoint every 3. Killed at a random (seeded) step after a few evaluations,
     with what a kill during a save leaves added, --resume ends with the uninterrupted run's weights (exactly), its
     best model, best step and evaluations, and no temporary files."""
-    code, _, err = cli_in_process(capsys, *finetune_args(cls_data, tmp_path / "a"))
+    code, _, err = bertkit(*finetune_args(cls_data, tmp_path / "a"))
     assert code == 0, err[-2000:]
     reference = json.loads((tmp_path / "a/metrics.json").read_text())
 
     out = tmp_path / "b"
     rng = random.Random(18)
     kill_at, delay = rng.randint(6, 15), rng.uniform(0, 0.05)
-    proc = subprocess.Popen([sys.executable, "-m", "bertkit.cli", *finetune_args(cls_data, out)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(bertkit_command(*finetune_args(cls_data, out)), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
     evals = out / "training/metrics.jsonl"
 
     def ready() -> bool:
@@ -168,7 +159,7 @@ def test_finetune_killed_at_a_random_step_resumes_exactly(
     (out / "training/.tmp-checkpoint-0000099/model.safetensors").write_bytes(b"\0" * 1000)
     (out / "training/.latest.5e1f0a9b.tmp").write_text("checkpoint-0000099\n")
 
-    code, stdout, err = cli_in_process(capsys, *finetune_args(cls_data, out, "--resume"))
+    code, stdout, err = bertkit(*finetune_args(cls_data, out, "--resume"))
     assert code == 0, err[-2000:]
     assert "resumed from" in stdout and "best dev accuracy" in stdout
     resumed = json.loads((out / "metrics.json").read_text())
@@ -176,23 +167,23 @@ def test_finetune_killed_at_a_random_step_resumes_exactly(
     assert records(out / "training/metrics.jsonl", "eval") == records(tmp_path / "a/training/metrics.jsonl", "eval")
     assert_same_weights(tmp_path / "a/training/checkpoint-0000024", out / "training/checkpoint-0000024")
     assert_same_weights(tmp_path / "a", out)  # the best model
-    assert leftovers(out) == []
+    assert training_leftovers(out) == []
     assert latest_checkpoint(out / "training").name == (out / "training/latest").read_text().strip()
 
 
 def test_pretrain_killed_during_a_save_resumes_exactly(
-    tmp_path: Path, pt_data: Path, capsys: pytest.CaptureFixture, one_thread: None
+    tmp_path: Path, pt_data: Path, bertkit, one_thread: None
 ) -> None:
     """Killed while a checkpoint is being written (its temporary folder seen; else at a random step), with the
     leftovers of a kill during the final model's write and the `latest` pointer's added: --resume ends with the
     uninterrupted run's model, exactly, and no temporary files."""
-    code, _, err = cli_in_process(capsys, *pretrain_args(pt_data, tmp_path / "a"))
+    code, _, err = bertkit(*pretrain_args(pt_data, tmp_path / "a"))
     assert code == 0, err[-2000:]
 
     out = tmp_path / "b"
     kill_at = random.Random(7).randint(8, 22)
-    proc = subprocess.Popen([sys.executable, "-m", "bertkit.cli", *pretrain_args(pt_data, out)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(bertkit_command(*pretrain_args(pt_data, out)), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
 
     def ready() -> bool:
         steps = [x["step"] for x in records(out / "metrics.jsonl", "train")]
@@ -207,7 +198,7 @@ def test_pretrain_killed_during_a_save_resumes_exactly(
     (out / ".tmp-model/config.json").write_text("{")
     (out / ".latest.0a1b2c3d.tmp").write_text("checkpoint-0000035\n")
 
-    code, stdout, err = cli_in_process(capsys, *pretrain_args(pt_data, out, "--resume"))
+    code, stdout, err = bertkit(*pretrain_args(pt_data, out, "--resume"))
     assert code == 0, err[-2000:]
     assert "resumed from" in stdout
     assert_same_weights(tmp_path / "a/model", out / "model")
@@ -215,7 +206,7 @@ def test_pretrain_killed_during_a_save_resumes_exactly(
     for split in ("train", "eval"):
         a, b = records(tmp_path / "a/metrics.jsonl", split), records(out / "metrics.jsonl", split)
         assert without_speed(a) == without_speed(b)
-    assert leftovers(out) == []
+    assert training_leftovers(out) == []
 
 
 def test_finetune_resume_keeps_the_best_model(
@@ -274,12 +265,12 @@ def test_finetune_resume_keeps_the_best_model(
 # ------------------------------------------------------------------------------------------ runs that diverge
 @pytest.mark.parametrize("command", ["finetune", "pretrain"])
 def test_a_diverging_run_stops_with_one_line_and_saves_nothing_non_finite(
-    tmp_path: Path, cls_data: dict[str, Path], pt_data: Path, capsys: pytest.CaptureFixture, command: str
+    tmp_path: Path, cls_data: dict[str, Path], pt_data: Path, bertkit, command: str
 ) -> None:
     out = tmp_path / "out"
     args = finetune_args(cls_data, out) if command == "finetune" else pretrain_args(pt_data, out)
     args[args.index("--learning-rate") + 1] = "1e6"
-    code, _, err = cli_in_process(capsys, *args)
+    code, _, err = bertkit(*args)
     lines = [x for x in err.splitlines() if x.strip() and "it/s" not in x and "s/it" not in x]
     assert code == 2, err[-2000:]
     assert len(lines) == 1 and lines[0].startswith(f"bertkit {command}: error: step "), lines
@@ -289,168 +280,55 @@ def test_a_diverging_run_stops_with_one_line_and_saves_nothing_non_finite(
     assert not out.exists()  # it had nothing to keep, so it left nothing behind
 
 
-def test_weights_that_become_non_finite_are_never_saved(tmp_path: Path) -> None:
-    """A step can leave the weights infinite while its loss and gradient were finite (here: set by hand); the
-    checkpoint of that step is refused with the one line, and the earlier checkpoint stays the latest."""
-    trainer = toy_trainer(tmp_path, max_steps=2, save_every=1)
-    trainer.train()
-    with torch.no_grad():
-        trainer.raw_model.weight[0, 0] = float("inf")
-    trainer.state.step = 3
-    with pytest.raises(BertkitError, match=r"^step 3: weight weight holds NaN or infinity: training diverged"):
-        trainer.save_checkpoint()
-    assert latest_checkpoint(tmp_path / "run").name == "checkpoint-0000002"
-    assert leftovers(tmp_path / "run") == []
-
-
 # ------------------------------------------------------------------------------------------ a full disk
-class ToyModel(torch.nn.Linear):
-    """A linear model that saves itself as a model directory: enough for the training loop's own checks."""
-
-    def save_pretrained(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
-        Path(path).mkdir(parents=True, exist_ok=True)
-        save_file(self.state_dict(), str(Path(path) / "model.safetensors"))
-
-
-def toy_trainer(tmp_path: Path, max_steps: int, save_every: int, keep: int = 2) -> Trainer:
-    torch.manual_seed(0)
-    x = torch.randn(32, 4)
-    data = [{"x": x[i : i + 8], "y": x[i : i + 8].sum(1, keepdim=True), "attention_mask": torch.ones(8, 1)}
-            for i in range(0, 32, 8)]  # fmt: skip
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=max_steps, batch_size=8, save_every=save_every,
-                      eval_every=0, log_every=1, keep_checkpoints=keep, progress=False, device="cpu")  # fmt: skip
-    return Trainer(ToyModel(4, 1), cfg, lambda *_: iter(data),
-                   lambda m, b: (torch.nn.functional.mse_loss(m(b["x"]), b["y"]), {}), 32)  # fmt: skip
-
-
-def test_disk_full_while_saving_the_training_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """torch.save reports a full disk as a RuntimeError whose context is the ENOSPC OSError (seen on a full tmpfs):
-    the run ends with "disk full at RUN_DIR", the earlier checkpoint stays complete and `latest`, nothing half-written
-    is left."""
-    real_save, calls = torch.save, []
-
-    def full_disk(obj, f, *args, **kwargs):
-        calls.append(1)
-        if len(calls) < 2:
-            return real_save(obj, f, *args, **kwargs)
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    trainer = toy_trainer(tmp_path, max_steps=4, save_every=2)
-    with pytest.raises(BertkitError, match=r"^disk full at .*run: checkpoint-0000004 was not written") as e:
-        trainer.train()
-    assert "checkpoint-0000002 is intact" in str(e.value) and "--resume" in str(e.value)
-    run = tmp_path / "run"
-    assert latest_checkpoint(run) == run / "checkpoint-0000002"
-    assert (run / "latest").read_text().strip() == "checkpoint-0000002"
-    assert leftovers(run) == []
-
-
-def test_disk_full_while_pointing_latest_at_a_new_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    """When `latest` cannot be rewritten, the checkpoint just written is removed again: `latest` still names the
-    previous one, which --resume continues from (kept, the new one would have been taken for a later run's and
-    removed at the next save, losing the work)."""
-    import bertkit.train.loop as loop
-
-    real_write, pointers = loop.atomic_write, []
-
-    def full_disk_for_latest(path, write):
-        if Path(path).name == "latest":
-            pointers.append(1)
-            if len(pointers) == 2:
-                raise BertkitError(f"disk full at {path}: free some space")
-        return real_write(path, write)
-
-    monkeypatch.setattr(loop, "atomic_write", full_disk_for_latest)
-    trainer = toy_trainer(tmp_path, max_steps=4, save_every=2)
-    with pytest.raises(BertkitError, match=r"^disk full at .*latest"):
-        trainer.train()
-    run = tmp_path / "run"
-    assert (run / "latest").read_text().strip() == "checkpoint-0000002"
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0000002"]
-    assert latest_checkpoint(run) == run / "checkpoint-0000002"
-
-
-def test_resume_after_a_log_line_was_cut_short(tmp_path: Path) -> None:
-    """A kill or a full disk in the middle of a log write leaves half a JSON line: --resume failed on it with a
-    JSONDecodeError traceback. The cut line is dropped with the other records past the checkpoint."""
-    toy_trainer(tmp_path, max_steps=2, save_every=2).train()
-    metrics = tmp_path / "run/metrics.jsonl"
-    with open(metrics, "a") as f:
-        f.write('{"step": 3, "loss": 0.5, "lr"')
-    trainer = toy_trainer(tmp_path, max_steps=4, save_every=2)
-    assert trainer.resume()
-    trainer.train()
-    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
-
-
-def test_disk_full_on_a_real_small_filesystem(pt_data: Path, capsys: pytest.CaptureFixture, small_disk) -> None:
+def test_disk_full_on_a_real_small_filesystem(pt_data: Path, bertkit, small_disk) -> None:
     """Pre-training into a 15 MiB tmpfs: the first checkpoint (9.6 MB: weights, Adam's moments, tokenizer) fits, the
     second does not. One line, exit 2, the first checkpoint intact and still `latest`."""
     mount = small_disk("15m")
     args = pretrain_args(pt_data, mount / "run")
     args[args.index("--max-steps") + 1] = "10"
-    code, _, err = cli_in_process(capsys, *args)
+    code, _, err = bertkit(*args)
     errors = [x for x in err.splitlines() if "error" in x]
     assert code == 2, err[-2000:]
     assert len(errors) == 1 and errors[0].startswith("bertkit pretrain: error: disk full at "), errors
     assert latest_checkpoint(mount / "run") == mount / "run/checkpoint-0000005"
     read_tensors(mount / "run/checkpoint-0000005")  # complete and readable
-    assert leftovers(mount / "run") == []
-
-
-def test_latest_always_names_a_checkpoint_that_exists(tmp_path: Path) -> None:
-    """A checkpoint folder of a later step (a run abandoned at an earlier point) must not make pruning delete the
-    checkpoint just written, as it did (`latest` then named a checkpoint that no longer existed)."""
-    stale = tmp_path / "run/checkpoint-0000096"
-    stale.mkdir(parents=True)
-    (stale / "training_state.pt").write_bytes(b"x")
-    trainer = toy_trainer(tmp_path, max_steps=4, save_every=2, keep=1)
-    trainer.train()
-    run = tmp_path / "run"
-    assert (run / (run / "latest").read_text().strip() / "training_state.pt").is_file()
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0000004"]
+    assert training_leftovers(mount / "run") == []
 
 
 # ------------------------------------------------------------------------------------------ data loss
 def test_finetune_into_its_own_model_or_data_folder_is_refused(
-    tmp_path: Path, cls_data: dict[str, Path], capsys: pytest.CaptureFixture
+    tmp_path: Path, cls_data: dict[str, Path], bertkit
 ) -> None:
     model = tmp_path / "pretrained"
     shutil.copytree(cls_data["model"], model)
     before = snapshot(model)
-    code, _, err = cli_in_process(capsys, *finetune_args({**cls_data, "model": model}, model, "--max-steps", "2"))
+    code, _, err = bertkit(*finetune_args({**cls_data, "model": model}, model, "--max-steps", "2"))
     assert code == 2 and f"--out {model} is the input {model}" in err
-    code, _, err = cli_in_process(capsys, *finetune_args({**cls_data, "model": model}, model, "--overwrite"))
+    code, _, err = bertkit(*finetune_args({**cls_data, "model": model}, model, "--overwrite"))
     assert code == 2 and "is the input" in err
     assert snapshot(model) == before  # byte for byte, the MLM head included
-    code, _, err = cli_in_process(capsys, *finetune_args(cls_data, cls_data["train"].parent))
+    code, _, err = bertkit(*finetune_args(cls_data, cls_data["train"].parent))
     assert code == 2 and "contains the input" in err
 
 
-def test_finetune_into_a_non_empty_folder(tmp_path: Path, cls_data: dict[str, Path], capsys) -> None:
+def test_finetune_into_a_non_empty_folder(tmp_path: Path, cls_data: dict[str, Path], bertkit) -> None:
     """A foreign non-empty --out is refused; an earlier fine-tuning is refused without --resume/--overwrite;
     --overwrite replaces only fine-tuning's own files (a fresh training/, no appended metrics) and keeps the rest."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    code, _, err = cli_in_process(capsys, *finetune_args(cls_data, out, "--max-steps", "2"))
+    code, _, err = bertkit(*finetune_args(cls_data, out, "--max-steps", "2"))
     assert code == 2 and "is not empty" in err and "--overwrite" in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
     short = ("--max-steps", "4", "--eval-every", "2")
-    code, _, err = cli_in_process(capsys, *finetune_args(cls_data, out, *short, "--overwrite"))
+    code, _, err = bertkit(*finetune_args(cls_data, out, *short, "--overwrite"))
     assert code == 0, err
-    code, _, err = cli_in_process(capsys, *finetune_args(cls_data, out, *short))
+    code, _, err = bertkit(*finetune_args(cls_data, out, *short))
     assert code == 2 and "already holds a fine-tuned model" in err and "--resume" in err and "--overwrite" in err
     (out / "training/checkpoint-0000096").mkdir()  # as an older, longer run would have left
-    code, _, err = cli_in_process(capsys, *finetune_args(cls_data, out, "--max-steps", "2", "--eval-every", "1",
+    code, _, err = bertkit(*finetune_args(cls_data, out, "--max-steps", "2", "--eval-every", "1",
                                                          "--overwrite"))  # fmt: skip
     assert code == 0, err
     assert (out / "notes.txt").read_text() == "mine"
@@ -460,12 +338,12 @@ def test_finetune_into_a_non_empty_folder(tmp_path: Path, cls_data: dict[str, Pa
     assert latest_checkpoint(out / "training").name == (out / "training/latest").read_text().strip()
 
 
-def test_finetune_resume_with_nothing_to_resume(tmp_path: Path, cls_data: dict[str, Path], capsys) -> None:
+def test_finetune_resume_with_nothing_to_resume(tmp_path: Path, cls_data: dict[str, Path], bertkit) -> None:
     """--resume where there is no checkpoint: a fresh start that says so (never `{}` with exit 0), or a refusal
     where a finished model would be replaced."""
     out = tmp_path / "out"
     short = ("--max-steps", "2", "--eval-every", "1")
-    code, stdout, err = cli_in_process(capsys, *finetune_args(cls_data, out, *short, "--resume"))
+    code, stdout, err = bertkit(*finetune_args(cls_data, out, *short, "--resume"))
     assert code == 0, err
     assert "nothing to resume" in stdout and "starting from step 0" in stdout
     assert json.loads(stdout.strip().splitlines()[-1])["accuracy"] >= 0
@@ -473,59 +351,59 @@ def test_finetune_resume_with_nothing_to_resume(tmp_path: Path, cls_data: dict[s
     shutil.rmtree(out / "training/checkpoint-0000002")
     (out / "training/latest").unlink()
     (out / "metrics.json").unlink()
-    code, stdout, err = cli_in_process(capsys, *finetune_args(cls_data, out, *short, "--resume"))
+    code, stdout, err = bertkit(*finetune_args(cls_data, out, *short, "--resume"))
     assert code == 0 and "nothing to resume" in stdout, err
     assert [r["step"] for r in records(out / "training/metrics.jsonl", "eval")] == [1, 2]
     # A finished model without its checkpoints: --resume would replace it, so it is refused.
     shutil.rmtree(out / "training")
     before = snapshot(out)
-    code, _, err = cli_in_process(capsys, *finetune_args(cls_data, out, *short, "--resume"))
+    code, _, err = bertkit(*finetune_args(cls_data, out, *short, "--resume"))
     assert code == 2 and "nothing to resume" in err and "--overwrite" in err
     assert snapshot(out) == before
 
 
-def test_pretrain_output_rules(tmp_path: Path, pt_data: Path, capsys: pytest.CaptureFixture) -> None:
+def test_pretrain_output_rules(tmp_path: Path, pt_data: Path, bertkit) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     short = ("--max-steps", "2", "--save-every", "0", "--eval-every", "0")
-    code, _, err = cli_in_process(capsys, *pretrain_args(pt_data, out, *short))
+    code, _, err = bertkit(*pretrain_args(pt_data, out, *short))
     assert code == 2 and "is not empty" in err
-    code, _, err = cli_in_process(capsys, *pretrain_args(pt_data, pt_data.parent, *short))
+    code, _, err = bertkit(*pretrain_args(pt_data, pt_data.parent, *short))
     assert code == 2 and "contains the input" in err
-    code, stdout, err = cli_in_process(capsys, *pretrain_args(pt_data, out, *short, "--overwrite"))
+    code, stdout, err = bertkit(*pretrain_args(pt_data, out, *short, "--overwrite"))
     assert code == 0, err
     # --eval-every 0 evaluates at the end only (it did not evaluate at all, and printed a bare {})
     assert "held-out masked-LM accuracy" in stdout.splitlines()[-2]
     assert json.loads(stdout.splitlines()[-1])["eval_instances"] > 0
     # Finished, without checkpoints (--save-every 0): --resume would train again over model/, so it is refused.
     before = snapshot(out)
-    code, _, err = cli_in_process(capsys, *pretrain_args(pt_data, out, *short, "--resume"))
+    code, _, err = bertkit(*pretrain_args(pt_data, out, *short, "--resume"))
     assert code == 2 and "nothing to resume" in err and "model/" in err
     assert snapshot(out) == before
-    code, _, err = cli_in_process(capsys, *pretrain_args(pt_data, out, *short, "--overwrite"))
+    code, _, err = bertkit(*pretrain_args(pt_data, out, *short, "--overwrite"))
     assert code == 0, err
     assert (out / "notes.txt").read_text() == "mine"
     assert [r["step"] for r in records(out / "metrics.jsonl", "train")] == [1, 2]
 
 
 # ------------------------------------------------------------------------------------------ what pretrain says
-def test_pretrain_on_data_without_a_training_split(tmp_path: Path, pt_data: Path, capsys) -> None:
+def test_pretrain_on_data_without_a_training_split(tmp_path: Path, pt_data: Path, bertkit) -> None:
     corpus = pt_data.parent / "corpus.txt"
     eval_only = tmp_path / "eval_only"
     prepare([corpus], pt_data.parent / "tok", eval_only, PrepareConfig(max_seq_length=32, eval_fraction=1),
             progress=False)  # fmt: skip
-    code, _, err = cli_in_process(capsys, *pretrain_args(eval_only, tmp_path / "run"))
+    code, _, err = bertkit(*pretrain_args(eval_only, tmp_path / "run"))
     assert code == 2 and "holds no training data, only a held-out split" in err and "bertkit evaluate" in err
     assert not (tmp_path / "run").exists()
 
 
-def test_pretrain_without_a_held_out_split_reports_the_training_loss(tmp_path: Path, pt_data: Path, capsys) -> None:
+def test_pretrain_without_a_held_out_split_reports_the_training_loss(tmp_path: Path, pt_data: Path, bertkit) -> None:
     corpus = pt_data.parent / "corpus.txt"
     data = tmp_path / "no_eval"
     prepare([corpus], pt_data.parent / "tok", data, PrepareConfig(max_seq_length=32, eval_fraction=0),
             progress=False)  # fmt: skip
-    code, stdout, err = cli_in_process(capsys, *pretrain_args(data, tmp_path / "run", "--max-steps", "3"))
+    code, stdout, err = bertkit(*pretrain_args(data, tmp_path / "run", "--max-steps", "3"))
     assert code == 0, err
     assert "no held-out split" in stdout
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -533,7 +411,7 @@ def test_pretrain_without_a_held_out_split_reports_the_training_loss(tmp_path: P
 
 
 def test_names_alone_never_make_a_folder_bertkits(tmp_path: Path, cls_data: dict[str, Path], pt_data: Path,
-                                                  minilm_dir: Path, capsys) -> None:  # fmt: skip
+                                                  minilm_dir: Path, bertkit) -> None:  # fmt: skip
     """A folder is a command's own only by its owner mark (or a file only that command writes): folders of other
     programs that happen to hold training/, config.json, metrics.jsonl or tensorboard/ are neither resumed (which
     cleared them: 'nothing to resume' removed every entry of those names, exit 0) nor have those files replaced
@@ -552,6 +430,6 @@ def test_names_alone_never_make_a_folder_bertkits(tmp_path: Path, cls_data: dict
     for args in (finetune_args(cls_data, project, "--max-steps", "2", "--resume"),
                  pretrain_args(pt_data, logs, "--resume"),
                  finetune_args(cls_data, hf_model, "--max-steps", "2", "--overwrite")):  # fmt: skip
-        code, _, err = cli_in_process(capsys, *args)
+        code, _, err = bertkit(*args)
         assert code == 2 and ("was not written by bertkit" in err or "did not write there" in err), err
     assert {d: snapshot(d) for d in (project, logs, hf_model)} == before

@@ -8,21 +8,18 @@ import pytest
 import torch
 import transformers
 
-from bertkit import BertConfig, BertForPreTraining, BertkitError, Tokenizer
+from bertkit import BertForPreTraining, BertkitError, Tokenizer
 from bertkit.infer import embedding_settings, fill_mask
 
 
-def test_fill_mask_matches_transformers(tmp_path: Path, data_dir: Path) -> None:
-    corpus = sorted((data_dir / "pretrain_zh").glob("*.txt"))[:1]
-    tok = Tokenizer.train(corpus, vocab_size=3000, lowercase=True, show_progress=False)
-    torch.manual_seed(0)
-    model = BertForPreTraining(BertConfig.preset("tiny", vocab_size=tok.vocab_size))
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+def test_fill_mask_matches_transformers(tiny_zh_pretrained: Path) -> None:
+    # The shared tiny Chinese model: a random MLM head and a lowercasing 3,000-piece vocabulary, read by both.
+    tok = Tokenizer.from_pretrained(tiny_zh_pretrained)
+    model = BertForPreTraining.from_pretrained(tiny_zh_pretrained)
     text = "今天天气很[MASK]，我们不得不[MASK]消户外运动。"
     ours = fill_mask(model, tok, text, top_k=5)
-    ref = transformers.BertForPreTraining.from_pretrained(tmp_path).eval()
-    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ref = transformers.BertForPreTraining.from_pretrained(tiny_zh_pretrained).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tiny_zh_pretrained)
     enc = hf_tok(text, return_tensors="pt")
     with torch.no_grad():
         logits = ref(**enc).prediction_logits[0]

@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 
 from bertkit import BertConfig, BertForPreTraining, BertkitError, BertModel, Tokenizer
 from bertkit.checkpoint import save_model
-from bertkit.cli import main
 from bertkit.files import atomic_write
 from bertkit.model import BertForSequenceClassification
 
@@ -33,7 +32,9 @@ TEXTS = ["the cat sat on the mat", "a dog ran in the park", "birds sing in the m
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """A tiny pre-trained-style model (MLM head) and a sequence classifier, each with its tokenizer."""
+    """A tiny pre-trained-style model (MLM head) and a sequence classifier, each with its tokenizer. Built from the
+    four English sentences above rather than shared with `tiny_zh_pretrained`, so these tests need no shared data,
+    and its 120-piece vocabulary keeps each test's copy small."""
     root = tmp_path_factory.mktemp("loading_faults")
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(TEXTS * 5) + "\n", encoding="utf-8")
@@ -104,12 +105,6 @@ DAMAGES = {
 }
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 PROGRESS_BAR = re.compile(r"^\w+:\s+\d+%\|")  # tqdm's lines on stderr (embed shows one before it writes)
 
 
@@ -125,7 +120,7 @@ def assert_one_line_error(code: int, err: str, command: str, *fragments: str) ->
 @pytest.mark.parametrize("damage", list(DAMAGES))
 @pytest.mark.parametrize("command", ["embed", "fill-mask", "predict"])
 def test_damaged_model_file_is_one_line_naming_it(
-    command: str, damage: str, models: dict[str, Path], tmp_path: Path, capsys
+    command: str, damage: str, models: dict[str, Path], tmp_path: Path, bertkit
 ) -> None:
     model = tmp_path / "model"
     shutil.copytree(models["cls" if command == "predict" else "pretrained"], model)
@@ -137,7 +132,7 @@ def test_damaged_model_file_is_one_line_naming_it(
         "fill-mask": ["fill-mask", "--model", str(model), "the [MASK] sat on the mat"],
         "predict": ["predict", "--model", str(model), "--input", str(models["texts"])],
     }[command]
-    code, stdout, err = run(capsys, *argv, *(["--device", "cpu"]))
+    code, stdout, err = bertkit(*argv, *(["--device", "cpu"]))
     assert_one_line_error(code, err, command, str(damaged_file), *fragments)
     assert "NaN" not in stdout and not out.exists()
 
@@ -146,13 +141,13 @@ def test_damaged_model_file_is_one_line_naming_it(
     ("text", "said"),
     [("{not json", "not valid JSON"), ('{"pooling_mode_cls_token": 1}', "pooling_mode_cls_token is 1: expected true")],
 )
-def test_embed_with_broken_pooling_settings(models, tmp_path: Path, capsys, text: str, said: str) -> None:
+def test_embed_with_broken_pooling_settings(models, tmp_path: Path, bertkit, text: str, said: str) -> None:
     model = tmp_path / "model"
     shutil.copytree(models["pretrained"], model)
     (model / "1_Pooling").mkdir()
     (model / "1_Pooling/config.json").write_text(text)
     out = tmp_path / "emb.npy"
-    code, _, err = run(capsys, "embed", "--model", str(model), "--input", str(models["texts"]), "--out", str(out))
+    code, _, err = bertkit("embed", "--model", str(model), "--input", str(models["texts"]), "--out", str(out))
     assert_one_line_error(code, err, "embed", str(model / "1_Pooling/config.json"), said)
     assert not out.exists()
 
@@ -166,13 +161,13 @@ def test_broken_pretraining_record_is_one_line(tmp_path: Path, text: str) -> Non
         read_pretraining_record(tmp_path)
 
 
-def test_the_undamaged_copies_work(models: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_the_undamaged_copies_work(models: dict[str, Path], tmp_path: Path, bertkit) -> None:
     """The damage above is what fails: the same commands on the intact directories succeed."""
     out = tmp_path / "emb.npy"
     argv = ["--model", str(models["pretrained"]), "--input", str(models["texts"]), "--out", str(out), "--device", "cpu"]
-    assert run(capsys, "embed", *argv)[0] == 0 and np.isfinite(np.load(out)).all()
-    assert run(capsys, "fill-mask", "--model", str(models["pretrained"]), "the [MASK] sat", "--device", "cpu")[0] == 0
-    code, stdout, _ = run(capsys, "predict", "--model", str(models["cls"]), "--input", str(models["texts"]))
+    assert bertkit("embed", *argv).status == 0 and np.isfinite(np.load(out)).all()
+    assert bertkit("fill-mask", "--model", str(models["pretrained"]), "the [MASK] sat", "--device", "cpu").status == 0
+    code, stdout, _ = bertkit("predict", "--model", str(models["cls"]), "--input", str(models["texts"]))
     assert code == 0 and len(stdout.splitlines()) == len(TEXTS)
 
 
@@ -346,7 +341,7 @@ def test_other_write_errors_pass_through_unchanged(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
-def test_embed_into_a_full_disk(small_disk, models: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_embed_into_a_full_disk(small_disk, models: dict[str, Path], tmp_path: Path, bertkit) -> None:
     """A real ENOSPC (numpy reports it as a short write without an errno): exit 2, one line "disk full at PATH",
     the earlier .npy intact, no temporary file left."""
     disk = small_disk("256k")
@@ -355,9 +350,9 @@ def test_embed_into_a_full_disk(small_disk, models: dict[str, Path], tmp_path: P
     few.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     many.write_text("\n".join(TEXTS * 200) + "\n", encoding="utf-8")  # 800 x 128 float32 = 400 KiB > 256 KiB
     common = ["--model", str(models["pretrained"]), "--out", str(out), "--device", "cpu"]
-    assert run(capsys, "embed", "--input", str(few), *common)[0] == 0
+    assert bertkit("embed", "--input", str(few), *common).status == 0
     earlier = out.read_bytes()
-    code, _, err = run(capsys, "embed", "--input", str(many), *common)
+    code, _, err = bertkit("embed", "--input", str(many), *common)
     assert_one_line_error(code, err, "embed", f"disk full at {out}")
     assert out.read_bytes() == earlier and leftovers(disk) == []
 
@@ -375,23 +370,23 @@ def test_save_model_into_a_full_disk(small_disk, models: dict[str, Path]) -> Non
     assert {p.name: p.read_bytes() for p in (disk / "model").iterdir()} == earlier
 
 
-def test_a_task_model_without_its_head_is_refused_not_answered_at_random(models, tmp_path: Path, capsys) -> None:
+def test_a_task_model_without_its_head_is_refused_not_answered_at_random(models, tmp_path: Path, bertkit) -> None:
     # A classifier directory whose weights lost the classifier (e.g. a pre-trained model's weights copied over
     # it): the loader initialises a new head at random, and predict answered with it, exit 0.
     model = tmp_path / "cls"
     shutil.copytree(models["cls"], model)
     tensors = load_file(str(model / "model.safetensors"))
     save_file({k: v for k, v in tensors.items() if not k.startswith("classifier.")}, str(model / "model.safetensors"))
-    code, out, err = run(capsys, "predict", "--model", str(model), "--input", str(models["texts"]))
+    code, out, err = bertkit("predict", "--model", str(model), "--input", str(models["texts"]))
     assert_one_line_error(code, err, "predict", str(model), "no trained task head", "classifier.")
     assert out == ""
 
 
 @pytest.mark.parametrize("text", ["{", '{"task": "translation"}', '{"task": "cls", "settings": [1]}'])
-def test_a_broken_task_record_is_one_line(models, tmp_path: Path, capsys, text: str) -> None:
+def test_a_broken_task_record_is_one_line(models, tmp_path: Path, bertkit, text: str) -> None:
     model = tmp_path / "cls"
     shutil.copytree(models["cls"], model)
     (model / "bertkit_task.json").write_text(text)
-    code, out, err = run(capsys, "predict", "--model", str(model), "--input", str(models["texts"]))
+    code, out, err = bertkit("predict", "--model", str(model), "--input", str(models["texts"]))
     assert_one_line_error(code, err, "predict", str(model / "bertkit_task.json"))
     assert out == ""

@@ -18,11 +18,6 @@ from bertkit.data.sentences import split_sentences
 
 
 @pytest.fixture(scope="module")
-def zh_corpus(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "pretrain_zh").glob("*.txt"))
-
-
-@pytest.fixture(scope="module")
 def zh_tokenizer(tmp_path_factory, zh_corpus) -> Path:
     out = tmp_path_factory.mktemp("tok")
     Tokenizer.train(zh_corpus, vocab_size=8000, show_progress=False).save_pretrained(out)

@@ -1,4 +1,7 @@
-"""Pre-training runs: exact resume after kill -9, HF-loadable checkpoints, evaluate output, bad input."""
+"""Pre-training runs: exact resume after kill -9, HF-loadable checkpoints, evaluate output, bad input.
+
+The killed runs, the torchrun runs and the run a killed one is compared with are `python -m bertkit.cli` processes
+(`run_bertkit`, `bertkit_command`); the others run in this process (the `bertkit` fixture)."""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import bertkit_command, run_bertkit
 
 from bertkit import Tokenizer
 from bertkit.data.config import PrepareConfig
@@ -23,6 +26,8 @@ STEPS = 120
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory, data_dir: Path) -> Path:
+    """The whole Lu Xun corpus prepared as 64-token pairs (seed 1) with a 3,000-piece vocabulary: the data of every
+    pre-training run here, up to 120 steps of batch 8 (the pre-training faults use a smaller one: test_faults.py)."""
     root = tmp_path_factory.mktemp("pt")
     corpus = [data_dir / "pretrain_zh/luxun.txt"]
     Tokenizer.train(corpus, vocab_size=3000, show_progress=False).save_pretrained(root / "tok")
@@ -32,10 +37,9 @@ def small_data(tmp_path_factory, data_dir: Path) -> Path:
 
 def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "bertkit.cli", "pretrain", "--data", str(data), "--model", "tiny", "--out", str(out),
-        "--max-steps", str(STEPS), "--batch-size", "8", "--log-every", "1", "--eval-every", "40",
-        "--eval-instances", "64", "--save-every", "10", "--workers", "0", "--seed", "3", "--learning-rate", "1e-3",
-        *extra,
+        "pretrain", "--data", str(data), "--model", "tiny", "--out", str(out), "--max-steps", str(STEPS),
+        "--batch-size", "8", "--log-every", "1", "--eval-every", "40", "--eval-instances", "64", "--save-every", "10",
+        "--workers", "0", "--seed", "3", "--learning-rate", "1e-3", *extra,
     ]  # fmt: skip
 
 
@@ -59,13 +63,14 @@ def steps_logged(run: Path) -> int:
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, small_data: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(pretrain_args(small_data, tmp_path / "a"), check=True, capture_output=True, env=env)
+    r = run_bertkit(*pretrain_args(small_data, tmp_path / "a"), env=env)  # as the killed run computes
+    assert r.status == 0, r.err[-2000:]
     reference = train_losses(tmp_path / "a")
     assert len([k for k in reference if k[1] == "train"]) == STEPS
 
     kill_at = random.Random().randint(25, 90)
-    proc = subprocess.Popen(pretrain_args(small_data, tmp_path / "b"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(bertkit_command(*pretrain_args(small_data, tmp_path / "b")), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while steps_logged(tmp_path / "b") < kill_at and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -76,9 +81,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, small_data: 
     ckpt = latest_checkpoint(tmp_path / "b")
     assert ckpt is not None and int(ckpt.name.split("-")[1]) < killed_at < STEPS
 
-    r = subprocess.run(pretrain_args(small_data, tmp_path / "b", "--resume"), capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "resumed from" in r.stdout
+    r = run_bertkit(*pretrain_args(small_data, tmp_path / "b", "--resume"), env=env)
+    assert r.status == 0, r.err[-2000:]
+    assert "resumed from" in r.out
     resumed = train_losses(tmp_path / "b")
     assert resumed.keys() == reference.keys()
     for key in sorted(reference):
@@ -93,12 +98,14 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, small_data: 
     assert any((run / "tensorboard").iterdir())
 
 
-def test_checkpoint_loads_in_transformers_and_evaluate_prints_json(tmp_path: Path, small_data: Path) -> None:
+def test_checkpoint_loads_in_transformers_and_evaluate_prints_json(tmp_path: Path, small_data: Path, bertkit) -> None:
     import transformers
 
     args = pretrain_args(small_data, tmp_path / "run")
     args[args.index("--max-steps") + 1] = "12"
-    done = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()
+    r = bertkit(*args)
+    assert r.status == 0, r.err[-2000:]
+    done = r.out.strip().splitlines()
     # The end state in words, then the held-out metrics as JSON on the last line (for scripts).
     assert done[-2].startswith("pre-trained to step 12 of 12 (held-out masked-LM accuracy 0.")
     assert done[-2].endswith(f"model saved to {tmp_path / 'run/model'}")
@@ -106,72 +113,62 @@ def test_checkpoint_loads_in_transformers_and_evaluate_prints_json(tmp_path: Pat
     ckpt = latest_checkpoint(tmp_path / "run")
     _, info = transformers.BertForPreTraining.from_pretrained(ckpt, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    r = subprocess.run(
-        [sys.executable, "-m", "bertkit.cli", "evaluate", "--model", str(tmp_path / "run/model"), "--data",
-         str(small_data), "--out", str(tmp_path / "m.json")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    r = bertkit("evaluate", "--model", tmp_path / "run/model", "--data", small_data, "--out", tmp_path / "m.json")
+    assert r.status == 0, r.err[-2000:]
+    metrics = r.last_json()
     assert {"mlm_loss", "mlm_accuracy", "nsp_accuracy"} <= metrics.keys()
     assert 0 <= metrics["masked_accuracy"] <= 1 and 0 < metrics["masked_majority"] <= 1
     assert json.loads((tmp_path / "m.json").read_text()) == metrics
 
 
-def test_model_that_does_not_match_the_tokenizer(tmp_path: Path, small_data: Path) -> None:
+def test_model_that_does_not_match_the_tokenizer(tmp_path: Path, small_data: Path, bertkit) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"vocab_size": 1234, "hidden_size": 64, "num_hidden_layers": 1,
                                "num_attention_heads": 2, "intermediate_size": 128}))  # fmt: skip
     args = pretrain_args(small_data, tmp_path / "run")
     args[args.index("--model") + 1] = str(cfg)
-    r = subprocess.run(args, capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "vocabulary of 1234" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "bertkit.cli", "pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "x")],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert r.returncode == 2 and "bertkit prepare" in r.stderr
+    r = bertkit(*args)
+    assert r.status == 2 and "Traceback" not in r.err
+    assert "vocabulary of 1234" in r.err
+    r = bertkit("pretrain", "--data", tmp_path, "--out", tmp_path / "x")
+    assert r.status == 2 and "bertkit prepare" in r.err
 
 
-def test_torchrun_ddp_on_cpu_and_resume_with_another_world_size(tmp_path: Path, small_data: Path) -> None:
+def test_torchrun_ddp_on_cpu_and_resume_with_another_world_size(tmp_path: Path, small_data: Path, bertkit) -> None:
     """Two processes under torchrun (gloo): rank-aware data, one writer; a single process then resumes."""
     run = tmp_path / "ddp"
-    args = pretrain_args(small_data, run)[3:]  # drop "python -m bertkit.cli"
+    args = pretrain_args(small_data, run)
     args[args.index("--max-steps") + 1] = "10"
     args[args.index("--save-every") + 1] = "5"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([*torchrun, "-m", "bertkit.cli", *args, "--device", "cpu"], capture_output=True, text=True,
-                       env=env, timeout=600)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_bertkit(*args, "--device", "cpu", processes=2, env=env, timeout=600)
+    assert r.status == 0, r.err[-3000:]
     steps = [k[0] for k in train_losses(run) if k[1] == "train"]
     assert steps == list(range(1, 11))  # one writer: each step logged once
     assert latest_checkpoint(run).name == "checkpoint-0000010"
     args[args.index("--max-steps") + 1] = "14"
-    r = subprocess.run([sys.executable, "-m", "bertkit.cli", *args, "--resume"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stdout and steps_logged(run) == 14
+    r = bertkit(*args, "--resume")
+    assert r.status == 0, r.err[-3000:]
+    assert "resumed from" in r.out and steps_logged(run) == 14
 
 
-def test_torchrun_fsdp_matches_ddp_and_resumes_in_one_process(tmp_path: Path, small_data: Path) -> None:
+def test_torchrun_fsdp_matches_ddp_and_resumes_in_one_process(tmp_path: Path, small_data: Path, bertkit) -> None:
     """FSDP2 on two processes (gloo) trains exactly as DDP does (same losses, same saved weights); its checkpoints
     are full model directories that transformers loads and that a single process resumes without --fsdp."""
     import transformers
 
     from bertkit.checkpoint import read_tensors
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     losses, stdout = {}, {}
     for mode in ("ddp", "fsdp"):
-        args = pretrain_args(small_data, tmp_path / mode, "--dropout", "0", "--device", "cpu")[3:]
+        args = pretrain_args(small_data, tmp_path / mode, "--dropout", "0", "--device", "cpu")
         args[args.index("--max-steps") + 1] = "6"
         args[args.index("--save-every") + 1] = "3"
         extra = ["--fsdp"] if mode == "fsdp" else []
-        r = subprocess.run([*torchrun, "-m", "bertkit.cli", *args, *extra], capture_output=True, text=True, env=env,
-                           timeout=600)  # fmt: skip
-        assert r.returncode == 0, r.stderr[-3000:]
-        stdout[mode] = r.stdout
+        r = run_bertkit(*args, *extra, processes=2, env=env, timeout=600)
+        assert r.status == 0, r.err[-3000:]
+        stdout[mode] = r.out
         losses[mode] = [v for (_, split), v in sorted(train_losses(tmp_path / mode).items()) if split == "train"]
     assert len(losses["fsdp"]) == 6
     assert "sharded across 2 processes" in stdout["fsdp"] and "sharded" not in stdout["ddp"]
@@ -182,27 +179,27 @@ def test_torchrun_fsdp_matches_ddp_and_resumes_in_one_process(tmp_path: Path, sm
     _, info = transformers.BertForPreTraining.from_pretrained(tmp_path / "fsdp/model", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     args[args.index("--max-steps") + 1] = "8"
-    r = subprocess.run([sys.executable, "-m", "bertkit.cli", *args, "--resume"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stdout and steps_logged(tmp_path / "fsdp") == 8
+    r = bertkit(*args, "--resume")
+    assert r.status == 0, r.err[-3000:]
+    assert "resumed from" in r.out and steps_logged(tmp_path / "fsdp") == 8
     args[args.index("--max-steps") + 1] = "10"  # and back to two sharded processes
-    r = subprocess.run([*torchrun, "-m", "bertkit.cli", *args, "--fsdp", "--resume"], capture_output=True, text=True,
-                       env=env, timeout=600)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stdout and steps_logged(tmp_path / "fsdp") == 10
+    r = run_bertkit(*args, "--fsdp", "--resume", processes=2, env=env, timeout=600)
+    assert r.status == 0, r.err[-3000:]
+    assert "resumed from" in r.out and steps_logged(tmp_path / "fsdp") == 10
 
 
-def test_resume_without_nsp(tmp_path: Path, small_data: Path) -> None:
+def test_resume_without_nsp(tmp_path: Path, small_data: Path, bertkit) -> None:
     """Without NSP the pooler and NSP head never get a gradient, so the optimizer has no state for them: resuming
     must still work (the arms without NSP in the experiments resume this way)."""
     args = pretrain_args(small_data, tmp_path / "run", "--no-nsp")
     args[args.index("--max-steps") + 1] = "4"
     args[args.index("--save-every") + 1] = "2"
-    subprocess.run(args, check=True, capture_output=True)
+    r = bertkit(*args)
+    assert r.status == 0, r.err[-3000:]
     args[args.index("--max-steps") + 1] = "6"
-    r = subprocess.run([*args, "--resume"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stdout and steps_logged(tmp_path / "run") == 6
+    r = bertkit(*args, "--resume")
+    assert r.status == 0, r.err[-3000:]
+    assert "resumed from" in r.out and steps_logged(tmp_path / "run") == 6
 
 
 def test_next_token_batch_undoes_masking_shifts_and_reverses() -> None:
@@ -227,12 +224,13 @@ def test_next_token_batch_undoes_masking_shifts_and_reverses() -> None:
     assert r2l["mlm_labels"].tolist() == [[7, 3, 6, 5, 2, -100], [9, 3, 8, 2, -100, -100]]
 
 
-def test_left_to_right_pretraining_learns_and_saves_a_causal_model(tmp_path: Path, small_data: Path) -> None:
+def test_left_to_right_pretraining_learns_and_saves_a_causal_model(tmp_path: Path, small_data: Path, bertkit) -> None:
     from bertkit.config import BertConfig
 
     args = pretrain_args(small_data, tmp_path / "run", "--objective", "l2r", "--no-nsp")
     args[args.index("--max-steps") + 1] = "40"
-    subprocess.run(args, check=True, capture_output=True)
+    r = bertkit(*args)
+    assert r.status == 0, r.err[-3000:]
     assert BertConfig.load(tmp_path / "run/model").is_decoder
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     train = [r["mlm_loss"] for r in rows if r.get("split", "train") == "train" and "mlm_loss" in r]

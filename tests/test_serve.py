@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import bertkit_command
 
 from bertkit import BertForPreTraining, Tokenizer
 from bertkit.infer import fill_mask
@@ -66,10 +66,6 @@ def models(tiny_task_models: dict[str, Path], tmp_path_factory) -> dict[str, Pat
     return out
 
 
-def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bertkit.cli", *args], input=stdin, capture_output=True, text=True)
-
-
 def assert_close(got: object, want: object, tol: float = 1e-6, where: str = "") -> None:
     """Equal structures (keys, lengths, labels, offsets) whose floats agree within `tol` absolute (probabilities)
     or 1e-5 relative (larger scores such as QA's logit sums). Floats from two separate model calls are never
@@ -91,7 +87,7 @@ def assert_close(got: object, want: object, tol: float = 1e-6, where: str = "") 
         assert got == want, (where, got, want)
 
 
-def test_predict_equals_transformers_and_the_cli(models: dict[str, Path], tmp_path: Path) -> None:
+def test_predict_equals_transformers_and_the_cli(models: dict[str, Path], tmp_path: Path, bertkit) -> None:
     import transformers
 
     texts = ["这个宾馆比较陈旧了，特价的房间也很一般。", "房间很大，服务员也很热情，下次还会再来。"]
@@ -119,12 +115,12 @@ def test_predict_equals_transformers_and_the_cli(models: dict[str, Path], tmp_pa
         assert status == 200, out
         src = tmp_path / f"{task}{suffix}"
         src.write_text(stdin + "\n", encoding="utf-8")
-        cli = _cli("predict", "--model", str(models[task]), "--input", str(src))
-        assert cli.returncode == 0, cli.stderr[-2000:]
-        (line,) = [json.loads(x) for x in cli.stdout.splitlines()]
+        cli = bertkit("predict", "--model", models[task], "--input", src)
+        assert cli.status == 0, cli.err[-2000:]
+        (line,) = [json.loads(x) for x in cli.out.splitlines()]
         echoed = {"ner": {"line": 1, "text": text}, "qa": {"question": qa["question"]}}[task]
         assert {k: line.pop(k) for k in echoed} == echoed  # the CLI's lines also carry their input
-        assert_close(line, out["predictions"][0])  # another process: see assert_close
+        assert_close(line, out["predictions"][0])  # another model load and batch: see assert_close
         if task == "ner":
             entities = out["predictions"][0]["entities"]
             assert len(entities) == len(text) and all(text[e["start"] : e["end"]] == e["text"] for e in entities)
@@ -210,27 +206,28 @@ def test_bad_requests_say_what_was_wrong(models: dict[str, Path]) -> None:
         assert status == 200 and out == {"status": "ok"}  # and still serving after every error above
 
 
-def test_predict_out_file_is_replaced_only_when_complete(models: dict[str, Path], tmp_path: Path) -> None:
+def test_predict_out_file_is_replaced_only_when_complete(models: dict[str, Path], tmp_path: Path, bertkit) -> None:
     out = tmp_path / "answers.jsonl"
     out.write_text("earlier answers\n", encoding="utf-8")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "谁？", "context": "叶老桂。"}\n{"question": "谁？"}\n', encoding="utf-8")
-    r = _cli("predict", "--model", str(models["qa"]), "--input", str(bad), "--out", str(out))
-    assert r.returncode == 2 and "bad.jsonl:2: 'context' must be a non-empty string" in r.stderr
+    r = bertkit("predict", "--model", models["qa"], "--input", bad, "--out", out)
+    assert r.status == 2 and "bad.jsonl:2: 'context' must be a non-empty string" in r.err
     assert out.read_text(encoding="utf-8") == "earlier answers\n"
     good = tmp_path / "good.jsonl"
     good.write_text(bad.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
-    r = _cli("predict", "--model", str(models["qa"]), "--input", str(good), "--out", str(out))
-    assert r.returncode == 0 and r.stdout == ""
+    r = bertkit("predict", "--model", models["qa"], "--input", good, "--out", out)
+    assert r.status == 0 and r.out == ""
     assert json.loads(out.read_text(encoding="utf-8"))["id"] == "1"
 
 
-def test_serve_command(models: dict[str, Path], minilm_dir: Path) -> None:
-    r = _cli("serve", "--model", str(models["cls"].parent / "missing"))
-    assert r.returncode == 2 and "does not exist" in r.stderr
-    r = _cli("fill-mask", "--model", str(minilm_dir), "a [MASK] b")
-    assert r.returncode == 2 and "no masked-LM head" in r.stderr
-    command = [sys.executable, "-m", "bertkit.cli", "serve", "--model", str(models["ner"]), "--port", "0"]
+def test_serve_command(models: dict[str, Path], minilm_dir: Path, bertkit) -> None:
+    r = bertkit("serve", "--model", models["cls"].parent / "missing")
+    assert r.status == 2 and "does not exist" in r.err
+    r = bertkit("fill-mask", "--model", minilm_dir, "a [MASK] b")
+    assert r.status == 2 and "no masked-LM head" in r.err
+    # Serving runs until stopped: a process, read while it runs.
+    command = bertkit_command("serve", "--model", models["ner"], "--port", "0")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]

@@ -43,11 +43,6 @@ def texts(data_dir: Path):
     return singles, pairs
 
 
-@pytest.fixture(scope="module")
-def zh_corpus(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "pretrain_zh").glob("*.txt"))
-
-
 def check_parity(tok: Tokenizer, vocab_dir: Path, lowercase: bool, texts) -> None:
     from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 

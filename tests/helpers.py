@@ -1,0 +1,93 @@
+"""Plain helpers shared by the test modules (fixtures live in conftest.py).
+
+Running the `bertkit` command: most tests call the `bertkit` fixture of conftest.py, which runs `bertkit.cli.main`
+in the test's own process (no interpreter start-up, no second import of torch). `run_bertkit` runs it as a real
+`python -m bertkit.cli` process, for what only a process shows: kill -9, torchrun, standard input, a fresh
+interpreter. Both return a `CliResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# `python -m bertkit.cli` with this interpreter (the checkout's venv), whatever `bertkit` is on the PATH.
+BERTKIT_COMMAND = (sys.executable, "-m", "bertkit.cli")
+
+
+@dataclass
+class CliResult:
+    """What one `bertkit` command did: its exit status and what it printed."""
+
+    status: int
+    out: str
+    err: str
+
+    def __iter__(self):
+        """Unpacks as `status, out, err`."""
+        return iter((self.status, self.out, self.err))
+
+    def last_json(self) -> dict:
+        """The last line of standard output as JSON (the commands print their summary there, for scripts)."""
+        return json.loads(self.out.strip().splitlines()[-1])
+
+
+def run_in_process(*argv: str | Path, capsys: pytest.CaptureFixture | None = None) -> CliResult:
+    """`bertkit ARGV` through `bertkit.cli.main` in this process, its output read through `capsys` (a test's), or,
+    without one (in a module or session fixture), through standard output and error redirected for the call. A
+    SystemExit (argparse refusing a flag, --version) is its exit status, as the console script makes it; any other
+    exception propagates and fails the test, where a process would have printed a traceback. Only what this command
+    printed is in the result."""
+    from bertkit.cli import main
+
+    def call() -> int:
+        try:
+            return main([str(a) for a in argv])
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+
+    if capsys is None:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = call()
+        return CliResult(status, out.getvalue(), err.getvalue())
+    capsys.readouterr()
+    status = call()
+    captured = capsys.readouterr()
+    return CliResult(status, captured.out, captured.err)
+
+
+def bertkit_command(*argv: str | Path, processes: int = 1) -> list[str]:
+    """The command line of `bertkit ARGV` as a process, under torchrun (CPU, standalone) when `processes` > 1: for
+    `subprocess.Popen` where a test must watch or kill the process while it runs."""
+    if processes == 1:
+        return [*BERTKIT_COMMAND, *map(str, argv)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    return [*torchrun, *BERTKIT_COMMAND[1:], *map(str, argv)]
+
+
+def run_bertkit(
+    *argv: str | Path,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    processes: int = 1,
+) -> CliResult:
+    """`bertkit ARGV` as a separate process (see `bertkit_command`), waiting for it to end; `stdin` is its standard
+    input, `env` its whole environment (default: this process's)."""
+    r = subprocess.run(bertkit_command(*argv, processes=processes), input=stdin, env=env, timeout=timeout,
+                       capture_output=True, text=True)  # fmt: skip
+    return CliResult(r.returncode, r.stdout, r.stderr)
+
+
+def training_leftovers(folder: Path) -> list[str]:
+    """The temporary files and folders a training run writes before renaming them into place (`.tmp-*`, `*.tmp`)
+    anywhere under `folder`: none may remain after a run ends, however it ended."""
+    return sorted(str(p) for p in folder.rglob("*") if p.name.startswith(".tmp-") or p.name.endswith(".tmp"))
