@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bertkit.cli import main
 from bertkit.data.task_files import read_conll
 from bertkit.errors import BertkitError
 from bertkit.recipes.quickstart import FILL_MASK_EXAMPLE, QuickstartPlan, run_quickstart
 
 
-def test_quickstart_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_quickstart_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture, bertkit) -> None:
     result = run_quickstart(tmp_path, budget=0.02, progress=False)
     # Pre-trained on 64-token pairs, fine-tuned at 128: fine-tuning says which positions start untrained.
     assert re.search(r"pre-trained on .*up to 64 tokens.* positions 64\W+127", capsys.readouterr().out)
@@ -58,9 +57,8 @@ def test_quickstart_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture) 
         run_quickstart(tmp_path, budget=0.03, progress=False)
     with pytest.raises(BertkitError, match=re.escape("--budget 0.02 --seed 0, not --budget 0.02 --seed 1")):
         run_quickstart(tmp_path, budget=0.02, seed=1, progress=False)
-    capsys.readouterr()
-    assert main(["quickstart", "--out", str(tmp_path), "--budget", "0.02", "--max-minutes", "5"]) == 2
-    assert "not --budget 0.02 --seed 0 --max-minutes 5;" in capsys.readouterr().err  # a time limit is another run
+    r = bertkit("quickstart", "--out", tmp_path, "--budget", "0.02", "--max-minutes", "5")
+    assert r.status == 2 and "not --budget 0.02 --seed 0 --max-minutes 5;" in r.err  # a time limit is another run
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     # --max-minutes stops pre-training early, and the results say so in words. The limited run starts from this
