@@ -18,11 +18,11 @@ from typing import Any, NoReturn
 
 # Only light modules here: `bertkit --help` parses before anything imports torch (about 2 s); each handler
 # imports what it needs.
+from bertkit.constants import HOST, INFERENCE_BATCH_SIZE, MIN_PAIR_FREQUENCY, ONNX_OPSET, PORT, TOP_K, VOCAB_SIZE
 from bertkit.errors import BertkitError
 from bertkit.options import (
-    PORT,
+    PORT_NUMBER,
     POSITIVE,
-    POSITIVE_NUMBER,
     SEED,
     SEQ_LENGTH,
     add_options,
@@ -298,9 +298,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
+    from bertkit.recipes.config import QuickstartConfig
     from bertkit.recipes.quickstart import run_quickstart
 
-    run_quickstart(Path(args.out), budget=args.budget, seed=args.seed, max_minutes=args.max_minutes)
+    cfg = from_args(QuickstartConfig, args)
+    run_quickstart(Path(cfg.out), budget=cfg.budget, seed=cfg.seed, max_minutes=cfg.max_minutes)
 
 
 def _version() -> str:
@@ -320,7 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     the recipes' settings come from their config dataclasses (bertkit.options): defaults and help are theirs."""
     from bertkit.data.config import PrepareConfig
     from bertkit.data.masking import MaskingConfig
-    from bertkit.recipes.config import FINETUNE_TRAINING_FLAGS, FinetuneConfig, PretrainConfig, finetune_training
+    from bertkit.recipes.config import (
+        FINETUNE_TRAINING_FLAGS,
+        FinetuneConfig,
+        PretrainConfig,
+        QuickstartConfig,
+        finetune_training,
+    )
     from bertkit.tasks.settings import QA_MAX_SEQ_LENGTH, TaskSettings
     from bertkit.train.config import TrainConfig
 
@@ -334,12 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("vocab", help="learn a WordPiece vocabulary from a corpus")
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
-    p.add_argument("--vocab-size", type=POSITIVE, default=30522, help="target vocabulary size (default 30522)")
+    p.add_argument(
+        "--vocab-size", type=POSITIVE, default=VOCAB_SIZE, help="target vocabulary size (default %(default)s)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="tokenizer directory to write")
     p.add_argument(
         "--cased", dest="lowercase", action="store_false", help="keep case and accents (default: lower-case)"
     )
-    p.add_argument("--min-frequency", type=POSITIVE, default=2, help="rarest pair that may be merged (default 2)")
+    p.add_argument(
+        "--min-frequency", type=POSITIVE, default=MIN_PAIR_FREQUENCY,
+        help="rarest pair that may be merged (default %(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--overwrite", action="store_true",
         help="replace the tokenizer files in a DIR that holds an earlier one or other files (only those are removed)",
@@ -350,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help="model directory (bertkit or Hugging Face)")
     p.add_argument("--input", required=True, metavar="FILE|-", help="one text per line; - for standard input")
     p.add_argument("--out", required=True, metavar="FILE.npy", help="float32 array (lines x hidden size)")
-    p.add_argument("--batch-size", type=POSITIVE, default=64)
+    p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help="inputs per forward pass")
     p.add_argument(
         "--max-seq-length",
         type=SEQ_LENGTH,
@@ -394,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pre-training data only: the held-out split (default), the training split, or both",
     )  # fmt: skip
     p.add_argument("--out", default=None, metavar="FILE.json")
-    p.add_argument("--batch-size", type=POSITIVE, default=64)
+    p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help="inputs per forward pass")
     p.add_argument("--max-instances", type=POSITIVE, default=None, help="pre-training data only: the first N")
     p.add_argument("--seed", type=SEED, default=0)
     add_options(p, TrainConfig, only=("device",))
@@ -434,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, metavar="DIR", help="a pre-trained model directory (with the MLM head)")
     p.add_argument("text", nargs="*", help="texts with [MASK] (default: one per line on stdin)")
-    p.add_argument("--top-k", type=POSITIVE, default=5)
+    p.add_argument("--top-k", type=POSITIVE, default=TOP_K, help="candidates per [MASK] (default %(default)s)")
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_fill_mask)
 
@@ -449,8 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
         'with {"error": ...}.',
     )
     p.add_argument("--model", required=True, metavar="DIR")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=PORT, default=8000, help="0 to 65535 (default 8000; 0 picks a free port)")
+    p.add_argument("--host", default=HOST, help="address to listen on (default %(default)s: this machine only)")
+    p.add_argument(
+        "--port", type=PORT_NUMBER, default=PORT, help="0 to 65535 (default %(default)s; 0 picks a free port)"
+    )
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_serve)
 
@@ -466,27 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, metavar="FILE.onnx")
-    p.add_argument("--opset", type=POSITIVE, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=POSITIVE, default=ONNX_OPSET, help="ONNX opset (default %(default)s)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("quickstart", help="the end-to-end demo on the bundled Chinese data")
-    p.add_argument(
-        "--out",
-        default="runs/quickstart",
-        metavar="DIR",
-        help="where everything is written; a re-run with the same budget and seed reuses its finished stages",
-    )
-    p.add_argument(
-        "--budget", type=POSITIVE_NUMBER, default=1.0, help="scale the work (0.1 = a smoke run; use its own --out)"
-    )
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument(
-        "--max-minutes", type=POSITIVE_NUMBER, default=None,
-        help="stop pre-training once it has run this long (default: no limit, all of the plan's steps, so the same "
-        "budget and seed give the same table on any machine); when the limit cuts pre-training short, the results "
-        "depend on the machine's speed and the table says so",
-    )  # fmt: skip
+    add_options(p, QuickstartConfig)
     p.set_defaults(func=_cmd_quickstart)
 
     return parser

@@ -2,3 +2,11 @@
 
 # Label value for positions that carry no loss: PyTorch's cross_entropy skips it by default (ignore_index=-100).
 IGNORE_INDEX = -100
+
+# Defaults that a library function and the command line share (each CLI flag takes its default from here).
+VOCAB_SIZE = 30522  # the original English uncased vocabulary's size
+MIN_PAIR_FREQUENCY = 2  # WordPiece training: the rarest pair that may still be merged
+INFERENCE_BATCH_SIZE = 64  # inputs per forward pass when embedding, evaluating or predicting
+TOP_K = 5  # fill-mask: candidates per [MASK]
+HOST, PORT = "127.0.0.1", 8000  # `bertkit serve`: this machine only, unless asked
+ONNX_OPSET = 18

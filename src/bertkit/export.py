@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bertkit.checkpoint import tensor_names
+from bertkit.constants import ONNX_OPSET
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write
 from bertkit.tasks.model_dir import open_model_dir
@@ -89,7 +90,7 @@ def sample_inputs(tok: Tokenizer, which: slice = slice(None)) -> dict[str, torch
     return tok.pad([tok.encode(a, b, max_length=64) for a, b in SAMPLE[which]])
 
 
-def export_onnx(model_dir: str | Path, out: str | Path, opset: int = 18, check: bool = True) -> dict:
+def export_onnx(model_dir: str | Path, out: str | Path, opset: int = ONNX_OPSET, check: bool = True) -> dict:
     """Write `out` (ONNX) from `model_dir`; with `check`, run it in onnxruntime on a sample batch and refuse to keep
     it unless its outputs equal the PyTorch model's (max abs difference on real tokens <= 1e-4). Returns a summary."""
     try:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bertkit.constants import INFERENCE_BATCH_SIZE, TOP_K
 from bertkit.errors import BertkitError, NonFiniteOutputError
 from bertkit.files import read_json_object
 from bertkit.model import BertForPreTraining, BertModel
@@ -72,7 +73,7 @@ def embed(
     model: BertModel,
     tokenizer: Tokenizer,
     texts: Sequence[str],
-    batch_size: int = 64,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     max_length: int | None = None,
     pooling: str = "mean",
     normalize: bool = True,
@@ -107,7 +108,7 @@ def embed(
 
 @torch.inference_mode()
 def fill_mask(
-    model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int = 5
+    model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int = TOP_K
 ) -> list[list[tuple[str, float]]]:
     """For each `[MASK]` in `text`, the `top_k` most likely tokens with their probabilities (special tokens
     excluded), as the masked-LM head predicts them."""

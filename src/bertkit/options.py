@@ -58,7 +58,7 @@ def number(
 POSITIVE = whole_number(1)
 NON_NEGATIVE = whole_number(0)
 SEQ_LENGTH = whole_number(8, why=" (room for [CLS], the text and [SEP])")
-PORT = whole_number(0, 65535, why=" (0 picks a free port)")
+PORT_NUMBER = whole_number(0, 65535, why=" (0 picks a free port)")
 POSITIVE_NUMBER = number(0, low_open=True)
 NON_NEGATIVE_NUMBER = number(0)
 FRACTION = number(0, 1)  # a share, both ends allowed

@@ -36,6 +36,7 @@ from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors,
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers.models import WordPiece
 
+from bertkit.constants import MIN_PAIR_FREQUENCY, VOCAB_SIZE
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path, read_corpus_lines, read_json_object
 
@@ -613,9 +614,9 @@ class Tokenizer:
     def train(
         cls,
         files: Sequence[str | Path],
-        vocab_size: int = 30522,
+        vocab_size: int = VOCAB_SIZE,
         lowercase: bool = True,
-        min_frequency: int = 2,
+        min_frequency: int = MIN_PAIR_FREQUENCY,
         limit_alphabet: int = 10000,
         show_progress: bool = True,
     ) -> Tokenizer:

@@ -9,7 +9,7 @@ from typing import Any
 from bertkit.config import PRESETS
 from bertkit.data.masking import MaskingConfig
 from bertkit.errors import BertkitError
-from bertkit.options import DROPOUT, NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE, POSITIVE_NUMBER, option
+from bertkit.options import DROPOUT, NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE, POSITIVE_NUMBER, SEED, option
 from bertkit.tasks.settings import TASK_NAMES, TaskSettings
 from bertkit.train.config import TrainConfig
 
@@ -126,3 +126,21 @@ FINETUNE_TRAINING_FLAGS = {
     "eval_every": {"type": POSITIVE, "help": "steps (default: once per epoch)"},
     "seed": {"help": "head initialisation, data order, dropout"},
 }
+
+
+@dataclass
+class QuickstartConfig:
+    """Settings of `bertkit quickstart`, the end-to-end demo on the bundled Chinese data."""
+
+    out: str = option(
+        "runs/quickstart", metavar="DIR",
+        help="where everything is written; a re-run with the same budget and seed reuses its finished stages",
+    )  # fmt: skip
+    budget: float = option(1.0, type=POSITIVE_NUMBER, help="scale the work (0.1 = a smoke run; use its own --out)")
+    seed: int = option(0, type=SEED, help="every random choice of the run: data, initialisation, fine-tuning")
+    max_minutes: float | None = option(
+        None, type=POSITIVE_NUMBER,
+        help="stop pre-training once it has run this long (default: no limit, all of the plan's steps, so the same "
+        "budget and seed give the same table on any machine); when the limit cuts pre-training short, the results "
+        "depend on the machine's speed and the table says so",
+    )  # fmt: skip

@@ -16,7 +16,7 @@ import torch
 
 from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record
 from bertkit.config import PRESETS, BertConfig
-from bertkit.constants import IGNORE_INDEX
+from bertkit.constants import IGNORE_INDEX, INFERENCE_BATCH_SIZE
 from bertkit.data.pretraining import PretrainingData, collate, read_manifest
 from bertkit.errors import BertkitError
 from bertkit.files import (
@@ -113,7 +113,7 @@ def pretraining_loss(
 def evaluate_pretraining(
     model: BertForPreTraining,
     data: PretrainingData,
-    batch_size: int = 64,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     max_instances: int | None = None,
     objective: str = "mlm",
 ) -> dict[str, float]:

@@ -30,7 +30,7 @@ from bertkit.files import claim_folder
 from bertkit.infer import fill_mask
 from bertkit.metrics import majority_accuracy
 from bertkit.model import BertForPreTraining
-from bertkit.recipes.config import FinetuneConfig, finetune_training
+from bertkit.recipes.config import FinetuneConfig, QuickstartConfig, finetune_training
 from bertkit.recipes.finetune import run_finetune
 from bertkit.recipes.small_scale import (
     NSP_WEIGHT,
@@ -118,7 +118,11 @@ def _majority_baselines(paths: dict) -> dict[str, float]:
 
 
 def run_quickstart(
-    out: Path, budget: float = 1.0, seed: int = 0, progress: bool = True, max_minutes: float | None = None
+    out: Path,
+    budget: float = QuickstartConfig.budget,
+    seed: int = QuickstartConfig.seed,
+    progress: bool = True,
+    max_minutes: float | None = None,
 ) -> dict:
     """Run the demo into `out` and return the results (also in `out/results.json` and `out/results.md`).
 

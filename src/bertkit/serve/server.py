@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from typing import Any
 
+from bertkit.constants import HOST, PORT
 from bertkit.errors import BertkitError, NonFiniteOutputError
 from bertkit.serve.service import Service
 
@@ -166,7 +167,7 @@ def _embed(service: Service, body: Any) -> dict:
 _POST_ROUTES = {"/api/predict": _predict, "/api/fill-mask": _fill_mask, "/api/embed": _embed}
 
 
-def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+def make_server(service: Service, host: str = HOST, port: int = PORT) -> ThreadingHTTPServer:
     """An HTTP server for `service` (not yet serving: call `serve_forever`). Port 0 picks a free port."""
     loopback = host in ("127.0.0.1", "localhost", "::1")
     allowed = frozenset({"127.0.0.1", "localhost", "[::1]", host}) if loopback else None
@@ -174,7 +175,7 @@ def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000) -> 
     return ThreadingHTTPServer((host, port), handler)
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str | None = None) -> None:
+def serve(model_dir: str, host: str = HOST, port: int = PORT, device: str | None = None) -> None:
     """Load `model_dir` and serve it until interrupted."""
     service = Service(model_dir, device=device)
     try:

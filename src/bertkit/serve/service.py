@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError
 from bertkit.infer import embed, embedding_settings, fill_mask
 from bertkit.machine import pick_device
@@ -86,7 +87,7 @@ class Service:
                 raise BertkitError(f"inputs[{n}]: {e}; a {task.name} model takes {task.input_schema}") from None
         return self._run(lambda: task_model.predict(examples))
 
-    def fill_mask(self, texts: list[str], top_k: int = 5) -> list[dict]:
+    def fill_mask(self, texts: list[str], top_k: int = TOP_K) -> list[dict]:
         """Top-k tokens for every [MASK] of each text."""
         if self.mlm is None:
             raise BertkitError(f"{self.path} has no masked-LM head (cls.predictions.*), so it cannot fill [MASK]")
