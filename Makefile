@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned: this takes the CPU build from local disk; an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,demo,zh,plots,experiments]'
+	$(PY) -m pip install -q -e '.[test,serve,demo,zh,plots,experiments]'
 	touch $(STAMP)
 	@echo "installed $(VENV)/bin/bertkit; to call it as bertkit: source $(VENV)/bin/activate"
 

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,20 +21,19 @@ from helpers import bertkit_command
 from bertkit import BertForPreTraining, Tokenizer
 from bertkit.infer import fill_mask
 from bertkit.model import BertForTokenClassification
-from bertkit.serve import Service, make_server
-from bertkit.serve.service import MAX_INPUTS
+from bertkit.serve import Service, running
+from bertkit.serve.limits import MAX_INPUTS
 
 
 @contextmanager
-def served(model_dir: Path) -> Iterator[str]:
-    server = make_server(Service(model_dir, device="cpu"), port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def served(model_dir: Path, **options) -> Iterator[str]:
+    """The model directory served on a free loopback port while the block runs; yields its base URL."""
+    service = Service(model_dir, device="cpu", **options)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        with running(service) as url:
+            yield url
     finally:
-        server.shutdown()
-        server.server_close()
+        service.close()
 
 
 def request(

@@ -275,22 +275,43 @@ def _cmd_fill_mask(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from bertkit.serve import serve
+    try:
+        from bertkit.serve.server import serve
+    except ModuleNotFoundError as e:  # fastapi, uvicorn or prometheus_client: the `serve` extra
+        raise BertkitError(f"bertkit serve needs {e.name}: pip install 'bertkit[serve]'") from None
 
-    serve(args.model, host=args.host, port=args.port, device=args.device)
+    if args.max_wait_ms < 0:
+        raise BertkitError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
+    serve(args.model, host=args.host, port=args.port, device=args.device, backend=args.backend,
+          batching=args.batching == "on", max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+          max_windows=args.max_windows, workers=args.workers, threads=args.threads, cors=args.cors)  # fmt: skip
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from bertkit.export import export_onnx
+    from bertkit.export import CHECK_TEXTS, export_onnx
+    from bertkit.files import read_lines
 
     if args.format != "onnx":
         raise BertkitError(f"--format {args.format}: only onnx is supported")
-    summary = export_onnx(args.model, args.out, opset=args.opset, check=not args.no_check)
+    texts = CHECK_TEXTS
+    if args.check_texts:
+        texts = tuple(line for line in read_lines(args.check_texts) if line.strip())
+        if not texts:
+            raise BertkitError(f"{args.check_texts}: no sentence in it (expected one per line)")
+    summary = export_onnx(
+        args.model, args.out, opset=args.opset, check=not args.no_check, quantize=args.quantize, texts=texts
+    )
     checked = (
         f"checked against PyTorch (max abs diff {summary['max_abs_diff']:.1e})"
         if "max_abs_diff" in summary
         else "not checked"
     )
+    if args.quantize:
+        checked += (
+            f"; {args.quantize} checked against fp32 on {summary['int8_check_texts']} sentences: "
+            f"{summary['int8_agreement_of']} agree by {summary['int8_agreement']:.3f}, max abs diff "
+            f"{summary['int8_max_abs_diff']:.1e}"
+        )
     print(
         f"wrote {summary['out']} ({summary['bytes'] / 1e6:.1f} MB; outputs {', '.join(summary['outputs'])}; {checked})"
     )
@@ -467,6 +488,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=PORT_NUMBER, default=PORT, help="0 to 65535 (default %(default)s; 0 picks a free port)"
     )
     add_options(p, TrainConfig, only=("device",))
+    from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_WAIT_MS, MAX_WINDOWS
+
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="what runs the model (default %(default)s)")
+    p.add_argument(
+        "--batching",
+        choices=["on", "off"],
+        default="on",
+        help="batch concurrent requests into one model call (default %(default)s; off: one at a time)",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=POSITIVE,
+        default=MAX_BATCH_TOKENS,
+        help="tokens of all inputs in one model batch (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=MAX_WAIT_MS,
+        help="how long a request waits for others to share its batch (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-windows",
+        type=POSITIVE,
+        default=MAX_WINDOWS,
+        help="NER/QA: windows per input over a long text; more answers 413 (default %(default)s)",
+    )
+    p.add_argument("--workers", type=POSITIVE, default=1, help="server processes, each with the model (default 1)")
+    p.add_argument("--threads", type=POSITIVE, default=None, help="intra-op threads per process (default: torch's)")
+    p.add_argument(
+        "--cors",
+        metavar="ORIGIN",
+        default=None,
+        help="allow cross-origin requests from this one origin, e.g. https://example.org (default: none)",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
@@ -482,7 +538,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, metavar="FILE.onnx")
     p.add_argument("--opset", type=POSITIVE, default=ONNX_OPSET, help="ONNX opset (default %(default)s)")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check against PyTorch")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="write the model dynamically quantized to int8 (onnxruntime), kept only if its answers agree with the "
+        "fp32 export's on the check sentences (predicted labels, or an encoder's median cosine; always checked)",
+    )
+    p.add_argument(
+        "--check-texts",
+        metavar="FILE",
+        help="sentences (one per line, UTF-8) to check the int8 model on instead of bertkit's 64 built-in ones",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("quickstart", help="the end-to-end demo on the bundled Chinese data")

@@ -1,193 +1,181 @@
-"""`bertkit serve`: a JSON API and a web page over one model directory, on the standard library's HTTP server.
+"""`bertkit serve`: the API of `bertkit.serve.app` over one model directory, run by uvicorn.
 
-    GET  /               the web page (a form for whatever the model does)
-    GET  /api/info       the model: task, labels, endpoints, size
-    GET  /healthz        {"status": "ok"}
-    POST /api/predict    {"inputs": [{"text": ...}, ...]}           -> {"predictions": [...]}   (task models)
-    POST /api/fill-mask  {"texts": ["...[MASK]..."], "top_k": 5}    -> {"results": [...]}       (pre-trained models)
-    POST /api/embed      {"texts": ["...", ...]}                    -> {"embeddings": [[...]], "dim": H}
-
-One input may come alone: `{"text": ...}` (or the task's other fields) for predict, `{"text": ...}` for the others.
-Bad input answers 4xx with {"error": what was wrong and what to send}; nothing is ever written to disk. POSTs must
-say `Content-Type: application/json`, and on a loopback address a Host header naming another machine is refused
-(403): a web page elsewhere can neither post a form to the API nor reach it through DNS rebinding.
+uvicorn brings what a real HTTP server needs (keep-alive, `Expect: 100-continue`, a listen backlog for bursts,
+graceful shutdown, worker processes); the h11 parser is chosen for its strict framing: a request with two different
+Content-Length headers, or a malformed request line, is refused before the application sees it. Those refusals
+answer with the API's one-line JSON error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib.resources import files
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 from bertkit.constants import HOST, PORT
-from bertkit.errors import BertkitError, NonFiniteOutputError
+from bertkit.errors import BertkitError
+from bertkit.serve.app import create_app
+from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_BODY_BYTES, MAX_WAIT_MS, MAX_WINDOWS
 from bertkit.serve.service import Service
 
-log = logging.getLogger(__name__)
-MAX_BODY_BYTES = 4 * 1024 * 1024
+BACKLOG = 2048  # pending connections the kernel keeps: a burst of clients waits in it instead of retrying SYNs
+_OPTIONS_ENV = "BERTKIT_SERVE_OPTIONS"  # how `serve` hands its options to worker processes (nothing on disk)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    service: Service  # set on the subclass that `make_server` builds
-    allowed_hosts: frozenset[str] | None = None  # Host header names accepted; None: any (a non-loopback --host)
-    server_version = "bertkit"
-    timeout = 30  # seconds a connection may stall before its thread gives up on it
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol, answering a request the parser refuses with a one-line JSON error: 413 for a
+    Content-Length that is not a byte count (as for one over the limit), 400 for anything else."""
 
-    def _host_ok(self) -> bool:
-        """On a loopback address, refuse a Host header naming another machine (DNS rebinding from a web page)."""
-        if self.allowed_hosts is None:
-            return True
-        host = (self.headers.get("Host") or "").strip().lower()
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if name in self.allowed_hosts:
-            return True
-        self._error(HTTPStatus.FORBIDDEN, f"Host {host!r} is not this server; use http://127.0.0.1 or localhost")
-        return False
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._refusal = ""
+        parse = self.conn.next_event
 
-    def do_GET(self) -> None:
-        if not self._host_ok():
-            return
-        path = self.path.split("?", 1)[0]
-        if path in ("/", "/index.html"):
-            page = files("bertkit.serve").joinpath("page.html").read_bytes()
-            self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
-        elif path == "/api/info":
-            self._json(HTTPStatus.OK, self.service.info())
-        elif path == "/healthz":
-            self._json(HTTPStatus.OK, {"status": "ok"})
-        elif path in _POST_ROUTES:
-            self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST with a JSON body")
-        else:
-            self._error(HTTPStatus.NOT_FOUND, f"no such page {path}; the API is under /api (see GET /api/info)")
+        def next_event() -> Any:
+            try:
+                return parse()
+            except h11.RemoteProtocolError as e:
+                self._refusal = str(e).split(":")[0]  # h11's reason, without the raw request line
+                raise
 
-    def do_POST(self) -> None:
-        if not self._host_ok():
-            return
-        path = self.path.split("?", 1)[0]
-        route = _POST_ROUTES.get(path)
-        if route is None:
-            self._error(HTTPStatus.NOT_FOUND, f"no such endpoint {path}; this model answers {self._endpoints()}")
-            return
-        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if kind != "application/json":  # also keeps out cross-site form posts, which cannot send this type
-            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send Content-Type: application/json (got {kind!r})")
-            return
-        try:
-            body = self._read_json()
-            self._json(HTTPStatus.OK, route(self.service, body))
-        except NonFiniteOutputError as e:  # the model's fault, not the request's
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, str(e))
-        except BertkitError as e:
-            self._error(HTTPStatus.BAD_REQUEST, str(e))
-        except _BadLength as e:
-            self._error(e.status, str(e))
-        except Exception as e:  # a bug, not bad input: say so, keep serving
-            log.exception("error answering %s", path)
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(e).__name__}: {e})")
+        self.conn.next_event = next_event  # type: ignore[method-assign]
 
-    def _endpoints(self) -> str:
-        return ", ".join(self.service.info()["endpoints"])
-
-    def _read_json(self) -> Any:
-        header = self.headers.get("Content-Length")
-        if header is None:
-            raise _BadLength(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header with the JSON body")
-        try:
-            length = int(header)
-        except ValueError:
-            raise _BadLength(HTTPStatus.BAD_REQUEST, f"Content-Length {header!r} is not a number") from None
-        if not 0 <= length <= MAX_BODY_BYTES:
-            raise _BadLength(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body of {length} bytes; at most {MAX_BODY_BYTES}")
-        raw = self.rfile.read(length)
-        try:
-            return json.loads(raw.decode("utf-8") or "null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BertkitError(f"the request body is not UTF-8 JSON ({e})") from None
-        except RecursionError:
-            raise BertkitError("the request body is nested too deeply") from None
-
-    def _json(self, status: HTTPStatus, obj: Any) -> None:
-        body = json.dumps(obj, ensure_ascii=False, allow_nan=False)  # strict JSON: a NaN here is a bug to see
-        self._send(status, body.encode("utf-8"), "application/json; charset=utf-8")
-
-    def _error(self, status: HTTPStatus, message: str) -> None:
-        self._json(status, {"error": message})
-
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+    def send_400_response(self, msg: str) -> None:
+        status, message = 400, f"not a valid HTTP request ({self._refusal or msg})"
+        if self._refusal == "bad Content-Length":
+            status, message = 413, f"Content-Length must be a byte count from 0 to {MAX_BODY_BYTES}"
+        body = json.dumps({"error": message}).encode()
+        headers = [(b"content-type", b"application/json; charset=utf-8"), (b"connection", b"close")]
+        self.transport.write(self.conn.send(h11.Response(status_code=status, headers=headers)))
+        self.transport.write(self.conn.send(h11.Data(data=body)))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
 
 
-class _BadLength(Exception):
-    def __init__(self, status: HTTPStatus, message: str):
-        super().__init__(message)
-        self.status = status
+def open_service(model_dir: str | Path, device: str | None = None, backend: str = "torch", **options: Any) -> Service:
+    """The `Service` over `model_dir` run by `backend`. Another backend plugs in here: open the directory as a
+    `ModelDir`-like object and pass it as `opened=`."""
+    if backend not in BACKENDS:
+        raise BertkitError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)}")
+    return Service(model_dir, device=device, **options)
 
 
-def _object(body: Any) -> dict:
-    if not isinstance(body, dict):
-        raise BertkitError(f"expected a JSON object, got {type(body).__name__}; see GET /api/info")
-    return body
+def _config(app: Any, host: str, port: int, workers: int = 1, factory: bool = False) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, http=_Protocol, workers=workers, factory=factory,
+                          backlog=BACKLOG, access_log=False, log_config=None, server_header=False,
+                          timeout_keep_alive=30, lifespan="off")  # fmt: skip
 
 
-def _texts(body: dict) -> Any:
-    """body["texts"], or [body["text"]] when the request sends one text."""
-    if "texts" in body:
-        return body["texts"]
-    if "text" in body:
-        return [body["text"]]
-    raise BertkitError('expected {"texts": ["...", ...]} or {"text": "..."}')
+def make_server(service: Service, host: str = HOST, port: int = PORT, cors: str | None = None) -> uvicorn.Server:
+    """A uvicorn server for `service` (not yet serving). Port 0 picks a free port (see `running`)."""
+    return uvicorn.Server(_config(create_app(service, host, cors), host, port))
 
 
-def _predict(service: Service, body: Any) -> dict:
-    body = _object(body)
-    return {"predictions": service.predict(body.get("inputs", [body]))}
-
-
-def _fill_mask(service: Service, body: Any) -> dict:
-    body = _object(body)
-    return {"results": service.fill_mask(_texts(body), top_k=body.get("top_k", 5))}
-
-
-def _embed(service: Service, body: Any) -> dict:
-    vectors = service.embed(_texts(_object(body)))
-    return {"embeddings": vectors, "dim": len(vectors[0])}
-
-
-_POST_ROUTES = {"/api/predict": _predict, "/api/fill-mask": _fill_mask, "/api/embed": _embed}
-
-
-def make_server(service: Service, host: str = HOST, port: int = PORT) -> ThreadingHTTPServer:
-    """An HTTP server for `service` (not yet serving: call `serve_forever`). Port 0 picks a free port."""
-    loopback = host in ("127.0.0.1", "localhost", "::1")
-    allowed = frozenset({"127.0.0.1", "localhost", "[::1]", host}) if loopback else None
-    handler = type("Handler", (_Handler,), {"service": service, "allowed_hosts": allowed})
-    return ThreadingHTTPServer((host, port), handler)
-
-
-def serve(model_dir: str, host: str = HOST, port: int = PORT, device: str | None = None) -> None:
-    """Load `model_dir` and serve it until interrupted."""
-    service = Service(model_dir, device=device)
+def _bind(config: uvicorn.Config) -> socket.socket:
     try:
-        server = make_server(service, host, port)
-    except OSError as e:
-        raise BertkitError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
-    what = f"a {service.task_name} model" if service.task_name else "a pre-trained model"
-    print(f"serving {model_dir} ({what}) at http://{host}:{server.server_address[1]}/ ; Ctrl-C stops", flush=True)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+        sock = config.bind_socket()
+    except SystemExit:  # uvicorn exits after logging a failed bind
+        raise BertkitError(
+            f"cannot listen on {config.host}:{config.port}; choose another --port (or stop what uses it)"
+        ) from None
+    sock.listen(config.backlog)  # now, not when the event loop starts: a client may connect once the URL is printed
+    return sock
+
+
+@contextmanager
+def running(service: Service, host: str = HOST, port: int = 0, cors: str | None = None) -> Iterator[str]:
+    """Serve `service` on a background thread while the block runs; yields the base URL (for tests and tools)."""
+    server = make_server(service, host, port, cors)
+    sock = _bind(server.config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped", flush=True)
+        while not server.started and thread.is_alive():
+            threading.Event().wait(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
-        server.server_close()
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def app_from_environment() -> Any:
+    """The application of one worker process of `serve(..., workers=N)` (uvicorn imports it by name)."""
+    options = json.loads(os.environ[_OPTIONS_ENV])
+    service = open_service(options.pop("model_dir"), options.pop("device"), options.pop("backend"),
+                           **options.pop("service"))  # fmt: skip
+    _set_threads(options.pop("threads"))
+    return create_app(service, **options)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def serve(
+    model_dir: str,
+    host: str = HOST,
+    port: int = PORT,
+    device: str | None = None,
+    *,
+    backend: str = "torch",
+    batching: bool = True,
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
+    max_wait_ms: float = MAX_WAIT_MS,
+    max_windows: int = MAX_WINDOWS,
+    workers: int = 1,
+    threads: int | None = None,
+    cors: str | None = None,
+) -> None:
+    """Load `model_dir` and serve it until interrupted (`workers` processes, each with its own copy)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    service_options = {"batching": batching, "max_batch_tokens": max_batch_tokens, "max_wait_ms": max_wait_ms,
+                       "max_windows": max_windows}  # fmt: skip
+    _set_threads(threads)
+    if workers == 1:
+        service = open_service(model_dir, device, backend, **service_options)
+        what = f"a {service.task_name} model" if service.task_name else "a pre-trained model"
+        server = make_server(service, host, port, cors)
+        config = server.config
+    else:
+        from bertkit.tasks.model_dir import fine_tuned_task
+
+        if backend not in BACKENDS:
+            raise BertkitError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)}")
+        if not Path(model_dir).is_dir():
+            open_service(model_dir, device, backend, **service_options)  # says what is wrong, as one process would
+        task = fine_tuned_task(model_dir)
+        what = f"a {task} model" if task else "a pre-trained model"
+        os.environ[_OPTIONS_ENV] = json.dumps({"model_dir": str(model_dir), "device": device, "backend": backend,
+                                               "service": service_options, "threads": threads, "host": host,
+                                               "cors": cors})  # fmt: skip
+        config = _config("bertkit.serve.server:app_from_environment", host, port, workers, factory=True)
+        service = None
+    sock = _bind(config)
+    print(f"serving {model_dir} ({what}) at http://{host}:{sock.getsockname()[1]}/ ; Ctrl-C stops", flush=True)
+    try:
+        if workers == 1:
+            server.run(sockets=[sock])
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+    finally:
+        sock.close()
+        if service is not None:
+            service.close()
+    print("stopped", flush=True)

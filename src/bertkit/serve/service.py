@@ -1,15 +1,20 @@
 """One model directory behind the HTTP API: what the model can do, and the calls that do it.
 
 A fine-tuned task model predicts (labels, entities or answers); a pre-trained model with its masked-LM head fills
-[MASK]s; every model embeds sentences. The HTTP layer (`bertkit.serve.server`) only parses requests and calls these.
+[MASK]s; every model embeds sentences. The HTTP layer (`bertkit.serve.app`) only parses requests and calls these.
+
+Every call is checked and priced here, in the caller's thread (`prepare_*`: bad input is a BertkitError, too much
+work a `WorkTooLarge`), then queued on the `Batcher`, whose one worker thread runs the model over batches of many
+clients' inputs (`_run_batch`). The model is whatever `open_model_dir` opened: another backend plugs in by opening
+a `ModelDir`-like object with the same calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -17,31 +22,62 @@ from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError
 from bertkit.infer import embed, embedding_settings, fill_mask
 from bertkit.machine import pick_device
+from bertkit.serve.batching import Batcher, Job
+from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_INPUTS, MAX_WAIT_MS, MAX_WINDOWS
+from bertkit.serve.metrics import Metrics
 from bertkit.tasks.base import check_encodable
-from bertkit.tasks.model_dir import open_model_dir
+from bertkit.tasks.model_dir import ModelDir, open_model_dir
 
-T = TypeVar("T")
-MAX_INPUTS = 256  # per request: larger batches belong to `bertkit predict` / `bertkit embed` on files
+
+class WorkTooLarge(BertkitError):
+    """A request within the body limit that asks for more model work than one request may (HTTP 413)."""
 
 
 class Service:
-    """A loaded model directory and its calls; thread-safe (model calls run one at a time on one worker thread)."""
+    """A loaded model directory and its calls; thread-safe (model calls run one batch at a time on one thread)."""
 
-    def __init__(self, model_dir: str | Path, device: str | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str | None = None,
+        *,
+        batching: bool = True,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
+        max_wait_ms: float = MAX_WAIT_MS,
+        max_windows: int = MAX_WINDOWS,
+        metrics: Metrics | None = None,
+        opened: ModelDir | None = None,
+    ):
         self.path = Path(model_dir)
         self.device = pick_device(device)
-        opened = open_model_dir(self.path, self.device)
+        self.metrics = metrics or Metrics()
+        started = time.perf_counter()
+        opened = opened or open_model_dir(self.path, self.device)
+        self.metrics.load_seconds.set(time.perf_counter() - started)
         self.config, self.tokenizer, self.encoder = opened.config, opened.tokenizer, opened.encoder
         self.mlm = opened.mlm
         self.task_model = opened.task_model  # None: a pre-trained or plain encoder (fill-mask, embed)
         self.task_name = self.task_model.task.name if self.task_model else None
         self.embedding = embedding_settings(self.path)
-        # Every model call runs on this one thread, in arrival order: torch already spreads a call over every core,
-        # and a fresh thread per request would pay for a fresh OpenMP thread team each time (measured: ~5 ms).
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertkit-model")
+        self.max_windows = max_windows
+        self.max_positions = self.config.max_position_embeddings
+        m = self.metrics
+        self.batcher = Batcher(self._run_batch, max_batch_tokens, max_wait_ms, enabled=batching,
+                               on_batch=m.observe_batch, on_queue=m.queue_depth.set, on_drop=m.dropped.inc)  # fmt: skip
+        self.ready_error: str | None = None
+        self.ready_error = self._canary()
 
-    def _run(self, fn: Callable[[], T]) -> T:
-        return self._worker.submit(fn).result()
+    def close(self) -> None:
+        """Stop the model's worker thread."""
+        self.batcher.close()
+
+    def _canary(self) -> str | None:
+        """One short forward pass: None when its output is finite, else why not (for /readyz)."""
+        try:
+            self.batcher.call(lambda: self._embed_batch([["ok"]]))
+        except Exception as e:
+            return f"the model's test forward pass failed: {e}"
+        return None
 
     def info(self) -> dict[str, Any]:
         """What the model is and which endpoints it answers."""
@@ -68,8 +104,11 @@ class Service:
             "device": str(self.device),
         }
 
-    def predict(self, inputs: list[dict]) -> list[dict]:
-        """The task model's predictions, one per input object (the fields `info()["input"]` names)."""
+    # Checking and pricing a request (the caller's thread), then queueing it.
+
+    def prepare_predict(self, inputs: Any) -> tuple[str, Any, int, int]:
+        """(kind, payload, tokens, rows) of a predict request; a BertkitError for bad input, `WorkTooLarge` for an
+        input needing more than `max_windows` windows."""
         task_model = self.task_model
         if task_model is None:
             raise BertkitError(
@@ -85,40 +124,98 @@ class Service:
                 examples.append(task.from_json(row, n))
             except BertkitError as e:
                 raise BertkitError(f"inputs[{n}]: {e}; a {task.name} model takes {task.input_schema}") from None
-        return self._run(lambda: task_model.predict(examples))
+        # Features cut every text at the model's max_seq_length; NER and QA cover a long one in windows.
+        features = task_model.features(examples)
+        windows = [0] * len(examples)
+        for n, f in enumerate(features):
+            windows[f.get("sentence", f.get("example", n))] += 1
+        worst = max(range(len(examples)), key=windows.__getitem__)
+        if windows[worst] > self.max_windows:
+            length = task.settings.max_seq_length
+            raise WorkTooLarge(
+                f"inputs[{worst}] needs {windows[worst]} windows of {length} tokens; this server reads at most "
+                f"{self.max_windows} per input (--max-windows): send a shorter text, or split it"
+            )
+        return "predict", examples, sum(len(f["input_ids"]) for f in features), len(examples)
 
-    def fill_mask(self, texts: list[str], top_k: int = TOP_K) -> list[dict]:
-        """Top-k tokens for every [MASK] of each text."""
+    def prepare_fill_mask(self, texts: Any, top_k: Any = TOP_K) -> tuple[str, Any, int, int]:
+        """(kind, payload, tokens, rows) of a fill-mask request."""
         if self.mlm is None:
             raise BertkitError(f"{self.path} has no masked-LM head (cls.predictions.*), so it cannot fill [MASK]")
         _check_texts(texts)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 100:
             raise BertkitError(f"top_k must be an integer from 1 to 100, got {top_k!r}")
-        mlm = self.mlm
+        lengths = [len(e) for e in self.tokenizer.encode_batch(texts)]
+        for n, length in enumerate(lengths):
+            if length > self.max_positions:  # a [MASK] cut off would be silently unanswered: refuse instead
+                raise WorkTooLarge(f"texts[{n}] is {length} tokens; this model reads at most {self.max_positions}")
+        return "fill-mask", (texts, top_k), sum(lengths), len(texts)
 
-        def run() -> list[dict]:
-            out = []
-            for n, text in enumerate(texts):
-                try:
-                    masks = fill_mask(mlm, self.tokenizer, text, top_k=top_k)
-                except BertkitError as e:  # the same kind of error (bad input, or a model that overflows)
-                    raise type(e)(f"texts[{n}]: {e}") from None
-                out.append({"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]})
-            return out
+    def prepare_embed(self, texts: Any) -> tuple[str, Any, int, int]:
+        """(kind, payload, tokens, rows) of an embed request (texts cut at the model's maximum length)."""
+        _check_texts(texts)
+        lengths = [min(len(e), self._embed_max_length()) for e in self.tokenizer.encode_batch(texts)]
+        return "embed", texts, sum(lengths), len(texts)
 
-        return self._run(run)
+    def submit(self, prepared: tuple[str, Any, int, int]) -> Job:
+        """Queue a prepared request; `job.future` holds its answer, `job.cancel()` drops it if not yet run."""
+        kind, payload, tokens, rows = prepared
+        return self.batcher.submit(kind, payload, tokens, rows)
+
+    # The blocking calls (library use): check, queue, wait.
+
+    def predict(self, inputs: list[dict]) -> list[dict]:
+        """The task model's predictions, one per input object (the fields `info()["input"]` names)."""
+        return self.submit(self.prepare_predict(inputs)).future.result()
+
+    def fill_mask(self, texts: list[str], top_k: int = TOP_K) -> list[dict]:
+        """Top-k tokens for every [MASK] of each text."""
+        return self.submit(self.prepare_fill_mask(texts, top_k)).future.result()
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Sentence embeddings with the directory's pooling (mean, L2-normalised, unless it says otherwise)."""
-        _check_texts(texts)
+        return self.submit(self.prepare_embed(texts)).future.result()
+
+    # The model calls (the batcher's worker thread): one call over many requests' payloads.
+
+    def _run_batch(self, kind: str, payloads: Sequence[Any]) -> list[Any]:
+        if kind == "predict":
+            examples = [ex for p in payloads for ex in p]
+            return _split(self.task_model.predict(examples), [len(p) for p in payloads])  # type: ignore[union-attr]
+        if kind == "embed":
+            return self._embed_batch(payloads)
+        if kind == "fill-mask":
+            return [self._fill_mask_one(texts, top_k) for texts, top_k in payloads]
+        raise ValueError(f"unknown kind of work {kind!r}")
+
+    def _embed_max_length(self) -> int:
+        return self.embedding["max_length"] or self.max_positions
+
+    def _embed_batch(self, payloads: Sequence[list[str]]) -> list[list[list[float]]]:
+        texts = [t for p in payloads for t in p]
         settings = self.embedding
-        max_length = settings["max_length"] or self.config.max_position_embeddings
+        vectors = embed(self.encoder, self.tokenizer, texts, batch_size=len(texts), max_length=self._embed_max_length(),
+                        pooling=settings["pooling"], normalize=settings["normalize"], device=self.device)  # fmt: skip
+        return _split(np.asarray(vectors).tolist(), [len(p) for p in payloads])
 
-        def run() -> np.ndarray:
-            return embed(self.encoder, self.tokenizer, texts, max_length=max_length, pooling=settings["pooling"],
-                         normalize=settings["normalize"], device=self.device)  # fmt: skip
+    def _fill_mask_one(self, texts: list[str], top_k: int) -> list[dict] | BertkitError:
+        out = []
+        for n, text in enumerate(texts):
+            try:
+                masks = fill_mask(self.mlm, self.tokenizer, text, top_k=top_k)  # type: ignore[arg-type]
+            except BertkitError as e:  # the same kind of error (bad input, or a model that overflows)
+                return type(e)(f"texts[{n}]: {e}")
+            out.append({"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]})
+        return out
 
-        return self._run(run).tolist()
+
+def _split(rows: list, counts: list[int]) -> list[list]:
+    """`rows` cut into consecutive pieces of `counts` rows."""
+    out, start = [], 0
+    for n in counts:
+        out.append(rows[start : start + n])
+        start += n
+    return out
 
 
 def _check_count(items: Any, name: str) -> None:

@@ -1,0 +1,66 @@
+"""The API's request and response shapes as pydantic models: they document the endpoints in `/openapi.json`.
+
+Requests are parsed and checked by `Service` (its messages name the field that is wrong), not by these models, so
+a bad request gets the same one-line `{"error": ...}` whatever it got wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class PredictRequest(BaseModel):
+    """Inputs of the task model (their fields: `GET /api/info`'s "input"); one input may also come alone."""
+
+    inputs: list[dict[str, Any]] = Field(description='one object per input, e.g. {"text": "..."}')
+
+
+class TextsRequest(BaseModel):
+    """Texts to embed (or `{"text": "..."}` for one)."""
+
+    texts: list[str]
+
+
+class FillMaskRequest(BaseModel):
+    """Texts with [MASK]s, and how many candidates to return per [MASK] (1 to 100)."""
+
+    texts: list[str]
+    top_k: int = 5
+
+
+class PredictResponse(BaseModel):
+    """One prediction per input: {"label", "probabilities"}, {"score"}, {"tags", "entities"} or {"id", "answer",
+    "start", "end", "score"}, as the task predicts."""
+
+    predictions: list[dict[str, Any]]
+
+
+class Candidate(BaseModel):
+    token: str
+    score: float
+
+
+class FillMaskResult(BaseModel):
+    text: str
+    masks: list[list[Candidate]]
+
+
+class FillMaskResponse(BaseModel):
+    results: list[FillMaskResult]
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]]
+    dim: int
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal: what was wrong and what to send instead, on one line."""
+
+    error: str
