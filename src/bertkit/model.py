@@ -10,6 +10,9 @@ Shapes: B batch, T sequence length, H hidden size, nh heads, hs head size, V voc
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -190,6 +193,38 @@ def is_padded(attention_mask: torch.Tensor | None) -> bool:
     return attention_mask is not None and not bool(attention_mask.all())
 
 
+# Below this many tokens (batch x length) an inference forward runs on one intra-op thread. Each operator of a
+# small batch is a few microseconds of arithmetic, so splitting it across threads buys little, while every split
+# waits for all threads: when a core is busy elsewhere (other processes, another runtime's thread pool) each of the
+# ~100 operators of a forward waits a scheduler time slice. benchmarks/batch1_latency.py measures the effect.
+SERIAL_TOKENS = 128
+
+_threads_lock = threading.Lock()
+_serial_depth = 0  # forwards now inside one_intra_op_thread, across Python threads
+_threads_before = 1  # the intra-op thread count to restore when the last of them leaves
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Run the block with one intra-op thread and restore the previous count after it.
+
+    The count is process-wide: while any block is inside (several Python threads may be), every forward of the
+    process runs on one thread; the count set before the first entered is restored when the last one leaves."""
+    global _serial_depth, _threads_before
+    with _threads_lock:
+        if _serial_depth == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _serial_depth += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _serial_depth -= 1
+            if _serial_depth == 0:
+                torch.set_num_threads(_threads_before)
+
+
 def attention_bias(
     padding_mask: torch.Tensor | None, dtype: torch.dtype, causal: bool = False, T: int = 0, device=None
 ) -> torch.Tensor | None:
@@ -274,6 +309,7 @@ class BertModel(nn.Module, PreTrainedMixin):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config) if add_pooler else None
         self.unpad = True  # skip padded positions (same results on real tokens; zeros at padding); False: plain path
+        self.serial_below_tokens = SERIAL_TOKENS  # inference on fewer tokens runs on one intra-op thread; 0: never
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
     def forward(
@@ -290,9 +326,26 @@ class BertModel(nn.Module, PreTrainedMixin):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        dtype = self.embeddings.word_embeddings.weight.dtype
         # An exported graph (ONNX, torch.export) must serve every input: it always applies the mask, never unpads.
         exporting = _is_exporting() or torch.jit.is_tracing()
+        serial = (
+            not self.training
+            and not exporting
+            and input_ids.numel() < self.serial_below_tokens
+            and torch.get_num_threads() > 1
+        )
+        with one_intra_op_thread() if serial else nullcontext():
+            return self._encode(input_ids, token_type_ids, attention_mask, exporting)
+
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        exporting: bool,
+    ) -> BertOutput:
+        T = input_ids.shape[1]
+        dtype = self.embeddings.word_embeddings.weight.dtype
         padded = attention_mask is not None if exporting else is_padded(attention_mask)
         bias = attention_bias(
             attention_mask if padded else None, dtype, causal=self.config.is_decoder, T=T, device=input_ids.device

@@ -1,0 +1,120 @@
+"""The batch-1 inference path: a sentence alone (no padding, one intra-op thread) computes what the padded batch
+path and transformers compute, and the thread count is always restored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import bertkit.model
+from bertkit import BertModel, Tokenizer
+from bertkit.model import one_intra_op_thread
+
+SENTENCES = [
+    "it 's a charming and often affecting journey .",
+    "unflinchingly bleak and desperate",
+    "the film is strictly routine , but the performances carry it a long way toward something better than that .",
+]
+# The padded batch (its longest row sets T) would run on two threads and unpadded; the sentence alone runs on one
+# thread with no padding work. Both compute the same sums in float32 but over matrices of different shapes and
+# split differently across threads, so the kernels round differently: real tokens agree to ~1e-6, bounded here at
+# 1e-5 as the transformers parity test bounds them.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir: Path) -> tuple[BertModel, transformers.BertModel, Tokenizer]:
+    return (
+        BertModel.from_pretrained(minilm_dir).eval(),
+        transformers.BertModel.from_pretrained(minilm_dir).eval(),
+        Tokenizer.from_pretrained(minilm_dir),
+    )
+
+
+class CountingUnpadded(bertkit.model.Unpadded):
+    made = 0
+
+    def __init__(self, attention_mask: torch.Tensor):
+        CountingUnpadded.made += 1
+        super().__init__(attention_mask)
+
+
+@torch.inference_mode()
+def test_sentence_alone_equals_it_in_a_padded_batch_and_transformers(minilm, two_threads, monkeypatch) -> None:
+    ours, ref, tok = minilm
+    monkeypatch.setattr(bertkit.model, "Unpadded", CountingUnpadded)
+    padded = tok.batch(SENTENCES * 3)
+    assert padded["attention_mask"].min() == 0
+    assert padded["input_ids"].numel() >= ours.serial_below_tokens  # the batch runs on two threads
+    batch_out = ours(**padded)
+    assert CountingUnpadded.made == 1  # the padded batch took the unpadded path
+    for i, text in enumerate(SENTENCES):
+        alone = tok.batch([text])
+        n = alone["input_ids"].shape[1]
+        assert alone["attention_mask"].all()
+        out = ours(**alone)
+        assert CountingUnpadded.made == 1  # nothing to unpad: the sentence alone took the plain path
+        assert (out.last_hidden_state[0] - batch_out.last_hidden_state[i, :n]).abs().max() <= TOLERANCE
+        assert (out.pooler_output[0] - batch_out.pooler_output[i]).abs().max() <= TOLERANCE
+        expected = ref(**alone)
+        assert (out.last_hidden_state - expected.last_hidden_state).abs().max() <= TOLERANCE
+        assert (out.pooler_output - expected.pooler_output).abs().max() <= TOLERANCE
+
+
+@torch.inference_mode()
+def test_small_inference_runs_on_one_thread_and_restores_the_count(minilm, two_threads) -> None:
+    ours, _, tok = minilm
+    seen: list[int] = []
+    hook = ours.layers[0].register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        small = tok.batch(SENTENCES[:1])
+        big = tok.batch(SENTENCES * 3)
+        ours(**small)
+        ours(**big)
+        ours.train()
+        ours(**small)  # training keeps the thread count it was given
+        ours.eval()
+        ours.serial_below_tokens = 0
+        ours(**small)
+    finally:
+        ours.serial_below_tokens = bertkit.model.SERIAL_TOKENS
+        ours.eval()
+        hook.remove()
+    assert seen == [1, 2, 2, 2]
+    assert torch.get_num_threads() == 2
+
+
+@torch.inference_mode()
+def test_one_thread_and_two_threads_agree(minilm, two_threads) -> None:
+    ours, _, tok = minilm
+    batch = tok.batch(SENTENCES[2:])
+    serial = ours(**batch)
+    ours.serial_below_tokens = 0
+    try:
+        parallel = ours(**batch)
+    finally:
+        ours.serial_below_tokens = bertkit.model.SERIAL_TOKENS
+    # Only the split of each sum across threads differs: float32 rounding, well under TOLERANCE.
+    assert (serial.last_hidden_state - parallel.last_hidden_state).abs().max() <= TOLERANCE
+
+
+def test_thread_count_restored_after_nesting_and_errors(two_threads) -> None:
+    with one_intra_op_thread():
+        with one_intra_op_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1  # the outer block is still inside
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError), one_intra_op_thread():
+        raise ValueError("a failing forward")
+    assert torch.get_num_threads() == 2
