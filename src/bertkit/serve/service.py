@@ -145,11 +145,15 @@ class Service:
         _check_texts(texts)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 100:
             raise BertkitError(f"top_k must be an integer from 1 to 100, got {top_k!r}")
-        lengths = [len(e) for e in self.tokenizer.encode_batch(texts)]
-        for n, length in enumerate(lengths):
-            if length > self.max_positions:  # a [MASK] cut off would be silently unanswered: refuse instead
-                raise WorkTooLarge(f"texts[{n}] is {length} tokens; this model reads at most {self.max_positions}")
-        return "fill-mask", (texts, top_k), sum(lengths), len(texts)
+        tok = self.tokenizer
+        cut = tok.encode_batch(texts)  # as fill_mask reads them: cut at the model's maximum length
+        for n, enc in enumerate(cut):
+            if tok.mask_id not in enc.input_ids and tok.mask_id in tok.encode(texts[n], truncation=False).input_ids:
+                raise WorkTooLarge(
+                    f"texts[{n}]: its [MASK]s lie past the first {len(enc)} tokens, and this model reads at most "
+                    f"{len(enc)}: send the sentence around the [MASK], not the whole text"
+                )
+        return "fill-mask", (texts, top_k), sum(len(e) for e in cut), len(texts)
 
     def prepare_embed(self, texts: Any) -> tuple[str, Any, int, int]:
         """(kind, payload, tokens, rows) of an embed request (texts cut at the model's maximum length)."""

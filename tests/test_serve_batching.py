@@ -1,0 +1,205 @@
+"""Dynamic batching: the batcher's rules on a fake model (which requests share a batch, the token budget, the
+oldest first, dropped and failed requests), then a served model: concurrent clients get the answers they get alone,
+a client that leaves is not computed, and work per request is bounded (413)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from test_serve import assert_close, request, served
+
+from bertkit.serve import Service, running
+from bertkit.serve.batching import Batcher
+
+
+class FakeModel:
+    """A runner that records each batch's payloads; `gate` holds the worker inside a batch until set."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, kind: str, payloads: list) -> list:
+        self.gate.wait(10)
+        self.batches.append(list(payloads))
+        if "fail" in payloads:
+            raise ValueError("this batch holds a failing input")
+        return [f"{kind}:{p}" for p in payloads]
+
+
+def hold_worker(model: FakeModel, batcher: Batcher) -> None:
+    """Start a batch that waits at the gate, so the next jobs queue up behind it."""
+    model.gate.clear()
+    batcher.submit("x", "first", 1)
+    for _ in range(500):
+        if batcher.depth == 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the worker never took the first job")
+
+
+def test_batcher_groups_waiting_jobs_by_kind_within_the_token_budget() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, max_batch_tokens=10, max_wait_ms=0)
+    try:
+        hold_worker(model, batcher)
+        jobs = [batcher.submit("x", f"a{n}", 4) for n in range(3)]  # 12 tokens: two batches of budget 10
+        other = batcher.submit("y", "b", 1)  # another kind never shares a batch
+        model.gate.set()
+        assert [j.future.result(10) for j in jobs] == ["x:a0", "x:a1", "x:a2"]
+        assert other.future.result(10) == "y:b"
+        assert model.batches == [["first"], ["a0", "a1"], ["a2"], ["b"]]
+    finally:
+        batcher.close()
+
+
+def test_the_oldest_job_goes_first_and_one_over_the_budget_runs_alone() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, max_batch_tokens=10, max_wait_ms=0)
+    try:
+        hold_worker(model, batcher)
+        big = batcher.submit("x", "big", 1000)
+        small = [batcher.submit("x", f"s{n}", 2) for n in range(3)]
+        model.gate.set()
+        for j in [big, *small]:
+            j.future.result(10)
+        # The long request holds the others for exactly one batch, then they share one.
+        assert model.batches == [["first"], ["big"], ["s0", "s1", "s2"]]
+    finally:
+        batcher.close()
+
+
+def test_cancelled_jobs_are_never_run_and_a_failing_batch_fails_only_its_culprit() -> None:
+    model, dropped = FakeModel(), []
+    batcher = Batcher(model, max_batch_tokens=100, max_wait_ms=0, on_drop=lambda: dropped.append(1))
+    try:
+        hold_worker(model, batcher)
+        gone, kept, bad = (batcher.submit("x", p, 1) for p in ("gone", "kept", "fail"))
+        assert gone.cancel()
+        model.gate.set()
+        assert kept.future.result(10) == "x:kept"
+        with pytest.raises(ValueError, match="failing input"):
+            bad.future.result(10)
+        assert gone.future.cancelled() and dropped == [1]
+        assert all("gone" not in b for b in model.batches)
+        assert model.batches[1] == ["kept", "fail"] and model.batches[2:] == [["kept"], ["fail"]]  # retried alone
+    finally:
+        batcher.close()
+
+
+def test_batching_off_runs_one_job_per_call() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, max_batch_tokens=100, max_wait_ms=50, enabled=False)
+    try:
+        hold_worker(model, batcher)
+        jobs = [batcher.submit("x", n, 1) for n in range(3)]
+        model.gate.set()
+        [j.future.result(10) for j in jobs]
+        assert model.batches == [["first"], [0], [1], [2]]
+    finally:
+        batcher.close()
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """One sample's value from GET /metrics (0 when absent)."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+TEXTS = [
+    "这个宾馆比较陈旧了，特价的房间也很一般。",
+    "房间很大，服务员也很热情，下次还会再来。",
+    "还行吧。",
+    "早餐太差了，无论去多少人，那边也不加食品的。酒店应该重视一下这个问题了。",
+    "好",
+    "位置不错，交通方便。",
+]
+
+
+@pytest.mark.parametrize("task", ["cls", "qa", "embed"])
+def test_concurrent_clients_get_the_answers_they_get_alone(tiny_task_models: dict[str, Path], task: str) -> None:
+    """Answers computed in a batch of several clients equal those computed alone: same labels and offsets, floats
+    within 1e-5 (a batch's padding and shape change float32 summation order; see test_serve.assert_close)."""
+    if task == "qa":
+        path, bodies = "/api/predict", [{"question": "哪里？", "context": t, "id": str(n)} for n, t in enumerate(TEXTS)]
+    elif task == "cls":
+        path, bodies = "/api/predict", [{"text": t} for t in TEXTS]
+    else:
+        path, bodies = "/api/embed", [{"texts": [t, t[:2]]} for t in TEXTS]
+    model = tiny_task_models["pretrained" if task == "embed" else task]
+    with served(model, max_wait_ms=300) as url:  # a long wait, so that the concurrent requests share batches
+        alone = [request(url + path, b) for b in bodies]
+        batches_before = metric(url, "bertkit_batch_size_count")
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            together = list(pool.map(lambda b: request(url + path, b), bodies))
+        batches = metric(url, "bertkit_batch_size_count") - batches_before
+    assert all(status == 200 for status, _ in alone + together), together
+    assert batches < len(bodies)  # some requests did share a model call
+    for (_, a), (_, t) in zip(alone, together, strict=True):
+        assert_close(t, a, tol=1e-5)
+
+
+def test_a_client_that_leaves_is_not_computed(tiny_task_models: dict[str, Path]) -> None:
+    service = Service(tiny_task_models["cls"], device="cpu")
+    seen: list[str] = []
+    run = service.batcher._run
+    service.batcher._run = lambda kind, payloads: (seen.extend(map(str, payloads)), run(kind, payloads))[1]
+    try:
+        with running(service) as url:
+            # Occupy the model's worker, then send a request and leave while it waits in the queue.
+            hold = threading.Event()
+            blocker = threading.Thread(target=service.batcher.call, args=(lambda: hold.wait(20),))
+            blocker.start()
+            body = json.dumps({"text": "一个离开的客户"}).encode()
+            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+                s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+                for _ in range(100):  # until the request is read and queued
+                    if service.batcher.depth:
+                        break
+                    time.sleep(0.02)
+            for _ in range(100):  # the server notices the closed connection and cancels the job
+                if metric(url, "bertkit_requests_total", endpoint="/api/predict", status="499"):
+                    break
+                time.sleep(0.05)
+            hold.set()
+            blocker.join(20)
+            status, _ = request(url + "/api/predict", {"text": "留下的客户"})
+            assert status == 200
+            assert metric(url, "bertkit_dropped_requests_total") == 1
+            assert metric(url, "bertkit_requests_total", endpoint="/api/predict", status="499") == 1
+    finally:
+        service.close()
+    assert not any("一个离开的客户" in s for s in seen) and any("留下的客户" in s for s in seen)
+
+
+def test_work_per_request_is_bounded(tiny_task_models: dict[str, Path], tmp_path: Path) -> None:
+    long_text = "叶老桂博士在北京工作。" * 300  # 3,300 characters: many windows of 128 tokens
+    with served(tiny_task_models["ner"], max_windows=2) as url:
+        status, out = request(url + "/api/predict", {"text": long_text})
+        assert status == 413 and "at most 2 per input (--max-windows)" in out["error"], out
+        status, out = request(url + "/api/predict", {"text": long_text[:100]})
+        assert status == 200
+    with served(tiny_task_models["qa"], max_windows=2) as url:
+        status, out = request(url + "/api/predict", {"question": "谁？", "context": long_text})
+        assert status == 413 and "inputs[0] needs" in out["error"] and "--max-windows" in out["error"], out
+    with served(tiny_task_models["pretrained"]) as url:
+        status, out = request(url + "/api/fill-mask", {"text": long_text + "[MASK]"})
+        assert status == 413 and "this model reads at most" in out["error"], out
+        status, out = request(url + "/api/fill-mask", {"text": "[MASK]" + long_text})  # cut, its [MASK] kept
+        assert status == 200 and len(out["results"][0]["masks"]) == 1
+        status, out = request(url + "/api/embed", {"text": long_text})  # embeddings cut the text instead
+        assert status == 200 and out["dim"] > 0
