@@ -26,11 +26,11 @@ from bertkit.serve.limits import MAX_INPUTS
 
 
 @contextmanager
-def served(model_dir: Path, **options) -> Iterator[str]:
+def served(model_dir: Path, cors: str | None = None, **options) -> Iterator[str]:
     """The model directory served on a free loopback port while the block runs; yields its base URL."""
     service = Service(model_dir, device="cpu", **options)
     try:
-        with running(service) as url:
+        with running(service, cors=cors) as url:
             yield url
     finally:
         service.close()
