@@ -15,7 +15,15 @@ import transformers
 
 from bertkit import Tokenizer
 from bertkit.errors import BertkitError
-from bertkit.export import _Graph, check_onnx, export_onnx, load_for_export, sample_inputs
+from bertkit.export import (
+    CHECK_TEXTS,
+    MIN_INT8_AGREEMENT,
+    _Graph,
+    check_onnx,
+    export_onnx,
+    load_for_export,
+    sample_inputs,
+)
 
 TEXTS = [
     ("这家酒店的位置很好，离地铁站只有五分钟。", "房间有点小，但是很干净。"),
@@ -140,3 +148,69 @@ def test_a_failed_check_keeps_what_was_there(
 
     r = bertkit("export", "--model", tmp_path / "missing", "--out", out)
     assert r.status == 2 and "does not exist" in r.err
+
+
+def test_int8_export_is_checked_against_fp32_and_kept(
+    tmp_path: Path, tiny_task_models: dict[str, Path], bertkit
+) -> None:
+    """`--quantize int8` writes a dynamically quantized graph whose labels agree with the fp32 graph's on the 64
+    check sentences; the summary and the printed line say by how much. Nothing else is left in the folder."""
+    out = tmp_path / "cls.int8.onnx"
+    r = bertkit("export", "--model", tiny_task_models["cls"], "--out", out, "--quantize", "int8")
+    assert r.status == 0, r.err
+    summary = json.loads(r.out.splitlines()[-1])
+    assert summary["quantize"] == "int8" and summary["int8_check_texts"] == len(CHECK_TEXTS) == 64
+    assert (
+        1.0 >= summary["int8_agreement"] >= MIN_INT8_AGREEMENT
+        and summary["int8_agreement_of"] == "its predicted labels"
+    )
+    assert 0 < summary["int8_max_abs_diff"] < 1 and summary["max_abs_diff"] < 1e-4  # fp32 still checked vs PyTorch
+    assert (
+        f"int8 checked against fp32 on 64 sentences: its predicted labels agree by {summary['int8_agreement']:.3f}"
+        in r.out
+    )
+    proto = onnx.load(str(out))
+    assert "MatMulInteger" in {n.op_type for n in proto.graph.node}  # the matrix products run in int8
+    assert {p.key: p.value for p in proto.metadata_props}["bertkit_task"] == "cls"
+    assert list(tmp_path.iterdir()) == [out]
+
+    texts = tmp_path / "texts.txt"  # the check sentences can be the user's own
+    texts.write_text("服务很好。\n\n房间太小了。\n", encoding="utf-8")
+    r = bertkit("export", "--model", tiny_task_models["ner"], "--out", tmp_path / "ner.onnx", "--quantize", "int8",
+                "--check-texts", texts)  # fmt: skip
+    assert r.status == 0, r.err
+    summary = json.loads(r.out.splitlines()[-1])
+    assert summary["int8_check_texts"] == 2 and summary["int8_agreement"] >= MIN_INT8_AGREEMENT
+
+
+def test_a_broken_quantization_is_refused(
+    tmp_path: Path, tiny_task_models: dict[str, Path], monkeypatch, bertkit
+) -> None:
+    """A quantizer that swaps the two classes' weights (every label flips) is caught by the check against fp32:
+    one-line error, no output and no temporary file or folder left."""
+    from bertkit import export
+
+    real_quantize = export.quantize_int8
+
+    def swapped_classes(fp32, out) -> None:
+        proto = onnx.load(str(fp32))
+        for init in proto.graph.initializer:
+            if init.name in ("model.classifier.weight", "model.classifier.bias"):
+                flipped = onnx.numpy_helper.to_array(init)[::-1].copy()
+                init.CopyFrom(onnx.numpy_helper.from_array(flipped, init.name))
+        flipped_file = Path(fp32).with_name("flipped.onnx")  # beside fp32, in the export's temporary folder
+        onnx.save(proto, str(flipped_file))
+        real_quantize(flipped_file, out)
+
+    monkeypatch.setattr("bertkit.export.quantize_int8", swapped_classes)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    out = tmp_path / "models" / "cls.int8.onnx"
+    r = bertkit("export", "--model", tiny_task_models["cls"], "--out", out, "--quantize", "int8")
+    assert r.status == 2 and len(r.err.strip().splitlines()) == 1
+    assert "int8 model agrees with the fp32 model by 0.0" in r.err and "not written" in r.err
+    assert list((tmp_path / "models").iterdir()) == [] and list(scratch.iterdir()) == []
+
+    with pytest.raises(BertkitError, match="expected one of int8"):
+        export_onnx(tiny_task_models["cls"], out, quantize="int4")

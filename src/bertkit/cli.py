@@ -288,16 +288,30 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from bertkit.export import export_onnx
+    from bertkit.export import CHECK_TEXTS, export_onnx
+    from bertkit.files import read_lines
 
     if args.format != "onnx":
         raise BertkitError(f"--format {args.format}: only onnx is supported")
-    summary = export_onnx(args.model, args.out, opset=args.opset, check=not args.no_check)
+    texts = CHECK_TEXTS
+    if args.check_texts:
+        texts = tuple(line for line in read_lines(args.check_texts) if line.strip())
+        if not texts:
+            raise BertkitError(f"{args.check_texts}: no sentence in it (expected one per line)")
+    summary = export_onnx(
+        args.model, args.out, opset=args.opset, check=not args.no_check, quantize=args.quantize, texts=texts
+    )
     checked = (
         f"checked against PyTorch (max abs diff {summary['max_abs_diff']:.1e})"
         if "max_abs_diff" in summary
         else "not checked"
     )
+    if args.quantize:
+        checked += (
+            f"; {args.quantize} checked against fp32 on {summary['int8_check_texts']} sentences: "
+            f"{summary['int8_agreement_of']} agree by {summary['int8_agreement']:.3f}, max abs diff "
+            f"{summary['int8_max_abs_diff']:.1e}"
+        )
     print(
         f"wrote {summary['out']} ({summary['bytes'] / 1e6:.1f} MB; outputs {', '.join(summary['outputs'])}; {checked})"
     )
@@ -524,7 +538,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, metavar="FILE.onnx")
     p.add_argument("--opset", type=POSITIVE, default=ONNX_OPSET, help="ONNX opset (default %(default)s)")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check against PyTorch")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="write the model dynamically quantized to int8 (onnxruntime), kept only if its answers agree with the "
+        "fp32 export's on the check sentences (predicted labels, or an encoder's median cosine; always checked)",
+    )
+    p.add_argument(
+        "--check-texts",
+        metavar="FILE",
+        help="sentences (one per line, UTF-8) to check the int8 model on instead of bertkit's 64 built-in ones",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("quickstart", help="the end-to-end demo on the bundled Chinese data")
