@@ -10,8 +10,10 @@ import torch
 import transformers
 
 import bertkit.model
-from bertkit import BertModel, Tokenizer
-from bertkit.model import one_intra_op_thread
+from bertkit import BertConfig, BertModel, Tokenizer
+from bertkit.model import BertForSequenceClassification, one_intra_op_thread
+from bertkit.tasks.base import run_model
+from bertkit.tasks.classify import ClassificationTask
 
 SENTENCES = [
     "it 's a charming and often affecting journey .",
@@ -118,3 +120,25 @@ def test_thread_count_restored_after_nesting_and_errors(two_threads) -> None:
     with pytest.raises(ValueError), one_intra_op_thread():
         raise ValueError("a failing forward")
     assert torch.get_num_threads() == 2
+
+
+def test_run_model_skips_autograd_and_matches_each_feature_alone() -> None:
+    torch.manual_seed(0)
+    config = BertConfig.preset("tiny", vocab_size=100, max_position_embeddings=64)
+    model = BertForSequenceClassification(config, num_labels=3)
+    model.train()
+    g = torch.Generator().manual_seed(2)
+    features = [
+        {"input_ids": torch.randint(5, 100, (n,), generator=g).tolist(), "token_type_ids": [0] * n}
+        for n in (9, 30, 4, 17)
+    ]
+    logits = run_model(model, ClassificationTask(), features, pad_id=0)
+    assert model.training  # restored
+    assert all(torch.is_inference(t) for t in logits)  # no autograd bookkeeping was done
+    model.eval()
+    with torch.no_grad():
+        for f, got in zip(features, logits, strict=True):
+            alone = model(torch.tensor([f["input_ids"]]), torch.tensor([f["token_type_ids"]])).logits[0]
+            # Alone vs. in a padded batch of four: other matrix shapes, float32 rounding (see TOLERANCE).
+            assert (got - alone).abs().max() <= TOLERANCE
+    assert torch.stack(logits).softmax(-1).shape == (4, 3)  # callers' use outside inference mode still works
