@@ -11,6 +11,7 @@ and say so.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -30,35 +31,37 @@ PHONE = {"width": 390, "height": 844}
 START_TIMEOUT_S = 120  # a server process imports torch and loads its model; on a busy 2-core machine this is slow
 
 
-def _chromium() -> tuple[str, str]:
-    """The Chromium executable and its driver, or skip saying what is missing."""
+def _find_chromium() -> tuple[str | None, str | None, str | None]:
+    """The Chromium executable and its driver, or why the tests cannot run."""
     binary = next((p for name in ("chromium", "chromium-browser") if (p := shutil.which(name))), None)
     driver = shutil.which("chromedriver")
     if binary is None or driver is None:
-        pytest.skip("Chromium and chromedriver are not installed: apt-get install chromium chromium-driver "
-                    "(.ci/run does this as root on Debian)")  # fmt: skip
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        pytest.skip("selenium is not installed (it is in the test extra: pip install selenium)")
-    return binary, driver
+        return None, None, ("Chromium and chromedriver are not installed: apt-get install chromium chromium-driver "
+                            "(.ci/run does this as root on Debian)")  # fmt: skip
+    if importlib.util.find_spec("selenium") is None:
+        return None, None, "selenium is not installed (it is in the test extra: pip install selenium)"
+    return binary, driver, None
+
+
+CHROMIUM, CHROMEDRIVER, NO_BROWSER = _find_chromium()
+# Decided at collection, so a machine without the browser skips before the session builds the tiny models.
+pytestmark = pytest.mark.skipif(NO_BROWSER is not None, reason=NO_BROWSER or "")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One headless Chromium for the module, logging the console and the network (read by `_problems`)."""
-    binary, driver = _chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = binary
+    options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1280,900", "--lang=en-US"):  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver_ = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    driver_ = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver_.set_page_load_timeout(60)
     try:
         yield driver_
@@ -300,6 +303,8 @@ def test_pretrained_page_fills_the_mask_of_the_seed_sentence_as_the_api_does(bro
             assert all(abs(p - c["score"]) <= 5e-4 for (_, p), c in zip(rows, candidates, strict=True))
     _check_similarity(browser, url, None)
     _assert_clean(browser)
+    links = [a.get_attribute("href") for a in browser.find_elements("css selector", "a[href]")]
+    assert links and all(_get(link)[0] == 200 for link in links), links  # the page links to what is there
 
 
 def test_page_fits_a_phone_screen(browser, servers, tmp_path: Path) -> None:
@@ -316,6 +321,7 @@ def test_page_fits_a_phone_screen(browser, servers, tmp_path: Path) -> None:
                 _submit(browser, "predict-go", "predict-out")
             _submit(browser, "embed-go", "embed-out")
             widths[name] = browser.execute_script("return [document.scrollingElement.scrollWidth, window.innerWidth]")
+            browser.execute_script("window.scrollTo(0, 0)")
             shot = tmp_path / f"page-{name}-390x844.png"
             browser.save_screenshot(str(shot))
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
