@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import bertkit_command
 from prometheus_client.parser import text_string_to_metric_families
 from test_serve import request, served
 
@@ -206,3 +208,26 @@ def test_cors_only_for_the_named_origin(url: str, tiny_task_models: dict[str, Pa
     with served(tiny_task_models["cls"], cors="https://example.org") as base:
         assert allowed(base, "https://example.org") == "https://example.org"
         assert allowed(base, "https://evil.example") is None
+
+
+def test_workers_run_that_many_processes(tiny_task_models: dict[str, Path]) -> None:
+    command = bertkit_command("serve", "--model", tiny_task_models["cls"], "--port", "0", "--workers", "2",
+                              "--threads", "1")  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert "serving" in line, line
+        base = line.split(" at ")[1].split(" ")[0].rstrip("/")
+        for _ in range(600):  # the workers load the model; the backlog holds the request meanwhile
+            children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True)
+            if len(children.stdout.split()) >= 2:
+                break
+            time.sleep(0.05)
+        status, out = request(base + "/api/predict", {"text": "房间很大。"})
+        assert status == 200 and out["predictions"][0]["label"] in ("0", "1")
+        workers = subprocess.run(["ps", "-o", "args=", "--ppid", str(proc.pid)], capture_output=True, text=True)
+        assert sum("spawn_main" in a for a in workers.stdout.splitlines()) == 2, workers.stdout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]

@@ -72,9 +72,21 @@ def open_service(model_dir: str | Path, device: str | None = None, backend: str 
 
 
 def _config(app: Any, host: str, port: int, workers: int = 1, factory: bool = False) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, http=_Protocol, workers=workers, factory=factory,
-                          backlog=BACKLOG, access_log=False, log_config=None, server_header=False,
-                          timeout_keep_alive=30, lifespan="off")  # fmt: skip
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=_Protocol,
+        workers=workers,
+        factory=factory,
+        backlog=BACKLOG,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=30,
+        lifespan="off",
+        timeout_worker_healthcheck=120,
+    )  # fmt: skip  (a worker loads the model before it pings)
 
 
 def make_server(service: Service, host: str = HOST, port: int = PORT, cors: str | None = None) -> uvicorn.Server:
@@ -173,7 +185,7 @@ def serve(
         else:
             from uvicorn.supervisors import Multiprocess
 
-            Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
         if service is not None:
