@@ -159,7 +159,7 @@ async def _answer(service: Service, request: Request, prepare: Callable[[Any], A
             if await request.is_disconnected():
                 job.cancel()  # computed only if already running; its answer then goes nowhere
                 return Response(status_code=CLIENT_GONE)
-    except (ClientDisconnect, asyncio.CancelledError):
+    except ClientDisconnect:  # gone while sending its body: nothing to answer, nothing to log
         return Response(status_code=CLIENT_GONE)
     except _RequestError as e:
         return _error(e.status, str(e))
