@@ -181,6 +181,10 @@ def test_int8_export_is_checked_against_fp32_and_kept(
     assert r.status == 0, r.err
     summary = json.loads(r.out.splitlines()[-1])
     assert summary["int8_check_texts"] == 2 and summary["int8_agreement"] >= MIN_INT8_AGREEMENT
+    texts.write_text("\n  \n", encoding="utf-8")
+    r = bertkit("export", "--model", tiny_task_models["ner"], "--out", tmp_path / "ner2.onnx", "--quantize", "int8",
+                "--check-texts", texts)  # fmt: skip
+    assert r.status == 2 and "no sentence in it" in r.err and not (tmp_path / "ner2.onnx").exists()
 
 
 def test_a_broken_quantization_is_refused(
