@@ -4,11 +4,12 @@
     python benchmarks/batch1_latency.py --sentences 50 --threads 1
 
 Each real SST-2 dev sentence is served alone, as one request would be: tokenized, made into tensors and run
-(batch 1, no padding), timed end to end. Three backends, each with `--threads` intra-op threads:
-- bertkit_torch: BertModel under torch.inference_mode, as shipped (a batch under
-  bertkit.model.SERIAL_TOKENS tokens runs on one intra-op thread);
-- bertkit_torch_all_threads: the same model with that switched off (`serial_below_tokens = 0`): every operator
-  split across all threads, as before the switch existed;
+(batch 1, no padding), timed end to end. Four backends, each given `--threads` intra-op threads:
+- bertkit_torch: BertModel under torch.inference_mode, as shipped: a batch under bertkit.model.SERIAL_TOKENS
+  tokens runs on all threads, or on one while a forward shows the cores busy (bertkit.model.ThreadChoice);
+- bertkit_torch_all_threads: that switched off (`serial_below_tokens = 0`): every operator split across all
+  threads, as before the switch existed;
+- bertkit_torch_one_thread: small batches always on one thread;
 - onnxruntime_fp32: onnxruntime's CPU session over `bertkit export`'s fp32 file (intra-op threads = --threads).
 Backends take turns in blocks of `--block` sentences, so that noise from a shared machine hits all of them; not
 sentence by sentence, because onnxruntime's worker threads keep spinning for a while after each run and would be
@@ -62,6 +63,8 @@ def main() -> None:
     shipped = BertModel.from_pretrained(model_dir).eval()
     all_threads = BertModel.from_pretrained(model_dir).eval()
     all_threads.serial_below_tokens = 0
+    one_thread = BertModel.from_pretrained(model_dir).eval()
+    one_thread.threads.serial_until = float("inf")
 
     with tempfile.TemporaryDirectory() as folder:
         onnx_file = Path(folder) / "minilm.onnx"
@@ -84,6 +87,7 @@ def main() -> None:
     backends = {
         "bertkit_torch": torch_request(shipped),
         "bertkit_torch_all_threads": torch_request(all_threads),
+        "bertkit_torch_one_thread": torch_request(one_thread),
         "onnxruntime_fp32": onnx_request,
     }
     with torch.inference_mode():  # the outputs agree: the same model, the same sentence
@@ -109,10 +113,12 @@ def main() -> None:
         "tokens_median": statistics.median(len(tok.encode(s)) for s in sentences),
         "threads": args.threads,
         "serial_below_tokens": shipped.serial_below_tokens,
+        "shipped_ends_on_one_thread": shipped.threads.serial(time.monotonic()),
         "median_ms": {k: round(v, 3) for k, v in median.items()},
         "p90_ms": {k: round(float(np.percentile(t, 90)), 3) for k, t in times.items()},
         "torch_over_onnx_fp32": round(median["bertkit_torch"] / median["onnxruntime_fp32"], 3),
         "torch_all_threads_over_onnx_fp32": round(median["bertkit_torch_all_threads"] / median["onnxruntime_fp32"], 3),
+        "torch_one_thread_over_onnx_fp32": round(median["bertkit_torch_one_thread"] / median["onnxruntime_fp32"], 3),
         "onnx_vs_torch_max_abs_diff": float(np.abs(got - expected).max()),
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "command": f"python benchmarks/batch1_latency.py --sentences {args.sentences} --threads {args.threads}",

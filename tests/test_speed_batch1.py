@@ -1,8 +1,9 @@
-"""The batch-1 inference path: a sentence alone (no padding, one intra-op thread) computes what the padded batch
-path and transformers compute, and the thread count is always restored."""
+"""The batch-1 inference path: a sentence alone (no padding; on all intra-op threads or on one when the cores are
+busy) computes what the padded batch path and transformers compute, and the thread count is always restored."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import transformers
 
 import bertkit.model
 from bertkit import BertConfig, BertModel, Tokenizer
-from bertkit.model import BertForSequenceClassification, one_intra_op_thread
+from bertkit.model import BertForSequenceClassification, ThreadChoice, one_intra_op_thread
 from bertkit.tasks.base import run_model
 from bertkit.tasks.classify import ClassificationTask
 
@@ -20,8 +21,8 @@ SENTENCES = [
     "unflinchingly bleak and desperate",
     "the film is strictly routine , but the performances carry it a long way toward something better than that .",
 ]
-# The padded batch (its longest row sets T) would run on two threads and unpadded; the sentence alone runs on one
-# thread with no padding work. Both compute the same sums in float32 but over matrices of different shapes and
+# The padded batch (its longest row sets T) runs on two threads and unpadded; the sentence alone runs with no
+# padding work, on one thread or two. Both compute the same sums in float32 but over matrices of different shapes and
 # split differently across threads, so the kernels round differently: real tokens agree to ~1e-6, bounded here at
 # 1e-5 as the transformers parity test bounds them.
 TOLERANCE = 1e-5
@@ -52,9 +53,30 @@ class CountingUnpadded(bertkit.model.Unpadded):
         super().__init__(attention_mask)
 
 
+BUSY, IDLE = float("inf"), float("-inf")  # ThreadChoice.serial_until: one thread for small batches, or all
+
+
+@pytest.fixture
+def cores(minilm):
+    """Set `minilm`'s view of the cores (BUSY or IDLE) for one test; restored after."""
+    ours = minilm[0]
+    before = ours.threads.serial_until
+
+    def set_to(until: float) -> None:
+        ours.threads.serial_until = until
+
+    yield set_to
+    ours.threads.serial_until = before
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["one_thread", "all_threads"])
 @torch.inference_mode()
-def test_sentence_alone_equals_it_in_a_padded_batch_and_transformers(minilm, two_threads, monkeypatch) -> None:
+def test_sentence_alone_equals_it_in_a_padded_batch_and_transformers(
+    minilm, two_threads, cores, monkeypatch, busy: bool
+) -> None:
     ours, ref, tok = minilm
+    cores(BUSY if busy else IDLE)
+    CountingUnpadded.made = 0
     monkeypatch.setattr(bertkit.model, "Unpadded", CountingUnpadded)
     padded = tok.batch(SENTENCES * 3)
     assert padded["attention_mask"].min() == 0
@@ -75,8 +97,9 @@ def test_sentence_alone_equals_it_in_a_padded_batch_and_transformers(minilm, two
 
 
 @torch.inference_mode()
-def test_small_inference_runs_on_one_thread_and_restores_the_count(minilm, two_threads) -> None:
+def test_small_inference_runs_on_one_thread_when_cores_are_busy(minilm, two_threads, cores) -> None:
     ours, _, tok = minilm
+    cores(BUSY)
     seen: list[int] = []
     hook = ours.layers[0].register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
     try:
@@ -89,17 +112,21 @@ def test_small_inference_runs_on_one_thread_and_restores_the_count(minilm, two_t
         ours.eval()
         ours.serial_below_tokens = 0
         ours(**small)
+        ours.serial_below_tokens = bertkit.model.SERIAL_TOKENS
+        cores(IDLE)
+        ours(**small)
     finally:
         ours.serial_below_tokens = bertkit.model.SERIAL_TOKENS
         ours.eval()
         hook.remove()
-    assert seen == [1, 2, 2, 2]
+    assert seen == [1, 2, 2, 2, 2]
     assert torch.get_num_threads() == 2
 
 
 @torch.inference_mode()
-def test_one_thread_and_two_threads_agree(minilm, two_threads) -> None:
+def test_one_thread_and_two_threads_agree(minilm, two_threads, cores) -> None:
     ours, _, tok = minilm
+    cores(BUSY)
     batch = tok.batch(SENTENCES[2:])
     serial = ours(**batch)
     ours.serial_below_tokens = 0
@@ -109,6 +136,26 @@ def test_one_thread_and_two_threads_agree(minilm, two_threads) -> None:
         ours.serial_below_tokens = bertkit.model.SERIAL_TOKENS
     # Only the split of each sum across threads differs: float32 rounding, well under TOLERANCE.
     assert (serial.last_hidden_state - parallel.last_hidden_state).abs().max() <= TOLERANCE
+
+
+def test_thread_choice_goes_serial_while_a_forward_shows_busy_cores() -> None:
+    choice = ThreadChoice(busy_ratio=0.5, retry_s=10.0)
+    assert not choice.serial(0.0)
+    choice.record(wall_s=0.010, cpu_s=0.0095, now=0.0)  # on a CPU all along: idle cores, all threads stay
+    assert not choice.serial(1.0)
+    choice.record(wall_s=0.100, cpu_s=0.020, now=5.0)  # asleep 80% of the time: waiting for a busy core
+    assert choice.serial(5.0) and choice.serial(14.9)
+    assert not choice.serial(15.0)  # all threads are tried again
+
+
+@torch.inference_mode()
+def test_forward_measures_its_own_cpu_share(minilm, two_threads, cores, monkeypatch) -> None:
+    ours, _, tok = minilm
+    cores(IDLE)
+    small = tok.batch(SENTENCES[:1])
+    monkeypatch.setattr(bertkit.model.time, "thread_time", lambda: 0.0)  # a thread that got no CPU at all
+    ours(**small)
+    assert ours.threads.serial(time.monotonic())  # the next small forwards run on one thread
 
 
 def test_thread_count_restored_after_nesting_and_errors(two_threads) -> None:

@@ -11,8 +11,9 @@ Shapes: B batch, T sequence length, H hidden size, nh heads, hs head size, V voc
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -193,10 +194,11 @@ def is_padded(attention_mask: torch.Tensor | None) -> bool:
     return attention_mask is not None and not bool(attention_mask.all())
 
 
-# Below this many tokens (batch x length) an inference forward runs on one intra-op thread. Each operator of a
-# small batch is a few microseconds of arithmetic, so splitting it across threads buys little, while every split
-# waits for all threads: when a core is busy elsewhere (other processes, another runtime's thread pool) each of the
-# ~100 operators of a forward waits a scheduler time slice. benchmarks/batch1_latency.py measures the effect.
+# Small inference batches (fewer tokens than this, batch x length) may run on one intra-op thread. Each operator
+# of such a batch is a few microseconds of arithmetic and every split across threads waits for all of them: on an
+# idle machine that wait is short and all threads are faster, but when the cores are busy elsewhere (other
+# processes, another runtime's thread pool) each of the ~100 operators of a forward waits for a scheduler time
+# slice, and one thread is many times faster. `ThreadChoice` tells the two cases apart by measurement.
 SERIAL_TOKENS = 128
 
 _threads_lock = threading.Lock()
@@ -223,6 +225,28 @@ def one_intra_op_thread() -> Iterator[None]:
             _serial_depth -= 1
             if _serial_depth == 0:
                 torch.set_num_threads(_threads_before)
+
+
+class ThreadChoice:
+    """Whether a small inference batch runs on all intra-op threads or on one.
+
+    All threads until a forward on them shows the cores busy: the calling thread was on a CPU for less than
+    `busy_ratio` of the forward's wall time (on an idle machine it computes or spins all along, ratio ~1; when
+    another thread it waits for is not scheduled, it sleeps). Then one thread for `retry_s` seconds, after which
+    all threads are tried again."""
+
+    def __init__(self, busy_ratio: float = 0.7, retry_s: float = 10.0):
+        self.busy_ratio, self.retry_s = busy_ratio, retry_s
+        self.serial_until = float("-inf")  # time.monotonic() until which small batches run on one thread
+
+    def serial(self, now: float) -> bool:
+        """Whether a small batch starting at `now` runs on one thread."""
+        return now < self.serial_until
+
+    def record(self, wall_s: float, cpu_s: float, now: float) -> None:
+        """One small forward on all threads: `wall_s` elapsed, `cpu_s` of CPU time of the calling thread."""
+        if cpu_s < self.busy_ratio * wall_s:
+            self.serial_until = now + self.retry_s
 
 
 def attention_bias(
@@ -309,7 +333,8 @@ class BertModel(nn.Module, PreTrainedMixin):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config) if add_pooler else None
         self.unpad = True  # skip padded positions (same results on real tokens; zeros at padding); False: plain path
-        self.serial_below_tokens = SERIAL_TOKENS  # inference on fewer tokens runs on one intra-op thread; 0: never
+        self.serial_below_tokens = SERIAL_TOKENS  # smaller inference batches may run on one thread; 0: never
+        self.threads = ThreadChoice()
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
     def forward(
@@ -328,14 +353,22 @@ class BertModel(nn.Module, PreTrainedMixin):
             token_type_ids = torch.zeros_like(input_ids)
         # An exported graph (ONNX, torch.export) must serve every input: it always applies the mask, never unpads.
         exporting = _is_exporting() or torch.jit.is_tracing()
-        serial = (
+        small = (
             not self.training
             and not exporting
             and input_ids.numel() < self.serial_below_tokens
             and torch.get_num_threads() > 1
         )
-        with one_intra_op_thread() if serial else nullcontext():
+        if not small:
             return self._encode(input_ids, token_type_ids, attention_mask, exporting)
+        start = time.monotonic()
+        if self.threads.serial(start):
+            with one_intra_op_thread():
+                return self._encode(input_ids, token_type_ids, attention_mask, exporting)
+        cpu = time.thread_time()
+        out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
+        self.threads.record(time.monotonic() - start, time.thread_time() - cpu, start)
+        return out
 
     def _encode(
         self,
