@@ -12,9 +12,10 @@ Each real SST-2 dev sentence is served alone, as one request would be: tokenized
 - bertkit_torch_one_thread: small batches always on one thread;
 - onnxruntime_fp32: onnxruntime's CPU session over `bertkit export`'s fp32 file (intra-op threads = --threads).
 Backends take turns in blocks of `--block` sentences, so that noise from a shared machine hits all of them; not
-sentence by sentence, because onnxruntime's worker threads keep spinning for a while after each run and would be
-charged to the next backend. Medians are reported, and the ratios to onnxruntime's median; the load average
-before and after says how busy the machine was. Writes benchmarks/results/batch1_latency_cpu.json.
+sentence by sentence, and with a pause between turns, because a thread pool's workers keep spinning for a while
+after its last run and would take a core from the next backend. Medians are reported, and the ratios to
+onnxruntime's median; the load average before and after says how busy the machine was.
+Writes benchmarks/results/batch1_latency_cpu.json.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def main() -> None:
             run(text)
     for start in range(0, len(sentences), args.block):
         for name, run in backends.items():
+            time.sleep(0.1)
             for text in sentences[start : start + args.block]:
                 t0 = time.perf_counter()
                 run(text)
