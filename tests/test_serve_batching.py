@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_serve import assert_close, request, served
 
 from bertkit.serve import Service, running
-from bertkit.serve.batching import Batcher
+from bertkit.serve.batching import Batcher, length_buckets, run_bucketed
 
 
 class FakeModel:
@@ -107,6 +107,16 @@ def test_batching_off_runs_one_job_per_call() -> None:
         assert model.batches == [["first"], [0], [1], [2]]
     finally:
         batcher.close()
+
+
+def test_length_buckets_keep_padding_small_and_outputs_in_order() -> None:
+    lengths = [100, 10, 12, 300, 11, 110, 9]
+    groups = length_buckets(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert groups == [[6, 1, 4, 2], [0, 5], [3]]  # 9..12 together, 100 and 110 together, 300 alone
+    calls: list[list[int]] = []
+    out = run_bucketed(lengths, lengths, lambda rows: (calls.append(rows), [-r for r in rows])[1])
+    assert out == [-n for n in lengths] and len(calls) == 3
 
 
 def metric(url: str, name: str, **labels: str) -> float:

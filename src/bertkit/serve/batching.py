@@ -177,3 +177,25 @@ class Batcher:
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
+
+
+def length_buckets(lengths: Sequence[int], slack: float = 1.25, extra: int = 8) -> list[list[int]]:
+    """The indices of `lengths` in groups that pad little when each is run as one padded batch: in ascending
+    length, a group's longest at most `slack` times its shortest plus `extra` tokens. Padding a batch of
+    mixed-length sentences to its longest can cost more than the batch saves."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and lengths[i] <= lengths[groups[-1][0]] * slack + extra:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def run_bucketed(rows: Sequence[Any], lengths: Sequence[int], run: Callable[[list], Sequence[Any]]) -> list[Any]:
+    """`run` over `rows` one length bucket at a time (see `length_buckets`), its outputs back in input order."""
+    out: list[Any] = [None] * len(rows)
+    for group in length_buckets(lengths):
+        for i, result in zip(group, run([rows[i] for i in group]), strict=True):
+            out[i] = result
+    return out

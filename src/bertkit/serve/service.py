@@ -16,13 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError
 from bertkit.infer import embed, embedding_settings, fill_mask
 from bertkit.machine import pick_device
-from bertkit.serve.batching import Batcher, Job
+from bertkit.serve.batching import Batcher, Job, run_bucketed
 from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_INPUTS, MAX_WAIT_MS, MAX_WINDOWS
 from bertkit.serve.metrics import Metrics
 from bertkit.tasks.base import check_encodable
@@ -74,7 +72,7 @@ class Service:
     def _canary(self) -> str | None:
         """One short forward pass: None when its output is finite, else why not (for /readyz)."""
         try:
-            self.batcher.call(lambda: self._embed_batch([["ok"]]))
+            self.batcher.call(lambda: self._embed_batch([(["ok"], [3])]))
         except Exception as e:
             return f"the model's test forward pass failed: {e}"
         return None
@@ -126,9 +124,11 @@ class Service:
                 raise BertkitError(f"inputs[{n}]: {e}; a {task.name} model takes {task.input_schema}") from None
         # Features cut every text at the model's max_seq_length; NER and QA cover a long one in windows.
         features = task_model.features(examples)
-        windows = [0] * len(examples)
+        windows, tokens = [0] * len(examples), [0] * len(examples)
         for n, f in enumerate(features):
-            windows[f.get("sentence", f.get("example", n))] += 1
+            owner = f.get("sentence", f.get("example", n))
+            windows[owner] += 1
+            tokens[owner] += len(f["input_ids"])
         worst = max(range(len(examples)), key=windows.__getitem__)
         if windows[worst] > self.max_windows:
             length = task.settings.max_seq_length
@@ -136,7 +136,7 @@ class Service:
                 f"inputs[{worst}] needs {windows[worst]} windows of {length} tokens; this server reads at most "
                 f"{self.max_windows} per input (--max-windows): send a shorter text, or split it"
             )
-        return "predict", examples, sum(len(f["input_ids"]) for f in features), len(examples)
+        return "predict", (examples, tokens), sum(tokens), len(examples)
 
     def prepare_fill_mask(self, texts: Any, top_k: Any = TOP_K) -> tuple[str, Any, int, int]:
         """(kind, payload, tokens, rows) of a fill-mask request."""
@@ -159,7 +159,7 @@ class Service:
         """(kind, payload, tokens, rows) of an embed request (texts cut at the model's maximum length)."""
         _check_texts(texts)
         lengths = [min(len(e), self._embed_max_length()) for e in self.tokenizer.encode_batch(texts)]
-        return "embed", texts, sum(lengths), len(texts)
+        return "embed", (texts, lengths), sum(lengths), len(texts)
 
     def submit(self, prepared: tuple[str, Any, int, int]) -> Job:
         """Queue a prepared request; `job.future` holds its answer, `job.cancel()` drops it if not yet run."""
@@ -184,8 +184,10 @@ class Service:
 
     def _run_batch(self, kind: str, payloads: Sequence[Any]) -> list[Any]:
         if kind == "predict":
-            examples = [ex for p in payloads for ex in p]
-            return _split(self.task_model.predict(examples), [len(p) for p in payloads])  # type: ignore[union-attr]
+            examples = [ex for p, _ in payloads for ex in p]
+            lengths = [n for _, p in payloads for n in p]
+            rows = run_bucketed(examples, lengths, self.task_model.predict)  # type: ignore[union-attr]
+            return _split(rows, [len(p) for p, _ in payloads])
         if kind == "embed":
             return self._embed_batch(payloads)
         if kind == "fill-mask":
@@ -195,12 +197,17 @@ class Service:
     def _embed_max_length(self) -> int:
         return self.embedding["max_length"] or self.max_positions
 
-    def _embed_batch(self, payloads: Sequence[list[str]]) -> list[list[list[float]]]:
-        texts = [t for p in payloads for t in p]
-        settings = self.embedding
-        vectors = embed(self.encoder, self.tokenizer, texts, batch_size=len(texts), max_length=self._embed_max_length(),
-                        pooling=settings["pooling"], normalize=settings["normalize"], device=self.device)  # fmt: skip
-        return _split(np.asarray(vectors).tolist(), [len(p) for p in payloads])
+    def _embed_batch(self, payloads: Sequence[tuple[list[str], list[int]]]) -> list[list[list[float]]]:
+        settings, max_length = self.embedding, self._embed_max_length()
+
+        def run(texts: list[str]) -> list[list[float]]:
+            vectors = embed(self.encoder, self.tokenizer, texts, batch_size=len(texts), max_length=max_length,
+                            pooling=settings["pooling"], normalize=settings["normalize"],
+                            device=self.device)  # fmt: skip
+            return vectors.tolist()
+
+        rows = run_bucketed([t for p, _ in payloads for t in p], [n for _, p in payloads for n in p], run)
+        return _split(rows, [len(p) for p, _ in payloads])
 
     def _fill_mask_one(self, texts: list[str], top_k: int) -> list[dict] | BertkitError:
         out = []
