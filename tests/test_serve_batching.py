@@ -213,3 +213,12 @@ def test_work_per_request_is_bounded(tiny_task_models: dict[str, Path], tmp_path
         assert status == 200 and len(out["results"][0]["masks"]) == 1
         status, out = request(url + "/api/embed", {"text": long_text})  # embeddings cut the text instead
         assert status == 200 and out["dim"] > 0
+
+
+def test_serve_flags_refuse_bad_values(tiny_task_models: dict[str, Path], bertkit) -> None:
+    r = bertkit("serve", "--model", tiny_task_models["cls"], "--max-wait-ms", "-1")
+    assert r.status == 2 and "--max-wait-ms must be 0 or more" in r.err
+    for flag, value in [("--backend", "tensorflow"), ("--batching", "maybe"), ("--max-batch-tokens", "0"),
+                        ("--max-windows", "0"), ("--workers", "0"), ("--threads", "0")]:  # fmt: skip
+        r = bertkit("serve", "--model", tiny_task_models["cls"], flag, value)
+        assert r.status == 2 and flag in r.err, (flag, r.err)

@@ -479,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
         'POST /api/predict {"inputs": [{"text": ...}]} (cls, ner), [{"text_a": ..., "text_b": ...}] (pair) or '
         '[{"question": ..., "context": ...}] (qa); a pre-trained model with its MLM head answers POST /api/fill-mask '
         '{"texts": ["...[MASK]..."], "top_k": 5}; every model answers POST /api/embed {"texts": [...]}. '
-        "GET /api/info describes the model. Posts must say Content-Type: application/json. Bad input answers 4xx "
-        'with {"error": ...}.',
+        "GET /api/info describes the model; /healthz, /readyz and /metrics (Prometheus) are for operators, "
+        "/openapi.json and /docs describe the API. Posts must say Content-Type: application/json. Bad input answers "
+        '4xx with {"error": ...}. Concurrent requests share model calls (--batching).',
     )
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--host", default=HOST, help="address to listen on (default %(default)s: this machine only)")

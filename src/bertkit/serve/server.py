@@ -125,9 +125,9 @@ def running(service: Service, host: str = HOST, port: int = 0, cors: str | None 
 def app_from_environment() -> Any:
     """The application of one worker process of `serve(..., workers=N)` (uvicorn imports it by name)."""
     options = json.loads(os.environ[_OPTIONS_ENV])
+    _set_threads(options.pop("threads"))
     service = open_service(options.pop("model_dir"), options.pop("device"), options.pop("backend"),
                            **options.pop("service"))  # fmt: skip
-    _set_threads(options.pop("threads"))
     return create_app(service, **options)
 
 
