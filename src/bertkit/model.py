@@ -353,9 +353,10 @@ class BertModel(nn.Module, PreTrainedMixin):
             token_type_ids = torch.zeros_like(input_ids)
         # An exported graph (ONNX, torch.export) must serve every input: it always applies the mask, never unpads.
         exporting = _is_exporting() or torch.jit.is_tracing()
-        small = (
+        small = (  # on a GPU the CPU threads only launch kernels: nothing to choose
             not self.training
             and not exporting
+            and input_ids.device.type == "cpu"
             and input_ids.numel() < self.serial_below_tokens
             and torch.get_num_threads() > 1
         )
