@@ -5,6 +5,7 @@ a client that leaves is not computed, and work per request is bounded (413)."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -205,7 +206,14 @@ def test_work_per_request_is_bounded(tiny_task_models: dict[str, Path], tmp_path
         assert status == 200
     with served(tiny_task_models["qa"], max_windows=2) as url:
         status, out = request(url + "/api/predict", {"question": "谁？", "context": long_text})
-        assert status == 413 and "inputs[0] needs" in out["error"] and "--max-windows" in out["error"], out
+        assert status == 413 and "inputs[0] needs at least" in out["error"] and "--max-windows" in out["error"], out
+        # Within the bound from the context's length alone, but a long question leaves little room per window:
+        # the windows the task's features count are refused too.
+        body = {"question": "哪里是首都" * 12, "context": "北京是中华人民共和国的首都。" * 32}
+        status, out = request(url + "/api/predict", body)
+        assert status == 413 and re.search(r"inputs\[0\] needs \d+ windows", out["error"]), out
+        status, out = request(url + "/api/predict", {**body, "context": body["context"][:40]})
+        assert status == 200, out
     with served(tiny_task_models["pretrained"]) as url:
         status, out = request(url + "/api/fill-mask", {"text": long_text + "[MASK]"})
         assert status == 413 and "this model reads at most" in out["error"], out

@@ -123,6 +123,8 @@ class Service:
             except BertkitError as e:
                 raise BertkitError(f"inputs[{n}]: {e}; a {task.name} model takes {task.input_schema}") from None
         # Features cut every text at the model's max_seq_length; NER and QA cover a long one in windows.
+        if task.per_token:
+            self._check_windows_before_encoding(examples, task.settings.max_seq_length)
         features = task_model.features(examples)
         windows, tokens = [0] * len(examples), [0] * len(examples)
         for n, f in enumerate(features):
@@ -137,6 +139,18 @@ class Service:
                 f"{self.max_windows} per input (--max-windows): send a shorter text, or split it"
             )
         return "predict", (examples, tokens), sum(tokens), len(examples)
+
+    def _check_windows_before_encoding(self, examples: list, length: int) -> None:
+        """Refuse a text too long for `max_windows` from its token count alone (at least tokens / length windows),
+        before the task's features encode it word by word (seconds for a megabyte)."""
+        texts = [getattr(ex, "context", None) or ex.text for ex in examples]
+        for n, enc in enumerate(self.tokenizer.encode_batch(texts, truncation=False)):
+            least = -(-(len(enc) - 2) // length)
+            if least > self.max_windows:
+                raise WorkTooLarge(
+                    f"inputs[{n}] needs at least {least} windows of {length} tokens; this server reads at most "
+                    f"{self.max_windows} per input (--max-windows): send a shorter text, or split it"
+                )
 
     def prepare_fill_mask(self, texts: Any, top_k: Any = TOP_K) -> tuple[str, Any, int, int]:
         """(kind, payload, tokens, rows) of a fill-mask request."""
