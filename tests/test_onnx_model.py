@@ -151,3 +151,27 @@ def test_the_runner_refuses_what_it_cannot_do(exported, tmp_path: Path) -> None:
     with pytest.raises(BertkitError, match=r"exported from a encoder model"):
         open_onnx_model_dir(exported["pretrained"][0], exported["encoder"][1])
     assert json.loads(json.dumps(model.id2label)) == {"0": "0", "1": "1"}
+
+
+def test_serve_backend_onnx_answers_as_torch(exported, reviews: list[str]) -> None:
+    """`bertkit serve --backend onnx --onnx FILE`: the same answers over HTTP as the torch backend (labels equal,
+    probabilities within 1e-4, the export's own check bound: other kernels, other float32 rounding)."""
+    import httpx
+
+    from bertkit.serve.server import open_service, running
+
+    model_dir, onnx_file = exported["cls"]
+    inputs = [{"text": t} for t in reviews[:6]]
+    answers = {}
+    for backend, onnx in (("torch", None), ("onnx", onnx_file)):
+        with running(open_service(model_dir, "cpu", backend, onnx, threads=1)) as url:
+            r = httpx.post(f"{url}/api/predict", json={"inputs": inputs}, timeout=60)
+            assert r.status_code == 200, r.text
+            answers[backend] = r.json()["predictions"]
+    for got, want in zip(answers["onnx"], answers["torch"], strict=True):
+        assert got["label"] == want["label"]
+        assert max(abs(got["probabilities"][k] - p) for k, p in want["probabilities"].items()) <= 1e-4
+    with pytest.raises(BertkitError, match="--backend onnx needs --onnx FILE"):
+        open_service(model_dir, "cpu", "onnx")
+    with pytest.raises(BertkitError, match="--onnx FILE is for --backend onnx"):
+        open_service(model_dir, "cpu", "torch", onnx_file)

@@ -282,7 +282,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     if args.max_wait_ms < 0:
         raise BertkitError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
-    serve(args.model, host=args.host, port=args.port, device=args.device, backend=args.backend,
+    serve(args.model, host=args.host, port=args.port, device=args.device, backend=args.backend, onnx=args.onnx,
           batching=args.batching == "on", max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
           max_windows=args.max_windows, workers=args.workers, threads=args.threads, cors=args.cors)  # fmt: skip
 
@@ -491,7 +491,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, TrainConfig, only=("device",))
     from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_WAIT_MS, MAX_WINDOWS
 
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help="what runs the model (default %(default)s)")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="torch",
+        help="what runs the model: torch (default), or onnx: onnxruntime over --onnx FILE on the CPU",
+    )  # fmt: skip
+    p.add_argument(
+        "--onnx", default=None, metavar="FILE",
+        help="--backend onnx: the model's `bertkit export` file (fp32, or int8 from --quantize int8)",
+    )  # fmt: skip
     p.add_argument(
         "--batching",
         choices=["on", "off"],

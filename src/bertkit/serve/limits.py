@@ -6,4 +6,4 @@ MAX_WINDOWS = 16  # per input of a NER or QA model: windows of max_seq_length to
 MAX_BATCH_TOKENS = 8192  # tokens of all the inputs in one model batch
 MAX_WAIT_MS = 2.0  # how long the oldest waiting request waits for others to share its batch
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body
-BACKENDS = ("torch",)  # `--backend`: what runs the model (see `bertkit.serve.server.open_service`)
+BACKENDS = ("torch", "onnx")  # `--backend`: what runs the model (see `bertkit.serve.server.open_service`)

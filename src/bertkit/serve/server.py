@@ -63,11 +63,28 @@ class _Protocol(H11Protocol):
         self.transport.close()
 
 
-def open_service(model_dir: str | Path, device: str | None = None, backend: str = "torch", **options: Any) -> Service:
-    """The `Service` over `model_dir` run by `backend`. Another backend plugs in here: open the directory as a
-    `ModelDir`-like object and pass it as `opened=`."""
+def open_service(
+    model_dir: str | Path,
+    device: str | None = None,
+    backend: str = "torch",
+    onnx: str | Path | None = None,
+    threads: int | None = None,
+    **options: Any,
+) -> Service:
+    """The `Service` over `model_dir` run by `backend`: "torch", or "onnx" (onnxruntime over `onnx`, the directory's
+    `bertkit export`, fp32 or int8, with `threads` intra-op threads; on the CPU)."""
     if backend not in BACKENDS:
         raise BertkitError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        if onnx is None:
+            raise BertkitError("--backend onnx needs --onnx FILE: the model's `bertkit export` (fp32 or int8)")
+        if device not in (None, "cpu"):
+            raise BertkitError(f"--backend onnx runs on the CPU; --device {device} is for --backend torch")
+        from bertkit.onnx_model import open_onnx_model_dir
+
+        return Service(model_dir, device="cpu", opened=open_onnx_model_dir(model_dir, onnx, threads), **options)
+    if onnx is not None:
+        raise BertkitError("--onnx FILE is for --backend onnx")
     return Service(model_dir, device=device, **options)
 
 
@@ -125,9 +142,10 @@ def running(service: Service, host: str = HOST, port: int = 0, cors: str | None 
 def app_from_environment() -> Any:
     """The application of one worker process of `serve(..., workers=N)` (uvicorn imports it by name)."""
     options = json.loads(os.environ[_OPTIONS_ENV])
-    _set_threads(options.pop("threads"))
+    threads = options.pop("threads")
+    _set_threads(threads)
     service = open_service(options.pop("model_dir"), options.pop("device"), options.pop("backend"),
-                           **options.pop("service"))  # fmt: skip
+                           options.pop("onnx"), threads, **options.pop("service"))  # fmt: skip
     return create_app(service, **options)
 
 
@@ -145,6 +163,7 @@ def serve(
     device: str | None = None,
     *,
     backend: str = "torch",
+    onnx: str | None = None,
     batching: bool = True,
     max_batch_tokens: int = MAX_BATCH_TOKENS,
     max_wait_ms: float = MAX_WAIT_MS,
@@ -159,7 +178,7 @@ def serve(
                        "max_windows": max_windows}  # fmt: skip
     _set_threads(threads)
     if workers == 1:
-        service = open_service(model_dir, device, backend, **service_options)
+        service = open_service(model_dir, device, backend, onnx, threads, **service_options)
         what = f"a {service.task_name} model" if service.task_name else "a pre-trained model"
         server = make_server(service, host, port, cors)
         config = server.config
@@ -169,10 +188,11 @@ def serve(
         if backend not in BACKENDS:
             raise BertkitError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)}")
         if not Path(model_dir).is_dir():
-            open_service(model_dir, device, backend, **service_options)  # says what is wrong, as one process would
+            open_service(model_dir, device, backend, onnx, threads, **service_options)  # says what is wrong
         task = fine_tuned_task(model_dir)
         what = f"a {task} model" if task else "a pre-trained model"
         os.environ[_OPTIONS_ENV] = json.dumps({"model_dir": str(model_dir), "device": device, "backend": backend,
+                                               "onnx": onnx and str(onnx),
                                                "service": service_options, "threads": threads, "host": host,
                                                "cors": cors})  # fmt: skip
         config = _config("bertkit.serve.server:app_from_environment", host, port, workers, factory=True)
