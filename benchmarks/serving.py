@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,7 +31,8 @@ from bertkit import Tokenizer
 from bertkit.export import INPUTS, export_onnx
 from bertkit.recipes.config import FinetuneConfig, finetune_training
 from bertkit.recipes.finetune import run_finetune
-from bertkit.serve import Service, make_server
+from bertkit.serve import Service
+from bertkit.serve.server import running
 from bertkit.tasks.model_dir import open_task_model
 from bertkit.tasks.settings import TaskSettings
 
@@ -103,33 +103,31 @@ def main() -> None:
             print(f"batch {batch_size}: " + ", ".join(f"{k} {n / v:,.0f} sentences/s ({t['transformers'] / v:.2f}x)"
                                                      for k, v in t.items()), flush=True)  # fmt: skip
 
-        service = Service(model_dir, device="cpu")
-        server = make_server(service, port=0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/api/predict"
-        one = texts[:64]
+        service = Service(model_dir, device="cpu", batching=False)  # one sentence at a time: nothing to batch
+        with running(service) as base:
+            url = f"{base}/api/predict"
+            one = texts[:64]
 
-        def http(text: str) -> None:
-            body = json.dumps({"text": text}).encode()
-            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request) as r:
-                r.read()
+            def http(text: str) -> None:
+                body = json.dumps({"text": text}).encode()
+                request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request) as r:
+                    r.read()
 
-        @torch.inference_mode()
-        def hf_call(text: str) -> None:
-            ref(**hf_tok(text, return_tensors="pt", truncation=True, max_length=128)).logits.softmax(-1)
+            @torch.inference_mode()
+            def hf_call(text: str) -> None:
+                ref(**hf_tok(text, return_tensors="pt", truncation=True, max_length=128)).logits.softmax(-1)
 
-        calls = {"http": http, "in_process": lambda s: service.predict([{"text": s}]), "transformers": hf_call}
-        for fn in calls.values():
-            fn(one[0])
-        lat: dict[str, list[float]] = {k: [] for k in calls}
-        for _ in range(3):
-            for s in one:
-                for name, fn in calls.items():
-                    start = time.perf_counter()
-                    fn(s)
-                    lat[name].append(time.perf_counter() - start)
-        server.shutdown()
+            calls = {"http": http, "in_process": lambda s: service.predict([{"text": s}]), "transformers": hf_call}
+            for fn in calls.values():
+                fn(one[0])
+            lat: dict[str, list[float]] = {k: [] for k in calls}
+            for _ in range(3):
+                for s in one:
+                    for name, fn in calls.items():
+                        start = time.perf_counter()
+                        fn(s)
+                        lat[name].append(time.perf_counter() - start)
         med = {k: statistics.median(v) * 1e3 for k, v in lat.items()}
         results["serving_one_sentence_ms"] = {
             "median": med,
