@@ -225,7 +225,7 @@ def test_workers_run_that_many_processes(tiny_task_models: dict[str, Path]) -> N
             time.sleep(0.05)
         status, out = request(base + "/api/predict", {"text": "房间很大。"})
         assert status == 200 and out["predictions"][0]["label"] in ("0", "1")
-        workers = subprocess.run(["ps", "-o", "args=", "--ppid", str(proc.pid)], capture_output=True, text=True)
+        workers = subprocess.run(["ps", "-ww", "-o", "args=", "--ppid", str(proc.pid)], capture_output=True, text=True)
         assert sum("spawn_main" in a for a in workers.stdout.splitlines()) == 2, workers.stdout
     finally:
         proc.terminate()
