@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from bertkit.constants import HOST, INFERENCE_BATCH_SIZE, MIN_PAIR_FREQUENCY, ONNX_OPSET, PORT, TOP_K, VOCAB_SIZE
 from bertkit.errors import BertkitError
 from bertkit.options import (
+    NON_NEGATIVE_NUMBER,
     PORT_NUMBER,
     POSITIVE,
     SEED,
@@ -280,8 +281,6 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     except ModuleNotFoundError as e:  # fastapi, uvicorn or prometheus_client: the `serve` extra
         raise BertkitError(f"bertkit serve needs {e.name}: pip install 'bertkit[serve]'") from None
 
-    if args.max_wait_ms < 0:
-        raise BertkitError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
     serve(args.model, host=args.host, port=args.port, device=args.device, backend=args.backend, onnx=args.onnx,
           batching=args.batching == "on", max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
           max_windows=args.max_windows, workers=args.workers, threads=args.threads, cors=args.cors)  # fmt: skip
@@ -513,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-wait-ms",
-        type=float,
+        type=NON_NEGATIVE_NUMBER,
         default=MAX_WAIT_MS,
         help="how long a request waits for others to share its batch (default %(default)s)",
     )
@@ -523,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=MAX_WINDOWS,
         help="NER/QA: windows per input over a long text; more answers 413 (default %(default)s)",
     )
-    p.add_argument("--workers", type=POSITIVE, default=1, help="server processes, each with the model (default 1)")
+    p.add_argument(
+        "--workers", type=POSITIVE, default=1, help="server processes, each with the model (default %(default)s)"
+    )
     p.add_argument("--threads", type=POSITIVE, default=None, help="intra-op threads per process (default: torch's)")
     p.add_argument(
         "--cors",
