@@ -105,6 +105,16 @@ def bertkit(capsys: pytest.CaptureFixture) -> Callable[..., CliResult]:
     return partial(run_in_process, capsys=capsys)
 
 
+@pytest.fixture
+def torch_threads() -> Iterator[Callable[[int], None]]:
+    """`torch_threads(n)` sets torch's intra-op thread count in this process for the test; restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real data folder. Every test that uses it, through any fixture, is marked `real_data` (see above)."""

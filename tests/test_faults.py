@@ -113,12 +113,9 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(torch_threads) -> None:
     """torch on one thread in this process, as in the killed processes (OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch_threads(1)
 
 
 def without_speed(rows: list[dict]) -> list[dict]:

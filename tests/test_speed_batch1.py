@@ -29,11 +29,8 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+def two_threads(torch_threads) -> None:
+    torch_threads(2)
 
 
 @pytest.fixture(scope="module")
