@@ -175,3 +175,8 @@ def test_serve_backend_onnx_answers_as_torch(exported, reviews: list[str]) -> No
         open_service(model_dir, "cpu", "onnx")
     with pytest.raises(BertkitError, match="--onnx FILE is for --backend onnx"):
         open_service(model_dir, "cpu", "torch", onnx_file)
+    # With several worker processes the parent refuses it too, before it says it is serving.
+    from bertkit.serve.server import serve
+
+    with pytest.raises(BertkitError, match="--backend onnx needs --onnx FILE"):
+        serve(str(model_dir), port=0, backend="onnx", workers=2)

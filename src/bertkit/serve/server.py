@@ -73,6 +73,16 @@ def open_service(
 ) -> Service:
     """The `Service` over `model_dir` run by `backend`: "torch", or "onnx" (onnxruntime over `onnx`, the directory's
     `bertkit export`, fp32 or int8, with `threads` intra-op threads; on the CPU)."""
+    _check_backend(backend, onnx, device)
+    if backend == "onnx":
+        from bertkit.onnx_model import open_onnx_model_dir
+
+        return Service(model_dir, device="cpu", opened=open_onnx_model_dir(model_dir, onnx, threads), **options)
+    return Service(model_dir, device=device, **options)
+
+
+def _check_backend(backend: str, onnx: str | Path | None, device: str | None) -> None:
+    """Refuse a backend and its options that do not go together (before any process loads the model)."""
     if backend not in BACKENDS:
         raise BertkitError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)}")
     if backend == "onnx":
@@ -80,12 +90,8 @@ def open_service(
             raise BertkitError("--backend onnx needs --onnx FILE: the model's `bertkit export` (fp32 or int8)")
         if device not in (None, "cpu"):
             raise BertkitError(f"--backend onnx runs on the CPU; --device {device} is for --backend torch")
-        from bertkit.onnx_model import open_onnx_model_dir
-
-        return Service(model_dir, device="cpu", opened=open_onnx_model_dir(model_dir, onnx, threads), **options)
-    if onnx is not None:
+    elif onnx is not None:
         raise BertkitError("--onnx FILE is for --backend onnx")
-    return Service(model_dir, device=device, **options)
 
 
 def _config(app: Any, host: str, port: int, workers: int = 1, factory: bool = False) -> uvicorn.Config:
@@ -185,8 +191,7 @@ def serve(
     else:
         from bertkit.tasks.model_dir import fine_tuned_task
 
-        if backend not in BACKENDS:
-            raise BertkitError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)}")
+        _check_backend(backend, onnx, device)  # the workers would each fail on it after the parent said "serving"
         if not Path(model_dir).is_dir():
             open_service(model_dir, device, backend, onnx, threads, **service_options)  # says what is wrong
         task = fine_tuned_task(model_dir)
