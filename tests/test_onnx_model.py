@@ -180,3 +180,22 @@ def test_serve_backend_onnx_answers_as_torch(exported, reviews: list[str]) -> No
 
     with pytest.raises(BertkitError, match="--backend onnx needs --onnx FILE"):
         serve(str(model_dir), port=0, backend="onnx", workers=2)
+
+
+def test_evaluate_onnx_gives_the_torch_metrics(exported, data_dir: Path, tmp_path: Path, bertkit) -> None:
+    """`bertkit evaluate --onnx FILE` judges an export on labelled data, as an int8 file is judged before it is
+    served: on the same data it reports the PyTorch model's accuracy (labels are identical, see TOL), and it refuses
+    what it cannot evaluate."""
+    directory, onnx_file = exported["cls"]
+    data = tmp_path / "dev.tsv"
+    data.write_text("\n".join((data_dir / "chnsenticorp/dev.tsv").read_text("utf-8").splitlines()[:41]) + "\n", "utf-8")
+    torch_run = bertkit("evaluate", "--model", directory, "--data", data)
+    onnx_run = bertkit("evaluate", "--model", directory, "--data", data, "--onnx", onnx_file)
+    assert torch_run.status == 0 and onnx_run.status == 0, onnx_run.err
+    want, got = json.loads(torch_run.out.splitlines()[-1]), json.loads(onnx_run.out.splitlines()[-1])
+    assert got["accuracy"] == want["accuracy"] and got["examples"] == want["examples"] == 40
+
+    wrong_task = bertkit("evaluate", "--model", directory, "--data", data, "--onnx", onnx_file, "--task", "pair")
+    assert wrong_task.status == 2 and "fine-tuned for (cls)" in wrong_task.err
+    other_model = bertkit("evaluate", "--model", exported["ner"][0], "--data", data, "--onnx", onnx_file)
+    assert other_model.status == 2 and "exported from a cls model" in other_model.err

@@ -148,18 +148,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     device = pick_device(args.device)
     if (Path(args.data) / "manifest.json").is_file():
+        if args.onnx:
+            raise BertkitError("--onnx evaluates task data; pre-training data is evaluated with the PyTorch model")
         metrics = _evaluate_pretraining(args, device)
     else:
         from bertkit.tasks.model_dir import open_task_model
 
         if Path(args.data).is_dir():
             raise BertkitError(f"{args.data} is a directory without manifest.json: give a task data file or DATA_DIR")
-        task_model = open_task_model(args.model, args.task, device)
+        task_model = _onnx_task_model(args) if args.onnx else open_task_model(args.model, args.task, device)
         metrics = task_model.evaluate(task_model.task.read(args.data), args.data)
     line = _json(metrics, "a metric")
     if args.out:
         Path(args.out).write_text(line + "\n", encoding="utf-8")
     print(line)
+
+
+def _onnx_task_model(args: argparse.Namespace):
+    """The fine-tuned model in --model with its export --onnx (fp32 or int8) run by onnxruntime in its place: how
+    an int8 file is judged on the user's own data before it is served."""
+    from bertkit.onnx_model import open_onnx_model_dir
+
+    if args.device not in (None, "cpu"):
+        raise BertkitError(f"--onnx runs on the CPU; --device {args.device} is for the PyTorch model")
+    opened = open_onnx_model_dir(args.model, args.onnx)
+    if opened.task_model is None:
+        raise BertkitError(f"{args.model} is not a fine-tuned task model: --onnx evaluates a task model's export")
+    name = opened.task_model.task.name
+    if args.task and args.task != name:
+        raise BertkitError(f"--onnx evaluates the task {args.model} was fine-tuned for ({name}), not {args.task!r}")
+    return opened.task_model
 
 
 def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
@@ -427,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="pre-training data only: the held-out split (default), the training split, or both",
     )  # fmt: skip
     p.add_argument("--out", default=None, metavar="FILE.json")
+    p.add_argument(
+        "--onnx", default=None, metavar="FILE.onnx",
+        help="task data only: run the model's `bertkit export` (fp32 or int8) by onnxruntime instead of PyTorch, "
+        "e.g. to check an int8 file's accuracy before serving it",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help="inputs per forward pass")
     p.add_argument("--max-instances", type=POSITIVE, default=None, help="pre-training data only: the first N")
     p.add_argument("--seed", type=SEED, default=0)
