@@ -331,3 +331,16 @@ def test_page_fits_a_phone_screen(browser, servers, tmp_path: Path) -> None:
     # every model's page as wide as the screen, no wider (screenshots: page-MODEL-390x844.png in tmp_path)
     assert widths == {name: [PHONE["width"], PHONE["width"]] for name in servers}, tmp_path
     assert problems == {name: [] for name in servers}
+
+
+def test_the_api_docs_page_renders_without_internet_access(browser, servers) -> None:
+    """/docs (Swagger UI) renders the API's endpoints from the server's own files: the test machine, like many a
+    server, cannot reach a CDN, where FastAPI's own page would load its scripts from."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _problems(browser)
+    browser.get(servers["cls"] + "/docs")
+    WebDriverWait(browser, 30).until(lambda b: len(b.find_elements("css selector", ".opblock")) >= 5)
+    paths = {e.text for e in browser.find_elements("css selector", ".opblock-summary-path")}
+    assert {"/api/predict", "/api/embed", "/api/fill-mask", "/readyz", "/metrics"} <= paths, paths
+    assert _problems(browser) == []

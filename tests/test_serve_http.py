@@ -7,11 +7,13 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import shutil
 import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +179,13 @@ def test_openapi_schema_and_docs(url: str) -> None:
     assert {"/api/info", "/healthz", "/readyz", "/metrics"} <= schema["paths"].keys()
     status, page = request(url + "/docs")
     assert status == 200 and "openapi.json" in page
+    # The page's scripts come from this server, never from a CDN (blank on a machine without internet access).
+    sources = [u for u in re.findall(r'(?:src|href)="([^"]+)"', page) if not u.startswith("data:")]
+    assert sorted(sources) == ["/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"], sources
+    for path, kind in (("/docs/swagger-ui-bundle.js", "text/javascript"), ("/docs/swagger-ui.css", "text/css")):
+        with urllib.request.urlopen(url + path, timeout=30) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith(kind) and len(r.read()) > 10_000
+    assert request(url + "/docs/../../etc/passwd")[0] == 404 and request(url + "/docs/page.html")[0] == 404
 
 
 def test_readyz_says_whether_the_model_computes(url: str, tiny_task_models: dict[str, Path], tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ through DNS rebinding. Cross-origin requests are allowed only from the one origi
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -30,6 +31,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -47,7 +49,9 @@ from bertkit.serve.service import Service, WorkTooLarge
 log = logging.getLogger("bertkit.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 POST_ROUTES = ("/api/predict", "/api/fill-mask", "/api/embed")
-GET_ROUTES = ("/", "/index.html", "/api/info", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+GET_ROUTES = ("/", "/index.html", "/api/info", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
+              "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css")  # fmt: skip
+DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css")  # Swagger UI, served at /docs/NAME for the /docs page
 CLIENT_GONE = 499  # the status recorded (never sent) for a request whose client left before its answer
 _POLL_SECONDS = 0.05  # how often a waiting request checks that its client is still there
 
@@ -60,9 +64,27 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
     if cors:
         middleware.append(Middleware(CORSMiddleware, allow_origins=[cors], allow_methods=["GET", "POST"],
                                      allow_headers=["Content-Type"]))  # fmt: skip
-    app = FastAPI(title="bertkit", summary="A BERT model served over HTTP", docs_url="/docs", redoc_url=None,
+    app = FastAPI(title="bertkit", summary="A BERT model served over HTTP", docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json", middleware=middleware)  # fmt: skip
     errors = {s: {"model": schemas.ErrorResponse} for s in (400, 403, 413, 415, 500)}
+
+    # FastAPI's own /docs page loads Swagger UI from a CDN: blank on a machine without internet access, and a page
+    # served from loopback would fetch scripts from elsewhere. These files come from a package instead.
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        js, css = (f"/docs/{name}" for name in DOCS_ASSETS)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="bertkit API", swagger_js_url=js,
+                                   swagger_css_url=css, swagger_favicon_url="data:,")  # fmt: skip
+
+    @app.get("/docs/{asset}", include_in_schema=False)
+    async def docs_asset(asset: str) -> Response:
+        if asset not in DOCS_ASSETS:
+            return _error(404, f"no such file: /docs/{asset}")
+        data = _docs_asset(asset)
+        if data is None:
+            return _error(404, "the /docs page needs the package fastapi-offline: pip install 'bertkit[serve]'")
+        media = "text/javascript" if asset.endswith(".js") else "text/css"
+        return Response(data, media_type=f"{media}; charset=utf-8", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/", include_in_schema=False)
     @app.get("/index.html", include_in_schema=False)
@@ -129,6 +151,15 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
         return _error(exc.status_code, message)
 
     return app
+
+
+@functools.cache
+def _docs_asset(name: str) -> bytes | None:
+    """One of Swagger UI's files as the package fastapi-offline ships it (None when it is not installed)."""
+    try:
+        return files("fastapi_offline").joinpath("static", name).read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError):
+        return None
 
 
 def _body(model: type[BaseModel]) -> dict:
