@@ -162,6 +162,10 @@ def test_finetune_killed_at_a_random_step_resumes_exactly(
     resumed = json.loads((out / "metrics.json").read_text())
     assert (resumed["best_step"], resumed["dev"]) == (reference["best_step"], reference["dev"])
     assert records(out / "training/metrics.jsonl", "eval") == records(tmp_path / "a/training/metrics.jsonl", "eval")
+    # The logged training losses too: the line after the resume averages the steps before the kill as well.
+    assert without_speed(records(out / "training/metrics.jsonl", "train")) == without_speed(
+        records(tmp_path / "a/training/metrics.jsonl", "train")
+    )
     assert_same_weights(tmp_path / "a/training/checkpoint-0000024", out / "training/checkpoint-0000024")
     assert_same_weights(tmp_path / "a", out)  # the best model
     assert training_leftovers(out) == []
@@ -204,6 +208,38 @@ def test_pretrain_killed_during_a_save_resumes_exactly(
         a, b = records(tmp_path / "a/metrics.jsonl", split), records(out / "metrics.jsonl", split)
         assert without_speed(a) == without_speed(b)
     assert training_leftovers(out) == []
+
+
+def test_finetune_resumes_only_with_its_own_settings(
+    tmp_path: Path, cls_data: dict[str, Path], bertkit, one_thread: None
+) -> None:
+    """--resume with another learning rate, another label set in the same training file, or another task is one
+    line naming the setting, with the run left as it was (another label set crashed the process: the old
+    optimizer state was loaded into the new head); a longer run (--max-steps) continues, with a note."""
+    train = tmp_path / "train.tsv"
+    shutil.copy(cls_data["train"], train)
+    data = {**cls_data, "train": train}
+    out = tmp_path / "run"
+    code, _, err = bertkit(*finetune_args(data, out, "--max-steps", "6"))
+    assert code == 0, err[-2000:]
+    before = snapshot(out)
+
+    code, _, err = bertkit(*finetune_args(data, out, "--max-steps", "6", "--resume", "--learning-rate", "2e-3"))
+    assert code == 2 and "started with --learning-rate 0.001, not 0.002" in err and "--overwrite" in err, err
+    lines = train.read_text(encoding="utf-8").splitlines()
+    train.write_text("\n".join([*lines, "又一个类别\t2"]) + "\n", encoding="utf-8")
+    code, _, err = bertkit(*finetune_args(data, out, "--max-steps", "6", "--resume"))
+    assert code == 2 and "started with labels ['0', '1'], not ['0', '1', '2']" in err, err
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = finetune_args(data, out, "--max-steps", "6", "--resume")
+    code, _, err = bertkit(*[("regression" if a == "cls" else a) for a in args])  # labels 0 and 1 are numbers
+    assert code == 2 and "started with --task 'cls', not 'regression'" in err, err
+    assert snapshot(out) == before
+
+    code, stdout, err = bertkit(*finetune_args(data, out, "--max-steps", "9", "--resume"))
+    assert code == 0, err[-2000:]
+    assert "started for 6 steps and now trains to step 9" in stdout
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 9
 
 
 def test_finetune_resume_keeps_the_best_model(

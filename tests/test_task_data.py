@@ -150,7 +150,7 @@ def _damage(squad: dict, what: str) -> tuple[dict, str]:
     at = r"data\[1\]\.paragraphs\[1\]\.qas\[1\]"
     if what == "context":
         del squad["data"][1]["paragraphs"][1]["context"]
-        return squad, r"data\[1\]\.paragraphs\[1\]: no 'context' field"
+        return squad, r"data\[1\]\.paragraphs\[1\]: no 'context' field; add it, or remove this entry"
     if what == "id":
         del qa["id"]
         return squad, at + r": no 'id' field"

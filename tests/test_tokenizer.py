@@ -161,6 +161,7 @@ def test_tokenizer_larger_than_the_model_is_an_error_and_smaller_is_hugging_face
     cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     del cfg["bertkit"]
     cfg_file.write_text(json.dumps(cfg), encoding="utf-8")
+    (path / "tokenizer.json").unlink()  # vocab.txt alone: its size is checked against tokenizer.json's otherwise
     assert Tokenizer.from_pretrained(path).vocab_size == 40  # 40 tokens, 48 embeddings
     edit_vocab(path, keep=30)
     assert Tokenizer.from_pretrained(path).vocab_size == 30
@@ -250,3 +251,27 @@ def test_vocab_corpus_directory_asks_for_its_files(tmp_path: Path) -> None:
     (tmp_path / "corpus" / "a.txt").write_text("some text\n", encoding="utf-8")
     with pytest.raises(BertkitError, match=r"corpus is a directory: give its files, e\.g\. .*corpus/\*\.txt"):
         Tokenizer.train([tmp_path / "corpus"], vocab_size=100, show_progress=False)
+
+
+def test_a_vocab_that_lost_lines_in_a_hugging_face_directory_is_caught(
+    tmp_path: Path, minilm_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """MiniLM's vocab.txt cut to 20,000 lines loaded silently (it is smaller than vocab_size, as a padded table
+    is), and its embeddings came out wrong. tokenizer.json beside it still has every token: an error. Without
+    tokenizer.json, a gap wider than padding adds is a warning."""
+    import shutil
+
+    from bertkit import BertkitError
+
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "config.json"):
+        shutil.copy(minilm_dir / name, tmp_path / name)
+    lines = (tmp_path / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "vocab.txt").write_text("\n".join(lines[:20000]) + "\n", encoding="utf-8")
+    with pytest.raises(BertkitError, match="has 20000 tokens but tokenizer.json beside it has 30522"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    assert Tokenizer.from_pretrained(tmp_path).vocab_size == 20000
+    assert "10522 fewer than" in capsys.readouterr().err
+    (tmp_path / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    Tokenizer.from_pretrained(tmp_path)
+    assert capsys.readouterr().err == ""  # the whole vocabulary: nothing to say

@@ -120,3 +120,42 @@ def test_training_state_round_trip_continues_bit_exactly(tmp_path: Path) -> None
     toy_step(twin, twin_optimizer, x)
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_optimizer_state_of_another_shape_is_refused_by_name(tmp_path: Path) -> None:
+    """A checkpoint's Adam moments for a head of another shape (another label set) would be written past the
+    parameter's end by the fused kernel: a crash or silently corrupted memory. Refused, naming the parameter."""
+    import pytest
+
+    from bertkit.errors import BertkitError
+
+    torch.manual_seed(0)
+    two, three = torch.nn.Sequential(torch.nn.Linear(4, 2)), torch.nn.Sequential(torch.nn.Linear(4, 3))
+    opt = build_optimizer(two, 1e-3, 0.01, 1e-6, torch.device("cpu"), fused=True)
+    two(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    saved = state.gather_optimizer_state(two, opt)
+    opt3 = build_optimizer(three, 1e-3, 0.01, 1e-6, torch.device("cpu"), fused=True)
+    with pytest.raises(BertkitError, match=r"optimizer state for 0\.weight has shape \(2, 4\).*\(3, 4\)"):
+        state.load_optimizer_state(three, opt3, saved, fsdp=False, checkpoint=tmp_path)
+
+
+def test_a_run_resumes_only_with_its_own_settings(tmp_path: Path) -> None:
+    """check_same_run: each setting of the identity compared, the first that differs named with both values; a
+    checkpoint of an older bertkit (no identity) is not compared."""
+    import pytest
+
+    from bertkit.errors import BertkitError
+
+    saved = {"identity": {"--learning-rate": 1e-3, "--train": "/d/train.tsv", "labels": ["0", "1"]}}
+    state.check_same_run(saved, dict(saved["identity"]), tmp_path)
+    state.check_same_run({}, {"--learning-rate": 5.0}, tmp_path)
+    for key, value, said in [
+        ("--learning-rate", 2e-3, "--learning-rate 0.001, not 0.002"),
+        ("--train", "/d/other.tsv", "--train '/d/train.tsv', not '/d/other.tsv'"),
+        ("labels", ["0", "1", "2"], "labels ['0', '1'], not ['0', '1', '2']"),
+    ]:
+        with pytest.raises(BertkitError, match=f"started with {said}".replace("[", r"\[").replace("]", r"\]")):
+            state.check_same_run(saved, {**saved["identity"], key: value}, tmp_path)
+    with pytest.raises(BertkitError, match="--patience unset, not 3"):
+        state.check_same_run(saved, {**saved["identity"], "--patience": 3}, tmp_path)

@@ -88,6 +88,21 @@ def cli_fields(config: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(config) if "help" in f.metadata]
 
 
+def flag_of(config: type, name: str) -> str:
+    """How a user names the field `name` of `config`: its CLI flag (`--field-name` unless `option` gave another), or
+    the bare name for a field the CLI does not expose."""
+    f = next(f for f in dataclasses.fields(config) if f.name == name)
+    if "help" not in f.metadata:
+        return name
+    return f.metadata["flag"] or "--" + name.replace("_", "-")
+
+
+def by_flag(settings: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """`{flag: value}` of a config instance's fields (all, or those in `names`), as `flag_of` names them."""
+    fields = [f.name for f in dataclasses.fields(settings)] if names is None else names
+    return {flag_of(type(settings), n): getattr(settings, n) for n in fields}
+
+
 def add_options(
     parser: argparse.ArgumentParser | Any,
     config: type,

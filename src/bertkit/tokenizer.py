@@ -24,6 +24,7 @@ import functools
 import itertools
 import json
 import re
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -340,6 +341,22 @@ def _read_tokenizer_config(path: Path) -> dict:
         "model_max_length": int(max_length) if max_length < 1_000_000 else 512,
         "vocab_size": recorded,
     }
+
+
+# Hugging Face models may pad their embedding table past the tokenizer's size (to a multiple of 8 to 128, for
+# faster matrix products); a larger gap is more likely a vocab.txt that lost lines.
+_MAX_PADDING = 128
+
+
+def _fast_tokenizer_size(path: Path) -> int | None:
+    """The WordPiece vocabulary size in a `tokenizer.json` (None: no such file, or not a WordPiece one)."""
+    if not path.is_file():
+        return None
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("vocab")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None  # not ours to judge: bertkit reads vocab.txt
+    return len(vocab) if isinstance(vocab, dict) else None
 
 
 def _model_vocab_size(path: Path) -> int | None:
@@ -698,6 +715,20 @@ class Tokenizer:
             raise BertkitError(
                 f"{vocab_file} has {len(vocab)} tokens but {model_config} has vocab_size {model_size}: ids "
                 f"{model_size} to {len(vocab) - 1} have no embedding; use the vocab.txt saved with this model"
+            )
+        fast_size = _fast_tokenizer_size(vocab_file.parent / "tokenizer.json")
+        if fast_size is not None and fast_size != len(vocab):
+            raise BertkitError(
+                f"{vocab_file} has {len(vocab)} tokens but tokenizer.json beside it has {fast_size}: one of them was "
+                "changed or comes from another model, and ids would map to the wrong tokens; restore both from the "
+                "same source"
+            )
+        if model_size is not None and model_size - len(vocab) > _MAX_PADDING:
+            print(
+                f"warning: {vocab_file} has {len(vocab)} tokens, {model_size - len(vocab)} fewer than {model_config}'s "
+                f"vocab_size {model_size}, more than a padded embedding table adds: if lines were lost from "
+                "vocab.txt, every token after them gets another token's embedding",
+                file=sys.stderr,
             )
         try:
             return cls(vocab, **settings)

@@ -260,6 +260,11 @@ def read_squad(path: str | Path, relocate_answers: bool = False) -> list[QAExamp
 
 
 _MISSING = object()
+# What each SQuAD entry holds, for the errors about one that does not.
+_SQUAD_SHAPE = (
+    "SQuAD: data[].paragraphs[] hold context and qas[]; each of qas has id, question and answers[] of text and "
+    "answer_start"
+)
 _TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", (str, int): "a string or a number"}
 
 
@@ -273,11 +278,13 @@ def _field(obj: dict, key: str, kind: type | tuple[type, ...], where: str, defau
     """`obj[key]`, checked to be of `kind`; a missing key gives `default`, or an error naming `where` and `key`."""
     if key not in obj:
         if default is _MISSING:
-            raise BertkitError(f"{where}: no {key!r} field")
+            raise BertkitError(f"{where}: no {key!r} field; add it, or remove this entry ({_SQUAD_SHAPE})")
         return default
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise BertkitError(f"{where}: {key!r} must be {_TYPE_NAMES[kind]}, got {_short(value)}")
+        raise BertkitError(
+            f"{where}: {key!r} must be {_TYPE_NAMES[kind]}, got {_short(value)}; fix it ({_SQUAD_SHAPE})"
+        )
     return value
 
 
@@ -289,7 +296,8 @@ def _offset(value: object, where: str) -> int:
         value = int(value)  # type: ignore[arg-type]
     if not isinstance(value, int) or isinstance(value, bool):
         raise BertkitError(
-            f"{where} must be a whole number (the answer's character offset in context), got {_short(value)}"
+            f"{where} must be a whole number (the answer's character offset in context), got {_short(value)}; fix "
+            "it, or give any number and pass --relocate-answers to find the answer text in the context"
         )
     return value
 

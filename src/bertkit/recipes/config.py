@@ -112,6 +112,8 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=finetune_training)
     settings: TaskSettings | None = None  # None: the task's defaults
     save_model: bool = True  # False: metrics only, no model directory or checkpoints (for many short runs)
+    # False: the caller has said that positions past the pre-training length start untrained (the quickstart)
+    note_untrained_positions: bool = True
 
 
 # How `bertkit finetune` words the training flags it takes from TrainConfig, where fine-tuning means more.

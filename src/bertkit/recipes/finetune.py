@@ -26,10 +26,12 @@ from bertkit.files import (
     release_output_dir,
 )
 from bertkit.model import encoder_layers
+from bertkit.options import by_flag
 from bertkit.recipes.config import FinetuneConfig
 from bertkit.tasks.base import pad_batch
 from bertkit.tasks.model_dir import TASK_FILE, write_task_record
 from bertkit.tasks.registry import task_class
+from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 from bertkit.train.loop import Trainer
 from bertkit.train.state import claim_run_dir, latest_checkpoint
@@ -92,8 +94,9 @@ def _claim_output(cfg: FinetuneConfig, out: Path) -> bool:
         model = (out / "model.safetensors").is_file() and not checkpoints.is_dir()
         if not ((out / "metrics.json").is_file() or model):
             return None
-        return ("it holds a finished fine-tuned model but no checkpoint (training/); pass --overwrite to fine-tune "
-                "again (it replaces that model), or choose a new --out")  # fmt: skip
+        where = "no complete checkpoint in training/" if checkpoints.is_dir() else "no checkpoint (training/)"
+        return (f"it holds a finished fine-tuned model but {where}; pass --overwrite to fine-tune again (it "
+                "replaces that model), or choose a new --out")  # fmt: skip
 
     return claim_run_dir(
         out, checkpoints, OUTPUT_OWNS, STALE_OUTPUT, command="finetune", inputs=_inputs(cfg), overwrite=cfg.overwrite,
@@ -143,7 +146,8 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     config = BertConfig.load(cfg.model)
     if config.max_position_embeddings < settings.max_seq_length:
         raise BertkitError(f"--max-seq-length {settings.max_seq_length} exceeds the model's positions")
-    _note_untrained_positions(Path(cfg.model), settings.max_seq_length)
+    if cfg.note_untrained_positions:
+        _note_untrained_positions(Path(cfg.model), settings.max_seq_length)
     if labels:
         config.extra["id2label"] = {str(i): label for i, label in id2label.items()}
         config.extra["label2id"] = label2id
@@ -223,7 +227,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     trainer = Trainer.from_dataset(
         model, train_cfg, dataset, lambda fs: pad_batch(fs, tok.pad_id, scalar_keys), loss_fn, eval_fn=eval_fn,
         save_extra=save_extra if cfg.save_model else None, on_eval=on_eval, shard_units=encoder_layers,
-        bar_metric=(f"dev {task.main_metric}", task.main_metric),
+        bar_metric=(f"dev {task.main_metric}", task.main_metric), identity=_identity(cfg, settings, labels),
     )  # fmt: skip
     if resuming:
         trainer.resume()
@@ -257,6 +261,20 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(text, encoding="utf-8"))
     trainer.close()
     return result
+
+
+def _identity(cfg: FinetuneConfig, settings: TaskSettings, labels: list[str] | None) -> dict:
+    """What decides a fine-tuning run beyond its training settings, by flag (see `Trainer`'s `identity`): a
+    --resume with another task, model, data file or label set is refused. Paths are absolute, so a resume from
+    another folder compares the same files. --epochs may change, as --max-steps may."""
+    files = {"--model": cfg.model, "--train": cfg.train_file, "--dev": cfg.dev_file}
+    return {
+        "--task": cfg.task,
+        **{flag: os.path.abspath(path) if path else None for flag, path in files.items()},
+        **by_flag(cfg, ("max_train_examples", "dropout", "patience")),
+        **by_flag(settings),
+        "labels": list(labels) if labels else None,
+    }
 
 
 def _run_record(cfg: FinetuneConfig) -> dict:

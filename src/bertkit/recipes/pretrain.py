@@ -8,6 +8,7 @@ bidirectionality ablation). A right-to-left model reads every sequence reversed,
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from bertkit.files import (
     release_output_dir,
 )
 from bertkit.model import BertForPreTraining, encoder_layers, reverse_real_tokens, set_dropout
+from bertkit.options import by_flag
 from bertkit.recipes.config import PretrainConfig
 from bertkit.train.loop import Trainer
 from bertkit.train.metrics_log import Curves, read_metrics_log
@@ -235,6 +237,19 @@ def _last_train_loss(metrics: Path) -> float | None:
     return losses[-1] if losses else None
 
 
+def _identity(cfg: PretrainConfig) -> dict:
+    """What decides a pre-training run beyond its training settings, by flag (see `Trainer`'s `identity`): a
+    --resume with other data, another model or other masking or loss settings is refused. Paths are absolute, so a
+    resume from another folder compares the same files; --max-steps may change (a run continued further)."""
+    model = os.path.abspath(cfg.model) if Path(cfg.model).exists() else cfg.model  # a preset is a name
+    return {
+        "--data": os.path.abspath(cfg.data),
+        "--model": model,
+        **by_flag(cfg, ("mlm_weight", "nsp_weight", "objective", "dropout", "init_range")),
+        **by_flag(cfg.masking),
+    }
+
+
 def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     """Pre-train; returns the final held-out metrics (without a held-out split: the steps and the last training
     loss). The run directory gets checkpoints, metrics and a model."""
@@ -294,6 +309,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
         bar_metric=("held-out MLM acc", "mlm_accuracy"),
         shard_units=encoder_layers,
         curves=PRETRAINING_CURVES,
+        identity=_identity(cfg),
     )
     if resuming:
         trainer.resume()

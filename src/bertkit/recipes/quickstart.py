@@ -39,6 +39,7 @@ from bertkit.recipes.small_scale import (
     held_out_evals,
     random_init_twin,
 )
+from bertkit.tasks.registry import task_class
 from bertkit.tokenizer import Tokenizer
 
 FILL_MASK_EXAMPLE = "今天天气很[MASK]，我们不得不取消户外运动。"
@@ -180,6 +181,10 @@ def run_quickstart(
     print(pretraining_steps["note"])
 
     _stage(5, "fine-tuning: sentiment (cls) and NER, from the pre-trained model and from random initialisation")
+    length = max(task_class(task)(None).settings.max_seq_length for task in ("cls", "ner"))
+    if plan.max_seq_length < length:
+        print(f"(at up to {length} tokens: positions {plan.max_seq_length}-{length - 1}, never seen in pre-training, "
+              "are learned while fine-tuning)")  # fmt: skip
     random_dir = random_init_twin(model_dir, out / "random_init", seed)
     results = {
         name: _finetune_both(plan, out, tasks, task, name, metric, model_dir, random_dir, seed, progress)
@@ -254,6 +259,7 @@ def _finetune_both(
                         max_train_examples=plan.train_examples[name],
                         overwrite=run_out.exists(),  # an interrupted run of this stage: start it again
                         train=finetune_training(learning_rate=lr, seed=ft_seed, progress=progress),
+                        note_untrained_positions=False,  # stage 5's heading says so once
                     )
                     run_finetune(cfg)
                 score = json.loads((run_out / "metrics.json").read_text())["dev"][metric]

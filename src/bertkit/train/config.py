@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bertkit.options import (
     FRACTION,
@@ -11,8 +12,15 @@ from bertkit.options import (
     POSITIVE,
     POSITIVE_NUMBER,
     SEED,
+    by_flag,
     option,
 )
+
+# The settings that decide the weights a run computes and the model it keeps: a resumed run must have the same
+# (`Trainer.resume`). The others (output, cadence of logs and checkpoints, device, time limit) may change; a new
+# step count is allowed with a note (continuing a pre-training run further is common).
+RUN_DEFINING = ("batch_size", "grad_accum", "learning_rate", "weight_decay", "warmup_ratio", "adam_eps",
+                "max_grad_norm", "eval_every", "seed", "precision")  # fmt: skip
 
 
 @dataclass
@@ -58,3 +66,7 @@ class TrainConfig:
         "directories either way, and a run resumes with or without --fsdp, on any number of processes (the "
         "global batch is --batch-size x processes, so only the same number resumes exactly)",
     )
+
+    def identity(self) -> dict[str, Any]:
+        """The `RUN_DEFINING` settings by flag (see `bertkit.train.state.check_same_run`)."""
+        return by_flag(self, RUN_DEFINING)

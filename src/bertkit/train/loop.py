@@ -35,6 +35,7 @@ from bertkit.train.optim import build_optimizer, build_scheduler
 from bertkit.train.precision import amp_dtype, autocast
 from bertkit.train.state import (
     TrainState,
+    check_same_run,
     checkpoint_name,
     disk_full_error,
     gather_model_state,
@@ -70,6 +71,16 @@ class _LogWindow:
         for k, v in parts.items():
             self.parts[k] = self.parts.get(k, 0.0) + v / grad_accum
 
+    def saved(self) -> dict:
+        """What a checkpoint keeps of the window: the losses and their steps (not the tokens and time: a resumed
+        run's speed is its own)."""
+        return {"steps": self.steps, "loss": self.loss, "parts": dict(self.parts)}
+
+    @classmethod
+    def restored(cls, saved: dict) -> _LogWindow:
+        """A window holding what `saved` kept (empty when it is empty: a checkpoint of an older bertkit)."""
+        return cls(steps=saved.get("steps", 0), loss=saved.get("loss", 0.0), parts=dict(saved.get("parts", {})))
+
     def record(self, lr: float, grad_norm: float) -> dict[str, float]:
         """The log line: mean loss and parts per step, the learning rate and gradient norm of the last step, and
         the speed in real (not padding) tokens per second, all ranks together."""
@@ -99,6 +110,7 @@ class Trainer:
         bar_metric: tuple[str, str] | None = None,
         shard_units: ShardUnits | None = None,
         curves: Curves | None = None,
+        identity: dict[str, Any] | None = None,
     ):
         """`loader_fn`: this rank's batches of an epoch from a position in it (see `batches.LoaderFn`);
         `Trainer.from_dataset` builds it from a dataset. `loss_fn(model, batch)`: (loss, its parts as numbers, which
@@ -106,8 +118,11 @@ class Trainer:
         beside the weights (the tokenizer, a record). `on_eval(metrics)`: sees every evaluation; True stops early.
         `bar_metric`: (label, key) of the evaluation figure the progress bar shows, e.g. ("dev accuracy",
         "accuracy"). `shard_units(model)`: the modules FSDP shards one by one (e.g. the encoder layers; without it,
-        the model is one unit). `curves`: what `curves.png` shows."""
+        the model is one unit). `curves`: what `curves.png` shows. `identity`: what else decides what the run
+        computes (its data, model, labels; see `bertkit.train.state.check_same_run`), by the names a user knows
+        them by; saved with each checkpoint, and a resume with other values (or other `cfg.identity()`) is refused."""
         self.cfg = cfg
+        self.identity = {**cfg.identity(), **(identity or {})}
         self.out = Path(cfg.out_dir)
         # Under torchrun the trainer starts the process group unless its caller did; then `close` ends it.
         self._owns_process_group = dist.is_available() and not dist.is_initialized()
@@ -144,6 +159,7 @@ class Trainer:
         self.curves = curves or Curves()
         self.bar_metric = bar_metric
         self._saved_step = -1  # the step of the newest checkpoint written or resumed from
+        self._window = _LogWindow()  # the steps since the last log line
         # Optimizer steps per pass over the data (the last batch of an epoch may be short), for "epoch 2/3".
         batches = math.ceil(math.ceil(samples_per_epoch / self.world) / cfg.batch_size) if samples_per_epoch else 0
         self.steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
@@ -185,7 +201,9 @@ class Trainer:
             if self.is_main:
                 if self.save_extra:
                     self.save_extra(tmp)
-                write_training_state(tmp, self.state, optimizer_state, self.scheduler, self.scaler, self.cfg)
+                self.state.log_window = self._window.saved()
+                write_training_state(tmp, self.state, optimizer_state, self.scheduler, self.scaler, self.cfg,
+                                     self.identity)  # fmt: skip
         except BaseException as e:
             if self.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)  # the earlier checkpoints and `latest` are untouched
@@ -236,18 +254,27 @@ class Trainer:
         ckpt = latest_checkpoint(self.out)
         if ckpt is None:
             return False
-        load_state(self.raw_model, read_tensors(ckpt), source=str(ckpt))
         saved = read_training_state(ckpt)
+        check_same_run(saved, self.identity, self.out)
+        fresh = load_state(self.raw_model, read_tensors(ckpt), source=str(ckpt))
+        if fresh:  # a head the checkpoint lacks, or of another shape: not this run's checkpoint
+            raise BertkitError(f"{ckpt} holds no {fresh[0]} of this model's shape: it is not a checkpoint of this run")
         load_optimizer_state(self.raw_model, self.optimizer, saved["optimizer"], self.fsdp, ckpt)
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState(**saved["train_state"])
+        self._window = _LogWindow.restored(self.state.log_window)
         self._saved_step = self.state.step
         set_rng_state(saved["rng"])
         if self.is_main:
             remove_stale(self.out)
             self.metrics.truncate(self.state.step)  # the steps past the checkpoint are about to run again
             print(f"resumed from {ckpt} at step {self.state.step}")
+            planned = saved["config"].get("max_steps")
+            if planned is not None and planned != self.cfg.max_steps:
+                print(f"note: the run was started for {planned} steps and now trains to step {self.cfg.max_steps}: "
+                      "its learning-rate schedule is the new length's from here on, so it ends unlike a run of "
+                      f"{self.cfg.max_steps} steps from the start")  # fmt: skip
         return True
 
     # ------------------------------------------------------------------ logging and evaluation
@@ -334,13 +361,13 @@ class Trainer:
         global_batch = cfg.batch_size * cfg.grad_accum * self.world
         postfix = self._bar_fields()
         bar.set_postfix(postfix, refresh=False)
-        window = _LogWindow()
         t_start = time.perf_counter()
         stopping = self.state.stopped_early  # a run that stopped early stays stopped when resumed
         while self.state.step < cfg.max_steps and not stopping:
             # From where the epoch stands: after a resume, the samples its checkpoint had consumed are not repeated.
             batches = iter(self.loader_fn(self.state.epoch, self.state.epoch_samples, self.rank, self.world))
             while self.state.step < cfg.max_steps:
+                window = self._window
                 micro_batches, bad_loss = self._accumulate(batches, window)
                 if micro_batches == 0:
                     break  # the epoch is over: start the next
@@ -354,7 +381,7 @@ class Trainer:
                     self.log(record)
                     postfix = self._bar_fields(record["loss"], record["tokens_per_s"])
                     bar.set_postfix(postfix)
-                    window = _LogWindow()
+                    self._window = _LogWindow()
                 if cfg.eval_every and self.state.step % cfg.eval_every == 0:
                     self.evaluate()
                     postfix.update(self._bar_fields())  # the new score, next to the last loss

@@ -40,6 +40,9 @@ class TrainState:
     last_eval_step: int = -1  # the step of the last evaluation (-1: none), so a resumed run does not repeat it
     last_eval: dict = field(default_factory=dict)
     stopped_early: bool = False  # `on_eval` asked to stop: a resume must not train on
+    # The losses summed since the last log line ({"steps", "loss", "parts"}): the first line after a resume then
+    # averages the same steps as in a run that was never interrupted.
+    log_window: dict = field(default_factory=dict)
     # The recipe's own bookkeeping (fine-tuning: the best dev score so far, its step, metrics, evaluations since),
     # saved and restored with the checkpoint so that a resumed run decides exactly as an uninterrupted one.
     recipe: dict = field(default_factory=dict)
@@ -140,9 +143,11 @@ def write_training_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     config: Any,
+    identity: dict[str, Any] | None = None,
 ) -> None:
     """Write `training_state.pt` into a checkpoint folder: the loop's position, the optimizer state (from
-    `gather_optimizer_state`), schedule, loss scaler, random generators and the run's config (a dataclass)."""
+    `gather_optimizer_state`), schedule, loss scaler, random generators, the run's config (a dataclass) and its
+    `identity` (see `check_same_run`)."""
     state = {
         "train_state": asdict(train_state),
         "optimizer": optimizer_state,
@@ -150,6 +155,7 @@ def write_training_state(
         "scaler": scaler.state_dict(),
         "rng": rng_state(),
         "config": asdict(config),
+        "identity": identity,
     }
     # Through a Python file object: a full disk then surfaces as an OSError (ENOSPC) in the chain.
     with open(folder / TRAINING_STATE, "wb") as f:
@@ -161,6 +167,33 @@ def read_training_state(checkpoint: Path) -> dict:
     return torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
 
 
+def check_same_run(saved: dict, identity: dict[str, Any] | None, run_dir: Path) -> None:
+    """Refuse to resume the run whose checkpoint state is `saved` with settings other than it was started with.
+
+    `identity` maps how a user names each setting that decides what the run computes (a flag, or e.g. "labels")
+    to its value: data files, model, task, labels, optimiser settings, seed. Resumed with another, the run would
+    continue as neither the one started nor the one asked for, with exit 0; with another label set or task the old
+    optimizer state does not even fit the new head. A checkpoint of an older bertkit has no identity to compare."""
+    before = saved.get("identity")
+    if before is None or identity is None:
+        return
+    for key in [*before, *(k for k in identity if k not in before)]:
+        old, new = before.get(key), identity.get(key)
+        if old != new:
+            raise BertkitError(
+                f"cannot resume {run_dir}: its run was started with {key} {_shown(old)}, not {_shown(new)}; resume "
+                "it with its own settings, or start again with --overwrite (or choose a new --out)"
+            )
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{', '.join(map(repr, value[:8]))}, ... ({len(value)} in all)]"
+    return repr(value) if isinstance(value, (str, list)) else str(value)
+
+
 def load_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict, fsdp: bool, checkpoint: Path
 ) -> None:
@@ -169,6 +202,17 @@ def load_optimizer_state(
     groups = saved["param_groups"]
     by_name = any(isinstance(p, str) for g in groups for p in g["params"])
     if by_name:
+        # A moment of another shape than its parameter would be written past its end by the fused kernel (a crash,
+        # or memory corrupted silently): refused by name first.
+        params = dict(model.named_parameters())
+        for name, moments in saved["state"].items():
+            param = params.get(name)
+            for key, value in moments.items():
+                if param is not None and key != "step" and value.shape != param.shape:
+                    raise BertkitError(
+                        f"{checkpoint}: its optimizer state for {name} has shape {tuple(value.shape)}, the model's "
+                        f"parameter {tuple(param.shape)}: the checkpoint belongs to another model or head"
+                    )
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         for g, mine in zip(groups, optimizer.param_groups, strict=True):
