@@ -267,7 +267,7 @@ def test_a_vocab_that_lost_lines_in_a_hugging_face_directory_is_caught(
         shutil.copy(minilm_dir / name, tmp_path / name)
     lines = (tmp_path / "vocab.txt").read_text(encoding="utf-8").splitlines()
     (tmp_path / "vocab.txt").write_text("\n".join(lines[:20000]) + "\n", encoding="utf-8")
-    with pytest.raises(BertkitError, match="has 20000 tokens but tokenizer.json beside it has 30522"):
+    with pytest.raises(BertkitError, match=r"has 20000 tokens but tokenizer\.json beside it has 30522"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").unlink()
     assert Tokenizer.from_pretrained(tmp_path).vocab_size == 20000
