@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bertkit.data.task_files import QAExample, json_object_lines, numbered_lines, read_squad
@@ -85,6 +86,7 @@ class QaTask(Task):
                     "token_type_ids": [0] * len(head) + [1] * (end - start + 1),
                     "example": e,
                     "context_start": len(head),
+                    "window_start": start,  # in the context's tokens
                     "offsets": c.offsets[start:end],
                 }
                 if train:
@@ -117,15 +119,20 @@ class QaTask(Task):
         logits = run_model(model, self, features, tok.pad_id)
         with_null = any(ex.is_impossible for ex in examples)
         best: dict[int, dict] = {}
-        for f, lg in zip(features, logits, strict=True):
+        home = max_context_windows(features)
+        for j, (f, lg) in enumerate(zip(features, logits, strict=True)):
             ex = examples[f["example"]]
             cs, n_ctx = f["context_start"], len(f["offsets"])
             start_l, end_l = lg[:, 0], lg[:, 1]
             null = float(start_l[0] + end_l[0])
             cur = best.setdefault(f["example"], {"text": "", "score": float("-inf"), "null": null})
             cur["null"] = min(cur["null"], null)
-            ctx_start, ctx_end = start_l[cs : cs + n_ctx], end_l[cs : cs + n_ctx]
-            k = min(st.n_best, n_ctx)
+            ctx_start, ctx_end = start_l[cs : cs + n_ctx].clone(), end_l[cs : cs + n_ctx]
+            # An answer starts only in the window where its first token has the most context (the original's rule):
+            # near a window's edge the model sees half the passage around it, and its scores are less reliable.
+            allowed = home[f["example"]][f["window_start"] : f["window_start"] + n_ctx] == j
+            ctx_start[~torch.from_numpy(allowed)] = float("-inf")
+            k = min(st.n_best, int(allowed.sum()))
             for s in ctx_start.topk(k).indices.tolist():
                 for e in ctx_end.topk(k).indices.tolist():
                     if e < s or e - s + 1 > st.max_answer_length:
@@ -161,3 +168,24 @@ class QaTask(Task):
             out.append({"id": ex.id, "answer": a["text"], "start": a.get("start"), "end": a.get("end"),
                         "score": score})  # fmt: skip
         return out
+
+
+def max_context_windows(features: Sequence[Feature]) -> dict[int, np.ndarray]:
+    """For each example, the index (into `features`) of the window in which each context token has the most
+    context, as the original BERT's `run_squad.py` decides it: the window maximising min(tokens left of it, tokens
+    right of it) + 0.01 x window length, the earliest on a tie."""
+    windows: dict[int, list[tuple[int, int, int]]] = {}
+    for j, f in enumerate(features):
+        windows.setdefault(f["example"], []).append((j, f["window_start"], len(f["offsets"])))
+    home: dict[int, np.ndarray] = {}
+    for e, spans in windows.items():
+        length = max(start + n for _, start, n in spans)
+        score, owner = np.full(length, -np.inf), np.full(length, -1)
+        for j, start, n in spans:
+            i = np.arange(n)
+            window_score = np.minimum(i, n - 1 - i) + 0.01 * n
+            better = window_score > score[start : start + n]
+            score[start : start + n][better] = window_score[better]
+            owner[start : start + n][better] = j
+        home[e] = owner
+    return home

@@ -21,7 +21,12 @@ class TaskSettings:
     max_seq_length: int = option(
         128, type=SEQ_LENGTH, help="tokens per example, longer ones truncated (qa: with --doc-stride windows)"
     )
-    doc_stride: int = option(128, type=POSITIVE, help="qa: step between windows of a long passage")
+    doc_stride: int = option(
+        128, type=POSITIVE,
+        help="qa: tokens from one window's start to the next's over a long passage, as in the original BERT (not "
+        "the overlap, which transformers' example scripts call doc_stride); an answer is read from the window "
+        "where its first token has the most context",
+    )  # fmt: skip
     max_query_length: int = 64
     max_answer_length: int = option(30, type=POSITIVE, help="qa: in tokens")
     n_best: int = 20

@@ -1,0 +1,85 @@
+"""QA decoding over windows (bertkit.tasks.qa): an answer starts only in the window where its first token has the
+most context, the rule of the original BERT's run_squad.py, checked against a plain re-implementation of that rule
+and an exhaustive search over every span, on real SQuAD passages cut into many overlapping windows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertkit import BertConfig, Tokenizer
+from bertkit.model import BertForQuestionAnswering
+from bertkit.tasks.base import run_model
+from bertkit.tasks.qa import QaTask, max_context_windows
+from bertkit.tasks.settings import TaskSettings
+
+
+def original_max_context(spans: list[tuple[int, int]], cur: int, position: int) -> bool:
+    """run_squad.py's _check_is_max_context, as the paper's code states it: spans are (start, length)."""
+    best_score, best_index = None, None
+    for index, (start, length) in enumerate(spans):
+        end = start + length - 1
+        if position < start or position > end:
+            continue
+        score = min(position - start, end - position) + 0.01 * length
+        if best_score is None or score > best_score:
+            best_score, best_index = score, index
+    return cur == best_index
+
+
+def exhaustive_best(examples, features, logits, max_answer_length: int) -> list[tuple[float, str]]:
+    """Every (window, start, end) whose start the rule allows, the best by start + end logit: (score, text)."""
+    best = [(float("-inf"), "")] * len(examples)
+    windows: dict[int, list[int]] = {}
+    for j, f in enumerate(features):
+        windows.setdefault(f["example"], []).append(j)
+    for e, ids in windows.items():
+        spans = [(features[j]["window_start"], len(features[j]["offsets"])) for j in ids]
+        for cur, j in enumerate(ids):
+            f, lg = features[j], logits[j]
+            cs, n = f["context_start"], len(f["offsets"])
+            for s in range(n):
+                if not original_max_context(spans, cur, f["window_start"] + s):
+                    continue
+                for t in range(s, min(n, s + max_answer_length)):
+                    score = float(lg[cs + s, 0] + lg[cs + t, 1])
+                    if score > best[e][0]:
+                        a, b = f["offsets"][s][0], f["offsets"][t][1]
+                        best[e] = (score, examples[e].context[a:b])
+    return best
+
+
+@pytest.fixture(scope="module")
+def squad(data_dir: Path, minilm_dir: Path) -> tuple[Tokenizer, list]:
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    doc = json.loads((data_dir / "squad_v1.1/dev-v1.1.json").read_text(encoding="utf-8"))
+    rows = [{"id": qa["id"], "question": qa["question"], "context": p["context"]}
+            for a in doc["data"][:3] for p in a["paragraphs"][:2] for qa in p["qas"][:2]]  # fmt: skip
+    return tok, rows
+
+
+@pytest.mark.parametrize(("length", "stride"), [(48, 8), (64, 24), (64, 40)])
+def test_windows_answer_by_the_original_max_context_rule(squad, length: int, stride: int) -> None:
+    tok, rows = squad
+    task = QaTask(TaskSettings(max_seq_length=length, doc_stride=stride, max_query_length=16, n_best=64))
+    examples = [task.from_json(r) for r in rows]
+    features = task.features(examples, tok, None, train=False)
+    assert len(features) > 3 * len(examples)  # passages over many overlapping windows
+    # The owner table equals the rule asked token by token.
+    home = max_context_windows(features)
+    for e in range(len(examples)):
+        ids = [j for j, f in enumerate(features) if f["example"] == e]
+        spans = [(features[j]["window_start"], len(features[j]["offsets"])) for j in ids]
+        for position, owner in enumerate(home[e].tolist()):
+            assert original_max_context(spans, ids.index(owner), position), (e, position)
+    # The decoded answers equal an exhaustive search over every allowed span (random weights: random logits).
+    torch.manual_seed(length + stride)
+    model = BertForQuestionAnswering(BertConfig.preset("tiny", vocab_size=tok.vocab_size)).eval()
+    logits = run_model(model, task, features, tok.pad_id)
+    want = exhaustive_best(examples, features, logits, task.settings.max_answer_length)
+    got = task.predict(model, tok, examples, features, None)
+    for (score, text), answer in zip(want, got, strict=True):
+        assert answer["answer"] == text and answer["score"] == pytest.approx(score, abs=1e-5)
