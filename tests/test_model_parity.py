@@ -188,3 +188,39 @@ def test_causal_encoder_matches_transformers_is_decoder(tmp_path: Path, unpad: b
     last = batch["attention_mask"].sum(1) - 1
     h_last = o.last_hidden_state[torch.arange(3), last]
     assert torch.allclose(o.pooler_output, torch.tanh(ours.pooler.dense(h_last)), atol=1e-6)
+
+
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "plain"])
+def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_less(unpad: bool) -> None:
+    """With dropout on (training mode), checkpointed layers recompute their activations under the same random state:
+    loss and gradients within 1e-6 of the plain backward pass (the recomputation is the same arithmetic, so in
+    practice equal). What autograd keeps for the backward pass, counted in bytes, shrinks to the layers' inputs."""
+    torch.manual_seed(0)
+    models = [BertForPreTraining(tiny_config(num_hidden_layers=4)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    models[1].bert.gradient_checkpointing = True
+    batch = random_batch()
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[0, 3], labels[1, 10], labels[2, 5] = 7, 8, 9
+    kept, losses = [], []
+    torch.set_grad_enabled(True)  # this module's tests run under no_grad (its fixture restores it)
+    for m in models:
+        m.train()
+        m.bert.unpad = unpad
+        saved: list[int] = []
+
+        def pack(t: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # a forward pass to count only
+            m(**batch, mlm_labels=labels, nsp_labels=torch.tensor([0, 1, 0]))
+        kept.append(sum(saved))
+        torch.manual_seed(7)  # the same dropout masks in both
+        out = m(**batch, mlm_labels=labels, nsp_labels=torch.tensor([0, 1, 0]))
+        out.loss.backward()
+        losses.append(out.loss.item())
+    assert abs(losses[0] - losses[1]) <= 1e-6
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        assert (a.grad - b.grad).abs().max() <= 1e-6, name
+    assert kept[1] < kept[0] / 2, kept  # four layers' activations vs. their inputs

@@ -122,6 +122,15 @@ def test_predict_equals_transformers_and_the_cli(models: dict[str, Path], tmp_pa
         if task == "ner":
             entities = out["predictions"][0]["entities"]
             assert len(entities) == len(text) and all(text[e["start"] : e["end"]] == e["text"] for e in entities)
+            # Each entity's score: the probability of its tag (one character, one word, one token here), as
+            # transformers' token classifier gives it.
+            ref = transformers.BertForTokenClassification.from_pretrained(models["ner"]).eval()
+            with torch.no_grad():
+                ids = transformers.AutoTokenizer.from_pretrained(models["ner"])(text, return_tensors="pt")
+                probs = ref(**ids).logits.softmax(-1)[0]
+            assert ids["input_ids"].shape[1] == len(text) + 2
+            want = [probs[1 + e["start"]].max().item() for e in entities]
+            assert [e["score"] for e in entities] == pytest.approx(want, abs=1e-5)
     answer = out["predictions"][0]
     assert (answer["answer"] == text[answer["start"] : answer["end"]]) if answer["answer"] else answer["score"] is None
 

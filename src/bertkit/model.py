@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from bertkit.config import BertConfig
@@ -334,6 +335,9 @@ class BertModel(nn.Module, PreTrainedMixin):
         self.pooler = Pooler(config) if add_pooler else None
         self.unpad = True  # skip padded positions (same results on real tokens; zeros at padding); False: plain path
         self.serial_below_tokens = SERIAL_TOKENS  # smaller inference batches may run on one thread; 0: never
+        # True: keep only each layer's input while training and compute its activations again in the backward pass
+        # (memory for a layer's activations instead of all of them, for about a third more compute)
+        self.gradient_checkpointing = False
         self.threads = ThreadChoice()
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
@@ -390,14 +394,22 @@ class BertModel(nn.Module, PreTrainedMixin):
             ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)
             x = self.embeddings(ids, types, unpadded.positions)  # (N, H)
             for layer in self.layers:
-                x = layer(x, bias, unpadded)
+                x = self._layer(layer, x, bias, unpadded)
             x = unpadded.pad(x)  # (B, T, H), zeros at padding
         else:
             x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
             for layer in self.layers:
-                x = layer(x, bias)
+                x = self._layer(layer, x, bias)
         pooled = self.pooler(x, attention_mask) if self.pooler is not None else None
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
+
+    def _layer(
+        self, layer: EncoderLayer, x: torch.Tensor, bias: torch.Tensor | None, unpadded: Unpadded | None = None
+    ) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The random state is restored for the recomputation, so dropout drops the same units: equal gradients.
+            return torch.utils.checkpoint.checkpoint(layer, x, bias, unpadded, use_reentrant=False)
+        return layer(x, bias, unpadded)
 
 
 class MaskedLMHead(nn.Module):

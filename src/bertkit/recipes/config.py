@@ -127,6 +127,7 @@ FINETUNE_TRAINING_FLAGS = {
     "warmup_ratio": {"help": "share of steps with a rising rate"},
     "eval_every": {"type": POSITIVE, "help": "steps (default: once per epoch)"},
     "seed": {"help": "head initialisation, data order, dropout"},
+    "gradient_checkpointing": {},
 }
 
 

@@ -109,26 +109,31 @@ class NerTask(Task):
         keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
         return {k: batch[k] for k in keys if k in batch}
 
-    def _tags(self, model, tok, examples, features, id2label) -> list[list[str]]:
+    def _tags(self, model, tok, examples, features, id2label) -> tuple[list[list[str]], list[list[float]]]:
+        """Each word's tag (the best at its first sub-token) and that tag's probability."""
         logits = run_model(model, self, features, tok.pad_id)
         tags = [["O"] * len(ex.tokens) for ex in examples]  # words with no sub-token stay O
+        probs = [[1.0] * len(ex.tokens) for ex in examples]
         for f, lg in zip(features, logits, strict=True):
-            best = lg.argmax(-1).tolist()
+            best_p, best = lg.float().softmax(-1).max(-1)
+            best, best_p = best.tolist(), best_p.tolist()
             for w, p in zip(f["word_index"], f["first_pos"], strict=True):
                 tags[f["sentence"]][w] = id2label[best[p]]
-        return tags
+                probs[f["sentence"]][w] = best_p[p]
+        return tags, probs
 
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
         """Entity-level precision, recall and F1 (conlleval chunking) of the tags at first sub-tokens."""
-        pred = self._tags(model, tok, examples, features, id2label)
+        pred, _ = self._tags(model, tok, examples, features, id2label)
         gold = [ex.tags for ex in examples]
         return {**entity_prf(pred, gold), "sentences": len(gold)}
 
     def predict(self, model, tok, examples, features, id2label) -> list[dict]:
-        """Per sentence: its word tags and its entities (type, character start and end, text)."""
-        pred = self._tags(model, tok, examples, features, id2label)
+        """Per sentence: its word tags and its entities (type, character start and end, text, and a score: the mean
+        probability of the entity's word tags, as transformers' token-classification pipeline scores one)."""
+        pred, probs = self._tags(model, tok, examples, features, id2label)
         out = []
-        for ex, tags in zip(examples, pred, strict=True):
+        for ex, tags, p in zip(examples, pred, probs, strict=True):
             text = getattr(ex, "text", " ".join(ex.tokens))
             spans = getattr(ex, "spans", None)
             if spans is None:  # CoNLL input: rebuild offsets in the space-joined text
@@ -139,6 +144,7 @@ class NerTask(Task):
             ents = []
             for kind, a, b in entity_spans(tags):
                 start, end = spans[a][0], spans[b][1]
-                ents.append({"type": kind, "start": start, "end": end, "text": text[start:end]})
+                score = sum(p[a : b + 1]) / (b + 1 - a)
+                ents.append({"type": kind, "start": start, "end": end, "text": text[start:end], "score": score})
             out.append({"tags": tags, "entities": ents})
         return out

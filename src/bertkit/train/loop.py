@@ -134,6 +134,9 @@ class Trainer:
             print("note: --fsdp shards across torchrun's processes; with one process it trains as usual")
         # `raw_model` is the module itself (weights to save, evaluation); `model` is what the steps run (DDP's
         # wrapper, which averages gradients across ranks). FSDP shards the module in place: both are the same.
+        for module in model.modules():  # the encoder (bertkit.model.BertModel) knows how
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = cfg.gradient_checkpointing
         self.raw_model = model if self.fsdp else model.to(self.device)
         self.model: nn.Module = model
         if self.fsdp:
