@@ -373,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bertkit",
         description="BERT end to end: train a WordPiece vocabulary, prepare data, pre-train, fine-tune, "
-        "evaluate, predict, embed. Model directories are Hugging Face BERT directories.",
+        "evaluate, predict, embed. Model directories are Hugging Face BERT directories; --model also takes a Hugging "
+        "Face Hub name (bert-base-chinese, org/name), read from the Hub cache or downloaded once (HF_HUB_OFFLINE=1: "
+        "the cache only).",
     )
     parser.add_argument("--version", action="version", version=f"bertkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -591,10 +593,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve_model_name(args: argparse.Namespace) -> None:
+    """--model as a local directory: a Hugging Face Hub name (`bert-base-chinese`, `org/name`) that is not a folder
+    here becomes its snapshot in the Hub's cache (see `bertkit.hub`); a pre-training preset stays a name."""
+    from bertkit.config import PRESETS
+    from bertkit.hub import model_path
+
+    model = getattr(args, "model", None)
+    if isinstance(model, str) and not (args.command == "pretrain" and model in PRESETS):
+        args.model = str(model_path(model))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bertkit` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        _resolve_model_name(args)
         args.func(args)
     except BertkitError as e:
         print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
