@@ -156,6 +156,10 @@ def test_finetune_says_what_it_did(
     printed = capsys.readouterr()
     lines = printed.out.splitlines()
     assert "classifier: a new task head for 2 labels, trained from scratch (the usual start of fine-tuning)" in lines
+    # No --learning-rate: the rate for the model's size, and why (the tiny model's hidden size is 128).
+    assert "learning rate 0.001 (for a small model (hidden size 128 <= 256), BERT's 5e-05 trains too slowly; " \
+        "--learning-rate sets another)" in lines  # fmt: skip
+    assert result["args"]["learning_rate"] == 1e-3
     assert not [r for r in caplog.records if "initialised fresh" in r.getMessage()]
     notes = [x for x in lines if x.startswith("note:")]
     assert notes == ["note: the model was pre-trained on up to 16 tokens; positions 16-31 start untrained and are "

@@ -73,11 +73,29 @@ class PretrainConfig:
         return over
 
 
+# Fine-tuning's peak learning rate when none is given, by the model's size: BERT's 5e-5 suits BERT-base and models
+# like MiniLM, but left bertkit's small pre-trained models near the majority class, where 1e-3 did best of 1e-4 to
+# 1e-3 (benchmarks/results/quickstart_lr_check.json: the tiny preset, hidden size 128).
+BERT_LEARNING_RATE = 5e-5
+SMALL_MODEL_LEARNING_RATE = 1e-3
+SMALL_MODEL_HIDDEN = 256  # up to this hidden size (bertkit's tiny and mini presets)
+
+
+def finetune_learning_rate(hidden_size: int) -> tuple[float, str]:
+    """The default fine-tuning learning rate for a model of `hidden_size`, and why, in words."""
+    if hidden_size <= SMALL_MODEL_HIDDEN:
+        return SMALL_MODEL_LEARNING_RATE, (
+            f"for a small model (hidden size {hidden_size} <= {SMALL_MODEL_HIDDEN}), BERT's {BERT_LEARNING_RATE:g} "
+            "trains too slowly"
+        )
+    return BERT_LEARNING_RATE, f"BERT's, for a model of hidden size {hidden_size}"
+
+
 def finetune_training(**changes: Any) -> TrainConfig:
-    """Fine-tuning's training settings: BERT's defaults (batch 32, peak rate 5e-5, 10% warm-up) with `changes`.
-    Unless set, the steps come from the epochs, the evaluation cadence from the epoch length, and the output
-    folder from the run's output directory."""
-    defaults = TrainConfig(out_dir="", max_steps=None, batch_size=32, learning_rate=5e-5, warmup_ratio=0.1,
+    """Fine-tuning's training settings: BERT's defaults (batch 32, 10% warm-up) with `changes`. Unless set, the
+    peak learning rate comes from the model's size (`finetune_learning_rate`), the steps from the epochs, the
+    evaluation cadence from the epoch length, and the output folder from the run's output directory."""
+    defaults = TrainConfig(out_dir="", max_steps=None, batch_size=32, learning_rate=None, warmup_ratio=0.1,
                            eval_every=None, log_every=20, seed=42)  # fmt: skip
     return replace(defaults, **changes)
 
@@ -121,8 +139,9 @@ FINETUNE_TRAINING_FLAGS = {
     "max_steps": {"help": "overrides --epochs"},
     "batch_size": {"help": "examples per optimiser step"},
     "learning_rate": {
-        "help": "AdamW's peak rate, reached after warm-up, then decayed linearly to 0 (default %(default)s, BERT's "
-        "for a base model; bertkit's small pre-trained models did best at 5e-4 to 1e-3)"
+        "help": f"AdamW's peak rate, reached after warm-up, then decayed linearly to 0 (default: by the model's size, "
+        f"{BERT_LEARNING_RATE:g} as BERT's, {SMALL_MODEL_LEARNING_RATE:g} up to hidden size {SMALL_MODEL_HIDDEN}, "
+        "where bertkit's small pre-trained models did best; the run says which)"
     },
     "warmup_ratio": {"help": "share of steps with a rising rate"},
     "eval_every": {"type": POSITIVE, "help": "steps (default: once per epoch)"},

@@ -27,7 +27,7 @@ from bertkit.files import (
 )
 from bertkit.model import encoder_layers
 from bertkit.options import by_flag
-from bertkit.recipes.config import FinetuneConfig
+from bertkit.recipes.config import FinetuneConfig, finetune_learning_rate
 from bertkit.tasks.base import pad_batch
 from bertkit.tasks.model_dir import TASK_FILE, write_task_record
 from bertkit.tasks.registry import task_class
@@ -144,6 +144,10 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     check_output_not_input(out, _inputs(cfg))  # at once; the rest of the claim once nothing can fail before writing
 
     config = BertConfig.load(cfg.model)
+    if cfg.train.learning_rate is None:
+        lr, why = finetune_learning_rate(config.hidden_size)
+        print(f"learning rate {lr:g} ({why}; --learning-rate sets another)")
+        cfg = replace(cfg, train=replace(cfg.train, learning_rate=lr))
     if config.max_position_embeddings < settings.max_seq_length:
         raise BertkitError(f"--max-seq-length {settings.max_seq_length} exceeds the model's positions")
     if cfg.note_untrained_positions:

@@ -33,7 +33,7 @@ class TrainConfig:
     max_steps: int | None = option(1000, type=POSITIVE, help="optimizer steps to train for")  # None: the recipe's
     batch_size: int = option(32, type=POSITIVE, help="examples per device and micro-step")
     grad_accum: int = option(1, type=POSITIVE, help="micro-steps per optimizer step")
-    learning_rate: float = option(
+    learning_rate: float | None = option(  # None: the recipe chooses (fine-tuning: by the model's size)
         1e-4, type=POSITIVE_NUMBER, help="AdamW's peak rate, reached after warm-up, then decayed linearly to 0"
     )
     weight_decay: float = option(0.01, type=NON_NEGATIVE_NUMBER, help="AdamW's decoupled weight decay")
