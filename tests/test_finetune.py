@@ -175,3 +175,34 @@ def test_finetune_says_what_it_did(
     assert r.status == 0
     last = r.out.splitlines()[-1]
     assert last == f"no --dev: the last model (step 2, epoch 1 of 1) saved to {tmp_path / 'nodev'}"
+
+
+def test_learning_rate_grid_keeps_the_best_run_on_dev(
+    tmp_path: Path, tiny_zh_pretrained: Path, data_dir: Path, bertkit
+) -> None:
+    """--learning-rate with several values (the BERT paper's protocol) and --seeds: one run each in DIR/runs, the
+    best on dev copied to DIR (a model directory that predict reads), every run's score in grid.md; a re-run with
+    --resume reads the finished runs back instead of training them again."""
+    train = _head(data_dir / "chnsenticorp/train.tsv", tmp_path / "train.tsv", 49)
+    dev = _head(data_dir / "chnsenticorp/dev.tsv", tmp_path / "dev.tsv", 33)
+    out = tmp_path / "grid"
+    args = ["finetune", "--task", "cls", "--model", tiny_zh_pretrained, "--train", train, "--dev", dev, "--out", out,
+            "--max-steps", "3", "--batch-size", "16", "--max-seq-length", "32", "--learning-rate", "1e-3,3e-3",
+            "--seeds", "2"]  # fmt: skip
+    r = bertkit(*args)
+    assert r.status == 0, r.err[-2000:]
+    grid = json.loads((out / "grid.json").read_text())
+    assert [(run["learning_rate"], run["seed"]) for run in grid["runs"]] == [(1e-3, 42), (1e-3, 43), (3e-3, 42),
+                                                                             (3e-3, 43)]  # fmt: skip
+    scores = [run["dev"]["accuracy"] for run in grid["runs"]]
+    best = grid["best"]
+    assert best["dev"]["accuracy"] == max(scores) and grid["runs"][scores.index(max(scores))] == best
+    assert (out / "model.safetensors").read_bytes() == (Path(best["out"]) / "model.safetensors").read_bytes()
+    assert len((out / "grid.md").read_text().splitlines()) == 4 + 4 + 2 and r.last_json() == best["dev"]
+    assert bertkit("predict", "--model", out, "--input", dev).status == 0
+    stamps = [p.stat().st_mtime_ns for p in sorted((out / "runs").glob("*/model.safetensors"))]
+    again = bertkit(*args, "--resume")
+    assert again.status == 0 and again.out.count("finished before") == 4
+    assert [p.stat().st_mtime_ns for p in sorted((out / "runs").glob("*/model.safetensors"))] == stamps
+    no_dev = bertkit(*[a for a in args if a not in ("--dev", dev)], "--out", tmp_path / "x")
+    assert no_dev.status == 2 and "give --dev" in no_dev.err

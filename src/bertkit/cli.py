@@ -229,15 +229,18 @@ def _split_summary(args: argparse.Namespace, data) -> str:
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from bertkit.recipes.config import FinetuneConfig, finetune_training
-    from bertkit.recipes.finetune import run_finetune
+    from bertkit.recipes.finetune import run_finetune, run_grid
     from bertkit.tasks.registry import task_class
     from bertkit.tasks.settings import TaskSettings
     from bertkit.train.config import TrainConfig
 
     max_seq_length = args.max_seq_length or task_class(args.task).default_max_seq_length
     settings = from_args(TaskSettings, args, max_seq_length=max_seq_length)
-    train = from_args(TrainConfig, args, **_unset(TrainConfig, args, finetune_training()))
-    result = run_finetune(from_args(FinetuneConfig, args, train=train, settings=settings))
+    rates = args.learning_rate or [None]  # None: by the model's size
+    unset = _unset(TrainConfig, args, finetune_training())
+    train = from_args(TrainConfig, args, **{**unset, "learning_rate": rates[0]})
+    cfg = from_args(FinetuneConfig, args, train=train, settings=settings)
+    result = run_grid(cfg, rates) if len(rates) > 1 or cfg.seeds > 1 else run_finetune(cfg)
     if result["dev"]:  # the last line: the best dev metrics, for scripts (without --dev the closing line says it all)
         print(_json(result["dev"], "a dev metric"))
 
@@ -469,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training")
     add_options(g, TrainConfig, only=FINETUNE_TRAINING_FLAGS, defaults=finetune_training(),
                 overrides=FINETUNE_TRAINING_FLAGS)  # fmt: skip
-    add_options(g, FinetuneConfig, only=("patience", "max_train_examples", "dropout"))
+    add_options(g, FinetuneConfig, only=("patience", "max_train_examples", "dropout", "seeds"))
     add_options(g, TrainConfig, only=("device", "precision"))
     g = p.add_argument_group("task settings (kept with the model)")
     max_length = f"(default {TaskSettings.max_seq_length}; qa: {QA_MAX_SEQ_LENGTH}, with --doc-stride windows)"

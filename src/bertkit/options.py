@@ -55,6 +55,19 @@ def number(
     return parse
 
 
+def numbers(each: Callable[[str], float]) -> Callable[[str], list[float]]:
+    """An argparse `type` for one value or several separated by commas (e.g. `5e-5,3e-5,2e-5`), each as `each`
+    checks it."""
+
+    def parse(text: str) -> list[float]:
+        values = [each(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected one number or several separated by commas, got {text!r}")
+        return values
+
+    return parse
+
+
 POSITIVE = whole_number(1)
 NON_NEGATIVE = whole_number(0)
 SEQ_LENGTH = whole_number(8, why=" (room for [CLS], the text and [SEP])")

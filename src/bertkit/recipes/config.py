@@ -9,7 +9,16 @@ from typing import Any
 from bertkit.config import PRESETS
 from bertkit.data.masking import MaskingConfig
 from bertkit.errors import BertkitError
-from bertkit.options import DROPOUT, NON_NEGATIVE, NON_NEGATIVE_NUMBER, POSITIVE, POSITIVE_NUMBER, SEED, option
+from bertkit.options import (
+    DROPOUT,
+    NON_NEGATIVE,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE,
+    POSITIVE_NUMBER,
+    SEED,
+    numbers,
+    option,
+)
 from bertkit.tasks.settings import TASK_NAMES, TaskSettings
 from bertkit.train.config import TrainConfig
 
@@ -122,6 +131,11 @@ class FinetuneConfig:
     epochs: float = option(3.0, type=POSITIVE_NUMBER, help="passes over the training data")
     patience: int | None = option(None, type=POSITIVE, help="early stop after N evaluations without gain")
     max_train_examples: int | None = option(None, type=POSITIVE, help="train on the first N examples")
+    seeds: int = option(
+        1, type=POSITIVE,
+        help="runs per learning rate, with seeds --seed, --seed + 1, ... (more than 1: as several --learning-rate "
+        "values, the best run on --dev is kept)",
+    )  # fmt: skip
     dropout: float | None = option(None, type=DROPOUT, help="override the model's dropout (BERT: 0.1)")
     resume: bool = option(False, help="continue from the newest checkpoint in --out")
     overwrite: bool = option(
@@ -139,9 +153,12 @@ FINETUNE_TRAINING_FLAGS = {
     "max_steps": {"help": "overrides --epochs"},
     "batch_size": {"help": "examples per optimiser step"},
     "learning_rate": {
+        "type": numbers(POSITIVE_NUMBER),
         "help": f"AdamW's peak rate, reached after warm-up, then decayed linearly to 0 (default: by the model's size, "
         f"{BERT_LEARNING_RATE:g} as BERT's, {SMALL_MODEL_LEARNING_RATE:g} up to hidden size {SMALL_MODEL_HIDDEN}, "
-        "where bertkit's small pre-trained models did best; the run says which)"
+        "where bertkit's small pre-trained models did best; the run says which). Several, e.g. 5e-5,3e-5,2e-5 (the "
+        "BERT paper's protocol): one run per rate (and per --seeds) in DIR/runs/, the best on --dev copied to DIR, "
+        "all runs' scores in DIR/grid.md",
     },
     "warmup_ratio": {"help": "share of steps with a rising rate"},
     "eval_every": {"type": POSITIVE, "help": "steps (default: once per epoch)"},

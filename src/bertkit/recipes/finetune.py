@@ -10,7 +10,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from bertkit.errors import BertkitError
 from bertkit.files import (
     atomic_write,
     check_output_not_input,
+    claim_output_dir,
     disk_full_as_error,
     release_output_dir,
 )
@@ -304,3 +305,51 @@ def _closing_line(cfg: FinetuneConfig, metric: str, best: dict, trainer: Trainer
     if "score" not in best:  # resumed from a checkpoint of an older bertkit, which did not record the best
         return f"dev {metric} {trainer.state.last_eval.get(metric, float('nan')):.3f} at the last step; {saved}"
     return f"best dev {metric} {best['score']:.3f} at step {best['step']} (epoch {best['epoch']} {epochs}), {saved}"
+
+
+GRID_RECORD = "grid.json"
+GRID_OWNS = (*OUTPUT_OWNS, "runs", GRID_RECORD, "grid.md")
+
+
+def run_grid(cfg: FinetuneConfig, learning_rates: Sequence[float | None]) -> dict:
+    """The BERT paper's fine-tuning protocol: one run per learning rate and seed (`cfg.seeds` of them from
+    `cfg.train.seed`), each a fine-tuned model directory in `cfg.out`/runs/; the best on the dev set is copied to
+    `cfg.out` itself, with `grid.md` (a table of every run) and `grid.json`. Finished runs are read back, so an
+    interrupted grid continues with --resume. Returns the best run's result plus `runs` and `best`."""
+    if not cfg.dev_file:
+        raise BertkitError("several --learning-rate values or --seeds choose the best run on dev data: give --dev")
+    out = Path(cfg.out)
+    metric = task_class(cfg.task).main_metric
+    claim_output_dir(out, GRID_OWNS, command="finetune", inputs=_inputs(cfg), overwrite=cfg.overwrite,
+                     resume=cfg.resume, is_own_output=(out / GRID_RECORD).is_file(),
+                     what="fine-tuning grid")  # fmt: skip
+    rows = []
+    for lr in learning_rates:
+        for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):
+            run = out / "runs" / f"lr{lr:g}_seed{seed}" if lr is not None else out / "runs" / f"seed{seed}"
+            if (run / "metrics.json").is_file():
+                result = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+                print(f"-- {run.name}: finished before, dev {metric} {result['dev'].get(metric, float('nan')):.4f}")
+            else:
+                print(f"-- {run.name}", flush=True)
+                train = replace(cfg.train, learning_rate=lr, seed=seed)
+                result = run_finetune(replace(cfg, out=str(run), train=train, resume=run.exists(), overwrite=False))
+            rows.append({"learning_rate": result["args"]["learning_rate"], "seed": seed, "dev": result["dev"],
+                         "best_step": result["best_step"], "out": str(run)})  # fmt: skip
+    best = max(rows, key=lambda r: r["dev"][metric])  # the first of equals: the earlier rate and seed
+    tmp = out / _BEST_TMP
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(best["out"], tmp, ignore=shutil.ignore_patterns("training", ".*"))
+    _move_into(tmp, out)
+    table = [f"# Fine-tuning grid: {cfg.task} on {cfg.train_file}, chosen on {cfg.dev_file}", "",
+             f"| learning rate | seed | dev {metric} | best step |", "| --- | --- | --- | --- |"]  # fmt: skip
+    table += [f"| {r['learning_rate']:g} | {r['seed']} | {r['dev'][metric]:.4f} | {r['best_step']} |" for r in rows]
+    table += ["", f"Best: learning rate {best['learning_rate']:g}, seed {best['seed']} (dev {metric} "
+              f"{best['dev'][metric]:.4f}), copied to {out}; every run is in {out / 'runs'}."]  # fmt: skip
+    atomic_write(out / "grid.md", lambda t: Path(t).write_text("\n".join(table) + "\n", encoding="utf-8"))
+    record = {"metric": metric, "runs": rows, "best": best}
+    text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(out / GRID_RECORD, lambda t: Path(t).write_text(text, encoding="utf-8"))
+    print("\n".join(table[2:]))
+    result = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    return {**result, "runs": rows, "best": best}

@@ -51,6 +51,15 @@ class _Protocol(H11Protocol):
 
         self.conn.next_event = next_event  # type: ignore[method-assign]
 
+    def connection_made(self, transport: Any) -> None:
+        # The listening socket is bound here and handed to uvicorn (see `_bind`); asyncio then leaves Nagle's
+        # algorithm on for the connections it accepts, and a response's body, written after its headers, waits for
+        # the client's delayed ACK: 40 ms added to every request on Linux.
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
     def send_400_response(self, msg: str) -> None:
         status, message = 400, f"not a valid HTTP request ({self._refusal or msg})"
         if self._refusal == "bad Content-Length":
