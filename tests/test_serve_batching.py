@@ -223,6 +223,28 @@ def test_work_per_request_is_bounded(tiny_task_models: dict[str, Path], tmp_path
         assert status == 200 and out["dim"] > 0
 
 
+def test_a_long_text_is_counted_only_up_to_the_bound(tiny_task_models: dict[str, Path], data_dir: Path) -> None:
+    """The window bound counts a text's tokens piece by piece: below the limit exactly as the whole text encodes
+    (pieces end where the tokenizer splits anyway: white space, CJK characters), and it stops soon after the limit
+    (a megabyte was encoded whole, over a second, before being refused)."""
+    from bertkit.serve.server import open_service
+
+    service = open_service(tiny_task_models["ner"])
+    try:
+        tok = service.tokenizer
+        english = (data_dir / "pretrain_en/gutenberg_carroll-alice.txt").read_text(encoding="utf-8")[:30_000]
+        chinese = (data_dir / "chnsenticorp/dev.tsv").read_text(encoding="utf-8")[:30_000]
+        mixed = "x" * 5000 + " " + english[:9000] + chinese[:9000] + "é" * 1200 + "\t\n" + chinese[9000:14000]
+        for text in (english, chinese.replace("\n", ""), mixed):
+            exact = len(tok.encode(text, truncation=False).input_ids) - 2
+            assert service._tokens_at_least(text, 10**9, piece=1000) == exact
+        big = english * 40  # 1.2 MB
+        counted = service._tokens_at_least(big, 2048)
+        assert 2048 < counted < 2048 + 4 * 4096
+    finally:
+        service.close()
+
+
 def test_serve_flags_refuse_bad_values(tiny_task_models: dict[str, Path], bertkit) -> None:
     for value in ("-1", "nan", "inf"):  # a finite wait only, as every number flag checks it
         r = bertkit("serve", "--model", tiny_task_models["cls"], "--max-wait-ms", value)

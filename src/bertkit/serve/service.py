@@ -25,6 +25,7 @@ from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_INPUTS, MAX_WAIT_MS, MAX_
 from bertkit.serve.metrics import Metrics
 from bertkit.tasks.base import check_encodable
 from bertkit.tasks.model_dir import ModelDir, open_model_dir
+from bertkit.tokenizer import is_cjk
 
 
 class WorkTooLarge(BertkitError):
@@ -142,15 +143,30 @@ class Service:
 
     def _check_windows_before_encoding(self, examples: list, length: int) -> None:
         """Refuse a text too long for `max_windows` from its token count alone (at least tokens / length windows),
-        before the task's features encode it word by word (seconds for a megabyte)."""
+        before the task's features encode it word by word. The count stops once it passes the limit, so refusing a
+        megabyte costs what reading `max_windows` windows does (encoding all of it took over a second)."""
         texts = [getattr(ex, "context", None) or ex.text for ex in examples]
-        for n, enc in enumerate(self.tokenizer.encode_batch(texts, truncation=False)):
-            least = -(-(len(enc) - 2) // length)
+        for n, text in enumerate(texts):
+            least = -(-self._tokens_at_least(text, self.max_windows * length) // length)
             if least > self.max_windows:
                 raise WorkTooLarge(
                     f"inputs[{n}] needs at least {least} windows of {length} tokens; this server reads at most "
                     f"{self.max_windows} per input (--max-windows): send a shorter text, or split it"
                 )
+
+    def _tokens_at_least(self, text: str, limit: int, piece: int = 4096) -> int:
+        """The number of tokens of `text` (no [CLS]/[SEP]), counted piece by piece until it passes `limit`: then a
+        lower bound. Each piece ends before white space or a CJK character, where BERT's tokenizer splits anyway,
+        so it is tokenized as within the whole text (a word is never cut: one longer than 100 characters is one
+        [UNK], a part of it could be many pieces)."""
+        count, start = 0, 0
+        while start < len(text) and count <= limit:
+            end = min(start + piece, len(text))
+            while end < len(text) and not (text[end].isspace() or is_cjk(text[end])):
+                end += 1
+            count += len(self.tokenizer.encode(text[start:end], truncation=False).input_ids) - 2
+            start = end
+        return count
 
     def prepare_fill_mask(self, texts: Any, top_k: Any = TOP_K) -> tuple[str, Any, int, int]:
         """(kind, payload, tokens, rows) of a fill-mask request."""
