@@ -116,6 +116,9 @@ class Service:
             )
         _check_count(inputs, "inputs")
         task, examples = task_model.task, []
+        if task.per_token:  # before anything reads a long text word by word (a megabyte: a second of one core)
+            texts = [row.get("context", row.get("text")) if isinstance(row, dict) else None for row in inputs]
+            self._check_windows(texts, task.settings.max_seq_length)
         for n, row in enumerate(inputs):
             if not isinstance(row, dict):
                 raise BertkitError(f"inputs[{n}]: expected an object like {task.input_schema}, got {row!r}")
@@ -124,8 +127,6 @@ class Service:
             except BertkitError as e:
                 raise BertkitError(f"inputs[{n}]: {e}; a {task.name} model takes {task.input_schema}") from None
         # Features cut every text at the model's max_seq_length; NER and QA cover a long one in windows.
-        if task.per_token:
-            self._check_windows_before_encoding(examples, task.settings.max_seq_length)
         features = task_model.features(examples)
         windows, tokens = [0] * len(examples), [0] * len(examples)
         for n, f in enumerate(features):
@@ -141,12 +142,15 @@ class Service:
             )
         return "predict", (examples, tokens), sum(tokens), len(examples)
 
-    def _check_windows_before_encoding(self, examples: list, length: int) -> None:
+    def _check_windows(self, texts: list[Any], length: int) -> None:
         """Refuse a text too long for `max_windows` from its token count alone (at least tokens / length windows),
-        before the task's features encode it word by word. The count stops once it passes the limit, so refusing a
-        megabyte costs what reading `max_windows` windows does (encoding all of it took over a second)."""
-        texts = [getattr(ex, "context", None) or ex.text for ex in examples]
+        before the task reads it word by word. The count stops once it passes the limit, so refusing a megabyte
+        costs what reading `max_windows` windows does (reading all of it took over a second). Texts that are not
+        strings are left to the task's own checks."""
         for n, text in enumerate(texts):
+            if not isinstance(text, str):
+                continue
+            check_encodable(text, f"inputs[{n}]")
             least = -(-self._tokens_at_least(text, self.max_windows * length) // length)
             if least > self.max_windows:
                 raise WorkTooLarge(
