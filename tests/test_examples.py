@@ -18,12 +18,12 @@ def test_pipeline_script(tmp_path: Path, data_dir: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     lines = (data_dir / "pretrain_zh").glob("*.txt")
-    text = "\n".join(sorted(lines)[0].read_text(encoding="utf-8").splitlines()[:3000])
+    text = "\n".join(sorted(lines)[0].read_text(encoding="utf-8").splitlines()[:1500])
     (corpus / "part.txt").write_text(text + "\n", encoding="utf-8")
     rows = (data_dir / "chnsenticorp/train.tsv").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "train.tsv").write_text("\n".join(rows[:301]) + "\n", encoding="utf-8")
+    (tmp_path / "train.tsv").write_text("\n".join(rows[:121]) + "\n", encoding="utf-8")
     (tmp_path / "dev.tsv").write_text("\n".join(rows[:1] + rows[301:401]) + "\n", encoding="utf-8")
-    env = {**os.environ, "PRESET": "tiny", "VOCAB": "2000", "SEQ": "64", "STEPS": "30", "BATCH": "16", "EPOCHS": "1",
+    env = {**os.environ, "PRESET": "tiny", "VOCAB": "2000", "SEQ": "64", "STEPS": "10", "BATCH": "16", "EPOCHS": "1",
            "BERTKIT": " ".join(BERTKIT_COMMAND)}  # fmt: skip
     command = ["bash", str(ROOT / "examples/pipeline.sh"), str(corpus), str(tmp_path / "train.tsv"),
                str(tmp_path / "dev.tsv"), str(tmp_path / "out")]  # fmt: skip
