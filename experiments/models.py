@@ -77,7 +77,9 @@ def train_word2vec(corpus: Sequence[Path], tokenizer: Tokenizer, skip_gram: bool
     belongs to a vocabulary entry."""
     from gensim.models import Word2Vec
 
-    sentences = [tokenizer.tokenize(line) for line in read_corpus_lines(corpus) if line.strip()]
+    lines = [line for line in read_corpus_lines(corpus) if line.strip()]
+    # The batch path (table lookup for CJK text; the same tokens as `tokenize`, tested) is several times faster.
+    sentences = [tokenizer.convert_ids_to_tokens(ids) for ids in tokenizer.ids_batch(lines)]
     model = Word2Vec(
         sentences, vector_size=dim, window=5, min_count=1, sg=int(skip_gram), epochs=epochs, seed=seed, workers=2
     )
