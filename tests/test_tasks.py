@@ -15,15 +15,15 @@ from bertkit.tasks.registry import TASKS, task_class, task_for_architecture
 
 
 def test_every_family_states_its_facts() -> None:
-    assert list(TASKS) == ["cls", "pair", "regression", "ner", "qa"]
+    assert list(TASKS) == ["cls", "pair", "regression", "multilabel", "ner", "qa"]
     for name, task in TASKS.items():
         assert task.name == name
         assert task.main_metric and task.head and task.input_schema.startswith("{")
         assert task.model_class.hf_architecture.startswith("BertFor")
         assert task.default_settings().max_seq_length == task.default_max_seq_length
     assert TASKS["qa"].default_max_seq_length == 384 and TASKS["cls"].default_max_seq_length == 128
-    assert TASKS["cls"].head == TASKS["pair"].head != TASKS["regression"].head
-    with pytest.raises(BertkitError, match="unknown task 'nli'; choose one of cls, pair, regression, ner, qa"):
+    assert TASKS["cls"].head == TASKS["pair"].head != TASKS["regression"].head != TASKS["multilabel"].head
+    with pytest.raises(BertkitError, match="unknown task 'nli'; choose one of cls, pair, regression, multilabel, ner"):
         task_class("nli")
 
 
@@ -34,6 +34,7 @@ def test_every_family_states_its_facts() -> None:
         ("BertForSequenceClassification", 3, None, "cls"),
         ("BertForSequenceClassification", 1, None, "regression"),  # one output is a regression, as in transformers
         ("BertForSequenceClassification", 2, "regression", "regression"),
+        ("BertForSequenceClassification", 5, "multi_label_classification", "multilabel"),
         ("BertForTokenClassification", 9, None, "ner"),
         ("BertForQuestionAnswering", None, None, "qa"),
         ("BertForPreTraining", None, None, None),

@@ -29,6 +29,7 @@ from bertkit.options import (
     add_options,
     from_args,
 )
+from bertkit.tasks.settings import TASK_NAMES
 
 Handler = Callable[[argparse.Namespace], None]
 
@@ -442,9 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a model on held-out data (one JSON object on the last line)")
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--data", required=True, metavar="FILE|DATA_DIR", help="task data file, or prepared DATA_DIR")
-    p.add_argument(
-        "--task", choices=["cls", "pair", "regression", "ner", "qa"], default=None, help="default: the model's"
-    )
+    p.add_argument("--task", choices=TASK_NAMES, default=None, help="default: the model's")
     p.add_argument(
         "--split", default="eval", choices=["eval", "train", "all"],
         help="pre-training data only: the held-out split (default), the training split, or both",

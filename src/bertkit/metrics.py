@@ -1,5 +1,5 @@
-"""Task metrics: accuracy / macro-F1, regression correlations and error, entity-level P/R/F1 (conlleval chunking,
-as seqeval), SQuAD and CMRC 2018.
+"""Task metrics: accuracy / macro-F1, multi-label F1s, regression correlations and error, entity-level P/R/F1
+(conlleval chunking, as seqeval), SQuAD and CMRC 2018.
 
 All scores are fractions in [0, 1].
 """
@@ -10,7 +10,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from bertkit.tokenizer import is_cjk
 
@@ -31,6 +31,42 @@ def macro_f1(pred: Sequence, gold: Sequence) -> float:
         fn = sum(p != c and g == c for p, g in zip(pred, gold, strict=True))
         scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return sum(scores) / max(len(scores), 1)
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    """F1 from counts; 0 when there is nothing to score (no gold and no predicted positives)."""
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def multilabel_scores(
+    pred: Sequence[Collection[str]], gold: Sequence[Collection[str]], labels: Sequence[str]
+) -> dict[str, float]:
+    """Scores of predicted label sets against gold label sets (one set per example, possibly empty).
+
+    - micro_f1: F1 of all (example, label) decisions pooled;
+    - macro_f1: the unweighted mean over `labels` of each label's F1 (0 for a label never gold nor predicted, as
+      scikit-learn's `zero_division=0`, so a rare label the model never predicts counts against it);
+    - accuracy: example-based accuracy, the mean over examples of |pred & gold| / |pred | gold| (Godbole and
+      Sarawagi), where an empty prediction for an example without labels counts 1;
+    - exact_match: the share of examples whose predicted set equals the gold set (subset accuracy)."""
+    counts = {label: [0, 0, 0] for label in labels}  # tp, fp, fn
+    jaccard, exact = 0.0, 0
+    for p, g in zip(pred, gold, strict=True):
+        p, g = set(p), set(g)
+        for label in p | g:
+            c = counts.setdefault(label, [0, 0, 0])
+            c[0 if label in p and label in g else 1 if label in p else 2] += 1
+        jaccard += len(p & g) / len(p | g) if p | g else 1.0
+        exact += p == g
+    tp, fp, fn = (sum(c[i] for c in counts.values()) for i in range(3))
+    n = max(len(gold), 1)
+    return {
+        "micro_f1": _f1(tp, fp, fn),
+        "macro_f1": sum(_f1(*counts[label]) for label in labels) / max(len(labels), 1),
+        "accuracy": jaccard / n,
+        "exact_match": exact / n,
+        "examples": len(gold),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- regression

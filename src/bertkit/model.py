@@ -501,7 +501,9 @@ def num_labels_of(config: BertConfig, num_labels: int | None) -> int:
 
 
 class BertForSequenceClassification(nn.Module, PreTrainedMixin):
-    """Pooled [CLS] -> dropout -> linear. Cross-entropy; MSE regression when there is one output."""
+    """Pooled [CLS] -> dropout -> linear. The loss follows config.json's `problem_type`, as in transformers:
+    cross-entropy (single-label), binary cross-entropy per label ("multi_label_classification") or MSE
+    ("regression", the default for one output)."""
 
     hf_architecture = "BertForSequenceClassification"
 
@@ -512,6 +514,7 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
         if self.num_labels == 1:
             # Said in config.json, so that transformers loads it as what it computes: MSE on one output.
             config.extra["problem_type"] = "regression"
+        self.problem_type = config.extra.get("problem_type") or "single_label_classification"
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
@@ -522,8 +525,10 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
         logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = None
         if labels is not None:
-            if self.num_labels == 1:
+            if self.problem_type == "regression":
                 loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            elif self.problem_type == "multi_label_classification":
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
             else:
                 loss = F.cross_entropy(logits.float(), labels)
         return TaskOutput(loss, logits)

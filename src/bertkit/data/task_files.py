@@ -65,10 +65,13 @@ TEXT_COLUMNS = ("text_a", "text", "sentence")  # the first column present holds 
 _DELIMITERS = {".csv": (",", "comma-separated"), ".tsv": ("\t", "tab-separated")}
 
 
-def read_classification(path: str | Path, require_label: bool = True) -> list[TextExample]:
+def read_classification(path: str | Path, require_label: bool = True, multilabel: bool = False) -> list[TextExample]:
     """Rows with `text` (or `text_a`, `text_b`) and `label`; the format follows the extension (.csv comma-separated,
     .jsonl JSON lines, anything else tab-separated). Labels are stripped of surrounding white space, so `1 ` from a
-    spreadsheet export is the label `1`."""
+    spreadsheet export is the label `1`.
+
+    `multilabel`: a label is a set of labels, written `a|b|c` (a JSON list in JSON lines), kept as `a|b|c`; an empty
+    label (or list) is the empty set, a valid training example."""
     path = Path(path)
     lines = numbered_lines(path)
     rows = (
@@ -81,17 +84,38 @@ def read_classification(path: str | Path, require_label: bool = True) -> list[Te
         text_a = next((row[k] for k in TEXT_COLUMNS if row.get(k) is not None), None)
         if text_a is None:
             raise BertkitError(f"{path}:{n}: no 'text' (or 'text_a') field; found {sorted(row)}")
-        label = row.get("label")
-        label = None if label is None else str(label).strip()
+        label = _label(row.get("label"), multilabel, f"{path}:{n}")
         if require_label and label is None:
             raise BertkitError(f"{path}:{n}: no 'label' field; found {sorted(row)}")
-        if require_label and not label:
+        if require_label and not label and not multilabel:
             raise BertkitError(f"{path}:{n}: the label is empty; give every training or evaluation row a label")
         text_b = row.get("text_b")
-        out.append(TextExample(str(text_a), None if text_b is None else str(text_b), label or None, n, str(path)))
+        kept = label if multilabel else label or None
+        out.append(TextExample(str(text_a), None if text_b is None else str(text_b), kept, n, str(path)))
     if not out:
         raise BertkitError(f"{path}: no examples")
     return out
+
+
+LABEL_SEPARATOR = "|"  # between the labels of one multi-label example: `sports|politics`
+
+
+def _label(value: object, multilabel: bool, where: str) -> str | None:
+    """A row's label as text (None when the row has none). A JSON list is a multi-label example's labels, joined
+    by LABEL_SEPARATOR; elsewhere a list is an error that names the multi-label task."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if not multilabel:
+            raise BertkitError(f"{where}: the label is a list ({_short(value)}): for multi-label data pass "
+                               "--task multilabel")  # fmt: skip
+        bad = next((v for v in value if not isinstance(v, str) or not v.strip() or LABEL_SEPARATOR in v), None)
+        if bad is not None or len(value) != len(set(value)):
+            why = f"{_short(bad)} is not a non-empty string without {LABEL_SEPARATOR!r}" if bad is not None else (
+                "a label is listed twice")  # fmt: skip
+            raise BertkitError(f"{where}: labels must be a list of distinct names: {why}")
+        return LABEL_SEPARATOR.join(v.strip() for v in value)
+    return str(value).strip()
 
 
 def json_object_lines(path: Path, lines: list[tuple[int, str]], expected: str) -> list[tuple[int, dict]]:

@@ -115,8 +115,9 @@ class FinetuneConfig:
 
     task: str = option(
         choices=TASK_NAMES,
-        help="cls: text -> label; pair: two texts -> label; regression: text (or two) -> a number; ner: a label "
-        "per token (CoNLL); qa: answer span (SQuAD)",
+        help="cls: text -> label; pair: two texts -> label; regression: text (or two) -> a number; multilabel: "
+        "text (or two) -> any number of labels (a|b|c, thresholds chosen on --dev); ner: a label per token (CoNLL); "
+        "qa: answer span (SQuAD)",
     )
     model: str = option(metavar="DIR", help="a bertkit or Hugging Face BERT model directory")
     train_file: str = option(

@@ -156,6 +156,8 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     if labels:
         config.extra["id2label"] = {str(i): label for i, label in id2label.items()}
         config.extra["label2id"] = label2id
+    if task.problem_type:
+        config.extra["problem_type"] = task.problem_type
     if cfg.dropout is not None:
         config = replace(config, hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
     elif config.hidden_dropout_prob == 0.0 or config.attention_probs_dropout_prob == 0.0:
@@ -218,20 +220,22 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         if score > best.get("score", -math.inf):
             epoch = min(trainer.state.epoch + 1, trainer.epochs_total)
             best.update(score=score, metrics=trainer.state.last_eval, evals_since=0, step=trainer.state.step,
-                        epoch=epoch)  # fmt: skip
+                        epoch=epoch, settings=asdict(task.settings))  # fmt: skip
             save_best()  # the output directory always holds the best model so far
         else:
             best["evals_since"] = best.get("evals_since", 0) + 1
         return cfg.patience is not None and best["evals_since"] >= cfg.patience
 
-    eval_fn = None
-    if dev_ex is not None:
-        eval_fn = lambda m: task.evaluate(m, tok, dev_ex, dev_features, id2label)  # noqa: E731
+    def eval_fn(m) -> dict:
+        task.calibrate(m, tok, dev_ex, dev_features, id2label)  # e.g. multi-label thresholds, saved with the model
+        return task.evaluate(m, tok, dev_ex, dev_features, id2label)
+
     out_existed = out.exists()
     resuming = _claim_output(cfg, out)
     trainer = Trainer.from_dataset(
-        model, train_cfg, dataset, lambda fs: pad_batch(fs, tok.pad_id, scalar_keys), loss_fn, eval_fn=eval_fn,
-        save_extra=save_extra if cfg.save_model else None, on_eval=on_eval, shard_units=encoder_layers,
+        model, train_cfg, dataset, lambda fs: pad_batch(fs, tok.pad_id, scalar_keys), loss_fn,
+        eval_fn=eval_fn if dev_ex is not None else None, save_extra=save_extra if cfg.save_model else None,
+        on_eval=on_eval, shard_units=encoder_layers,
         bar_metric=(f"dev {task.main_metric}", task.main_metric), identity=_identity(cfg, settings, labels),
     )  # fmt: skip
     if resuming:
@@ -259,7 +263,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         "steps": trainer.state.step,
         "labels": labels,
         "args": _run_record(cfg),
-        "settings": asdict(settings),
+        "settings": best.get("settings", asdict(settings)),  # as the saved model has them (dev thresholds)
     }
     if trainer.is_main:
         text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"

@@ -90,6 +90,7 @@ class Service:
             "model": str(self.path),
             "task": self.task_name,
             "input": self.task_model.task.input_schema if self.task_model else None,
+            "pairs": bool(getattr(self.task_model.task, "pair", False)) if self.task_model else None,
             "labels": [tm.id2label[i] for i in sorted(tm.id2label)] if (tm := self.task_model) else None,
             "endpoints": endpoints,
             "config": {

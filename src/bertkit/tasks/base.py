@@ -27,6 +27,8 @@ class Task:
     # What the head's outputs mean ("classes", "value", "tags", "span"): a model fine-tuned for one task serves
     # another task only with the same head (a pair classifier evaluates single sentences, never a tagger's data).
     head: str = ""
+    # config.json's problem_type for a model of this task (transformers reads it to choose the loss); None: none.
+    problem_type: str | None = None
     input_schema: str = ""  # one input as a JSON object: what `predict` (JSON lines) and the HTTP API take
     default_max_seq_length: int = TaskSettings.max_seq_length
     export_kind: str = "classifier"  # what `bertkit export` calls the graph of such a model
@@ -66,6 +68,10 @@ class Task:
     def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The subset of a batch that the model's forward takes (labels included when present)."""
         raise NotImplementedError
+
+    def calibrate(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> None:
+        """Choose, on labelled dev `examples`, the settings that decoding reads (a multi-label model's thresholds);
+        fine-tuning calls it before each dev evaluation. Most tasks have nothing to choose."""
 
     def evaluate(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> dict:
         """Metrics of the model on labelled `examples`, from their `features` (built with train=False)."""
@@ -114,7 +120,8 @@ def pad_batch(features: Sequence[Feature], pad_id: int, keys: Sequence[str] = ()
         out["labels"] = pad_rows([f["token_labels"] for f in features], IGNORE_INDEX, out["input_ids"].shape[1])
     for k in keys:
         if k in features[0]:
-            dtype = torch.float if isinstance(features[0][k], float) else torch.long
+            first = features[0][k]  # a class id, a number (regression) or a 0/1 vector (multi-label)
+            dtype = torch.float if isinstance(first[0] if isinstance(first, list) else first, float) else torch.long
             out[k] = torch.tensor([f[k] for f in features], dtype=dtype)
     return out
 

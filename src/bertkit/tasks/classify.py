@@ -156,36 +156,16 @@ class PairClassificationTask(ClassificationTask):
     pair = True
 
 
-class RegressionTask(ClassificationTask):
-    """Regression (`regression`): a text, or a text pair (`text_a`, `text_b`), -> one number, trained with MSE.
+class PairsFromData(ClassificationTask):
+    """A family whose inputs are single texts or text pairs as its training data has them: that is learnt by
+    `labels` and kept in the settings (`text_pair`), so a model trained on pairs asks for pairs when it predicts; a
+    model from elsewhere (None) reads a pair wherever an input has text_b."""
 
-    Whether inputs are pairs is learnt from the training data and kept in the settings (`text_pair`), so a model
-    trained on pairs asks for pairs when it predicts."""
-
-    name = "regression"
-    # Pearson's r picks the best dev model: STS-B's convention (GLUE reports Pearson, then Spearman, for it; the
-    # BERT paper's table gives Spearman). Both are in the metrics, with the MSE; a lower MSE is not the aim alone,
-    # since predicting every target's mean scores well on MSE while ranking nothing.
-    main_metric = "pearson"
-    head = "value"
     input_schema = '{"text": "..."}, or {"text_a": "...", "text_b": "..."} for a model trained on pairs'
 
     @property
     def pair(self) -> bool | None:  # type: ignore[override]
         return self.settings.text_pair
-
-    def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
-        """Rows read by `read_classification`; labels must be finite numbers; a pair model needs `text_b`."""
-        examples = read_classification(path, require_label=labelled)
-        for ex in examples:
-            if labelled and as_number(ex.label) is None:  # type: ignore[arg-type]
-                kind = "a finite number" if _is_float(ex.label) else "a number"  # type: ignore[arg-type]
-                raise BertkitError(
-                    f"{path}:{ex.line}: label {ex.label!r} is not {kind}; a regression needs a number in every row"
-                )
-            if self.pair and ex.text_b is None:
-                raise BertkitError(f"{path}:{ex.line}: this regression model reads text pairs: give text_a and text_b")
-        return examples
 
     def from_json(self, row: dict, n: int = 0) -> TextExample:
         """{"text"} (or {"text_a"}), and {"text_b"} for a model trained on pairs."""
@@ -193,20 +173,22 @@ class RegressionTask(ClassificationTask):
         pair = self.pair if self.pair is not None else "text_b" in row
         return TextExample(text_a, text_field(row, "text_b") if pair else None, None, n)
 
-    def labels(self, examples: Sequence[TextExample]) -> list[str]:
-        """[SCORE]: one output. Also settles, from these training examples, whether inputs are pairs."""
+    def check_pairs(self, examples: Sequence[TextExample], path: str | Path) -> None:
+        """A BertkitError for an example without text_b when the model reads pairs."""
+        for ex in examples:
+            if self.pair and ex.text_b is None:
+                raise BertkitError(f"{path}:{ex.line}: this model reads text pairs: give text_a and text_b")
+
+    def settle_pairs(self, examples: Sequence[TextExample]) -> None:
+        """Learn from training examples whether inputs are pairs: all with text_b, or none."""
         with_b = [ex.text_b is not None for ex in examples]
         if any(with_b) and not all(with_b):
             ex = examples[with_b.index(False)]
             raise BertkitError(f"{ex.source}:{ex.line}: no text_b, while other rows have one; give all or none")
         self.settings.text_pair = bool(examples) and all(with_b)
-        return [SCORE]
-
-    def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path) -> None:
-        """Nothing to check: `read` has checked that every label is a number."""
 
     def encodings(self, examples: Sequence[TextExample], tok: Tokenizer) -> list:
-        """Pairs when the model reads pairs; a model that does not know (None) pairs the examples that have text_b."""
+        """Pairs when the model reads pairs; a model that does not know pairs the examples that have text_b."""
         if self.pair is not None:
             return self._encode(examples, tok, self.pair)
         out: list = [None] * len(examples)
@@ -217,6 +199,37 @@ class RegressionTask(ClassificationTask):
             for i, enc in zip(idx, self._encode([examples[i] for i in idx], tok, pair), strict=True):
                 out[i] = enc
         return out
+
+
+class RegressionTask(PairsFromData):
+    """Regression (`regression`): a text, or a text pair (`text_a`, `text_b`), -> one number, trained with MSE."""
+
+    name = "regression"
+    # Pearson's r picks the best dev model: STS-B's convention (GLUE reports Pearson, then Spearman, for it; the
+    # BERT paper's table gives Spearman). Both are in the metrics, with the MSE; a lower MSE is not the aim alone,
+    # since predicting every target's mean scores well on MSE while ranking nothing.
+    main_metric = "pearson"
+    head = "value"
+
+    def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
+        """Rows read by `read_classification`; labels must be finite numbers; a pair model needs `text_b`."""
+        examples = read_classification(path, require_label=labelled)
+        for ex in examples:
+            if labelled and as_number(ex.label) is None:  # type: ignore[arg-type]
+                kind = "a finite number" if _is_float(ex.label) else "a number"  # type: ignore[arg-type]
+                raise BertkitError(
+                    f"{path}:{ex.line}: label {ex.label!r} is not {kind}; a regression needs a number in every row"
+                )
+        self.check_pairs(examples, path)
+        return examples
+
+    def labels(self, examples: Sequence[TextExample]) -> list[str]:
+        """[SCORE]: one output. Also settles, from these training examples, whether inputs are pairs."""
+        self.settle_pairs(examples)
+        return [SCORE]
+
+    def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path) -> None:
+        """Nothing to check: `read` has checked that every label is a number."""
 
     def target(self, label: str, label2id: dict[str, int]) -> float:
         """The label's number."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from bertkit.options import POSITIVE, SEQ_LENGTH, option
 
 # The families of bertkit.tasks.registry, in its order (it checks that they agree).
-TASK_NAMES = ("cls", "pair", "regression", "ner", "qa")
+TASK_NAMES = ("cls", "pair", "regression", "multilabel", "ner", "qa")
 # QA's default length, the original's SQuAD setting: room for a passage window beside the question (the other
 # tasks default to TaskSettings.max_seq_length).
 QA_MAX_SEQ_LENGTH = 384
@@ -16,7 +16,7 @@ QA_MAX_SEQ_LENGTH = 384
 @dataclass
 class TaskSettings:
     """Task settings kept with the model: max sequence length; QA windows, query/answer lengths, n-best; whether a
-    regression reads text pairs."""
+    regression reads text pairs; a multi-label model's decision thresholds."""
 
     max_seq_length: int = option(
         128, type=SEQ_LENGTH, help="tokens per example, longer ones truncated (qa: with --doc-stride windows)"
@@ -34,3 +34,7 @@ class TaskSettings:
     # Regression: True/False once its training data has shown whether inputs are pairs; None (a model from
     # elsewhere) reads a pair wherever the input has text_b.
     text_pair: bool | None = None
+    # Multi-label: the probability above which a label is predicted, per label, and one for all labels; chosen on
+    # the dev set by fine-tuning (each maximises that label's F1, or the micro-F1 for the global one). None: 0.5.
+    thresholds: dict[str, float] | None = None
+    threshold: float | None = None
