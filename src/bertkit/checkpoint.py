@@ -42,7 +42,7 @@ _LAYER_RENAMES = [
 _QKV = re.compile(r"^(.*)layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 _TIED = re.compile(r"(^|\.)mlm\.word_embeddings\.weight$")  # the decoder shares the word embeddings
 # Parameters a checkpoint may lack and that we then initialise fresh (task or pre-training heads, pooler).
-_HEADS = re.compile(r"^(mlm\.|nsp\.|classifier\.|qa_outputs\.|(bert\.)?pooler\.)")
+_HEADS = re.compile(r"^(mlm\.|nsp\.|classifier\.|qa_outputs\.|crf\.|(bert\.)?pooler\.)")
 
 M = TypeVar("M", bound=nn.Module)
 

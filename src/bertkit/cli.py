@@ -158,11 +158,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         if Path(args.data).is_dir():
             raise BertkitError(f"{args.data} is a directory without manifest.json: give a task data file or DATA_DIR")
         task_model = _onnx_task_model(args) if args.onnx else open_task_model(args.model, args.task, device)
-        metrics = task_model.evaluate(task_model.task.read(args.data), args.data)
+        examples = task_model.task.read(args.data)
+        metrics = task_model.evaluate(examples, args.data)
+        _note_long_inputs(task_model.task, len(examples), args.data)
     line = _json(metrics, "a metric")
     if args.out:
         Path(args.out).write_text(line + "\n", encoding="utf-8")
     print(line)
+
+
+def _note_long_inputs(task, total: int, source: str) -> None:
+    """On standard error: how many inputs were longer than the model's max_seq_length, and what became of them."""
+    note = task.long_inputs_note(total, source)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _onnx_task_model(args: argparse.Namespace):
@@ -264,6 +273,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         if args.input == "-":
             Path(path).unlink(missing_ok=True)
     rows = task_model.predict(examples)
+    _note_long_inputs(task, len(examples), args.input)
     lines = "".join(
         _json({**task.echo(example), **row}, f"{args.model}'s prediction for {task.where(example, path)}") + "\n"
         for example, row in zip(examples, rows, strict=True)

@@ -22,7 +22,8 @@ PRESETS: dict[str, tuple[int, int, int]] = {
 }
 
 # Hugging Face keys that we carry through unchanged but do not use.
-_HF_PASSTHROUGH = ("architectures", "id2label", "label2id", "problem_type", "finetuning_task")
+# "crf": bertkit's own key, true for a token classifier with a CRF over its logits (transformers keeps it unused).
+_HF_PASSTHROUGH = ("architectures", "id2label", "label2id", "problem_type", "finetuning_task", "crf")
 
 # Fields that must be positive whole numbers (sizes and counts).
 _POSITIVE_INTS = (

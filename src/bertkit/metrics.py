@@ -160,6 +160,20 @@ def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     return spans
 
 
+def span_tags(spans: Sequence[tuple[str, int, int]], length: int, bioes: bool = False) -> list[str]:
+    """The tag sequence of `length` tags that marks exactly the (type, first, last) `spans`, in BIO (or BIOES): the
+    inverse of `entity_spans`, and always a valid sequence."""
+    tags = ["O"] * length
+    for kind, a, b in spans:
+        if bioes and a == b:
+            tags[a] = f"S-{kind}"
+            continue
+        tags[a] = f"B-{kind}"
+        for i in range(a + 1, b + 1):
+            tags[i] = f"E-{kind}" if bioes and i == b else f"I-{kind}"
+    return tags
+
+
 def entity_prf(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> dict[str, float]:
     """Micro-averaged entity precision, recall and F1 over sentences (exact type and span match)."""
     p_set = {(s, *e) for s, tags in enumerate(pred) for e in entity_spans(tags)}

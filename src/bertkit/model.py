@@ -25,6 +25,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.constants import IGNORE_INDEX
+from bertkit.crf import CRF, allowed_transitions
 from bertkit.errors import BertkitError
 
 
@@ -535,7 +536,12 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
 
 
 class BertForTokenClassification(nn.Module, PreTrainedMixin):
-    """A label per token: hidden state -> dropout -> linear; positions labelled IGNORE_INDEX carry no loss."""
+    """A label per token: hidden state -> dropout -> linear; positions labelled IGNORE_INDEX carry no loss.
+
+    With `"crf": true` in config.json the logits are a CRF's emission scores: the loss is the CRF's negative
+    log-likelihood of the labelled positions' tag sequence, and `crf.decode` reads the best valid sequence. The
+    CRF's parameters are saved as crf.* beside the encoder, so transformers' token classifier still loads the
+    directory (it reports crf.* as unused) and computes the same logits."""
 
     hf_architecture = "BertForTokenClassification"
 
@@ -547,12 +553,21 @@ class BertForTokenClassification(nn.Module, PreTrainedMixin):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         init_weights(self.classifier, config.initializer_range)
+        self.crf = None
+        if config.extra.get("crf"):
+            id2label = config.extra.get("id2label") or {}
+            labels = [id2label.get(str(i)) for i in range(self.num_labels)]
+            if None in labels:
+                raise BertkitError("a CRF needs the tag names (config.json's id2label) for its valid transitions")
+            self.crf = CRF(self.num_labels, allowed_transitions(labels))
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
         h = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, H)
         logits = self.classifier(self.dropout(h))  # (B, T, C)
         loss = None
-        if labels is not None:
+        if labels is not None and self.crf is not None:
+            loss = self.crf(logits, labels, labels != IGNORE_INDEX)  # the chain: the labelled positions, in order
+        elif labels is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         return TaskOutput(loss, logits)
 

@@ -94,6 +94,9 @@ class OnnxModel:
     holding only `hidden_size` is made from the graph's output shape when the graph says it."""
 
     training = False  # inference only: train(True) is refused
+    # A NER model's CRF (PyTorch, on the CPU) when the directory has one: the graph gives the emission scores, and
+    # the task decodes them with the CRF as it does the PyTorch model's.
+    crf: torch.nn.Module | None = None
 
     def __init__(self, path: str | Path, threads: int | None = None, config: BertConfig | None = None):
         self.path = Path(path)
@@ -208,6 +211,7 @@ def open_onnx_model_dir(model_dir: str | Path, onnx_file: str | Path, threads: i
                 f"{onnx.path}: its labels {onnx.id2label} differ from {model_dir}'s {opened.task_model.id2label}: "
                 f"it was exported from another model; export {model_dir} again"
             )
+        onnx.crf = getattr(opened.task_model.model, "crf", None)
         return dataclasses.replace(opened, task_model=dataclasses.replace(opened.task_model, model=onnx))
     if opened.mlm is not None:
         return dataclasses.replace(opened, mlm=onnx)

@@ -30,7 +30,7 @@ from bertkit.model import encoder_layers
 from bertkit.options import by_flag
 from bertkit.recipes.config import FinetuneConfig, finetune_learning_rate
 from bertkit.tasks.base import pad_batch
-from bertkit.tasks.model_dir import TASK_FILE, write_task_record
+from bertkit.tasks.model_dir import TASK_FILE, TASK_HEADS, write_task_record
 from bertkit.tasks.registry import task_class
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
@@ -111,7 +111,7 @@ def _note_fresh_parameters(model: torch.nn.Module, num_labels: int | None) -> No
     """Name what the model directory did not hold, in one plain line each: a new task head is what fine-tuning
     expects (not a warning); anything else initialised at random is worth a note."""
     fresh = getattr(model, "fresh_parameters", [])
-    task_head = sorted({n.split(".")[0] for n in fresh if n.startswith(("classifier.", "qa_outputs."))})
+    task_head = sorted({n.split(".")[0] for n in fresh if n.startswith(TASK_HEADS)})
     others = [n for n in fresh if n.split(".")[0] not in task_head]
     if task_head:
         size = f" for {num_labels} label{'s' if num_labels != 1 else ''}" if num_labels else ""
@@ -156,8 +156,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     if labels:
         config.extra["id2label"] = {str(i): label for i, label in id2label.items()}
         config.extra["label2id"] = label2id
-    if task.problem_type:
-        config.extra["problem_type"] = task.problem_type
+    config.extra.update(task.model_config())
     if cfg.dropout is not None:
         config = replace(config, hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
     elif config.hidden_dropout_prob == 0.0 or config.attention_probs_dropout_prob == 0.0:
@@ -173,7 +172,12 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     model.train()
 
     train_features = task.features(train_ex, tok, label2id, train=True)
+    notes = [task.long_inputs_note(len(train_ex), cfg.train_file)]
     dev_features = task.features(dev_ex, tok, label2id, train=False) if dev_ex is not None else None
+    if dev_ex is not None:
+        notes.append(task.long_inputs_note(len(dev_ex), cfg.dev_file))
+    for note in filter(None, notes):
+        print(note)
     steps_per_epoch = math.ceil(len(train_features) / cfg.train.batch_size)
     max_steps = cfg.train.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     eval_every = cfg.train.eval_every or steps_per_epoch

@@ -38,11 +38,33 @@ class Task:
 
     def __init__(self, settings: TaskSettings | None = None):
         self.settings = settings or self.default_settings()
+        self.cut_inputs = 0  # how many inputs the last `features` call found longer than max_seq_length
 
     @classmethod
     def default_settings(cls) -> TaskSettings:
         """The settings a run starts from when it is given none."""
         return TaskSettings(max_seq_length=cls.default_max_seq_length)
+
+    def long_inputs_note(self, total: int, source: str | Path | None) -> str | None:
+        """A note on the inputs the last `features` call found longer than max_seq_length (None when there were
+        none): how many of `total` in `source`, and what became of them."""
+        if not self.cut_inputs:
+            return None
+        return (f"note: {self.cut_inputs:,} of {total:,} inputs in {source} are longer than max_seq_length "
+                f"{self.settings.max_seq_length} tokens: {self.long_inputs_fate()}")  # fmt: skip
+
+    def long_inputs_fate(self) -> str:
+        """What `features` does with an input longer than max_seq_length, in a few words for a note."""
+        if self.settings.long_inputs == "window":
+            return "read in overlapping windows"
+        return "truncated (--long-inputs window reads all of each)"
+
+    def model_config(self) -> dict[str, Any]:
+        """What config.json says about this task's model beyond its labels (a model reads it when it is built):
+        transformers' problem_type, and a NER model's CRF."""
+        if self.settings.crf:
+            raise BertkitError(f"--crf is for --task ner (a CRF reads a sequence of tags), not {self.name}")
+        return {"problem_type": self.problem_type} if self.problem_type else {}
 
     def read(self, path: str | Path, labelled: bool = True) -> list:
         """Read a data file into examples; `labelled=False` accepts input without labels (for prediction)."""
@@ -93,6 +115,14 @@ class Task:
         """Where an input came from, for an error message."""
         line = getattr(example, "line", None)
         return f"line {line} of {path}" if line else f"an input of {path}"
+
+
+def window_starts(n: int, size: int, stride: int) -> list[int]:
+    """Where windows of `size` positions start over `n` positions, `stride` apart, the last one ending at `n`: one
+    window (at 0) when everything fits."""
+    if n <= size:
+        return [0]
+    return [*range(0, n - size, stride), n - size]
 
 
 def text_field(row: dict, key: str, alternative: str | None = None) -> str:

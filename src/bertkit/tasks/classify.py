@@ -14,7 +14,7 @@ from bertkit.errors import BertkitError
 from bertkit.files import read_lines
 from bertkit.metrics import accuracy, macro_f1, regression_scores
 from bertkit.model import BertForSequenceClassification
-from bertkit.tasks.base import Feature, Task, run_model, text_field
+from bertkit.tasks.base import Feature, Task, run_model, text_field, window_starts
 from bertkit.tokenizer import Tokenizer
 
 SCORE = "score"  # a regression's one output: its label name in config.json's id2label and its key in predictions
@@ -97,25 +97,68 @@ class ClassificationTask(Task):
                 known = list(label2id)
                 raise BertkitError(f"{path}:{ex.line}: label {ex.label!r} was not in the training data {known}")
 
-    def _encode(self, examples: Sequence[TextExample], tok: Tokenizer, pair: bool):
+    def _encode(self, examples: Sequence[TextExample], tok: Tokenizer, pair: bool, truncation: bool = True):
         return tok.encode_batch(
             [ex.text_a for ex in examples],
             [ex.text_b or "" for ex in examples] if pair else None,
             max_length=self.settings.max_seq_length,
+            truncation=truncation,
         )
 
-    def encodings(self, examples: Sequence[TextExample], tok: Tokenizer) -> list:
+    def encodings(self, examples: Sequence[TextExample], tok: Tokenizer, truncation: bool = True) -> list:
         """One encoding per example: segment B is `text_b` for a pair task."""
-        return self._encode(examples, tok, self.pair)
+        return self._encode(examples, tok, self.pair, truncation)
 
     def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
+        """One feature per example; an example longer than `max_seq_length` is truncated (the tokenizer's rule for
+        pairs: the longer text loses tokens first), or read in windows (`long_inputs="window"`), one feature each.
+        `cut_inputs` says afterwards how many examples were longer."""
+        full = self.encodings(examples, tok, truncation=False)
+        long = [i for i, enc in enumerate(full) if len(enc) > self.settings.max_seq_length]
+        self.cut_inputs = len(long)
+        windows: dict[int, list[tuple[list[int], list[int]]]] = {}
+        if long and self.settings.long_inputs == "window":
+            windows = {i: self._windows(full[i], tok) for i in long}
+        elif long:
+            for i, enc in zip(long, self.encodings([examples[i] for i in long], tok), strict=True):
+                full[i] = enc
         out = []
-        for ex, enc in zip(examples, self.encodings(examples, tok), strict=True):
-            f: Feature = {"input_ids": enc.input_ids, "token_type_ids": enc.token_type_ids}
-            if ex.label is not None and label2id is not None:
-                f["label"] = self.target(ex.label, label2id)
-            out.append(f)
+        for i, (ex, enc) in enumerate(zip(examples, full, strict=True)):
+            for ids, types in windows.get(i) or [(enc.input_ids, enc.token_type_ids)]:
+                f: Feature = {"input_ids": ids, "token_type_ids": types, "example": i}
+                if ex.label is not None and label2id is not None:
+                    f["label"] = self.target(ex.label, label2id)  # every window of a training example is one
+                out.append(f)
         return out
+
+    def _windows(self, enc, tok: Tokenizer) -> list[tuple[list[int], list[int]]]:
+        """(input_ids, token_type_ids) of the windows over one encoding longer than `max_seq_length`. A single
+        text is read in windows; of a pair, the shorter text stays whole (up to half the room) beside windows over
+        the longer one, each in its own segment as before."""
+        ids, n_a = enc.input_ids, enc.token_type_ids.count(0) - 2
+        a, b = ids[1 : 1 + n_a], (ids[2 + n_a : -1] if len(ids) > n_a + 2 else None)
+        limit, cls, sep = self.settings.max_seq_length, tok.cls_id, tok.sep_id
+        if b is None:
+            size = limit - 2
+            return [
+                ([cls, *part, sep], [0] * (len(part) + 2))
+                for part in (a[s : s + size] for s in window_starts(len(a), size, self._stride(size)))
+            ]
+        room = limit - 3
+        keep_a = len(a) <= len(b)
+        fixed, slid = (a, b) if keep_a else (b, a)
+        fixed = fixed[: room // 2]
+        size = room - len(fixed)
+        out = []
+        for s in window_starts(len(slid), size, self._stride(size)):
+            seg_a, seg_b = (fixed, slid[s : s + size]) if keep_a else (slid[s : s + size], fixed)
+            out.append(([cls, *seg_a, sep, *seg_b, sep], [0] * (len(seg_a) + 2) + [1] * (len(seg_b) + 1)))
+        return out
+
+    def _stride(self, size: int) -> int:
+        """Tokens between window starts: `window_stride` (at most a window, so that no token is skipped), by
+        default half a window."""
+        return min(self.settings.window_stride or max(1, size // 2), size)
 
     def target(self, label: str, label2id: dict[str, int]) -> int | float:
         """The training target of a label: its class id."""
@@ -129,7 +172,14 @@ class ClassificationTask(Task):
         return out
 
     def _scores(self, model, tok, features):
-        return torch.stack(run_model(model, self, features, tok.pad_id))  # (N, C)
+        """(N, C) logits per example: the mean over its windows (an example that fits has one, its own logits)."""
+        logits = run_model(model, self, features, tok.pad_id)
+        if not logits:
+            return torch.zeros(0, 0)
+        examples = torch.tensor([f["example"] for f in features])
+        n = int(examples.max()) + 1
+        total = torch.zeros(n, logits[0].shape[-1]).index_add_(0, examples, torch.stack(logits).float())
+        return total / torch.bincount(examples, minlength=n)[:, None]
 
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
         """Accuracy, macro-F1 and the example count."""
@@ -187,16 +237,16 @@ class PairsFromData(ClassificationTask):
             raise BertkitError(f"{ex.source}:{ex.line}: no text_b, while other rows have one; give all or none")
         self.settings.text_pair = bool(examples) and all(with_b)
 
-    def encodings(self, examples: Sequence[TextExample], tok: Tokenizer) -> list:
+    def encodings(self, examples: Sequence[TextExample], tok: Tokenizer, truncation: bool = True) -> list:
         """Pairs when the model reads pairs; a model that does not know pairs the examples that have text_b."""
         if self.pair is not None:
-            return self._encode(examples, tok, self.pair)
+            return self._encode(examples, tok, self.pair, truncation)
         out: list = [None] * len(examples)
         for pair in (False, True):
             idx = [i for i, ex in enumerate(examples) if (ex.text_b is not None) == pair]
             if not idx:
                 continue
-            for i, enc in zip(idx, self._encode([examples[i] for i in idx], tok, pair), strict=True):
+            for i, enc in zip(idx, self._encode([examples[i] for i in idx], tok, pair, truncation), strict=True):
                 out[i] = enc
         return out
 

@@ -27,6 +27,7 @@ from bertkit.tokenizer import Tokenizer
 # Written beside a fine-tuned model's weights: {"task": name, "settings": TaskSettings as a dict}. A Hugging Face
 # task model has none; its task is read from its architecture (`task_for_architecture`).
 TASK_FILE = "bertkit_task.json"
+TASK_HEADS = ("classifier.", "qa_outputs.", "crf.")  # parameters a fine-tuned model must hold: trained from scratch
 
 
 def write_task_record(directory: str | Path, task: Task) -> None:
@@ -105,7 +106,7 @@ def open_task_model(
     config = BertConfig.load(path)
     id2label = {int(k): v for k, v in (config.extra.get("id2label") or {}).items()}
     model = task_obj.model_class.from_pretrained(path, num_labels=len(id2label) or None)
-    heads = [n for n in getattr(model, "fresh_parameters", []) if n.startswith(("classifier.", "qa_outputs."))]
+    heads = [n for n in getattr(model, "fresh_parameters", []) if n.startswith(TASK_HEADS)]
     if heads:  # a task model without its trained head would answer at random, with exit 0
         raise BertkitError(
             f"{path}: the weights hold no trained task head ({heads[0]} is missing or of another shape): it is "

@@ -12,7 +12,7 @@ import torch
 from bertkit.constants import IGNORE_INDEX
 from bertkit.data.task_files import TaggedSentence, numbered_lines, read_conll
 from bertkit.errors import BertkitError
-from bertkit.metrics import entity_prf, entity_spans
+from bertkit.metrics import entity_prf, entity_spans, span_tags
 from bertkit.model import BertForTokenClassification
 from bertkit.tasks.base import Feature, Task, run_model, text_field
 from bertkit.tokenizer import Tokenizer, contains_cjk
@@ -46,6 +46,16 @@ class NerTask(Task):
     export_kind = "tagger"
     per_token = True
 
+    def long_inputs_fate(self) -> str:
+        """Cut into chunks, or read in overlapping windows."""
+        if self.settings.long_inputs == "window":
+            return "read in overlapping windows"
+        return "cut into consecutive chunks (--long-inputs window overlaps them)"
+
+    def model_config(self) -> dict:
+        """{"crf": true} for a model with a CRF (`--crf`)."""
+        return {"crf": True} if self.settings.crf else {}
+
     def read(self, path: str | Path, labelled: bool = True) -> list[TaggedSentence]:
         """CoNLL when labelled; else text lines split by `words_of`, character spans kept for `predict`."""
         if labelled:
@@ -76,32 +86,48 @@ class NerTask(Task):
                     raise BertkitError(f"{path}:{ex.line + k}: label {t!r} was not in the training data")
 
     def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
-        """Chunks of whole words up to `max_seq_length`; a word's label sits on its first sub-token only."""
+        """Chunks of whole words up to `max_seq_length`; a word's label sits on its first sub-token only.
+
+        A sentence longer than that is cut into consecutive chunks, or (`long_inputs="window"`) read in overlapping
+        windows `window_stride` tokens apart, each word then tagged from the window where it has the most context
+        (`context`: the tokens beside it on its shorter side). `cut_inputs` says afterwards how many were longer."""
         budget = self.settings.max_seq_length - 2
+        overlap = self.settings.long_inputs == "window"
+        stride = min(self.settings.window_stride or max(1, budget // 2), budget)
         pieces_per_sentence = tok.encode_words([ex.tokens for ex in examples])  # grouped per word: never split one
+        bioes = bool(label2id) and any(t[:2] in ("E-", "S-") for t in label2id)
+        self.cut_inputs = 0
         out: list[Feature] = []
         for s, (ex, per_word) in enumerate(zip(examples, pieces_per_sentence, strict=True)):
+            self.cut_inputs += sum(len(p[:budget]) for p in per_word) > budget
             start = 0
             while start < len(per_word):
-                ids, labels, first_pos, words = [tok.cls_id], [IGNORE_INDEX], [], []
+                ids, first_pos, words = [tok.cls_id], [], []
                 w = start
                 while w < len(per_word) and (len(ids) - 1 + len(per_word[w]) <= budget or w == start):
                     pieces = per_word[w][:budget]
                     if pieces:
                         first_pos.append(len(ids))
                         words.append(w)
-                        tag = ex.tags[w] if ex.tags is not None else None
-                        labels += [label2id[tag] if (tag is not None and label2id) else IGNORE_INDEX]
-                        labels += [IGNORE_INDEX] * (len(pieces) - 1)
                         ids += pieces
                     w += 1
                 ids.append(tok.sep_id)
-                labels.append(IGNORE_INDEX)
                 f: Feature = {"input_ids": ids, "token_type_ids": [0] * len(ids), "sentence": s}
-                f.update(word_index=words, first_pos=first_pos)
+                f.update(
+                    word_index=words, first_pos=first_pos, context=[min(p - 1, len(ids) - 2 - p) for p in first_pos]
+                )
                 if ex.tags is not None and label2id:
+                    tags = [ex.tags[i] for i in words]
+                    if self.settings.crf:  # the chain of this chunk must be a valid sequence (see `_chain_tags`)
+                        tags = _chain_tags(tags, bioes, label2id, ex)
+                    labels = [IGNORE_INDEX] * len(ids)
+                    for p, tag in zip(first_pos, tags, strict=True):
+                        labels[p] = label2id[tag]
                     f["token_labels"] = labels
                 out.append(f)
+                if overlap and w < len(per_word):  # the next window starts `stride` tokens on, at a word's start
+                    ahead = [v for v, p in zip(words, first_pos, strict=True) if p - first_pos[0] >= stride]
+                    w = ahead[0] if ahead and ahead[0] > start else w
                 start = w
         return out
 
@@ -110,16 +136,20 @@ class NerTask(Task):
         return {k: batch[k] for k in keys if k in batch}
 
     def _tags(self, model, tok, examples, features, id2label) -> tuple[list[list[str]], list[list[float]]]:
-        """Each word's tag (the best at its first sub-token) and that tag's probability."""
+        """Each word's tag and that tag's probability: the best tag at the word's first sub-token; with a CRF, the
+        best valid sequence (Viterbi) and each tag's marginal probability under the CRF."""
         logits = run_model(model, self, features, tok.pad_id)
+        crf = getattr(model, "crf", None)
         tags = [["O"] * len(ex.tokens) for ex in examples]  # words with no sub-token stay O
         probs = [[1.0] * len(ex.tokens) for ex in examples]
-        for f, lg in zip(features, logits, strict=True):
-            best_p, best = lg.float().softmax(-1).max(-1)
-            best, best_p = best.tolist(), best_p.tolist()
-            for w, p in zip(f["word_index"], f["first_pos"], strict=True):
-                tags[f["sentence"]][w] = id2label[best[p]]
-                probs[f["sentence"]][w] = best_p[p]
+        context: dict[tuple[int, int], int] = {}  # (sentence, word) -> the context of the window it was read from
+        for f, (best, best_p) in zip(features, _decode(crf, features, logits), strict=True):
+            for w, tag, p, c in zip(f["word_index"], best, best_p, f["context"], strict=True):
+                if context.get((f["sentence"], w), -1) >= c:  # an earlier window gave this word more context
+                    continue
+                context[f["sentence"], w] = c
+                tags[f["sentence"]][w] = id2label[tag]
+                probs[f["sentence"]][w] = p
         return tags, probs
 
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
@@ -148,3 +178,48 @@ class NerTask(Task):
                 ents.append({"type": kind, "start": start, "end": end, "text": text[start:end], "score": score})
             out.append({"tags": tags, "entities": ents})
         return out
+
+
+def _chain_tags(tags: list[str], bioes: bool, label2id: dict[str, int], ex: TaggedSentence) -> list[str]:
+    """The tags a CRF trains on: the entities that the entity metric reads in `tags`, written as a valid sequence
+    (a CRF cannot produce an I- tag that continues no entity, found in real data and at the start of the second
+    chunk of a long sentence: such a tag opens an entity, as conlleval reads it)."""
+    valid = span_tags(entity_spans(tags), len(tags), bioes)
+    missing = next((t for t in valid if t not in label2id), None)
+    if missing is not None:
+        raise BertkitError(
+            f"line {ex.line}: the entities of this sentence need the tag {missing!r}, which the training data never "
+            "uses; a CRF needs it for a valid tag sequence (train without --crf, or correct the tags)"
+        )
+    return valid
+
+
+def _decode(crf, features: list[Feature], logits: list[torch.Tensor]) -> list[tuple[list[int], list[float]]]:
+    """(tag ids, probabilities) at each feature's first sub-tokens: the argmax of the softmax, or with a CRF the
+    Viterbi path and the CRF's marginal probability of each of its tags (the gradient of log Z with respect to the
+    emissions), in batches of rows padded to the longest."""
+    if crf is None:
+        out = []
+        for f, lg in zip(features, logits, strict=True):
+            best_p, best = lg[f["first_pos"]].float().softmax(-1).max(-1)
+            out.append((best.tolist(), best_p.tolist()))
+        return out
+    out = []
+    device = crf.transitions.device
+    # Outside any inference mode of the caller: the marginals are a gradient, so these tensors must record one.
+    with torch.inference_mode(False), torch.enable_grad():
+        for s in range(0, len(features), 64):
+            rows = list(range(s, min(s + 64, len(features))))
+            T = max(len(logits[i]) for i in rows)
+            emissions = torch.zeros(len(rows), T, crf.num_tags, device=device)
+            mask = torch.zeros(len(rows), T, dtype=torch.bool, device=device)
+            for r, i in enumerate(rows):
+                emissions[r, : len(logits[i])] = logits[i].float()
+                mask[r, features[i]["first_pos"]] = True
+            emissions.requires_grad_(True)
+            (marginals,) = torch.autograd.grad(crf.log_partition(emissions, mask).sum(), emissions)
+            paths = crf.decode(emissions.detach(), mask)
+            for r, i in enumerate(rows):
+                picked = marginals[r, features[i]["first_pos"]].cpu()  # (n, C)
+                out.append((paths[r], picked[range(len(paths[r])), paths[r]].tolist()))
+    return out

@@ -27,10 +27,25 @@ class TaskSettings:
         "the overlap, which transformers' example scripts call doc_stride); an answer is read from the window "
         "where its first token has the most context",
     )  # fmt: skip
+    long_inputs: str = option(
+        "truncate", choices=("truncate", "window"),
+        help="cls/pair/regression/multilabel/ner: an input longer than --max-seq-length is truncated (ner: cut into "
+        "consecutive chunks), or read in overlapping windows --window-stride tokens apart (classification averages "
+        "the windows' logits; ner takes each word's tag from the window where it sits most centrally)",
+    )  # fmt: skip
+    window_stride: int | None = option(
+        None, type=POSITIVE, help="with --long-inputs window: tokens from one window's start to the next's (default: "
+        "half a window)",
+    )  # fmt: skip
     max_query_length: int = 64
     max_answer_length: int = option(30, type=POSITIVE, help="qa: in tokens")
     n_best: int = 20
     relocate_answers: bool = option(False, help="qa: fix answer_start to the text's position")
+    crf: bool = option(
+        False,
+        help="ner: a CRF over the tags instead of one softmax per token: learned transition scores, Viterbi "
+        "decoding that only gives valid BIO/BIOES sequences (its parameters are crf.* in model.safetensors)",
+    )
     # Regression: True/False once its training data has shown whether inputs are pairs; None (a model from
     # elsewhere) reads a pair wherever the input has text_b.
     text_pair: bool | None = None

@@ -9,16 +9,25 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only: none on biases, LayerNorm and other 1-d parameters."""
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Weight decay on weight matrices only: none on biases, LayerNorm and other 1-d parameters. The parameters of
+    a module that declares an `lr_scale` (a CRF's transition scores) form groups of their own at `lr` times it."""
+    scale_of = {id(p): m.lr_scale for m in model.modules() if hasattr(m, "lr_scale") for p in m.parameters()}
     decay, no_decay = [], []
+    scaled: dict[tuple[float, bool], list] = {}
     seen: set[int] = set()
     for _, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:  # a tied weight (the MLM decoder's) is one parameter
             continue
         seen.add(id(p))
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if id(p) in scale_of and lr is not None:
+            scaled.setdefault((scale_of[id(p)], p.ndim >= 2), []).append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for (scale, decays), params in scaled.items():
+        groups.append({"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": lr * scale})
+    return groups
 
 
 def build_optimizer(
@@ -33,7 +42,7 @@ def build_optimizer(
     the default foreach kernel on CPU (measured: 18 vs 109 ms per step for MiniLM's 22M parameters on 2 cores)."""
     device = device or next(model.parameters()).device
     fused = fused and device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, eps=eps, fused=fused)
+    return torch.optim.AdamW(param_groups(model, weight_decay, lr), lr=lr, eps=eps, fused=fused)
 
 
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
