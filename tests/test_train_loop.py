@@ -138,6 +138,22 @@ def toy_trainer(run: Path, interrupt_after: int | None = None) -> Trainer:
                                 eval_fn=lambda m: {"accuracy": float(m.dense.bias)})  # fmt: skip
 
 
+def test_a_short_last_step_takes_the_mean_gradient_of_the_micro_batches_it_has(tmp_path: Path) -> None:
+    """An epoch that ends part-way through a step's micro-batches: that step's gradient is the mean over the ones
+    it got (here one batch of 2 samples, grad_accum 2), not that sum divided by grad_accum."""
+    trainer = toy_trainer(tmp_path / "run")
+    trainer.model.eval()  # no dropout: the two gradients are of the same function
+    data = Points()
+    batch = collate([data[(0, i)] for i in (16, 17)])
+    done, bad = trainer._accumulate(iter([batch]), _LogWindow())
+    assert (done, bad) == (1, None)
+    got = [p.grad.clone() for p in trainer.model.parameters()]
+    trainer.model.zero_grad()
+    torch.nn.functional.mse_loss(trainer.model(batch["x"]), batch["y"]).backward()
+    for g, want in zip(got, (p.grad for p in trainer.model.parameters()), strict=True):
+        assert torch.allclose(g, want, rtol=1e-6, atol=0)  # the same gradient, scaled by 2 and back: rounding
+
+
 def test_a_trainer_over_a_dataset_resumes_bit_exactly(tmp_path: Path) -> None:
     """Killed after step 5 (9 micro-batches: past an epoch's short last step) and resumed from step 4's checkpoint
     in a fresh state: the same weights, bit for bit, and the same log, as the run that was never interrupted."""

@@ -219,7 +219,9 @@ class EpochSampler(torch.utils.data.Sampler):
     """Yields `(epoch, i)` keys: a seeded permutation per epoch, this rank's share of it, from a start position.
 
     `start` counts samples of the global (all-rank) order already consumed, so a run resumes at the same place
-    whatever the world size, without replaying data.
+    whatever the world size, without replaying data. Every rank gets the same number of samples: the last
+    `remaining % world` of an epoch are left out under several processes, so that each rank takes as many steps
+    (an extra step on one rank would wait forever for the others' gradients) with batches of equal size.
     """
 
     def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1):
@@ -231,9 +233,8 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = self.order()[self.start :]
-        for i in order[self.rank :: self.world]:
+        for i in order[: len(self) * self.world][self.rank :: self.world]:
             yield self.epoch, int(i)
 
     def __len__(self) -> int:
-        remaining = max(self.n - self.start, 0)
-        return len(range(self.rank, remaining, self.world))
+        return max(self.n - self.start, 0) // self.world

@@ -163,8 +163,12 @@ class Trainer:
         self.bar_metric = bar_metric
         self._saved_step = -1  # the step of the newest checkpoint written or resumed from
         self._window = _LogWindow()  # the steps since the last log line
-        # Optimizer steps per pass over the data (the last batch of an epoch may be short), for "epoch 2/3".
-        batches = math.ceil(math.ceil(samples_per_epoch / self.world) / cfg.batch_size) if samples_per_epoch else 0
+        # Optimizer steps per pass over the data (the last batch of an epoch may be short), for "epoch 2/3"; each
+        # rank gets the same share (see EpochSampler).
+        if 0 < samples_per_epoch < self.world:
+            raise BertkitError(f"{samples_per_epoch} training examples for {self.world} processes: each process needs "
+                               "at least one; use fewer processes or more data")  # fmt: skip
+        batches = math.ceil(samples_per_epoch // self.world / cfg.batch_size) if samples_per_epoch else 0
         self.steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
         self.epochs_total = max(1, math.ceil(cfg.max_steps / self.steps_per_epoch))
 
@@ -291,8 +295,15 @@ class Trainer:
         if self.eval_fn is None:
             return {}
         self.model.eval()
+        # Under DDP every rank holds the whole model, so one evaluates and tells the others (each would compute
+        # the same numbers); FSDP's shards need every rank in each forward, so there all of them evaluate.
+        alone = self.world > 1 and not self.fsdp
         with torch.no_grad(), autocast(self.amp_dtype):
-            metrics = self.eval_fn(self.raw_model)
+            metrics = self.eval_fn(self.raw_model) if self.is_main or not alone else {}
+        if alone:
+            shared = [metrics]
+            dist.broadcast_object_list(shared, src=0)
+            metrics = shared[0]
         self.model.train()
         if self.fsdp:
             reshard(self.model)
@@ -381,6 +392,11 @@ class Trainer:
                 bar.update(1)
                 if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
                     record = window.record(self.scheduler.get_last_lr()[0], float(grad_norm))
+                    if self.world > 1:  # the loss of the global batch, as the gradient has it: the ranks' mean
+                        keys = ["loss", *window.parts]
+                        mean = torch.tensor([record[k] for k in keys], dtype=torch.float64, device=self.device)
+                        dist.all_reduce(mean)
+                        record.update(zip(keys, (mean / self.world).tolist(), strict=True))
                     self.log(record)
                     postfix = self._bar_fields(record["loss"], record["tokens_per_s"])
                     bar.set_postfix(postfix)
@@ -417,13 +433,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         bad_loss = None
         done = 0
+        batch = next(batches, None)
         for micro in range(cfg.grad_accum):
-            batch = next(batches, None)
             if batch is None:
                 break
+            # One micro-batch ahead, so that the last of a step is known even when the epoch ends before
+            # `grad_accum` of them: the gradients are averaged across ranks on it, once per step.
+            following = next(batches, None) if micro < cfg.grad_accum - 1 else None
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            # Average the gradients across ranks only on the last micro-batch: once per step, not once per batch.
-            sync = micro == cfg.grad_accum - 1 or self.world == 1
+            sync = following is None or self.world == 1
             ctx = self.model.no_sync() if (self.world > 1 and not sync and not self.fsdp) else nullcontext()
             if self.fsdp:
                 self.model.set_requires_gradient_sync(sync)  # type: ignore[operator]
@@ -435,6 +453,11 @@ class Trainer:
                 bad_loss = loss_value
             window.add(loss_value, parts, int(batch["attention_mask"].sum()) * self.world, cfg.grad_accum)
             done += 1
+            batch = following
+        if 0 < done < cfg.grad_accum:  # the epoch's last step had fewer micro-batches: the mean over those
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(cfg.grad_accum / done)
         return done, bad_loss
 
     def _optimizer_step(self, bad_loss: float | None) -> torch.Tensor:
