@@ -67,6 +67,8 @@ def test_classification_windows(data, reviews: list[str], tok: Tokenizer) -> Non
             (today,) = [f for f in cut if f["example"] == i]
             assert mine == [today] and today["input_ids"] == enc.input_ids
             continue
+        (today,) = [f for f in cut if f["example"] == i]  # truncated as the tokenizer truncates
+        assert today["input_ids"] == tok.encode(texts[i], max_length=length).input_ids
         body = enc.input_ids[1:-1]
         assert len(mine) >= 2 and all(len(f["input_ids"]) <= length and f["label"] == 0 for f in mine)
         parts = [f["input_ids"][1:-1] for f in mine]
@@ -83,6 +85,10 @@ def test_pair_windows_keep_the_shorter_text_whole(data_dir: Path, reviews: list[
     task = windowed(PairClassificationTask, 48)
     for a, b in ((question, long_text), (long_text, question)):
         features = task.features([TextExample(a, b, None, 1)], tok, None, train=False)
+        (cut,) = PairClassificationTask(TaskSettings(max_seq_length=48)).features([TextExample(a, b, None, 1)], tok,
+                                                                                  None, train=False)  # fmt: skip
+        want = tok.encode(a, b, max_length=48)
+        assert (cut["input_ids"], cut["token_type_ids"]) == (want.input_ids, want.token_type_ids)
         short = tok.encode(question).input_ids[1:-1]
         assert len(features) >= 2
         for f in features:

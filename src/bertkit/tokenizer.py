@@ -612,6 +612,11 @@ class Tokenizer:
             input_ids += [*ids_b[:lb], self.sep_id]
         return Encoding(input_ids, a, b, la, lb)
 
+    def truncate(self, encoding: Encoding, max_length: int) -> Encoding:
+        """`encoding` (made with truncation=False) cut to `max_length` tokens as `encode` would cut it: without
+        tokenizing its text again."""
+        return self._assemble(encoding._a, encoding._b, max_length, truncation=True)
+
     def pad(self, encodings: Sequence[Encoding], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
         """Stack encodings into (B, T) LongTensors padded to the longest (optionally to a multiple of N)."""
         T = max(len(e) for e in encodings)

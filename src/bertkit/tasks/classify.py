@@ -119,9 +119,8 @@ class ClassificationTask(Task):
         windows: dict[int, list[tuple[list[int], list[int]]]] = {}
         if long and self.settings.long_inputs == "window":
             windows = {i: self._windows(full[i], tok) for i in long}
-        elif long:
-            for i, enc in zip(long, self.encodings([examples[i] for i in long], tok), strict=True):
-                full[i] = enc
+        for i in long if self.settings.long_inputs != "window" else ():
+            full[i] = tok.truncate(full[i], self.settings.max_seq_length)
         out = []
         for i, (ex, enc) in enumerate(zip(examples, full, strict=True)):
             for ids, types in windows.get(i) or [(enc.input_ids, enc.token_type_ids)]:
