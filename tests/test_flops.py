@@ -1,0 +1,43 @@
+"""The FLOP count that MFU is reported with, against torch's own FLOP counter on the model's forward pass."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from bertkit import BertConfig
+from bertkit.flops import encoder_flops, matmul_peak, pretraining_flops
+from bertkit.model import BertForPreTraining, BertModel
+
+
+def counted(fn) -> int:
+    """torch's count of the matmul FLOPs of `fn()`; attention by the math kernel (two matmuls it can see: the
+    fused CPU kernel is not counted by FlopCounterMode)."""
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        fn()
+    return counter.get_total_flops()
+
+
+def test_encoder_flops_equal_torchs_count_of_the_forward_pass() -> None:
+    config = BertConfig.preset("tiny", vocab_size=500)
+    model = BertModel(config, add_pooler=False).eval()
+    for n in (1, 7, 40):  # one sequence: no padding, every token real
+        ids = torch.randint(5, 500, (1, n))
+        with torch.no_grad():
+            assert counted(lambda ids=ids: model(ids)) == encoder_flops(config, [n])
+
+
+def test_pretraining_flops_count_the_decoder_on_predicted_tokens_only() -> None:
+    config = BertConfig.preset("tiny", vocab_size=500)
+    model = BertForPreTraining(config).eval()
+    ids = torch.randint(5, 500, (1, 30))
+    labels = torch.full((1, 30), -100)
+    labels[0, [3, 9, 17]] = ids[0, [3, 9, 17]]
+    with torch.no_grad():
+        forward = counted(lambda: model(ids, mlm_labels=labels, nsp_labels=torch.tensor([0])))
+    assert forward == pretraining_flops(config, [30], predicted=3) / 3  # a backward pass is twice its forward
+
+
+def test_matmul_peak_is_a_plausible_rate() -> None:
+    assert 1e8 < matmul_peak(repeats=4) < 1e14
