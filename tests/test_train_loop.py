@@ -78,7 +78,7 @@ def test_one_process_is_rank_zero_of_one(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_log_window_averages_over_steps() -> None:
     window = _LogWindow()
     for loss, mlm in ((1.0, 0.5), (3.0, 1.5), (2.0, 1.0), (2.0, 1.0)):  # two steps of two micro-batches
-        window.add(loss, {"mlm_loss": mlm}, tokens=10, grad_accum=2)
+        window.add(loss, {"mlm_loss": mlm}, tokens=10, micro_batches=2)
     window.steps = 2
     record = window.record(lr=0.1, grad_norm=0.5)
     assert list(record) == ["loss", "mlm_loss", "lr", "grad_norm", "tokens_per_s"]

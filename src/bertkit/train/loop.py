@@ -64,12 +64,13 @@ class _LogWindow:
     loss: float = 0.0
     parts: dict[str, float] = field(default_factory=dict)
 
-    def add(self, loss: float, parts: dict[str, float], tokens: int, grad_accum: int) -> None:
-        """One micro-batch: its loss counts 1/grad_accum towards its step's, as in the gradient."""
+    def add(self, loss: float, parts: dict[str, float], tokens: int, micro_batches: int) -> None:
+        """One micro-batch of a step of `micro_batches`: its loss counts 1/micro_batches towards its step's, as in
+        the gradient."""
         self.tokens += tokens
-        self.loss += loss / grad_accum
+        self.loss += loss / micro_batches
         for k, v in parts.items():
-            self.parts[k] = self.parts.get(k, 0.0) + v / grad_accum
+            self.parts[k] = self.parts.get(k, 0.0) + v / micro_batches
 
     def saved(self) -> dict:
         """What a checkpoint keeps of the window: the losses and their steps (not the tokens and time: a resumed
@@ -433,6 +434,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         bad_loss = None
         done = 0
+        seen: list[tuple[float, dict, int]] = []  # (loss, its parts, real tokens) of each micro-batch
         batch = next(batches, None)
         for micro in range(cfg.grad_accum):
             if batch is None:
@@ -451,13 +453,15 @@ class Trainer:
             loss_value = loss.item()
             if not math.isfinite(loss_value) and bad_loss is None:
                 bad_loss = loss_value
-            window.add(loss_value, parts, int(batch["attention_mask"].sum()) * self.world, cfg.grad_accum)
+            seen.append((loss_value, parts, int(batch["attention_mask"].sum()) * self.world))
             done += 1
             batch = following
         if 0 < done < cfg.grad_accum:  # the epoch's last step had fewer micro-batches: the mean over those
             for p in self.model.parameters():
                 if p.grad is not None:
                     p.grad.mul_(cfg.grad_accum / done)
+        for loss_value, parts, tokens in seen:  # the step's loss as its gradient has it: the micro-batches' mean
+            window.add(loss_value, parts, tokens, done)
         return done, bad_loss
 
     def _optimizer_step(self, bad_loss: float | None) -> torch.Tensor:
