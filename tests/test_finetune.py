@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -162,8 +163,11 @@ def test_finetune_says_what_it_did(
     assert result["args"]["learning_rate"] == 1e-3
     assert not [r for r in caplog.records if "initialised fresh" in r.getMessage()]
     notes = [x for x in lines if x.startswith("note:")]
-    assert notes == ["note: the model was pre-trained on up to 16 tokens; positions 16-31 start untrained and are "
-                     "learned here"]  # fmt: skip
+    assert notes[0] == ("note: the model was pre-trained on up to 16 tokens; positions 16-31 start untrained and are "
+                        "learned here")  # fmt: skip
+    for note, path in zip(notes[1:], (train, dev), strict=True):  # reviews longer than 32 tokens, in each file
+        assert re.fullmatch(rf"note: \d+ of \d+ inputs in {re.escape(str(path))} are longer than max_seq_length 32 "
+                            r"tokens: truncated \(--long-inputs window reads all of each\)", note), note  # fmt: skip
     accuracy, step, epoch = result["dev"]["accuracy"], result["best_step"], result["best_epoch"]
     assert f"best dev accuracy {accuracy:.3f} at step {step} (epoch {epoch} of 2), saved to {out}" in lines
     assert step in (4, 8) and epoch == step // 4

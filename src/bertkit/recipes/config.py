@@ -145,8 +145,9 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=finetune_training)
     settings: TaskSettings | None = None  # None: the task's defaults
     save_model: bool = True  # False: metrics only, no model directory or checkpoints (for many short runs)
-    # False: the caller has said that positions past the pre-training length start untrained (the quickstart)
-    note_untrained_positions: bool = True
+    # False: the caller has said what the notes would (positions past the pre-training length start untrained,
+    # inputs longer than max_seq_length are truncated), once for many runs: the quickstart
+    notes: bool = True
 
 
 # How `bertkit finetune` words the training flags it takes from TrainConfig, where fine-tuning means more.

@@ -151,7 +151,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         cfg = replace(cfg, train=replace(cfg.train, learning_rate=lr))
     if config.max_position_embeddings < settings.max_seq_length:
         raise BertkitError(f"--max-seq-length {settings.max_seq_length} exceeds the model's positions")
-    if cfg.note_untrained_positions:
+    if cfg.notes:
         _note_untrained_positions(Path(cfg.model), settings.max_seq_length)
     if labels:
         config.extra["id2label"] = {str(i): label for i, label in id2label.items()}
@@ -176,7 +176,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     dev_features = task.features(dev_ex, tok, label2id, train=False) if dev_ex is not None else None
     if dev_ex is not None:
         notes.append(task.long_inputs_note(len(dev_ex), cfg.dev_file))
-    for note in filter(None, notes):
+    for note in filter(None, notes if cfg.notes else []):
         print(note)
     steps_per_epoch = math.ceil(len(train_features) / cfg.train.batch_size)
     max_steps = cfg.train.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))

@@ -185,6 +185,7 @@ def run_quickstart(
     if plan.max_seq_length < length:
         print(f"(at up to {length} tokens: positions {plan.max_seq_length}-{length - 1}, never seen in pre-training, "
               "are learned while fine-tuning)")  # fmt: skip
+    print(f"(reviews longer than {length} tokens are truncated; longer NER sentences are tagged in chunks)")
     random_dir = random_init_twin(model_dir, out / "random_init", seed)
     results = {
         name: _finetune_both(plan, out, tasks, task, name, metric, model_dir, random_dir, seed, progress)
@@ -259,7 +260,7 @@ def _finetune_both(
                         max_train_examples=plan.train_examples[name],
                         overwrite=run_out.exists(),  # an interrupted run of this stage: start it again
                         train=finetune_training(learning_rate=lr, seed=ft_seed, progress=progress),
-                        note_untrained_positions=False,  # stage 5's heading says so once
+                        notes=False,  # stage 5's heading says what they would, once
                     )
                     run_finetune(cfg)
                 score = json.loads((run_out / "metrics.json").read_text())["dev"][metric]
