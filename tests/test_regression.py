@@ -217,19 +217,12 @@ def test_pair_regression_keeps_its_input_form(tmp_path: Path, tiny_zh_pretrained
 @pytest.mark.skipif(shutil.which("node") is None, reason="the web page's script is run in node")
 def test_web_page_asks_for_a_text_and_shows_the_score(regression_model: tuple[Path, dict], tmp_path: Path) -> None:
     import re
-    import subprocess
 
-    from test_serve import request, served
+    from test_serve import PAGE, page_shown, request, served
 
-    page = (Path(__file__).parents[1] / "src/bertkit/serve/page.html").read_text(encoding="utf-8")
-    script = tmp_path / "page.js"
-    script.write_text(re.search(r"<script>(.*)</script>", page, re.S).group(1), encoding="utf-8")  # type: ignore[union-attr]
+    example = re.search(r'cls: \[\["text", "([^"]+)"', PAGE.read_text(encoding="utf-8")).group(1)  # type: ignore[union-attr]
     with served(regression_model[0]) as url:
-        r = subprocess.run(["node", str(Path(__file__).parent / "page_harness.js"), url, str(script)],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert r.returncode == 0, r.stderr[-2000:]
-        shown = json.loads(r.stdout)
-        example = re.search(r'cls: \[\["text", "([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        shown = page_shown(url, tmp_path)
         (want,) = request(url + "/api/predict", {"text": example})[1]["predictions"]
     assert shown["shown"] == {"predict": True, "fill-mask": False, "embed": True}
     assert shown["predict"] == f"<p>score: <b>{want['score']:.4f}</b></p>"

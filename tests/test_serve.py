@@ -247,19 +247,28 @@ def test_serve_command(models: dict[str, Path], minilm_dir: Path, bertkit) -> No
         proc.wait(timeout=30)
 
 
+PAGE = Path(__file__).parents[1] / "src/bertkit/serve/page.html"
+
+
+def page_shown(url: str, tmp_path: Path) -> dict:
+    """What the page's own JavaScript shows against the server at `url`, run in node by page_harness.js (it fills
+    in the page's example inputs and presses every visible button): {"info", "shown", and each section's HTML}."""
+    script = tmp_path / "page.js"
+    page = PAGE.read_text(encoding="utf-8")
+    script.write_text(re.search(r"<script>(.*)</script>", page, re.S).group(1), encoding="utf-8")  # type: ignore[union-attr]
+    harness = Path(__file__).parent / "page_harness.js"
+    r = subprocess.run(["node", str(harness), url, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="the web page's script is run in node")
 def test_web_page_script(models: dict[str, Path], tmp_path: Path) -> None:
     """The page's own JavaScript, run against the server: each model shows its sections and their results."""
-    page = (Path(__file__).parents[1] / "src/bertkit/serve/page.html").read_text(encoding="utf-8")
-    script = tmp_path / "page.js"
-    script.write_text(re.search(r"<script>(.*)</script>", page, re.S).group(1), encoding="utf-8")  # type: ignore[union-attr]
-    harness = Path(__file__).parent / "page_harness.js"
     shown = {}
     for name in ("cls", "ner", "pretrained"):
         with served(models[name]) as url:
-            r = subprocess.run(["node", str(harness), url, str(script)], capture_output=True, text=True, timeout=120)
-            assert r.returncode == 0, r.stderr[-2000:]
-            shown[name] = json.loads(r.stdout)
+            shown[name] = page_shown(url, tmp_path)
             if name == "ner":
                 text = "浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。"  # the page's example
                 entities = request(url + "/api/predict", {"text": text})[1]["predictions"][0]["entities"]

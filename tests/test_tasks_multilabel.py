@@ -239,19 +239,12 @@ def test_served_multilabel_model(multilabel_model: tuple[Path, dict]) -> None:
 @pytest.mark.skipif(shutil.which("node") is None, reason="the web page's script is run in node")
 def test_web_page_shows_the_chosen_labels_and_every_probability(multilabel_model: tuple[Path, dict], tmp_path) -> None:
     import re
-    import subprocess
 
-    from test_serve import request, served
+    from test_serve import PAGE, page_shown, request, served
 
-    page = (Path(__file__).parents[1] / "src/bertkit/serve/page.html").read_text(encoding="utf-8")
-    script = tmp_path / "page.js"
-    script.write_text(re.search(r"<script>(.*)</script>", page, re.S).group(1), encoding="utf-8")  # type: ignore[union-attr]
-    harness = Path(__file__).parent / "page_harness.js"
+    example = re.search(r'multilabel: \[\["text", "([^"]+)"', PAGE.read_text(encoding="utf-8")).group(1)  # type: ignore[union-attr]
     with served(multilabel_model[0]) as url:
-        r = subprocess.run(["node", str(harness), url, str(script)], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
-        shown = json.loads(r.stdout)
-        example = re.search(r'multilabel: \[\["text", "([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        shown = page_shown(url, tmp_path)
         (want,) = request(url + "/api/predict", {"text": example})[1]["predictions"]
     assert shown["shown"] == {"predict": True, "fill-mask": False, "embed": True}
     html = shown["predict"]
