@@ -35,6 +35,7 @@ class Task:
     onnx_outputs: tuple[str, ...] = ("logits",)  # the exported graph's outputs, named as transformers names them
     per_token: bool = False  # whether those outputs have a sequence dimension: (B, T, ...)
     stdin_suffix: str = ".txt"  # how `predict --input -` reads standard input: as a file of this kind
+    truncated: str = "truncated (--long-inputs window reads all of each)"  # what becomes of a long input by default
 
     def __init__(self, settings: TaskSettings | None = None):
         self.settings = settings or self.default_settings()
@@ -55,9 +56,12 @@ class Task:
 
     def long_inputs_fate(self) -> str:
         """What `features` does with an input longer than max_seq_length, in a few words for a note."""
-        if self.settings.long_inputs == "window":
-            return "read in overlapping windows"
-        return "truncated (--long-inputs window reads all of each)"
+        return "read in overlapping windows" if self.settings.long_inputs == "window" else self.truncated
+
+    def window_stride(self, size: int) -> int:
+        """Tokens between the starts of windows of `size` tokens: `window_stride` (at most a window, so that no
+        token is skipped), by default half a window."""
+        return min(self.settings.window_stride or max(1, size // 2), size)
 
     def model_config(self) -> dict[str, Any]:
         """What config.json says about this task's model beyond its labels (a model reads it when it is built):

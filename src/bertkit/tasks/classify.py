@@ -117,10 +117,11 @@ class ClassificationTask(Task):
         long = [i for i, enc in enumerate(full) if len(enc) > self.settings.max_seq_length]
         self.cut_inputs = len(long)
         windows: dict[int, list[tuple[list[int], list[int]]]] = {}
-        if long and self.settings.long_inputs == "window":
+        if self.settings.long_inputs == "window":
             windows = {i: self._windows(full[i], tok) for i in long}
-        for i in long if self.settings.long_inputs != "window" else ():
-            full[i] = tok.truncate(full[i], self.settings.max_seq_length)
+        else:
+            for i in long:
+                full[i] = tok.truncate(full[i], self.settings.max_seq_length)
         out = []
         for i, (ex, enc) in enumerate(zip(examples, full, strict=True)):
             for ids, types in windows.get(i) or [(enc.input_ids, enc.token_type_ids)]:
@@ -141,7 +142,7 @@ class ClassificationTask(Task):
             size = limit - 2
             return [
                 ([cls, *part, sep], [0] * (len(part) + 2))
-                for part in (a[s : s + size] for s in window_starts(len(a), size, self._stride(size)))
+                for part in (a[s : s + size] for s in window_starts(len(a), size, self.window_stride(size)))
             ]
         room = limit - 3
         keep_a = len(a) <= len(b)
@@ -149,15 +150,10 @@ class ClassificationTask(Task):
         fixed = fixed[: room // 2]
         size = room - len(fixed)
         out = []
-        for s in window_starts(len(slid), size, self._stride(size)):
+        for s in window_starts(len(slid), size, self.window_stride(size)):
             seg_a, seg_b = (fixed, slid[s : s + size]) if keep_a else (slid[s : s + size], fixed)
             out.append(([cls, *seg_a, sep, *seg_b, sep], [0] * (len(seg_a) + 2) + [1] * (len(seg_b) + 1)))
         return out
-
-    def _stride(self, size: int) -> int:
-        """Tokens between window starts: `window_stride` (at most a window, so that no token is skipped), by
-        default half a window."""
-        return min(self.settings.window_stride or max(1, size // 2), size)
 
     def target(self, label: str, label2id: dict[str, int]) -> int | float:
         """The training target of a label: its class id."""

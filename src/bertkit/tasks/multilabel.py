@@ -106,8 +106,11 @@ class MultiLabelTask(PairsFromData):
             own[name] = best_threshold(probs[:, i], gold[:, i]) if gold[:, i].any() else threshold
         self.settings.threshold, self.settings.thresholds = threshold, own
 
-    def _decide(self, probs: torch.Tensor, id2label: dict[int, str]) -> list[list[str]]:
-        above = probs > self.thresholds_of(id2label)
+    def _decide(
+        self, probs: torch.Tensor, id2label: dict[int, str], thresholds: torch.Tensor | None = None
+    ) -> list[list[str]]:
+        """The labels of each row whose probability passes its threshold (the model's, unless given)."""
+        above = probs > (self.thresholds_of(id2label) if thresholds is None else thresholds)
         return [[id2label[i] for i in row.nonzero().flatten().tolist()] for row in above]
 
     def evaluate(self, model, tok, examples, features, id2label) -> dict:
@@ -117,7 +120,7 @@ class MultiLabelTask(PairsFromData):
         gold = [split_labels(ex.label) for ex in examples]
         labels = [id2label[i] for i in range(len(id2label))]
         scores = multilabel_scores(self._decide(probs, id2label), gold, labels)
-        half = [[id2label[i] for i in row.nonzero().flatten().tolist()] for row in probs > DEFAULT_THRESHOLD]
+        half = self._decide(probs, id2label, torch.tensor(DEFAULT_THRESHOLD))
         scores["micro_f1_at_half"] = multilabel_scores(half, gold, labels)["micro_f1"]
         return scores
 

@@ -45,12 +45,7 @@ class NerTask(Task):
     input_schema = '{"text": "..."}'
     export_kind = "tagger"
     per_token = True
-
-    def long_inputs_fate(self) -> str:
-        """Cut into chunks, or read in overlapping windows."""
-        if self.settings.long_inputs == "window":
-            return "read in overlapping windows"
-        return "cut into consecutive chunks (--long-inputs window overlaps them)"
+    truncated = "cut into consecutive chunks (--long-inputs window overlaps them)"
 
     def model_config(self) -> dict:
         """{"crf": true} for a model with a CRF (`--crf`)."""
@@ -93,7 +88,7 @@ class NerTask(Task):
         (`context`: the tokens beside it on its shorter side). `cut_inputs` says afterwards how many were longer."""
         budget = self.settings.max_seq_length - 2
         overlap = self.settings.long_inputs == "window"
-        stride = min(self.settings.window_stride or max(1, budget // 2), budget)
+        stride = self.window_stride(budget)
         pieces_per_sentence = tok.encode_words([ex.tokens for ex in examples])  # grouped per word: never split one
         bioes = bool(label2id) and any(t[:2] in ("E-", "S-") for t in label2id)
         self.cut_inputs = 0
