@@ -1,6 +1,7 @@
 """`bertkit serve` at the HTTP level, on raw sockets where a client library would hide what is sent: keep-alive,
-`Expect: 100-continue`, conflicting Content-Length, strict Host parsing, escaped log lines, client disconnects
-without tracebacks, a burst of 100 connections, /metrics, /openapi.json, /readyz and CORS."""
+`Expect: 100-continue`, conflicting Content-Length, a refusal read before the body is sent, strict Host parsing,
+escaped log lines, client disconnects without tracebacks, a burst of 100 connections, /metrics, /openapi.json,
+/readyz and CORS."""
 
 from __future__ import annotations
 
@@ -104,6 +105,23 @@ def test_conflicting_content_length_headers_are_refused(url: str) -> None:
     got = raw(url, b"POST /api/embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                    b"Content-Length: 2\r\nContent-Length: 14\r\n\r\n{}")  # fmt: skip
     assert got.startswith(b"HTTP/1.1 400 ") and b"conflicting Content-Length" in got, got
+    assert request(url + "/healthz")[0] == 200
+
+
+def test_a_refused_request_body_still_arriving_does_not_reset_the_connection(url: str) -> None:
+    # A client that sends its headers and then its body can find the server has already refused the headers. A
+    # server that closes with the body unread makes the kernel answer with a reset, which can destroy the refusal
+    # before the client reads it; the server instead ends its side and drains until the client closes.
+    with socket.create_connection(("127.0.0.1", port(url)), timeout=30) as s:
+        s.sendall(b"POST /api/embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: -1\r\n\r\n")  # fmt: skip
+        got = b""
+        while chunk := s.recv(65536):  # the refusal, then end-of-stream
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 413 ") and b"Content-Length must be a byte count" in got, got
+        for _ in range(3):  # the rest of the body: a closed socket would answer the first part with a reset
+            s.sendall(b"{}" * 1000)
+            time.sleep(0.05)
     assert request(url + "/healthz")[0] == 200
 
 

@@ -30,6 +30,7 @@ from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_BODY_BYTES, MAX
 from bertkit.serve.service import Service
 
 BACKLOG = 2048  # pending connections the kernel keeps: a burst of clients waits in it instead of retrying SYNs
+LINGER_SECONDS = 2.0  # how long a refused request's unread bytes are drained before the connection is dropped
 _OPTIONS_ENV = "BERTKIT_SERVE_OPTIONS"  # how `serve` hands its options to worker processes (nothing on disk)
 
 
@@ -40,6 +41,7 @@ class _Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._refusal = ""
+        self._lingering = False
         parse = self.conn.next_event
 
         def next_event() -> Any:
@@ -69,7 +71,23 @@ class _Protocol(H11Protocol):
         self.transport.write(self.conn.send(h11.Response(status_code=status, headers=headers)))
         self.transport.write(self.conn.send(h11.Data(data=body)))
         self.transport.write(self.conn.send(h11.EndOfMessage()))
-        self.transport.close()
+        self._close_gently()
+
+    def _close_gently(self) -> None:
+        """Close after the client has read the refusal. Closing a socket with the request's body still unread makes
+        the kernel send a reset, and a reset can reach the client before the response does, which it then never
+        sees: so send end-of-stream after the response, discard what still arrives, and close when the client does
+        (or after LINGER_SECONDS)."""
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self._lingering = True
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._lingering:
+            super().data_received(data)
 
 
 def open_service(
