@@ -45,6 +45,12 @@ def test_split_sentences() -> None:
         "Did it? yes.",
     ]
     assert split_sentences("一句话") == ["一句话"]
+    # One sentence ending in a run of marks and closers stays whole; anything past that run is split off.
+    assert split_sentences("是吗？！”") == ["是吗？！”"]
+    assert split_sentences("他说……") == ["他说……"]
+    assert split_sentences("他说………然后") == ["他说……", "…", "然后"]
+    assert split_sentences("好。”。") == ["好。”", "。"]
+    assert split_sentences("Mr. Smith came.") == ["Mr.", "Smith came."]
 
 
 def test_instances_nsp_balance_and_lengths(zh_data: Path) -> None:

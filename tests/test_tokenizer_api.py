@@ -45,6 +45,23 @@ def test_vocabulary_mixes_table_lookup_and_rust_paths(tok: Tokenizer) -> None:
     assert set(CHINESE) - {"\uf900\uf901丽"} <= set(covered) and not set(ENGLISH) & set(covered)
 
 
+def test_ids_flat_equals_the_rust_segments(tok: Tokenizer) -> None:
+    """`ids_flat` cuts texts at CJK ideographs and sends only the other runs to Rust: the ids stay those of whole
+    texts, also where normalisation looks across characters (final sigma, compositions, marks, removed ones)."""
+    import random
+
+    rnd = random.Random(0)
+    pool = [*"中文丽\uf900 ，。'.:aΣ\u0301\u0338<=\u200b\x00\t\u3000İ1Aﬁ가\u1161", "[MASK]", "\U00020000"]
+    mixes = ["".join(rnd.choice(pool) for _ in range(rnd.randint(0, 10))) for _ in range(3000)]
+    texts = [*TEXTS, "a中Σ", "aΣ中", "a.Σ中b", "<中\u0338", "中\u0301", "\u0301中", *mixes]
+    for t in (tok, Tokenizer(tok.vocab, lowercase=False), Tokenizer(tok.vocab, tokenize_chinese_chars=False)):
+        ids, counts = t.ids_flat(texts)
+        want = [e.ids for e in t._rust.encode_batch(texts, add_special_tokens=False)]
+        assert counts.tolist() == [len(w) for w in want]
+        assert ids.tolist() == [i for w in want for i in w]
+    assert [len(x) for x in tok.ids_flat([])] == [0, 0]
+
+
 def test_encode_with_offsets_equals_the_rust_segments(tok: Tokenizer) -> None:
     spans = tok.encode_with_offsets(TEXTS)
     rust = tok._rust.encode_batch(TEXTS, add_special_tokens=False)

@@ -98,6 +98,8 @@ def test_table_lookup_path_equals_rust_path(tmp_path: Path, minilm_dir: Path, zh
     bad = [t for t, f, s in zip(texts, fast, slow, strict=True) if (f.ids, list(f.offsets)) != (s.ids, s.offsets)]
     assert not bad, f"{len(bad)} of {len(texts)} differ, e.g. {bad[:3]}"
     assert tok.ids_batch(texts) == [s.ids for s in slow]
+    ids, counts = tok.ids_flat(texts)
+    assert counts.tolist() == [len(s.ids) for s in slow] and ids.tolist() == [i for s in slow for i in s.ids]
 
 
 def test_table_lookup_characters_stay_one_word_each() -> None:

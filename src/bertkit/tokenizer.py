@@ -146,6 +146,7 @@ _ALL_CJK_RANGES = (
 # The Basic Multilingual Plane ones (U+3400-4DBF, U+4E00-9FFF, U+F900-FAFF): the table lookup's, and the CJK test
 # of language detection, whole-word masking and CMRC scoring.
 _CJK_RANGES = tuple(r for r in _ALL_CJK_RANGES if r[1] < 0x10000)
+_UNIFIED_CJK_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF))  # the BMP ones without the compatibility block
 _SPACES = frozenset(" \t\u3000")
 _ASCII_PUNCTUATION = ((33, 47), (58, 64), (91, 96), (123, 126))  # not all 'P*' in Unicode, punctuation to BERT
 
@@ -257,8 +258,18 @@ class _CharTable:
             chars += [chr(c) for lo, hi in _CJK_RANGES for c in range(lo, hi + 1)]
         encs = rust.encode_batch(chars, add_special_tokens=False)
         ids = {c: e.ids[0] for c, e in zip(chars, encs, strict=True) if len(e.ids) == 1}
-        self.lut = np.full(0x10000, -1, dtype=np.int64)  # code point -> id; -1 for spaces (no token)
+        self.lut = np.full(0x10000, -1, dtype=np.int32)  # code point -> id; -1 for spaces (no token)
         self.lut[[ord(c) for c in ids]] = list(ids.values())
+        # code point -> whether a covered text may hold it (the table's characters and the spaces)
+        self.allowed = np.zeros(0x10000, dtype=bool)
+        self.allowed[[ord(c) for c in [*ids, *_SPACES]]] = True
+        # code point -> whether it cuts any text into parts that tokenize independently: the table's CJK
+        # ideographs outside the compatibility block. Each is its own word, unchanged by every normalisation step,
+        # a part of no canonical composition, and neither cased nor case-ignorable (so it ends the final-sigma
+        # context), so what precedes it normalises and splits the same without what follows, and the reverse.
+        self.separator = np.zeros(0x10000, dtype=bool)
+        for lo, hi in _UNIFIED_CJK_RANGES:
+            self.separator[lo : hi + 1] = self.lut[lo : hi + 1] >= 0
         allowed = "".join(re.escape(c) for c in sorted(ids)) + "".join(re.escape(c) for c in _SPACES)
         self._pattern = re.compile(f"[{allowed}]*")
 
@@ -573,6 +584,60 @@ class Tokenizer:
     def ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens, no truncation (the fast path of `bertkit prepare`)."""
         return [e.ids for e in self._encode_segments(texts, offsets=False)]
+
+    def ids_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of `ids_batch` as one int64 array, all texts one after another, and each text's number of
+        tokens: no Python list per text or per token (the fast path of `bertkit prepare`).
+
+        Each text is cut at its CJK ideographs (`_CharTable.separator`) into runs of other characters. The
+        ideographs, and the runs that `_CharTable` covers, are looked up in the table; only the other runs (letters,
+        digits, ...) go to the Rust tokenizer, so a Chinese sentence with a Latin word sends that word alone."""
+        chars = self._chars
+        joined = "".join(texts)
+        code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        text_lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        text_starts = np.cumsum(text_lengths) - text_lengths
+        bmp = np.minimum(code_points, 0xFFFF)  # the table covers the BMP only
+        in_bmp = code_points <= 0xFFFF
+        separator = chars.separator[bmp] & in_bmp
+        allowed = chars.allowed[bmp] & in_bmp
+        char_ids = chars.lut[bmp]
+        del bmp, code_points  # arrays of a whole block: peak memory
+        # Runs: the longest stretches of non-separators inside one text.
+        inside = ~separator
+        run_start = np.ones(len(separator), dtype=bool)
+        run_start[1:] = separator[:-1]
+        run_start[text_starts[text_lengths > 0]] = True
+        run_start &= inside
+        run_of = (np.cumsum(run_start) - 1)[inside]  # each character inside a run: the run's number
+        n_runs = int(run_start.sum())
+        run_lengths = np.bincount(run_of, minlength=n_runs)
+        to_rust = np.bincount(run_of[~allowed[inside]], minlength=n_runs) > 0  # runs the table does not cover
+        looked_up = ~inside  # characters the table gives the token of (or no token, for spaces)
+        looked_up[inside] = ~to_rust[run_of]
+        del run_of
+        table_token = looked_up & (char_ids >= 0)
+        # Tokens per character: 1 where the table gives one, the whole run's count at a Rust run's first character.
+        per_char = table_token.astype(np.int32)
+        rust_starts = np.flatnonzero(run_start)[to_rust]
+        rust_ids: list[int] = []
+        if len(rust_starts):
+            bounds = zip(rust_starts.tolist(), (rust_starts + run_lengths[to_rust]).tolist(), strict=True)
+            encs = self._rust.encode_batch([joined[a:b] for a, b in bounds], add_special_tokens=False)
+            rust_counts = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+            per_char[rust_starts] = rust_counts
+            rust_ids = list(itertools.chain.from_iterable(e.ids for e in encs))
+        done = np.cumsum(per_char, dtype=np.int64)  # tokens up to and including each character
+
+        def before(positions: np.ndarray) -> np.ndarray:  # the number of tokens before each position
+            return np.where(positions > 0, done[np.maximum(positions - 1, 0)], 0) if len(done) else positions * 0
+
+        ids = np.empty(len(rust_ids) + int(table_token.sum()), dtype=np.int64)
+        ids[done[table_token] - 1] = char_ids[table_token]
+        if rust_ids:
+            first = before(rust_starts) - (np.cumsum(rust_counts) - rust_counts)
+            ids[np.repeat(first, rust_counts) + np.arange(len(rust_ids))] = rust_ids
+        return ids, before(text_starts + text_lengths) - before(text_starts)
 
     def encode_with_offsets(self, texts: Sequence[str]) -> list[TokenSpans]:
         """Token ids and character spans of each text, no special tokens, no truncation: a segment as `encode_batch`

@@ -8,11 +8,18 @@ is truncated from a random end.
 One change from the original: there, a chunk of a single sentence always got a random B, so fewer than half of
 the instances were IsNext. Here the IsNext/NotNext coin is tossed first, and an IsNext chunk of one sentence is
 split inside that sentence, so B is still the real continuation and IsNext stays at 50%.
+
+A and B are always runs of consecutive tokens of one document (whole sentences, cut inside by a one-sentence
+split or by truncation), so instances are built as spans of one flat token array (`instance_spans`): no token is
+touched in Python, and the tokens are gathered afterwards in one vectorised step.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,30 +39,127 @@ class Instance:
     starts_b: list[int] | None = None
 
 
-def truncate_pair_randomly(
-    a: list[int], b: list[int], max_tokens: int, rng: np.random.Generator, sa: list | None, sb: list | None
-):
+class Span(NamedTuple):
+    """One NSP pair as token positions in a flat array: A is `[a_start, a_end)`, B is `[b_start, b_end)`."""
+
+    a_start: int
+    a_end: int
+    b_start: int
+    b_end: int
+    nsp_label: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """Tokenized documents laid out flat: sentence k holds tokens `[token_starts[k], token_starts[k + 1])` and
+    document d holds sentences `[doc_starts[d], doc_starts[d + 1])`. Every sentence has at least one token and
+    every document at least one sentence."""
+
+    token_starts: Sequence[int]  # a list (bisect on it is fast), one more entry than sentences
+    doc_starts: Sequence[int]  # one more entry than documents
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.doc_starts) - 1
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[Sequence[Sequence[int]]]) -> Block:
+        """The layout of `documents` (lists of sentences of token ids) concatenated in order."""
+        token_starts, doc_starts = [0], [0]
+        for doc in documents:
+            for sentence in doc:
+                token_starts.append(token_starts[-1] + len(sentence))
+            doc_starts.append(len(token_starts) - 1)
+        return cls(token_starts, doc_starts)
+
+
+def _truncate_spans(
+    a: tuple[int, int], b: tuple[int, int], max_tokens: int, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
     """Trim the longer of A and B (B on a tie) one token at a time from a random end until they fit.
 
-    Returns new (a, b, sa, sb); the flags lists `sa`/`sb` (or None) are cut in the same places.
-    """
-    la, lb = truncate_pair_lengths(len(a), len(b), max_tokens)  # longer side first, B on a tie
-    cut = {"a": len(a) - la, "b": len(b) - lb}
-
-    def trim(x: list, flags: list | None, k: int):
-        if k == 0:
-            return x, flags
-        front = int(rng.binomial(k, 0.5))  # each pop is a fair coin between the two ends
-        back = len(x) - (k - front)
-        return x[front:back], (flags[front:back] if flags is not None else None)
-
-    a, sa = trim(a, sa, cut["a"])
-    b, sb = trim(b, sb, cut["b"])
-    return a, b, sa, sb
+    The original pops one token at a time; here each side's number of pops from the front is drawn at once
+    (each pop is a fair coin between the two ends), A's before B's."""
+    (a0, a1), (b0, b1) = a, b
+    la, lb = truncate_pair_lengths(a1 - a0, b1 - b0, max_tokens)  # longer side first, B on a tie
+    cut = a1 - a0 - la
+    if cut:
+        front = int(rng.binomial(cut, 0.5))
+        a0, a1 = a0 + front, a1 - (cut - front)
+    cut = b1 - b0 - lb
+    if cut:
+        front = int(rng.binomial(cut, 0.5))
+        b0, b1 = b0 + front, b1 - (cut - front)
+    return a0, a1, b0, b1
 
 
-def _concat(segments: list[list[int]]) -> list[int]:
-    return [t for s in segments for t in s]
+def instance_spans(
+    doc_index: int,
+    block: Block,
+    rng: np.random.Generator,
+    max_seq_length: int,
+    short_seq_prob: float = 0.1,
+    nsp: bool = True,
+) -> list[Span]:
+    """NSP instances of document `doc_index` of `block`, as spans of the block's flat tokens; B may come from
+    other documents. Draws from `rng` exactly as `instances_from_document` does on the same documents."""
+    starts, docs = block.token_starts, block.doc_starts
+    first, end = docs[doc_index], docs[doc_index + 1]  # the document's sentences
+    many_docs = nsp and block.num_documents > 1
+    max_tokens = max_seq_length - 3
+    target = max_tokens
+    if rng.random() < short_seq_prob:
+        target = int(rng.integers(2, max_tokens + 1))
+    out: list[Span] = []
+    c0 = first  # first sentence of the current chunk
+    while c0 < end:
+        # The chunk grows sentence by sentence until it reaches the target length or the document's end:
+        # it ends before sentence `c1`, the first boundary at least `target` tokens after its start.
+        c1 = bisect_left(starts, starts[c0] + target, c0 + 1, end)
+        size = c1 - c0
+        random_next = many_docs and rng.random() < 0.5
+        a_end = c0 + (int(rng.integers(1, size)) if size >= 2 else 1)
+        a = (starts[c0], starts[a_end])
+        if random_next:
+            b = _random_segment(doc_index, block, rng, max(1, target - (a[1] - a[0])))
+            c1 = a_end  # the sentences not used go back for the next chunk
+        elif size >= 2:
+            b = (starts[a_end], starts[c1])
+        else:  # one sentence: split it, so B is still the true continuation
+            if a[1] - a[0] < 2:
+                c0 = c1
+                continue
+            cut = a[0] + int(rng.integers(1, a[1] - a[0]))
+            a, b = (a[0], cut), (cut, a[1])
+        a0, a1, b0, b1 = _truncate_spans(a, b, max_tokens, rng)
+        if a1 > a0 and b1 > b0:
+            out.append(Span(a0, a1, b0, b1, NOT_NEXT if random_next else IS_NEXT))
+        c0 = c1
+    return out
+
+
+def _random_segment(doc_index: int, block: Block, rng: np.random.Generator, target_length: int) -> tuple[int, int]:
+    """Consecutive sentences of a random other document, from a random one on, up to `target_length` tokens or
+    that document's end (as token positions)."""
+    other = doc_index
+    while other == doc_index:  # more than one document is guaranteed by the caller
+        other = int(rng.integers(0, block.num_documents))
+    first, end = block.doc_starts[other], block.doc_starts[other + 1]
+    start = first + int(rng.integers(0, end - first))
+    starts = block.token_starts
+    stop = bisect_left(starts, starts[start] + target_length, start + 1, end)
+    return starts[start], starts[stop]
+
+
+def gather_spans(spans: Sequence[Span], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`values[A] + values[B]` of every span, concatenated, and the (len_a, len_b, nsp_label) rows (int64)."""
+    table = np.asarray(spans, dtype=np.int64).reshape(-1, 5)
+    lengths = np.stack([table[:, 1] - table[:, 0], table[:, 3] - table[:, 2]], axis=1)
+    segment_starts, segment_lengths = table[:, [0, 2]].ravel(), lengths.ravel()
+    # Position k of the output comes from segment s at offset k - (where s starts in the output).
+    out_starts = np.cumsum(segment_lengths) - segment_lengths
+    index = np.repeat(segment_starts - out_starts, segment_lengths) + np.arange(int(segment_lengths.sum()))
+    return values[index], np.column_stack([lengths, table[:, 4]])
 
 
 def instances_from_document(
@@ -69,60 +173,15 @@ def instances_from_document(
 ) -> list[Instance]:
     """NSP instances of `documents[doc_index]` (a list of tokenized sentences); B may come from other documents.
 
-    `word_starts`, when given, parallels `documents` with 1/0 word-start flags per token.
+    `word_starts`, when given, parallels `documents` with 1/0 word-start flags per token. Every sentence must hold
+    a token and every document a sentence. The token lists of `instance_spans`, for callers without a flat array.
     """
-    document = documents[doc_index]
-    flags_doc = word_starts[doc_index] if word_starts is not None else None
-    max_tokens = max_seq_length - 3
-    target = max_tokens
-    if rng.random() < short_seq_prob:
-        target = int(rng.integers(2, max_tokens + 1))
-    out: list[Instance] = []
-    chunk: list[int] = []  # indices of sentences in the current chunk
-    length = 0
-    i = 0
-    while i < len(document):
-        chunk.append(i)
-        length += len(document[i])
-        if i == len(document) - 1 or length >= target:
-            random_next = nsp and len(documents) > 1 and rng.random() < 0.5
-            a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
-            a = _concat([document[j] for j in chunk[:a_end]])
-            sa = _concat([flags_doc[j] for j in chunk[:a_end]]) if flags_doc is not None else None
-            sb: list[int] | None
-            if random_next:
-                b, sb = _random_segment(doc_index, documents, word_starts, rng, max(1, target - len(a)))
-                i -= len(chunk) - a_end  # the sentences not used go back for the next chunk
-            elif len(chunk) >= 2:
-                b = _concat([document[j] for j in chunk[a_end:]])
-                sb = _concat([flags_doc[j] for j in chunk[a_end:]]) if flags_doc is not None else None
-            else:  # one sentence: split it, so B is still the true continuation
-                if len(a) < 2:
-                    chunk, length, i = [], 0, i + 1
-                    continue
-                cut = int(rng.integers(1, len(a)))
-                a, b = a[:cut], a[cut:]
-                sa, sb = (sa[:cut], sa[cut:]) if sa is not None else (None, None)
-            a, b, sa, sb = truncate_pair_randomly(a, b, max_tokens, rng, sa, sb)
-            if a and b:
-                out.append(Instance(a, b, NOT_NEXT if random_next else IS_NEXT, sa, sb))
-            chunk, length = [], 0
-        i += 1
+    block = Block.from_documents(documents)
+    tokens = [t for doc in documents for s in doc for t in s]
+    flags = [f for doc in word_starts for s in doc for f in s] if word_starts is not None else None
+    out = []
+    for a0, a1, b0, b1, label in instance_spans(doc_index, block, rng, max_seq_length, short_seq_prob, nsp):
+        out.append(Instance(tokens[a0:a1], tokens[b0:b1], label))
+        if flags is not None:
+            out[-1].starts_a, out[-1].starts_b = flags[a0:a1], flags[b0:b1]
     return out
-
-
-def _random_segment(doc_index, documents, word_starts, rng, target_length):
-    other = doc_index
-    while other == doc_index:  # len(documents) > 1 is guaranteed by the caller
-        other = int(rng.integers(0, len(documents)))
-    doc = documents[other]
-    start = int(rng.integers(0, len(doc)))
-    b: list[int] = []
-    sb: list[int] | None = [] if word_starts is not None else None
-    for j in range(start, len(doc)):
-        b.extend(doc[j])
-        if sb is not None:
-            sb.extend(word_starts[other][j])
-        if len(b) >= target_length:
-            break
-    return b, sb

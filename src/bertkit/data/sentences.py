@@ -12,6 +12,10 @@ from bertkit.files import read_lines
 _ZH_END = re.compile(r"([。！？；]+|…{1,2})([”’」』）)\]]*)")
 # English: . ! ? (plus closing quotes/brackets) followed by white space and something that is not lower case.
 _EN_END = re.compile(r"([.!?]+[\"'”’)\]]*)\s+(?=[^a-z\s])")
+# A line whose only Chinese end is one final run of end marks and closers (or that has none): `_ZH_END` matches it
+# at most once, up to the line's end, so it does not split it. Most lines of a corpus are one sentence; this and
+# one search for `_EN_END` decide that in C.
+_ZH_ONE_SENTENCE = re.compile(r"[^。！？；…]*(?:(?:[。！？；]+|…{1,2})[”’」』）)\]]*)?")
 
 
 def split_sentences(line: str) -> list[str]:
@@ -19,6 +23,8 @@ def split_sentences(line: str) -> list[str]:
     line = line.strip()
     if not line:
         return []
+    if _ZH_ONE_SENTENCE.fullmatch(line) and not _EN_END.search(line):
+        return [line]
     parts: list[str] = []
     start = 0
     for m in _ZH_END.finditer(line):
@@ -42,11 +48,14 @@ def iter_documents(paths: Iterable[str | Path]) -> Iterator[list[str]]:
     for path in paths:
         doc: list[str] = []
         for line in read_lines(path):
-            if not line.strip():
+            line = line.strip()
+            if not line:
                 if doc:
                     yield doc
                 doc = []
-                continue
-            doc.extend(split_sentences(line))
+            elif _ZH_ONE_SENTENCE.fullmatch(line) and not _EN_END.search(line):
+                doc.append(line)  # `split_sentences`' answer, without the call
+            else:
+                doc.extend(split_sentences(line))
         if doc:
             yield doc
