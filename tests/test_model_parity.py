@@ -164,6 +164,40 @@ def test_dropout_only_in_training(train: bool) -> None:
     assert same is (not train)
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["full-rows", "padded-plain-path"])
+def test_training_with_dropout_equals_transformers_eager_with_the_same_seed(tmp_path: Path, padded: bool) -> None:
+    """Dropout draws the same units as transformers' eager attention (probabilities, then each sub-layer's output)
+    given the same seed, so a training step with dropout is checked against the oracle, not only one without.
+    The fast path drops on (N, H) real-token rows where transformers drops on (B, T, H): with padding, the plain
+    path is the one that draws the same numbers."""
+    torch.manual_seed(0)
+    ours = BertForPreTraining(tiny_config()).train()
+    ours.save_pretrained(tmp_path)
+    ref = transformers.BertForPreTraining.from_pretrained(tmp_path, attn_implementation="eager").train()
+    batch = random_batch()
+    if padded:
+        ours.bert.unpad = False
+    else:
+        batch["attention_mask"][:] = 1
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[0, 3], labels[1, 5], labels[2, 2] = 7, 9, 11
+    nsp = torch.tensor([0, 1, 0])
+    with torch.enable_grad():
+        torch.manual_seed(5)
+        loss = ours(**batch, mlm_labels=labels, nsp_labels=nsp).loss
+        loss.backward()
+        torch.manual_seed(5)
+        ref_loss = ref(**batch, labels=labels, next_sentence_label=nsp).loss
+        ref_loss.backward()
+    assert abs(loss.item() - ref_loss.item()) <= 1e-5  # float32 sums in different orders
+    ours_grad = ours.bert.layers[0].attn.qkv.weight.grad
+    ref_attn = ref.bert.encoder.layer[0].attention.self
+    ref_grad = torch.cat([ref_attn.query.weight.grad, ref_attn.key.weight.grad, ref_attn.value.weight.grad])
+    assert (ours_grad - ref_grad).abs().max() <= 1e-5
+    torch.manual_seed(6)  # another seed drops other units: the check above is not dropout switched off
+    assert abs(ours(**batch, mlm_labels=labels, nsp_labels=nsp).loss.item() - loss.item()) > 1e-3
+
+
 @pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "plain"])
 def test_causal_encoder_matches_transformers_is_decoder(tmp_path: Path, unpad: bool) -> None:
     """`is_decoder=True` (left-to-right attention, used by the bidirectional-vs-left-to-right experiment) computes

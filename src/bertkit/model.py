@@ -104,6 +104,21 @@ def reverse_real_tokens(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.
     return x.gather(1, src)
 
 
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs) + bias) v, with dropout on the attention probabilities: (B, nh, T, hs)."""
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    # On the CPU, scaled_dot_product_attention's fused kernel has no dropout: with dropout it falls back to a
+    # general math path that is slower than the same steps written out. These are transformers' "eager" steps, so
+    # with the same seed they drop the same probabilities.
+    scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, nh, T, T); in place: the product's
+    if bias is not None:  # backward needs only q and k
+        scores.add_(bias)
+    return F.dropout(scores.softmax(-1), dropout_p) @ v
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; Q, K and V come from one fused projection."""
 
@@ -125,9 +140,7 @@ class SelfAttention(nn.Module):
         H = H3 // 3
         # One view and one permute (not a split, then a view and a transpose of each part): fewer operators per layer.
         q, k, v = qkv.view(B, T, 3, self.n_head, H // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        y = attention(q, k, v, attn_bias, self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, H)
         if unpadded is not None:
             y = unpadded.unpad(y)  # (N, H)
