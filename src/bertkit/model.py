@@ -89,7 +89,8 @@ class Unpadded:
 
     def pad(self, t: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (B, T, ...), zeros at the padded positions."""
-        out = t.new_zeros(self.B * self.T, *t.shape[1:]).index_copy(0, self.index, t)
+        out = t.new_zeros(self.B * self.T, *t.shape[1:])
+        out.index_copy_(0, self.index, t)  # in place: the out-of-place form copies the zeros once more
         return out.view(self.B, self.T, *t.shape[1:])  # (B, T, ...)
 
 
