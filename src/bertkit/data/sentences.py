@@ -53,8 +53,6 @@ def iter_documents(paths: Iterable[str | Path]) -> Iterator[list[str]]:
                 if doc:
                     yield doc
                 doc = []
-            elif _ZH_ONE_SENTENCE.fullmatch(line) and not _EN_END.search(line):
-                doc.append(line)  # `split_sentences`' answer, without the call
             else:
                 doc.extend(split_sentences(line))
         if doc:
