@@ -28,17 +28,6 @@ from bertkit.tokenizer import truncate_pair_lengths
 IS_NEXT, NOT_NEXT = 0, 1  # NSP labels as in transformers: 0 = B continues A, 1 = B is random
 
 
-@dataclass
-class Instance:
-    """One NSP pair before special tokens: A and B token ids, the NSP label, optional word-start flags."""
-
-    tokens_a: list[int]
-    tokens_b: list[int]
-    nsp_label: int
-    starts_a: list[int] | None = None  # word-start flags (whole-word masking), aligned with the tokens
-    starts_b: list[int] | None = None
-
-
 class Span(NamedTuple):
     """One NSP pair as token positions in a flat array: A is `[a_start, a_end)`, B is `[b_start, b_end)`."""
 
@@ -61,16 +50,6 @@ class Block:
     @property
     def num_documents(self) -> int:
         return len(self.doc_starts) - 1
-
-    @classmethod
-    def from_documents(cls, documents: Sequence[Sequence[Sequence[int]]]) -> Block:
-        """The layout of `documents` (lists of sentences of token ids) concatenated in order."""
-        token_starts, doc_starts = [0], [0]
-        for doc in documents:
-            for sentence in doc:
-                token_starts.append(token_starts[-1] + len(sentence))
-            doc_starts.append(len(token_starts) - 1)
-        return cls(token_starts, doc_starts)
 
 
 def _truncate_spans(
@@ -102,7 +81,7 @@ def instance_spans(
     nsp: bool = True,
 ) -> list[Span]:
     """NSP instances of document `doc_index` of `block`, as spans of the block's flat tokens; B may come from
-    other documents. Draws from `rng` exactly as `instances_from_document` does on the same documents."""
+    other documents."""
     starts, docs = block.token_starts, block.doc_starts
     first, end = docs[doc_index], docs[doc_index + 1]  # the document's sentences
     many_docs = nsp and block.num_documents > 1
@@ -160,28 +139,3 @@ def gather_spans(spans: Sequence[Span], values: np.ndarray) -> tuple[np.ndarray,
     out_starts = np.cumsum(segment_lengths) - segment_lengths
     index = np.repeat(segment_starts - out_starts, segment_lengths) + np.arange(int(segment_lengths.sum()))
     return values[index], np.column_stack([lengths, table[:, 4]])
-
-
-def instances_from_document(
-    doc_index: int,
-    documents: list[list[list[int]]],
-    rng: np.random.Generator,
-    max_seq_length: int,
-    short_seq_prob: float = 0.1,
-    word_starts: list[list[list[int]]] | None = None,
-    nsp: bool = True,
-) -> list[Instance]:
-    """NSP instances of `documents[doc_index]` (a list of tokenized sentences); B may come from other documents.
-
-    `word_starts`, when given, parallels `documents` with 1/0 word-start flags per token. Every sentence must hold
-    a token and every document a sentence. The token lists of `instance_spans`, for callers without a flat array.
-    """
-    block = Block.from_documents(documents)
-    tokens = [t for doc in documents for s in doc for t in s]
-    flags = [f for doc in word_starts for s in doc for f in s] if word_starts is not None else None
-    out = []
-    for a0, a1, b0, b1, label in instance_spans(doc_index, block, rng, max_seq_length, short_seq_prob, nsp):
-        out.append(Instance(tokens[a0:a1], tokens[b0:b1], label))
-        if flags is not None:
-            out[-1].starts_a, out[-1].starts_b = flags[a0:a1], flags[b0:b1]
-    return out
