@@ -57,13 +57,13 @@ BUSY, IDLE = float("inf"), float("-inf")  # ThreadChoice.serial_until: one threa
 def cores(minilm):
     """Set `minilm`'s view of the cores (BUSY or IDLE) for one test; restored after."""
     ours = minilm[0]
-    before = ours.threads.serial_until
+    before = ours.threads.serial_until, ours.threads.busy_in_a_row
 
     def set_to(until: float) -> None:
-        ours.threads.serial_until = until
+        ours.threads.serial_until, ours.threads.busy_in_a_row = until, 0
 
     yield set_to
-    ours.threads.serial_until = before
+    ours.threads.serial_until, ours.threads.busy_in_a_row = before
 
 
 @pytest.mark.parametrize("busy", [True, False], ids=["one_thread", "all_threads"])
@@ -135,14 +135,26 @@ def test_one_thread_and_two_threads_agree(minilm, two_threads, cores) -> None:
     assert (serial.last_hidden_state - parallel.last_hidden_state).abs().max() <= TOLERANCE
 
 
-def test_thread_choice_goes_serial_while_a_forward_shows_busy_cores() -> None:
-    choice = ThreadChoice(busy_ratio=0.5, retry_s=10.0)
+def test_thread_choice_goes_serial_while_forwards_in_a_row_show_busy_cores() -> None:
+    choice = ThreadChoice(busy_ratio=0.5, retry_s=10.0, busy_runs=3)
     assert not choice.serial(0.0)
     choice.record(wall_s=0.010, cpu_s=0.0095, now=0.0)  # on a CPU all along: idle cores, all threads stay
     assert not choice.serial(1.0)
-    choice.record(wall_s=0.100, cpu_s=0.020, now=5.0)  # asleep 80% of the time: waiting for a busy core
-    assert choice.serial(5.0) and choice.serial(14.9)
-    assert not choice.serial(15.0)  # all threads are tried again
+    choice.record(wall_s=0.100, cpu_s=0.020, now=2.0)  # asleep 80% of the time: waiting for a busy core
+    choice.record(wall_s=0.100, cpu_s=0.020, now=3.0)
+    assert not choice.serial(3.0)  # two are not yet evidence (a first forward sleeps too)
+    choice.record(wall_s=0.010, cpu_s=0.0095, now=4.0)  # an idle one starts the count again
+    for now in (5.0, 6.0):
+        choice.record(wall_s=0.100, cpu_s=0.020, now=now)
+    assert not choice.serial(6.0)
+    choice.record(wall_s=0.100, cpu_s=0.020, now=7.0)  # the third in a row
+    assert choice.serial(7.0) and choice.serial(16.9)
+    assert not choice.serial(17.0)  # all threads are tried again...
+    choice.record(wall_s=0.100, cpu_s=0.020, now=17.0)  # ...and found busy at once: one thread again
+    assert choice.serial(17.0) and choice.serial(26.9)
+    choice.record(wall_s=0.010, cpu_s=0.0095, now=27.0)  # a retry that finds idle cores resets the count
+    choice.record(wall_s=0.100, cpu_s=0.020, now=28.0)
+    assert not choice.serial(28.0)
 
 
 @torch.inference_mode()
@@ -151,7 +163,9 @@ def test_forward_measures_its_own_cpu_share(minilm, two_threads, cores, monkeypa
     cores(IDLE)
     small = tok.batch(SENTENCES[:1])
     monkeypatch.setattr(bertkit.model.time, "thread_time", lambda: 0.0)  # a thread that got no CPU at all
-    ours(**small)
+    for _ in range(ours.threads.busy_runs):
+        assert not ours.threads.serial(time.monotonic())
+        ours(**small)
     assert ours.threads.serial(time.monotonic())  # the next small forwards run on one thread
 
 

@@ -246,14 +246,16 @@ def one_intra_op_thread() -> Iterator[None]:
 class ThreadChoice:
     """Whether a small inference batch runs on all intra-op threads or on one.
 
-    All threads until a forward on them shows the cores busy: the calling thread was on a CPU for less than
-    `busy_ratio` of the forward's wall time (on an idle machine it computes or spins all along, ratio ~1; when
-    another thread it waits for is not scheduled, it sleeps). Then one thread for `retry_s` seconds, after which
-    all threads are tried again."""
+    All threads until `busy_runs` forwards in a row on them show the cores busy: the calling thread was on a CPU
+    for less than `busy_ratio` of the forward's wall time (on an idle machine it computes or spins all along, ratio
+    ~1; when another thread it waits for is not scheduled, it sleeps). A single such forward is not evidence: the
+    first forward of a process, or one that follows another runtime's burst, sleeps too. Then one thread for
+    `retry_s` seconds, after which all threads are tried again: one busy forward then is enough to go back."""
 
-    def __init__(self, busy_ratio: float = 0.7, retry_s: float = 10.0):
-        self.busy_ratio, self.retry_s = busy_ratio, retry_s
+    def __init__(self, busy_ratio: float = 0.7, retry_s: float = 10.0, busy_runs: int = 3):
+        self.busy_ratio, self.retry_s, self.busy_runs = busy_ratio, retry_s, busy_runs
         self.serial_until = float("-inf")  # time.monotonic() until which small batches run on one thread
+        self.busy_in_a_row = 0  # consecutive all-thread forwards that found the cores busy
 
     def serial(self, now: float) -> bool:
         """Whether a small batch starting at `now` runs on one thread."""
@@ -261,8 +263,13 @@ class ThreadChoice:
 
     def record(self, wall_s: float, cpu_s: float, now: float) -> None:
         """One small forward on all threads: `wall_s` elapsed, `cpu_s` of CPU time of the calling thread."""
-        if cpu_s < self.busy_ratio * wall_s:
+        if cpu_s >= self.busy_ratio * wall_s:
+            self.busy_in_a_row = 0
+            return
+        self.busy_in_a_row += 1
+        if self.busy_in_a_row >= self.busy_runs:
             self.serial_until = now + self.retry_s
+            self.busy_in_a_row = self.busy_runs - 1  # the retry goes back to one thread if it finds them busy
 
 
 def attention_bias(
