@@ -6,7 +6,7 @@
 Each real SST-2 dev sentence is served alone, as one request would be: tokenized, made into tensors and run
 (batch 1, no padding), timed end to end. Four backends, each given `--threads` intra-op threads:
 - bertkit_torch: BertModel under torch.inference_mode, as shipped: a batch under bertkit.model.SERIAL_TOKENS
-  tokens runs on all threads, or on one while a forward shows the cores busy (bertkit.model.ThreadChoice);
+  tokens runs on all threads or on one, whichever its recent forwards found faster (bertkit.model.ThreadChoice);
 - bertkit_torch_all_threads: that switched off (`serial_below_tokens = 0`): every operator split across all
   threads, as before the switch existed;
 - bertkit_torch_one_thread: small batches always on one thread;
@@ -65,7 +65,7 @@ def main() -> None:
     all_threads = BertModel.from_pretrained(model_dir).eval()
     all_threads.serial_below_tokens = 0
     one_thread = BertModel.from_pretrained(model_dir).eval()
-    one_thread.threads.serial_until = float("inf")
+    one_thread.threads.fixed = True
 
     with tempfile.TemporaryDirectory() as folder:
         onnx_file = Path(folder) / "minilm.onnx"
@@ -115,7 +115,6 @@ def main() -> None:
         "tokens_median": statistics.median(len(tok.encode(s)) for s in sentences),
         "threads": args.threads,
         "serial_below_tokens": shipped.serial_below_tokens,
-        "shipped_ends_on_one_thread": shipped.threads.serial(time.monotonic()),
         "median_ms": {k: round(v, 3) for k, v in median.items()},
         "p90_ms": {k: round(float(np.percentile(t, 90)), 3) for k, t in times.items()},
         "torch_over_onnx_fp32": round(median["bertkit_torch"] / median["onnxruntime_fp32"], 3),

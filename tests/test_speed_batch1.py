@@ -50,20 +50,21 @@ class CountingUnpadded(bertkit.model.Unpadded):
         super().__init__(attention_mask)
 
 
-BUSY, IDLE = float("inf"), float("-inf")  # ThreadChoice.serial_until: one thread for small batches, or all
+BUSY, IDLE = True, False  # ThreadChoice.fixed: one thread for small batches, or all
 
 
 @pytest.fixture
 def cores(minilm):
     """Set `minilm`'s view of the cores (BUSY or IDLE) for one test; restored after."""
     ours = minilm[0]
-    before = ours.threads.serial_until, ours.threads.busy_in_a_row
+    before = ours.threads
 
-    def set_to(until: float) -> None:
-        ours.threads.serial_until, ours.threads.busy_in_a_row = until, 0
+    def set_to(serial: bool) -> None:
+        ours.threads = ThreadChoice()
+        ours.threads.fixed = serial
 
     yield set_to
-    ours.threads.serial_until, ours.threads.busy_in_a_row = before
+    ours.threads = before
 
 
 @pytest.mark.parametrize("busy", [True, False], ids=["one_thread", "all_threads"])
@@ -135,38 +136,48 @@ def test_one_thread_and_two_threads_agree(minilm, two_threads, cores) -> None:
     assert (serial.last_hidden_state - parallel.last_hidden_state).abs().max() <= TOLERANCE
 
 
-def test_thread_choice_goes_serial_while_forwards_in_a_row_show_busy_cores() -> None:
-    choice = ThreadChoice(busy_ratio=0.5, retry_s=10.0, busy_runs=3)
-    assert not choice.serial(0.0)
-    choice.record(wall_s=0.010, cpu_s=0.0095, now=0.0)  # on a CPU all along: idle cores, all threads stay
-    assert not choice.serial(1.0)
-    choice.record(wall_s=0.100, cpu_s=0.020, now=2.0)  # asleep 80% of the time: waiting for a busy core
-    choice.record(wall_s=0.100, cpu_s=0.020, now=3.0)
-    assert not choice.serial(3.0)  # two are not yet evidence (a first forward sleeps too)
-    choice.record(wall_s=0.010, cpu_s=0.0095, now=4.0)  # an idle one starts the count again
-    for now in (5.0, 6.0):
-        choice.record(wall_s=0.100, cpu_s=0.020, now=now)
-    assert not choice.serial(6.0)
-    choice.record(wall_s=0.100, cpu_s=0.020, now=7.0)  # the third in a row
-    assert choice.serial(7.0) and choice.serial(16.9)
-    assert not choice.serial(17.0)  # all threads are tried again...
-    choice.record(wall_s=0.100, cpu_s=0.020, now=17.0)  # ...and found busy at once: one thread again
-    assert choice.serial(17.0) and choice.serial(26.9)
-    choice.record(wall_s=0.010, cpu_s=0.0095, now=27.0)  # a retry that finds idle cores resets the count
-    choice.record(wall_s=0.100, cpu_s=0.020, now=28.0)
-    assert not choice.serial(28.0)
+def test_thread_choice_runs_the_mode_that_was_faster_and_retries_the_other() -> None:
+    choice = ThreadChoice(retry_s=5.0, window=3)
+    tokens, ALL, ONE = 20, False, True
+    for mode, ms in ((ALL, 30.0), (ALL, 2.0), (ALL, 2.0), (ONE, 3.0), (ONE, 3.0), (ONE, 3.0)):
+        assert choice.serial(tokens, 0.0) == mode  # each mode is timed `window` times first
+        choice.record(tokens, mode, ms * tokens / 1e3)
+    assert choice.serial(tokens, 0.0) == ALL  # faster by the median: the slow first forward does not decide
+    assert choice.serial(tokens, 4.9) == ALL
+    assert choice.serial(tokens, 5.0) == ONE  # the other mode, tried once after retry_s
+    assert choice.serial(tokens, 5.1) == ALL
+    for _ in range(2):  # the cores get busy: all threads slow down
+        choice.record(tokens, ALL, 20.0 * tokens / 1e3)
+    assert choice.serial(tokens, 5.2) == ONE
+    assert choice.serial(tokens + 200, 5.2) == ALL  # another size class keeps its own times (none yet)
+    choice.fixed = False
+    assert choice.serial(tokens, 5.2) == ALL
 
 
 @torch.inference_mode()
-def test_forward_measures_its_own_cpu_share(minilm, two_threads, cores, monkeypatch) -> None:
+def test_forward_times_both_modes_and_runs_the_faster(minilm, two_threads, cores) -> None:
     ours, _, tok = minilm
-    cores(IDLE)
+    cores(None)  # measuring
+    window = ours.threads.window
+    seen: list[int] = []
+    hook = ours.layers[0].register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
     small = tok.batch(SENTENCES[:1])
-    monkeypatch.setattr(bertkit.model.time, "thread_time", lambda: 0.0)  # a thread that got no CPU at all
-    for _ in range(ours.threads.busy_runs):
-        assert not ours.threads.serial(time.monotonic())
+    tokens = small["input_ids"].numel()
+    try:
+        for _ in range(2 * window):
+            ours(**small)
+        assert seen == [2] * window + [1] * window  # each mode timed
+        for _ in range(window):  # all threads made to look slow: one thread runs
+            ours.threads.record(tokens, False, 1.0)
         ours(**small)
-    assert ours.threads.serial(time.monotonic())  # the next small forwards run on one thread
+        assert seen[-1] == 1
+        for _ in range(window):  # and now one thread
+            ours.threads.record(tokens, True, 2.0)
+        ours(**small)
+        assert seen[-1] == 2
+    finally:
+        hook.remove()
+    assert torch.get_num_threads() == 2
 
 
 def test_thread_count_restored_after_nesting_and_errors(two_threads) -> None:

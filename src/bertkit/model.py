@@ -10,8 +10,10 @@ Shapes: B batch, T sequence length, H hidden size, nh heads, hs head size, V voc
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -214,7 +216,7 @@ def is_padded(attention_mask: torch.Tensor | None) -> bool:
 # of such a batch is a few microseconds of arithmetic and every split across threads waits for all of them: on an
 # idle machine that wait is short and all threads are faster, but when the cores are busy elsewhere (other
 # processes, another runtime's thread pool) each of the ~100 operators of a forward waits for a scheduler time
-# slice, and one thread is many times faster. `ThreadChoice` tells the two cases apart by measurement.
+# slice, and one thread is many times faster. `ThreadChoice` times both and runs the faster.
 SERIAL_TOKENS = 128
 
 _threads_lock = threading.Lock()
@@ -244,32 +246,40 @@ def one_intra_op_thread() -> Iterator[None]:
 
 
 class ThreadChoice:
-    """Whether a small inference batch runs on all intra-op threads or on one.
+    """Whether a small inference batch runs on all intra-op threads or on one: whichever was faster lately.
 
-    All threads until `busy_runs` forwards in a row on them show the cores busy: the calling thread was on a CPU
-    for less than `busy_ratio` of the forward's wall time (on an idle machine it computes or spins all along, ratio
-    ~1; when another thread it waits for is not scheduled, it sleeps). A single such forward is not evidence: the
-    first forward of a process, or one that follows another runtime's burst, sleeps too. Then one thread for
-    `retry_s` seconds, after which all threads are tried again: one busy forward then is enough to go back."""
+    Each forward's wall time per token is kept for its mode and size class (the token count's power of two). The
+    mode with the lower median of its last `window` times runs; a mode with fewer times is tried first, and the
+    other mode is tried once every `retry_s` seconds per size class, so that a change in the machine's load is
+    noticed either way. A median, not a mean: one slow forward (a process's first, or one that met a burst of other
+    work) must not decide. `fixed` (True: always one thread, False: always all) switches the measuring off."""
 
-    def __init__(self, busy_ratio: float = 0.7, retry_s: float = 10.0, busy_runs: int = 3):
-        self.busy_ratio, self.retry_s, self.busy_runs = busy_ratio, retry_s, busy_runs
-        self.serial_until = float("-inf")  # time.monotonic() until which small batches run on one thread
-        self.busy_in_a_row = 0  # consecutive all-thread forwards that found the cores busy
+    def __init__(self, retry_s: float = 5.0, window: int = 3):
+        self.retry_s, self.window = retry_s, window
+        self.fixed: bool | None = None
+        self._times: dict[tuple[int, bool], deque[float]] = {}  # (size class, serial) -> seconds per token
+        self._tried: dict[int, float] = {}  # size class -> when the mode that is not the best was last tried
 
-    def serial(self, now: float) -> bool:
-        """Whether a small batch starting at `now` runs on one thread."""
-        return now < self.serial_until
+    def serial(self, tokens: int, now: float) -> bool:
+        """Whether a forward of `tokens` tokens starting at `now` (time.monotonic()) runs on one thread."""
+        if self.fixed is not None:
+            return self.fixed
+        size = tokens.bit_length()
+        times = {mode: self._times.get((size, mode), ()) for mode in (False, True)}
+        for mode in (False, True):
+            if len(times[mode]) < self.window:
+                return mode
+        best = statistics.median(times[True]) < statistics.median(times[False])
+        if now - self._tried.get(size, now) >= self.retry_s:
+            self._tried[size] = now
+            return not best
+        self._tried.setdefault(size, now)
+        return best
 
-    def record(self, wall_s: float, cpu_s: float, now: float) -> None:
-        """One small forward on all threads: `wall_s` elapsed, `cpu_s` of CPU time of the calling thread."""
-        if cpu_s >= self.busy_ratio * wall_s:
-            self.busy_in_a_row = 0
-            return
-        self.busy_in_a_row += 1
-        if self.busy_in_a_row >= self.busy_runs:
-            self.serial_until = now + self.retry_s
-            self.busy_in_a_row = self.busy_runs - 1  # the retry goes back to one thread if it finds them busy
+    def record(self, tokens: int, serial: bool, wall_s: float) -> None:
+        """A forward of `tokens` tokens took `wall_s` seconds on one thread (`serial`) or on all of them."""
+        key = (tokens.bit_length(), serial)
+        self._times.setdefault(key, deque(maxlen=self.window)).append(wall_s / max(tokens, 1))
 
 
 def attention_bias(
@@ -388,13 +398,15 @@ class BertModel(nn.Module, PreTrainedMixin):
         )
         if not small:
             return self._encode(input_ids, token_type_ids, attention_mask, exporting)
-        start = time.monotonic()
-        if self.threads.serial(start):
+        tokens = input_ids.numel()
+        serial = self.threads.serial(tokens, time.monotonic())
+        start = time.perf_counter()
+        if serial:
             with one_intra_op_thread():
-                return self._encode(input_ids, token_type_ids, attention_mask, exporting)
-        cpu = time.thread_time()
-        out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
-        self.threads.record(time.monotonic() - start, time.thread_time() - cpu, start)
+                out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
+        else:
+            out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
+        self.threads.record(tokens, serial, time.perf_counter() - start)
         return out
 
     def _encode(
