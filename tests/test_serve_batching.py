@@ -110,6 +110,28 @@ def test_batching_off_runs_one_job_per_call() -> None:
         batcher.close()
 
 
+def test_a_client_alone_never_waits_and_concurrent_ones_wait_for_company() -> None:
+    model = FakeModel()
+    batcher = Batcher(model, max_batch_tokens=100, max_wait_ms=400)
+    try:
+        start = time.monotonic()
+        assert batcher.submit("x", "alone", 1).future.result(10) == "x:alone"
+        assert time.monotonic() - start < 0.3  # no one else came: it ran at once, not after the 400 ms wait
+        hold_worker(model, batcher)
+        pair = [batcher.submit("x", p, 1) for p in ("a", "b")]
+        model.gate.set()
+        [j.future.result(10) for j in pair]  # a batch of two: clients come concurrently now
+        start = time.monotonic()
+        job = batcher.submit("x", "next", 1)
+        time.sleep(0.1)
+        late = batcher.submit("x", "late", 1)  # arrives within the wait: shares the batch
+        assert job.future.result(10) == "x:next" and late.future.result(10) == "x:late"
+        assert time.monotonic() - start >= 0.35
+        assert model.batches[-1] == ["next", "late"]
+    finally:
+        batcher.close()
+
+
 def test_length_buckets_keep_padding_small_and_outputs_in_order() -> None:
     lengths = [100, 10, 12, 300, 11, 110, 9]
     groups = length_buckets(lengths)
@@ -118,6 +140,30 @@ def test_length_buckets_keep_padding_small_and_outputs_in_order() -> None:
     calls: list[list[int]] = []
     out = run_bucketed(lengths, lengths, lambda rows: (calls.append(rows), [-r for r in rows])[1])
     assert out == [-n for n in lengths] and len(calls) == 3
+
+
+def test_the_model_is_loaded_and_run_on_the_worker_thread(tiny_task_models: dict[str, Path], monkeypatch) -> None:
+    """One thread runs all of the server's PyTorch work: once two threads have run parallel operators, OpenMP
+    stops spin-waiting and every operator of a small forward waits for a sleeping thread (about 2x slower)."""
+    import bertkit.serve.service as service_module
+
+    threads: list[str] = []
+    opener = service_module.open_model_dir
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return opener(*args, **kwargs)
+
+    monkeypatch.setattr(service_module, "open_model_dir", recording)
+    service = Service(tiny_task_models["cls"])
+    try:
+        model = service.task_model.model
+        hook = model.register_forward_hook(lambda *_: threads.append(threading.current_thread().name))
+        service.predict([{"text": TEXTS[0]}])
+        hook.remove()
+    finally:
+        service.close()
+    assert threads == ["bertkit-batcher", "bertkit-batcher"]
 
 
 def metric(url: str, name: str, **labels: str) -> float:

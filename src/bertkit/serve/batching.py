@@ -1,8 +1,9 @@
 """Dynamic batching across clients: requests queue, one worker thread forms batches and runs the model.
 
 A request becomes a `Job` (its kind, its prepared payload and what it costs in tokens). The worker takes the oldest
-waiting job, waits at most `max_wait_ms` for company while the queue holds fewer than `max_batch_tokens` tokens of
-that kind, then fills the batch with the waiting jobs of the same kind whose lengths are closest to the oldest one's
+waiting job and, when requests come concurrently (the last batch held several, or others wait already), waits at
+most `max_wait_ms` for company while the queue holds fewer than `max_batch_tokens` tokens of that kind; a client
+alone never waits. Then it fills the batch with the waiting jobs of the same kind whose lengths are closest to the oldest one's
 (length buckets: little padding), up to the token budget. The oldest job always goes first, so no job waits behind
 more than one batch of others, and a job larger than the budget runs alone. A job whose client has gone (its future
 cancelled) is dropped before it is computed. The model call is one function over the batch's payloads, so the same
@@ -17,6 +18,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_WAIT_MS
 
 # run(kind, payloads) -> one result per payload, in order; a result may be an exception, meant for that job alone.
 BatchRunner = Callable[[str, Sequence[Any]], Sequence[Any]]
@@ -48,8 +51,8 @@ class Batcher:
     def __init__(
         self,
         run: BatchRunner,
-        max_batch_tokens: int = 8192,
-        max_wait_ms: float = 2.0,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
+        max_wait_ms: float = MAX_WAIT_MS,
         enabled: bool = True,
         on_batch: Callable[[int, int], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
@@ -63,6 +66,7 @@ class Batcher:
         self._pending: list[Job] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._company = False  # whether the last batch held more than one job: clients come concurrently
         self._thread = threading.Thread(target=self._loop, name="bertkit-batcher", daemon=True)
         self._thread.start()
 
@@ -123,7 +127,8 @@ class Batcher:
                     break
                 self._cond.wait()
             head = self._pending[0]
-            if self.enabled and head.kind != "call":
+            alike = sum(j.kind == head.kind for j in self._pending)
+            if self.enabled and head.kind != "call" and (self._company or alike > 1):
                 # A short wait for company, only while the queue holds less than one batch of this kind.
                 while not self._closed:
                     queued = sum(j.tokens for j in self._pending if j.kind == head.kind)
@@ -143,6 +148,8 @@ class Batcher:
                     if job.tokens <= budget:
                         batch.append(job)
                         budget -= job.tokens
+            if head.kind != "call":
+                self._company = len(batch) > 1
             taken = {id(j) for j in batch}
             self._pending[:] = [j for j in self._pending if id(j) not in taken]
             self._queue_changed()

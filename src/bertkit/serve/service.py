@@ -50,8 +50,18 @@ class Service:
         self.path = Path(model_dir)
         self.device = pick_device(device)
         self.metrics = metrics or Metrics()
+        m = self.metrics
+        self.batcher = Batcher(self._run_batch, max_batch_tokens, max_wait_ms, enabled=batching,
+                               on_batch=m.observe_batch, on_queue=m.queue_depth.set, on_drop=m.dropped.inc)  # fmt: skip
         started = time.perf_counter()
-        opened = opened or open_model_dir(self.path, self.device)
+        try:
+            # Loaded on the worker thread, which runs every model call: no other thread of the process ever runs a
+            # parallel PyTorch operator. Once two threads have, OpenMP (libgomp) has more threads than cores and
+            # stops spin-waiting between parallel regions, and every operator waits for a sleeping thread to wake.
+            opened = opened or self.batcher.call(lambda: open_model_dir(self.path, self.device))
+        except BaseException:
+            self.batcher.close()
+            raise
         self.metrics.load_seconds.set(time.perf_counter() - started)
         self.config, self.tokenizer, self.encoder = opened.config, opened.tokenizer, opened.encoder
         self.mlm = opened.mlm
@@ -60,9 +70,6 @@ class Service:
         self.embedding = embedding_settings(self.path)
         self.max_windows = max_windows
         self.max_positions = self.config.max_position_embeddings
-        m = self.metrics
-        self.batcher = Batcher(self._run_batch, max_batch_tokens, max_wait_ms, enabled=batching,
-                               on_batch=m.observe_batch, on_queue=m.queue_depth.set, on_drop=m.dropped.inc)  # fmt: skip
         self.ready_error: str | None = None
         self.ready_error = self._canary()
 
