@@ -55,7 +55,7 @@ def main() -> None:
                 times = []
                 for r in range(args.repeats + 1):  # the first: warm-up
                     batch = [service.prepare_embed([t])[1] for t in texts[r * size : (r + 1) * size]]
-                    times.append(service.batcher.call(lambda b=batch: timed(service._embed_batch, b)) / size)
+                    times.append(service.batcher.call(lambda b=batch, s=service: timed(s._embed_batch, b)) / size)
                 row[str(size)] = round(statistics.median(times[1:]) * 1e3, 2)
             row["batch1_over_batch32"] = round(row["1"] / row["32"], 2)
             results["backends"][name] = {"ms_per_sentence": row}

@@ -3,7 +3,6 @@ busy) computes what the padded batch path and transformers compute, and the thre
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest

@@ -3,11 +3,11 @@
 A request becomes a `Job` (its kind, its prepared payload and what it costs in tokens). The worker takes the oldest
 waiting job and, when requests come concurrently (the last batch held several, or others wait already), waits at
 most `max_wait_ms` for company while the queue holds fewer than `max_batch_tokens` tokens of that kind; a client
-alone never waits. Then it fills the batch with the waiting jobs of the same kind whose lengths are closest to the oldest one's
-(length buckets: little padding), up to the token budget. The oldest job always goes first, so no job waits behind
-more than one batch of others, and a job larger than the budget runs alone. A job whose client has gone (its future
-cancelled) is dropped before it is computed. The model call is one function over the batch's payloads, so the same
-worker serves any backend.
+alone never waits. Then it fills the batch with the waiting jobs of the same kind whose lengths are closest to the
+oldest one's (length buckets: little padding), up to the token budget. The oldest job always goes first, so no job
+waits behind more than one batch of others, and a job larger than the budget runs alone. A job whose client has
+gone (its future cancelled) is dropped before it is computed. The model call is one function over the batch's
+payloads, so the same worker serves any backend.
 """
 
 from __future__ import annotations
