@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from bertkit.errors import BertkitError
 from bertkit.train.batches import epoch_loader
 from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import any_rank, dist_info
@@ -63,9 +64,12 @@ def test_no_weight_decay_on_biases_and_norms() -> None:
     assert sorted(p.numel() for p in no_decay["params"]) == [3, 3, 5] and no_decay["weight_decay"] == 0.0
 
 
-def test_no_autocast_on_cpu() -> None:
-    for precision in ("auto", "fp32", "bf16", "fp16"):
-        assert amp_dtype(precision, torch.device("cpu")) is None
+def test_cpu_autocasts_only_when_bf16_is_asked_for() -> None:
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("fp32", cpu) is None  # the same numbers on every CPU
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(BertkitError, match="fp16 is for CUDA"):
+        amp_dtype("fp16", cpu)
 
 
 def test_one_process_is_rank_zero_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,3 +182,39 @@ def test_a_trainer_over_a_dataset_resumes_bit_exactly(tmp_path: Path) -> None:
     assert log(tmp_path / "a") == log(tmp_path / "b")
     assert [r["step"] for r in log(tmp_path / "a") if r.get("split") == "eval"] == [4, 8]
     assert "half" in log(tmp_path / "a")[0]  # the loss function's parts are logged
+
+
+def test_bf16_pretraining_on_cpu_follows_fp32() -> None:
+    """The same model and batch trained 30 steps in fp32 and under CPU bf16 autocast: bf16 keeps 8 bits of mantissa,
+    so losses differ by rounding, bounded here at 2% of the fp32 loss per step, and both fall alike."""
+    from bertkit import BertConfig, BertForPreTraining
+    from bertkit.train.precision import autocast
+
+    config = BertConfig.preset("tiny", vocab_size=300, max_position_embeddings=64)
+    g = torch.Generator().manual_seed(0)
+    B, T = 8, 48
+    lengths = torch.randint(24, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    ids = torch.randint(5, config.vocab_size, (B, T), generator=g) * mask
+    labels = torch.where((torch.rand(B, T, generator=g) < 0.15) & mask.bool(), ids, -100)
+    nsp = torch.randint(0, 2, (B,), generator=g)
+    cpu = torch.device("cpu")
+    losses: dict[str, list[float]] = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = BertForPreTraining(config)
+        optimizer = build_optimizer(model, 1e-3, device=cpu)
+        dtypes = set()
+        model.bert.layers[0].ffn.fc1.register_forward_hook(lambda m, i, out, seen=dtypes: seen.add(out.dtype))
+        losses[precision] = []
+        for _ in range(30):
+            with autocast(amp_dtype(precision, cpu), cpu):
+                loss = model(ids, attention_mask=mask, mlm_labels=labels, nsp_labels=nsp).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses[precision].append(loss.item())
+        assert dtypes == {torch.float32 if precision == "fp32" else torch.bfloat16}
+    for full, half in zip(losses["fp32"], losses["bf16"], strict=True):
+        assert abs(half - full) <= 0.02 * full
+    assert losses["bf16"][-1] < 0.5 * losses["bf16"][0]

@@ -53,7 +53,8 @@ class TrainConfig:
     device: str | None = option(None, help="cpu or cuda (default: cuda when available)")
     precision: str = option(
         "auto", choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto: bf16 autocast on GPUs that support it, else fp32",
+        help="auto: bf16 autocast on GPUs that support it, else fp32 (on every CPU, so that results do not depend "
+        "on the CPU); bf16 on a CPU: autocast, fast where the CPU has AVX512-BF16 or AMX; fp16: CUDA only",
     )  # fmt: skip
     progress: bool = True
     max_minutes: float | None = option(

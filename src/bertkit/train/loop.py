@@ -32,7 +32,7 @@ from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import ShardUnits, any_rank, replicate, reshard, setup_device, shard
 from bertkit.train.metrics_log import Curves, MetricsLog, plot_metrics
 from bertkit.train.optim import build_optimizer, build_scheduler
-from bertkit.train.precision import amp_dtype, autocast
+from bertkit.train.precision import amp_dtype, autocast, cpu_has_native_bf16
 from bertkit.train.state import (
     TrainState,
     check_same_run,
@@ -157,6 +157,8 @@ class Trainer:
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_ratio, cfg.max_steps)
         self.amp_dtype = amp_dtype(cfg.precision, self.device)
+        if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+            print("note: this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 runs emulated, slower than fp32")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
         self.metrics = MetricsLog(self.out)
@@ -299,7 +301,7 @@ class Trainer:
         # Under DDP every rank holds the whole model, so one evaluates and tells the others (each would compute
         # the same numbers); FSDP's shards need every rank in each forward, so there all of them evaluate.
         alone = self.world > 1 and not self.fsdp
-        with torch.no_grad(), autocast(self.amp_dtype):
+        with torch.no_grad(), autocast(self.amp_dtype, self.device):
             metrics = self.eval_fn(self.raw_model) if self.is_main or not alone else {}
         if alone:
             shared = [metrics]
@@ -447,7 +449,7 @@ class Trainer:
             ctx = self.model.no_sync() if (self.world > 1 and not sync and not self.fsdp) else nullcontext()
             if self.fsdp:
                 self.model.set_requires_gradient_sync(sync)  # type: ignore[operator]
-            with ctx, autocast(self.amp_dtype):
+            with ctx, autocast(self.amp_dtype, self.device):
                 loss, parts = self.loss_fn(self.model, batch)
             self.scaler.scale(loss / cfg.grad_accum).backward()
             loss_value = loss.item()

@@ -1,18 +1,35 @@
 """Mixed precision: which dtype the forward pass runs in, and the autocast context that applies it.
 
-Only on CUDA; on CPU training runs in fp32. fp16 also needs loss scaling (`torch.amp.GradScaler`), which the loop
-enables exactly when `amp_dtype` returns float16.
+On CUDA, "auto" is bf16 where the GPU supports it. On the CPU, "auto" is fp32 on every machine, so that the same
+command and seed give the same numbers on any CPU; bf16 is there when asked for (`--precision bf16`), and is fast
+only on CPUs that compute it natively (AVX512-BF16 or AMX). fp16 needs loss scaling (`torch.amp.GradScaler`), which
+the loop enables exactly when `amp_dtype` returns float16; on the CPU it is not offered.
 """
 
 from __future__ import annotations
 
 import torch
 
+from bertkit.errors import BertkitError
+from bertkit.machine import cpu_flags
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPUs without them emulate bf16 matmuls: slower than fp32
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX)."""
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
+
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`; None for full fp32. "auto" is bf16 on CUDA devices that
-    support it (same range as fp32, so no loss scaling) and fp32 otherwise."""
-    if device.type != "cuda" or precision == "fp32":
+    """The autocast dtype for `precision` on `device`; None for full fp32."""
+    if precision == "fp32":
+        return None
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise BertkitError("--precision fp16 is for CUDA devices; on the CPU use bf16 or fp32")
+        return torch.bfloat16 if precision == "bf16" else None
+    if device.type != "cuda":
         return None
     if precision == "fp16":
         return torch.float16
@@ -21,8 +38,8 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def autocast(dtype: torch.dtype | None) -> torch.autocast:
-    """The forward pass's context: autocast to `dtype` on CUDA, or a disabled one (plain fp32) for None."""
+def autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
+    """The forward pass's context: autocast to `dtype` on `device`, or a disabled one (plain fp32) for None."""
     if dtype is None:
         return torch.autocast("cpu", enabled=False)
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
