@@ -270,10 +270,9 @@ class ThreadChoice:
             if len(times[mode]) < self.window:
                 return mode
         best = statistics.median(times[True]) < statistics.median(times[False])
-        if now - self._tried.get(size, now) >= self.retry_s:
+        if now - self._tried.setdefault(size, now) >= self.retry_s:  # the first choice counts as a try
             self._tried[size] = now
             return not best
-        self._tried.setdefault(size, now)
         return best
 
     def record(self, tokens: int, serial: bool, wall_s: float) -> None:
