@@ -150,6 +150,8 @@ def test_the_runner_refuses_what_it_cannot_do(exported, tmp_path: Path) -> None:
         open_onnx_model_dir(exported["ner"][0], onnx_file)
     with pytest.raises(BertkitError, match=r"exported from a encoder model"):
         open_onnx_model_dir(exported["pretrained"][0], exported["encoder"][1])
+    with pytest.raises(BertkitError, match="an ONNX model runs on the CPU; --device cuda is for the PyTorch"):
+        open_onnx_model_dir(exported["cls"][0], onnx_file, device="cuda")
     assert json.loads(json.dumps(model.id2label)) == {"0": "0", "1": "1"}
 
 
@@ -175,6 +177,8 @@ def test_serve_backend_onnx_answers_as_torch(exported, reviews: list[str]) -> No
         open_service(model_dir, "cpu", "onnx")
     with pytest.raises(BertkitError, match="--onnx FILE is for --backend onnx"):
         open_service(model_dir, "cpu", "torch", onnx_file)
+    with pytest.raises(BertkitError, match="runs on the CPU; --device cuda"):
+        open_service(model_dir, "cuda", "onnx", onnx_file)
     # With several worker processes the parent refuses it too, before it says it is serving.
     from bertkit.serve.server import serve
 

@@ -179,9 +179,7 @@ def _onnx_task_model(args: argparse.Namespace):
     an int8 file is judged on the user's own data before it is served."""
     from bertkit.onnx_model import open_onnx_model_dir
 
-    if args.device not in (None, "cpu"):
-        raise BertkitError(f"--onnx runs on the CPU; --device {args.device} is for the PyTorch model")
-    opened = open_onnx_model_dir(args.model, args.onnx)
+    opened = open_onnx_model_dir(args.model, args.onnx, device=args.device)
     if opened.task_model is None:
         raise BertkitError(f"{args.model} is not a fine-tuned task model: --onnx evaluates a task model's export")
     name = opened.task_model.task.name

@@ -172,14 +172,24 @@ def _int64(t: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
-def open_onnx_model_dir(model_dir: str | Path, onnx_file: str | Path, threads: int | None = None) -> ModelDir:
+def check_onnx_device(device: str | None) -> None:
+    """Refuse a `--device` other than the CPU for an ONNX file (onnxruntime runs it on the CPU here), before anything
+    is loaded."""
+    if device not in (None, "cpu"):
+        raise BertkitError(f"an ONNX model runs on the CPU; --device {device} is for the PyTorch model")
+
+
+def open_onnx_model_dir(
+    model_dir: str | Path, onnx_file: str | Path, threads: int | None = None, device: str | None = None
+) -> ModelDir:
     """`model_dir` opened as `bertkit.tasks.model_dir.open_model_dir` opens it (tokenizer, task, labels, config),
     with `onnx_file` (its `bertkit export`, fp32 or int8) as the model: `task_model.model` for a fine-tuned
     directory, `mlm` for a pre-trained one, `encoder` for an encoder. The encoder of a task or pre-trained
     directory stays the PyTorch one (its export has no hidden-state output), on the CPU.
 
     A file exported from another kind of model, or with other labels or output sizes, is a BertkitError naming
-    both paths: its answers would be silently wrong."""
+    both paths: its answers would be silently wrong. `device` other than the CPU is refused (`check_onnx_device`)."""
+    check_onnx_device(device)
     opened = open_model_dir(model_dir, "cpu")
     onnx = OnnxModel(onnx_file, threads, opened.config)
     expected = (
