@@ -19,6 +19,7 @@ from helpers import bertkit_command, run_bertkit
 from bertkit import Tokenizer
 from bertkit.data.config import PrepareConfig
 from bertkit.data.prepare import prepare
+from bertkit.train.metrics_log import read_metrics_log
 from bertkit.train.state import latest_checkpoint
 
 STEPS = 120
@@ -54,11 +55,9 @@ def train_losses(run: Path) -> dict[int, tuple]:
 
 
 def steps_logged(run: Path) -> int:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    lines = [x for x in path.read_text().splitlines() if x.strip()]
-    return json.loads(lines[-1])["step"] if lines else 0
+    """The last step in a running run's log (its last line may be half written as it is read: passed over)."""
+    records = read_metrics_log(run / "metrics.jsonl")
+    return records[-1]["step"] if records else 0
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, small_data: Path) -> None:
