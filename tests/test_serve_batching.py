@@ -132,6 +132,23 @@ def test_a_client_alone_never_waits_and_concurrent_ones_wait_for_company() -> No
         batcher.close()
 
 
+def test_the_worker_tidies_between_batches_at_most_every_interval(monkeypatch) -> None:
+    import bertkit.serve.batching as batching
+
+    model, tidied = FakeModel(), []
+    monkeypatch.setattr(batching, "TIDY_EVERY_S", 0.5)
+    batcher = Batcher(model, max_batch_tokens=100, max_wait_ms=0, tidy=lambda: tidied.append(model.batches[-1]))
+    try:
+        assert batcher.submit("x", "a", 1).future.result(10) == "x:a"
+        assert tidied == []  # not yet TIDY_EVERY_S since the worker started
+        time.sleep(0.6)
+        for p in ("b", "c"):
+            assert batcher.submit("x", p, 1).future.result(10) == f"x:{p}"
+        assert tidied == [["b"]]  # after the batch, never inside it; then not again until the interval has passed
+    finally:
+        batcher.close()
+
+
 def test_length_buckets_keep_padding_small_and_outputs_in_order() -> None:
     lengths = [100, 10, 12, 300, 11, 110, 9]
     groups = length_buckets(lengths)
@@ -196,15 +213,30 @@ def test_concurrent_clients_get_the_answers_they_get_alone(tiny_task_models: dic
         path, bodies = "/api/predict", [{"text": t} for t in TEXTS]
     else:
         path, bodies = "/api/embed", [{"texts": [t, t[:2]]} for t in TEXTS]
-    model = tiny_task_models["pretrained" if task == "embed" else task]
-    with served(model, max_wait_ms=300) as url:  # a long wait, so that the concurrent requests share batches
-        alone = [request(url + path, b) for b in bodies]
-        batches_before = metric(url, "bertkit_batch_size_count")
-        with ThreadPoolExecutor(len(bodies)) as pool:
-            together = list(pool.map(lambda b: request(url + path, b), bodies))
-        batches = metric(url, "bertkit_batch_size_count") - batches_before
+    service = Service(tiny_task_models["pretrained" if task == "embed" else task], device="cpu")
+    try:
+        with running(service) as url:
+            alone = [request(url + path, b) for b in bodies]
+            batches_before = metric(url, "bertkit_batch_size_count")
+            # The worker is held busy until all the concurrent requests wait in its queue (on a busy machine they
+            # might otherwise arrive one after another): then they share one model call.
+            entered, gate = threading.Event(), threading.Event()
+            holder = threading.Thread(target=service.batcher.call, args=(lambda: (entered.set(), gate.wait(60)),))
+            holder.start()
+            assert entered.wait(60)
+            with ThreadPoolExecutor(len(bodies)) as pool:
+                futures = [pool.submit(request, url + path, b) for b in bodies]
+                deadline = time.monotonic() + 60
+                while service.batcher.depth < len(bodies) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                gate.set()
+                together = [f.result() for f in futures]
+            holder.join()
+            batches = metric(url, "bertkit_batch_size_count") - batches_before
+    finally:
+        service.close()
     assert all(status == 200 for status, _ in alone + together), together
-    assert batches < len(bodies)  # some requests did share a model call
+    assert batches == 1  # all the requests shared one model call
     for (_, a), (_, t) in zip(alone, together, strict=True):
         assert_close(t, a, tol=1e-5)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import platform
 
@@ -59,3 +61,32 @@ def summary() -> str:
     m = describe()
     memory = f", {m['memory_gib']} GiB" if "memory_gib" in m else ""
     return f"{m['cores']} CPU cores ({m['cpu']}){memory}, {m.get('gpu', 'no GPU')}, torch {m['torch']}"
+
+
+# glibc's malloc (Linux): a long-running server's heap settings. Elsewhere (musl, macOS, Windows) these do nothing.
+_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (both exist: it is glibc)
+        return libc
+    return None
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Let glibc's malloc create at most `arenas` heaps from now on (True where it could be set). By default it
+    creates one per thread up to 8 per core, and a server's many short-lived request threads each leave one
+    holding freed memory; call it before the threads start."""
+    libc = _glibc()
+    return bool(libc and libc.mallopt(_M_ARENA_MAX, arenas))
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim; True when some were released)."""
+    libc = _glibc()
+    return bool(libc and libc.malloc_trim(0))

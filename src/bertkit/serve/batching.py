@@ -7,7 +7,8 @@ alone never waits. Then it fills the batch with the waiting jobs of the same kin
 oldest one's (length buckets: little padding), up to the token budget. The oldest job always goes first, so no job
 waits behind more than one batch of others, and a job larger than the budget runs alone. A job whose client has
 gone (its future cancelled) is dropped before it is computed. The model call is one function over the batch's
-payloads, so the same worker serves any backend.
+payloads, so the same worker serves any backend. Between batches, at most every `TIDY_EVERY_S`, the worker runs
+`tidy` (the service hands freed heap memory back to the system there).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_WAIT_MS
 
 # run(kind, payloads) -> one result per payload, in order; a result may be an exception, meant for that job alone.
 BatchRunner = Callable[[str, Sequence[Any]], Sequence[Any]]
+TIDY_EVERY_S = 10.0
 
 
 @dataclass
@@ -46,7 +48,8 @@ class Batcher:
     """A queue of jobs and the one worker thread that runs them in batches (see the module's docstring).
 
     `enabled=False` runs one job per model call, in arrival order (the comparison without batching). `on_batch`
-    is told each batch's rows and tokens, `on_queue` the queue's depth, `on_drop` each job dropped unrun."""
+    is told each batch's rows and tokens, `on_queue` the queue's depth, `on_drop` each job dropped unrun; `tidy`
+    runs between batches at most every `TIDY_EVERY_S`."""
 
     def __init__(
         self,
@@ -57,12 +60,14 @@ class Batcher:
         on_batch: Callable[[int, int], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
         on_drop: Callable[[], None] | None = None,
+        tidy: Callable[[], object] | None = None,
     ):
         self._run = run
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
         self.enabled = enabled
         self._on_batch, self._on_queue, self._on_drop = on_batch, on_queue, on_drop
+        self._tidy, self._tidied = tidy, time.monotonic()
         self._pending: list[Job] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -166,6 +171,9 @@ class Batcher:
             if self._on_batch:
                 self._on_batch(sum(j.rows for j in batch), sum(j.tokens for j in batch))
             self._settle(batch, lambda b=batch: self._run(b[0].kind, [j.payload for j in b]))
+            if self._tidy and time.monotonic() - self._tidied >= TIDY_EVERY_S:
+                self._tidy()
+                self._tidied = time.monotonic()
 
     def _settle(self, batch: list[Job], compute: Callable[[], Sequence[Any]]) -> None:
         """Hand each job its result; when the batch fails as a whole, run its jobs one by one, so that one

@@ -25,6 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bertkit.constants import HOST, PORT
 from bertkit.errors import BertkitError
+from bertkit.machine import limit_malloc_arenas
 from bertkit.serve.app import create_app
 from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_BODY_BYTES, MAX_WAIT_MS, MAX_WINDOWS
 from bertkit.serve.service import Service
@@ -115,8 +116,9 @@ def _check_backend(backend: str, onnx: str | Path | None, device: str | None) ->
     if backend == "onnx":
         if onnx is None:
             raise BertkitError("--backend onnx needs --onnx FILE: the model's `bertkit export` (fp32 or int8)")
-        if device not in (None, "cpu"):
-            raise BertkitError(f"--backend onnx runs on the CPU; --device {device} is for --backend torch")
+        from bertkit.onnx_model import check_onnx_device
+
+        check_onnx_device(device)
     elif onnx is not None:
         raise BertkitError("--onnx FILE is for --backend onnx")
 
@@ -176,13 +178,16 @@ def app_from_environment() -> Any:
     """The application of one worker process of `serve(..., workers=N)` (uvicorn imports it by name)."""
     options = json.loads(os.environ[_OPTIONS_ENV])
     threads = options.pop("threads")
-    _set_threads(threads)
+    _prepare_process(threads)
     service = open_service(options.pop("model_dir"), options.pop("device"), options.pop("backend"),
                            options.pop("onnx"), threads, **options.pop("service"))  # fmt: skip
     return create_app(service, **options)
 
 
-def _set_threads(threads: int | None) -> None:
+def _prepare_process(threads: int | None) -> None:
+    """The process's settings for serving, before any thread starts: `threads` intra-op threads, and few malloc
+    heaps (see `limit_malloc_arenas`)."""
+    limit_malloc_arenas()
     if threads:
         import torch
 
@@ -209,7 +214,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     service_options = {"batching": batching, "max_batch_tokens": max_batch_tokens, "max_wait_ms": max_wait_ms,
                        "max_windows": max_windows}  # fmt: skip
-    _set_threads(threads)
+    _prepare_process(threads)
     if workers == 1:
         service = open_service(model_dir, device, backend, onnx, threads, **service_options)
         what = f"a {service.task_name} model" if service.task_name else "a pre-trained model"

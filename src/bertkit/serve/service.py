@@ -19,7 +19,7 @@ from typing import Any
 from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError
 from bertkit.infer import embed, embedding_settings, fill_mask
-from bertkit.machine import pick_device
+from bertkit.machine import pick_device, release_free_memory
 from bertkit.serve.batching import Batcher, Job, run_bucketed
 from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_INPUTS, MAX_WAIT_MS, MAX_WINDOWS
 from bertkit.serve.metrics import Metrics
@@ -52,7 +52,8 @@ class Service:
         self.metrics = metrics or Metrics()
         m = self.metrics
         self.batcher = Batcher(self._run_batch, max_batch_tokens, max_wait_ms, enabled=batching,
-                               on_batch=m.observe_batch, on_queue=m.queue_depth.set, on_drop=m.dropped.inc)  # fmt: skip
+                               on_batch=m.observe_batch, on_queue=m.queue_depth.set, on_drop=m.dropped.inc,
+                               tidy=release_free_memory)  # fmt: skip
         started = time.perf_counter()
         try:
             # Loaded on the worker thread, which runs every model call: no other thread of the process ever runs a
