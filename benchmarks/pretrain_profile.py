@@ -26,7 +26,7 @@ from bertkit.train.optim import build_optimizer
 
 KINDS = {
     "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
-    "dropout random numbers": ("aten::bernoulli_",),
+    "dropout random numbers": ("aten::bernoulli_", "aten::random_"),  # F.dropout's, bertkit.model.dropout's
     "optimizer": ("aten::_fused_adamw_",),
     "data movement": ("aten::copy_", "aten::index_select", "aten::index_copy", "aten::index_add_", "aten::fill_",
                       "aten::cat", "aten::scatter_add_", "aten::embedding_dense_backward", "aten::zero_"),

@@ -12,6 +12,7 @@ from realdata import spread, tsv_rows
 
 from bertkit import BertConfig, BertForPreTraining, BertModel, Tokenizer
 from bertkit.checkpoint import read_tensors
+from bertkit.model import dropout
 
 
 @pytest.fixture(autouse=True)
@@ -164,12 +165,47 @@ def test_dropout_only_in_training(train: bool) -> None:
     assert same is (not train)
 
 
+def test_dropout_keeps_one_minus_p_of_each_element_scaled_and_draws_by_the_seed() -> None:
+    """bertkit's CPU dropout (16 random bits per element, four elements per 64-bit draw): every element position of
+    a draw keeps 1 - p of the time (a lane fed by fewer random bits would keep more), kept values scaled by
+    1 / (1 - p), the gradient through the kept ones only, the same seed the same mask."""
+    x = torch.randn(1000, 1000)
+    for p in (0.1, 0.5, 1 / 3):
+        torch.manual_seed(1)
+        y = dropout(x, p)
+        keep = y != 0
+        for lane in range(4):  # 250,000 elements each: the keep fraction's sd is under 0.001
+            assert abs(keep.view(-1, 4)[:, lane].float().mean().item() - (1 - p)) < 0.005, (p, lane)
+        assert torch.equal(y[keep], x[keep] * (1.0 / (1.0 - p)))
+        torch.manual_seed(1)
+        assert torch.equal(dropout(x, p), y)
+        assert not torch.equal(dropout(x, p), y)  # the next draw is another mask
+    assert torch.equal(dropout(x, 0.1, training=False), x) and torch.equal(dropout(x, 0.0), x)
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    with torch.enable_grad():
+        w = x.clone().requires_grad_()
+        torch.manual_seed(2)
+        dropout(w, 0.25).sum().backward()
+        torch.manual_seed(2)
+        kept = dropout(x, 0.25) != 0
+    assert torch.equal(w.grad, kept.float() / 0.75)
+
+
 @pytest.mark.parametrize("padded", [False, True], ids=["full-rows", "padded-plain-path"])
-def test_training_with_dropout_equals_transformers_eager_with_the_same_seed(tmp_path: Path, padded: bool) -> None:
-    """Dropout draws the same units as transformers' eager attention (probabilities, then each sub-layer's output)
-    given the same seed, so a training step with dropout is checked against the oracle, not only one without.
-    The fast path drops on (N, H) real-token rows where transformers drops on (B, T, H): with padding, the plain
-    path is the one that draws the same numbers."""
+def test_training_with_dropout_equals_transformers_eager_with_the_same_seed(
+    tmp_path: Path, padded: bool, monkeypatch
+) -> None:
+    """With the same seed and the same dropout function (transformers' F.dropout calls bertkit's here), dropout
+    drops the same units as transformers' eager attention (probabilities, then each sub-layer's output), so a
+    training step with dropout is checked against the oracle, not only one without: where dropout applies, in
+    which order, with what scale. The fast path drops on (N, H) real-token rows where transformers drops on
+    (B, T, H): with padding, the plain path is the one that draws the same numbers."""
+    original = torch.nn.functional.dropout
+
+    def routed(x, p=0.5, training=True, inplace=False):
+        return dropout(x, p) if training and 0 < p < 1 else original(x, p, training, inplace)
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", routed)
     torch.manual_seed(0)
     ours = BertForPreTraining(tiny_config()).train()
     ours.save_pretrained(tmp_path)

@@ -53,6 +53,29 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout, as F.dropout: in training, each element zeroed with probability p, the rest scaled by
+    1 / (1 - p).
+
+    On the CPU, F.dropout draws its mask with bernoulli_, one of the costliest operators of a pre-training step
+    (benchmarks/results/pretrain_profile_cpu.json, written by benchmarks/pretrain_profile.py). Here each element
+    takes 16 bits of full-range 64-bit draws (four elements per draw) and is kept when they reach p's threshold, so
+    p is rounded to a multiple of 1/65536. The same seed drops the same elements. On other devices, F.dropout
+    (fused there)."""
+    if not training or p == 0.0 or p >= 1.0 or x.device.type != "cpu":
+        return F.dropout(x, p, training)
+    bits = torch.empty(-(-x.numel() // 4), dtype=torch.int64).random_(-(2**63), None)  # uniform over all 64 bits
+    keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= round(p * 65536) - 32768  # P = 1 - p
+    return (x * keep).mul_(1.0 / (1.0 - p))  # autograd keeps the bool mask, a byte per element
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with bertkit's `dropout` (faster on the CPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 class Embeddings(nn.Module):
     """Sum of token, learned absolute position and segment (token type) embeddings; LayerNorm; dropout."""
 
@@ -63,7 +86,7 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, H)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, H)
         self.ln = nn.LayerNorm(H, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None
@@ -115,11 +138,11 @@ def attention(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     # On the CPU, scaled_dot_product_attention's fused kernel has no dropout: with dropout it falls back to a
     # general math path that is slower than the same steps written out. These are transformers' "eager" steps, so
-    # with the same seed they drop the same probabilities.
+    # with the same seed and dropout function they drop the same probabilities.
     scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, nh, T, T); in place: the product's
     if bias is not None:  # backward needs only q and k
         scores.add_(bias)
-    return F.dropout(scores.softmax(-1), dropout_p) @ v
+    return dropout(scores.softmax(-1), dropout_p) @ v
 
 
 class SelfAttention(nn.Module):
@@ -172,7 +195,7 @@ class EncoderLayer(nn.Module):
         self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(
         self, x: torch.Tensor, attn_bias: torch.Tensor | None, unpadded: Unpadded | None = None
@@ -549,7 +572,7 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
             config.extra["problem_type"] = "regression"
         self.problem_type = config.extra.get("problem_type") or "single_label_classification"
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         init_weights(self.classifier, config.initializer_range)
 
@@ -582,7 +605,7 @@ class BertForTokenClassification(nn.Module, PreTrainedMixin):
         self.config = config
         self.num_labels = num_labels_of(config, num_labels)
         self.bert = BertModel(config, add_pooler=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         init_weights(self.classifier, config.initializer_range)
         self.crf = None
