@@ -19,7 +19,8 @@ off, per backend, for a MiniLM classifier and MiniLM embeddings.
   measured) under 8 clients sending one WikiANN sentence each, for `--seconds`, alone and then with a ninth client
   sending the first 1 MB of Moby-Dick as one text, again and again: the 8 clients' p99 in both, and what the
   1 MB requests were answered (the server's default --max-windows refuses such a text with 413 after counting its
-  tokens).
+  tokens); with the default threads and with `--threads 1` (a core left to the HTTP side: the model's threads are
+  not the ones the hostile client's parsing takes the CPU from).
 Writes benchmarks/results/serving_load_cpu.json.
 """
 
@@ -215,11 +216,12 @@ def tagger(work: Path) -> Path:
     return work / "ner"
 
 
-def ner_interference(model: Path, texts: list[str], seconds: float, clients: int = 8) -> dict:
-    """The `clients` clients' latency alone, then beside one client sending a 1 MB text again and again."""
+def ner_interference(model: Path, texts: list[str], seconds: float, args: list[str], clients: int = 8) -> dict:
+    """The `clients` clients' latency alone, then beside one client sending a 1 MB text again and again (server
+    started with `args`)."""
     big = (DATA / "pretrain_en/gutenberg_melville-moby_dick.txt").read_bytes()[: 1 << 20].decode("utf-8", "ignore")
     path, payload = "/api/predict", (lambda t: {"inputs": [{"text": t}]})
-    server = Server(model, [])
+    server = Server(model, args)
     try:
         load(server.port, path, payload, texts, 4, 2.0, 50)  # warm-up, not reported
         alone = load(server.port, path, payload, texts, clients, seconds, 10**9)
@@ -247,11 +249,12 @@ def ner_interference(model: Path, texts: list[str], seconds: float, clients: int
     ratio = beside["p99_ms"] / alone["p99_ms"]
     statuses = sorted({status for status, _ in answers})
     big_ms = round(statistics.median(t for _, t in answers) * 1e3, 1) if answers else None
-    print(f"ner, {clients} clients: p99 {alone['p99_ms']} ms alone, {beside['p99_ms']} ms beside 1 MB requests "
-          f"({ratio:.2f}x); the 1 MB requests: {len(answers)} answered {statuses}, median {big_ms} ms",
+    server_threads = " ".join(args) or "default threads"
+    print(f"ner {server_threads}, {clients} clients: p99 {alone['p99_ms']} ms alone, {beside['p99_ms']} ms beside "
+          f"1 MB requests ({ratio:.2f}x); the 1 MB requests: {len(answers)} answered {statuses}, median {big_ms} ms",
           flush=True)  # fmt: skip
-    return {"clients": clients, "big_text_bytes": len(big.encode()), "alone": alone, "beside_1mb": beside,
-            "p99_ratio": round(ratio, 2), "big_requests": len(answers), "big_statuses": statuses,
+    return {"server_args": args, "clients": clients, "big_text_bytes": len(big.encode()), "alone": alone,
+            "beside_1mb": beside, "p99_ratio": round(ratio, 2), "big_requests": len(answers), "big_statuses": statuses,
             "big_median_ms": big_ms}  # fmt: skip
 
 
@@ -291,6 +294,7 @@ def main() -> None:
         configs = {
             "classifier torch, batching on": (classifier, [], predict),
             "classifier torch, batching off": (classifier, ["--batching", "off"], predict),
+            "classifier torch, batching on, --threads 1": (classifier, ["--threads", "1"], predict),
             "classifier onnx fp32, batching on": (classifier, [*on_onnx, ("cls_fp32", None)], predict),
             "classifier onnx int8, batching on": (classifier, [*on_onnx, ("cls_int8", "int8")], predict),
             "embed torch, batching on": (encoder, [], embed),
@@ -318,14 +322,16 @@ def main() -> None:
         if not args.only or "soak" in args.only:
             results["soak"] = soak(classifier, predict, texts, args.soak_seconds, args.soak_warmup_seconds)
         if not args.only or "ner 1 MB" in args.only:
-            results["ner_1mb"] = ner_interference(tagger(work), texts, args.seconds)
+            ner = tagger(work)
+            results["ner_1mb"] = ner_interference(ner, texts, args.seconds, [])
+            results["ner_1mb_threads_1"] = ner_interference(ner, texts, args.seconds, ["--threads", "1"])
     path = RESULTS / "serving_load_cpu.json"
     if args.only and path.exists():  # a partial run replaces only what it measured, each part saying where and when
         earlier = json.loads(path.read_text(encoding="utf-8"))
         measured = {"machine": describe(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         for run in results["runs"].values():
             run["measured"] = measured
-        for key in ("soak", "ner_1mb"):
+        for key in ("soak", "ner_1mb", "ner_1mb_threads_1"):
             if key in results:
                 results[key]["measured"] = measured
         earlier["runs"].update(results.pop("runs"))

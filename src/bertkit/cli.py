@@ -560,7 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=POSITIVE, default=1, help="server processes, each with the model (default %(default)s)"
     )
-    p.add_argument("--threads", type=POSITIVE, default=None, help="intra-op threads per process (default: torch's)")
+    p.add_argument("--threads", type=POSITIVE, default=None,
+                   help="intra-op threads per process (default: torch's, one per core); fewer than the cores leave "
+                        "the HTTP side a core of its own: large requests slow the others less, at lower "
+                        "throughput")  # fmt: skip
     p.add_argument(
         "--cors",
         metavar="ORIGIN",

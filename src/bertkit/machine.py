@@ -79,9 +79,9 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Let glibc's malloc create at most `arenas` heaps from now on (True where it could be set). By default it
-    creates one per thread up to 8 per core, and a server's many short-lived request threads each leave one
-    holding freed memory; call it before the threads start."""
+    """Let glibc's malloc create at most `arenas` heaps from now on (True where it could be set). By default a
+    thread that finds the heaps busy gets a new one, up to 8 per core, and each keeps freed memory of its own; call
+    it before the threads start."""
     libc = _glibc()
     return bool(libc and libc.mallopt(_M_ARENA_MAX, arenas))
 
