@@ -368,6 +368,9 @@ class Trainer:
         succeeded (SIGABRT, "terminate called without an active exception"). Only after success: on an error the
         other ranks may still be inside a collective, and tearing the group down could hang them."""
         if self._owns_process_group and dist.is_initialized():
+            # All ranks past their last collective first: a rank that tore its group down while another still
+            # used the connection between them was seen to abort the same way.
+            dist.barrier()
             dist.destroy_process_group()
         self._owns_process_group = False
 
