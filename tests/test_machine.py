@@ -1,14 +1,25 @@
-"""The machine helpers: glibc's heap handed back to the system, and its heap count limited."""
+"""The machine helpers: glibc's heap handed back to the system, and its heap count limited; the CPU other work uses,
+and the model threads that leave it its cores."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
-from bertkit.machine import limit_malloc_arenas, release_free_memory
+from bertkit.machine import (
+    CpuElsewhere,
+    _machine_busy_ticks,
+    _model_thread_ids,
+    limit_malloc_arenas,
+    release_free_memory,
+    threads_beside,
+)
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -37,3 +48,77 @@ def test_freed_memory_between_live_blocks_goes_back_to_the_system() -> None:
 def test_the_heap_count_can_be_limited() -> None:
     assert limit_malloc_arenas(8 * 64) is True  # glibc's own default on a 64-core machine: changes nothing here
     assert isinstance(release_free_memory(), bool)
+
+
+LINUX_PROC = os.path.exists("/proc/stat") and os.path.isdir("/proc/self/task")
+SPIN = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+
+
+def spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def measured_over(elsewhere: CpuElsewhere, seconds: float, work=lambda s: time.sleep(s)) -> float:
+    """What `elsewhere` reports for a window of `seconds` during which the calling thread does `work`."""
+    assert elsewhere.cores() is None  # the first call only starts the measurement
+    work(seconds)
+    cores = elsewhere.cores()
+    assert cores is not None
+    return cores
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="CPU time is read from Linux's /proc")
+def test_another_process_and_another_python_thread_count_as_elsewhere() -> None:
+    # A busy process gets most of a core even beside the other test worker (2 cores, 3 busy threads at worst).
+    hog = subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=5)])
+    try:
+        time.sleep(0.3)  # the interpreter has started and spins
+        assert measured_over(CpuElsewhere(window_s=0.0), 0.6) > 0.6
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="CPU time is read from Linux's /proc")
+def test_the_models_threads_are_the_caller_and_those_python_did_not_start() -> None:
+    import torch
+
+    torch.ones(1 << 20).sum()  # a parallel operator: the intra-op pool's threads exist now
+    other = threading.Thread(target=time.sleep, args=(0.5,))
+    other.start()
+    try:
+        model = _model_thread_ids()
+        assert model is not None
+        assert threading.get_native_id() in model and other.native_id not in model  # the HTTP side's threads
+        all_threads = {int(name) for name in os.listdir("/proc/self/task")}
+        python = {t.native_id for t in threading.enumerate()}
+        assert model == (all_threads - python) | {threading.get_native_id()}
+    finally:
+        other.join()
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="CPU time is read from Linux's /proc")
+def test_the_calling_threads_own_work_is_not_elsewhere() -> None:
+    """The thread that asks is the model's: its CPU time is taken out of the machine's busy time."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    elsewhere = CpuElsewhere(window_s=0.0)
+    busy_before, start = _machine_busy_ticks(), time.monotonic()
+    cores = measured_over(elsewhere, 0.6, spin)
+    machine = (_machine_busy_ticks() - busy_before) / ticks / (time.monotonic() - start)
+    assert cores < machine - 0.6  # this thread spun for the whole window: about one core less than the machine's
+
+
+def test_threads_beside_leave_the_cores_other_work_uses() -> None:
+    assert threads_beside(2, 0.0, 2, cpus=2) == 2
+    assert threads_beside(2, 0.9, 2, cpus=2) == 1  # a core busy elsewhere: one thread
+    assert threads_beside(2, 1.9, 1, cpus=2) == 1  # never fewer than one
+    assert threads_beside(4, 0.0, 4, cpus=16) == 4  # never more than asked for
+    assert threads_beside(16, 3.2, 16, cpus=16) == 13
+    # Down once more than half a core is taken, up again only below 0.3 of a core: no switch at every batch on an
+    # edge load.
+    assert threads_beside(2, 0.45, 2, cpus=2) == 2
+    assert threads_beside(2, 0.55, 2, cpus=2) == 1
+    assert threads_beside(2, 0.45, 1, cpus=2) == 1
+    assert threads_beside(2, 0.25, 1, cpus=2) == 2

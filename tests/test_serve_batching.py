@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_serve import assert_close, request, served
 
 from bertkit.serve import Service, running
-from bertkit.serve.batching import Batcher, length_buckets, run_bucketed
+from bertkit.serve.batching import UNPADDED_SLACK, Batcher, length_buckets, run_bucketed
 
 
 class FakeModel:
@@ -157,6 +157,24 @@ def test_length_buckets_keep_padding_small_and_outputs_in_order() -> None:
     calls: list[list[int]] = []
     out = run_bucketed(lengths, lengths, lambda rows: (calls.append(rows), [-r for r in rows])[1])
     assert out == [-n for n in lengths] and len(calls) == 3
+    # A model that unpads inside pads only attention: sentences of 5-55 tokens share one forward, a 512-token
+    # window beside them runs apart.
+    assert length_buckets([5, 55, 24, 512, 30], UNPADDED_SLACK) == [[0, 2, 4, 1], [3]]
+
+
+def test_a_model_that_unpads_runs_a_batch_of_mixed_lengths_in_one_forward(tiny_task_models: dict[str, Path]) -> None:
+    service = Service(tiny_task_models["cls"], device="cpu")
+    try:
+        calls: list[int] = []
+        hook = service.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+        texts = ["好", "房间很大，服务员也很热情，下次还会再来。" * 3, "还行吧。"]
+        service.batcher.call(
+            lambda: service._run_batch("predict", [service.prepare_predict([{"text": t}])[1] for t in texts])
+        )
+        hook.remove()
+    finally:
+        service.close()
+    assert calls == [3]
 
 
 def test_the_model_is_loaded_and_run_on_the_worker_thread(tiny_task_models: dict[str, Path], monkeypatch) -> None:
@@ -181,6 +199,43 @@ def test_the_model_is_loaded_and_run_on_the_worker_thread(tiny_task_models: dict
     finally:
         service.close()
     assert threads == ["bertkit-batcher", "bertkit-batcher"]
+
+
+def test_the_model_leaves_the_cores_other_work_uses(tiny_task_models: dict[str, Path], monkeypatch) -> None:
+    """Before each batch the worker sets its intra-op threads from the CPU other work used lately (measured by
+    `CpuElsewhere`, replaced here by a fake that reports what the test says)."""
+    import os
+
+    import torch
+
+    import bertkit.serve.service as service_module
+
+    cpus = len(os.sched_getaffinity(0))
+    reported: list[float | None] = [None]
+
+    class FakeElsewhere:
+        def cores(self) -> float | None:
+            return reported[0]
+
+    monkeypatch.setattr(service_module, "CpuElsewhere", FakeElsewhere)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    service = Service(tiny_task_models["cls"], device="cpu")
+    try:
+
+        def threads_after_a_batch(elsewhere: float | None) -> tuple[int, float]:
+            reported[0] = elsewhere
+            service.predict([{"text": TEXTS[0]}])
+            return service.batcher.call(torch.get_num_threads), service.metrics.model_threads._value.get()
+
+        assert threads_after_a_batch(None) == (2, 2)  # nothing measured yet: as opened
+        assert threads_after_a_batch(cpus - 1.0) == (1, 1)  # all cores but one busy elsewhere
+        assert threads_after_a_batch(cpus - 1.6) == (1, 1)  # not yet back
+        assert threads_after_a_batch(0.0) == (2, 2)  # never more than it was opened with
+        assert service.metrics.cpu_elsewhere._value.get() == 0.0
+    finally:
+        service.close()
+        torch.set_num_threads(before)
 
 
 def metric(url: str, name: str, **labels: str) -> float:

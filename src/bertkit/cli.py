@@ -561,9 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=POSITIVE, default=1, help="server processes, each with the model (default %(default)s)"
     )
     p.add_argument("--threads", type=POSITIVE, default=None,
-                   help="intra-op threads per process (default: torch's, one per core); fewer than the cores leave "
-                        "the HTTP side a core of its own: large requests slow the others less, at lower "
-                        "throughput")  # fmt: skip
+                   help="most intra-op threads per process (default: torch's, one per core); the PyTorch backend "
+                        "runs on fewer while other work takes cores (other processes, or the HTTP side reading large "
+                        "requests): /metrics' bertkit_model_threads says how many")  # fmt: skip
     p.add_argument(
         "--cors",
         metavar="ORIGIN",

@@ -7,6 +7,8 @@ import ctypes
 import functools
 import os
 import platform
+import threading
+import time
 
 import torch
 
@@ -90,3 +92,92 @@ def release_free_memory() -> bool:
     """Hand the heap's free pages back to the system (glibc's malloc_trim; True when some were released)."""
     libc = _glibc()
     return bool(libc and libc.malloc_trim(0))
+
+
+# Linux's CPU accounting: /proc/stat (the whole machine) and /proc/self/task/*/stat (each thread of this process),
+# both in clock ticks. Elsewhere `CpuElsewhere.cores()` is None (nothing is measured, nothing adapts).
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _machine_busy_ticks() -> int | None:
+    """Ticks the machine's CPUs spent on anything but idling since boot (user, nice, system, irq, softirq and
+    steal: a hypervisor that runs another guest takes the core as surely as another process does)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def _thread_ticks(tid: int) -> int:
+    """User + system ticks of this process's thread `tid` (0 once it has ended)."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of the line
+
+
+def _model_thread_ids() -> set[int] | None:
+    """The ids of this process's threads that run the model: the calling thread, and every thread Python did not
+    start (an intra-op pool); None where /proc cannot be read."""
+    python = {t.native_id for t in threading.enumerate() if t.native_id is not None}
+    python.discard(threading.get_native_id())
+    try:
+        return {int(name) for name in os.listdir("/proc/self/task")} - python
+    except OSError:
+        return None
+
+
+class CpuElsewhere:
+    """How many cores' worth of CPU time went, lately, to anything but the model: other processes, and this
+    process's own Python threads other than the model's (the HTTP side reading and tokenizing requests).
+
+    The model's threads are the thread that calls `cores()` (the one that runs the model) and the threads Python
+    did not start (the intra-op pool of OpenMP or onnxruntime). Each call measures the time since the previous
+    measurement once at least `window_s` has passed, and returns the latest measurement (None until there is one,
+    and where /proc cannot be read)."""
+
+    def __init__(self, window_s: float = 0.2):
+        self.window_s = window_s
+        self._last: tuple[float, int, dict[int, int]] | None = None
+        self._cores: float | None = None
+
+    def cores(self) -> float | None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < self.window_s:
+            return self._cores
+        busy, tids = _machine_busy_ticks(), _model_thread_ids()
+        if busy is None or tids is None:
+            return None
+        model = {tid: _thread_ticks(tid) for tid in tids}
+        if self._last is not None:
+            then, busy_then, model_then = self._last
+            # A thread that ended in between counts from zero; one that started counts all its ticks.
+            model_ticks = sum(ticks - model_then.get(tid, 0) for tid, ticks in model.items())
+            self._cores = max(0.0, (busy - busy_then - model_ticks) / _TICK / (now - then))
+        self._last = (now, busy, model)
+        return self._cores
+
+
+def threads_beside(most: int, elsewhere: float, current: int, cpus: int | None = None) -> int:
+    """How many intra-op threads a model should run on (at most `most`, at least 1) while other work uses
+    `elsewhere` of the `cpus` cores (default: those this process may run on), running `current` now.
+
+    A parallel operator waits for its slowest thread, and a thread that shares its core with other work waits for
+    a scheduler time slice: on 2 cores with one busy elsewhere, an 8-sentence batch on 2 threads took several times
+    its time on 1. So the model takes the cores the other work leaves, rounded to the nearest; it takes one more
+    only once the other work has fallen 0.2 of a core below the point where it gave that one up, so that a load on
+    the edge does not switch the count at every batch."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    spare = cpus - elsewhere
+    wanted = int(spare + 0.5)
+    if wanted > current:
+        wanted = max(current, int(spare + 0.3))
+    return max(1, min(most, wanted))

@@ -17,7 +17,8 @@ TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 
 class Metrics:
-    """Requests and errors by endpoint and status, latency, batch rows and tokens, queue depth, model load time."""
+    """Requests and errors by endpoint and status, latency, batch rows and tokens, queue depth, model load time, and
+    the model's threads beside the CPU other work uses."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -35,6 +36,10 @@ class Metrics:
         self.queue_depth = Gauge("bertkit_queue_depth", "Requests waiting for the model", registry=r)
         self.dropped = Counter("bertkit_dropped_requests", "Requests dropped unrun because their client left",
                                registry=r)  # fmt: skip
+        self.model_threads = Gauge("bertkit_model_threads", "Intra-op threads the model runs on now", registry=r)
+        self.cpu_elsewhere = Gauge("bertkit_cpu_elsewhere_cores",
+                                   "Cores' worth of CPU time other work used lately (other processes, the HTTP side)",
+                                   registry=r)  # fmt: skip
         self.load_seconds = Gauge("bertkit_model_load_seconds", "Seconds the model took to load", registry=r)
         info = Gauge("bertkit_process_info", "This server process", ["pid"], registry=r)
         info.labels(pid=str(os.getpid())).set(1)

@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError
 from bertkit.infer import embed, embedding_settings, fill_mask
-from bertkit.machine import pick_device, release_free_memory
-from bertkit.serve.batching import Batcher, Job, run_bucketed
+from bertkit.machine import CpuElsewhere, pick_device, release_free_memory, threads_beside
+from bertkit.serve.batching import PADDED_SLACK, UNPADDED_SLACK, Batcher, Job, run_bucketed
 from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_INPUTS, MAX_WAIT_MS, MAX_WINDOWS
 from bertkit.serve.metrics import Metrics
 from bertkit.tasks.base import check_encodable
@@ -65,6 +67,14 @@ class Service:
             raise
         self.metrics.load_seconds.set(time.perf_counter() - started)
         self.config, self.tokenizer, self.encoder = opened.config, opened.tokenizer, opened.encoder
+        # PyTorch on the CPU: the model runs on the cores other work leaves it (see `threads_beside`), at most on
+        # the intra-op threads it had when opened. onnxruntime's thread pool is fixed when its session is made.
+        self._slack = UNPADDED_SLACK if getattr(self.encoder, "unpad", False) else PADDED_SLACK
+        self._elsewhere: CpuElsewhere | None = None
+        if isinstance(self.encoder, torch.nn.Module) and self.device.type == "cpu":
+            self._elsewhere = CpuElsewhere()
+            self._most_threads = self.batcher.call(torch.get_num_threads)
+            self.metrics.model_threads.set(self._most_threads)
         self.mlm = opened.mlm
         self.task_model = opened.task_model  # None: a pre-trained or plain encoder (fill-mask, embed)
         self.task_name = self.task_model.task.name if self.task_model else None
@@ -226,16 +236,30 @@ class Service:
     # The model calls (the batcher's worker thread): one call over many requests' payloads.
 
     def _run_batch(self, kind: str, payloads: Sequence[Any]) -> list[Any]:
+        if self._elsewhere is not None:
+            self._fit_threads(self._elsewhere)
         if kind == "predict":
             examples = [ex for p, _ in payloads for ex in p]
             lengths = [n for _, p in payloads for n in p]
-            rows = run_bucketed(examples, lengths, self.task_model.predict)  # type: ignore[union-attr]
+            rows = run_bucketed(examples, lengths, self.task_model.predict, self._slack)  # type: ignore[union-attr]
             return _split(rows, [len(p) for p, _ in payloads])
         if kind == "embed":
             return self._embed_batch(payloads)
         if kind == "fill-mask":
             return [self._fill_mask_one(texts, top_k) for texts, top_k in payloads]
         raise ValueError(f"unknown kind of work {kind!r}")
+
+    def _fit_threads(self, elsewhere: CpuElsewhere) -> None:
+        """Set the worker's intra-op threads for the next batch from the CPU other work used lately."""
+        cores = elsewhere.cores()
+        if cores is None:
+            return
+        self.metrics.cpu_elsewhere.set(cores)
+        current = torch.get_num_threads()
+        threads = threads_beside(self._most_threads, cores, current)
+        if threads != current:
+            torch.set_num_threads(threads)
+            self.metrics.model_threads.set(threads)
 
     def _embed_max_length(self) -> int:
         return self.embedding["max_length"] or self.max_positions
@@ -249,7 +273,7 @@ class Service:
                             device=self.device)  # fmt: skip
             return vectors.tolist()
 
-        rows = run_bucketed([t for p, _ in payloads for t in p], [n for _, p in payloads for n in p], run)
+        rows = run_bucketed([t for p, _ in payloads for t in p], [n for _, p in payloads for n in p], run, self._slack)
         return _split(rows, [len(p) for p, _ in payloads])
 
     def _fill_mask_one(self, texts: list[str], top_k: int) -> list[dict] | BertkitError:
