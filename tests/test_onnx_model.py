@@ -186,6 +186,26 @@ def test_serve_backend_onnx_answers_as_torch(exported, reviews: list[str]) -> No
         serve(str(model_dir), port=0, backend="onnx", workers=2)
 
 
+def test_serve_backend_onnx_buckets_lengths_narrowly_and_leaves_torch_threads(exported) -> None:
+    """An ONNX graph pads every input to its batch's longest, so its batches keep to narrow length buckets, while
+    the same directory's PyTorch encoder (which unpads) may run wide ones; the model's thread count is
+    onnxruntime's own, so the server does not fit PyTorch's to the load."""
+    from bertkit.serve.batching import PADDED_SLACK, UNPADDED_SLACK
+    from bertkit.serve.server import open_service
+
+    model_dir, onnx_file = exported["cls"]
+    for backend, onnx, predict_slack, fits_threads in (
+        ("torch", None, UNPADDED_SLACK, True),
+        ("onnx", onnx_file, PADDED_SLACK, False),
+    ):
+        service = open_service(model_dir, "cpu", backend, onnx, threads=1)
+        try:
+            assert service._slack == {"predict": predict_slack, "embed": UNPADDED_SLACK}
+            assert (service._elsewhere is not None) == fits_threads
+        finally:
+            service.close()
+
+
 def test_evaluate_onnx_gives_the_torch_metrics(exported, data_dir: Path, tmp_path: Path, bertkit) -> None:
     """`bertkit evaluate --onnx FILE` judges an export on labelled data, as an int8 file is judged before it is
     served: on the same data it reports the PyTorch model's accuracy (labels are identical, see TOL), and it refuses

@@ -67,16 +67,18 @@ class Service:
             raise
         self.metrics.load_seconds.set(time.perf_counter() - started)
         self.config, self.tokenizer, self.encoder = opened.config, opened.tokenizer, opened.encoder
+        self.mlm = opened.mlm
+        self.task_model = opened.task_model  # None: a pre-trained or plain encoder (fill-mask, embed)
+        predictor = self.task_model.model if self.task_model else None
+        self._slack = {"predict": _bucket_slack(predictor), "embed": _bucket_slack(self.encoder)}
         # PyTorch on the CPU: the model runs on the cores other work leaves it (see `threads_beside`), at most on
         # the intra-op threads it had when opened. onnxruntime's thread pool is fixed when its session is made.
-        self._slack = UNPADDED_SLACK if getattr(self.encoder, "unpad", False) else PADDED_SLACK
         self._elsewhere: CpuElsewhere | None = None
-        if isinstance(self.encoder, torch.nn.Module) and self.device.type == "cpu":
+        models = [m for m in (self.encoder, self.mlm, predictor) if m is not None]
+        if all(isinstance(m, torch.nn.Module) for m in models) and self.device.type == "cpu":
             self._elsewhere = CpuElsewhere()
             self._most_threads = self.batcher.call(torch.get_num_threads)
             self.metrics.model_threads.set(self._most_threads)
-        self.mlm = opened.mlm
-        self.task_model = opened.task_model  # None: a pre-trained or plain encoder (fill-mask, embed)
         self.task_name = self.task_model.task.name if self.task_model else None
         self.embedding = embedding_settings(self.path)
         self.max_windows = max_windows
@@ -241,7 +243,7 @@ class Service:
         if kind == "predict":
             examples = [ex for p, _ in payloads for ex in p]
             lengths = [n for _, p in payloads for n in p]
-            rows = run_bucketed(examples, lengths, self.task_model.predict, self._slack)  # type: ignore[union-attr]
+            rows = run_bucketed(examples, lengths, self.task_model.predict, self._slack["predict"])  # type: ignore[union-attr]
             return _split(rows, [len(p) for p, _ in payloads])
         if kind == "embed":
             return self._embed_batch(payloads)
@@ -273,7 +275,8 @@ class Service:
                             device=self.device)  # fmt: skip
             return vectors.tolist()
 
-        rows = run_bucketed([t for p, _ in payloads for t in p], [n for _, p in payloads for n in p], run, self._slack)
+        texts, lengths = [t for p, _ in payloads for t in p], [n for _, p in payloads for n in p]
+        rows = run_bucketed(texts, lengths, run, self._slack["embed"])
         return _split(rows, [len(p) for p, _ in payloads])
 
     def _fill_mask_one(self, texts: list[str], top_k: int) -> list[dict] | BertkitError:
@@ -285,6 +288,13 @@ class Service:
                 return type(e)(f"texts[{n}]: {e}")
             out.append({"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]})
         return out
+
+
+def _bucket_slack(model: Any) -> tuple[float, int]:
+    """How widely a batch's lengths may range in one forward of `model` (see `bertkit.serve.batching`): widely for a
+    PyTorch model that removes padding inside, narrowly for any other (an ONNX graph pads every input)."""
+    unpads = isinstance(model, torch.nn.Module) and any(getattr(m, "unpad", False) for m in model.modules())
+    return UNPADDED_SLACK if unpads else PADDED_SLACK
 
 
 def _split(rows: list, counts: list[int]) -> list[list]:
