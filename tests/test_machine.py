@@ -122,3 +122,17 @@ def test_threads_beside_leave_the_cores_other_work_uses() -> None:
     assert threads_beside(2, 0.55, 2, cpus=2) == 1
     assert threads_beside(2, 0.45, 1, cpus=2) == 1
     assert threads_beside(2, 0.25, 1, cpus=2) == 2
+
+
+def test_busy_ticks_count_only_the_cpus_this_process_may_run_on(tmp_path) -> None:
+    """/proc/stat's first line sums every CPU of the machine; a process pinned to some of them (a container on a
+    large machine) must not read the others' work as its own cores taken."""
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  1111 0 1111 9000 0 0 0 0 0 0\n"
+        "cpu0 1000 0 1000 1000 50 0 0 0 0 0\n"  # user, nice, system, idle, iowait, irq, softirq, steal
+        "cpu1 100 1 10 8000 40 2 3 4 0 0\n"
+        "intr 12345\n"
+    )
+    assert _machine_busy_ticks(str(stat), usable={1}) == 100 + 1 + 10 + 2 + 3 + 4  # idle and iowait are not busy
+    assert _machine_busy_ticks(str(stat), usable={0, 1}) == 2000 + 120

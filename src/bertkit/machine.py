@@ -99,18 +99,29 @@ def release_free_memory() -> bool:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _machine_busy_ticks() -> int | None:
-    """Ticks the machine's CPUs spent on anything but idling since boot (user, nice, system, irq, softirq and
-    steal: a hypervisor that runs another guest takes the core as surely as another process does)."""
+def _usable_cpus() -> set[int] | None:
+    """The CPUs this process may run on (None where the platform does not say)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+
+def _machine_busy_ticks(stat: str = "/proc/stat", usable: set[int] | None = None) -> int | None:
+    """Ticks the CPUs this process may run on spent on anything but idling since boot (user, nice, system, irq,
+    softirq and steal: a hypervisor that runs another guest takes the core as surely as another process does).
+    Those CPUs only: in a container pinned to a few cores of a large machine, the other cores' work is not ours to
+    wait for. `usable` (default: `_usable_cpus()`) and `stat` are for tests."""
+    usable = usable if usable is not None else _usable_cpus()
     try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
+        with open(stat) as f:
+            lines = [ln.split() for ln in f if ln.startswith("cpu") and ln[3:4].isdigit()]
     except OSError:
         return None
-    if len(fields) < 9 or fields[0] != "cpu":
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
-    return user + nice + system + irq + softirq + steal
+    busy = 0
+    for fields in lines:
+        if len(fields) < 9 or (usable is not None and int(fields[0][3:]) not in usable):
+            continue
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+        busy += user + nice + system + irq + softirq + steal
+    return busy if lines else None
 
 
 def _thread_ticks(tid: int) -> int:
@@ -149,6 +160,8 @@ class CpuElsewhere:
         self._cores: float | None = None
 
     def cores(self) -> float | None:
+        """Cores' worth of CPU time that other work used over the last measured window (call it from the thread
+        that runs the model)."""
         now = time.monotonic()
         if self._last is not None and now - self._last[0] < self.window_s:
             return self._cores
@@ -170,12 +183,13 @@ def threads_beside(most: int, elsewhere: float, current: int, cpus: int | None =
     `elsewhere` of the `cpus` cores (default: those this process may run on), running `current` now.
 
     A parallel operator waits for its slowest thread, and a thread that shares its core with other work waits for
-    a scheduler time slice: on 2 cores with one busy elsewhere, an 8-sentence batch on 2 threads took several times
-    its time on 1. So the model takes the cores the other work leaves, rounded to the nearest; it takes one more
+    a scheduler time slice, at every one of a forward's operators. So the model takes the cores the other work
+    leaves, rounded to the nearest; it takes one more
     only once the other work has fallen 0.2 of a core below the point where it gave that one up, so that a load on
     the edge does not switch the count at every batch."""
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        usable = _usable_cpus()
+        cpus = len(usable) if usable is not None else (os.cpu_count() or 1)
     spare = cpus - elsewhere
     wanted = int(spare + 0.5)
     if wanted > current:
