@@ -12,11 +12,11 @@ off, per backend, for a MiniLM classifier and MiniLM embeddings.
   failed connections), and the server's RSS before and after.
 - "soak": the classifier (torch, batching on) under 32 clients for `--soak-warmup-seconds` (default 60, not timed)
   and then `--soak-seconds` (default 300), the server's RSS sampled every second through both. The server hands
-  freed heap pages back every 10 s and the next batches fault them in again, so its RSS is a 10 s sawtooth (on the
-  Xeon of the results file, about 130 MiB from trough to peak): one sample against another compares two points of
-  that cycle, not two moments of the run. Growth is therefore the largest RSS of the measured run's last minute
-  over that of its first minute (each minute holds six cycles), with the medians beside them, and from the server's
-  RSS before any load (what a user sees on a fresh server); every sample and the errors are kept.
+  freed heap pages back every few seconds (`bertkit.serve.batching.TIDY_EVERY_S`) and the next batches fault them
+  in again, so its RSS rises and falls in that cycle: one sample against another compares two points of it, not
+  two moments of the run. Growth is therefore the largest RSS of the measured run's last minute over that of its
+  first minute (each minute holds many cycles), with the medians beside them, and from the server's RSS before any
+  load (what a user sees on a fresh server); every sample and the errors are kept.
 - "ner 1 MB": a MiniLM tagger (one fine-tuning step on WikiANN English: the answers' quality is not what is
   measured) under 8 clients sending one WikiANN sentence each, for `--seconds`, alone and then with a ninth client
   sending the first 1 MB of Moby-Dick as one text, again and again: the 8 clients' p99 in both, and what the

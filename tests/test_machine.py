@@ -70,7 +70,7 @@ def measured_over(elsewhere: CpuElsewhere, seconds: float, work=lambda s: time.s
 
 
 @pytest.mark.skipif(not LINUX_PROC, reason="CPU time is read from Linux's /proc")
-def test_another_process_and_another_python_thread_count_as_elsewhere() -> None:
+def test_another_process_counts_as_elsewhere() -> None:
     # A busy process gets most of a core even beside the other test worker (2 cores, 3 busy threads at worst).
     hog = subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=5)])
     try:

@@ -1,4 +1,5 @@
-"""The machine a run uses: the device to train or infer on, and a description written into results and reports."""
+"""The machine a run uses: the device to train or infer on, a description written into results and reports, the CPU
+that other work takes from a server's model, and glibc's heap settings for a long-running server."""
 
 from __future__ import annotations
 
@@ -94,8 +95,8 @@ def release_free_memory() -> bool:
     return bool(libc and libc.malloc_trim(0))
 
 
-# Linux's CPU accounting: /proc/stat (the whole machine) and /proc/self/task/*/stat (each thread of this process),
-# both in clock ticks. Elsewhere `CpuElsewhere.cores()` is None (nothing is measured, nothing adapts).
+# Linux's CPU accounting: /proc/stat (each CPU) and /proc/self/task/*/stat (each thread of this process), both in
+# clock ticks. Elsewhere `CpuElsewhere.cores()` is None (nothing is measured, nothing adapts).
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
