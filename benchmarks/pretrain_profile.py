@@ -3,10 +3,12 @@
     python benchmarks/pretrain_profile.py [--presets tiny,mini,small] [--vocab 21128] [--steps 3]
 
 The step is `benchmarks/throughput.py`'s (batch 32, real lengths 64-128 padded to 128, 15% predicted, fused AdamW,
-dropout 0.1 as in BERT), profiled for `--steps` steps after two warm-up steps. Reported per preset: the step's
+dropout 0.1 as in BERT), profiled for `--steps` steps after six warm-up steps. Reported per preset: the step's
 median seconds, each operator's share of the profiled CPU time (the top 15), and the shares by kind: matrix
 products, dropout's random numbers, the optimizer, data movement (copies, gathers and scatters, fills), and the
-rest. The matrix products' share bounds MFU: the step cannot use more of the matmul peak than that share.
+rest. The matrix products' share bounds MFU: the step cannot use more of the matmul peak than that share. Freed
+memory is kept for reuse, as bertkit's trainer has it on the CPU (`bertkit.machine.keep_freed_memory`): otherwise
+the page faults of large blocks mapped afresh each step would be counted in the operators that first touch them.
 Writes benchmarks/results/pretrain_profile_cpu.json.
 """
 
@@ -22,6 +24,7 @@ from throughput import pretraining_batch
 from torch.profiler import ProfilerActivity, profile
 
 from bertkit import BertConfig, BertForPreTraining
+from bertkit.machine import keep_freed_memory
 from bertkit.train.optim import build_optimizer
 
 KINDS = {
@@ -45,7 +48,7 @@ def profile_step(preset: str, vocab: int, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(2):
+    for _ in range(6):  # warm-up: optimizer state, and the heap's layout settles
         step()
     seconds = []
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -75,7 +78,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=21128)
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
-    results: dict = {"threads": torch.get_num_threads(), "profiles": {}}
+    results: dict = {"threads": torch.get_num_threads(), "freed_memory_kept": keep_freed_memory(), "profiles": {}}
     for preset in args.presets.split(","):
         r = profile_step(preset, args.vocab, args.steps)
         results["profiles"][preset] = r

@@ -16,7 +16,15 @@ Benchmarks (each prints bertkit/transformers ratios):
 - tokenize: `bertkit.Tokenizer.encode_batch` vs. `transformers.BertTokenizerFast` (batch call) on corpus lines.
 
 Both models get identical weights. Steps of the two
-implementations are interleaved so that noise from the shared machine hits both; medians are reported.
+implementations are interleaved so that noise from the shared machine hits both; medians are reported, with each
+side's page faults per pre-training step.
+
+The allocator is process-wide, so both sides share it: `--allocator glibc` leaves glibc's malloc as it starts (what
+either library gets out of the box), `--allocator kept` first calls `bertkit.machine.keep_freed_memory` (what
+bertkit's trainer sets on the CPU; here with no limit on what is kept, so that neither side faults). Under glibc's
+defaults every block over 32 MB is mapped afresh from the system each step and each 4 KB page of it faults;
+transformers' masked-LM logits over every position (batch x 128 x vocabulary floats) are such blocks, and the cost
+of a fault varies with the machine's state (more on a virtual machine): `kept` compares the arithmetic alone.
 Writes benchmarks/results/throughput_<device>.json.
 """
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -38,6 +47,7 @@ from common import DATA, RESULTS, write_result
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.data.task_files import read_classification
 from bertkit.flops import matmul_peak, pretraining_flops
+from bertkit.machine import keep_freed_memory
 from bertkit.model import BertForSequenceClassification
 from bertkit.train.optim import build_optimizer
 
@@ -51,21 +61,32 @@ def sync(device: torch.device) -> None:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], None]], rounds: int, per_round: int, device: torch.device, warmup: int = 2
+    fns: dict[str, Callable[[], None]],
+    rounds: int,
+    per_round: int,
+    device: torch.device,
+    warmup: int = 2,
+    faults: dict[str, float] | None = None,
 ) -> dict:
-    """Median seconds per call of each fn; calls of different fns alternate in blocks of `per_round`."""
+    """Median seconds per call of each fn; calls of different fns alternate in blocks of `per_round`. `faults`, when
+    given, receives each fn's median count of page faults per call (minor: memory the system maps in)."""
     for fn in fns.values():  # warm-up (allocator, kernels, optimiser state)
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    page_faults: dict[str, list[int]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             for _ in range(per_round):
                 sync(device)
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t = time.perf_counter()
                 fn()
                 sync(device)
                 times[name].append(time.perf_counter() - t)
+                page_faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    if faults is not None:
+        faults.update({k: statistics.median(v) for k, v in page_faults.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -133,9 +154,12 @@ def bench_pretrain(
 
     step_ours = train_step(ours, opt_ours, mlm_labels=labels, nsp_labels=nsp)
     step_ref = train_step(ref, opt_ref, labels=labels, next_sentence_label=nsp)
-    t = interleaved({"bertkit": step_ours, "transformers": step_ref}, rounds, 2, device)
+    faults: dict[str, float] = {}
+    t = interleaved({"bertkit": step_ours, "transformers": step_ref}, rounds, 2, device, faults=faults)
     real = sum(lengths)
     flops = pretraining_flops(cfg, lengths, n_pred)
+    # What transformers computes: every padded position through the encoder and the masked-LM decoder.
+    flops_all_positions = pretraining_flops(cfg, [T] * B, B * T)
     return {
         "preset": preset,
         "vocab_size": vocab,
@@ -149,6 +173,8 @@ def bench_pretrain(
         "useful_tflops_per_step": flops / 1e12,
         "achieved_tflop_s": {k: flops / v / 1e12 for k, v in t.items()},
         "speedup": t["transformers"] / t["bertkit"],
+        "transformers_work_over_bertkits": flops_all_positions / flops,  # the speedup at equal FLOP/s
+        "page_faults_per_step": faults,
     }
 
 
@@ -273,8 +299,18 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds (each 2 steps per implementation)")
+    ap.add_argument(
+        "--allocator",
+        default="glibc",
+        choices=["glibc", "kept"],
+        help="glibc: malloc's defaults; kept: bertkit.machine.keep_freed_memory first (both sides)",
+    )
     ap.add_argument("--out", default=None, help="results file (default benchmarks/results/throughput_<device>.json)")
     args = ap.parse_args()
+    # All freed memory is kept: transformers' logits and their gradient alone are 1 GB at vocabulary 30,522 (the
+    # trainer keeps 1 GB), and they would still be mapped afresh each step.
+    if args.allocator == "kept" and not keep_freed_memory(kept_bytes=None):
+        sys.exit("--allocator kept: this system's malloc is not glibc's; nothing to set")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -285,7 +321,10 @@ def main() -> None:
     print(f"matmul peak ({peak_dtype}): {peak / 1e9:.1f} GFLOP/s", flush=True)
     out_path = Path(args.out or RESULTS / f"throughput_{device.type}.json")
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    results.update({"precision": args.precision, "matmul_peak_tflop_s": peak / 1e12})
+    if results and results.get("allocator", "glibc") != args.allocator:  # files from before the option: glibc
+        sys.exit(f"{out_path} holds results measured with --allocator {results.get('allocator', 'glibc')}; "
+                 "write these to another file (--out)")  # fmt: skip
+    results.update({"precision": args.precision, "allocator": args.allocator, "matmul_peak_tflop_s": peak / 1e12})
 
     def save() -> None:
         write_result(out_path, results)
@@ -308,7 +347,8 @@ def main() -> None:
             print(
                 f"pretrain {preset} vocab {vocab} {optimizer} AdamW: bertkit {tps['bertkit']:,.0f} tok/s, "
                 f"transformers {tps['transformers']:,.0f} tok/s, ratio {r['speedup']:.2f}x, MFU "
-                f"{r['mfu']['bertkit']:.1%} vs {r['mfu']['transformers']:.1%}",
+                f"{r['mfu']['bertkit']:.1%} vs {r['mfu']['transformers']:.1%}, page faults per step "
+                f"{r['page_faults_per_step']['bertkit']:,.0f} vs {r['page_faults_per_step']['transformers']:,.0f}",
                 flush=True,
             )
             save()

@@ -158,6 +158,16 @@ def test_a_short_last_step_takes_the_mean_gradient_of_the_micro_batches_it_has(t
         assert torch.allclose(g, want, rtol=1e-6, atol=0)  # the same gradient, scaled by 2 and back: rounding
 
 
+def test_a_run_on_the_cpu_says_what_threads_and_processes_it_was_given(tmp_path: Path, capsys) -> None:
+    toy_trainer(tmp_path / "run").train()
+    threads = torch.get_num_threads()
+    out = capsys.readouterr().out
+    assert f"CPU: the model runs on {threads} threads" in out and "batches are made between steps" in out
+    trainer = toy_trainer(tmp_path / "other")
+    trainer.loading_processes = 2
+    assert trainer._cpu_line().endswith("batches are made in 2 other process(es), one thread each")
+
+
 def test_a_trainer_over_a_dataset_resumes_bit_exactly(tmp_path: Path) -> None:
     """Killed after step 5 (9 micro-batches: past an epoch's short last step) and resumed from step 4's checkpoint
     in a fresh state: the same weights, bit for bit, and the same log, as the run that was never interrupted."""

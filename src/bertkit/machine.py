@@ -1,5 +1,5 @@
 """The machine a run uses: the device to train or infer on, a description written into results and reports, the CPU
-that other work takes from a server's model, and glibc's heap settings for a long-running server."""
+that other work takes from a server's model, and glibc's heap settings for a long-running server and for training."""
 
 from __future__ import annotations
 
@@ -66,8 +66,11 @@ def summary() -> str:
     return f"{m['cores']} CPU cores ({m['cpu']}){memory}, {m.get('gpu', 'no GPU')}, torch {m['torch']}"
 
 
-# glibc's malloc (Linux): a long-running server's heap settings. Elsewhere (musl, macOS, Windows) these do nothing.
-_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+# glibc's malloc (Linux): a long-running server's and a training run's heap settings. Elsewhere (musl, macOS,
+# Windows) these do nothing. mallopt's parameter numbers, from glibc's malloc.h:
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4  # 0: no block is mapped on its own, every one comes from a heap
+_M_ARENA_MAX = -8
 
 
 @functools.cache
@@ -87,6 +90,23 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     it before the threads start."""
     libc = _glibc()
     return bool(libc and libc.mallopt(_M_ARENA_MAX, arenas))
+
+
+def keep_freed_memory(kept_bytes: int | None = 1 << 30) -> bool:
+    """Let glibc's malloc keep up to `kept_bytes` of freed memory for reuse (None: all of it, at most 2 GB
+    otherwise) rather than hand it back to the system at once; True where it could be set.
+
+    A training step allocates and frees the same large tensors every step (activations, the masked-LM logits and
+    their gradient, vocabulary-sized weight gradients). By default glibc maps each block over its threshold (at
+    most 32 MB) afresh from the system and unmaps it when freed, so every step pays a page fault, and the kernel's
+    zeroing, for each 4 KB page of them: tens of thousands per step of a small model (`benchmarks/throughput.py`
+    records them). Here every block comes from the heap, and freed memory at the heap's top is kept: the next
+    step's tensors reuse the last step's pages, and the process's memory stays near its peak between steps instead
+    of falling and rising within each."""
+    libc = _glibc()
+    # mallopt takes a C int; -1 is glibc's "never trim".
+    kept = -1 if kept_bytes is None else min(kept_bytes, 2**31 - 1)
+    return bool(libc and libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, kept))
 
 
 def release_free_memory() -> bool:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from bertkit.checkpoint import first_non_finite, save_model
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write, disk_full_as_error, is_disk_full
-from bertkit.machine import pick_device
+from bertkit.machine import keep_freed_memory, pick_device
 from bertkit.train.batches import Batch, LoaderFn, epoch_loader
 from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import ShardUnits, any_rank, replicate, reshard, setup_device, shard
@@ -157,9 +157,12 @@ class Trainer:
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_ratio, cfg.max_steps)
         self.amp_dtype = amp_dtype(cfg.precision, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each step's large tensors reuse the last step's memory (no page faults)
         if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             print("note: this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 runs emulated, slower than fp32")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.loading_processes: int | None = None  # data-loading processes, where known (see `from_dataset`)
         self.state = TrainState()
         self.metrics = MetricsLog(self.out)
         self.curves = curves or Curves()
@@ -190,7 +193,9 @@ class Trainer:
         with `cfg.seed` and batched by `collate_fn` in `num_workers` loading processes; `kwargs` as for `Trainer`."""
         pin = pick_device(cfg.device).type == "cuda"  # page-locked batches: asynchronous host-to-GPU copies
         loader_fn = epoch_loader(dataset, collate_fn, cfg.batch_size, cfg.seed, num_workers, pin_memory=pin)
-        return cls(model, cfg, loader_fn, loss_fn, len(dataset), **kwargs)
+        trainer = cls(model, cfg, loader_fn, loss_fn, len(dataset), **kwargs)
+        trainer.loading_processes = num_workers
+        return trainer
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
@@ -342,6 +347,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             remove_stale(self.out)
             self.metrics.open_tensorboard()
+            if self.device.type == "cpu":
+                print(self._cpu_line())
         bar = tqdm(
             total=cfg.max_steps, initial=self.state.step, desc="train", disable=not (cfg.progress and self.is_main)
         )
@@ -373,6 +380,15 @@ class Trainer:
             dist.barrier()
             dist.destroy_process_group()
         self._owns_process_group = False
+
+    def _cpu_line(self) -> str:
+        """What the run was given on the CPU: the model's threads and the loading processes (one thread each)."""
+        line = f"CPU: the model runs on {torch.get_num_threads()} threads (OMP_NUM_THREADS sets another number)"
+        if self.loading_processes:
+            line += f"; batches are made in {self.loading_processes} other process(es), one thread each"
+        elif self.loading_processes == 0:
+            line += "; batches are made between steps, in this process"
+        return line
 
     def _train_steps(self, bar: tqdm) -> None:
         """The loop itself: optimizer steps until `max_steps`, an early stop, or the time budget."""
