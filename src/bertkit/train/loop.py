@@ -115,6 +115,7 @@ class Trainer:
         shard_units: ShardUnits | None = None,
         curves: Curves | None = None,
         identity: dict[str, Any] | None = None,
+        loading_processes: int | None = None,
     ):
         """`loader_fn`: this rank's batches of an epoch from a position in it (see `batches.LoaderFn`);
         `Trainer.from_dataset` builds it from a dataset. `loss_fn(model, batch)`: (loss, its parts as numbers, which
@@ -124,7 +125,9 @@ class Trainer:
         "accuracy"). `shard_units(model)`: the modules FSDP shards one by one (e.g. the encoder layers; without it,
         the model is one unit). `curves`: what `curves.png` shows. `identity`: what else decides what the run
         computes (its data, model, labels; see `bertkit.train.state.check_same_run`), by the names a user knows
-        them by; saved with each checkpoint, and a resume with other values (or other `cfg.identity()`) is refused."""
+        them by; saved with each checkpoint, and a resume with other values (or other `cfg.identity()`) is refused.
+        `loading_processes`: how many processes `loader_fn` makes batches in, for the run's first line (None:
+        unknown)."""
         self.cfg = cfg
         self.identity = {**cfg.identity(), **(identity or {})}
         self.out = Path(cfg.out_dir)
@@ -165,7 +168,7 @@ class Trainer:
         if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             print("note: this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 runs emulated, slower than fp32")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.loading_processes: int | None = None  # data-loading processes, where known (see `from_dataset`)
+        self.loading_processes = loading_processes
         self.state = TrainState()
         self.metrics = MetricsLog(self.out)
         self.curves = curves or Curves()
@@ -196,9 +199,7 @@ class Trainer:
         with `cfg.seed` and batched by `collate_fn` in `num_workers` loading processes; `kwargs` as for `Trainer`."""
         pin = pick_device(cfg.device).type == "cuda"  # page-locked batches: asynchronous host-to-GPU copies
         loader_fn = epoch_loader(dataset, collate_fn, cfg.batch_size, cfg.seed, num_workers, pin_memory=pin)
-        trainer = cls(model, cfg, loader_fn, loss_fn, len(dataset), **kwargs)
-        trainer.loading_processes = num_workers
-        return trainer
+        return cls(model, cfg, loader_fn, loss_fn, len(dataset), loading_processes=num_workers, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
