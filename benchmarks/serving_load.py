@@ -10,6 +10,8 @@ off, per backend, for a MiniLM classifier and MiniLM embeddings.
   and `POST /api/embed` for the encoder; bounded by `--seconds` per client count and `--max-requests` per client.
 - reported per configuration and client count: requests/s, p50/p95/p99 latency (ms), errors (non-200 answers and
   failed connections), and the server's RSS before and after.
+- bf16: `--precision bf16` (batches of `bertkit.model.BF16_FROM_TOKENS` tokens and more in bfloat16; on a CPU with
+  AVX512-BF16 or AMX), with batching on and off (off, every request is one sentence, below that size: fp32).
 - "soak": the classifier (torch, batching on) under 32 clients for `--soak-warmup-seconds` (default 60, not timed)
   and then `--soak-seconds` (default 300), the server's RSS sampled every second through both. The server hands
   freed heap pages back every few seconds (`bertkit.serve.batching.TIDY_EVERY_S`) and the next batches fault them
@@ -302,10 +304,13 @@ def main() -> None:
             "classifier torch, batching on": (classifier, [], predict),
             "classifier torch, batching off": (classifier, ["--batching", "off"], predict),
             "classifier torch, batching on, --threads 1": (classifier, ["--threads", "1"], predict),
+            "classifier torch bf16, batching on": (classifier, ["--precision", "bf16"], predict),
+            "classifier torch bf16, batching off": (classifier, ["--precision", "bf16", "--batching", "off"], predict),
             "classifier onnx fp32, batching on": (classifier, [*on_onnx, ("cls_fp32", None)], predict),
             "classifier onnx int8, batching on": (classifier, [*on_onnx, ("cls_int8", "int8")], predict),
             "embed torch, batching on": (encoder, [], embed),
             "embed torch, batching off": (encoder, ["--batching", "off"], embed),
+            "embed torch bf16, batching on": (encoder, ["--precision", "bf16"], embed),
             "embed onnx fp32, batching on": (encoder, [*on_onnx, ("enc_fp32", None)], embed),
             "embed onnx int8, batching on": (encoder, [*on_onnx, ("enc_int8", "int8")], embed),
         }  # fmt: skip

@@ -313,7 +313,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     serve(args.model, host=args.host, port=args.port, device=args.device, backend=args.backend, onnx=args.onnx,
           batching=args.batching == "on", max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
-          max_windows=args.max_windows, workers=args.workers, threads=args.threads, cors=args.cors)  # fmt: skip
+          max_windows=args.max_windows, precision=args.precision, workers=args.workers, threads=args.threads,
+          cors=args.cors)  # fmt: skip
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -523,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=PORT_NUMBER, default=PORT, help="0 to 65535 (default %(default)s; 0 picks a free port)"
     )
     add_options(p, TrainConfig, only=("device",))
-    from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_WAIT_MS, MAX_WINDOWS
+    from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_WAIT_MS, MAX_WINDOWS, PRECISIONS
 
     p.add_argument(
         "--backend", choices=BACKENDS, default="torch",
@@ -557,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=MAX_WINDOWS,
         help="NER/QA: windows per input over a long text; more answers 413 (default %(default)s)",
     )
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="torch backend: bf16 runs large batches in bfloat16 on a CPU with AVX512-BF16 or AMX (or a GPU with "
+             "bf16), faster under load; their answers then differ from fp32 by bf16 rounding; /api/info says from "
+             "which batch size (default %(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--workers", type=POSITIVE, default=1, help="server processes, each with the model (default %(default)s)"
     )

@@ -38,6 +38,14 @@ def cpu_flags() -> list[str]:
     return []
 
 
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPUs without them emulate bf16 matmuls: slower than fp32
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX)."""
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
+
+
 def describe() -> dict:
     """CPU model, cores and instruction sets, memory, Python, platform, torch and its threads, and the GPU if there
     is one."""
@@ -107,6 +115,20 @@ def keep_freed_memory(kept_bytes: int | None = 1 << 30) -> bool:
     # mallopt takes a C int; -1 is glibc's "never trim".
     kept = -1 if kept_bytes is None else min(kept_bytes, 2**31 - 1)
     return bool(libc and libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, kept))
+
+
+KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def limit_kernel_cache(kernels: int = 128) -> str:
+    """Let oneDNN keep at most `kernels` compiled kernels ("primitives"), unless ONEDNN_PRIMITIVE_CACHE_CAPACITY
+    already says how many; returns the capacity in force. Call it before the first bf16 matrix product.
+
+    PyTorch's bf16 products on the CPU run through oneDNN, which compiles a kernel for each matrix shape and keeps
+    up to 1,024 of them. A server's unpadded batches change shape with every batch, so each batch may add kernels,
+    and memory, until the cache is full. Recent shapes stay cached: the sizes a busy server sees again and again
+    are not compiled again."""
+    return os.environ.setdefault(KERNEL_CACHE_ENV, str(kernels))
 
 
 def release_free_memory() -> bool:

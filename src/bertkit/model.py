@@ -242,6 +242,12 @@ def is_padded(attention_mask: torch.Tensor | None) -> bool:
 # slice, and one thread is many times faster. `ThreadChoice` times both and runs the faster.
 SERIAL_TOKENS = 128
 
+# With `BertModel.bf16_from_tokens` set, inference batches of at least this many tokens run in bfloat16 (`bertkit
+# serve --precision bf16`). bf16 pays for itself on large batches only: each operator converts its inputs, a fixed
+# cost that outweighs the faster arithmetic on a few short sentences (the MiniLM encoder's time per SST-2 sentence
+# by batch size: benchmarks/results/model_batch_cost_cpu.json, written by benchmarks/model_batch_cost.py).
+BF16_FROM_TOKENS = 128
+
 _threads_lock = threading.Lock()
 _serial_depth = 0  # forwards now inside one_intra_op_thread, across Python threads
 _threads_before = 1  # the intra-op thread count to restore when the last of them leaves
@@ -393,6 +399,9 @@ class BertModel(nn.Module, PreTrainedMixin):
         # (memory for a layer's activations instead of all of them, for about a third more compute)
         self.gradient_checkpointing = False
         self.threads = ThreadChoice()
+        # An int: inference batches of at least that many tokens (batch x length) run under bfloat16 autocast, for
+        # CPUs with native bf16 (AVX512-BF16, AMX) and GPUs; outputs stay float32. None: float32 throughout.
+        self.bf16_from_tokens: int | None = None
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
     def forward(
@@ -418,16 +427,22 @@ class BertModel(nn.Module, PreTrainedMixin):
             and input_ids.numel() < self.serial_below_tokens
             and torch.get_num_threads() > 1
         )
+        bf16 = (
+            self.bf16_from_tokens is not None
+            and not self.training
+            and not exporting
+            and input_ids.numel() >= self.bf16_from_tokens
+        )
         if not small:
-            return self._encode(input_ids, token_type_ids, attention_mask, exporting)
+            return self._encode(input_ids, token_type_ids, attention_mask, exporting, bf16)
         tokens = input_ids.numel()
         serial = self.threads.serial(tokens, time.monotonic())
         start = time.perf_counter()
         if serial:
             with one_intra_op_thread():
-                out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
+                out = self._encode(input_ids, token_type_ids, attention_mask, exporting, bf16)
         else:
-            out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
+            out = self._encode(input_ids, token_type_ids, attention_mask, exporting, bf16)
         self.threads.record(tokens, serial, time.perf_counter() - start)
         return out
 
@@ -437,7 +452,14 @@ class BertModel(nn.Module, PreTrainedMixin):
         token_type_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         exporting: bool,
+        bf16: bool = False,
     ) -> BertOutput:
+        if bf16:
+            with torch.autocast(input_ids.device.type, dtype=torch.bfloat16):
+                out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
+            # The heads read float32, as they would without bf16: their own products stay exact enough.
+            pooled = out.pooler_output.float() if out.pooler_output is not None else None
+            return BertOutput(last_hidden_state=out.last_hidden_state.float(), pooler_output=pooled)
         T = input_ids.shape[1]
         dtype = self.embeddings.word_embeddings.weight.dtype
         padded = attention_mask is not None if exporting else is_padded(attention_mask)

@@ -7,3 +7,4 @@ MAX_BATCH_TOKENS = 8192  # tokens of all the inputs in one model batch
 MAX_WAIT_MS = 2.0  # how long the oldest waiting request waits for others to share its batch
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body
 BACKENDS = ("torch", "onnx")  # `--backend`: what runs the model (see `bertkit.serve.server.open_service`)
+PRECISIONS = ("fp32", "bf16")  # `--precision`: what the PyTorch backend computes large batches in

@@ -25,10 +25,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bertkit.constants import HOST, PORT
 from bertkit.errors import BertkitError
-from bertkit.machine import limit_malloc_arenas
+from bertkit.machine import limit_malloc_arenas, pick_device
 from bertkit.serve.app import create_app
 from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_BODY_BYTES, MAX_WAIT_MS, MAX_WINDOWS
-from bertkit.serve.service import Service
+from bertkit.serve.service import Service, check_precision
 
 BACKLOG = 2048  # pending connections the kernel keeps: a burst of clients waits in it instead of retrying SYNs
 LINGER_SECONDS = 2.0  # how long a refused request's unread bytes are drained before the connection is dropped
@@ -101,7 +101,7 @@ def open_service(
 ) -> Service:
     """The `Service` over `model_dir` run by `backend`: "torch", or "onnx" (onnxruntime over `onnx`, the directory's
     `bertkit export`, fp32 or int8, with `threads` intra-op threads; on the CPU)."""
-    _check_backend(backend, onnx, device)
+    _check_backend(backend, onnx, device, options.get("precision", "fp32"))
     if backend == "onnx":
         from bertkit.onnx_model import open_onnx_model_dir
 
@@ -109,18 +109,21 @@ def open_service(
     return Service(model_dir, device=device, **options)
 
 
-def _check_backend(backend: str, onnx: str | Path | None, device: str | None) -> None:
+def _check_backend(backend: str, onnx: str | Path | None, device: str | None, precision: str = "fp32") -> None:
     """Refuse a backend and its options that do not go together (before any process loads the model)."""
     if backend not in BACKENDS:
         raise BertkitError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)}")
     if backend == "onnx":
         if onnx is None:
             raise BertkitError("--backend onnx needs --onnx FILE: the model's `bertkit export` (fp32 or int8)")
+        if precision != "fp32":
+            raise BertkitError(f"--precision {precision} is for the torch backend; an ONNX file runs as exported")
         from bertkit.onnx_model import check_onnx_device
 
         check_onnx_device(device)
     elif onnx is not None:
         raise BertkitError("--onnx FILE is for --backend onnx")
+    check_precision(precision, pick_device(device))
 
 
 def _config(app: Any, host: str, port: int, workers: int = 1, factory: bool = False) -> uvicorn.Config:
@@ -206,6 +209,7 @@ def serve(
     max_batch_tokens: int = MAX_BATCH_TOKENS,
     max_wait_ms: float = MAX_WAIT_MS,
     max_windows: int = MAX_WINDOWS,
+    precision: str = "fp32",
     workers: int = 1,
     threads: int | None = None,
     cors: str | None = None,
@@ -213,7 +217,7 @@ def serve(
     """Load `model_dir` and serve it until interrupted (`workers` processes, each with its own copy)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     service_options = {"batching": batching, "max_batch_tokens": max_batch_tokens, "max_wait_ms": max_wait_ms,
-                       "max_windows": max_windows}  # fmt: skip
+                       "max_windows": max_windows, "precision": precision}  # fmt: skip
     _prepare_process(threads)
     if workers == 1:
         service = open_service(model_dir, device, backend, onnx, threads, **service_options)
@@ -223,7 +227,8 @@ def serve(
     else:
         from bertkit.tasks.model_dir import fine_tuned_task
 
-        _check_backend(backend, onnx, device)  # the workers would each fail on it after the parent said "serving"
+        # The workers would each fail on a bad option after the parent said "serving".
+        _check_backend(backend, onnx, device, precision)
         if not Path(model_dir).is_dir():
             open_service(model_dir, device, backend, onnx, threads, **service_options)  # says what is wrong
         task = fine_tuned_task(model_dir)

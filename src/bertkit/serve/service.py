@@ -21,9 +21,17 @@ import torch
 from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError
 from bertkit.infer import embed, embedding_settings, fill_mask
-from bertkit.machine import CpuElsewhere, pick_device, release_free_memory, threads_beside
+from bertkit.machine import (
+    CpuElsewhere,
+    cpu_has_native_bf16,
+    limit_kernel_cache,
+    pick_device,
+    release_free_memory,
+    threads_beside,
+)
+from bertkit.model import BF16_FROM_TOKENS, BertModel
 from bertkit.serve.batching import PADDED_SLACK, UNPADDED_SLACK, Batcher, Job, run_bucketed
-from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_INPUTS, MAX_WAIT_MS, MAX_WINDOWS
+from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_INPUTS, MAX_WAIT_MS, MAX_WINDOWS, PRECISIONS
 from bertkit.serve.metrics import Metrics
 from bertkit.tasks.base import check_encodable
 from bertkit.tasks.model_dir import ModelDir, open_model_dir
@@ -46,11 +54,14 @@ class Service:
         max_batch_tokens: int = MAX_BATCH_TOKENS,
         max_wait_ms: float = MAX_WAIT_MS,
         max_windows: int = MAX_WINDOWS,
+        precision: str = "fp32",
         metrics: Metrics | None = None,
         opened: ModelDir | None = None,
     ):
         self.path = Path(model_dir)
         self.device = pick_device(device)
+        check_precision(precision, self.device)
+        self.precision = precision
         self.metrics = metrics or Metrics()
         m = self.metrics
         self.batcher = Batcher(self._run_batch, max_batch_tokens, max_wait_ms, enabled=batching,
@@ -79,12 +90,23 @@ class Service:
             self._elsewhere = CpuElsewhere()
             self._most_threads = self.batcher.call(torch.get_num_threads)
             self.metrics.model_threads.set(self._most_threads)
+        if precision == "bf16":
+            self._run_large_batches_in_bf16(models)
         self.task_name = self.task_model.task.name if self.task_model else None
         self.embedding = embedding_settings(self.path)
         self.max_windows = max_windows
         self.max_positions = self.config.max_position_embeddings
         self.ready_error: str | None = None
         self.ready_error = self._canary()
+
+    def _run_large_batches_in_bf16(self, models: list[Any]) -> None:
+        if not all(isinstance(m, torch.nn.Module) for m in models):
+            raise BertkitError("--precision bf16 is for the torch backend; an ONNX model runs as it was exported")
+        limit_kernel_cache()  # its batches' shapes vary: an unbounded kernel cache would hold memory
+        for model in models:
+            for module in model.modules():
+                if isinstance(module, BertModel):
+                    module.bf16_from_tokens = BF16_FROM_TOKENS
 
     def close(self) -> None:
         """Stop the model's worker thread."""
@@ -122,6 +144,7 @@ class Service:
             },
             "embedding": {"pooling": self.embedding["pooling"], "normalize": self.embedding["normalize"]},
             "device": str(self.device),
+            "precision": "fp32" if self.precision == "fp32" else f"bf16 for batches of {BF16_FROM_TOKENS}+ tokens",
         }
 
     # Checking and pricing a request (the caller's thread), then queueing it.
@@ -288,6 +311,21 @@ class Service:
                 return type(e)(f"texts[{n}]: {e}")
             out.append({"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]})
         return out
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a `--precision` that is unknown, or bf16 where the device would only emulate it (slower than fp32)."""
+    if precision not in PRECISIONS:
+        raise BertkitError(f"--precision {precision!r} is not available; choose one of {', '.join(PRECISIONS)}")
+    if precision != "bf16":
+        return
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        raise BertkitError(
+            "--precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one would emulate it, "
+            "slower than fp32: leave --precision at fp32"
+        )
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise BertkitError("--precision bf16: this GPU has no bf16; leave --precision at fp32")
 
 
 def _bucket_slack(model: Any) -> tuple[float, int]:

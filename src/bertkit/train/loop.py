@@ -26,13 +26,13 @@ from tqdm.auto import tqdm
 from bertkit.checkpoint import first_non_finite, save_model
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write, disk_full_as_error, is_disk_full
-from bertkit.machine import keep_freed_memory, pick_device
+from bertkit.machine import cpu_has_native_bf16, keep_freed_memory, pick_device
 from bertkit.train.batches import Batch, LoaderFn, epoch_loader
 from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import ShardUnits, any_rank, replicate, reshard, setup_device, shard
 from bertkit.train.metrics_log import Curves, MetricsLog, plot_metrics
 from bertkit.train.optim import build_optimizer, build_scheduler
-from bertkit.train.precision import amp_dtype, autocast, cpu_has_native_bf16
+from bertkit.train.precision import amp_dtype, autocast
 from bertkit.train.state import (
     TrainState,
     check_same_run,

@@ -11,14 +11,6 @@ from __future__ import annotations
 import torch
 
 from bertkit.errors import BertkitError
-from bertkit.machine import cpu_flags
-
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPUs without them emulate bf16 matmuls: slower than fp32
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX)."""
-    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
