@@ -18,7 +18,8 @@ off, per backend, for a MiniLM classifier and MiniLM embeddings.
   in again, so its RSS rises and falls in that cycle: one sample against another compares two points of it, not
   two moments of the run. Growth is therefore the largest RSS of the measured run's last minute over that of its
   first minute (each minute holds many cycles), with the medians beside them, and from the server's RSS before any
-  load (what a user sees on a fresh server); every sample and the errors are kept.
+  load (what a user sees on a fresh server); every sample and the errors are kept. "soak bf16": the same with
+  `--precision bf16`.
 - "ner 1 MB": a MiniLM tagger (one fine-tuning step on WikiANN English: the answers' quality is not what is
   measured) under 8 clients sending one WikiANN sentence each, for `--seconds`, alone and then with a ninth client
   sending the first 1 MB of Moby-Dick as one text, again and again: the 8 clients' p99 in both, and what the
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from common import DATA, RESULTS, write_result
@@ -161,11 +163,13 @@ def load(port: int, path: str, payload, texts: list[str], clients: int, seconds:
     }
 
 
-def soak(model: Path, endpoint, texts: list[str], seconds: float, warmup: float, clients: int = 32) -> dict:
+def soak(
+    model: Path, endpoint, texts: list[str], seconds: float, warmup: float, clients: int = 32, args: Sequence[str] = ()
+) -> dict:
     """`clients` clients for `warmup` and then `seconds` on one server, its RSS sampled every second throughout (see
     the module's docstring)."""
     path, payload = endpoint
-    server = Server(model, [])
+    server = Server(model, list(args))
     try:
         fresh = round(rss_mib(server.proc.pid), 1)
         samples: list[tuple[float, float]] = []  # (seconds since the warm-up began, RSS MiB)
@@ -191,11 +195,13 @@ def soak(model: Path, endpoint, texts: list[str], seconds: float, warmup: float,
     last = [rss for t, rss in samples if measured_to - minute <= t <= measured_to]
     growth = max(last) / max(first) - 1
     from_fresh = max(last) / fresh - 1
-    print(f"soak, {clients} clients, {warmup:.0f} s warm-up + {seconds:.0f} s: {point['requests_per_s']} req/s, "
+    print(f"soak {' '.join(args)}, {clients} clients, {warmup:.0f} s warm-up + {seconds:.0f} s: "
+          f"{point['requests_per_s']} req/s, "
           f"errors {point['errors']}, largest RSS of the first minute {max(first)} MiB, of the last {max(last)} MiB "
           f"({100 * growth:+.1f}%; medians {statistics.median(first)} -> {statistics.median(last)} MiB; "
           f"{100 * from_fresh:+.1f}% from the fresh server's {fresh} MiB)", flush=True)  # fmt: skip
     return {
+        "server_args": list(args),
         "clients": clients,
         "warmup_seconds": warmup,
         **point,
@@ -278,7 +284,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--max-requests", type=int, default=2000, help="per client")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="configuration names to run, or soak, or 'ner 1 MB' (default: all)")  # fmt: skip
+                        help="configuration names to run, or soak, 'soak bf16', 'ner 1 MB' (default: all)")  # fmt: skip
     parser.add_argument("--soak-seconds", type=float, default=300.0, help="the soak run's measured length")
     parser.add_argument("--soak-warmup-seconds", type=float, default=60.0, help="the soak's load before it")
     args = parser.parse_args()
@@ -333,6 +339,9 @@ def main() -> None:
             results["runs"][name] = run
         if not args.only or "soak" in args.only:
             results["soak"] = soak(classifier, predict, texts, args.soak_seconds, args.soak_warmup_seconds)
+        if not args.only or "soak bf16" in args.only:
+            results["soak_bf16"] = soak(classifier, predict, texts, args.soak_seconds, args.soak_warmup_seconds,
+                                        args=["--precision", "bf16"])  # fmt: skip
         if not args.only or "ner 1 MB" in args.only:
             ner = tagger(work)
             results["ner_1mb"] = ner_interference(ner, texts, args.seconds, [])
@@ -343,7 +352,7 @@ def main() -> None:
         measured = {"machine": describe(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         for run in results["runs"].values():
             run["measured"] = measured
-        for key in ("soak", "ner_1mb", "ner_1mb_threads_1"):
+        for key in ("soak", "soak_bf16", "ner_1mb", "ner_1mb_threads_1"):
             if key in results:
                 results[key]["measured"] = measured
         earlier["runs"].update(results.pop("runs"))

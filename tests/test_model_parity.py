@@ -13,7 +13,7 @@ from realdata import spread, tsv_rows
 
 from bertkit import BertConfig, BertForPreTraining, BertModel, Tokenizer
 from bertkit.checkpoint import read_tensors
-from bertkit.model import cross_entropy, dropout
+from bertkit.model import Unpadded, cross_entropy, dropout
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +84,23 @@ def test_large_inference_batches_run_in_bf16_when_asked(minilm_dir: Path, data_d
     ours.train()
     ours(**tok.batch(batches[0], max_length=128))
     assert products[-2:] == [torch.float32, torch.float32]
+
+
+def test_rounded_row_counts_are_few_and_change_no_real_token() -> None:
+    """`Unpadded(round_rows=True)`: the token count rounded up to one of eight sizes per doubling, and the rows added
+    after the real tokens never reach them (fp32 here, so that only the row count differs: 1e-5, the same forward
+    blocked over another number of rows)."""
+    sizes = {n: Unpadded(torch.ones(1, n), round_rows=True).rows for n in range(1, 4097)}
+    assert all(n <= rows <= n + n // 8 for n, rows in sizes.items())
+    assert len(set(sizes.values())) <= 8 * 13  # 8 per doubling up to 2**12, and the 16 smallest counts themselves
+    torch.manual_seed(0)
+    model = BertModel(tiny_config()).eval()
+    batch = random_batch()
+    assert Unpadded(batch["attention_mask"], round_rows=True).rows > int(batch["attention_mask"].sum())
+    args = batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], False  # not exporting
+    plain, rounded = model._encode(*args), model._encode(*args, round_rows=True)
+    assert (plain.last_hidden_state - rounded.last_hidden_state).abs().max() <= 1e-5
+    assert (plain.pooler_output - rounded.pooler_output).abs().max() <= 1e-5
 
 
 def test_unpadded_path_equals_plain_path_with_gradients() -> None:

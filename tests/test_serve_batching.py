@@ -21,6 +21,7 @@ from test_serve import assert_close, request, served
 import bertkit.serve.service as service_module
 from bertkit import BertModel
 from bertkit.errors import BertkitError
+from bertkit.machine import KERNEL_CACHE_ENV
 from bertkit.serve import Service, running
 from bertkit.serve.batching import UNPADDED_SLACK, Batcher, length_buckets, run_bucketed
 from bertkit.serve.server import open_service
@@ -309,6 +310,7 @@ def test_bf16_runs_large_batches_in_bf16_with_answers_near_fp32(tiny_task_models
     /api/info says which precision runs."""
     # Where the CPU only emulates bf16 it is slower, and rounds the same.
     monkeypatch.setattr(service_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.delenv(KERNEL_CACHE_ENV, raising=False)  # the service sets it: gone again after the test
     inputs, texts = [{"text": t} for t in TEXTS], [t for t in TEXTS if len(t) > 5]
     answers = {}
     for precision in ("fp32", "bf16"):

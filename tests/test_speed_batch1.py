@@ -44,9 +44,9 @@ def minilm(minilm_dir: Path) -> tuple[BertModel, transformers.BertModel, Tokeniz
 class CountingUnpadded(bertkit.model.Unpadded):
     made = 0
 
-    def __init__(self, attention_mask: torch.Tensor):
+    def __init__(self, attention_mask: torch.Tensor, round_rows: bool = False):
         CountingUnpadded.made += 1
-        super().__init__(attention_mask)
+        super().__init__(attention_mask, round_rows)
 
 
 BUSY, IDLE = True, False  # ThreadChoice.fixed: one thread for small batches, or all

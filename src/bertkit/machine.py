@@ -120,14 +120,14 @@ def keep_freed_memory(kept_bytes: int | None = 1 << 30) -> bool:
 KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
-def limit_kernel_cache(kernels: int = 128) -> str:
+def limit_kernel_cache(kernels: int = 256) -> str:
     """Let oneDNN keep at most `kernels` compiled kernels ("primitives"), unless ONEDNN_PRIMITIVE_CACHE_CAPACITY
     already says how many; returns the capacity in force. Call it before the first bf16 matrix product.
 
     PyTorch's bf16 products on the CPU run through oneDNN, which compiles a kernel for each matrix shape and keeps
-    up to 1,024 of them. A server's unpadded batches change shape with every batch, so each batch may add kernels,
-    and memory, until the cache is full. Recent shapes stay cached: the sizes a busy server sees again and again
-    are not compiled again."""
+    up to 1,024 of them, each holding memory. A server's batches come in many shapes; bertkit's model rounds their
+    token counts to a few sizes (`bertkit.model.Unpadded`), so that each size's kernels are compiled once and then
+    found in the cache: 256 holds those of several dozen sizes (an encoder has four weight shapes)."""
     return os.environ.setdefault(KERNEL_CACHE_ENV, str(kernels))
 
 

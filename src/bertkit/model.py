@@ -101,21 +101,33 @@ class Embeddings(nn.Module):
 
 class Unpadded:
     """Where the real tokens of a padded (B, T) batch sit, so that every layer except the attention product runs
-    on the N real tokens alone: `unpad` (B, T, ...) -> (N, ...), `pad` (N, ...) -> (B, T, ...) with zeros."""
+    on the N real tokens alone: `unpad` (B, T, ...) -> (R, ...), `pad` (R, ...) -> (B, T, ...) with zeros.
 
-    def __init__(self, attention_mask: torch.Tensor):
+    R is N, or with `round_rows` N rounded up to one of eight sizes per doubling (at most 1/8 more rows): a kernel
+    compiled for a matrix shape (oneDNN's, for bf16 products) then serves many batches instead of one. The R - N
+    rows after the real tokens start as zeros; no real token ever reads what they become."""
+
+    def __init__(self, attention_mask: torch.Tensor, round_rows: bool = False):
         self.B, self.T = attention_mask.shape
         self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) flat positions of real tokens
-        self.positions = self.index % self.T  # (N,) position of each real token in its sequence
+        N = len(self.index)
+        self.rows = -(-N // (step := 1 << max(N.bit_length() - 4, 0))) * step if round_rows else N  # R
+        self.positions = self._extend(self.index % self.T)  # (R,) position of each real token in its sequence
+
+    def _extend(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (R, ...), zero rows after the real tokens'."""
+        extra = self.rows - len(self.index)
+        return torch.cat([t, t.new_zeros(extra, *t.shape[1:])]) if extra else t
 
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) -> (N, ...): the rows of the real tokens."""
-        return t.flatten(0, 1).index_select(0, self.index)  # (N, ...)
+        """(B, T, ...) -> (R, ...): the rows of the real tokens."""
+        return self._extend(t.flatten(0, 1).index_select(0, self.index))  # (R, ...)
 
     def pad(self, t: torch.Tensor) -> torch.Tensor:
-        """(N, ...) -> (B, T, ...), zeros at the padded positions."""
+        """(R, ...) -> (B, T, ...), zeros at the padded positions."""
         out = t.new_zeros(self.B * self.T, *t.shape[1:])
-        out.index_copy_(0, self.index, t)  # in place: the out-of-place form copies the zeros once more
+        # In place: the out-of-place form copies the zeros once more.
+        out.index_copy_(0, self.index, t[: len(self.index)])
         return out.view(self.B, self.T, *t.shape[1:])  # (B, T, ...)
 
 
@@ -169,7 +181,7 @@ class SelfAttention(nn.Module):
         y = attention(q, k, v, attn_bias, self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, H)
         if unpadded is not None:
-            y = unpadded.unpad(y)  # (N, H)
+            y = unpadded.unpad(y)  # (N, H), or (R, H)
         return self.proj(y)
 
 
@@ -453,10 +465,11 @@ class BertModel(nn.Module, PreTrainedMixin):
         attention_mask: torch.Tensor | None,
         exporting: bool,
         bf16: bool = False,
+        round_rows: bool = False,
     ) -> BertOutput:
         if bf16:
             with torch.autocast(input_ids.device.type, dtype=torch.bfloat16):
-                out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
+                out = self._encode(input_ids, token_type_ids, attention_mask, exporting, round_rows=True)
             # The heads read float32, as they would without bf16: their own products stay exact enough.
             pooled = out.pooler_output.float() if out.pooler_output is not None else None
             return BertOutput(last_hidden_state=out.last_hidden_state.float(), pooler_output=pooled)
@@ -468,9 +481,9 @@ class BertModel(nn.Module, PreTrainedMixin):
         )
         if padded and self.unpad and not exporting:
             # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only.
-            unpadded = Unpadded(attention_mask)
+            unpadded = Unpadded(attention_mask, round_rows)
             ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)
-            x = self.embeddings(ids, types, unpadded.positions)  # (N, H)
+            x = self.embeddings(ids, types, unpadded.positions)  # (N, H), or (R, H)
             for layer in self.layers:
                 x = self._layer(layer, x, bias, unpadded)
             x = unpadded.pad(x)  # (B, T, H), zeros at padding
