@@ -21,11 +21,13 @@ off, per backend, for a MiniLM classifier and MiniLM embeddings.
   load (what a user sees on a fresh server); every sample and the errors are kept. "soak bf16": the same with
   `--precision bf16`.
 - "ner 1 MB": a MiniLM tagger (one fine-tuning step on WikiANN English: the answers' quality is not what is
-  measured) under 8 clients sending one WikiANN sentence each, for `--seconds`, alone and then with a ninth client
-  sending the first 1 MB of Moby-Dick as one text, again and again: the 8 clients' p99 in both, and what the
-  1 MB requests were answered (the server's default --max-windows refuses such a text with 413 after counting its
-  tokens); with the default threads (the server's model takes the cores that other work leaves it) and with
-  `--threads 1` (one core for the model whatever the load).
+  measured) under 8 clients sending one SST-2 dev sentence each, for `--seconds`, alone and then with a ninth
+  client sending the first 1 MB of Moby-Dick as one text, again and again: the 8 clients' p99 alone, in the
+  `--seconds` from the ninth client's start ("onset": the server's model still runs on the cores it had until it
+  sees the other work), in the `--seconds` after them ("beside"), and what the 1 MB requests were answered (the
+  server's default --max-windows refuses such a text with 413 after counting its tokens); with the default threads
+  (the server's model takes the cores that other work leaves it) and with `--threads 1` (one core for the model
+  whatever the load).
 Writes benchmarks/results/serving_load_cpu.json.
 """
 
@@ -256,7 +258,8 @@ def ner_interference(model: Path, texts: list[str], seconds: float, args: list[s
 
         sender = threading.Thread(target=big_client)
         sender.start()
-        beside = load(server.port, path, payload, texts, clients, seconds, 10**9)
+        onset = load(server.port, path, payload, texts, clients, seconds, 10**9)  # from the 1 MB client's start
+        beside = load(server.port, path, payload, texts, clients, seconds, 10**9)  # then, while it goes on
         done.set()
         sender.join()
     finally:
@@ -265,11 +268,13 @@ def ner_interference(model: Path, texts: list[str], seconds: float, args: list[s
     statuses = sorted({status for status, _ in answers})
     big_ms = round(statistics.median(t for _, t in answers) * 1e3, 1) if answers else None
     server_threads = " ".join(args) or "default threads"
+    onset_ratio = onset["p99_ms"] / alone["p99_ms"]
     print(f"ner {server_threads}, {clients} clients: p99 {alone['p99_ms']} ms alone, {beside['p99_ms']} ms beside "
-          f"1 MB requests ({ratio:.2f}x); the 1 MB requests: {len(answers)} answered {statuses}, median {big_ms} ms",
-          flush=True)  # fmt: skip
+          f"1 MB requests ({ratio:.2f}x; {onset['p99_ms']} ms, {onset_ratio:.2f}x, in the {seconds:.0f} s from their "
+          f"start); the 1 MB requests: {len(answers)} answered {statuses}, median {big_ms} ms", flush=True)  # fmt: skip
     return {"server_args": args, "clients": clients, "big_text_bytes": len(big.encode()), "alone": alone,
-            "beside_1mb": beside, "p99_ratio": round(ratio, 2), "big_requests": len(answers), "big_statuses": statuses,
+            "onset_1mb": onset, "onset_p99_ratio": round(onset_ratio, 2), "beside_1mb": beside,
+            "p99_ratio": round(ratio, 2), "big_requests": len(answers), "big_statuses": statuses,
             "big_median_ms": big_ms}  # fmt: skip
 
 
