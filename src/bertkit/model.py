@@ -99,19 +99,33 @@ class Embeddings(nn.Module):
         return self.dropout(self.ln(x))
 
 
+def recurring_rows(n: int) -> int:
+    """`n` rounded up to one of eight sizes per doubling (at most 1/8 more): the row count of a matrix product whose
+    kernel is compiled per shape (oneDNN's, for bf16 on the CPU), so that batches of different sizes share kernels
+    instead of compiling one each (see `rounds_rows`)."""
+    step = 1 << max(n.bit_length() - 4, 0)
+    return -(-n // step) * step
+
+
+def rounds_rows(device: torch.device) -> bool:
+    """Whether products on `device` now run in bf16 on the CPU (autocast), where each new matrix shape costs a
+    kernel compilation: without rounding, a batch of a size not seen before runs slower than a repeated one."""
+    cpu_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return device.type == "cpu" and cpu_bf16
+
+
 class Unpadded:
     """Where the real tokens of a padded (B, T) batch sit, so that every layer except the attention product runs
     on the N real tokens alone: `unpad` (B, T, ...) -> (R, ...), `pad` (R, ...) -> (B, T, ...) with zeros.
 
-    R is N, or with `round_rows` N rounded up to one of eight sizes per doubling (at most 1/8 more rows): a kernel
-    compiled for a matrix shape (oneDNN's, for bf16 products) then serves many batches instead of one. The R - N
-    rows after the real tokens start as zeros; no real token ever reads what they become."""
+    R is N, or with `round_rows` N rounded up by `recurring_rows`. The R - N rows after the real tokens start as
+    zeros; no real token ever reads what they become, and no gradient flows back through them."""
 
     def __init__(self, attention_mask: torch.Tensor, round_rows: bool = False):
         self.B, self.T = attention_mask.shape
         self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) flat positions of real tokens
         N = len(self.index)
-        self.rows = -(-N // (step := 1 << max(N.bit_length() - 4, 0))) * step if round_rows else N  # R
+        self.rows = recurring_rows(N) if round_rows else N  # R
         self.positions = self._extend(self.index % self.T)  # (R,) position of each real token in its sequence
 
     def _extend(self, t: torch.Tensor) -> torch.Tensor:
@@ -481,7 +495,7 @@ class BertModel(nn.Module, PreTrainedMixin):
         )
         if padded and self.unpad and not exporting:
             # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only.
-            unpadded = Unpadded(attention_mask, round_rows)
+            unpadded = Unpadded(attention_mask, round_rows or rounds_rows(input_ids.device))
             ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)
             x = self.embeddings(ids, types, unpadded.positions)  # (N, H), or (R, H)
             for layer in self.layers:
@@ -590,7 +604,11 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
         else:
             # Only ~15% of positions are predicted: run the vocabulary-sized decoder on those alone.
             chosen = mlm_labels != IGNORE_INDEX  # (B, T)
-            mlm_logits = self.mlm(h[chosen])  # (N, V)
+            picked = h[chosen]  # (N, H)
+            N = len(picked)
+            if rounds_rows(h.device):  # zero rows after the N picked: their logits are dropped, their gradient is 0
+                picked = F.pad(picked, (0, 0, 0, recurring_rows(N) - N))
+            mlm_logits = self.mlm(picked)[:N]  # (N, V)
             targets = mlm_labels[chosen]  # (N,)
             mlm_loss = cross_entropy(mlm_logits.float(), targets) if targets.numel() else h.sum() * 0.0
             loss = self.mlm_weight * mlm_loss
