@@ -126,7 +126,7 @@ def limit_kernel_cache(kernels: int = 256) -> str:
 
     PyTorch's bf16 products on the CPU run through oneDNN, which compiles a kernel for each matrix shape and keeps
     up to 1,024 of them, each holding memory. A server's batches come in many shapes; bertkit's model rounds their
-    token counts to a few sizes (`bertkit.model.Unpadded`), so that each size's kernels are compiled once and then
+    token counts to a few sizes (`bertkit.model.recurring_rows`), so that each size's kernels are compiled once and then
     found in the cache: 256 holds those of several dozen sizes (an encoder has four weight shapes)."""
     return os.environ.setdefault(KERNEL_CACHE_ENV, str(kernels))
 

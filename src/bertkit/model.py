@@ -483,7 +483,7 @@ class BertModel(nn.Module, PreTrainedMixin):
     ) -> BertOutput:
         if bf16:
             with torch.autocast(input_ids.device.type, dtype=torch.bfloat16):
-                out = self._encode(input_ids, token_type_ids, attention_mask, exporting, round_rows=True)
+                out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
             # The heads read float32, as they would without bf16: their own products stay exact enough.
             pooled = out.pooler_output.float() if out.pooler_output is not None else None
             return BertOutput(last_hidden_state=out.last_hidden_state.float(), pooler_output=pooled)

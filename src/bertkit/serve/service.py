@@ -101,6 +101,7 @@ class Service:
 
     def _run_large_batches_in_bf16(self, models: list[Any]) -> None:
         if not all(isinstance(m, torch.nn.Module) for m in models):
+            self.batcher.close()
             raise BertkitError("--precision bf16 is for the torch backend; an ONNX model runs as it was exported")
         limit_kernel_cache()  # batches of many shapes: an unbounded kernel cache would hold ever more memory
         for model in models:
