@@ -26,7 +26,7 @@ import torch
 from common import DATA, RESULTS, write_result
 
 from bertkit.export import export_onnx
-from bertkit.model import BF16_FROM_TOKENS, BertModel
+from bertkit.model import set_bf16_from_tokens
 from bertkit.onnx_model import open_onnx_model_dir
 from bertkit.recipes.config import FinetuneConfig, finetune_training
 from bertkit.recipes.finetune import run_finetune
@@ -73,9 +73,7 @@ def main() -> None:
         for name, file in (("torch bf16", None), ("onnx fp32", work / "fp32.onnx"), ("onnx int8", work / "int8.onnx")):
             if file is None:
                 task_model = open_task_model(model_dir, None, "cpu")
-                for module in task_model.model.modules():
-                    if isinstance(module, BertModel):
-                        module.bf16_from_tokens = BF16_FROM_TOKENS
+                set_bf16_from_tokens(task_model.model)
             else:
                 task_model = open_onnx_model_dir(model_dir, file, args.threads).task_model
             got = task_model.predict(examples)

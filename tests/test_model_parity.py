@@ -87,10 +87,10 @@ def test_large_inference_batches_run_in_bf16_when_asked(minilm_dir: Path, data_d
     assert products[-2:] == [torch.float32, torch.float32]
 
 
-def test_rounded_row_counts_are_few_and_change_no_real_token() -> None:
+def test_rounded_row_counts_are_few_and_change_no_real_token(monkeypatch) -> None:
     """`Unpadded(round_rows=True)`: the token count rounded up to one of eight sizes per doubling, and the rows added
-    after the real tokens never reach them (fp32 here, so that only the row count differs: 1e-5, the same forward
-    blocked over another number of rows)."""
+    after the real tokens never reach them (fp32 here, with rounding switched on as bf16 autocast on the CPU would,
+    so that only the row count differs: 1e-5, the same forward blocked over another number of rows)."""
     sizes = {n: Unpadded(torch.ones(1, n), round_rows=True).rows for n in range(1, 4097)}
     assert all(n <= rows <= n + n // 8 for n, rows in sizes.items())
     assert len(set(sizes.values())) <= 8 * 13  # 8 per doubling up to 2**12, and the 16 smallest counts themselves
@@ -98,8 +98,11 @@ def test_rounded_row_counts_are_few_and_change_no_real_token() -> None:
     model = BertModel(tiny_config()).eval()
     batch = random_batch()
     assert Unpadded(batch["attention_mask"], round_rows=True).rows > int(batch["attention_mask"].sum())
-    args = batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], False  # not exporting
-    plain, rounded = model._encode(*args), model._encode(*args, round_rows=True)
+    plain = model(**batch)
+    asked: list[torch.device] = []
+    monkeypatch.setattr(bertkit.model, "rounds_rows", lambda device: asked.append(device) or True)
+    rounded = model(**batch)
+    assert asked  # the forward took the rounded path
     assert (plain.last_hidden_state - rounded.last_hidden_state).abs().max() <= 1e-5
     assert (plain.pooler_output - rounded.pooler_output).abs().max() <= 1e-5
 

@@ -479,7 +479,6 @@ class BertModel(nn.Module, PreTrainedMixin):
         attention_mask: torch.Tensor | None,
         exporting: bool,
         bf16: bool = False,
-        round_rows: bool = False,
     ) -> BertOutput:
         if bf16:
             with torch.autocast(input_ids.device.type, dtype=torch.bfloat16):
@@ -495,7 +494,7 @@ class BertModel(nn.Module, PreTrainedMixin):
         )
         if padded and self.unpad and not exporting:
             # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only.
-            unpadded = Unpadded(attention_mask, round_rows or rounds_rows(input_ids.device))
+            unpadded = Unpadded(attention_mask, rounds_rows(input_ids.device))
             ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)
             x = self.embeddings(ids, types, unpadded.positions)  # (N, H), or (R, H)
             for layer in self.layers:
@@ -616,6 +615,14 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
             nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels)
             loss = self.nsp_weight * nsp_loss if loss is None else loss + self.nsp_weight * nsp_loss
         return PreTrainingOutput(loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits)
+
+
+def set_bf16_from_tokens(model: nn.Module, tokens: int | None = BF16_FROM_TOKENS) -> None:
+    """Run `model`'s inference batches of at least `tokens` tokens in bf16 (None: fp32 throughout), in every
+    BertModel it holds (see `BertModel.bf16_from_tokens`)."""
+    for module in model.modules():
+        if isinstance(module, BertModel):
+            module.bf16_from_tokens = tokens
 
 
 def set_dropout(model: nn.Module, p: float) -> None:

@@ -29,7 +29,7 @@ from bertkit.machine import (
     release_free_memory,
     threads_beside,
 )
-from bertkit.model import BF16_FROM_TOKENS, BertModel
+from bertkit.model import BF16_FROM_TOKENS, set_bf16_from_tokens
 from bertkit.serve.batching import PADDED_SLACK, UNPADDED_SLACK, Batcher, Job, run_bucketed
 from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_INPUTS, MAX_WAIT_MS, MAX_WINDOWS, PRECISIONS
 from bertkit.serve.metrics import Metrics
@@ -105,9 +105,7 @@ class Service:
             raise BertkitError("--precision bf16 is for the torch backend; an ONNX model runs as it was exported")
         limit_kernel_cache()  # batches of many shapes: an unbounded kernel cache would hold ever more memory
         for model in models:
-            for module in model.modules():
-                if isinstance(module, BertModel):
-                    module.bf16_from_tokens = BF16_FROM_TOKENS
+            set_bf16_from_tokens(model)
 
     def close(self) -> None:
         """Stop the model's worker thread."""
