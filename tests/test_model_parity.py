@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -9,12 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from realdata import spread, tsv_rows
 
 import bertkit.model
 from bertkit import BertConfig, BertForPreTraining, BertModel, Tokenizer
 from bertkit.checkpoint import read_tensors
-from bertkit.model import Unpadded, cross_entropy, dropout
+from bertkit.model import Unpadded, attention_groups, cross_entropy, dropout
 
 
 @pytest.fixture(autouse=True)
@@ -37,11 +40,12 @@ def test_minilm_matches_transformers(minilm_dir: Path, data_dir: Path, unpad: bo
     ours.unpad = unpad
     ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
     tok = Tokenizer.from_pretrained(minilm_dir)
-    n_padded = 0
+    n_padded, groups = 0, []
     for texts in real_batches(data_dir):
         batch = tok.batch(texts, max_length=128)
         mask = batch["attention_mask"].bool()
         n_padded += int((~mask).sum())
+        groups.append(len(Unpadded(batch["attention_mask"], n_head=ours.config.num_attention_heads).groups))
         o, r = ours(**batch), ref(**batch)
         diff = (o.last_hidden_state - r.last_hidden_state).abs()
         # Every real token: 1e-5. Padding rows are not used by anything: the unpadded path leaves them zero; the
@@ -55,6 +59,7 @@ def test_minilm_matches_transformers(minilm_dir: Path, data_dir: Path, unpad: bo
             assert diff[~mask].max() <= 5e-4
         assert (o.pooler_output - r.pooler_output).abs().max() <= 1e-5
     assert n_padded > 1000
+    assert min(groups) >= 2, groups  # unpadded, attention ran in groups of sequences of similar length
 
 
 def test_large_inference_batches_run_in_bf16_when_asked(minilm_dir: Path, data_dir: Path) -> None:
@@ -88,16 +93,16 @@ def test_large_inference_batches_run_in_bf16_when_asked(minilm_dir: Path, data_d
 
 
 def test_rounded_row_counts_are_few_and_change_no_real_token(monkeypatch) -> None:
-    """`Unpadded(round_rows=True)`: the token count rounded up to one of eight sizes per doubling, and the rows added
-    after the real tokens never reach them (fp32 here, with rounding switched on as bf16 autocast on the CPU would,
-    so that only the row count differs: 1e-5, the same forward blocked over another number of rows)."""
-    sizes = {n: Unpadded(torch.ones(1, n), round_rows=True).rows for n in range(1, 4097)}
+    """`Unpadded(recurring_shapes=True)`: the token count rounded up to one of eight sizes per doubling, and the rows
+    added after the real tokens never reach them (fp32 here, with rounding switched on as bf16 autocast on the CPU
+    would, so that only the row count differs: 1e-5, the same forward blocked over another number of rows)."""
+    sizes = {n: Unpadded(torch.ones(1, n), recurring_shapes=True).rows for n in range(1, 4097)}
     assert all(n <= rows <= n + n // 8 for n, rows in sizes.items())
     assert len(set(sizes.values())) <= 8 * 13  # 8 per doubling up to 2**12, and the 16 smallest counts themselves
     torch.manual_seed(0)
     model = BertModel(tiny_config()).eval()
     batch = random_batch()
-    assert Unpadded(batch["attention_mask"], round_rows=True).rows > int(batch["attention_mask"].sum())
+    assert Unpadded(batch["attention_mask"], recurring_shapes=True).rows > int(batch["attention_mask"].sum())
     plain = model(**batch)
     asked: list[torch.device] = []
     monkeypatch.setattr(bertkit.model, "rounds_rows", lambda device: asked.append(device) or True)
@@ -105,6 +110,74 @@ def test_rounded_row_counts_are_few_and_change_no_real_token(monkeypatch) -> Non
     assert asked  # the forward took the rounded path
     assert (plain.last_hidden_state - rounded.last_hidden_state).abs().max() <= 1e-5
     assert (plain.pooler_output - rounded.pooler_output).abs().max() <= 1e-5
+
+
+def plan_cost(plan: list[tuple[list[int], int]], n_head: int) -> int:
+    return sum(n_head * len(seqs) * L * L + bertkit.model.GROUP_COST_SCORES for seqs, L in plan)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(
+    lengths=st.lists(st.integers(0, 128), min_size=1, max_size=40),
+    n_head=st.sampled_from([1, 2, 4, 12]),
+)
+def test_attention_groups_cover_each_sequence_once_at_the_least_cost(lengths: list[int], n_head: int) -> None:
+    """`attention_groups` against brute force: every non-empty sequence in exactly one group, in a group at least as
+    long as it (a multiple of 8, or T), and no split of the longest-first order into runs costs less."""
+    T = 128
+    plan = attention_groups(lengths, n_head, T)
+    placed = sorted(b for seqs, _ in plan for b in seqs)
+    assert placed == [b for b, n in enumerate(lengths) if n > 0]
+    for seqs, L in plan:
+        assert all(lengths[b] <= L for b in seqs) and (L % 8 == 0 or L == T)
+    # Brute force over the runs of the longest-first order that end where the rounded length changes.
+    order = sorted((b for b in range(len(lengths)) if lengths[b]), key=lambda b: -lengths[b])
+    rounded = [min(-(-lengths[b] // 8) * 8, T) for b in order]
+    ends = [i for i in range(1, len(order)) if rounded[i] != rounded[i - 1]]
+    best = None
+    for mask in range(1 << len(ends)) if order and len(ends) <= 12 else []:
+        cuts = [0] + [e for k, e in enumerate(ends) if mask >> k & 1] + [len(order)]
+        runs = [(order[a:b], rounded[a]) for a, b in itertools.pairwise(cuts)]
+        best = plan_cost(runs, n_head) if best is None else min(best, plan_cost(runs, n_head))
+    if best is not None:
+        assert plan_cost(plan, n_head) == best
+    assert plan or not order
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_grouped_attention_computes_what_the_padded_batch_computes(monkeypatch, causal: bool) -> None:
+    """Unpadded, sequences of different lengths attend in groups of their own width: the real tokens' outputs and
+    every gradient equal the plain path's over the whole padded batch (float32: 1e-5, other block sizes), with a
+    group per length (the cost of a group set to 0), an empty row and a left-padded row in the batch."""
+    monkeypatch.setattr(bertkit.model, "GROUP_COST_SCORES", 0)
+    torch.manual_seed(0)
+    config = tiny_config(is_decoder=causal, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    models = [BertForPreTraining(config).train() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    models[1].bert.unpad = False
+    batch = random_batch(B=6, T=40)
+    mask = batch["attention_mask"]
+    mask[:] = 1
+    mask[0, 33:], mask[1, 9:], mask[2, 21:], mask[3, :12] = 0, 0, 0, 0  # row 3 left-padded
+    mask[4, :] = 0  # no real token at all
+    unpadded = Unpadded(mask, n_head=config.num_attention_heads, causal=causal)
+    assert len(unpadded.groups) == 4 and sum(G for G, _, _ in unpadded.groups) == 5, unpadded.groups
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[0, 3], labels[1, 5], labels[3, 20], labels[5, 39] = 7, 9, 11, 13
+    # No next-sentence loss: the pooler reads position 0, padding in rows 3 and 4, which only the plain path computes.
+    losses = []
+    with torch.enable_grad():
+        for m in models:
+            loss = m(**batch, mlm_labels=labels).mlm_loss
+            loss.backward()
+            losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) <= 1e-5
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        if a.grad is not None or b.grad is not None:
+            assert (a.grad - b.grad).abs().max() <= 1e-5, name
+    real = mask.bool()
+    hidden = [m.bert.eval()(**batch).last_hidden_state for m in models]
+    assert (hidden[0] - hidden[1])[real].abs().max() <= 1e-5
 
 
 def test_bf16_pretraining_on_the_cpu_rounds_rows_and_computes_the_same(monkeypatch) -> None:

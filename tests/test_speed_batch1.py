@@ -44,9 +44,9 @@ def minilm(minilm_dir: Path) -> tuple[BertModel, transformers.BertModel, Tokeniz
 class CountingUnpadded(bertkit.model.Unpadded):
     made = 0
 
-    def __init__(self, attention_mask: torch.Tensor, round_rows: bool = False):
+    def __init__(self, attention_mask: torch.Tensor, *args, **kwargs):
         CountingUnpadded.made += 1
-        super().__init__(attention_mask, round_rows)
+        super().__init__(attention_mask, *args, **kwargs)
 
 
 BUSY, IDLE = True, False  # ThreadChoice.fixed: one thread for small batches, or all

@@ -114,19 +114,95 @@ def rounds_rows(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_bf16
 
 
+# What one more attention group costs, in attention scores (n_head x L x L per sequence): its own handful of
+# operators forward and backward. Calibrated on the CPU by `python benchmarks/attention_groups.py`.
+GROUP_COST_SCORES = 28_000
+GROUP_LENGTH_MULTIPLE = 8  # a group's length is rounded up to this: fewer distinct shapes
+
+
+def attention_groups(lengths: list[int], n_head: int, T: int) -> list[tuple[list[int], int]]:
+    """Sequences grouped for attention, as (sequence indices, padded length L): each group attends over (G, L)
+    instead of the whole batch over (B, T), so a short sequence beside long ones does not pay for their length.
+
+    Sequences are taken longest first; a group is a run of them with lengths rounded up to
+    `GROUP_LENGTH_MULTIPLE`, and the runs are chosen (dynamic programming) to minimise the scores computed,
+    n_head x G x L^2 per group, plus `GROUP_COST_SCORES` per group. Empty sequences join no group."""
+    order = sorted((b for b in range(len(lengths)) if lengths[b] > 0), key=lambda b: -lengths[b])
+    step = GROUP_LENGTH_MULTIPLE
+    bins: list[tuple[int, list[int]]] = []  # (rounded length, sequences), longest first
+    for b in order:
+        L = min(-(-lengths[b] // step) * step, T)
+        if bins and bins[-1][0] == L:
+            bins[-1][1].append(b)
+        else:
+            bins.append((L, [b]))
+    best = [0.0] + [float("inf")] * len(bins)  # best[i]: the cost of grouping bins[:i]
+    cut = [0] * (len(bins) + 1)
+    for i in range(1, len(bins) + 1):
+        count = 0
+        for j in range(i - 1, -1, -1):  # the group bins[j:i], of length bins[j]'s
+            count += len(bins[j][1])
+            cost = best[j] + n_head * count * bins[j][0] ** 2 + GROUP_COST_SCORES
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    groups, i = [], len(bins)
+    while i > 0:
+        j = cut[i]
+        groups.append(([b for _, seqs in bins[j:i] for b in seqs], bins[j][0]))
+        i = j
+    return groups[::-1]
+
+
 class Unpadded:
-    """Where the real tokens of a padded (B, T) batch sit, so that every layer except the attention product runs
-    on the N real tokens alone: `unpad` (B, T, ...) -> (R, ...), `pad` (R, ...) -> (B, T, ...) with zeros.
+    """Where the real tokens of a padded (B, T) batch sit, so that every layer runs on the N real tokens alone:
+    `unpad` (B, T, ...) -> (R, ...), `pad` (R, ...) -> (B, T, ...) with zeros, and for the attention product
+    `group` (R, 3H) -> sequences of similar length laid out (G, L, 3H) with their bias, `ungroup` back to (R, H).
 
-    R is N, or with `round_rows` N rounded up by `recurring_rows`. The R - N rows after the real tokens start as
-    zeros; no real token ever reads what they become, and no gradient flows back through them."""
+    With `recurring_shapes` (bf16 on the CPU, see `rounds_rows`), R is N rounded up by `recurring_rows` and
+    attention keeps one group of the batch's width T: shapes that recur from batch to batch, where a new one costs
+    a kernel compilation. Otherwise R is N and the groups are `attention_groups`'. The R - N rows after the real
+    tokens start as zeros; no real token ever reads what they become, and no gradient flows back through them."""
 
-    def __init__(self, attention_mask: torch.Tensor, round_rows: bool = False):
+    def __init__(
+        self,
+        attention_mask: torch.Tensor,
+        recurring_shapes: bool = False,
+        *,
+        n_head: int = 1,
+        causal: bool = False,
+        bias_dtype: torch.dtype = torch.float32,
+    ):
         self.B, self.T = attention_mask.shape
         self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) flat positions of real tokens
         N = len(self.index)
-        self.rows = recurring_rows(N) if round_rows else N  # R
+        self.rows = recurring_rows(N) if recurring_shapes else N  # R
         self.positions = self._extend(self.index % self.T)  # (R,) position of each real token in its sequence
+        device = self.index.device
+        lengths = (attention_mask != 0).sum(1)  # (B,)
+        starts = lengths.cumsum(0) - lengths  # (B,) each sequence's first row
+        if N == 0:
+            plan = []
+        elif recurring_shapes:
+            plan = [(list(range(self.B)), self.T)]
+        else:
+            plan = attention_groups(lengths.tolist(), n_head, self.T)
+        self.groups, gathers = [], []  # (G, L, bias) per group; (G * L,) rows each group reads
+        seq_base = torch.zeros(self.B, dtype=torch.long, device=device)  # where each sequence starts in the groups
+        offset = 0
+        for seqs, L in plan:
+            seqs_t = torch.tensor(seqs, device=device)
+            slots = torch.arange(L, device=device)[None]  # (1, L)
+            real = slots < lengths[seqs_t][:, None]  # (G, L)
+            # A padding slot reads its sequence's first row (any real row would do): the bias hides it as a key and
+            # its output is dropped, so it gets no gradient.
+            gathers.append((starts[seqs_t][:, None] + slots * real).flatten().clamp_(max=N - 1))
+            self.groups.append((len(seqs), L, attention_bias(real, bias_dtype, causal, L, device)))
+            seq_base[seqs_t] = offset + torch.arange(len(seqs), device=device) * L
+            offset += len(seqs) * L
+        self.gather = torch.cat(gathers) if gathers else self.index  # (sum G * L,) rows of the (R, 3H) input
+        seq = self.index // self.T  # (N,) the sequence of each real token
+        rank = torch.arange(N, device=device) - starts[seq]  # (N,) its place among its sequence's real tokens
+        self.scatter = seq_base[seq] + rank  # (N,) where each real token's output sits in the groups
 
     def _extend(self, t: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (R, ...), zero rows after the real tokens'."""
@@ -143,6 +219,17 @@ class Unpadded:
         # In place: the out-of-place form copies the zeros once more.
         out.index_copy_(0, self.index, t[: len(self.index)])
         return out.view(self.B, self.T, *t.shape[1:])  # (B, T, ...)
+
+    def group(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(R, C) -> per group, its sequences laid out (G, L, C), with the group's (G, 1, 1, L) attention bias
+        ((G, 1, L, L) when causal)."""
+        parts = t.index_select(0, self.gather).split([G * L for G, L, _ in self.groups])
+        return [(part.view(G, L, -1), bias) for part, (G, L, bias) in zip(parts, self.groups, strict=True)]
+
+    def ungroup(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Per group (G, L, C) -> (R, C): each real token's row back in its place."""
+        flat = torch.cat([part.flatten(0, 1) for part in parts]) if len(parts) > 1 else parts[0].flatten(0, 1)
+        return self._extend(flat.index_select(0, self.scatter))  # (R, C)
 
 
 def reverse_real_tokens(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -185,18 +272,22 @@ class SelfAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, attn_bias: torch.Tensor | None, unpadded: Unpadded | None = None
     ) -> torch.Tensor:
-        qkv = self.qkv(x)  # (B, T, 3H), or (N, 3H) unpadded
-        if unpadded is not None:
-            qkv = unpadded.pad(qkv)  # (B, T, 3H): only the attention product needs the padded layout
+        qkv = self.qkv(x)  # (B, T, 3H), or (R, 3H) unpadded
+        if unpadded is None:
+            return self.proj(self._attend(qkv, attn_bias))
+        # Unpadded, each group of sequences of similar length attends over its own (G, L) layout.
+        parts = [self._attend(part, bias) for part, bias in unpadded.group(qkv)]  # (G, L, H) each
+        y = unpadded.ungroup(parts) if parts else qkv.new_zeros(0, qkv.shape[1] // 3)  # (R, H); none: no token
+        return self.proj(y)
+
+    def _attend(self, qkv: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, 3H) -> (B, T, H): the heads' attention, concatenated."""
         B, T, H3 = qkv.shape
         H = H3 // 3
         # One view and one permute (not a split, then a view and a transpose of each part): fewer operators per layer.
         q, k, v = qkv.view(B, T, 3, self.n_head, H // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
         y = attention(q, k, v, attn_bias, self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, H)
-        if unpadded is not None:
-            y = unpadded.unpad(y)  # (N, H), or (R, H)
-        return self.proj(y)
+        return y.transpose(1, 2).reshape(B, T, H)
 
 
 class FeedForward(nn.Module):
@@ -489,18 +580,24 @@ class BertModel(nn.Module, PreTrainedMixin):
         T = input_ids.shape[1]
         dtype = self.embeddings.word_embeddings.weight.dtype
         padded = attention_mask is not None if exporting else is_padded(attention_mask)
-        bias = attention_bias(
-            attention_mask if padded else None, dtype, causal=self.config.is_decoder, T=T, device=input_ids.device
-        )
+        causal = self.config.is_decoder
         if padded and self.unpad and not exporting:
-            # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only.
-            unpadded = Unpadded(attention_mask, rounds_rows(input_ids.device))
+            # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only,
+            # and attention runs over groups of sequences of similar length (each group's own bias).
+            unpadded = Unpadded(
+                attention_mask,
+                rounds_rows(input_ids.device),
+                n_head=self.config.num_attention_heads,
+                causal=causal,
+                bias_dtype=dtype,
+            )
             ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)
             x = self.embeddings(ids, types, unpadded.positions)  # (N, H), or (R, H)
             for layer in self.layers:
-                x = self._layer(layer, x, bias, unpadded)
+                x = self._layer(layer, x, None, unpadded)
             x = unpadded.pad(x)  # (B, T, H), zeros at padding
         else:
+            bias = attention_bias(attention_mask if padded else None, dtype, causal, T, input_ids.device)
             x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
             for layer in self.layers:
                 x = self._layer(layer, x, bias)
