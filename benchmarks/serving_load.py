@@ -22,12 +22,13 @@ off, per backend, for a MiniLM classifier and MiniLM embeddings.
   `--precision bf16`.
 - "ner 1 MB": a MiniLM tagger (one fine-tuning step on WikiANN English: the answers' quality is not what is
   measured) under 8 clients sending one SST-2 dev sentence each, for `--seconds`, alone and then with a ninth
-  client sending the first 1 MB of Moby-Dick as one text, again and again: the 8 clients' p99 alone, in the
-  `--seconds` from the ninth client's start ("onset": the server's model still runs on the cores it had until it
-  sees the other work), in the `--seconds` after them ("beside"), and what the 1 MB requests were answered (the
-  server's default --max-windows refuses such a text with 413 after counting its tokens); with the default threads
-  (the server's model takes the cores that other work leaves it) and with `--threads 1` (one core for the model
-  whatever the load).
+  client sending the first 1 MB of Moby-Dick as one text, first once a second ("paced": one such request at a
+  time, as a user sends it), then again and again with no pause, a flood: the 8 clients' p99 alone, beside the
+  paced requests, in the `--seconds` from the flood's start ("onset": the server's model still runs on the cores
+  it had until it sees the other work), in the `--seconds` after them ("beside"), and what the 1 MB requests were
+  answered (the server's default --max-windows refuses such a text with 413 after counting its tokens); with the
+  default threads (the server's model takes the cores that other work leaves it) and with `--threads 1` (one core
+  for the model whatever the load).
 Writes benchmarks/results/serving_load_cpu.json.
 """
 
@@ -234,48 +235,56 @@ def tagger(work: Path) -> Path:
 
 
 def ner_interference(model: Path, texts: list[str], seconds: float, args: list[str], clients: int = 8) -> dict:
-    """The `clients` clients' latency alone, then beside one client sending a 1 MB text again and again (server
-    started with `args`)."""
+    """The `clients` clients' latency alone, beside one client sending a 1 MB text once a second ("paced"), then
+    beside one sending it again and again, from its start ("onset") and after that ("beside") (server started with
+    `args`)."""
     big = (DATA / "pretrain_en/gutenberg_melville-moby_dick.txt").read_bytes()[: 1 << 20].decode("utf-8", "ignore")
+    body = json.dumps({"inputs": [{"text": big}]}).encode()
     path, payload = "/api/predict", (lambda t: {"inputs": [{"text": t}]})
+    answers: dict[str, list[tuple[int, float]]] = {"paced": [], "flood": []}
     server = Server(model, args)
+
+    def big_client(done: threading.Event, kind: str, every_s: float) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+        while not done.is_set():
+            start = time.perf_counter()
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            answers[kind].append((r.status, time.perf_counter() - start))
+            done.wait(max(0.0, every_s - (time.perf_counter() - start)))
+        conn.close()
+
+    def beside(kind: str, every_s: float, windows: int) -> list[dict]:
+        done = threading.Event()
+        sender = threading.Thread(target=big_client, args=(done, kind, every_s))
+        sender.start()
+        try:
+            return [load(server.port, path, payload, texts, clients, seconds, 10**9) for _ in range(windows)]
+        finally:
+            done.set()
+            sender.join()
+
     try:
         load(server.port, path, payload, texts, 4, 2.0, 50)  # warm-up, not reported
         alone = load(server.port, path, payload, texts, clients, seconds, 10**9)
-        answers: list[tuple[int, float]] = []
-        done = threading.Event()
-
-        def big_client() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
-            body = json.dumps({"inputs": [{"text": big}]}).encode()
-            while not done.is_set():
-                start = time.perf_counter()
-                conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-                r = conn.getresponse()
-                r.read()
-                answers.append((r.status, time.perf_counter() - start))
-            conn.close()
-
-        sender = threading.Thread(target=big_client)
-        sender.start()
-        onset = load(server.port, path, payload, texts, clients, seconds, 10**9)  # from the 1 MB client's start
-        beside = load(server.port, path, payload, texts, clients, seconds, 10**9)  # then, while it goes on
-        done.set()
-        sender.join()
+        (paced,) = beside("paced", 1.0, 1)
+        onset, flood = beside("flood", 0.0, 2)  # from the 1 MB client's start; then, while it goes on
     finally:
         server.stop()
-    ratio = beside["p99_ms"] / alone["p99_ms"]
-    statuses = sorted({status for status, _ in answers})
-    big_ms = round(statistics.median(t for _, t in answers) * 1e3, 1) if answers else None
-    server_threads = " ".join(args) or "default threads"
-    onset_ratio = onset["p99_ms"] / alone["p99_ms"]
-    print(f"ner {server_threads}, {clients} clients: p99 {alone['p99_ms']} ms alone, {beside['p99_ms']} ms beside "
-          f"1 MB requests ({ratio:.2f}x; {onset['p99_ms']} ms, {onset_ratio:.2f}x, in the {seconds:.0f} s from their "
-          f"start); the 1 MB requests: {len(answers)} answered {statuses}, median {big_ms} ms", flush=True)  # fmt: skip
-    return {"server_args": args, "clients": clients, "big_text_bytes": len(big.encode()), "alone": alone,
-            "onset_1mb": onset, "onset_p99_ratio": round(onset_ratio, 2), "beside_1mb": beside,
-            "p99_ratio": round(ratio, 2), "big_requests": len(answers), "big_statuses": statuses,
-            "big_median_ms": big_ms}  # fmt: skip
+    ratios = {name: round(r["p99_ms"] / alone["p99_ms"], 2) for name, r in (("paced", paced), ("onset", onset),
+                                                                            ("beside", flood))}  # fmt: skip
+    sent = {kind: {"requests": len(a), "statuses": sorted({status for status, _ in a}),
+                   "median_ms": round(statistics.median(t for _, t in a) * 1e3, 1) if a else None}
+            for kind, a in answers.items()}  # fmt: skip
+    print(f"ner {' '.join(args) or 'default threads'}, {clients} clients: p99 {alone['p99_ms']} ms alone; beside a "
+          f"1 MB request a second {paced['p99_ms']} ms ({ratios['paced']}x); beside 1 MB requests back to back "
+          f"{flood['p99_ms']} ms ({ratios['beside']}x; {onset['p99_ms']} ms, {ratios['onset']}x, in the "
+          f"{seconds:.0f} s from their start); the 1 MB requests: {sent}", flush=True)  # fmt: skip
+    return {"server_args": args, "clients": clients, "big_text_bytes": len(big.encode()),
+            "alone": alone, "paced_1mb": paced, "paced_p99_ratio": ratios["paced"], "onset_1mb": onset,
+            "onset_p99_ratio": ratios["onset"], "beside_1mb": flood, "p99_ratio": ratios["beside"],
+            "big_requests": sent}  # fmt: skip
 
 
 def main() -> None:
