@@ -220,7 +220,7 @@ class Unpadded:
         out.index_copy_(0, self.index, t[: len(self.index)])
         return out.view(self.B, self.T, *t.shape[1:])  # (B, T, ...)
 
-    def group(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    def group(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(R, C) -> per group, its sequences laid out (G, L, C), with the group's (G, 1, 1, L) attention bias
         ((G, 1, L, L) when causal)."""
         parts = t.index_select(0, self.gather).split([G * L for G, L, _ in self.groups])
