@@ -158,6 +158,7 @@ def main() -> None:
     if not names:
         sys.exit(f"--only {args.only}: no job matches; jobs are {', '.join(all_jobs)}")
     results = json.loads(RESULT.read_text(encoding="utf-8")) if RESULT.is_file() else {"jobs": {}}
+    failed = []
     for name in names:
         cli = all_jobs[name]
         if "--model" in cli and not Path(cli[cli.index("--model") + 1]).is_dir():
@@ -169,6 +170,7 @@ def main() -> None:
         print("$", " ".join(cmd[2:]), flush=True)
         if subprocess.run(cmd).returncode != 0:  # the error is on stderr; the other jobs still run
             print(f"{name}: failed", flush=True)
+            failed.append(name)
             continue
         metrics = json.loads((out / "metrics.json").read_text())
         results["jobs"][name] = {
@@ -182,6 +184,8 @@ def main() -> None:
         results["zh_comparison"] = zh_comparison(results)
         write_result(RESULT, results)
         print(name, json.dumps(metrics["dev"]), flush=True)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (their results were not written)")
 
 
 if __name__ == "__main__":
