@@ -702,9 +702,11 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
             chosen = mlm_labels != IGNORE_INDEX  # (B, T)
             picked = h[chosen]  # (N, H)
             N = len(picked)
-            if rounds_rows(h.device):  # zero rows after the N picked: their logits are dropped, their gradient is 0
-                picked = F.pad(picked, (0, 0, 0, recurring_rows(N) - N))
-            mlm_logits = self.mlm(picked)[:N]  # (N, V)
+            if rounds_rows(h.device) and recurring_rows(N) > N:
+                # Zero rows after the N picked (recurring shapes): their logits are dropped, their gradient is 0.
+                mlm_logits = self.mlm(F.pad(picked, (0, 0, 0, recurring_rows(N) - N)))[:N]  # (N, V)
+            else:  # no slice: its backward would fill an N x V zero gradient and copy the real one into it
+                mlm_logits = self.mlm(picked)  # (N, V)
             targets = mlm_labels[chosen]  # (N,)
             mlm_loss = cross_entropy(mlm_logits.float(), targets) if targets.numel() else h.sum() * 0.0
             loss = self.mlm_weight * mlm_loss
