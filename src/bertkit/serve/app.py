@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import logging
 import re
@@ -53,7 +54,15 @@ GET_ROUTES = ("/", "/index.html", "/api/info", "/healthz", "/readyz", "/metrics"
               "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css")  # fmt: skip
 DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css")  # Swagger UI, served at /docs/NAME for the /docs page
 CLIENT_GONE = 499  # the status recorded (never sent) for a request whose client left before its answer
-_POLL_SECONDS = 0.05  # how often a waiting request checks that its client is still there
+# FastAPI's own OpenTelemetry instrumentation (newer versions) looks up the global providers on every request, even
+# where none is set, on the event loop every request passes through: off. bertkit reports through /metrics and its
+# access log.
+_NO_TELEMETRY = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+_INLINE_BODY_BYTES = 4096  # bodies up to this size are checked and tokenized on the event loop (see `_answer`)
 
 
 def create_app(service: Service, host: str = HOST, cors: str | None = None) -> FastAPI:
@@ -65,7 +74,7 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
         middleware.append(Middleware(CORSMiddleware, allow_origins=[cors], allow_methods=["GET", "POST"],
                                      allow_headers=["Content-Type"]))  # fmt: skip
     app = FastAPI(title="bertkit", summary="A BERT model served over HTTP", docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json", middleware=middleware)  # fmt: skip
+                  openapi_url="/openapi.json", middleware=middleware, **_NO_TELEMETRY)  # fmt: skip
     errors = {s: {"model": schemas.ErrorResponse} for s in (400, 403, 413, 415, 500)}
 
     # FastAPI's own /docs page loads Swagger UI from a CDN: blank on a machine without internet access, and a page
@@ -176,20 +185,24 @@ class _RequestError(Exception):
 
 async def _answer(service: Service, request: Request, prepare: Callable[[Any], Any],
                   shape: Callable[[Any], dict]) -> Response:  # fmt: skip
-    """Read the JSON body, check and price it (a thread: tokenizing a long text must not stall other clients),
-    queue it for the model, and answer; a client that leaves is dropped from the queue."""
+    """Read the JSON body, check and price it, queue it for the model, and answer; a client that leaves is dropped
+    from the queue."""
     try:
-        body = await _read_json(request)
-        prepared = await run_in_threadpool(prepare, body)
+        body, size = await _read_json(request)
+        # Tokenizing a long text must not stall other clients: a thread checks and prices a large body. A small one
+        # is done here, at less cost than the hand-over to a thread.
+        prepared = prepare(body) if size <= _INLINE_BODY_BYTES else await run_in_threadpool(prepare, body)
         job = service.submit(prepared)
         future = asyncio.wrap_future(job.future)
-        while True:
-            done, _ = await asyncio.wait({future}, timeout=_POLL_SECONDS)
-            if done:
-                return _json(200, shape(future.result()))
-            if await request.is_disconnected():
-                job.cancel()  # computed only if already running; its answer then goes nowhere
-                return Response(status_code=CLIENT_GONE)
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if future.done():
+            return _json(200, shape(future.result()))
+        job.cancel()  # computed only if already running; its answer then goes nowhere
+        return Response(status_code=CLIENT_GONE)
     except ClientDisconnect:  # gone while sending its body: nothing to answer, nothing to log
         return Response(status_code=CLIENT_GONE)
     except _RequestError as e:
@@ -205,7 +218,15 @@ async def _answer(service: Service, request: Request, prepare: Callable[[Any], A
         return _error(500, f"internal error ({type(e).__name__}: {e})")
 
 
-async def _read_json(request: Request) -> Any:
+async def _client_gone(request: Request) -> None:
+    """Return when the client has closed its connection. Called once the body has been read, when the server has
+    nothing more to hand over from it but the news of a disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_json(request: Request) -> tuple[Any, int]:
+    """The request's JSON body and its size in bytes."""
     kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if kind != "application/json":  # also keeps out cross-site form posts, which cannot send this type
         raise _RequestError(415, f"send Content-Type: application/json (got {kind!r})")
@@ -221,7 +242,7 @@ async def _read_json(request: Request) -> Any:
         if len(raw) > MAX_BODY_BYTES:
             raise _RequestError(413, f"a body of more than {MAX_BODY_BYTES} bytes; at most {MAX_BODY_BYTES}")
     try:
-        return json.loads(raw.decode("utf-8") or "null")
+        return json.loads(raw.decode("utf-8") or "null"), len(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BertkitError(f"the request body is not UTF-8 JSON ({e})") from None
     except RecursionError:
