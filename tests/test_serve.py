@@ -164,7 +164,13 @@ def test_fill_mask_and_embed(models: dict[str, Path], minilm_dir: Path) -> None:
         assert info["endpoints"] == ["/api/embed"]  # a sentence-transformers directory: no MLM head, no task
         status, out = request(url + "/api/embed", {"texts": sentences})
         bad = request(url + "/api/fill-mask", {"texts": ["a [MASK] b"]})
+        # A body over 4 KB is checked and tokenized in a thread, a smaller one on the event loop: the same answer.
+        padded = json.dumps({"texts": sentences}).replace(",", "," + " " * 2048).encode()
+        assert len(padded) > 4096
+        status_padded, out_padded = request(url + "/api/embed", raw=padded)
     assert status == 200 and out["dim"] == 384
+    # Within float32 rounding, not exactly: the two forwards may run on different thread counts (`ThreadChoice`).
+    assert status_padded == 200 and np.abs(np.array(out_padded["embeddings"]) - out["embeddings"]).max() < 1e-6
     ref = SentenceTransformer(str(minilm_dir), device="cpu").encode(sentences, convert_to_numpy=True)
     ours = np.array(out["embeddings"])
     cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
