@@ -9,7 +9,8 @@ off, per backend, for a MiniLM classifier and MiniLM embeddings.
 - requests: one real sentence each (SST-2 dev sentences, in a fixed order), `POST /api/predict` for the classifier
   and `POST /api/embed` for the encoder; bounded by `--seconds` per client count and `--max-requests` per client.
 - reported per configuration and client count: requests/s, p50/p95/p99 latency (ms), errors (non-200 answers and
-  failed connections), and the server's RSS before and after.
+  failed connections), the mean inputs per model batch (from the server's `bertkit_batch_size`), and the server's
+  RSS before and after.
 - bf16: `--precision bf16` (batches of `bertkit.model.BF16_FROM_TOKENS` tokens and more in bfloat16; on a CPU with
   AVX512-BF16 or AMX), with batching on and off (off, every request is one sentence, below that size: fp32).
 - "soak": the classifier (torch, batching on) under 32 clients for `--soak-warmup-seconds` (default 60, not timed)
@@ -103,6 +104,12 @@ class Server:
             return r.status, r.read()
         finally:
             conn.close()
+
+    def batches(self) -> tuple[float, float]:
+        """The inputs and the model batches the server has counted so far (`bertkit_batch_size` in /metrics)."""
+        _, text = self.request("GET", "/metrics")
+        found = dict(re.findall(r"^bertkit_batch_size_(sum|count) (\S+)$", text.decode(), re.M))
+        return float(found["sum"]), float(found["count"])
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -343,10 +350,14 @@ def main() -> None:
                 run = {"server_args": extra, "rss_mib_before": round(rss_mib(server.proc.pid), 1), "points": {}}
                 load(server.port, path, payload, texts, 4, 2.0, 50)  # warm-up, not reported
                 for clients in args.clients:
+                    rows, batches = server.batches()
                     point = load(server.port, path, payload, texts, clients, args.seconds, args.max_requests)
+                    rows_after, batches_after = server.batches()
+                    point["mean_batch_size"] = round((rows_after - rows) / max(batches_after - batches, 1), 1)
                     run["points"][str(clients)] = point
                     print(f"{name}, {clients} clients: {point['requests_per_s']} req/s, p50 {point['p50_ms']} ms, "
-                          f"p99 {point['p99_ms']} ms, errors {point['errors']}", flush=True)  # fmt: skip
+                          f"p99 {point['p99_ms']} ms, errors {point['errors']}, "
+                          f"mean batch {point['mean_batch_size']}", flush=True)  # fmt: skip
                 run["rss_mib_after"] = round(rss_mib(server.proc.pid), 1)
             finally:
                 server.stop()
