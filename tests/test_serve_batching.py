@@ -346,7 +346,8 @@ def test_bf16_is_refused_where_it_would_be_slower_or_cannot_run(tiny_task_models
         open_service(tiny_task_models["cls"], backend="onnx", onnx="model.onnx", precision="bf16")
 
 
-def test_a_client_that_leaves_is_not_computed(tiny_task_models: dict[str, Path]) -> None:
+@pytest.mark.parametrize("pipelined", [False, True], ids=["one request", "pipelined"])
+def test_a_client_that_leaves_is_not_computed(tiny_task_models: dict[str, Path], pipelined: bool) -> None:
     service = Service(tiny_task_models["cls"], device="cpu")
     seen: list[str] = []
     run = service.batcher._run
@@ -358,13 +359,17 @@ def test_a_client_that_leaves_is_not_computed(tiny_task_models: dict[str, Path])
             blocker = threading.Thread(target=service.batcher.call, args=(lambda: hold.wait(20),))
             blocker.start()
             body = json.dumps({"text": "一个离开的客户"}).encode()
+            post = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
             with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
-                s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+                s.sendall(post)
                 for _ in range(100):  # until the request is read and queued
                     if service.batcher.depth:
                         break
                     time.sleep(0.02)
+                if pipelined:  # its next request on the same connection, after the first was read: the server
+                    s.sendall(post)  # stops reading the connection until it has answered the first
+                    time.sleep(0.2)
             for _ in range(100):  # the server notices the closed connection and cancels the job
                 if metric(url, "bertkit_requests_total", endpoint="/api/predict", status="499"):
                     break

@@ -63,6 +63,7 @@ _NO_TELEMETRY = (
     else {}
 )
 _INLINE_BODY_BYTES = 4096  # bodies up to this size are checked and tokenized on the event loop (see `_answer`)
+_REWATCH_SECONDS = 0.5  # how often a waiting request renews its watch on the connection (see `_client_gone`)
 
 
 def create_app(service: Service, host: str = HOST, cors: str | None = None) -> FastAPI:
@@ -220,9 +221,17 @@ async def _answer(service: Service, request: Request, prepare: Callable[[Any], A
 
 async def _client_gone(request: Request) -> None:
     """Return when the client has closed its connection. Called once the body has been read, when the server has
-    nothing more to hand over from it but the news of a disconnect."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    nothing more to hand over from it but the news of a disconnect.
+
+    Each `receive` makes the server read the connection again: it stops reading once the client's next request
+    (pipelined) arrives, and would then never see the close. So the wait is renewed every `_REWATCH_SECONDS`."""
+    while True:
+        try:
+            message = await asyncio.wait_for(request.receive(), _REWATCH_SECONDS)
+        except TimeoutError:
+            continue
+        if message["type"] == "http.disconnect":
+            return
 
 
 async def _read_json(request: Request) -> tuple[Any, int]:
