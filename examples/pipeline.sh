@@ -44,8 +44,8 @@ corpus=("$CORPUS"/*.txt)
 [ -f "$OUT/$TASK/metrics.json" ] ||
   "${BERTKIT_CMD[@]}" finetune --task "$TASK" --model "$OUT/pretrain/model" --train "$TRAIN" --dev "$DEV" --out "$OUT/$TASK" \
     --epochs "$EPOCHS" --max-seq-length "$SEQ" --resume
-"${BERTKIT_CMD[@]}" evaluate --model "$OUT/$TASK" --data "$DEV" --out "$OUT/dev_metrics.json" | tail -1
-"${BERTKIT_CMD[@]}" predict --model "$OUT/$TASK" --input "$DEV" --out "$OUT/dev_predictions.jsonl"
+"${BERTKIT_CMD[@]}" evaluate --model "$OUT/$TASK" --data "$DEV" --out "$OUT/dev_metrics.json" --overwrite | tail -1
+"${BERTKIT_CMD[@]}" predict --model "$OUT/$TASK" --input "$DEV" --out "$OUT/dev_predictions.jsonl" --overwrite
 "${BERTKIT_CMD[@]}" fill-mask --model "$OUT/pretrain/model" "$FILL_MASK"
-"${BERTKIT_CMD[@]}" export --model "$OUT/$TASK" --out "$OUT/$TASK.onnx"
+"${BERTKIT_CMD[@]}" export --model "$OUT/$TASK" --out "$OUT/$TASK.onnx" --overwrite
 echo "done: models in $OUT/pretrain/model and $OUT/$TASK; serve with: ${BERTKIT_CMD[*]} serve --model $OUT/$TASK"

@@ -254,3 +254,50 @@ def test_vocab_never_replaces_what_it_did_not_write(tiny_task_models: dict[str, 
     bad.write_bytes(b"ok\n\xff\n")
     assert bertkit("vocab", "--corpus", bad, "--out", tmp_path / "never").status == 2
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("command", ["embed", "predict", "evaluate", "export"])
+def test_a_file_output_never_replaces_what_the_command_did_not_ask_for(
+    tiny_task_models: dict[str, Path], tmp_path: Path, bertkit, command: str
+) -> None:
+    # `embed --input in.txt --out in.txt` replaced the user's texts with the array, and every one of these commands
+    # replaced any existing file given as --out, exit 0.
+    model = tmp_path / "model"
+    shutil.copytree(tiny_task_models["cls"], model)
+    src = tmp_path / "in.tsv"
+    src.write_text("text\tlabel\n房间很大。\t1\n", encoding="utf-8")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    inputs = {"embed": ["--input", str(src)], "predict": ["--input", str(src)], "evaluate": ["--data", str(src)],
+              "export": ["--check-texts", str(src)]}[command]  # fmt: skip
+
+    def run(out: Path, *flags: str):
+        return bertkit(command, "--model", model, *inputs, "--out", out, *flags)
+
+    refusals = {
+        src: "is the input",  # the input itself, even with --overwrite
+        model / "model.safetensors": "is a file of the input",  # a file of the model being read
+        tmp_path: "contains the input",  # the folder that holds them
+    }
+    for out, said in refusals.items():
+        for flags in ((), ("--overwrite",)):
+            status, _, err = run(out, *flags)
+            assert status == 2 and err.count("\n") == 1 and said in err, (out, flags, err)
+    earlier = tmp_path / "earlier.out"
+    earlier.write_text("the user's\n", encoding="utf-8")
+    status, _, err = run(earlier)
+    assert status == 2 and err.count("\n") == 1 and "earlier.out exists; add --overwrite" in err, err
+    link = tmp_path / "link.out"
+    link.symlink_to(earlier)
+    status, _, err = run(link, "--overwrite")  # renaming over a link (or /dev/null) would replace the link itself
+    assert status == 2 and err.count("\n") == 1 and "not a plain file" in err, err
+    folder = tmp_path / "folder.out"
+    folder.mkdir()
+    status, _, err = run(folder, "--overwrite")
+    assert status == 2 and "is a folder" in err, err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()} == {
+        **before,
+        earlier: b"the user's\n",
+    }
+    status, _, err = run(earlier, "--overwrite")  # asked for: replaced
+    assert status == 0, err
+    assert earlier.read_bytes() != b"the user's\n" and src.read_bytes() == before[src]

@@ -224,12 +224,15 @@ def test_predict_out_file_is_replaced_only_when_complete(models: dict[str, Path]
     out.write_text("earlier answers\n", encoding="utf-8")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "谁？", "context": "叶老桂。"}\n{"question": "谁？"}\n', encoding="utf-8")
-    r = bertkit("predict", "--model", models["qa"], "--input", bad, "--out", out)
+    r = bertkit("predict", "--model", models["qa"], "--input", bad, "--out", out, "--overwrite")
     assert r.status == 2 and "bad.jsonl:2: 'context' must be a non-empty string" in r.err
     assert out.read_text(encoding="utf-8") == "earlier answers\n"
     good = tmp_path / "good.jsonl"
     good.write_text(bad.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
     r = bertkit("predict", "--model", models["qa"], "--input", good, "--out", out)
+    assert r.status == 2 and "answers.jsonl exists; add --overwrite" in r.err
+    assert out.read_text(encoding="utf-8") == "earlier answers\n"
+    r = bertkit("predict", "--model", models["qa"], "--input", good, "--out", out, "--overwrite")
     assert r.status == 0 and r.out == ""
     assert json.loads(out.read_text(encoding="utf-8"))["id"] == "1"
 

@@ -33,12 +33,29 @@ from bertkit.tasks.settings import TASK_NAMES
 
 Handler = Callable[[argparse.Namespace], None]
 
+MODEL_DIR_HELP = "a bertkit or Hugging Face BERT model directory"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with each error on one line, like the commands' own errors; the usage block is `--help`'s."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_file_out(p: argparse.ArgumentParser, metavar: str, what: str, required: bool = False) -> None:
+    """--out FILE and --overwrite for a command that writes one file (see `_check_file_out`)."""
+    p.add_argument("--out", required=required, default=None, metavar=metavar, help=what)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def _check_file_out(args: argparse.Namespace, *inputs: str | None) -> None:
+    """Refuse, before any work, an --out that is one of `inputs` or would replace anything but a plain file of the
+    user's asking (`bertkit.files.check_output_file`); "-" (standard input) is no file."""
+    from bertkit.files import check_output_file
+
+    if args.out is not None:
+        check_output_file(args.out, [p for p in inputs if p and p != "-"], args.overwrite)
 
 
 def _json(value: Any, what: str) -> str:
@@ -89,6 +106,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     from bertkit.model import BertModel
     from bertkit.tokenizer import Tokenizer
 
+    _check_file_out(args, args.model, args.input)
     settings = embedding_settings(args.model)
     device = pick_device(args.device)
     model = BertModel.from_pretrained(args.model).to(device)
@@ -147,6 +165,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from bertkit.machine import pick_device
 
+    _check_file_out(args, args.model, args.data, args.onnx)
     device = pick_device(args.device)
     if (Path(args.data) / "manifest.json").is_file():
         if args.onnx:
@@ -163,7 +182,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         _note_long_inputs(task_model.task, len(examples), args.data)
     line = _json(metrics, "a metric")
     if args.out:
-        Path(args.out).write_text(line + "\n", encoding="utf-8")
+        from bertkit.files import atomic_write
+
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(line + "\n", encoding="utf-8"))
     print(line)
 
 
@@ -259,6 +280,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from bertkit.machine import pick_device
     from bertkit.tasks.model_dir import open_task_model
 
+    _check_file_out(args, args.model, args.input)
     task_model = open_task_model(args.model, None, pick_device(args.device))
     task, path = task_model.task, args.input
     if path == "-":  # standard input: plain lines (cls: text; pair: text<TAB>text; ner: text; qa: JSON lines)
@@ -323,6 +345,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     if args.format != "onnx":
         raise BertkitError(f"--format {args.format}: only onnx is supported")
+    _check_file_out(args, args.model, args.check_texts)
     texts = CHECK_TEXTS
     if args.check_texts:
         texts = tuple(line for line in read_lines(args.check_texts) if line.strip())
@@ -413,9 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_vocab)
 
     p = sub.add_parser("embed", help="sentence embeddings (mean pooling, L2-normalised) to a .npy file")
-    p.add_argument("--model", required=True, metavar="DIR", help="model directory (bertkit or Hugging Face)")
+    p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--input", required=True, metavar="FILE|-", help="one text per line; - for standard input")
-    p.add_argument("--out", required=True, metavar="FILE.npy", help="float32 array (lines x hidden size)")
+    _add_file_out(p, "FILE.npy", "float32 array (lines x hidden size)", required=True)
     p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help="inputs per forward pass")
     p.add_argument(
         "--max-seq-length",
@@ -433,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text, blank line between documents"
     )
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer (or model) directory")
-    p.add_argument("--out", required=True, metavar="DATA_DIR")
+    p.add_argument("--out", required=True, metavar="DATA_DIR", help="the data directory to write (manifest, shards)")
     add_options(p, PrepareConfig)
     p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
     p.set_defaults(func=_cmd_prepare)
@@ -450,14 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="metrics of a model on held-out data (one JSON object on the last line)")
-    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--data", required=True, metavar="FILE|DATA_DIR", help="task data file, or prepared DATA_DIR")
     p.add_argument("--task", choices=TASK_NAMES, default=None, help="default: the model's")
     p.add_argument(
         "--split", default="eval", choices=["eval", "train", "all"],
         help="pre-training data only: the held-out split (default), the training split, or both",
     )  # fmt: skip
-    p.add_argument("--out", default=None, metavar="FILE.json")
+    _add_file_out(p, "FILE.json", "also write the metrics' JSON object here")
     p.add_argument(
         "--onnx", default=None, metavar="FILE.onnx",
         help="task data only: run the model's `bertkit export` (fp32 or int8) by onnxruntime instead of PyTorch, "
@@ -490,9 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("predict", help="predictions of a fine-tuned model as JSON lines")
-    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
     p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
-    p.add_argument("--out", default=None, metavar="FILE.jsonl", help="default: standard output")
+    _add_file_out(p, "FILE.jsonl", "the predictions (default: standard output)")
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_predict)
 
@@ -518,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/openapi.json and /docs describe the API. Posts must say Content-Type: application/json. Bad input answers "
         '4xx with {"error": ...}. Concurrent requests share model calls (--batching).',
     )
-    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--host", default=HOST, help="address to listen on (default %(default)s: this machine only)")
     p.add_argument(
         "--port", type=PORT_NUMBER, default=PORT, help="0 to 65535 (default %(default)s; 0 picks a free port)"
@@ -588,9 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
         "last_hidden_state and pooler_output for an encoder). The file is run in onnxruntime on two sample batches and "
         "kept only if it matches the PyTorch model. Needs: pip install 'bertkit[export]'.",
     )
-    p.add_argument("--model", required=True, metavar="DIR")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="the file's format (default %(default)s)")
+    _add_file_out(p, "FILE.onnx", "the ONNX file to write", required=True)
     p.add_argument("--opset", type=POSITIVE, default=ONNX_OPSET, help="ONNX opset (default %(default)s)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check against PyTorch")
     p.add_argument(

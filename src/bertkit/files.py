@@ -111,6 +111,31 @@ def check_output_not_input(out: str | Path, inputs: Iterable[str | Path], flag: 
             )
 
 
+def check_output_file(
+    out: str | Path, inputs: Iterable[str | Path | None], overwrite: bool, flag: str = "--out"
+) -> None:
+    """Refuse a file output that would destroy something, before any work: an input, or a folder holding one; an
+    existing folder; an existing path that is not a plain file (a link, a device such as /dev/null, a pipe: the
+    file is written beside it and renamed over it, which would replace the link or device itself); a file inside
+    an input folder (e.g. the model's weights); any other existing file unless `overwrite`."""
+    path = Path(out)
+    given = [Path(p) for p in inputs if p is not None]
+    check_output_not_input(path, given, flag)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a folder" if path.is_dir() and not path.is_symlink() else "not a plain file"
+        raise BertkitError(f"{flag} {out} is {kind}; give the path of a file to write (a new one, or with --overwrite "
+                           "an existing file)")  # fmt: skip
+    if not path.exists():
+        return
+    target = _resolved(path)
+    for source in map(_resolved, given):
+        if source.is_dir() and target.is_relative_to(source):
+            raise BertkitError(f"{flag} {out} is a file of the input {source}, which this command reads; write "
+                               "elsewhere")  # fmt: skip
+    if not overwrite:
+        raise BertkitError(f"{flag} {out} exists; add --overwrite to replace it, or choose another file")
+
+
 def own_entries(out: Path, owns: Sequence[str]) -> list[Path]:
     """The entries directly in `out` whose names match one of the glob patterns in `owns`."""
     return sorted(p for p in out.iterdir() if any(fnmatch(p.name, pattern) for pattern in owns))
