@@ -146,7 +146,7 @@ def test_a_failed_check_keeps_what_was_there(
         export_onnx(tiny_task_models["cls"], out)
     assert out.read_bytes() == b"an earlier export" and list(tmp_path.iterdir()) == [out]  # no temporary left
 
-    r = bertkit("export", "--model", tmp_path / "missing", "--out", out)
+    r = bertkit("export", "--model", tmp_path / "missing", "--out", out, "--overwrite")
     assert r.status == 2 and "does not exist" in r.err
 
 

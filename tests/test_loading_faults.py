@@ -352,7 +352,7 @@ def test_embed_into_a_full_disk(small_disk, models: dict[str, Path], tmp_path: P
     common = ["--model", str(models["pretrained"]), "--out", str(out), "--device", "cpu"]
     assert bertkit("embed", "--input", str(few), *common).status == 0
     earlier = out.read_bytes()
-    code, _, err = bertkit("embed", "--input", str(many), *common)
+    code, _, err = bertkit("embed", "--input", str(many), *common, "--overwrite")
     assert_one_line_error(code, err, "embed", f"disk full at {out}")
     assert out.read_bytes() == earlier and leftovers(disk) == []
 
