@@ -466,3 +466,19 @@ def test_names_alone_never_make_a_folder_bertkits(tmp_path: Path, cls_data: dict
         code, _, err = bertkit(*args)
         assert code == 2 and ("was not written by bertkit" in err or "did not write there" in err), err
     assert {d: snapshot(d) for d in (project, logs, hf_model)} == before
+
+
+def test_pretrain_never_takes_a_fine_tuning_runs_checkpoints_for_its_own(
+    tmp_path: Path, cls_data: dict[str, Path], pt_data: Path, bertkit
+) -> None:
+    # `pretrain --out FT/training --overwrite` replaced a fine-tuning run's checkpoints and logs, exit 0: the
+    # folder has checkpoints, which pre-training runs from before the owner mark are recognised by.
+    out = tmp_path / "ft"
+    code, _, err = bertkit(*finetune_args(cls_data, out, "--max-steps", "3"))
+    assert code == 0, err
+    assert latest_checkpoint(out / "training") is not None
+    before = snapshot(out)
+    for flags in ((), ("--overwrite",), ("--resume",)):
+        code, _, err = bertkit(*pretrain_args(pt_data, out / "training", "--max-steps", "2", *flags))
+        assert code == 2 and ("was not written by bertkit pretrain" in err or "did not write there" in err), err
+    assert snapshot(out) == before

@@ -74,3 +74,20 @@ def test_open_task_model_checks_the_head(tiny_task_models: dict[str, Path]) -> N
         open_task_model(cls, "ner")
     with pytest.raises(BertkitError, match="not a fine-tuned task model"):
         open_task_model(tiny_task_models["pretrained"])
+
+
+@pytest.mark.parametrize("name", ["cls", "regression", "multilabel"])
+def test_a_text_b_is_refused_by_a_model_that_reads_one_text(name: str, tmp_path: Path) -> None:
+    # `finetune --task cls` on pair data trained, evaluated and predicted on text_a alone, exit 0 and no word.
+    task = task_class(name)()
+    label = {"cls": "1", "regression": "0.5", "multilabel": "a"}[name]
+    singles, pairs = tmp_path / "singles.tsv", tmp_path / "pairs.tsv"
+    singles.write_text(f"text\tlabel\n好。\t{label}\n", encoding="utf-8")
+    pairs.write_text(f"text_a\ttext_b\tlabel\n好。\t坏。\t{label}\n", encoding="utf-8")
+    if name != "cls":  # these learn from their training data whether they read pairs
+        task.labels(task.read(singles))
+    with pytest.raises(BertkitError, match=rf"pairs.tsv:2: a text_b, which this {name} model does not read"):
+        task.read(pairs)
+    with pytest.raises(BertkitError, match="a text_b, which"):
+        task.from_json({"text": "好。", "text_b": "坏。"})
+    assert task.from_json({"text": "好。"}).text_b is None

@@ -196,7 +196,10 @@ def claim_output_dir(
     if not path.is_dir():
         path.mkdir(parents=True)
     entries = [p for p in path.iterdir() if p.name != OWNER_FILE or output_owner(path) != command]
-    own = is_own_output or output_owner(path) == command
+    # Recognised by its files alone only when no other command's mark says otherwise, on the folder or on the one
+    # above it: a fine-tuning run's training/ holds checkpoints too.
+    marks = {output_owner(path), output_owner(path.resolve().parent)} - {None}
+    own = output_owner(path) == command or (is_own_output and marks <= {command})
     if entries and not (resume and own):
         if not overwrite and own:
             hint = "pass --resume to continue it, " if resume is False else ""

@@ -40,12 +40,26 @@ class ClassificationTask(Task):
     pair = False
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
-        """Rows read by `read_classification`; a pair task requires `text_b` in every row."""
+        """Rows read by `read_classification`; a pair task requires `text_b` in every row, a single-text one none."""
         examples = read_classification(path, require_label=labelled)
         for ex in examples:
             if self.pair and ex.text_b is None:
                 raise BertkitError(f"{path}:{ex.line}: a pair task needs text_a and text_b columns")
+        self.check_single(examples, path)
         return examples
+
+    def check_single(self, examples: Sequence[TextExample], path: str | Path) -> None:
+        """A BertkitError for a text_b given to a model that reads one text: it would be left out unread, and the
+        answers would look as if it had counted."""
+        for ex in examples:
+            if self.pair is False and ex.text_b is not None:
+                raise BertkitError(f"{path}:{ex.line}: {self._no_text_b()}; otherwise leave the text_b column out")
+
+    def _no_text_b(self) -> str:
+        how = "with --task pair" if self.name == "cls" else "on pairs"
+        return (
+            f"a text_b, which this {self.name} model does not read (it reads one text): for text pairs fine-tune {how}"
+        )
 
     def read_for_prediction(self, path: str | Path) -> list[TextExample]:
         """A TSV/CSV/JSON(L) file as `read` takes it, or plain lines: a text per line, or (for a model that reads
@@ -66,8 +80,10 @@ class ClassificationTask(Task):
         return {"line": example.line, "text_a": example.text_a, "text_b": example.text_b}
 
     def from_json(self, row: dict, n: int = 0) -> TextExample:
-        """{"text"} (or {"text_a"}); a pair task also needs {"text_b"}."""
+        """{"text"} (or {"text_a"}); a pair task also needs {"text_b"}, a single-text one refuses it."""
         text_a = text_field(row, "text_a", alternative="text")
+        if self.pair is False and "text_b" in row:
+            raise BertkitError(self._no_text_b())
         return TextExample(text_a, text_field(row, "text_b") if self.pair else None, None, n)
 
     def labels(self, examples: Sequence[TextExample]) -> list[str]:
@@ -215,11 +231,15 @@ class PairsFromData(ClassificationTask):
     def from_json(self, row: dict, n: int = 0) -> TextExample:
         """{"text"} (or {"text_a"}), and {"text_b"} for a model trained on pairs."""
         text_a = text_field(row, "text_a", alternative="text")
+        if self.pair is False and "text_b" in row:
+            raise BertkitError(self._no_text_b())
         pair = self.pair if self.pair is not None else "text_b" in row
         return TextExample(text_a, text_field(row, "text_b") if pair else None, None, n)
 
     def check_pairs(self, examples: Sequence[TextExample], path: str | Path) -> None:
-        """A BertkitError for an example without text_b when the model reads pairs."""
+        """A BertkitError for an example without text_b when the model reads pairs, or with one when it reads one
+        text."""
+        self.check_single(examples, path)
         for ex in examples:
             if self.pair and ex.text_b is None:
                 raise BertkitError(f"{path}:{ex.line}: this model reads text pairs: give text_a and text_b")
