@@ -129,7 +129,7 @@ def test_non_finite_outputs_are_an_error_not_invalid_json(tiny_task_models: dict
     from bertkit.model import BertForSequenceClassification
 
     # Finite weights so large that the logits overflow to infinity and the probabilities become NaN: `predict`
-    # printed `NaN` (not JSON) with exit 0.
+    # printed `NaN` (not JSON) with exit 0, and `evaluate` an accuracy computed from them.
     model_dir = tmp_path / "overflowing"
     shutil.copytree(tiny_task_models["cls"], model_dir)
     model = BertForSequenceClassification.from_pretrained(model_dir)
@@ -141,9 +141,13 @@ def test_non_finite_outputs_are_an_error_not_invalid_json(tiny_task_models: dict
     out = tmp_path / "predictions.jsonl"
     captured = bertkit("predict", "--model", model_dir, "--input", src, "--out", out)
     assert captured.status == 2
-    assert captured.err.count("\n") == 1 and "not a finite number" in captured.err
-    assert f"line 1 of {src}" in captured.err and not out.exists()  # nothing half-written
-    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "outputs are not a finite number" in captured.err
+    assert not out.exists() and captured.out == ""  # nothing half-written
+    labelled = tmp_path / "labelled.tsv"
+    labelled.write_text("text\tlabel\n房间很大。\t1\n", encoding="utf-8")
+    captured = bertkit("evaluate", "--model", model_dir, "--data", labelled)
+    assert captured.status == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and "outputs are not a finite number" in captured.err
     with pytest.raises(BertkitError, match="not a finite number"):
         _json({"mlm_loss": float("inf")}, "a metric")
     assert _json({"mlm_loss": 1.5, "text": "好"}, "a metric") == '{"mlm_loss": 1.5, "text": "好"}'

@@ -181,6 +181,12 @@ def run_model(model, task: Task, features: list[Feature], pad_id: int, batch_siz
             batch = pad_batch([features[i] for i in idx], pad_id)
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
             logits = model(**batch).logits.float().cpu()
+            if not bool(torch.isfinite(logits).all()):
+                raise BertkitError(
+                    "the model's outputs are not a finite number (NaN or infinity) for some inputs: its weights "
+                    "overflow or have diverged, e.g. after training with too high a --learning-rate; train it again "
+                    "with a lower one. No metric or prediction is given from such outputs"
+                )
             for j, i in enumerate(idx):
                 n = len(features[i]["input_ids"])
                 out[i] = logits[j, :n] if logits.dim() == 3 else logits[j]
