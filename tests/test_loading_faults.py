@@ -390,3 +390,17 @@ def test_a_broken_task_record_is_one_line(models, tmp_path: Path, bertkit, text:
     code, out, err = bertkit("predict", "--model", str(model), "--input", str(models["texts"]))
     assert_one_line_error(code, err, "predict", str(model / "bertkit_task.json"))
     assert out == ""
+
+
+def test_a_partial_mlm_head_is_refused(models: dict[str, Path], tmp_path: Path, bertkit) -> None:
+    # Weights holding the masked-LM head's bias but not its transform: fill-mask answered from a randomly
+    # initialised transform, exit 0.
+    model = tmp_path / "model"
+    shutil.copytree(models["pretrained"], model)
+    weights = load_file(model / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith("cls.predictions.transform")}
+    assert len(kept) < len(weights) and any(k.startswith("cls.predictions.") for k in kept)
+    save_file(kept, model / "model.safetensors", metadata={"format": "pt"})
+    code, stdout, err = bertkit("fill-mask", "--model", str(model), "the [MASK] sat on the mat")
+    assert_one_line_error(code, err, "fill-mask", str(model), "only part of the masked-LM head")
+    assert stdout == ""

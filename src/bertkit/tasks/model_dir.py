@@ -158,6 +158,12 @@ def open_model_dir(model_dir: str | Path, device: str | torch.device | None = No
     names = tensor_names(path)
     if has_mlm_head(names):
         mlm = BertForPreTraining.from_pretrained(path)
+        partial = [n for n in mlm.fresh_parameters if n.startswith("mlm.")]  # type: ignore[attr-defined]
+        if partial:  # its fill-mask would answer from a randomly initialised transform, with exit 0
+            raise BertkitError(
+                f"{path}: the weights hold only part of the masked-LM head ({partial[0]} is missing or of another "
+                "shape): it is not a complete pre-trained model; copy the whole directory again"
+            )
         if device is not None:
             mlm.to(device)
         return ModelDir(path, config, tokenizer, mlm.bert, mlm=mlm)
