@@ -482,3 +482,37 @@ def test_pretrain_never_takes_a_fine_tuning_runs_checkpoints_for_its_own(
         code, _, err = bertkit(*pretrain_args(pt_data, out / "training", "--max-steps", "2", *flags))
         assert code == 2 and ("was not written by bertkit pretrain" in err or "did not write there" in err), err
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("command", ["finetune", "pretrain"])
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(
+    tmp_path: Path, cls_data: dict[str, Path], pt_data: Path, bertkit, command: str
+) -> None:
+    # `--overwrite` deleted the earlier run at the start: a new run that then failed (here: diverged at once) left
+    # the folder empty, exit 2.
+    from bertkit.files import SET_ASIDE, own_entries, set_aside
+    from bertkit.recipes.finetune import OUTPUT_OWNS
+    from bertkit.recipes.pretrain import PRETRAIN_OWNS
+
+    out = tmp_path / "out"
+    args = finetune_args(cls_data, out) if command == "finetune" else pretrain_args(pt_data, out)
+    args += ["--max-steps", "3" if command == "finetune" else "6"]  # the last one counts
+    code, _, err = bertkit(*args)
+    assert code == 0, err
+    before = snapshot(out)
+    diverging = [*args, "--overwrite"]
+    diverging[diverging.index("--learning-rate") + 1] = "1e6"
+    code, _, err = bertkit(*diverging)
+    assert code == 2 and "not a finite number" in err
+    assert snapshot(out) == before and not (out / SET_ASIDE).exists()
+    # A run killed after it set the earlier one aside (and wrote a log line): the next start puts it back first,
+    # whether it then refuses to go on (no flag) or replaces it again.
+    for again in (args, diverging):
+        set_aside(out, own_entries(out, OUTPUT_OWNS if command == "finetune" else PRETRAIN_OWNS))
+        (out / "metrics.jsonl" if command == "pretrain" else out / "metrics.json").write_text("the killed run's\n")
+        code, _, err = bertkit(*again)
+        assert code == 2 and snapshot(out) == before, err
+    # A new run that saves a checkpoint replaces the earlier one for good, whatever happens after.
+    code, _, err = bertkit(*args, "--overwrite")
+    assert code == 0, err
+    assert snapshot(out) != before and not (out / SET_ASIDE).exists()

@@ -159,3 +159,70 @@ def test_a_run_resumes_only_with_its_own_settings(tmp_path: Path) -> None:
             state.check_same_run(saved, {**saved["identity"], key: value}, tmp_path)
     with pytest.raises(BertkitError, match="--patience unset, not 3"):
         state.check_same_run(saved, {**saved["identity"], "--patience": 3}, tmp_path)
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_what_overwrite_set_aside_comes_back_unless_the_new_run_has_a_checkpoint(tmp_path: Path) -> None:
+    """`--overwrite` moves the earlier run aside; settling it puts it back (the new run failed before a checkpoint)
+    or deletes it (a checkpoint, or success). Each move finishes after a kill at any point of it."""
+    from bertkit.files import RESTORING, SET_ASIDE, SET_ASIDE_DONE, own_entries, set_aside
+
+    owns = ("checkpoint-*", "latest", "metrics.jsonl", "model")
+    out = tmp_path / "run"
+    checkpoint(out, 5)
+    (out / "latest").write_text("checkpoint-0000005\n")
+    (out / "model").mkdir()
+    (out / "model/weights").write_text("earlier")
+    (out / "metrics.jsonl").write_text("earlier")
+    (out / "notes.txt").write_text("the user's")
+    before = _files(out)
+
+    def new_run(with_checkpoint: bool) -> None:
+        (out / "metrics.jsonl").write_text("new")
+        if with_checkpoint:
+            checkpoint(out, 1)
+            (out / "latest").write_text("checkpoint-0000001\n")
+
+    set_aside(out, own_entries(out, owns))
+    assert sorted(p.name for p in out.iterdir()) == [SET_ASIDE, "notes.txt"]
+    new_run(with_checkpoint=False)
+    assert state.end_replacement(out, owns, out, succeeded=False)
+    assert _files(out) == before
+
+    # Killed while setting aside (two entries moved, no completion mark): finished, then put back.
+    (out / SET_ASIDE).mkdir()
+    for name in ("model", "latest"):
+        (out / name).rename(out / SET_ASIDE / name)
+    assert state.end_replacement(out, owns, out, succeeded=False)
+    assert _files(out) == before
+
+    # Killed while putting back (the new run's entries gone, one earlier entry back): finished.
+    set_aside(out, own_entries(out, owns))
+    new_run(with_checkpoint=False)
+    (out / "metrics.jsonl").unlink()
+    (out / SET_ASIDE / RESTORING).touch()
+    (out / SET_ASIDE / "model").rename(out / "model")
+    assert state.end_replacement(out, owns, out, succeeded=False)
+    assert _files(out) == before
+
+    # A killed run's set-aside stays the earlier run: a second set_aside removes what the killed run wrote.
+    set_aside(out, own_entries(out, owns))
+    new_run(with_checkpoint=False)
+    set_aside(out, own_entries(out, owns))
+    assert (out / SET_ASIDE / SET_ASIDE_DONE).is_file() and sorted(p.name for p in out.iterdir()) == [
+        SET_ASIDE,
+        "notes.txt",
+    ]
+    assert state.end_replacement(out, owns, out, succeeded=False)
+    assert _files(out) == before
+
+    # With a checkpoint of its own the new run is kept, and the earlier one deleted.
+    set_aside(out, own_entries(out, owns))
+    new_run(with_checkpoint=True)
+    assert state.end_replacement(out, owns, out, succeeded=False)
+    assert not (out / SET_ASIDE).exists() and (out / "metrics.jsonl").read_text() == "new"
+    assert state.latest_checkpoint(out) == out / "checkpoint-0000001" and not (out / "model").exists()
+    assert not state.end_replacement(out, owns, out, succeeded=True)  # nothing set aside

@@ -175,6 +175,7 @@ def claim_output_dir(
     resume: bool | None = None,
     is_own_output: bool = False,
     replace_later: bool = False,
+    set_aside_replaced: bool = False,
     what: str = "output",
 ) -> Path:
     """Make `out` safe to write `command`'s output into, and mark it as that command's; returns it as a Path
@@ -187,7 +188,8 @@ def claim_output_dir(
     is not its own (with --overwrite too, when it holds an entry of one of the command's names: that file is not
     the command's to replace); its own unless `resume` (None: the command cannot resume) or `overwrite`. With
     `overwrite` on its own directory the entries in `owns` are removed now, unless `replace_later` (the caller
-    replaces them once its new output is complete).
+    replaces them once its new output is complete) or `set_aside_replaced` (moved aside, see `set_aside`: the
+    caller settles them with `settle_set_aside`).
     """
     path = Path(out)
     check_output_not_input(path, inputs)
@@ -218,11 +220,59 @@ def claim_output_dir(
                 f"{path} holds {clashes[0].name!r}, which bertkit {command} did not write there: --overwrite replaces "
                 f"only a {what} of its own; choose another --out, or move that entry away first"
             )
-        if not replace_later:
+        if set_aside_replaced:
+            set_aside(path, own_entries(path, owns))
+        elif not replace_later:
             remove_entries(own_entries(path, owns))
     text = json.dumps({"command": command}) + "\n"
     (path / OWNER_FILE).write_text(text, encoding="utf-8")
     return path
+
+
+# What --overwrite replaces in a training run's directory waits here until the new run has something of its own to
+# keep (a checkpoint, or its finished output): a run that fails or is interrupted before then puts it back. Two
+# marks make each move resumable after a kill: SET_ASIDE_DONE once everything is in, RESTORING once the new run's
+# entries are gone and the earlier ones are on their way back.
+SET_ASIDE = ".bertkit-replaced"
+SET_ASIDE_DONE = ".complete"
+RESTORING = ".restoring"
+
+
+def set_aside(out: Path, entries: Sequence[Path]) -> None:
+    """Move `entries` (directly in `out`) into out/SET_ASIDE. When a set-aside output is there already (a run that
+    replaced it was killed before it settled), that stays the earlier output, and `entries`, what the killed run
+    wrote, are removed."""
+    folder = out / SET_ASIDE
+    if (folder / SET_ASIDE_DONE).is_file():
+        remove_entries(entries)
+        return
+    folder.mkdir(exist_ok=True)  # a move killed half-way is finished now: nothing new was written meanwhile
+    for p in entries:
+        p.rename(folder / p.name)
+    (folder / SET_ASIDE_DONE).touch()
+
+
+def settle_set_aside(out: Path, owns: Sequence[str], keep_new: Callable[[], bool]) -> bool:
+    """End a replacement begun by `set_aside`: when `keep_new()` (the new run has a checkpoint or its finished
+    output) delete the earlier output; otherwise remove the new run's entries of `owns` and move the earlier ones
+    back. False when nothing was set aside."""
+    folder = out / SET_ASIDE
+    if not folder.is_dir():
+        return False
+    if not (folder / SET_ASIDE_DONE).is_file() and not (folder / RESTORING).is_file():
+        # Killed while setting aside: the new run had not started, and what is still in `out` is the earlier output.
+        set_aside(out, own_entries(out, owns))
+    if not (folder / RESTORING).is_file() and keep_new():
+        shutil.rmtree(folder)
+        return True
+    if not (folder / RESTORING).is_file():
+        remove_entries(own_entries(out, owns))
+        (folder / RESTORING).touch()
+    for p in folder.iterdir():
+        if p.name not in (SET_ASIDE_DONE, RESTORING):
+            p.rename(out / p.name)
+    shutil.rmtree(folder)
+    return True
 
 
 def release_output_dir(out: str | Path, owns: Sequence[str], created: bool) -> None:

@@ -35,7 +35,7 @@ from bertkit.tasks.registry import task_class
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 from bertkit.train.loop import Trainer
-from bertkit.train.state import claim_run_dir, latest_checkpoint
+from bertkit.train.state import claim_run_dir, end_replacement, latest_checkpoint
 
 # Builds the model to train from the (label-completed) config and the number of labels, instead of loading
 # `cfg.model`'s weights into the task's standard model: experiments use it for probes and other architectures.
@@ -244,15 +244,18 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     )  # fmt: skip
     if resuming:
         trainer.resume()
+    trainer.after_checkpoint = lambda: end_replacement(out, OUTPUT_OWNS, out / "training", succeeded=True)
     try:
         trainer.train()
         if dev_ex is None:
             save_best()
-    except BertkitError:
-        # Diverged or disk full before anything could be resumed or kept: leave --out as this run found it.
-        kept = latest_checkpoint(out / "training") is not None or (out / "model.safetensors").is_file()
-        if not resuming and trainer.is_main and not kept:
-            release_output_dir(out, OUTPUT_OWNS, created=not out_existed)
+    except BaseException as e:
+        # Failed or interrupted before a first checkpoint: the earlier model --overwrite set aside comes back, or
+        # (diverged, disk full) --out is left as this run found it.
+        if trainer.is_main and not end_replacement(out, OUTPUT_OWNS, out / "training", succeeded=False):
+            kept = latest_checkpoint(out / "training") is not None or (out / "model.safetensors").is_file()
+            if isinstance(e, BertkitError) and not resuming and not kept:
+                release_output_dir(out, OUTPUT_OWNS, created=not out_existed)
         raise
     best = trainer.state.recipe
     if trainer.is_main:
@@ -272,6 +275,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     if trainer.is_main:
         text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(text, encoding="utf-8"))
+        end_replacement(out, OUTPUT_OWNS, out / "training", succeeded=True)
     trainer.close()
     return result
 

@@ -30,7 +30,7 @@ from bertkit.options import by_flag
 from bertkit.recipes.config import PretrainConfig
 from bertkit.train.loop import Trainer
 from bertkit.train.metrics_log import Curves, read_metrics_log
-from bertkit.train.state import STALE_PATTERNS, claim_run_dir, latest_checkpoint
+from bertkit.train.state import STALE_PATTERNS, claim_run_dir, end_replacement, latest_checkpoint
 
 
 def build_model(
@@ -314,23 +314,30 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     if resuming:
         trainer.resume()
     _note_dropout_change(cfg, latest_checkpoint(out) if resuming else Path(cfg.model))
+    trainer.after_checkpoint = lambda: end_replacement(out, PRETRAIN_OWNS, out, succeeded=True)
+    model_dir, tmp = out / "model", out / ".tmp-model"
     try:
         metrics = trainer.train()
-    except BertkitError:
-        # Diverged or disk full before a first checkpoint: leave the run directory as this run found it.
-        if not resuming and trainer.is_main and latest_checkpoint(out) is None and not (out / "model").exists():
-            release_output_dir(out, PRETRAIN_OWNS, created=not out_existed)
-        raise
-    # Written beside, then renamed: model/ is complete or absent (scripts skip the stage when its weights exist).
-    model_dir, tmp = out / "model", out / ".tmp-model"
-    if trainer.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-    with disk_full_as_error(model_dir, "the checkpoints are intact; free some space, then run again with --resume"):
-        trainer.save_model_dir(tmp)
+        # Written beside, then renamed: model/ is complete or absent (scripts skip the stage when its weights exist).
         if trainer.is_main:
-            save_extra(tmp)
-            shutil.rmtree(model_dir, ignore_errors=True)
-            tmp.rename(model_dir)
+            shutil.rmtree(tmp, ignore_errors=True)
+        with disk_full_as_error(model_dir, "the checkpoints are intact; free some space, then run again with "
+                                "--resume"):  # fmt: skip
+            trainer.save_model_dir(tmp)
+            if trainer.is_main:
+                save_extra(tmp)
+                shutil.rmtree(model_dir, ignore_errors=True)
+                tmp.rename(model_dir)
+    except BaseException as e:
+        # Failed or interrupted before a first checkpoint: the earlier run --overwrite set aside comes back, or
+        # (diverged, disk full) the run directory is left as this run found it.
+        if trainer.is_main and not end_replacement(out, PRETRAIN_OWNS, out, succeeded=False):
+            nothing = latest_checkpoint(out) is None and not model_dir.exists()
+            if isinstance(e, BertkitError) and not resuming and nothing:
+                release_output_dir(out, PRETRAIN_OWNS, created=not out_existed)
+        raise
+    if trainer.is_main:
+        end_replacement(out, PRETRAIN_OWNS, out, succeeded=True)
     trainer.close()
     if trainer.is_main:  # the end state in words; the CLI's last line is the metrics as JSON
         held_out = (

@@ -155,6 +155,9 @@ class Trainer:
         self.loader_fn, self.loss_fn, self.eval_fn = loader_fn, loss_fn, eval_fn
         self.samples_per_epoch = samples_per_epoch
         self.save_extra = save_extra
+        # Called on rank 0 once each checkpoint is complete, e.g. to delete the earlier run that --overwrite set
+        # aside: from then on this run has something to resume from.
+        self.after_checkpoint: Callable[[], object] | None = None
         self.on_eval = on_eval
         self.stop = False
         # The fused AdamW kernel takes plain tensors only; FSDP's parameters are sharded DTensors.
@@ -242,6 +245,8 @@ class Trainer:
             shutil.rmtree(final, ignore_errors=True)
             raise
         prune_checkpoints(self.out, final, self.cfg.keep_checkpoints)
+        if self.after_checkpoint is not None:
+            self.after_checkpoint()
 
     def save_model_dir(self, path: Path) -> None:
         """Write the model as a model directory (rank 0). Every rank must call it: under FSDP the shards are

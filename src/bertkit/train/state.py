@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bertkit.errors import BertkitError
-from bertkit.files import claim_output_dir, own_entries, remove_entries
+from bertkit.files import claim_output_dir, own_entries, remove_entries, settle_set_aside
 from bertkit.train.distributed import dist_info
 
 # Temporary entries a killed run can leave in its run directory: a checkpoint being written, and the files of
@@ -241,7 +241,8 @@ def claim_run_dir(
     finished: Callable[[], str | None],
 ) -> bool:
     """Make `out` a training run's output directory (`bertkit.files.claim_output_dir`: never an input, never a
-    folder that is not the command's own unless --overwrite, which removes only `owns`), remove the `stale` entries
+    folder that is not the command's own unless --overwrite, which sets only `owns` aside until the new run has
+    something to keep: see `end_replacement`; what a killed run set aside is settled first), remove the `stale` entries
     a killed run left, and say whether there is a checkpoint in `checkpoints` to resume from. --resume without one
     starts from step 0, saying so, after removing the leftovers of a run killed before its first checkpoint (its
     logs would mislead); it is refused when `finished()` gives a reason (`out` holds a finished model that training
@@ -250,8 +251,10 @@ def claim_run_dir(
     if dist_info()[0] != 0:
         return resume and latest_checkpoint(checkpoints) is not None
     existed = out.exists()
+    if existed and out.is_dir():
+        end_replacement(out, owns, checkpoints, succeeded=False)
     claim_output_dir(out, owns, command=command, inputs=inputs, overwrite=overwrite, resume=resume,
-                     is_own_output=is_own_output, what=what)  # fmt: skip
+                     is_own_output=is_own_output, set_aside_replaced=True, what=what)  # fmt: skip
     remove_entries(own_entries(out, stale))
     if not resume or latest_checkpoint(checkpoints) is not None:
         return resume
@@ -265,3 +268,10 @@ def claim_run_dir(
     remove_entries(leftovers)
     print(f"nothing to resume in {out} (no checkpoint{' yet' if leftovers else ''}): starting from step 0")
     return False
+
+
+def end_replacement(out: Path, owns: Sequence[str], checkpoints: Path, succeeded: bool) -> bool:
+    """Settle what --overwrite set aside in `out` (`bertkit.files.set_aside`): deleted when the new run `succeeded`
+    or left a checkpoint to resume from; otherwise put back in place of the new run's entries, so that a run that
+    fails or is interrupted early leaves the earlier run as it was. False when nothing was set aside."""
+    return settle_set_aside(out, owns, keep_new=lambda: succeeded or latest_checkpoint(checkpoints) is not None)
