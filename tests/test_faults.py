@@ -83,6 +83,11 @@ def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def run_args(command: str, cls_data: dict[str, Path], pt_data: Path, out: Path) -> list[str]:
+    """`finetune_args` or `pretrain_args`, for a test of both commands."""
+    return finetune_args(cls_data, out) if command == "finetune" else pretrain_args(pt_data, out)
+
+
 def records(metrics: Path, split: str) -> list[dict]:
     if not metrics.is_file():
         return []
@@ -301,7 +306,7 @@ def test_a_diverging_run_stops_with_one_line_and_saves_nothing_non_finite(
     tmp_path: Path, cls_data: dict[str, Path], pt_data: Path, bertkit, command: str
 ) -> None:
     out = tmp_path / "out"
-    args = finetune_args(cls_data, out) if command == "finetune" else pretrain_args(pt_data, out)
+    args = run_args(command, cls_data, pt_data, out)
     args[args.index("--learning-rate") + 1] = "1e6"
     code, _, err = bertkit(*args)
     lines = [x for x in err.splitlines() if x.strip() and "it/s" not in x and "s/it" not in x]
@@ -495,7 +500,7 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(
     from bertkit.recipes.pretrain import PRETRAIN_OWNS
 
     out = tmp_path / "out"
-    args = finetune_args(cls_data, out) if command == "finetune" else pretrain_args(pt_data, out)
+    args = run_args(command, cls_data, pt_data, out)
     args += ["--max-steps", "3" if command == "finetune" else "6"]  # the last one counts
     code, _, err = bertkit(*args)
     assert code == 0, err
