@@ -302,6 +302,10 @@ def test_a_file_output_never_replaces_what_the_command_did_not_ask_for(
         **before,
         earlier: b"the user's\n",
     }
+    for bad in ("-", f"{tmp_path / 'new'}/"):  # wrote a file named "-", or a file where a folder was named
+        status, _, err = run(bad)  # type: ignore[arg-type]
+        assert status == 2 and "give the path of a file to write" in err, err
+    assert not (tmp_path / "new").exists() and not Path("-").exists()
     status, _, err = run(earlier, "--overwrite")  # asked for: replaced
     assert status == 0, err
     assert earlier.read_bytes() != b"the user's\n" and src.read_bytes() == before[src]

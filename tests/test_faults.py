@@ -521,3 +521,9 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(
     code, _, err = bertkit(*args, "--overwrite")
     assert code == 0, err
     assert snapshot(out) != before and not (out / SET_ASIDE).exists()
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path: Path, pt_data: Path, bertkit) -> None:
+    # Both given: the run resumed and --overwrite was ignored, exit 0.
+    code, _, err = bertkit(*pretrain_args(pt_data, tmp_path / "run", "--resume", "--overwrite"))
+    assert code == 2 and "--resume and --overwrite together" in err and not (tmp_path / "run").exists()

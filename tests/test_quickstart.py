@@ -91,3 +91,7 @@ def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     with pytest.raises(BertkitError, match=r"not empty and has no run\.json"):
         run_quickstart(tmp_path, budget=0.02, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    (tmp_path / "run.json").write_text("not json")  # a traceback, exit 1
+    with pytest.raises(BertkitError, match=r"run\.json: not valid JSON"):
+        run_quickstart(tmp_path, budget=0.02, progress=False)
+    assert (tmp_path / "run.json").read_text() == "not json"

@@ -118,6 +118,9 @@ def check_output_file(
     existing folder; an existing path that is not a plain file (a link, a device such as /dev/null, a pipe: the
     file is written beside it and renamed over it, which would replace the link or device itself); a file inside
     an input folder (e.g. the model's weights); any other existing file unless `overwrite`."""
+    if str(out) == "-" or str(out).endswith(("/", os.sep)):
+        raise BertkitError(f"{flag} {out}: give the path of a file to write (leave {flag} out to print predictions "
+                           "or metrics)")  # fmt: skip
     path = Path(out)
     given = [Path(p) for p in inputs if p is not None]
     check_output_not_input(path, given, flag)
@@ -386,7 +389,7 @@ def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callab
     path = folder / record
     wanted = json.loads(json.dumps(settings))  # tuples -> lists, as they read back
     if path.is_file():
-        recorded = json.loads(path.read_text())
+        recorded = read_json(path, f"it records which run made {folder}: move that folder away, or choose another")
         if recorded != wanted:
             raise refuse(recorded)
         return

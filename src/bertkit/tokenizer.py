@@ -39,7 +39,7 @@ from tokenizers.models import WordPiece
 
 from bertkit.constants import MIN_PAIR_FREQUENCY, VOCAB_SIZE
 from bertkit.errors import BertkitError
-from bertkit.files import no_such_path, read_corpus_lines, read_json_object
+from bertkit.files import atomic_write, no_such_path, read_corpus_lines, read_json_object
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # BERT order: a trained vocabulary starts with these
@@ -806,11 +806,16 @@ class Tokenizer:
             raise BertkitError(f"{vocab_file}: {e}; is this a BERT vocab.txt?") from None
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write `vocab.txt`, `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`."""
+        """Write `vocab.txt`, `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`, each whole
+        or not at all (written beside, then renamed)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "vocab.txt").write_text("".join(t + "\n" for t in self.vocab), encoding="utf-8")
-        self._rust.save(str(path / "tokenizer.json"))
+
+        def text(name: str, content: str) -> None:
+            atomic_write(path / name, lambda tmp: Path(tmp).write_text(content, encoding="utf-8"))
+
+        text("vocab.txt", "".join(t + "\n" for t in self.vocab))
+        atomic_write(path / "tokenizer.json", lambda tmp: self._rust.save(tmp))
         specials = {
             "unk_token": UNK,
             "sep_token": SEP,
@@ -827,5 +832,5 @@ class Tokenizer:
             **specials,
             _OWN_KEY: {"vocab_size": self.vocab_size},  # checked on load: a vocab.txt that lost lines is an error
         }
-        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (path / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")
+        text("tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        text("special_tokens_map.json", json.dumps(specials, indent=2) + "\n")

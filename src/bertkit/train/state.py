@@ -248,6 +248,9 @@ def claim_run_dir(
     logs would mislead); it is refused when `finished()` gives a reason (`out` holds a finished model that training
     again would replace), asked once the claim has removed what it may. Under torchrun rank 0 claims and removes;
     the others only look."""
+    if resume and overwrite:  # resumed quietly, --overwrite ignored
+        raise BertkitError("--resume and --overwrite together: --resume continues the run in --out, --overwrite "
+                           "starts it again; give one of them")  # fmt: skip
     if dist_info()[0] != 0:
         return resume and latest_checkpoint(checkpoints) is not None
     existed = out.exists()
