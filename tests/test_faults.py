@@ -527,3 +527,28 @@ def test_resume_and_overwrite_together_are_refused(tmp_path: Path, pt_data: Path
     # Both given: the run resumed and --overwrite was ignored, exit 0.
     code, _, err = bertkit(*pretrain_args(pt_data, tmp_path / "run", "--resume", "--overwrite"))
     assert code == 2 and "--resume and --overwrite together" in err and not (tmp_path / "run").exists()
+
+
+def test_a_model_with_another_vocabulary_of_the_same_size_is_refused(tmp_path: Path, pt_data: Path, bertkit) -> None:
+    # Two vocabularies of one size (e.g. cased and uncased): evaluate and pretrain --model DIR compared the sizes
+    # alone and read the data's ids as other tokens, exit 0.
+    from bertkit.data.pretraining import PretrainingData
+
+    tok = PretrainingData(pt_data, "train").tokenizer
+    swapped = list(tok.vocab)
+    swapped[-1], swapped[-2] = swapped[-2], swapped[-1]
+    model = tmp_path / "model"
+    config = BertConfig.preset("tiny", vocab_size=tok.vocab_size, max_position_embeddings=64)
+    BertForPreTraining(config).save_pretrained(model)
+    Tokenizer(swapped).save_pretrained(model)
+    refused = [
+        ["evaluate", "--model", str(model), "--data", str(pt_data)],
+        pretrain_args(pt_data, tmp_path / "run", "--model", str(model), "--max-steps", "1"),
+    ]
+    for args in refused:
+        code, _, err = bertkit(*args)
+        assert code == 2 and "vocabulary is not the one" in err and f"id {tok.vocab_size - 2}" in err, err
+    assert not (tmp_path / "run").exists()
+    tok.save_pretrained(model)  # the same vocabulary: accepted
+    code, _, err = bertkit("evaluate", "--model", str(model), "--data", str(pt_data))
+    assert code == 0, err

@@ -214,7 +214,7 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
     from bertkit.data.masking import MaskingConfig
     from bertkit.data.pretraining import PretrainingData
     from bertkit.model import BertForPreTraining
-    from bertkit.recipes.pretrain import evaluate_pretraining
+    from bertkit.recipes.pretrain import check_vocabulary, evaluate_pretraining
 
     data = PretrainingData(args.data, args.split, from_args(MaskingConfig, args), args.seed)
     print(_split_summary(args, data), file=sys.stderr)
@@ -222,6 +222,7 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
         why = " (prepared with --eval-fraction 0, or too small a corpus): use --split train"
         why = why if args.split == "eval" else ""
         raise BertkitError(f"the {args.split} split of {args.data} has no instances{why}")
+    check_vocabulary(args.model, data.tokenizer, args.data)
     model = BertForPreTraining.from_pretrained(args.model).to(device)
     if model.config.vocab_size != data.tokenizer.vocab_size:
         raise BertkitError(

@@ -28,28 +28,53 @@ from bertkit.files import (
 from bertkit.model import BertForPreTraining, encoder_layers, reverse_real_tokens, set_dropout
 from bertkit.options import by_flag
 from bertkit.recipes.config import PretrainConfig
+from bertkit.tokenizer import Tokenizer
 from bertkit.train.loop import Trainer
 from bertkit.train.metrics_log import Curves, read_metrics_log
 from bertkit.train.state import STALE_PATTERNS, claim_run_dir, end_replacement, latest_checkpoint
 
 
+def check_vocabulary(model_dir: str | Path, data_tokenizer: Tokenizer, data: str | Path) -> None:
+    """Refuse a model directory whose vocabulary is not the data's: the data's ids would name other tokens in the
+    model. Equal sizes are not enough (two vocabularies learnt from one corpus, cased and uncased, differ in
+    hundreds of places). A directory without vocab.txt can only be compared by size, which the caller does."""
+    path = Path(model_dir)
+    if not (path / "vocab.txt").is_file():
+        return
+    model_vocab, data_vocab = Tokenizer.from_pretrained(path).vocab, data_tokenizer.vocab
+    if model_vocab == data_vocab:
+        return
+    differ = [i for i in range(min(len(model_vocab), len(data_vocab))) if model_vocab[i] != data_vocab[i]]
+    first = differ[0] if differ else min(len(model_vocab), len(data_vocab))
+    example = (f"e.g. id {first} is {model_vocab[first]!r} there and {data_vocab[first]!r} in the data"
+               if differ else f"{len(model_vocab)} tokens there, {len(data_vocab)} in the data")  # fmt: skip
+    raise BertkitError(
+        f"{path}'s vocabulary is not the one {data} was prepared with ({example}): the model would read other "
+        f"tokens than the data holds; prepare the data with the model's tokenizer (bertkit prepare --tokenizer {path})"
+    )
+
+
 def build_model(
     spec: str,
-    vocab_size: int,
+    tokenizer: Tokenizer,
+    data: str | Path,
     max_seq_length: int,
     config_overrides: dict | None = None,
     dropout: float | None = None,
     **kwargs,
 ) -> BertForPreTraining:
-    """A model from a preset name, a config.json or a model directory; its vocabulary must match the data's.
+    """A model from a preset name, a config.json or a model directory; its vocabulary must be `tokenizer`'s, the
+    one `data` was prepared with.
 
     `config_overrides` (config.json keys) apply on top of whichever config the model comes with; `dropout`, when
     given, replaces the model's dropout for this run without changing its config (see `set_dropout`)."""
     path = Path(spec)
     over = config_overrides or {}
+    vocab_size = tokenizer.vocab_size
     if spec in PRESETS:
         model = BertForPreTraining(BertConfig.preset(spec, vocab_size=vocab_size, **over), **kwargs)
     elif path.is_dir():
+        check_vocabulary(path, tokenizer, data)
         model = BertForPreTraining.from_pretrained(path, config=replace(BertConfig.load(path), **over), **kwargs)
         model.train()
         if model.fresh_parameters:  # e.g. continuing from an encoder-only directory: its heads start at random
@@ -273,7 +298,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     torch.manual_seed(seed)
     model = build_model(
         cfg.model,
-        tok.vocab_size,
+        tok,
+        cfg.data,
         manifest["config"]["max_seq_length"],
         config_overrides=cfg.config_overrides(),
         dropout=cfg.dropout,
