@@ -309,3 +309,11 @@ def test_a_file_output_never_replaces_what_the_command_did_not_ask_for(
     status, _, err = run(earlier, "--overwrite")  # asked for: replaced
     assert status == 0, err
     assert earlier.read_bytes() != b"the user's\n" and src.read_bytes() == before[src]
+    # The model's weights reached through a link, as in a Hugging Face cache (snapshots link into blobs/).
+    blob = tmp_path / "blobs" / "weights"
+    blob.parent.mkdir()
+    (model / "model.safetensors").rename(blob)
+    (model / "model.safetensors").symlink_to(blob)
+    status, _, err = run(blob, "--overwrite")
+    assert status == 2 and "is a file of the input" in err, err
+    assert blob.read_bytes() == before[model / "model.safetensors"]

@@ -132,7 +132,9 @@ def check_output_file(
         return
     target = _resolved(path)
     for source in map(_resolved, given):
-        if source.is_dir() and target.is_relative_to(source):
+        # A folder's file may be a link to it from elsewhere (a Hugging Face cache's snapshot links into blobs/).
+        linked = source.is_dir() and any(p.is_symlink() and p.resolve() == target for p in source.rglob("*"))
+        if source.is_dir() and (target.is_relative_to(source) or linked):
             raise BertkitError(f"{flag} {out} is a file of the input {source}, which this command reads; write "
                                "elsewhere")  # fmt: skip
     if not overwrite:
