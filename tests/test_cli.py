@@ -252,7 +252,9 @@ def test_vocab_never_replaces_what_it_did_not_write(tiny_task_models: dict[str, 
     status, _, err = bertkit("vocab", "--corpus", corpus, "--vocab-size", "200", "--out", tok)
     assert status == 2
     assert "already holds a tokenizer" in err
+    (tok / ".vocab.txt.1a2b3c4d.tmp").write_text("half a vocab.txt: a run killed while writing it left this")
     assert bertkit("vocab", "--corpus", corpus, "--vocab-size", "200", "--out", tok, "--overwrite").status == 0
+    assert not list(tok.glob(".*.tmp"))
     # A failed run leaves no folder behind.
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok\n\xff\n")

@@ -76,7 +76,7 @@ def _unset(config: type, args: argparse.Namespace, defaults: Any) -> dict[str, A
 
 
 def _cmd_vocab(args: argparse.Namespace) -> None:
-    from bertkit.files import claim_output_dir, release_output_dir
+    from bertkit.files import atomic_temps, claim_output_dir, own_entries, release_output_dir, remove_entries
     from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 
     out = Path(args.out)
@@ -85,6 +85,7 @@ def _cmd_vocab(args: argparse.Namespace) -> None:
     # keeps the earlier tokenizer.
     claim_output_dir(out, TOKENIZER_FILES, command="vocab", inputs=args.corpus, overwrite=args.overwrite,
                      replace_later=True, what="tokenizer")  # fmt: skip
+    remove_entries(own_entries(out, atomic_temps(TOKENIZER_FILES)))  # what a run killed mid-write left
     try:
         tok = Tokenizer.train(
             args.corpus, vocab_size=args.vocab_size, lowercase=args.lowercase, min_frequency=args.min_frequency

@@ -348,6 +348,11 @@ def _new_temp_file(path: Path) -> tuple[Path, int]:
             os.close(fd)
 
 
+def atomic_temps(names: Iterable[str]) -> tuple[str, ...]:
+    """Glob patterns of the temporary files `atomic_write` leaves beside `names` when killed mid-write."""
+    return tuple(f".{name}.*.tmp" for name in names)
+
+
 def atomic_write(path: str | Path, write: Any) -> None:
     """Run `write(tmp_path)` and move the result over `path` only once it is complete.
 

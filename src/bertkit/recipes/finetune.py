@@ -20,6 +20,7 @@ from bertkit.checkpoint import read_pretraining_record
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
 from bertkit.files import (
+    atomic_temps,
     atomic_write,
     check_output_not_input,
     claim_output_dir,
@@ -77,7 +78,7 @@ OUTPUT_FILES = (
     "metrics.json",
 )
 _BEST_TMP = ".tmp-best-model"
-STALE_OUTPUT = (_BEST_TMP, *(f".{name}.*.tmp" for name in OUTPUT_FILES))  # atomic_write's ".NAME.RANDOM.tmp"
+STALE_OUTPUT = (_BEST_TMP, *atomic_temps(OUTPUT_FILES))
 OUTPUT_OWNS = (*OUTPUT_FILES, "training", *STALE_OUTPUT)
 
 

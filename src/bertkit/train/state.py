@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from bertkit.errors import BertkitError
-from bertkit.files import claim_output_dir, own_entries, remove_entries, settle_set_aside
+from bertkit.files import atomic_temps, claim_output_dir, own_entries, remove_entries, settle_set_aside
 from bertkit.train.distributed import dist_info
 
 # Temporary entries a killed run can leave in its run directory: a checkpoint being written, and the files of
 # `atomic_write` (".NAME.RANDOM.tmp") for `latest` and `metrics.jsonl`. Removed when a run starts or resumes.
-STALE_PATTERNS = (".tmp-checkpoint-*", ".latest.*.tmp", ".metrics.jsonl.*.tmp")
+STALE_PATTERNS = (".tmp-checkpoint-*", *atomic_temps(("latest", "metrics.jsonl")))
 TRAINING_STATE = "training_state.pt"  # in a checkpoint folder: written last, so its presence marks it complete
 
 
