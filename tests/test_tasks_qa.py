@@ -83,3 +83,40 @@ def test_windows_answer_by_the_original_max_context_rule(squad, length: int, str
     got = task.predict(model, tok, examples, features, None)
     for (score, text), answer in zip(want, got, strict=True):
         assert answer["answer"] == text and answer["score"] == pytest.approx(score, abs=1e-5)
+
+
+class NullFavouring(torch.nn.Module):
+    """A QA model whose no-answer score ([CLS]'s start + end logits) is raised by 2 x `bump`."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.bump = model, 0.0
+
+    def forward(self, **inputs):
+        out = self.model(**inputs)
+        out.logits[:, 0, :] += self.bump
+        return out
+
+
+def test_no_answer_is_the_models_setting_not_read_from_the_input(squad) -> None:
+    # Whether "no answer" could win was read from the input's own gold flags: one unanswerable question in a file
+    # changed every other question's answer, and JSON-lines input (no flags) never abstained.
+    from dataclasses import replace
+
+    tok, rows = squad
+    task = QaTask(TaskSettings(max_seq_length=64, doc_stride=24, max_query_length=16))
+    examples = [task.from_json(r) for r in rows]
+    features = task.features(examples, tok, None, train=False)
+    torch.manual_seed(0)
+    model = NullFavouring(BertForQuestionAnswering(BertConfig.preset("tiny", vocab_size=tok.vocab_size)).eval())
+    margins = sorted(a["score"] - a["null"] for a in task._answers(model, tok, examples, features))
+    model.bump = margins[len(margins) // 2] / 2  # + bump to the start and end logits of [CLS]: about half abstain
+    spans = task._answers(model, tok, examples, features)
+    assert 0 < sum(a["null"] > a["score"] for a in spans) < len(spans)
+    flagged = [replace(examples[0], is_impossible=True), *examples[1:]]
+    assert task._answers(model, tok, flagged, features) == spans  # the input's flags change nothing
+    assert task.labels(examples) is None and task.settings.no_answer is False  # trained on SQuAD 1.1-style data
+    assert task.labels(flagged) is None and task.settings.no_answer is True  # on data with unanswerable questions
+    abstaining = task._answers(model, tok, examples, features)
+    for span, got in zip(spans, abstaining, strict=True):
+        assert got["text"] == ("" if span["null"] > span["score"] else span["text"])

@@ -50,6 +50,12 @@ class QaTask(Task):
             raise BertkitError(f"{path}: no answers to train or evaluate on")
         return examples
 
+    def labels(self, examples: Sequence[QAExample]) -> None:
+        """No label set. Settles, from these training examples, whether the model may answer that there is no
+        answer: whether any of them is unanswerable (a property of the model, never of the input it is given)."""
+        self.settings.no_answer = any(ex.is_impossible for ex in examples)
+        return None
+
     def echo(self, example: QAExample) -> dict:
         """The id and question (the passage is left out: long, and the same for many questions)."""
         return {"id": example.id, "question": example.question}
@@ -117,7 +123,7 @@ class QaTask(Task):
         """The best answer of each example, in order (by position: ids need not be unique in prediction input)."""
         st = self.settings
         logits = run_model(model, self, features, tok.pad_id)
-        with_null = any(ex.is_impossible for ex in examples)
+        with_null = bool(st.no_answer)
         best: dict[int, dict] = {}
         home = max_context_windows(features)
         for j, (f, lg) in enumerate(zip(features, logits, strict=True)):

@@ -49,6 +49,9 @@ class TaskSettings:
     # Regression: True/False once its training data has shown whether inputs are pairs; None (a model from
     # elsewhere) reads a pair wherever the input has text_b.
     text_pair: bool | None = None
+    # QA: True once its training data has held unanswerable questions (SQuAD 2.0), so that the model answers ""
+    # where its no-answer score beats every span; False (or None, a model from elsewhere) always gives a span.
+    no_answer: bool | None = None
     # Multi-label: the probability above which a label is predicted, per label, and one for all labels; chosen on
     # the dev set by fine-tuning (each maximises that label's F1, or the micro-F1 for the global one). None: 0.5.
     thresholds: dict[str, float] | None = None
