@@ -91,3 +91,17 @@ def test_a_text_b_is_refused_by_a_model_that_reads_one_text(name: str, tmp_path:
     with pytest.raises(BertkitError, match="a text_b, which"):
         task.from_json({"text": "好。", "text_b": "坏。"})
     assert task.from_json({"text": "好。"}).text_b is None
+
+
+def test_ner_prediction_reads_a_conll_file_of_any_name_as_conll(tmp_path: Path) -> None:
+    # `predict` on a CoNLL file named .txt (as the shared NER sets are) read every `token tag` line as a sentence,
+    # while finetune and evaluate read the same file as CoNLL; exit 0.
+    task = task_class("ner")()
+    conll = tmp_path / "dev.txt"
+    conll.write_text("-DOCSTART- O\n\n张 B-PER\n三 I-PER\n来 O\n\n北 B-LOC\n京 I-LOC\n", encoding="utf-8")
+    sentences = task.read_for_prediction(conll)
+    assert [s.tokens for s in sentences] == [["张", "三", "来"], ["北", "京"]]
+    assert [s.tokens for s in task.read_for_prediction(conll)] == [s.tokens for s in task.read(conll)]
+    plain = tmp_path / "text.txt"
+    plain.write_text("张三来北京。\nHe said O\n", encoding="utf-8")  # a plain line may end in a word like "O"
+    assert len(task.read_for_prediction(plain)) == 2 and getattr(task.read_for_prediction(plain)[0], "text", None)

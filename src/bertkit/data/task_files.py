@@ -198,6 +198,26 @@ def _check_delimiter(path: Path, line: str, header: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------- CoNLL
 
 
+def _is_tag(tag: str) -> bool:
+    return tag == "O" or (len(tag) > 2 and tag[0] in "BIES" and tag[1] == "-")
+
+
+def looks_like_conll(path: str | Path, probe: int = 200) -> bool:
+    """Whether a file of any name is laid out as CoNLL (`token label` per line): its first `probe` non-blank lines
+    (at least two) each end in an O or B-/I-/E-/S-TYPE label after a token."""
+    seen = 0
+    for _, line in numbered_lines(Path(path)):
+        parts = line.split()
+        if not parts or line.startswith("-DOCSTART-"):
+            continue
+        if len(parts) < 2 or not _is_tag(parts[-1]):
+            return False
+        seen += 1
+        if seen == probe:
+            break
+    return seen >= 2
+
+
 def read_conll(path: str | Path, require_tags: bool = True) -> list[TaggedSentence]:
     """`token label` per line (the last column is the label; white space around it is no part of it), a blank line
     between sentences."""
@@ -217,7 +237,7 @@ def read_conll(path: str | Path, require_tags: bool = True) -> list[TaggedSenten
             if len(parts) < 2:
                 raise BertkitError(f"{path}:{n}: expected 'token label', got {line!r}")
             tag = parts[-1]
-            if tag != "O" and not (len(tag) > 2 and tag[0] in "BIES" and tag[1] == "-"):
+            if not _is_tag(tag):
                 raise BertkitError(f"{path}:{n}: label {tag!r} is not O or B-/I-/E-/S-TYPE")
             tags.append(tag)
         tokens.append(parts[0])

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from bertkit.constants import IGNORE_INDEX
-from bertkit.data.task_files import TaggedSentence, numbered_lines, read_conll
+from bertkit.data.task_files import TaggedSentence, looks_like_conll, numbered_lines, read_conll
 from bertkit.errors import BertkitError
 from bertkit.metrics import entity_prf, entity_spans, span_tags
 from bertkit.model import BertForTokenClassification
@@ -58,8 +58,10 @@ class NerTask(Task):
         return [_sentence(line, n) for n, line in numbered_lines(path) if line.strip()]
 
     def read_for_prediction(self, path: str | Path) -> list[TaggedSentence]:
-        """Text lines; a CoNLL file (.conll, .bio, .bioes) is read as one, its tags left aside."""
-        return self.read(path, labelled=Path(path).suffix.lower() in (".conll", ".bio", ".bioes"))
+        """Text lines; a CoNLL file (.conll, .bio, .bioes, or any name laid out as one, as fine-tuning reads it) is
+        read as one, its tags left aside."""
+        conll = Path(path).suffix.lower() in (".conll", ".bio", ".bioes") or looks_like_conll(path)
+        return self.read(path, labelled=conll)
 
     def echo(self, example: TaggedSentence) -> dict:
         """The line number and the text that the entities' start and end point into."""
