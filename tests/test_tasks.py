@@ -105,3 +105,21 @@ def test_ner_prediction_reads_a_conll_file_of_any_name_as_conll(tmp_path: Path) 
     plain = tmp_path / "text.txt"
     plain.write_text("张三来北京。\nHe said O\n", encoding="utf-8")  # a plain line may end in a word like "O"
     assert len(task.read_for_prediction(plain)) == 2 and getattr(task.read_for_prediction(plain)[0], "text", None)
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "tabs"),
+    [("cls", "1\t这家酒店太差了", 1), ("pair", "花呗怎么还款", 0), ("pair", "a\tb\tc", 2), ("regression", "a\tb\tc", 2)],
+)
+def test_plain_prediction_lines_with_the_wrong_number_of_tabs_are_refused(
+    name: str, line: str, tabs: int, tmp_path: Path
+) -> None:
+    # A cls model classified "1" (the text before the tab), a pair model read a line without a tab as text_b "",
+    # exit 0.
+    task = task_class(name)()
+    lines = tmp_path / "in.txt"
+    lines.write_text(f"一句话\t另一句\n{line}\n" if name == "pair" else f"一句话\n{line}\n", encoding="utf-8")
+    with pytest.raises(BertkitError, match=rf"in.txt:2: {tabs} tab\(s\); this {name} model reads"):
+        task.read_for_prediction(lines)
+    lines.write_text("一句话\t另一句\n" if name == "pair" else "一句话\n", encoding="utf-8")
+    assert len(task.read_for_prediction(lines)) == 1

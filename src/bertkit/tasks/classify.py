@@ -68,9 +68,18 @@ class ClassificationTask(Task):
             return self.read(path, labelled=False)
         rows = []
         for n, line in enumerate(read_lines(path), start=1):
-            if line.strip():
-                a, tab, b = line.partition("\t")
-                rows.append(TextExample(a, b if (self.pair if self.pair is not None else bool(tab)) else None, None, n))
+            if not line.strip():
+                continue
+            tabs = line.count("\t")
+            pair = self.pair if self.pair is not None else tabs > 0
+            if tabs != (1 if pair else 0):  # text cut off at a tab, or an empty text_b, would be answered silently
+                want = "text_a<TAB>text_b: one tab" if pair else "one text and no tab"
+                raise BertkitError(
+                    f"{path}:{n}: {tabs} tab(s); this {self.name} model reads {want} per line (or give a .tsv file "
+                    "with a header naming its columns)"
+                )
+            a, _, b = line.partition("\t")
+            rows.append(TextExample(a, b if pair else None, None, n))
         return rows
 
     def echo(self, example: TextExample) -> dict:
