@@ -109,7 +109,12 @@ def test_ner_prediction_reads_a_conll_file_of_any_name_as_conll(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("name", "line", "tabs"),
-    [("cls", "1\t这家酒店太差了", 1), ("pair", "花呗怎么还款", 0), ("pair", "a\tb\tc", 2), ("regression", "a\tb\tc", 2)],
+    [
+        ("cls", "1\t这家酒店太差了", 1),
+        ("pair", "花呗怎么还款", 0),
+        ("pair", "a\tb\tc", 2),
+        ("regression", "a\tb\tc", 2),
+    ],
 )
 def test_plain_prediction_lines_with_the_wrong_number_of_tabs_are_refused(
     name: str, line: str, tabs: int, tmp_path: Path
