@@ -128,3 +128,15 @@ def test_plain_prediction_lines_with_the_wrong_number_of_tabs_are_refused(
         task.read_for_prediction(lines)
     lines.write_text("一句话\t另一句\n" if name == "pair" else "一句话\n", encoding="utf-8")
     assert len(task.read_for_prediction(lines)) == 1
+
+
+@pytest.mark.parametrize("other", ["1.0", "01", "１"])
+def test_one_number_written_two_ways_is_not_two_classes(other: str, tmp_path: Path) -> None:
+    # `1` and `1.0` (or `01`, a full-width `１`) became two classes of a cls model, exit 0.
+    task = task_class("cls")()
+    data = tmp_path / "train.tsv"
+    data.write_text(f"text\tlabel\n好\t1\n差\t0\n也好\t{other}\n", encoding="utf-8")
+    with pytest.raises(BertkitError, match=rf"labels '1' \(.*train.tsv:2\) and '{other}' \(.*train.tsv:4\) are one"):
+        task.labels(task.read(data))
+    data.write_text("text\tlabel\n好\t1\n差\t0\n也好\t1\n", encoding="utf-8")
+    assert task.labels(task.read(data)) == ["0", "1"]

@@ -101,6 +101,14 @@ class ClassificationTask(Task):
         labelled = [ex for ex in examples if ex.label is not None]
         values = [ex.label for ex in labelled]
         numbers = [as_number(v) for v in values]  # type: ignore[arg-type]
+        spelling: dict[float, TextExample] = {}
+        for ex, x in zip(labelled, numbers, strict=True):
+            first = spelling.setdefault(x, ex) if x is not None else ex
+            if first.label != ex.label:  # 1 and 1.0 (or 01, １) would be two classes of one value
+                raise BertkitError(
+                    f"labels {first.label!r} ({first.source}:{first.line}) and {ex.label!r} ({ex.source}:{ex.line}) "
+                    "are one number written two ways, which would make two classes: write each label one way"
+                )
         if numbers and None not in numbers:
             # Refused rather than switched to regression: the user named the task, a regression model answers in
             # another form ({"score"} instead of a label), and a stray 0.5 among 0/1 may be a data error instead.
