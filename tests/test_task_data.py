@@ -214,3 +214,12 @@ def test_prediction_inputs_with_old_mac_line_ends(tmp_path: Path, data_dir: Path
     rows = [json.dumps({"id": ex.id, "question": ex.question, "context": ex.context}) for ex in squad]
     (tmp_path / "qa.jsonl").write_bytes("\r".join(rows).encode("utf-8"))
     assert [ex.id for ex in QaTask().read(tmp_path / "qa.jsonl", labelled=False)] == [ex.id for ex in squad]
+
+
+@pytest.mark.parametrize("header", ["text\ttext\tlabel", "text\tlabel\tlabel"])
+def test_a_column_named_twice_is_an_error(tmp_path: Path, header: str) -> None:
+    # The row's last column of that name was used, silently (`text\ttext` classified the second text).
+    data = tmp_path / "dup.tsv"
+    data.write_text(f"{header}\n好\t差\t1\n", encoding="utf-8")
+    with pytest.raises(BertkitError, match=r"dup.tsv:1: the header names the column '(text|label)' twice"):
+        read_classification(data)

@@ -148,6 +148,10 @@ def _delimited_rows(path: Path, lines: list[tuple[int, str]], require_label: boo
             raise BertkitError(f"{path}: empty file (expected a header such as {_example_header(delimiter)})")
         header_line, first = reader.line_num, lines[reader.line_num - 1][1]
         header = [name.strip() for name in header]
+        twice = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
+        if twice is not None:  # a dict of the row would keep the last of them, unsaid
+            raise BertkitError(f"{path}:{header_line}: the header names the column {twice!r} twice ({header}); "
+                               "name each column once")  # fmt: skip
         if not any(k in header for k in TEXT_COLUMNS):
             _check_delimiter(path, first, header)
             raise BertkitError(
