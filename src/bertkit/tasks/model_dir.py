@@ -98,6 +98,8 @@ def open_task_model(
         )
     if task and TASKS[task].head != TASKS[name].head:
         raise BertkitError(f"{model_dir} was fine-tuned for {name!r}, not {task!r}")
+    if task == "pair" and name != "pair":  # pairs to a model that learnt from single texts: answers, but of nothing
+        raise BertkitError(f"{model_dir} was fine-tuned on single texts ({name!r}): it cannot judge text pairs")
     record = read_task_record(path) if (path / TASK_FILE).is_file() else {}
     try:
         task_obj = TASKS[task or name](TaskSettings(**record.get("settings", {})))
