@@ -144,3 +144,23 @@ def test_one_number_written_two_ways_is_not_two_classes(other: str, tmp_path: Pa
         task.labels(task.read(data))
     data.write_text("text\tlabel\n好\t1\n差\t0\n也好\t1\n", encoding="utf-8")
     assert task.labels(task.read(data)) == ["0", "1"]
+
+
+def test_ner_cuts_raw_text_into_the_words_its_training_data_had(tmp_path: Path) -> None:
+    # An English tagger given "Barack Obama visited 北京" tagged it letter by letter (any Chinese character made
+    # the whole line characters), exit 0.
+    from bertkit.data.task_files import TaggedSentence
+    from bertkit.tasks.ner import words_of
+
+    english, chinese = task_class("ner")(), task_class("ner")()
+    words = ["Barack", "Obama", "visited", "Beijing", "."]
+    english.labels([TaggedSentence(words, ["B-PER", "I-PER", "O", "B-LOC", "O"], 1)])
+    chinese.labels([TaggedSentence(list("张三在iPhone上"), ["B-PER", "I-PER", *["O"] * 8], 1)])
+    assert english.settings.char_words is False and chinese.settings.char_words is True
+    text = "Barack Obama visited 北京, iPhone很好"
+    words, spans = words_of(text, char_words=False)
+    assert words == ["Barack", "Obama", "visited", "北", "京", ",", "iPhone", "很", "好"]
+    assert [text[s:e] for s, e in spans] == words and english.from_json({"text": text}).tokens == words
+    assert chinese.from_json({"text": text}).tokens == [ch for ch in text if not ch.isspace()]
+    assert words_of("Barack Obama", None)[0] == ["Barack", "Obama"]  # not known: by whether the text holds Chinese
+    assert words_of("在北京", None)[0] == ["在", "北", "京"]

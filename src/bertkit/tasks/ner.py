@@ -15,24 +15,41 @@ from bertkit.errors import BertkitError
 from bertkit.metrics import entity_prf, entity_spans, span_tags
 from bertkit.model import BertForTokenClassification
 from bertkit.tasks.base import Feature, Task, run_model, text_field
-from bertkit.tokenizer import Tokenizer, contains_cjk
+from bertkit.tokenizer import Tokenizer, contains_cjk, is_cjk
 
 
-def words_of(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Split raw text into the units a tagger labels: characters for Chinese, white-space words otherwise."""
-    if contains_cjk(text, bmp_only=True):
+def words_of(text: str, char_words: bool | None = None) -> tuple[list[str], list[tuple[int, int]]]:
+    """Split raw text into the units a tagger labels, as its training data had them (`TaskSettings.char_words`):
+    every character (Chinese data tags each one, Latin letters too), or white-space words with each CJK character
+    a word of its own; None (not known): characters when the text holds Chinese, else white-space words."""
+    if char_words is None:
+        char_words = contains_cjk(text, bmp_only=True)
+    if char_words:
         spans = [(i, i + 1) for i, ch in enumerate(text) if not ch.isspace()]
     else:
-        spans = [m.span() for m in re.finditer(r"\S+", text)]
+        spans = []
+        for m in re.finditer(r"\S+", text):
+            start = m.start()
+            for i in range(m.start(), m.end()):
+                if is_cjk(text[i]):
+                    spans += [(start, i)] if start < i else []
+                    spans.append((i, i + 1))
+                    start = i + 1
+            spans += [(start, m.end())] if start < m.end() else []
     return [text[s:e] for s, e in spans], spans
 
 
-def _sentence(text: str, n: int) -> TaggedSentence:
+def _sentence(text: str, n: int, char_words: bool | None) -> TaggedSentence:
     """An unlabelled sentence from raw text, keeping the text and word spans that `predict` maps entities back to."""
-    words, spans = words_of(text)
+    words, spans = words_of(text, char_words)
     sent = TaggedSentence(words, None, n)
     sent.text, sent.spans = text, spans  # type: ignore[attr-defined]
     return sent
+
+
+# Training tokens of one character, at least this share of them: the data was tagged character by character (an
+# English corpus has ~20% one-character tokens, punctuation and "a"; a Chinese one ~100%, a few Latin words aside).
+CHAR_WORDS_SHARE = 0.9
 
 
 class NerTask(Task):
@@ -55,7 +72,7 @@ class NerTask(Task):
         """CoNLL when labelled; else text lines split by `words_of`, character spans kept for `predict`."""
         if labelled:
             return read_conll(path, require_tags=True)
-        return [_sentence(line, n) for n, line in numbered_lines(path) if line.strip()]
+        return [_sentence(line, n, self.settings.char_words) for n, line in numbered_lines(path) if line.strip()]
 
     def read_for_prediction(self, path: str | Path) -> list[TaggedSentence]:
         """Text lines; a CoNLL file (.conll, .bio, .bioes, or any name laid out as one, as fine-tuning reads it) is
@@ -69,10 +86,14 @@ class NerTask(Task):
 
     def from_json(self, row: dict, n: int = 0) -> TaggedSentence:
         """{"text"}: raw text, split as `words_of` splits it."""
-        return _sentence(text_field(row, "text"), n)
+        return _sentence(text_field(row, "text"), n, self.settings.char_words)
 
     def labels(self, examples: Sequence[TaggedSentence]) -> list[str]:
-        """'O' first, then the tags sorted by entity type and then prefix."""
+        """'O' first, then the tags sorted by entity type and then prefix. Also settles, from these training
+        sentences, how raw text is cut into words for this model: characters when (nearly) every training token is
+        one character, as in Chinese data."""
+        tokens = [t for ex in examples for t in ex.tokens]
+        self.settings.char_words = bool(tokens) and sum(len(t) == 1 for t in tokens) >= CHAR_WORDS_SHARE * len(tokens)
         tags = {t for ex in examples for t in (ex.tags or [])}
         return ["O", *sorted(tags - {"O"}, key=lambda t: (t[2:], t[0]))]
 

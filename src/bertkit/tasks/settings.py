@@ -49,6 +49,10 @@ class TaskSettings:
     # Regression: True/False once its training data has shown whether inputs are pairs; None (a model from
     # elsewhere) reads a pair wherever the input has text_b.
     text_pair: bool | None = None
+    # NER: True once its training sentences were tagged character by character (Chinese data), so that raw text is
+    # cut into characters; False: white-space words, each CJK character a word of its own; None (a model from
+    # elsewhere): characters when a text holds Chinese.
+    char_words: bool | None = None
     # QA: True once its training data has held unanswerable questions (SQuAD 2.0), so that the model answers ""
     # where its no-answer score beats every span; False (or None, a model from elsewhere) always gives a span.
     no_answer: bool | None = None
