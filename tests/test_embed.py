@@ -27,3 +27,21 @@ def test_embed_matches_sentence_transformers(tmp_path: Path, minilm_dir: Path, d
     cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
     assert cos.min() >= 0.99999, f"lowest cosine {cos.min()} at line {cos.argmin()}"
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_one_row_per_input_line_from_a_file_or_standard_input(tmp_path: Path, minilm_dir: Path) -> None:
+    # Standard input was split by str.splitlines, which also ends a line at a form feed, U+2028 or U+0085: the
+    # same text gave 3 rows from a file and 6 from standard input, so rows no longer matched the input's lines.
+    from helpers import run_bertkit
+
+    text = "a\fb\nc\u2028d\r\ne\x85f\n"
+    inp = tmp_path / "in.txt"
+    inp.write_text(text, encoding="utf-8", newline="")
+    rows = {}
+    for name, source, stdin in (("file", str(inp), None), ("stdin", "-", text)):
+        r = run_bertkit("embed", "--model", minilm_dir, "--input", source, "--out", tmp_path / f"{name}.npy",
+                        stdin=stdin)  # fmt: skip
+        assert r.status == 0, r.err
+        rows[name] = np.load(tmp_path / f"{name}.npy")
+    assert rows["file"].shape == rows["stdin"].shape == (3, 384)
+    assert np.allclose(rows["file"], rows["stdin"], atol=1e-6)  # the same texts, the same process settings

@@ -101,7 +101,7 @@ def _cmd_vocab(args: argparse.Namespace) -> None:
 def _cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from bertkit.files import atomic_write, read_lines
+    from bertkit.files import atomic_write, read_lines, read_stdin_lines
     from bertkit.infer import embed, embedding_settings
     from bertkit.machine import pick_device
     from bertkit.model import BertModel
@@ -112,7 +112,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     model = BertModel.from_pretrained(args.model).to(device)
     tok = Tokenizer.from_pretrained(args.model)
-    texts = sys.stdin.read().splitlines() if args.input == "-" else list(read_lines(args.input))
+    texts = read_stdin_lines() if args.input == "-" else list(read_lines(args.input))
     if not texts:
         raise BertkitError(f"{args.input}: no lines to embed")
     vectors = embed(

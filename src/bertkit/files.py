@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import stat
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatch
@@ -48,20 +49,30 @@ def read_lines(path: str | Path) -> Iterator[str]:
         raise BertkitError(f"{path} is a directory: give its files, e.g. {path / '*.txt'}")
     if not path.is_file():
         raise BertkitError(f"file {path} does not exist")
-    offset = 0
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise BertkitError(
-                    f"{path}: not valid UTF-8 at byte {offset + e.start} (line {lineno}); "
-                    "convert the file to UTF-8 first (e.g. iconv -f GBK -t UTF-8)"
-                ) from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not text
-            offset += len(raw)
-            yield line.rstrip("\r\n")
+        yield from _decoded_lines(f, str(path))
+
+
+def read_stdin_lines() -> list[str]:
+    """The lines of standard input, split and decoded as `read_lines` reads a file's (at line feeds only: a form
+    feed or U+2028 inside a line is no line end, so each input line stays one row)."""
+    return list(_decoded_lines(sys.stdin.buffer, "standard input"))
+
+
+def _decoded_lines(stream: Iterable[bytes], name: str) -> Iterator[str]:
+    offset = 0
+    for lineno, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BertkitError(
+                f"{name}: not valid UTF-8 at byte {offset + e.start} (line {lineno}); "
+                "convert the file to UTF-8 first (e.g. iconv -f GBK -t UTF-8)"
+            ) from None
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not text
+        offset += len(raw)
+        yield line.rstrip("\r\n")
 
 
 def read_corpus_lines(paths: Iterable[str | Path]) -> Iterator[str]:
