@@ -120,3 +120,17 @@ def test_no_answer_is_the_models_setting_not_read_from_the_input(squad) -> None:
     abstaining = task._answers(model, tok, examples, features)
     for span, got in zip(spans, abstaining, strict=True):
         assert got["text"] == ("" if span["null"] > span["score"] else span["text"])
+
+
+def test_questions_cut_at_max_query_length_are_reported(squad) -> None:
+    # A question longer than max_query_length lost its end with no word (its answer was given, exit 0).
+    tok, rows = squad
+    task = QaTask(TaskSettings(max_seq_length=64, doc_stride=24, max_query_length=8))
+    examples = [task.from_json(r) for r in rows]
+    task.features(examples, tok, None, train=False)
+    long = sum(len(tok.encode(ex.question)) - 2 > 8 for ex in examples)  # less [CLS] and [SEP]
+    assert 0 < long < len(examples) and task.cut_questions == long
+    assert task.long_inputs_note(len(examples), "dev.jsonl") == (
+        f"note: {long} of {len(examples)} questions in dev.jsonl are longer than max_query_length 8 tokens: only "
+        "their first 8 tokens are read"
+    )

@@ -126,6 +126,11 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         device=device,
         progress=True,
     )
+    limit = args.max_seq_length or settings["max_length"] or tok.model_max_length
+    cut = sum(len(ids) + 2 > limit for ids in tok.ids_batch(texts))  # + [CLS] and [SEP]
+    if cut:
+        print(f"note: {cut:,} of {len(texts):,} texts in {args.input} are longer than {limit} tokens: only their "
+              f"first {limit} tokens ([CLS] and [SEP] included) are embedded", file=sys.stderr)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 

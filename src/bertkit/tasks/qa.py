@@ -50,6 +50,16 @@ class QaTask(Task):
             raise BertkitError(f"{path}: no answers to train or evaluate on")
         return examples
 
+    cut_questions = 0  # how many questions the last `features` call cut at max_query_length
+
+    def long_inputs_note(self, total: int, source: str | Path | None) -> str | None:
+        """A note on the questions the last `features` call cut (None when there were none)."""
+        if not self.cut_questions:
+            return None
+        n = self.settings.max_query_length
+        return (f"note: {self.cut_questions:,} of {total:,} questions in {source} are longer than max_query_length "
+                f"{n} tokens: only their first {n} tokens are read")  # fmt: skip
+
     def labels(self, examples: Sequence[QAExample]) -> None:
         """No label set. Settles, from these training examples, whether the model may answer that there is no
         answer: whether any of them is unanswerable (a property of the model, never of the input it is given)."""
@@ -72,6 +82,7 @@ class QaTask(Task):
         st = self.settings
         questions = tok.ids_batch([ex.question for ex in examples])
         contexts = tok.encode_with_offsets([ex.context for ex in examples])
+        self.cut_questions = sum(len(q) > st.max_query_length for q in questions)  # passages are windowed, not cut
         out: list[Feature] = []
         for e, (ex, q, c) in enumerate(zip(examples, questions, contexts, strict=True)):
             q_ids = q[: st.max_query_length]
