@@ -143,13 +143,16 @@ def check_output_file(
         return
     target = _resolved(path)
     for source in map(_resolved, given):
-        # A folder's file may be a link to it from elsewhere (a Hugging Face cache's snapshot links into blobs/).
-        linked = source.is_dir() and any(p.is_symlink() and p.resolve() == target for p in source.rglob("*"))
-        if source.is_dir() and (target.is_relative_to(source) or linked):
+        if source.is_dir() and (target.is_relative_to(source) or _links_to(source, target)):
             raise BertkitError(f"{flag} {out} is a file of the input {source}, which this command reads; write "
                                "elsewhere")  # fmt: skip
     if not overwrite:
         raise BertkitError(f"{flag} {out} exists; add --overwrite to replace it, or choose another file")
+
+
+def _links_to(folder: Path, target: Path) -> bool:
+    """Whether a file in `folder` is a link to `target` (a Hugging Face cache's snapshot links into blobs/)."""
+    return any(p.is_symlink() and p.resolve() == target for p in folder.rglob("*"))
 
 
 def own_entries(out: Path, owns: Sequence[str]) -> list[Path]:
@@ -213,11 +216,12 @@ def claim_output_dir(
         raise BertkitError(f"--out {path} is a file, not a directory: choose a directory")
     if not path.is_dir():
         path.mkdir(parents=True)
-    entries = [p for p in path.iterdir() if p.name != OWNER_FILE or output_owner(path) != command]
+    owner = output_owner(path)
+    entries = [p for p in path.iterdir() if p.name != OWNER_FILE or owner != command]
     # Recognised by its files alone only when no other command's mark says otherwise, on the folder or on the one
     # above it: a fine-tuning run's training/ holds checkpoints too.
-    marks = {output_owner(path), output_owner(path.resolve().parent)} - {None}
-    own = output_owner(path) == command or (is_own_output and marks <= {command})
+    marks = {owner, output_owner(path.resolve().parent)} - {None}
+    own = owner == command or (is_own_output and marks <= {command})
     if entries and not (resume and own):
         if not overwrite and own:
             hint = "pass --resume to continue it, " if resume is False else ""
@@ -275,13 +279,13 @@ def settle_set_aside(out: Path, owns: Sequence[str], keep_new: Callable[[], bool
     folder = out / SET_ASIDE
     if not folder.is_dir():
         return False
-    if not (folder / SET_ASIDE_DONE).is_file() and not (folder / RESTORING).is_file():
-        # Killed while setting aside: the new run had not started, and what is still in `out` is the earlier output.
-        set_aside(out, own_entries(out, owns))
-    if not (folder / RESTORING).is_file() and keep_new():
-        shutil.rmtree(folder)
-        return True
-    if not (folder / RESTORING).is_file():
+    if not (folder / RESTORING).is_file():  # else a kill interrupted the move back: finish it
+        if not (folder / SET_ASIDE_DONE).is_file():
+            # Killed while setting aside: the new run had not started; what is still in `out` is the earlier output.
+            set_aside(out, own_entries(out, owns))
+        if keep_new():
+            shutil.rmtree(folder)
+            return True
         remove_entries(own_entries(out, owns))
         (folder / RESTORING).touch()
     for p in folder.iterdir():
