@@ -9,11 +9,13 @@ identical."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from bertkit import Tokenizer
 from bertkit.errors import BertkitError
@@ -153,6 +155,16 @@ def test_the_runner_refuses_what_it_cannot_do(exported, tmp_path: Path) -> None:
     with pytest.raises(BertkitError, match="an ONNX model runs on the CPU; --device cuda is for the PyTorch"):
         open_onnx_model_dir(exported["cls"][0], onnx_file, device="cuda")
     assert json.loads(json.dumps(model.id2label)) == {"0": "0", "1": "1"}
+    # The same kind of model with the same labels and sizes, but other weights (here: the directory fine-tuned
+    # again since the export): accepted and run, its answers not the directory's. The export records a fingerprint.
+    retrained = tmp_path / "retrained"
+    shutil.copytree(exported["cls"][0], retrained)
+    weights = load_file(retrained / "model.safetensors")
+    weights["classifier.bias"] = weights["classifier.bias"] + 1.0
+    save_file(weights, retrained / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(BertkitError, match=r"was exported from other weights than .*retrained holds now"):
+        open_onnx_model_dir(retrained, onnx_file)
+    assert open_onnx_model_dir(exported["cls"][0], onnx_file).task_model is not None
 
 
 def test_serve_backend_onnx_answers_as_torch(exported, reviews: list[str]) -> None:

@@ -7,6 +7,7 @@ on read, safetensors or (for old HF directories) `pytorch_model.bin` through `to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
@@ -80,6 +81,18 @@ def _normalise_key(key: str) -> str:
     # TF-era checkpoints call LayerNorm parameters gamma/beta.
     key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
     return re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """SHA-256 over a model directory's weight files and vocab.txt: what an export records, so that a file exported
+    from other weights (another model, or this directory fine-tuned again since) is never run as this one."""
+    path = Path(model_dir)
+    digest = hashlib.sha256()
+    for f in [*_weight_files(path), *([path / "vocab.txt"] if (path / "vocab.txt").is_file() else [])]:
+        with f.open("rb") as stream:
+            while block := stream.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _weight_files(path: Path) -> list[Path]:

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertkit.checkpoint import tensor_names
+from bertkit.checkpoint import model_fingerprint, tensor_names
 from bertkit.constants import ONNX_OPSET
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write
-from bertkit.onnx_model import open_session
+from bertkit.onnx_model import FINGERPRINT_KEY, open_session
 from bertkit.tasks.model_dir import open_model_dir
 from bertkit.tasks.registry import TASKS
 from bertkit.tokenizer import Tokenizer
@@ -160,6 +160,7 @@ def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
         meta = {"bertkit_task": kind}
     else:
         kind, meta = "encoder", {"bertkit_task": "encoder"}
+    meta[FINGERPRINT_KEY] = model_fingerprint(opened.path)
     return opened.model.eval(), kind, meta
 
 

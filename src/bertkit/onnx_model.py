@@ -22,12 +22,15 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from bertkit.checkpoint import model_fingerprint
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path
 from bertkit.tasks.model_dir import ModelDir, open_model_dir
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+# The export's metadata key for `bertkit.checkpoint.model_fingerprint` of the directory it was exported from.
+FINGERPRINT_KEY = "bertkit_model_sha256"
 # The export's output names -> the PyTorch models' attribute names, where they differ.
 TORCH_NAMES = {"prediction_logits": "mlm_logits", "seq_relationship_logits": "nsp_logits"}
 
@@ -104,6 +107,7 @@ class OnnxModel:
         self.session = open_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.task_name: str = meta.get("bertkit_task", "")
+        self.fingerprint: str | None = meta.get(FINGERPRINT_KEY)  # None: exported by a bertkit that did not record it
         self.id2label: dict[int, str] = {int(k): v for k, v in json.loads(meta.get("id2label", "{}")).items()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         names = [i.name for i in self.session.get_inputs()]
@@ -215,6 +219,12 @@ def open_onnx_model_dir(
                 f"{onnx.path}: output {name} has size {got}, but the model in {model_dir} has {want}: it was "
                 f"exported from another model; export {model_dir} again"
             )
+    if onnx.fingerprint is not None and onnx.fingerprint != model_fingerprint(opened.path):
+        raise BertkitError(
+            f"{onnx.path} was exported from other weights than {model_dir} holds now (another model, or this one "
+            f"trained again since): its answers would not be this model's; export it again (bertkit export --model "
+            f"{model_dir} --out {onnx.path} --overwrite)"
+        )
     if opened.task_model is not None:
         if onnx.id2label != opened.task_model.id2label:
             raise BertkitError(
