@@ -69,3 +69,12 @@ def test_broken_sentence_transformers_settings_name_the_file(tmp_path: Path, fil
     with pytest.raises(BertkitError) as e:
         embedding_settings(tmp_path)
     assert str(e.value).startswith(f"{path}: ") and said in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_fill_mask_refuses_a_mask_past_the_models_length(tiny_zh_pretrained: Path) -> None:
+    # Two [MASK]s, the second past the cut: answered for the first alone, exit 0 (the answer looked complete).
+    model, tok = BertForPreTraining.from_pretrained(tiny_zh_pretrained), Tokenizer.from_pretrained(tiny_zh_pretrained)
+    long_text = "今天天气很[MASK]。" + "我们去公园散步吧。" * 80 + "明天[MASK]雨。"
+    with pytest.raises(BertkitError, match="a \\[MASK\\] lies past the first"):
+        fill_mask(model, tok, long_text)
+    assert len(fill_mask(model, tok, long_text[: -len("明天[MASK]雨。")])) == 1  # the one it reads: answered

@@ -407,6 +407,9 @@ def test_work_per_request_is_bounded(tiny_task_models: dict[str, Path], tmp_path
         assert status == 413 and "this model reads at most" in out["error"], out
         status, out = request(url + "/api/fill-mask", {"text": "[MASK]" + long_text})  # cut, its [MASK] kept
         assert status == 200 and len(out["results"][0]["masks"]) == 1
+        # One [MASK] kept and one past the cut: answered for the first alone, 200 (the answer looked complete).
+        status, out = request(url + "/api/fill-mask", {"text": "[MASK]" + long_text + "[MASK]"})
+        assert status == 413 and "a [MASK] lies past the first" in out["error"], out
         status, out = request(url + "/api/embed", {"text": long_text})  # embeddings cut the text instead
         assert status == 200 and out["dim"] > 0
 

@@ -14,7 +14,7 @@ from bertkit.constants import INFERENCE_BATCH_SIZE, TOP_K
 from bertkit.errors import BertkitError, NonFiniteOutputError
 from bertkit.files import read_json_object
 from bertkit.model import BertForPreTraining, BertModel
-from bertkit.tokenizer import Tokenizer
+from bertkit.tokenizer import Encoding, Tokenizer
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -106,6 +106,21 @@ def embed(
     return out
 
 
+def mask_past_the_cut(tokenizer: Tokenizer, text: str, enc: Encoding) -> bool:
+    """Whether `enc`, `text` cut at the model's maximum length, lost a [MASK] that `text` holds: an answer for the
+    first [MASK]s alone would look complete."""
+    if len(enc) < tokenizer.model_max_length:
+        return False
+    whole = tokenizer.encode(text, truncation=False).input_ids
+    return whole.count(tokenizer.mask_id) > enc.input_ids.count(tokenizer.mask_id)
+
+
+def mask_past_the_cut_message(enc: Encoding) -> str:
+    """The one line that refuses such a text."""
+    return (f"a [MASK] lies past the first {len(enc)} tokens, and this model reads at most {len(enc)}: send the "
+            "sentence around each [MASK], not the whole text")  # fmt: skip
+
+
 @torch.inference_mode()
 def fill_mask(
     model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int = TOP_K
@@ -117,6 +132,8 @@ def fill_mask(
     positions = [i for i, t in enumerate(enc.input_ids) if t == tokenizer.mask_id]
     if not positions:
         raise BertkitError(f"no [MASK] in {text!r}: write [MASK] where a token should be predicted")
+    if mask_past_the_cut(tokenizer, text, enc):
+        raise BertkitError(mask_past_the_cut_message(enc))
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in tokenizer.pad([enc]).items()}
     logits = model(**batch).mlm_logits[0, positions].float()  # (M, V)

@@ -20,7 +20,7 @@ import torch
 
 from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError
-from bertkit.infer import embed, embedding_settings, fill_mask
+from bertkit.infer import embed, embedding_settings, fill_mask, mask_past_the_cut, mask_past_the_cut_message
 from bertkit.machine import (
     CpuElsewhere,
     cpu_has_native_bf16,
@@ -225,11 +225,8 @@ class Service:
         tok = self.tokenizer
         cut = tok.encode_batch(texts)  # as fill_mask reads them: cut at the model's maximum length
         for n, enc in enumerate(cut):
-            if tok.mask_id not in enc.input_ids and tok.mask_id in tok.encode(texts[n], truncation=False).input_ids:
-                raise WorkTooLarge(
-                    f"texts[{n}]: its [MASK]s lie past the first {len(enc)} tokens, and this model reads at most "
-                    f"{len(enc)}: send the sentence around the [MASK], not the whole text"
-                )
+            if mask_past_the_cut(tok, texts[n], enc):
+                raise WorkTooLarge(f"texts[{n}]: {mask_past_the_cut_message(enc)}")
         return "fill-mask", (texts, top_k), sum(len(e) for e in cut), len(texts)
 
     def prepare_embed(self, texts: Any) -> tuple[str, Any, int, int]:
