@@ -24,6 +24,7 @@ from bertkit.export import (
     load_for_export,
     sample_inputs,
 )
+from bertkit.onnx_model import OnnxModel
 
 TEXTS = [
     ("这家酒店的位置很好，离地铁站只有五分钟。", "房间有点小，但是很干净。"),
@@ -171,6 +172,7 @@ def test_int8_export_is_checked_against_fp32_and_kept(
     )
     proto = onnx.load(str(out))
     assert "MatMulInteger" in {n.op_type for n in proto.graph.node}  # the matrix products run in int8
+    assert OnnxModel(out).precision == "int8"  # what /api/info reports (it said fp32)
     assert {p.key: p.value for p in proto.metadata_props}["bertkit_task"] == "cls"
     assert list(tmp_path.iterdir()) == [out]
 

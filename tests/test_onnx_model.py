@@ -182,6 +182,11 @@ def test_serve_backend_onnx_answers_as_torch(exported, reviews: list[str]) -> No
             r = httpx.post(f"{url}/api/predict", json={"inputs": inputs}, timeout=60)
             assert r.status_code == 200, r.text
             answers[backend] = r.json()["predictions"]
+            info = httpx.get(f"{url}/api/info", timeout=60).json()  # it said fp32 and nothing of the backend
+            assert (info["backend"], info["precision"], info["onnx"]) == (
+                (backend, "fp32", str(onnx) if onnx else None)
+            )
+            assert info["max_seq_length"] == open_model_dir(model_dir).task_model.task.settings.max_seq_length
     for got, want in zip(answers["onnx"], answers["torch"], strict=True):
         assert got["label"] == want["label"]
         assert max(abs(got["probabilities"][k] - p) for k, p in want["probabilities"].items()) <= 1e-4

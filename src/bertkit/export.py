@@ -25,7 +25,7 @@ from bertkit.checkpoint import model_fingerprint, tensor_names
 from bertkit.constants import ONNX_OPSET
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write
-from bertkit.onnx_model import FINGERPRINT_KEY, open_session
+from bertkit.onnx_model import FINGERPRINT_KEY, PRECISION_KEY, open_session
 from bertkit.tasks.model_dir import open_model_dir
 from bertkit.tasks.registry import TASKS
 from bertkit.tokenizer import Tokenizer
@@ -230,6 +230,7 @@ def export_onnx(
             quantize_int8(fp32, tmp)
             summary.update(check_quantized(fp32, tmp, graph, tok, texts, min_agreement))
 
+    meta[PRECISION_KEY] = quantize or "fp32"
     summary: dict = {"out": str(out), "kind": kind, "outputs": graph.names, "opset": opset, **meta}
     if quantize is not None:
         summary["quantize"] = quantize

@@ -31,6 +31,7 @@ from bertkit.tasks.model_dir import ModelDir, open_model_dir
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 # The export's metadata key for `bertkit.checkpoint.model_fingerprint` of the directory it was exported from.
 FINGERPRINT_KEY = "bertkit_model_sha256"
+PRECISION_KEY = "bertkit_precision"  # fp32, or int8 (`bertkit export --quantize int8`)
 # The export's output names -> the PyTorch models' attribute names, where they differ.
 TORCH_NAMES = {"prediction_logits": "mlm_logits", "seq_relationship_logits": "nsp_logits"}
 
@@ -108,6 +109,7 @@ class OnnxModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.task_name: str = meta.get("bertkit_task", "")
         self.fingerprint: str | None = meta.get(FINGERPRINT_KEY)  # None: exported by a bertkit that did not record it
+        self.precision: str = meta.get(PRECISION_KEY, "not recorded in the file")
         self.id2label: dict[int, str] = {int(k): v for k, v in json.loads(meta.get("id2label", "{}")).items()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         names = [i.name for i in self.session.get_inputs()]

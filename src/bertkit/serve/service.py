@@ -86,6 +86,7 @@ class Service:
         # the intra-op threads it had when opened. onnxruntime's thread pool is fixed when its session is made.
         self._elsewhere: CpuElsewhere | None = None
         models = [m for m in (self.encoder, self.mlm, predictor) if m is not None]
+        self._onnx = next((m for m in models if not isinstance(m, torch.nn.Module)), None)  # --backend onnx
         if all(isinstance(m, torch.nn.Module) for m in models) and self.device.type == "cpu":
             self._elsewhere = CpuElsewhere()
             self._most_threads = self.batcher.call(torch.get_num_threads)
@@ -126,7 +127,12 @@ class Service:
             endpoints.insert(0, "/api/predict")
         if self.mlm is not None:
             endpoints.insert(0, "/api/fill-mask")
-        c = self.config
+        c, onnx = self.config, self._onnx
+        if onnx is not None:
+            precision = onnx.precision
+        else:
+            precision = "fp32" if self.precision == "fp32" else f"bf16 for batches of {BF16_FROM_TOKENS}+ tokens"
+        embedding = {**{k: self.embedding[k] for k in ("pooling", "normalize")}, "max_length": self._embed_max_length()}
         return {
             "model": str(self.path),
             "task": self.task_name,
@@ -141,9 +147,13 @@ class Service:
                 "vocab_size": c.vocab_size,
                 "max_position_embeddings": c.max_position_embeddings,
             },
-            "embedding": {"pooling": self.embedding["pooling"], "normalize": self.embedding["normalize"]},
+            # Longer inputs are cut there (a task model's NER and QA read them in windows instead).
+            "max_seq_length": self.task_model.task.settings.max_seq_length if self.task_model else None,
+            "embedding": embedding,
             "device": str(self.device),
-            "precision": "fp32" if self.precision == "fp32" else f"bf16 for batches of {BF16_FROM_TOKENS}+ tokens",
+            "backend": "onnx" if onnx is not None else "torch",
+            "onnx": str(onnx.path) if onnx is not None else None,
+            "precision": precision,
         }
 
     # Checking and pricing a request (the caller's thread), then queueing it.
