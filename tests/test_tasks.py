@@ -162,5 +162,12 @@ def test_ner_cuts_raw_text_into_the_words_its_training_data_had(tmp_path: Path) 
     assert words == ["Barack", "Obama", "visited", "北", "京", ",", "iPhone", "很", "好"]
     assert [text[s:e] for s, e in spans] == words and english.from_json({"text": text}).tokens == words
     assert chinese.from_json({"text": text}).tokens == [ch for ch in text if not ch.isspace()]
+    # Punctuation is a word of its own in tagged corpora: "Seattle." was one word (tagged LOC as "Seattle."), and
+    # "Microsoft (Seattle)" one entity.
+    text = "He works for Microsoft (Seattle) in the U.S. now... O'Neil paid 3.5 dollars."
+    assert english.from_json({"text": text}).tokens == [
+        "He", "works", "for", "Microsoft", "(", "Seattle", ")", "in", "the", "U.S.", "now", "...", "O'Neil", "paid",
+        "3.5", "dollars", ".",
+    ]  # fmt: skip
     assert words_of("Barack Obama", None)[0] == ["Barack", "Obama"]  # not known: by whether the text holds Chinese
     assert words_of("在北京", None)[0] == ["在", "北", "京"]

@@ -4,6 +4,7 @@ usual repairs. Chinese data is character level and works as it is."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,16 +28,41 @@ def words_of(text: str, char_words: bool | None = None) -> tuple[list[str], list
     if char_words:
         spans = [(i, i + 1) for i, ch in enumerate(text) if not ch.isspace()]
     else:
-        spans = []
-        for m in re.finditer(r"\S+", text):
-            start = m.start()
-            for i in range(m.start(), m.end()):
-                if is_cjk(text[i]):
-                    spans += [(start, i)] if start < i else []
-                    spans.append((i, i + 1))
-                    start = i + 1
-            spans += [(start, m.end())] if start < m.end() else []
+        spans = [span for m in re.finditer(r"\S+", text) for span in _word_spans(text, m.start(), m.end())]
     return [text[s:e] for s, e in spans], spans
+
+
+def _word_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The words of one white-space run as tagged corpora (CoNLL, WikiANN) write them: punctuation before and after
+    it a word of its own ("(Seattle)." -> "(", "Seattle", ")", "."), except the final stop of an abbreviation
+    ("U.S."), and each CJK character a word; punctuation inside a word stays ("O'Neil", "3.5")."""
+    lead, tail = [], []
+    while start < end and _is_punct(text[start]):
+        stop = start + 1
+        while stop < end and text[stop] == text[start]:  # a run of one mark ("((") is one word
+            stop += 1
+        lead.append((start, stop))
+        start = stop
+    while end > start and _is_punct(text[end - 1]):
+        first = end - 1
+        while first > start and text[first - 1] == text[end - 1]:  # "..." is one word
+            first -= 1
+        if text[end - 1] == "." and end - first == 1 and "." in text[start:first]:
+            break  # the stop of an abbreviation
+        tail.append((first, end))
+        end = first
+    middle, piece = [], start
+    for i in range(start, end):
+        if is_cjk(text[i]):
+            middle += [(piece, i)] if piece < i else []
+            middle.append((i, i + 1))
+            piece = i + 1
+    middle += [(piece, end)] if piece < end else []
+    return [*lead, *middle, *tail[::-1]]
+
+
+def _is_punct(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("P")
 
 
 def _sentence(text: str, n: int, char_words: bool | None) -> TaggedSentence:
