@@ -171,3 +171,12 @@ def test_ner_cuts_raw_text_into_the_words_its_training_data_had(tmp_path: Path) 
     ]  # fmt: skip
     assert words_of("Barack Obama", None)[0] == ["Barack", "Obama"]  # not known: by whether the text holds Chinese
     assert words_of("在北京", None)[0] == ["在", "北", "京"]
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\x01\x02", "\ufeff\u200b\u200d"])
+def test_a_text_of_nothing_the_model_reads_is_refused(text: str) -> None:
+    # Zero-width or control characters alone tokenize to [CLS] [SEP]: a confident label about nothing, 200.
+    for name in ("cls", "ner"):
+        with pytest.raises(BertkitError, match="holds no text the model reads"):
+            task_class(name)().from_json({"text": text})
+    assert task_class("cls")().from_json({"text": "\u200b好"}).text_a == "\u200b好"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,11 +141,16 @@ def text_field(row: dict, key: str, alternative: str | None = None) -> str:
 
 
 def check_encodable(text: str, where: str) -> None:
-    """A BertkitError for text that cannot be UTF-8 (a lone surrogate, e.g. from JSON's \\ud800)."""
+    """A BertkitError for text that cannot be UTF-8 (a lone surrogate, e.g. from JSON's \\ud800), or that holds
+    nothing BERT's tokenizer keeps (white space, control and zero-width characters alone: the model would answer
+    from [CLS] [SEP], confidently and about nothing)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise BertkitError(f"{where} holds a character that is not valid Unicode text ({e.reason})") from None
+    if all(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in text):
+        raise BertkitError(f"{where} holds no text the model reads (only white space, control or zero-width "
+                           "characters)")  # fmt: skip
 
 
 def pad_batch(features: Sequence[Feature], pad_id: int, keys: Sequence[str] = ()) -> dict[str, torch.Tensor]:
