@@ -180,3 +180,15 @@ def test_a_text_of_nothing_the_model_reads_is_refused(text: str) -> None:
         with pytest.raises(BertkitError, match="holds no text the model reads"):
             task_class(name)().from_json({"text": text})
     assert task_class("cls")().from_json({"text": "\u200b好"}).text_a == "\u200b好"
+
+
+def test_spans_keep_a_decomposed_accent_with_its_letter() -> None:
+    # "e" + U+0301 (NFD "é"): the tokenizer drops the accent, and spans ended at the letter ("e" of "é").
+    from bertkit.tasks.base import with_marks
+    from bertkit.tasks.ner import words_of
+
+    text = "  e\u0301北京是首都。"
+    words, spans = words_of(text, char_words=True)
+    assert words[0] == "e\u0301" and spans[0] == (2, 4)
+    assert words_of("cafe\u0301 Paris", char_words=False)[0] == ["cafe\u0301", "Paris"]
+    assert with_marks(text, 3) == 4 and with_marks(text, 4) == 4 and with_marks("e\u0301", 2) == 2

@@ -130,6 +130,14 @@ def window_starts(n: int, size: int, stride: int) -> list[int]:
     return [*range(0, n - size, stride), n - size]
 
 
+def with_marks(text: str, end: int) -> int:
+    """`end` moved past the combining marks that follow it in `text`: the tokenizer drops a decomposed accent
+    (strip_accents), so a span ending at its letter would cut "e" + U+0301 in two."""
+    while end < len(text) and unicodedata.category(text[end]).startswith("M"):
+        end += 1
+    return end
+
+
 def text_field(row: dict, key: str, alternative: str | None = None) -> str:
     """`row[key]` (or `row[alternative]`) as a non-empty string; else a BertkitError saying which field is wrong."""
     value = row.get(key, row.get(alternative)) if alternative else row.get(key)

@@ -25,8 +25,13 @@ def words_of(text: str, char_words: bool | None = None) -> tuple[list[str], list
     a word of its own; None (not known): characters when the text holds Chinese, else white-space words."""
     if char_words is None:
         char_words = contains_cjk(text, bmp_only=True)
-    if char_words:
-        spans = [(i, i + 1) for i, ch in enumerate(text) if not ch.isspace()]
+    if char_words:  # a combining mark belongs to the character before it ("e" + U+0301 is one "é")
+        spans = []
+        for i, ch in enumerate(text):
+            if spans and spans[-1][1] == i and unicodedata.category(ch).startswith("M"):
+                spans[-1] = (spans[-1][0], i + 1)
+            elif not ch.isspace():
+                spans.append((i, i + 1))
     else:
         spans = [span for m in re.finditer(r"\S+", text) for span in _word_spans(text, m.start(), m.end())]
     return [text[s:e] for s, e in spans], spans

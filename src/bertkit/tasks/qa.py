@@ -15,7 +15,7 @@ from bertkit.data.task_files import QAExample, json_object_lines, numbered_lines
 from bertkit.errors import BertkitError
 from bertkit.metrics import qa_scores
 from bertkit.model import BertForQuestionAnswering
-from bertkit.tasks.base import Feature, Task, run_model, text_field
+from bertkit.tasks.base import Feature, Task, run_model, text_field, with_marks
 from bertkit.tasks.settings import QA_MAX_SEQ_LENGTH
 from bertkit.tokenizer import Tokenizer, contains_cjk
 
@@ -156,7 +156,7 @@ class QaTask(Task):
                         continue
                     score = float(ctx_start[s] + ctx_end[e])
                     if score > cur["score"]:
-                        a, b = f["offsets"][s][0], f["offsets"][e][1]
+                        a, b = f["offsets"][s][0], with_marks(ex.context, f["offsets"][e][1])
                         cur.update(text=ex.context[a:b], score=score, start=a, end=b)
         out = []
         for e in range(len(examples)):
