@@ -109,6 +109,11 @@ def test_classifier_averages_window_logits_and_fitting_inputs_answer_as_before(
     assert 0 < len(fit) < len(examples)
     window = dataclasses.replace(opened, task=ClassificationTask(TaskSettings(long_inputs="window")))
     assert window.predict(fit) == opened.predict(fit)  # same features, same batches: the same floats
+    # Truncated, an answer says so (the server answered two texts that differ past the cut alike, with no word);
+    # read in windows, nothing is cut.
+    cut = {i for i, row in enumerate(opened.predict(examples)) if row.pop("truncated", False)}
+    assert cut == {i for i, ex in enumerate(examples) if ex not in fit}
+    assert not any("truncated" in row for row in window.predict(examples))
     short = dataclasses.replace(opened, task=windowed(ClassificationTask, 24))
     features = short.features(examples)
     per_window = run_model(model, short.task, features, tok.pad_id)

@@ -156,9 +156,12 @@ class ClassificationTask(Task):
             for i in long:
                 full[i] = tok.truncate(full[i], self.settings.max_seq_length)
         out = []
+        cut = set(long) - set(windows)
         for i, (ex, enc) in enumerate(zip(examples, full, strict=True)):
             for ids, types in windows.get(i) or [(enc.input_ids, enc.token_type_ids)]:
                 f: Feature = {"input_ids": ids, "token_type_ids": types, "example": i}
+                if i in cut:
+                    f["truncated"] = True  # its answer says so: it is of the first max_seq_length tokens alone
                 if ex.label is not None and label2id is not None:
                     f["label"] = self.target(ex.label, label2id)  # every window of a training example is one
                 out.append(f)
@@ -217,13 +220,14 @@ class ClassificationTask(Task):
         return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold), "examples": len(gold)}
 
     def predict(self, model, tok, examples, features, id2label) -> list[dict]:
-        """The best `label` and every label's `probabilities` per example."""
+        """The best `label` and every label's `probabilities` per example (and `truncated`: true for one that was
+        cut at max_seq_length)."""
         probs = self._scores(model, tok, features).softmax(-1)
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
             out.append({"label": id2label[best], "probabilities": {id2label[i]: p for i, p in enumerate(row)}})
-        return out
+        return mark_truncated(out, features)
 
 
 class PairClassificationTask(ClassificationTask):
@@ -323,8 +327,15 @@ class RegressionTask(PairsFromData):
         return regression_scores(pred, [float(ex.label) for ex in examples])
 
     def predict(self, model, tok, examples, features, id2label) -> list[dict]:
-        """{"score": x} per example."""
-        return [{SCORE: x} for x in self._scores(model, tok, features)[:, 0].tolist()]
+        """{"score": x} per example (and `truncated`: true for one that was cut at max_seq_length)."""
+        return mark_truncated([{SCORE: x} for x in self._scores(model, tok, features)[:, 0].tolist()], features)
+
+
+def mark_truncated(rows: list[dict], features: Sequence[Feature]) -> list[dict]:
+    """`rows` (one per example) with "truncated": true on those whose feature was cut at max_seq_length."""
+    for i in {f["example"] for f in features if f.get("truncated")}:
+        rows[i]["truncated"] = True
+    return rows
 
 
 def _is_float(text: str) -> bool:

@@ -13,7 +13,7 @@ from bertkit.data.task_files import LABEL_SEPARATOR, TextExample, read_classific
 from bertkit.errors import BertkitError
 from bertkit.metrics import multilabel_scores
 from bertkit.tasks.base import Feature
-from bertkit.tasks.classify import PairsFromData
+from bertkit.tasks.classify import PairsFromData, mark_truncated
 
 DEFAULT_THRESHOLD = 0.5  # a label whose sigmoid passes one half, before any threshold is chosen on dev data
 # The thresholds tried on dev: a coarse grid rather than every predicted probability, so that a label with a few
@@ -127,7 +127,8 @@ class MultiLabelTask(PairsFromData):
     def predict(self, model, tok, examples, features, id2label) -> list[dict]:
         """Per example: the `labels` whose probability passes their threshold, and every label's `probabilities`."""
         probs = self._probabilities(model, tok, features)
-        return [
+        rows = [
             {"labels": chosen, "probabilities": {id2label[i]: p for i, p in enumerate(row)}}
             for chosen, row in zip(self._decide(probs, id2label), probs.tolist(), strict=True)
         ]
+        return mark_truncated(rows, features)
