@@ -190,3 +190,19 @@ def test_bad_corpora(tmp_path: Path, zh_tokenizer) -> None:
     assert all(len(data[(0, i)]["input_ids"]) <= 64 for i in range(len(data)))
     with pytest.raises(BertkitError, match="already holds"):
         prepare([long], zh_tokenizer, tmp_path / "l", progress=False)
+
+
+@pytest.mark.parametrize("length", [128, 512])
+def test_the_masked_share_is_15_percent_at_any_sequence_length(length: int) -> None:
+    # A cap fixed at 20 chosen tokens (the original's for 128) chose 4.6% of 512-token sequences' tokens, exit 0.
+    from bertkit.data.masking import mask_sequence
+
+    cfg = MaskingConfig().for_length(length)
+    assert cfg.max_predictions == {128: 20, 512: 77}[length]
+    assert MaskingConfig(max_predictions=20).for_length(512).max_predictions == 20  # a cap given stays
+    ids = np.arange(5, 5 + length, dtype=np.int64)
+    special = np.zeros(length, dtype=bool)
+    special[[0, length // 2, length - 1]] = True  # [CLS], [SEP], [SEP]
+    rng = np.random.default_rng(0)
+    chosen = [int((mask_sequence(ids, special, rng, cfg, 3, np.arange(5, 100))[1] != -100).sum()) for _ in range(400)]
+    assert abs(np.mean(chosen) / (length - 3) - 0.15) < 0.005  # the expected count is exact on average

@@ -142,7 +142,7 @@ class PretrainingData(torch.utils.data.Dataset):
                 f"{self.dir / 'tokenizer'} has {self.tokenizer.vocab_size} tokens, the manifest "
                 f"{self.manifest['vocab_size']}: the tokenizer is not the one the data was made with; {_AGAIN}"
             )
-        self.masking = masking or MaskingConfig()
+        self.masking = (masking or MaskingConfig()).for_length(self.manifest["config"]["max_seq_length"])
         if self.masking.whole_word and not self.manifest["config"]["whole_word_mask"]:
             raise BertkitError(f"{data_dir} was prepared without --whole-word-mask; prepare it again with it")
         # Evaluation always uses one fixed mask, so its figures are comparable from step to step.

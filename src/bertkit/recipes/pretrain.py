@@ -281,6 +281,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     out = Path(cfg.train.out_dir)
     manifest = read_manifest(cfg.data)
     _check_training_split(cfg.data, manifest)
+    cfg = replace(cfg, masking=cfg.masking.for_length(manifest["config"]["max_seq_length"]))  # recorded as used
     check_output_not_input(out, _inputs(cfg, out))  # at once; the rest of the claim once nothing can fail first
     seed = cfg.train.seed
     data = PretrainingData(cfg.data, "train", cfg.masking, seed)
