@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,28 @@ def test_the_masked_share_is_15_percent_at_any_sequence_length(length: int) -> N
     rng = np.random.default_rng(0)
     chosen = [int((mask_sequence(ids, special, rng, cfg, 3, np.arange(5, 100))[1] != -100).sum()) for _ in range(400)]
     assert abs(np.mean(chosen) / (length - 3) - 0.15) < 0.005  # the expected count is exact on average
+
+
+def test_pairs_that_are_all_isnext_are_said(tmp_path: Path, zh_corpus, zh_tokenizer: Path, bertkit) -> None:
+    # A corpus without blank lines is one document, so every NSP pair was IsNext, exit 0 and no word; data prepared
+    # with --no-nsp still trained (and reported) NSP.
+    from bertkit.data.pretraining import nsp_notes
+
+    lines = [x for x in Path(zh_corpus[0]).read_text(encoding="utf-8").splitlines() if x.strip()][:400]
+    one_document = tmp_path / "one.txt"
+    one_document.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    m = prepare([one_document], zh_tokenizer, tmp_path / "one", PrepareConfig(eval_fraction=0), progress=False)
+    assert m["splits"]["train"]["nsp_random_fraction"] == 0
+    assert nsp_notes(m, "one") == [
+        "note: the training pairs of one are all IsNext (from 1 document; a random B comes from another document, and "
+        "documents are separated by blank lines): NSP learns to answer IsNext always"
+    ]
+    m = prepare(zh_corpus, zh_tokenizer, tmp_path / "many", PrepareConfig(eval_fraction=0), progress=False)
+    assert 0.4 < m["splits"]["train"]["nsp_random_fraction"] < 0.6 and nsp_notes(m, "many") == []
+    prepare(zh_corpus, zh_tokenizer, tmp_path / "no_nsp", PrepareConfig(nsp=False, eval_fraction=0), progress=False)
+    r = bertkit("pretrain", "--data", tmp_path / "no_nsp", "--model", "tiny", "--out", tmp_path / "run",
+                "--max-steps", "1", "--batch-size", "4", "--workers", "0")  # fmt: skip
+    assert r.status == 0, r.err
+    assert "prepared with --no-nsp: this run trains masked LM alone (--nsp-weight 0)" in r.out
+    record = json.loads((tmp_path / "run/model/bertkit_pretraining.json").read_text())
+    assert record["nsp_weight"] == 0.0

@@ -145,6 +145,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from bertkit.data.config import PrepareConfig
     from bertkit.data.prepare import prepare
+    from bertkit.data.pretraining import nsp_notes
 
     cfg = from_args(PrepareConfig, args)
     m = prepare(args.corpus, args.tokenizer, args.out, cfg, overwrite=args.overwrite)
@@ -154,6 +155,8 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         f"{ev['instances']:,} held-out instances from {m['documents']['eval']:,}; "
         f"{(tr['tokens'] + ev['tokens']) / max(m['seconds'], 1e-9):,.0f} tokens/s -> {args.out}"
     )
+    for note in nsp_notes(m, args.out):
+        print(note)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:

@@ -20,6 +20,25 @@ _INDEX_ROW_BYTES = 4 * np.dtype(np.int64).itemsize  # (offset, len_a, len_b, nsp
 SPLIT_CHOICES = (*SPLITS, "all")
 
 
+def nsp_notes(manifest: dict, data_dir: str | Path) -> list[str]:
+    """Notes on what a prepared directory's NSP pairs can teach or measure: a split whose pairs are all IsNext (a
+    corpus of one document: documents are separated by blank lines; a random B comes from another document) makes
+    NSP learn a constant, or its held-out accuracy say nothing."""
+    if not manifest["config"].get("nsp", True):
+        return []
+    notes = []
+    for split, what in (("train", "NSP learns to answer IsNext always"), ("eval", "its nsp_accuracy says nothing")):
+        s = manifest["splits"][split]
+        if s["instances"] and s["nsp_random_fraction"] == 0:
+            docs = manifest.get("documents", {}).get(split, 0)
+            notes.append(
+                f"note: the {'training' if split == 'train' else 'held-out'} pairs of {data_dir} are all IsNext "
+                f"(from {docs:,} document{'s' if docs != 1 else ''}; a random B comes from another document, and "
+                f"documents are separated by blank lines): {what}"
+            )
+    return notes
+
+
 def read_manifest(data_dir: str | Path, check_files: bool = True) -> dict:
     """The `manifest.json` of a prepared data directory, checked to be in this version's FORMAT, with every field
     that readers use; with `check_files`, every shard file must also have the size the manifest implies.

@@ -18,7 +18,7 @@ import torch
 from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record
 from bertkit.config import PRESETS, BertConfig
 from bertkit.constants import IGNORE_INDEX, INFERENCE_BATCH_SIZE
-from bertkit.data.pretraining import PretrainingData, collate, read_manifest
+from bertkit.data.pretraining import PretrainingData, collate, nsp_notes, read_manifest
 from bertkit.errors import BertkitError
 from bertkit.files import (
     check_output_not_input,
@@ -282,6 +282,14 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     manifest = read_manifest(cfg.data)
     _check_training_split(cfg.data, manifest)
     cfg = replace(cfg, masking=cfg.masking.for_length(manifest["config"]["max_seq_length"]))  # recorded as used
+    if not manifest["config"].get("nsp", True) and cfg.nsp_weight > 0:  # every B follows its A: nothing to learn
+        print(f"note: {cfg.data} was prepared with --no-nsp: this run trains masked LM alone (--nsp-weight 0)")
+        cfg = replace(cfg, nsp_weight=0.0)
+    for note in nsp_notes(manifest, cfg.data) if cfg.nsp_weight > 0 else []:
+        print(note)
+    if manifest["config"].get("whole_word_mask") and not cfg.masking.whole_word:
+        print(f"note: {cfg.data} was prepared for whole-word masking, and this run masks single tokens (pass "
+              "--whole-word-mask to mask whole words)")  # fmt: skip
     check_output_not_input(out, _inputs(cfg, out))  # at once; the rest of the claim once nothing can fail first
     seed = cfg.train.seed
     data = PretrainingData(cfg.data, "train", cfg.masking, seed)
