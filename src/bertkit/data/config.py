@@ -26,7 +26,11 @@ class PrepareConfig:
         help="share of documents held out for evaluation, 0 to 1 (default %(default)s; 1: an evaluation-only "
         "directory)",
     )  # fmt: skip
-    seed: int = option(12345, type=SEED, help="sentence pairing, random B sentences and static masks")
+    seed: int = option(
+        12345,
+        type=SEED,
+        help="sentence pairing and random B sentences (masks, static ones too, come from pretrain's --seed)",
+    )
     workers: int = option(1, type=NON_NEGATIVE, help="processes (0 or 1: this one)")
     block_chars: int = 2_000_000
     shard_tokens: int = 64_000_000
