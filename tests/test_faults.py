@@ -83,9 +83,12 @@ def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run_args(command: str, cls_data: dict[str, Path], pt_data: Path, out: Path) -> list[str]:
-    """`finetune_args` or `pretrain_args`, for a test of both commands."""
-    return finetune_args(cls_data, out) if command == "finetune" else pretrain_args(pt_data, out)
+@pytest.fixture(params=["finetune", "pretrain"])
+def either_run(request, tmp_path: Path, cls_data: dict[str, Path], pt_data: Path) -> tuple[str, Path, list[str]]:
+    """(command, its --out, `finetune_args` or `pretrain_args`): a test of both training commands."""
+    out = tmp_path / "out"
+    args = finetune_args(cls_data, out) if request.param == "finetune" else pretrain_args(pt_data, out)
+    return request.param, out, args
 
 
 def records(metrics: Path, split: str) -> list[dict]:
@@ -301,12 +304,8 @@ def test_finetune_resume_keeps_the_best_model(
 
 
 # ------------------------------------------------------------------------------------------ runs that diverge
-@pytest.mark.parametrize("command", ["finetune", "pretrain"])
-def test_a_diverging_run_stops_with_one_line_and_saves_nothing_non_finite(
-    tmp_path: Path, cls_data: dict[str, Path], pt_data: Path, bertkit, command: str
-) -> None:
-    out = tmp_path / "out"
-    args = run_args(command, cls_data, pt_data, out)
+def test_a_diverging_run_stops_with_one_line_and_saves_nothing_non_finite(either_run, bertkit) -> None:
+    command, out, args = either_run
     args[args.index("--learning-rate") + 1] = "1e6"
     code, _, err = bertkit(*args)
     lines = [x for x in err.splitlines() if x.strip() and "it/s" not in x and "s/it" not in x]
@@ -489,18 +488,14 @@ def test_pretrain_never_takes_a_fine_tuning_runs_checkpoints_for_its_own(
     assert snapshot(out) == before
 
 
-@pytest.mark.parametrize("command", ["finetune", "pretrain"])
-def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(
-    tmp_path: Path, cls_data: dict[str, Path], pt_data: Path, bertkit, command: str
-) -> None:
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(either_run, bertkit) -> None:
     # `--overwrite` deleted the earlier run at the start: a new run that then failed (here: diverged at once) left
     # the folder empty, exit 2.
     from bertkit.files import SET_ASIDE, own_entries, set_aside
     from bertkit.recipes.finetune import OUTPUT_OWNS
     from bertkit.recipes.pretrain import PRETRAIN_OWNS
 
-    out = tmp_path / "out"
-    args = run_args(command, cls_data, pt_data, out)
+    command, out, args = either_run
     args += ["--max-steps", "3" if command == "finetune" else "6"]  # the last one counts
     code, _, err = bertkit(*args)
     assert code == 0, err
