@@ -83,7 +83,7 @@ def mask_sequence(
     labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
     candidates = np.flatnonzero(~special)
     expected = len(candidates) * cfg.mask_prob
-    cap = cfg.max_predictions or math.ceil(cfg.mask_prob * len(ids))  # set by `for_length` where the data is known
+    cap = cfg.for_length(len(ids)).max_predictions  # `for_length` of the data's length, where the data is known
     n_target = min(cap, int(expected) + int(rng.random() < expected - int(expected)))
     if n_target == 0:
         return ids, labels

@@ -15,7 +15,7 @@ from bertkit.data.task_files import TaggedSentence, looks_like_conll, numbered_l
 from bertkit.errors import BertkitError
 from bertkit.metrics import entity_prf, entity_spans, span_tags
 from bertkit.model import BertForTokenClassification
-from bertkit.tasks.base import Feature, Task, run_model, text_field
+from bertkit.tasks.base import Feature, Task, run_model, text_field, with_marks
 from bertkit.tokenizer import Tokenizer, contains_cjk, is_cjk
 
 
@@ -28,10 +28,8 @@ def words_of(text: str, char_words: bool | None = None) -> tuple[list[str], list
     if char_words:  # a combining mark belongs to the character before it ("e" + U+0301 is one "é")
         spans = []
         for i, ch in enumerate(text):
-            if spans and spans[-1][1] == i and unicodedata.category(ch).startswith("M"):
-                spans[-1] = (spans[-1][0], i + 1)
-            elif not ch.isspace():
-                spans.append((i, i + 1))
+            if not ch.isspace() and not (spans and i < spans[-1][1]):
+                spans.append((i, with_marks(text, i + 1)))
     else:
         spans = [span for m in re.finditer(r"\S+", text) for span in _word_spans(text, m.start(), m.end())]
     return [text[s:e] for s, e in spans], spans
