@@ -34,8 +34,8 @@ class MaskingConfig:
     whole_word: bool = option(False, flag="--whole-word-mask", help="choose whole words (data prepared with it)")
 
     def for_length(self, max_seq_length: int) -> MaskingConfig:
-        """These settings with the cap set for sequences of `max_seq_length` tokens, when it is not set: a fixed cap
-        of 20 chose 4.6% of the tokens of 512-token sequences instead of 15%."""
+        """These settings with the cap set for sequences of `max_seq_length` tokens, when it is not set: a cap fixed
+        for 128-token sequences chooses far fewer than `mask_prob` of a longer sequence's tokens."""
         if self.max_predictions is not None:
             return self
         return replace(self, max_predictions=math.ceil(self.mask_prob * max_seq_length))

@@ -76,8 +76,8 @@ def _sentence(text: str, n: int, char_words: bool | None) -> TaggedSentence:
     return sent
 
 
-# Training tokens of one character, at least this share of them: the data was tagged character by character (an
-# English corpus has ~20% one-character tokens, punctuation and "a"; a Chinese one ~100%, a few Latin words aside).
+# Training tokens of one character, at least this share of them: the data was tagged character by character (in an
+# English corpus they are a minority, punctuation and "a"; in a Chinese one nearly all, a few Latin words aside).
 CHAR_WORDS_SHARE = 0.9
 
 
