@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bertkit import BertkitError, Tokenizer
 from bertkit.constants import IGNORE_INDEX
 from bertkit.data.config import PrepareConfig
 from bertkit.data.masking import MaskingConfig
-from bertkit.data.prepare import prepare
+from bertkit.data.prepare import cut_sentences_note, prepare
 from bertkit.data.pretraining import PretrainingData, collate
 from bertkit.data.sentences import split_sentences
 
@@ -52,6 +54,25 @@ def test_split_sentences() -> None:
     assert split_sentences("他说………然后") == ["他说……", "…", "然后"]
     assert split_sentences("好。”。") == ["好。”", "。"]
     assert split_sentences("Mr. Smith came.") == ["Mr.", "Smith came."]
+    # Chinese typed with half-width marks and no space: an end where an ideograph or opening quote follows.
+    assert split_sentences("今天很好.我们去公园!明天呢?好的;走吧.") == [
+        "今天很好.",
+        "我们去公园!",
+        "明天呢?",
+        "好的;",
+        "走吧.",
+    ]
+    assert split_sentences("他说好.”我们走") == ["他说好.”", "我们走"]
+    assert split_sentences("价格是3.5元，U.S.军队") == ["价格是3.5元，U.S.军队"]  # ASCII before the mark: no end
+    assert split_sentences("It rained.Then") == ["It rained.Then"]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(st.text(alphabet="好我。！？；….!?;”’」』）)]“「（ \t3aZ", max_size=40))
+def test_split_sentences_keeps_every_character_in_order(line: str) -> None:
+    parts = split_sentences(line)
+    assert all(p and p == p.strip() for p in parts)
+    assert "".join("".join(parts).split()) == "".join(line.split())
 
 
 def test_instances_nsp_balance_and_lengths(zh_data: Path) -> None:
@@ -232,3 +253,44 @@ def test_pairs_that_are_all_isnext_are_said(tmp_path: Path, zh_corpus, zh_tokeni
     assert "prepared with --no-nsp: this run trains masked LM alone (--nsp-weight 0)" in r.out
     record = json.loads((tmp_path / "run/model/bertkit_pretraining.json").read_text())
     assert record["nsp_weight"] == 0.0
+
+
+def test_a_sentence_longer_than_an_instance_is_cut_into_pieces_not_truncated(tmp_path: Path, zh_tokenizer) -> None:
+    # A paragraph whose sentence ends are not recognised is one sentence; truncated to an instance, all but 125 of
+    # its 2,200 tokens were dropped without a word.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("今天天气很好我们去公园玩" * 200 + "\n\n短句。第二句。\n", encoding="utf-8")
+    m = prepare([corpus], zh_tokenizer, tmp_path / "out", PrepareConfig(eval_fraction=0, nsp=False), progress=False)
+    assert m["sentences_cut"] == 1
+    assert m["splits"]["train"]["tokens"] >= 0.9 * 2_400
+    data = PretrainingData(tmp_path / "out")
+    lengths = [len(data[(0, i)]["input_ids"]) for i in range(len(data))]
+    assert max(lengths) <= 128
+    note = cut_sentences_note(m)
+    assert note is not None and note.startswith("note: 1 sentence of the corpus had more than 125 tokens")
+    assert cut_sentences_note({**m, "sentences_cut": 0}) is None
+
+
+def test_special_tokens_written_in_the_corpus_are_text(tmp_path: Path, zh_tokenizer) -> None:
+    # "[MASK]" or "[SEP]" in a corpus became the special tokens inside A and B (separators and masks that no
+    # masking chose); the original read them as text.
+    corpus = tmp_path / "corpus.txt"
+    docs = [f"第{i}篇。这里写着[MASK]和[SEP]。还有[CLS]与[PAD]以及[UNK]。" for i in range(20)]
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    for whole_word in (False, True):
+        out = tmp_path / f"out{whole_word}"
+        prepare([corpus], zh_tokenizer, out, PrepareConfig(eval_fraction=0, whole_word_mask=whole_word), progress=False)
+        data = PretrainingData(out)
+        tok = data.tokenizer
+        tokens = np.concatenate([s[0] for s in data.shards]).astype(np.int64)
+        assert not set(tokens.tolist()) & set(tok.special_ids)
+        assert tok.token_to_id["["] in tokens
+    assert Tokenizer.from_pretrained(zh_tokenizer).tokenize("[MASK]") == ["[MASK]"]  # elsewhere unchanged
+
+
+def test_dupe_factor_copies_training_pairs_only(tmp_path: Path, zh_corpus, zh_tokenizer) -> None:
+    one = prepare(zh_corpus[:1], zh_tokenizer, tmp_path / "one", PrepareConfig(eval_fraction=0.1), progress=False)
+    two = prepare(zh_corpus[:1], zh_tokenizer, tmp_path / "two", PrepareConfig(eval_fraction=0.1, dupe_factor=2),
+                  progress=False)  # fmt: skip
+    assert two["splits"]["eval"]["instances"] == one["splits"]["eval"]["instances"] > 0
+    assert 1.8 < two["splits"]["train"]["instances"] / one["splits"]["train"]["instances"] < 2.2

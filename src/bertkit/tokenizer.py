@@ -435,6 +435,20 @@ class Tokenizer:
         # Both built on first use: the Rust pipeline needs `_char_classes` (~0.2 s once a process), the table ~0.3 s.
         self._rust_tokenizer: RustTokenizer | None = None
         self._char_table: _CharTable | None = None
+        self._special_tokens_in_text = True
+
+    @property
+    def special_tokens_in_text(self) -> bool:
+        """Whether "[MASK]", "[SEP]", ... typed in a text are read as those special tokens (True, the default: as
+        Hugging Face's tokenizers read them, and what fill-mask needs) or as the text "[", "mask", "]" (False: as
+        the original BERT tokenizer read them, and what a pre-training corpus needs)."""
+        return self._special_tokens_in_text
+
+    @special_tokens_in_text.setter
+    def special_tokens_in_text(self, value: bool) -> None:
+        self._special_tokens_in_text = value
+        if self._rust_tokenizer is not None:
+            self._rust_tokenizer.encode_special_tokens = not value
 
     @property
     def _rust(self) -> RustTokenizer:
@@ -449,7 +463,8 @@ class Tokenizer:
         tk.normalizer = self._normalizer()
         tk.pre_tokenizer = self._pre_tokenizer()
         tk.decoder = decoders.WordPiece(prefix="##")
-        tk.add_special_tokens(SPECIAL_TOKENS)  # "[MASK]" typed in a text stays one token
+        tk.add_special_tokens(SPECIAL_TOKENS)  # "[MASK]" typed in a text stays one token ...
+        tk.encode_special_tokens = not self._special_tokens_in_text  # ... unless they are read as text
         # Used only by other readers of tokenizer.json (e.g. transformers); bertkit adds specials itself.
         tk.post_processor = processors.TemplateProcessing(
             single=f"{CLS} $A {SEP}",

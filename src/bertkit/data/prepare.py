@@ -68,7 +68,11 @@ _WORKER: dict = {}
 
 def _init_worker(tokenizer_dir: str, cfg: PrepareConfig) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER["tok"] = Tokenizer.from_pretrained(tokenizer_dir)
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    # A corpus that mentions "[MASK]" or "[SEP]" means the text, as the original create_pretraining_data read it:
+    # read as special tokens, they would put separators and masks inside A and B.
+    tok.special_tokens_in_text = False
+    _WORKER["tok"] = tok
     _WORKER["cfg"] = cfg
     if cfg.whole_word_mask:
         import jieba
@@ -93,8 +97,12 @@ def _word_starts(sentence: str, enc: TokenSpans) -> list[int]:
     return starts
 
 
-def _process_block(job: tuple[str, int, list[list[str]]]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Tokenize one block of documents and build its instances: (split, tokens, (len_a, len_b, nsp) rows, flags)."""
+BlockResult = tuple[str, np.ndarray, np.ndarray, np.ndarray | None, int]
+
+
+def _process_block(job: tuple[str, int, list[list[str]]]) -> BlockResult:
+    """Tokenize one block of documents and build its instances: (split, tokens, (len_a, len_b, nsp) rows, flags,
+    number of sentences cut into pieces)."""
     with _gc_paused():
         return _build_block(*job)
 
@@ -113,9 +121,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _build_block(
-    split: str, block_index: int, docs: list[list[str]]
-) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None]:
+def _build_block(split: str, block_index: int, docs: list[list[str]]) -> BlockResult:
     tok: Tokenizer = _WORKER["tok"]
     cfg: PrepareConfig = _WORKER["cfg"]
     flat = [s for d in docs for s in d]
@@ -132,17 +138,41 @@ def _build_block(
     # Sentences without a token, and then documents without a sentence, are left out.
     doc_of_sentence = np.repeat(np.arange(len(docs)), [len(d) for d in docs])[counts > 0]
     counts = counts[counts > 0]
+    counts, doc_of_sentence, cut = _cut_long_sentences(counts, doc_of_sentence, cfg.max_seq_length - 3)
     token_starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
     doc_starts = np.flatnonzero(np.diff(doc_of_sentence, prepend=-1, append=len(docs))).tolist()
     block = Block(token_starts, doc_starts)
     spans: list[Span] = []
-    for dupe in range(cfg.dupe_factor):
+    # Held-out pairs once: copies there would only multiply the time evaluation takes (its masks are fixed anyway).
+    for dupe in range(cfg.dupe_factor if split == "train" else 1):
         rng = np.random.default_rng([cfg.seed, SPLITS.index(split), block_index, dupe])
         for i in range(block.num_documents):
             spans += instance_spans(i, block, rng, cfg.max_seq_length, cfg.short_seq_prob, cfg.nsp)
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
     tokens, rows = gather_spans(spans, ids.astype(dtype))
-    return split, tokens, rows, (gather_spans(spans, flags)[0] if flags is not None else None)
+    return split, tokens, rows, (gather_spans(spans, flags)[0] if flags is not None else None), cut
+
+
+def _cut_long_sentences(
+    counts: np.ndarray, doc_of_sentence: np.ndarray, max_tokens: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Cut each sentence of more than `max_tokens` tokens into pieces of `ceil(max_tokens / 2)` tokens (the last
+    one shorter): the new token counts, each piece's document, and how many sentences were cut.
+
+    The original keeps such a sentence whole, and truncation then drops all but `max_tokens` of its tokens: a
+    paragraph whose sentence ends were not recognised (one long line, or marks the splitter does not know) lost
+    nearly all its text. Pieces of one sentence are consecutive text, so an IsNext pair across them is still true;
+    two pieces just fill a chunk, so an IsNext pair keeps nearly all of both, and a NotNext A of one piece leaves
+    room for a random B (pieces as long as `max_tokens` would leave none, and it would be cut from A)."""
+    long = counts > max_tokens
+    if not long.any():
+        return counts, doc_of_sentence, 0
+    piece = -(-max_tokens // 2)
+    pieces = np.where(long, -(-counts // piece), 1)
+    owner = np.repeat(np.arange(len(counts)), pieces)  # each new sentence: the one it comes from
+    k = np.arange(len(owner)) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # ... and which piece of it
+    c = counts[owner]
+    return np.where(long[owner], np.minimum(piece, c - k * piece), c), doc_of_sentence[owner], int(long.sum())
 
 
 # ------------------------------------------------------------------ main process: stream, dispatch, write
@@ -357,13 +387,14 @@ def _write_data(
     with _naming(tmp / "tokenizer"):
         tok.save_pretrained(tmp / "tokenizer")
     writers = {s: _ShardWriter(tmp, s, cfg.shard_tokens, cfg.whole_word_mask) for s in SPLITS}
-    stats = {"documents": dict.fromkeys(SPLITS, 0), "chars": 0}
+    stats = {"documents": dict.fromkeys(SPLITS, 0), "chars": 0, "sentences_cut": 0}
     bar = tqdm(desc="prepare", unit=" docs", disable=not progress)
     start = time.perf_counter()
 
-    def consume(result) -> None:
-        split, tokens, rows, starts = result
+    def consume(result: BlockResult) -> None:
+        split, tokens, rows, starts, cut = result
         writers[split].write(tokens, rows, starts)
+        stats["sentences_cut"] += cut
         done = sum(w.tokens for w in writers.values())
         bar.n = sum(stats["documents"].values())
         bar.set_postfix(tokens=f"{done:,}", tok_s=f"{done / max(time.perf_counter() - start, 1e-9):,.0f}")
@@ -413,6 +444,8 @@ def _write_data(
         "corpus": [str(p) for p in corpus_paths],
         "documents": stats["documents"],
         "characters": stats["chars"],
+        # Sentences longer than an instance's room for A and B, cut into pieces that fit (`_cut_long_sentences`).
+        "sentences_cut": stats["sentences_cut"],
         "seconds": round(elapsed, 2),
         "splits": {
             s: {
@@ -428,3 +461,18 @@ def _write_data(
     with _naming(tmp / "manifest.json"):
         (tmp / "manifest.json").write_text(text, encoding="utf-8")
     return manifest
+
+
+def cut_sentences_note(manifest: dict) -> str | None:
+    """A note when sentences had to be cut to fit an instance: often the sign of sentence ends that were not
+    recognised (a document on one line without the end marks `split_sentences` knows), so NSP's sentence
+    boundaries there are arbitrary."""
+    cut = manifest.get("sentences_cut", 0)
+    if not cut:
+        return None
+    room = manifest["config"]["max_seq_length"] - 3
+    return (
+        f"note: {cut:,} sentence{'s' if cut != 1 else ''} of the corpus had more than {room} tokens (an instance's "
+        f"room for A and B) and {'were' if cut != 1 else 'was'} cut into pieces rather than truncated; sentences end "
+        "at line ends, at 。！？；…, and at . ! ? before a space or a Chinese character: does the corpus use them?"
+    )
