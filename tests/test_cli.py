@@ -262,6 +262,21 @@ def test_vocab_never_replaces_what_it_did_not_write(tiny_task_models: dict[str, 
     assert not (tmp_path / "never").exists()
 
 
+def test_vocab_says_why_its_size_is_not_the_one_asked_for(tmp_path: Path, bertkit) -> None:
+    # The trainer keeps every character (and its ## form) whatever --vocab-size says, and stops when no pair is
+    # frequent enough: a vocabulary of another size was written with no word on why.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("今天天气很好。\n我们去公园散步。\n" * 50, encoding="utf-8")
+    r = bertkit("vocab", "--corpus", corpus, "--vocab-size", "10", "--out", tmp_path / "small")
+    n = len((tmp_path / "small/vocab.txt").read_text(encoding="utf-8").splitlines())
+    assert r.status == 0 and n > 10
+    assert f"vocabulary of {n} tokens written to {tmp_path / 'small'} (more than the 10 asked for" in r.out
+    r = bertkit("vocab", "--corpus", corpus, "--vocab-size", "5000", "--out", tmp_path / "large")
+    assert r.status == 0 and "(fewer than the 5,000 asked for: no other piece occurs at least --min-frequency" in r.out
+    r = bertkit("vocab", "--corpus", corpus, "--vocab-size", str(n), "--out", tmp_path / "exact")
+    assert r.status == 0 and r.out.strip().endswith(f"written to {tmp_path / 'exact'}")
+
+
 @pytest.mark.parametrize("command", ["embed", "predict", "evaluate", "export"])
 def test_a_file_output_never_replaces_what_the_command_did_not_ask_for(
     tiny_task_models: dict[str, Path], tmp_path: Path, bertkit, command: str

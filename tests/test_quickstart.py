@@ -45,6 +45,7 @@ def test_quickstart_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture, 
     assert result["pretraining_steps"]["done"] == result["pretraining_steps"]["planned"] == 80
     assert "pre-training ran all 80 planned steps" in table
     assert json.loads((tmp_path / "results.json").read_text())["results"] == result["results"]
+    assert [Path(p).name for p in result["paths"]["corpus"]] == ["peoples_daily_199801.txt", "reviews_unlabelled.txt"]
     # Re-running reuses every finished stage.
     finished = ["tokenizer/vocab.txt", "data/manifest.json", "pretrain/model/model.safetensors"]
     finished += (

@@ -158,17 +158,20 @@ def test_fill_mask_and_embed(models: dict[str, Path], minilm_dir: Path) -> None:
     assert [g["token"] for g in got] == [t for t, _ in expected[0]]
     assert [g["score"] for g in got] == pytest.approx([p for _, p in expected[0]], abs=1e-6)
 
-    sentences = ["A man is playing a guitar.", "Someone plays an instrument.", "这家酒店的服务很好。"]
+    # The last text is longer than the model's 256 tokens: cut as sentence-transformers cuts it, and said so.
+    sentences = ["A man is playing a guitar.", "Someone plays an instrument.", "这家酒店的服务很好。", "long " * 300]
     with served(minilm_dir) as url:
         status, info = request(url + "/api/info")
         assert info["endpoints"] == ["/api/embed"]  # a sentence-transformers directory: no MLM head, no task
         status, out = request(url + "/api/embed", {"texts": sentences})
+        short = request(url + "/api/embed", {"texts": sentences[:3]})[1]
         bad = request(url + "/api/fill-mask", {"texts": ["a [MASK] b"]})
         # A body over 4 KB is checked and tokenized in a thread, a smaller one on the event loop: the same answer.
         padded = json.dumps({"texts": sentences}).replace(",", "," + " " * 2048).encode()
         assert len(padded) > 4096
         status_padded, out_padded = request(url + "/api/embed", raw=padded)
     assert status == 200 and out["dim"] == 384
+    assert out["truncated"] == [3] and out_padded["truncated"] == [3] and "truncated" not in short
     # Within float32 rounding, not exactly: the two forwards may run on different thread counts (`ThreadChoice`).
     assert status_padded == 200 and np.abs(np.array(out_padded["embeddings"]) - out["embeddings"]).max() < 1e-6
     ref = SentenceTransformer(str(minilm_dir), device="cpu").encode(sentences, convert_to_numpy=True)

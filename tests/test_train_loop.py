@@ -168,6 +168,22 @@ def test_a_run_on_the_cpu_says_what_threads_and_processes_it_was_given(tmp_path:
     assert trainer._cpu_line().endswith("batches are made in 2 other process(es), one thread each")
 
 
+def test_a_time_budget_says_the_schedule_it_left_undone(tmp_path: Path, capsys) -> None:
+    # --max-minutes stopped a run planned for many steps with its learning rate near the peak, and said only the
+    # step: the schedule decays over --max-steps, so the user learns what a shorter --max-steps would change.
+    trainer = toy_trainer(tmp_path / "run")
+    trainer.cfg.max_minutes = 1e-9
+    trainer.train()
+    out = capsys.readouterr().out
+    assert trainer.state.step == 1
+    lr = trainer.scheduler.get_last_lr()[0] / 0.05
+    assert (
+        f"time budget of 1e-09 minutes used: stopping at step 1 of 8, the learning rate still at {lr:.0%} of its "
+        "peak (it decays to 0 over the 8 steps planned" in out
+    )
+    assert 0.5 < lr <= 1
+
+
 def test_a_trainer_over_a_dataset_resumes_bit_exactly(tmp_path: Path) -> None:
     """Killed after step 5 (9 micro-batches: past an epoch's short last step) and resumed from step 4's checkpoint
     in a fresh state: the same weights, bit for bit, and the same log, as the run that was never interrupted."""

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # Only light modules here: `bertkit --help` parses before anything imports torch (about 2 s); each handler
 # imports what it needs.
@@ -30,6 +30,9 @@ from bertkit.options import (
     from_args,
 )
 from bertkit.tasks.settings import TASK_NAMES
+
+if TYPE_CHECKING:
+    from bertkit.tokenizer import Tokenizer
 
 Handler = Callable[[argparse.Namespace], None]
 
@@ -95,7 +98,22 @@ def _cmd_vocab(args: argparse.Namespace) -> None:
             release_output_dir(out, (), created=True)  # the folder this run made: leave no trace of a failed run
         raise
     tok.save_pretrained(args.out)
-    print(f"vocabulary of {tok.vocab_size} tokens written to {args.out}")
+    note = _vocab_size_note(tok, args.vocab_size, args.min_frequency)
+    print(f"vocabulary of {tok.vocab_size:,} tokens written to {args.out}{note}")
+
+
+def _vocab_size_note(tok: Tokenizer, asked: int, min_frequency: int) -> str:
+    """Why a trained vocabulary has another size than --vocab-size, where it has."""
+    if tok.vocab_size > asked:
+        alphabet = sum(1 for t in tok.vocab if len(t.removeprefix("##")) == 1)
+        return (f" (more than the {asked:,} asked for: the trainer keeps every character of the corpus and its ## "
+                f"form, {alphabet:,} tokens here, whatever the size; --vocab-size must exceed them for merged "
+                "pieces to be learnt)")  # fmt: skip
+    if tok.vocab_size < asked:
+        return (f" (fewer than the {asked:,} asked for: no other piece occurs at least --min-frequency "
+                f"{min_frequency} times in the corpus; a larger corpus or a lower --min-frequency gives "
+                "more)")  # fmt: skip
+    return ""
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
@@ -144,7 +162,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from bertkit.data.config import PrepareConfig
-    from bertkit.data.prepare import prepare
+    from bertkit.data.prepare import cut_sentences_note, prepare
     from bertkit.data.pretraining import nsp_notes
 
     cfg = from_args(PrepareConfig, args)
@@ -155,8 +173,9 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         f"{ev['instances']:,} held-out instances from {m['documents']['eval']:,}; "
         f"{(tr['tokens'] + ev['tokens']) / max(m['seconds'], 1e-9):,.0f} tokens/s -> {args.out}"
     )
-    for note in nsp_notes(m, args.out):
-        print(note)
+    for note in [cut_sentences_note(m), *nsp_notes(m, args.out)]:
+        if note:
+            print(note)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:

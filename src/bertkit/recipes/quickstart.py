@@ -207,7 +207,7 @@ def run_quickstart(
         "majority_baseline": baselines,
         "fill_mask": {"text": FILL_MASK_EXAMPLE, "top5": predictions},
         "paths": {
-            "corpus": str(corpora[0]),
+            "corpus": [str(p) for p in corpora],
             "tokenizer": str(tok_dir),
             "data": str(data_dir),
             "model": str(model_dir),

@@ -9,6 +9,7 @@
     POST /api/predict    {"inputs": [{"text": ...}, ...]}           -> {"predictions": [...]}   (task models)
     POST /api/fill-mask  {"texts": ["...[MASK]..."], "top_k": 5}    -> {"results": [...]}       (pre-trained models)
     POST /api/embed      {"texts": ["...", ...]}                    -> {"embeddings": [[...]], "dim": H}
+                                                                   (+ "truncated": [i, ...] for texts cut)
 
 One input may come alone: `{"text": ...}` (or the task's other fields) for predict, `{"text": ...}` for the others.
 Bad input answers 4xx with {"error": what was wrong and what to send}, too much work 413 naming the limit; nothing
@@ -145,7 +146,7 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
               openapi_extra=_body(schemas.TextsRequest), summary="Sentence embeddings")  # fmt: skip
     async def embed(request: Request) -> Response:
         return await _answer(service, request, lambda body: service.prepare_embed(_texts(_object(body))),
-                             lambda rows: {"embeddings": rows, "dim": len(rows[0])})  # fmt: skip
+                             lambda answer: answer)  # fmt: skip
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -54,6 +54,10 @@ class FillMaskResponse(BaseModel):
 class EmbedResponse(BaseModel):
     embeddings: list[list[float]]
     dim: int
+    truncated: list[int] | None = Field(
+        None, description="positions of the texts longer than the model's maximum length, of which only the first "
+        "tokens were embedded; absent when none was cut"
+    )  # fmt: skip
 
 
 class Status(BaseModel):

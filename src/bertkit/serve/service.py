@@ -115,7 +115,7 @@ class Service:
     def _canary(self) -> str | None:
         """One short forward pass: None when its output is finite, else why not (for /readyz)."""
         try:
-            self.batcher.call(lambda: self._embed_batch([(["ok"], [3])]))
+            self.batcher.call(lambda: self._embed_batch([(["ok"], [3], [])]))
         except Exception as e:
             return f"the model's test forward pass failed: {e}"
         return None
@@ -240,10 +240,14 @@ class Service:
         return "fill-mask", (texts, top_k), sum(len(e) for e in cut), len(texts)
 
     def prepare_embed(self, texts: Any) -> tuple[str, Any, int, int]:
-        """(kind, payload, tokens, rows) of an embed request (texts cut at the model's maximum length)."""
+        """(kind, payload, tokens, rows) of an embed request (texts cut at the model's maximum length, and the
+        answer says which were)."""
         _check_texts(texts)
-        lengths = [min(len(e), self._embed_max_length()) for e in self.tokenizer.encode_batch(texts)]
-        return "embed", (texts, lengths), sum(lengths), len(texts)
+        limit = self._embed_max_length()
+        whole = [len(ids) + 2 for ids in self.tokenizer.ids_batch(texts)]  # + [CLS] and [SEP]
+        lengths = [min(n, limit) for n in whole]
+        cut = [i for i, n in enumerate(whole) if n > limit]
+        return "embed", (texts, lengths, cut), sum(lengths), len(texts)
 
     def submit(self, prepared: tuple[str, Any, int, int]) -> Job:
         """Queue a prepared request; `job.future` holds its answer, `job.cancel()` drops it if not yet run."""
@@ -262,7 +266,7 @@ class Service:
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Sentence embeddings with the directory's pooling (mean, L2-normalised, unless it says otherwise)."""
-        return self.submit(self.prepare_embed(texts)).future.result()
+        return self.submit(self.prepare_embed(texts)).future.result()["embeddings"]
 
     # The model calls (the batcher's worker thread): one call over many requests' payloads.
 
@@ -295,7 +299,9 @@ class Service:
     def _embed_max_length(self) -> int:
         return self.embedding["max_length"] or self.max_positions
 
-    def _embed_batch(self, payloads: Sequence[tuple[list[str], list[int]]]) -> list[list[list[float]]]:
+    def _embed_batch(self, payloads: Sequence[tuple[list[str], list[int], list[int]]]) -> list[dict]:
+        """The answer of each embed request: its `embeddings`, their `dim`, and `truncated`, the positions of the
+        texts cut at the model's maximum length, where there are any."""
         settings, max_length = self.embedding, self._embed_max_length()
 
         def run(texts: list[str]) -> list[list[float]]:
@@ -304,9 +310,12 @@ class Service:
                             device=self.device)  # fmt: skip
             return vectors.tolist()
 
-        texts, lengths = [t for p, _ in payloads for t in p], [n for _, p in payloads for n in p]
+        texts, lengths = [t for p in payloads for t in p[0]], [n for p in payloads for n in p[1]]
         rows = run_bucketed(texts, lengths, run, self._slack["embed"])
-        return _split(rows, [len(p) for p, _ in payloads])
+        answers = []
+        for vectors, (_, _, cut) in zip(_split(rows, [len(p[0]) for p in payloads]), payloads, strict=True):
+            answers.append({"embeddings": vectors, "dim": len(vectors[0]), **({"truncated": cut} if cut else {})})
+        return answers
 
     def _fill_mask_one(self, texts: list[str], top_k: int) -> list[dict] | BertkitError:
         out = []

@@ -446,7 +446,7 @@ class Trainer:
                 if cfg.max_minutes and self._agreed(time.perf_counter() - t_start > 60 * cfg.max_minutes):
                     stopping = True
                     if self.is_main:
-                        print(f"time budget of {cfg.max_minutes} minutes used: stopping at step {self.state.step}")
+                        print(self._time_budget_note())
                     break
                 if micro_batches < cfg.grad_accum:
                     break  # the epoch ran out part-way through this step's micro-batches
@@ -455,6 +455,19 @@ class Trainer:
                 self.state.epoch_samples = 0
                 if self.samples_per_epoch == 0:
                     raise BertkitError("the training data is empty")
+
+    def _time_budget_note(self) -> str:
+        """What stopping on `max_minutes` leaves undone: the steps, and the learning rate that the schedule, planned
+        over `max_steps` so that results do not depend on the machine's speed, had not yet decayed."""
+        cfg, step = self.cfg, self.state.step
+        peak = max(float(g.get("initial_lr", g["lr"])) for g in self.optimizer.param_groups)
+        now = max(float(g["lr"]) for g in self.optimizer.param_groups)
+        share = now / peak if peak > 0 else 0.0
+        return (
+            f"time budget of {cfg.max_minutes:g} minutes used: stopping at step {step} of {cfg.max_steps}, the "
+            f"learning rate still at {share:.0%} of its peak (it decays to 0 over the {cfg.max_steps} steps planned; "
+            "a --max-steps that fits the time gives a schedule that ends)"
+        )
 
     def _accumulate(self, batches: Iterator[Batch], window: _LogWindow) -> tuple[int, float | None]:
         """Forward and backward over the next `grad_accum` micro-batches, their gradients summed (each loss divided
