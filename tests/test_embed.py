@@ -38,7 +38,8 @@ def test_one_row_per_input_line_from_a_file_or_standard_input(tmp_path: Path, mi
     # same text gave 3 rows from a file and 6 from standard input, so rows no longer matched the input's lines.
     from helpers import run_bertkit
 
-    text = "a\fb\nc\u2028d\r\ne\x85f\n"
+    # A CR alone ends a line (an old Mac file), as task files read it: such a file was one text, one row.
+    text = "a\fb\nc\u2028d\r\ne\x85f\ng\rh\n"
     inp = tmp_path / "in.txt"
     inp.write_text(text, encoding="utf-8", newline="")
     rows = {}
@@ -47,5 +48,5 @@ def test_one_row_per_input_line_from_a_file_or_standard_input(tmp_path: Path, mi
                         stdin=stdin)  # fmt: skip
         assert r.status == 0, r.err
         rows[name] = np.load(tmp_path / f"{name}.npy")
-    assert rows["file"].shape == rows["stdin"].shape == (3, 384)
+    assert rows["file"].shape == rows["stdin"].shape == (5, 384)
     assert np.allclose(rows["file"], rows["stdin"], atol=1e-6)  # the same texts, the same process settings

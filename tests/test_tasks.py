@@ -132,6 +132,10 @@ def test_plain_prediction_lines_with_the_wrong_number_of_tabs_are_refused(
         task.read_for_prediction(lines)
     lines.write_text("一句话\t另一句\n" if name == "pair" else "一句话\n", encoding="utf-8")
     assert len(task.read_for_prediction(lines)) == 1
+    # Old Mac line ends (a CR alone): lines, as task files read them, not one long text.
+    row = "一句话\t另一句" if name == "pair" else "一句话"
+    lines.write_bytes(f"{row}\r{row}\r{row}\r".encode())
+    assert [e.line for e in task.read_for_prediction(lines)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("other", ["1.0", "01", "１"])

@@ -119,7 +119,7 @@ def _vocab_size_note(tok: Tokenizer, asked: int, min_frequency: int) -> str:
 def _cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from bertkit.files import atomic_write, read_lines, read_stdin_lines
+    from bertkit.files import atomic_write, read_input_lines, read_stdin_lines
     from bertkit.infer import embed, embedding_settings
     from bertkit.machine import pick_device
     from bertkit.model import BertModel
@@ -130,7 +130,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     model = BertModel.from_pretrained(args.model).to(device)
     tok = Tokenizer.from_pretrained(args.model)
-    texts = read_stdin_lines() if args.input == "-" else list(read_lines(args.input))
+    texts = read_stdin_lines() if args.input == "-" else read_input_lines(args.input)
     if not texts:
         raise BertkitError(f"{args.input}: no lines to embed")
     vectors = embed(

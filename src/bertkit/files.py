@@ -53,10 +53,17 @@ def read_lines(path: str | Path) -> Iterator[str]:
         yield from _decoded_lines(f, str(path))
 
 
+def read_input_lines(path: str | Path) -> list[str]:
+    """The lines of a file of inputs, one input a line (`embed`, plain-line `predict`, task files): split at LF,
+    CR LF and also at a CR alone (old Mac files), as Python's universal newlines split them, so that such a file is
+    not read as one long input. A form feed or U+2028 inside a line is no line end. Corpus files keep `read_lines`:
+    a stray CR there is white space inside a sentence."""
+    return [part for line in read_lines(path) for part in line.split("\r")]
+
+
 def read_stdin_lines() -> list[str]:
-    """The lines of standard input, split and decoded as `read_lines` reads a file's (at line feeds only: a form
-    feed or U+2028 inside a line is no line end, so each input line stays one row)."""
-    return list(_decoded_lines(sys.stdin.buffer, "standard input"))
+    """The lines of standard input, split and decoded as `read_input_lines` reads a file's."""
+    return [part for line in _decoded_lines(sys.stdin.buffer, "standard input") for part in line.split("\r")]
 
 
 def _decoded_lines(stream: Iterable[bytes], name: str) -> Iterator[str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertkit.errors import BertkitError
-from bertkit.files import read_lines
+from bertkit.files import read_input_lines, read_lines
 
 
 @dataclass
@@ -50,13 +50,8 @@ class QAExample:
 
 
 def numbered_lines(path: str | Path) -> list[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file. A CR alone also ends a line (old Mac files), as it does in
-    Python's universal newlines, so such a file is not read as one long line."""
-    out: list[tuple[int, str]] = []
-    for line in read_lines(path):
-        for part in line.split("\r"):
-            out.append((len(out) + 1, part))
-    return out
+    """(line number, line) of a UTF-8 text file, split as `read_input_lines` splits it (a CR alone ends a line)."""
+    return list(enumerate(read_input_lines(path), start=1))
 
 
 # ---------------------------------------------------------------------------------------------- classification

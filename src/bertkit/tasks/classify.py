@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from bertkit.data.task_files import TextExample, read_classification
+from bertkit.data.task_files import TextExample, numbered_lines, read_classification
 from bertkit.errors import BertkitError
-from bertkit.files import read_lines
 from bertkit.metrics import accuracy, macro_f1, regression_scores
 from bertkit.model import BertForSequenceClassification
 from bertkit.tasks.base import Feature, Task, run_model, text_field, window_starts
@@ -67,7 +66,7 @@ class ClassificationTask(Task):
         if Path(path).suffix.lower() in (".tsv", ".csv", ".jsonl", ".json"):
             return self.read(path, labelled=False)
         rows = []
-        for n, line in enumerate(read_lines(path), start=1):
+        for n, line in numbered_lines(path):
             if not line.strip():
                 continue
             tabs = line.count("\t")
