@@ -47,3 +47,42 @@ def test_a_cached_hub_model_embeds_as_its_local_directory(hub_cache: Path, minil
     assert missing.status == 2 and "'org/not-cached' is not in the cache" in missing.err, missing.err
     assert len(missing.err.strip().splitlines()[-1]) > 0 and "Traceback" not in missing.err
     assert not (tmp_path / "c.npy").exists()
+
+
+@pytest.mark.parametrize(
+    ("remote", "fetched"),
+    [
+        # Shards need their index: it was not asked for, so a sharded model came without it and could not be read.
+        (
+            ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+             "model.safetensors.index.json", "vocab.txt", "flax_model.msgpack"],
+            ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+             "model.safetensors.index.json", "vocab.txt"],
+        ),
+        # A model with .bin weights alone came without weights; with both, the .bin copy is not fetched.
+        (["config.json", "pytorch_model.bin", "vocab.txt"], ["config.json", "pytorch_model.bin", "vocab.txt"]),
+        (
+            ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "vocab.txt"],
+            ["config.json", "model.safetensors", "vocab.txt"],
+        ),
+    ],
+)  # fmt: skip
+def test_a_download_fetches_the_weights_in_the_layout_the_model_has(
+    remote: list[str], fetched: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from bertkit.hub import model_path
+
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+
+    def fake_snapshot_download(repo_id: str, allow_patterns: list[str]) -> str:  # the Hub's filter, no network
+        for name in filter_repo_objects(remote, allow_patterns=allow_patterns):
+            (snapshot / name).write_text(name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert model_path("org/model") == snapshot
+    assert sorted(p.name for p in snapshot.iterdir()) == sorted(fetched)

@@ -240,7 +240,7 @@ def test_missing_model_directory_says_it_does_not_exist(tmp_path: Path) -> None:
         Tokenizer.from_pretrained(tmp_path / "modle")
     with pytest.raises(BertkitError, match=r"nowhere/model does not exist; check the path"):
         Tokenizer.from_pretrained(tmp_path / "nowhere" / "model")
-    with pytest.raises(BertkitError, match=r"no vocab.txt in .*model: is this a tokenizer or model directory"):
+    with pytest.raises(BertkitError, match=r"no vocab.txt in .*model \(nor a tokenizer.json .*\): is this a"):
         Tokenizer.from_pretrained(tmp_path / "model")
 
 

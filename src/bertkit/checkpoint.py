@@ -84,11 +84,13 @@ def _normalise_key(key: str) -> str:
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """SHA-256 over a model directory's weight files and vocab.txt: what an export records, so that a file exported
-    from other weights (another model, or this directory fine-tuned again since) is never run as this one."""
+    """SHA-256 over a model directory's weight files and vocabulary (vocab.txt, else tokenizer.json): what an export
+    records, so that a file exported from other weights (another model, or this directory fine-tuned again since)
+    is never run as this one."""
     path = Path(model_dir)
     digest = hashlib.sha256()
-    for f in [*_weight_files(path), *([path / "vocab.txt"] if (path / "vocab.txt").is_file() else [])]:
+    vocabulary = [f for f in (path / "vocab.txt", path / "tokenizer.json") if f.is_file()][:1]
+    for f in [*_weight_files(path), *vocabulary]:
         with f.open("rb") as stream:
             while block := stream.read(1 << 22):
                 digest.update(block)
@@ -205,6 +207,7 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str =
         tensors["cls.predictions.bias"] = tensors["cls.predictions.decoder.bias"]
     fresh: list[str] = []
     state = model.state_dict()
+    _check_decoder_tied(state, tensors, source)
     new_state: dict[str, torch.Tensor] = {}
     expected = {n for name in state for n in hf_names(name)}
     for name, current in state.items():
@@ -250,6 +253,23 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str =
     else:
         model.load_state_dict(new_state, strict=False)
     return fresh
+
+
+def _check_decoder_tied(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a masked-LM decoder with weights of its own (transformers' `tie_word_embeddings: false`): bertkit's
+    decoder is the word embedding matrix, and predicting from it would silently ignore the trained decoder."""
+    decoder, embeddings = (
+        tensors.get("cls.predictions.decoder.weight"),
+        tensors.get("bert.embeddings.word_embeddings.weight"),
+    )
+    if not any(_TIED.search(n) for n in state) or decoder is None or embeddings is None:
+        return
+    if decoder.shape != embeddings.shape or not torch.equal(decoder, embeddings):
+        raise BertkitError(
+            f"{source}: the masked-LM decoder (cls.predictions.decoder.weight) has weights of its own, not the word "
+            "embeddings' (tie_word_embeddings false); bertkit's masked-LM head shares them, so it cannot answer "
+            "for this model's head (its encoder still embeds and fine-tunes)"
+        )
 
 
 def _damaged_name(wanted: str, names: set[str], expected: set[str]) -> str | None:

@@ -144,7 +144,9 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         device=device,
         progress=True,
     )
-    limit = args.max_seq_length or settings["max_length"] or tok.model_max_length
+    limit = (
+        args.max_seq_length or settings["max_length"] or min(tok.model_max_length, model.config.max_position_embeddings)
+    )
     cut = sum(len(ids) + 2 > limit for ids in tok.ids_batch(texts))  # + [CLS] and [SEP]
     if cut:
         print(f"note: {cut:,} of {len(texts):,} texts in {args.input} are longer than {limit} tokens: only their "

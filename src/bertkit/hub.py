@@ -16,10 +16,13 @@ from bertkit.files import no_such_path
 
 # A Hub model id: a name, or an owner and a name (letters, digits, '-', '_', '.'), never a path of more parts.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-# The files of a BERT model directory that bertkit reads (weights as safetensors only).
+# The files of a BERT model directory that bertkit reads; weights as safetensors (one file or shards and their
+# index), and only where a model has none, as PyTorch's .bin files (`BIN_WEIGHTS`): many models carry both, and the
+# second copy would double the download.
 MODEL_FILES = [
     "config.json",
     "*.safetensors",
+    "*.safetensors.index.json",
     "vocab.txt",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -29,6 +32,7 @@ MODEL_FILES = [
     "1_Pooling/config.json",
     "bertkit_*.json",
 ]
+BIN_WEIGHTS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 
 def is_hub_id(name: str) -> bool:
@@ -51,7 +55,10 @@ def model_path(name: str | Path) -> Path:
             "pip install huggingface_hub"
         ) from None
     try:
-        return Path(snapshot_download(str(name), allow_patterns=MODEL_FILES))
+        snapshot = Path(snapshot_download(str(name), allow_patterns=MODEL_FILES))
+        if not any(snapshot.glob("*.safetensors")):  # an older model: its weights only as .bin files
+            snapshot = Path(snapshot_download(str(name), allow_patterns=BIN_WEIGHTS))
+        return snapshot
     except LocalEntryNotFoundError:
         raise BertkitError(
             f"{no_such_path(path)}, and the Hugging Face Hub model {name!r} is not in the cache (offline, or the Hub "

@@ -82,10 +82,12 @@ def embed(
 ) -> np.ndarray:
     """Sentence embeddings (N, H) as float32: mean (or [CLS]) pooling, L2-normalised by default.
 
-    Texts are batched by length so that little work goes to padding; the output keeps the input order.
+    Texts are batched by length so that little work goes to padding; the output keeps the input order. A text is
+    cut at `max_length` tokens, by default the fewer of the tokenizer's and the model's positions.
     """
     device = device or next(model.parameters()).device
     model.eval()
+    max_length = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
     encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
     out = np.zeros((len(encodings), model.config.hidden_size), dtype=np.float32)

@@ -317,11 +317,13 @@ class TokenSpans:
 _OWN_KEY = "bertkit"  # bertkit's own section of tokenizer_config.json; other readers ignore it
 
 
-def _read_tokenizer_config(path: Path) -> dict:
-    """Tokenizer settings from a tokenizer_config.json (defaults where it is missing), checked field by field.
+def _read_tokenizer_config(path: Path, fallback: dict | None = None) -> dict:
+    """Tokenizer settings from a tokenizer_config.json, checked field by field; where it is missing or leaves a
+    setting out, the setting comes from `fallback` (tokenizer.json's normalizer), else the default.
 
     Returns the keyword arguments of `Tokenizer` plus `vocab_size`: the size bertkit recorded, or None."""
     cfg = read_json_object(path, "fix it, or save the tokenizer again") if path.is_file() else {}
+    cfg = {**(fallback or {}), **cfg}
 
     def field(name: str, default, ok, expected: str):
         value = cfg.get(name, default)
@@ -359,15 +361,29 @@ def _read_tokenizer_config(path: Path) -> dict:
 _MAX_PADDING = 128
 
 
-def _fast_tokenizer_size(path: Path) -> int | None:
-    """The WordPiece vocabulary size in a `tokenizer.json` (None: no such file, or not a WordPiece one)."""
+def _read_fast_tokenizer(path: Path) -> dict:
+    """What a `tokenizer.json` says of a BERT tokenizer: "vocab", its WordPiece tokens in id order, and "settings",
+    its BertNormalizer's options under tokenizer_config.json's names; either is left out where the file (absent, not
+    JSON, another model or normalizer) does not say it."""
     if not path.is_file():
-        return None
+        return {}
     try:
-        vocab = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("vocab")
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        model, normalizer = doc.get("model") or {}, doc.get("normalizer") or {}
+        table = model.get("vocab") if model.get("type", "WordPiece") == "WordPiece" else None
     except (ValueError, UnicodeDecodeError, AttributeError):
-        return None  # not ours to judge: bertkit reads vocab.txt
-    return len(vocab) if isinstance(vocab, dict) else None
+        return {}  # not ours to judge: bertkit reads vocab.txt
+    out: dict = {}
+    if isinstance(table, dict):
+        ids = sorted(table.values()) if all(isinstance(i, int) for i in table.values()) else None
+        if ids != list(range(len(table))):
+            raise BertkitError(f"{path}: the WordPiece ids are not 0 to {len(table) - 1}, each once")
+        out["vocab"] = sorted(table, key=table.__getitem__)
+    if isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer":
+        names = {"lowercase": "do_lower_case", "strip_accents": "strip_accents",
+                 "handle_chinese_chars": "tokenize_chinese_chars"}  # fmt: skip
+        out["settings"] = {ours: normalizer[theirs] for theirs, ours in names.items() if theirs in normalizer}
+    return out
 
 
 def _model_vocab_size(path: Path) -> int | None:
@@ -767,6 +783,8 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
         """Read `vocab.txt` and `tokenizer_config.json` (bertkit's or Hugging Face's) from a directory or vocab file.
+        A directory without vocab.txt (transformers 5 saves tokenizer.json alone) is read from its tokenizer.json's
+        WordPiece vocabulary; settings that tokenizer_config.json leaves out come from tokenizer.json's normalizer.
 
         The vocabulary must fit the model beside it: more tokens than `config.json`'s `vocab_size` is an error (their
         ids have no embedding). Fewer is Hugging Face's padded embedding table and allowed, except where bertkit wrote
@@ -776,17 +794,25 @@ class Tokenizer:
         if not path.exists():
             raise BertkitError(no_such_path(path))
         vocab_file = path / "vocab.txt" if path.is_dir() else path
-        if not vocab_file.is_file():
-            raise BertkitError(f"no vocab.txt in {path}: is this a tokenizer or model directory?")
-        try:
-            vocab = vocab_file.read_text(encoding="utf-8").split("\n")
-        except UnicodeDecodeError as e:
-            raise BertkitError(f"{vocab_file}: not valid UTF-8 at byte {e.start}") from None
-        if vocab and vocab[-1] == "":
-            vocab.pop()
-        vocab = [t.rstrip("\r") for t in vocab]
+        fast_file = vocab_file.parent / "tokenizer.json"
+        fast = _read_fast_tokenizer(fast_file)
+        if vocab_file.is_file():
+            try:
+                vocab = vocab_file.read_text(encoding="utf-8").split("\n")
+            except UnicodeDecodeError as e:
+                raise BertkitError(f"{vocab_file}: not valid UTF-8 at byte {e.start}") from None
+            if vocab and vocab[-1] == "":
+                vocab.pop()
+            vocab = [t.rstrip("\r") for t in vocab]
+        elif path.is_dir() and fast.get("vocab") is not None:
+            vocab, vocab_file = fast["vocab"], fast_file
+        else:
+            raise BertkitError(
+                f"no vocab.txt in {path} (nor a tokenizer.json with a WordPiece vocabulary): is this a tokenizer or "
+                "model directory?"
+            )
         cfg_file = vocab_file.parent / "tokenizer_config.json"
-        settings = _read_tokenizer_config(cfg_file)
+        settings = _read_tokenizer_config(cfg_file, fast.get("settings", {}))
         recorded = settings.pop("vocab_size")
         if recorded is not None and recorded != len(vocab):
             raise BertkitError(
@@ -801,7 +827,7 @@ class Tokenizer:
                 f"{vocab_file} has {len(vocab)} tokens but {model_config} has vocab_size {model_size}: ids "
                 f"{model_size} to {len(vocab) - 1} have no embedding; use the vocab.txt saved with this model"
             )
-        fast_size = _fast_tokenizer_size(vocab_file.parent / "tokenizer.json")
+        fast_size = len(fast["vocab"]) if fast.get("vocab") is not None else None
         if fast_size is not None and fast_size != len(vocab):
             raise BertkitError(
                 f"{vocab_file} has {len(vocab)} tokens but tokenizer.json beside it has {fast_size}: one of them was "

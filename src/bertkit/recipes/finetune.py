@@ -31,8 +31,8 @@ from bertkit.model import encoder_layers
 from bertkit.options import by_flag
 from bertkit.recipes.config import FinetuneConfig, finetune_learning_rate
 from bertkit.tasks.base import pad_batch
-from bertkit.tasks.model_dir import TASK_FILE, TASK_HEADS, write_task_record
-from bertkit.tasks.registry import task_class
+from bertkit.tasks.model_dir import TASK_FILE, TASK_HEADS, fine_tuned_task, write_task_record
+from bertkit.tasks.registry import TASKS, task_class
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 from bertkit.train.loop import Trainer
@@ -108,7 +108,7 @@ def _claim_output(cfg: FinetuneConfig, out: Path) -> bool:
     )  # fmt: skip
 
 
-def _note_fresh_parameters(model: torch.nn.Module, num_labels: int | None) -> None:
+def _note_fresh_parameters(model: torch.nn.Module, num_labels: int | None, why: str = "") -> None:
     """Name what the model directory did not hold, in one plain line each: a new task head is what fine-tuning
     expects (not a warning); anything else initialised at random is worth a note."""
     fresh = getattr(model, "fresh_parameters", [])
@@ -116,9 +116,45 @@ def _note_fresh_parameters(model: torch.nn.Module, num_labels: int | None) -> No
     others = [n for n in fresh if n.split(".")[0] not in task_head]
     if task_head:
         size = f" for {num_labels} label{'s' if num_labels != 1 else ''}" if num_labels else ""
-        print(f"{', '.join(task_head)}: a new task head{size}, trained from scratch (the usual start of fine-tuning)")
+        why = why or "the usual start of fine-tuning"
+        print(f"{', '.join(task_head)}: a new task head{size}, trained from scratch ({why})")
     if others:
         print(f"note: not in the model directory, so initialised at random: {', '.join(others)}")
+
+
+def _trained_head_labels(model_dir: str | Path, task_name: str) -> list[str] | None:
+    """The labels, in row order, of the trained head of this task's kind that `model_dir` holds (transformers'
+    LABEL_i where its config names none); None where it holds no such head."""
+    name = fine_tuned_task(model_dir)
+    if name is None or TASKS[name].head != TASKS[task_name].head:
+        return None
+    config = BertConfig.load(model_dir)
+    id2label = config.extra.get("id2label") or {}
+    if id2label:
+        return [str(id2label.get(str(i), id2label.get(i))) for i in range(len(id2label))]
+    n = config.extra.get("num_labels") or 2
+    return [f"LABEL_{i}" for i in range(n)]
+
+
+def _head_labels(labels: list[str] | None, model_dir: str | Path, task_name: str) -> tuple[list[str] | None, str]:
+    """The data's labels in the row order of the model's trained head, where that head knows the same labels (its
+    rows then keep their meaning), and why a head must start afresh: a head trained for other labels of the same
+    number would load row for row, each row answering for another label."""
+    trained = _trained_head_labels(model_dir, task_name) if labels else None
+    if trained is None or not labels:
+        return labels, ""
+    if sorted(trained) == sorted(labels):
+        return trained, ""
+    if len(trained) != len(labels):
+        return labels, ""  # another shape: the loader starts the head afresh by itself
+    return labels, f"the model's head was trained for the labels {', '.join(trained)}, not these"
+
+
+def _start_head_afresh(model: torch.nn.Module, fresh: torch.nn.Module) -> None:
+    """Give `model` the task head of the freshly initialised `fresh` (same class and config) and list it as fresh."""
+    head = {k: v for k, v in fresh.state_dict().items() if k.startswith(TASK_HEADS)}
+    model.load_state_dict(head, strict=False)
+    model.fresh_parameters = sorted({*getattr(model, "fresh_parameters", []), *head})
 
 
 def _move_into(src: Path, out: Path) -> None:
@@ -137,7 +173,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     train_ex = task.read(cfg.train_file)
     if cfg.max_train_examples:
         train_ex = train_ex[: cfg.max_train_examples]
-    labels = task.labels(train_ex)
+    labels, new_head = _head_labels(task.labels(train_ex), cfg.model, task.name)
     label2id = {label: i for i, label in enumerate(labels)} if labels else None
     id2label = {i: label for i, label in enumerate(labels)} if labels else {}
     dev_ex = task.read(cfg.dev_file) if cfg.dev_file else None
@@ -169,7 +205,10 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
         model = model_factory(config, num_labels)
     else:
         model = task.model_class.from_pretrained(cfg.model, config=config, num_labels=num_labels)
-        _note_fresh_parameters(model, num_labels)
+        if new_head:
+            _start_head_afresh(model, task.model_class(config, num_labels=num_labels))
+        if not cfg.resume:  # a resumed run's weights come from its checkpoint, which says so
+            _note_fresh_parameters(model, num_labels, new_head)
     model.train()
 
     train_features = task.features(train_ex, tok, label2id, train=True)

@@ -37,9 +37,10 @@ from bertkit.train.state import STALE_PATTERNS, claim_run_dir, end_replacement, 
 def check_vocabulary(model_dir: str | Path, data_tokenizer: Tokenizer, data: str | Path) -> None:
     """Refuse a model directory whose vocabulary is not the data's: the data's ids would name other tokens in the
     model. Equal sizes are not enough (two vocabularies learnt from one corpus, cased and uncased, differ in
-    hundreds of places). A directory without vocab.txt can only be compared by size, which the caller does."""
+    hundreds of places). A directory without a vocabulary (vocab.txt or tokenizer.json) can only be compared by size,
+    which the caller does."""
     path = Path(model_dir)
-    if not (path / "vocab.txt").is_file():
+    if not (path / "vocab.txt").is_file() and not (path / "tokenizer.json").is_file():
         return
     model_vocab, data_vocab = Tokenizer.from_pretrained(path).vocab, data_tokenizer.vocab
     if model_vocab == data_vocab:

@@ -114,6 +114,9 @@ def open_task_model(
             f"{path}: the weights hold no trained task head ({heads[0]} is missing or of another shape): it is "
             "not a complete fine-tuned model; copy the whole directory again, or fine-tune again"
         )
+    if not id2label and hasattr(model, "num_labels") and task_obj.name != "qa":
+        # transformers leaves id2label out of config.json where the labels are its defaults, and names them so
+        id2label = {i: f"LABEL_{i}" for i in range(model.num_labels)}
     if device is not None:
         model.to(device)
     return TaskModel(task_obj, model, Tokenizer.from_pretrained(path), id2label)
