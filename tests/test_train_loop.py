@@ -184,6 +184,37 @@ def test_a_time_budget_says_the_schedule_it_left_undone(tmp_path: Path, capsys) 
     assert 0.5 < lr <= 1
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_waits_for_it(tmp_path: Path) -> None:
+    # A KeyboardInterrupt raised inside torch.save's zip writer became "RuntimeError: unexpected pos", with a
+    # traceback and exit 1, and the checkpoint being written was lost.
+    import argparse
+    import os
+    import signal
+
+    from bertkit.cli import _what_an_interrupt_kept
+    from bertkit.files import interrupts_deferred
+    from bertkit.train.state import latest_checkpoint
+
+    done = []
+    with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("after the signal")
+    assert done == ["after the signal"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    trainer = toy_trainer(tmp_path / "run")
+    trainer.save_extra = lambda folder: os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C half-way through the save
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert latest_checkpoint(tmp_path / "run").name == "checkpoint-0000002" and trainer.state.step == 2
+    args = argparse.Namespace(command="pretrain", out_dir=str(tmp_path / "run"))
+    assert _what_an_interrupt_kept(args) == (
+        f"; the newest checkpoint is {tmp_path / 'run/checkpoint-0000002'}: the same command with --resume "
+        "(not --overwrite) resumes it"
+    )
+    args = argparse.Namespace(command="finetune", out=str(tmp_path / "nothing"))
+    assert _what_an_interrupt_kept(args) == " before its first checkpoint: run the same command again to start over"
+
+
 def test_a_trainer_over_a_dataset_resumes_bit_exactly(tmp_path: Path) -> None:
     """Killed after step 5 (9 micro-batches: past an epoch's short last step) and resumed from step 4's checkpoint
     in a fresh state: the same weights, bit for bit, and the same log, as the run that was never interrupted."""

@@ -678,6 +678,24 @@ def _resolve_model_name(args: argparse.Namespace) -> None:
         args.model = str(model_path(model))
 
 
+def _what_an_interrupt_kept(args: argparse.Namespace) -> str:
+    """For a training command: the checkpoint an interrupted run left and how to continue from it."""
+    if args.command == "pretrain" and getattr(args, "out_dir", None):
+        run_dir = Path(args.out_dir)
+    elif args.command == "finetune" and getattr(args, "out", None):
+        from bertkit.recipes.finetune import CHECKPOINTS_DIR
+
+        run_dir = Path(args.out) / CHECKPOINTS_DIR
+    else:
+        return ""
+    from bertkit.train.state import latest_checkpoint
+
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return " before its first checkpoint: run the same command again to start over"
+    return f"; the newest checkpoint is {checkpoint}: the same command with --resume (not --overwrite) resumes it"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bertkit` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -688,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"bertkit {args.command}: interrupted", file=sys.stderr)
+        print(f"bertkit {args.command}: interrupted{_what_an_interrupt_kept(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         try:

@@ -19,8 +19,10 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatch
@@ -426,3 +428,28 @@ def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callab
         raise refuse(None)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(wanted, indent=2) + "\n"))
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block has finished, then raise KeyboardInterrupt: for writes that a
+    KeyboardInterrupt raised inside a library's writer would turn into another error (torch.save's zip writer
+    reports "unexpected pos"), with a traceback instead of the command's one line. A second Ctrl-C does not wait.
+    Outside the main thread signals cannot be handled, and the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt

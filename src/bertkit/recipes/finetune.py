@@ -67,6 +67,7 @@ def _note_untrained_positions(model_dir: Path, max_seq_length: int) -> None:
               "start untrained and are learned here")  # fmt: skip
 
 
+CHECKPOINTS_DIR = "training"  # inside --out: the checkpoints that --resume continues from
 # The files fine-tuning writes directly in --out (the best model, its tokenizer, task file and metrics), the
 # training/ folder, and what a write killed half-way leaves: the only entries --overwrite (or a fresh start after
 # --resume found nothing to resume) removes.
@@ -79,7 +80,7 @@ OUTPUT_FILES = (
 )
 _BEST_TMP = ".tmp-best-model"
 STALE_OUTPUT = (_BEST_TMP, *atomic_temps(OUTPUT_FILES))
-OUTPUT_OWNS = (*OUTPUT_FILES, "training", *STALE_OUTPUT)
+OUTPUT_OWNS = (*OUTPUT_FILES, CHECKPOINTS_DIR, *STALE_OUTPUT)
 
 
 def _inputs(cfg: FinetuneConfig) -> list[str]:
@@ -90,7 +91,7 @@ def _inputs(cfg: FinetuneConfig) -> list[str]:
 def _claim_output(cfg: FinetuneConfig, out: Path) -> bool:
     """Check --out before anything is written (see `bertkit.train.state.claim_run_dir`); True when there is a
     checkpoint to resume from."""
-    checkpoints = out / "training"
+    checkpoints = out / CHECKPOINTS_DIR
 
     def finished() -> str | None:
         model = (out / "model.safetensors").is_file() and not checkpoints.is_dir()
@@ -223,7 +224,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     eval_every = cfg.train.eval_every or steps_per_epoch
     train_cfg = replace(
         cfg.train,
-        out_dir=str(out / "training"),
+        out_dir=str(out / CHECKPOINTS_DIR),
         max_steps=max_steps,
         eval_every=eval_every if dev_ex is not None else 0,
         save_every=eval_every if cfg.save_model else 0,
@@ -284,7 +285,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     )  # fmt: skip
     if resuming:
         trainer.resume()
-    trainer.after_checkpoint = lambda: end_replacement(out, OUTPUT_OWNS, out / "training", succeeded=True)
+    trainer.after_checkpoint = lambda: end_replacement(out, OUTPUT_OWNS, out / CHECKPOINTS_DIR, succeeded=True)
     try:
         trainer.train()
         if dev_ex is None:
@@ -292,8 +293,8 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     except BaseException as e:
         # Failed or interrupted before a first checkpoint: the earlier model --overwrite set aside comes back, or
         # (diverged, disk full) --out is left as this run found it.
-        if trainer.is_main and not end_replacement(out, OUTPUT_OWNS, out / "training", succeeded=False):
-            kept = latest_checkpoint(out / "training") is not None or (out / "model.safetensors").is_file()
+        if trainer.is_main and not end_replacement(out, OUTPUT_OWNS, out / CHECKPOINTS_DIR, succeeded=False):
+            kept = latest_checkpoint(out / CHECKPOINTS_DIR) is not None or (out / "model.safetensors").is_file()
             if isinstance(e, BertkitError) and not resuming and not kept:
                 release_output_dir(out, OUTPUT_OWNS, created=not out_existed)
         raise
@@ -315,7 +316,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     if trainer.is_main:
         text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(text, encoding="utf-8"))
-        end_replacement(out, OUTPUT_OWNS, out / "training", succeeded=True)
+        end_replacement(out, OUTPUT_OWNS, out / CHECKPOINTS_DIR, succeeded=True)
     trainer.close()
     return result
 

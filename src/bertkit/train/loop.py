@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from bertkit.checkpoint import first_non_finite, save_model
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write, disk_full_as_error, is_disk_full
+from bertkit.files import atomic_write, disk_full_as_error, interrupts_deferred, is_disk_full
 from bertkit.machine import cpu_has_native_bf16, keep_freed_memory, pick_device
 from bertkit.train.batches import Batch, LoaderFn, epoch_loader
 from bertkit.train.config import TrainConfig
@@ -210,7 +210,12 @@ class Trainer:
         `latest` at it and keep the newest `keep_checkpoints`. Every rank calls it (FSDP gathers); rank 0 writes.
 
         Non-finite weights are never saved (a `BertkitError` instead); a full disk is one line naming the run
-        directory, and leaves the earlier checkpoints and `latest` as they were."""
+        directory, and leaves the earlier checkpoints and `latest` as they were. A Ctrl-C while it writes waits
+        for the checkpoint to be complete, so that the run stops with it."""
+        with interrupts_deferred():
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
         optimizer_state = None
         if self.fsdp or self.is_main:  # under FSDP a collective: every rank takes part
             optimizer_state = gather_optimizer_state(self.model if self.fsdp else self.raw_model, self.optimizer)
