@@ -275,3 +275,12 @@ def test_bf16_pretraining_on_cpu_follows_fp32() -> None:
     for full, half in zip(losses["fp32"], losses["bf16"], strict=True):
         assert abs(half - full) <= 0.02 * full
     assert losses["bf16"][-1] < 0.5 * losses["bf16"][0]
+
+
+def test_a_resume_past_the_steps_asked_for_is_refused(tmp_path: Path) -> None:
+    # Resumed from step 8 with --max-steps 3: "now trains to step 3", then "pre-trained to step 8 of 3", exit 0.
+    toy_trainer(tmp_path / "run").train()
+    trainer = toy_trainer(tmp_path / "run")
+    trainer.cfg.max_steps = 3
+    with pytest.raises(BertkitError, match=r"it is at step 8, past the 3 steps asked for now .*at least 8 steps"):
+        trainer.resume()

@@ -226,3 +226,67 @@ def test_what_overwrite_set_aside_comes_back_unless_the_new_run_has_a_checkpoint
     assert not (out / SET_ASIDE).exists() and (out / "metrics.jsonl").read_text() == "new"
     assert state.latest_checkpoint(out) == out / "checkpoint-0000001" and not (out / "model").exists()
     assert not state.end_replacement(out, owns, out, succeeded=True)  # nothing set aside
+
+
+def test_a_second_process_writing_into_the_same_folder_is_refused(tmp_path: Path) -> None:
+    # Two runs into one --out at once both exited 0, leaving one run's weights beside the other's metrics.
+    import subprocess
+    import sys
+
+    import pytest
+
+    from bertkit.errors import BertkitError
+    from bertkit.files import output_lock
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from bertkit.files import output_lock\n"
+         "with output_lock(sys.argv[1], 'pretrain'): print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        held = r"run is being written by another bertkit command that is still run"
+        with pytest.raises(BertkitError, match=held), output_lock(out, "finetune"):
+            pass
+        with pytest.raises(BertkitError, match="is being written by another"), output_lock(tmp_path / "x/../run", ""):
+            pass  # the same folder by another path
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out, "finetune"), output_lock(out, "finetune"):  # released when its holder ended, however
+        pass  # it ended; asked again inside, it is held already
+    assert not out.exists()  # nothing written into the user's folder
+    relock = subprocess.run([sys.executable, "-c", "import sys; from bertkit.files import output_lock\n"
+                             "with output_lock(sys.argv[1], 'x'): pass", str(out)])  # fmt: skip
+    assert relock.returncode == 0  # released at the end of the block
+
+
+def test_a_resume_on_data_that_changed_under_its_name_is_refused(tmp_path: Path) -> None:
+    # --resume continued a run on a train.tsv replaced by other sentences (or data prepared again from another
+    # corpus), exit 0: only the path was compared.
+    import json
+
+    import pytest
+
+    from bertkit.errors import BertkitError
+
+    data = tmp_path / "train.tsv"
+    data.write_text("text\tlabel\n好\t1\n", encoding="utf-8")
+    saved = {"identity": {"--train": str(data), state.CONTENTS + "--train": state.contents_digest(data)}}
+    state.check_same_run(saved, {**saved["identity"]}, tmp_path)
+    data.write_text("text\tlabel\n差\t0\n", encoding="utf-8")
+    now = {"--train": str(data), state.CONTENTS + "--train": state.contents_digest(data)}
+    with pytest.raises(BertkitError, match=r"started with the contents of --train '[0-9a-f]{16}', not '[0-9a-f]{16}'"):
+        state.check_same_run(saved, now, tmp_path)
+    state.check_same_run({"identity": {"--train": str(data)}}, now, tmp_path)  # an older checkpoint: not recorded
+    # A prepared directory: its manifest, less the seconds that two runs of one prepare differ by.
+    prepared = tmp_path / "data"
+    prepared.mkdir()
+    manifest = {"format": "x", "seconds": 1.5, "splits": {"train": {"instances": 10}}}
+    (prepared / "manifest.json").write_text(json.dumps(manifest))
+    first = state.contents_digest(prepared)
+    (prepared / "manifest.json").write_text(json.dumps({**manifest, "seconds": 2.0}))
+    assert state.contents_digest(prepared) == first
+    (prepared / "manifest.json").write_text(json.dumps({**manifest, "splits": {"train": {"instances": 11}}}))
+    assert state.contents_digest(prepared) != first

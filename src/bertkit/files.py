@@ -453,3 +453,40 @@ def interrupts_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if received:
         raise KeyboardInterrupt
+
+
+_HELD_LOCKS: dict[str, int] = {}  # output folder (real path) -> the open lock file this process holds for it
+
+
+@contextmanager
+def output_lock(out: str | Path, command: str) -> Iterator[None]:
+    """Hold, for the block, the lock of writing into the folder `out`; another bertkit process that asks for it
+    meanwhile is refused (two runs into one --out mixed one run's weights with the other's metrics, both exit 0).
+    The lock is a file outside `out` (in the system's temporary folder, named by `out`'s real path), so nothing is
+    added to the user's folder and it works before `out` exists; the kernel releases it when the process ends,
+    however it ends. Asked again inside the block (by the same process), it is already held."""
+    key = os.path.realpath(out)
+    if key in _HELD_LOCKS:
+        yield
+        return
+    import fcntl
+    import hashlib
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"bertkit-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(folder / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BertkitError(
+            f"{out} is being written by another bertkit command that is still running: wait for it to finish (or "
+            f"stop it), or give bertkit {command} another output folder"
+        ) from None
+    _HELD_LOCKS[key] = fd
+    try:
+        yield
+    finally:
+        del _HELD_LOCKS[key]
+        os.close(fd)  # releases the lock

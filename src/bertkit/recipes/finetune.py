@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from bertkit.files import (
     check_output_not_input,
     claim_output_dir,
     disk_full_as_error,
+    output_lock,
     release_output_dir,
 )
 from bertkit.model import encoder_layers
@@ -35,8 +37,9 @@ from bertkit.tasks.model_dir import TASK_FILE, TASK_HEADS, fine_tuned_task, writ
 from bertkit.tasks.registry import TASKS, task_class
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
+from bertkit.train.distributed import dist_info
 from bertkit.train.loop import Trainer
-from bertkit.train.state import claim_run_dir, end_replacement, latest_checkpoint
+from bertkit.train.state import CONTENTS, claim_run_dir, contents_digest, end_replacement, latest_checkpoint
 
 # Builds the model to train from the (label-completed) config and the number of labels, instead of loading
 # `cfg.model`'s weights into the task's standard model: experiments use it for probes and other architectures.
@@ -166,7 +169,13 @@ def _move_into(src: Path, out: Path) -> None:
 
 
 def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) -> dict:
-    """Fine-tune; returns the best dev metrics (or the last training metrics when there is no dev set)."""
+    """Fine-tune; returns the best dev metrics (or the last training metrics when there is no dev set). No other
+    bertkit process writes into --out meanwhile."""
+    with output_lock(cfg.out, "finetune") if dist_info()[0] == 0 else nullcontext():
+        return _finetune(cfg, model_factory)
+
+
+def _finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) -> dict:
     task = task_class(cfg.task)(cfg.settings)
     settings = task.settings
     out = Path(cfg.out)
@@ -323,15 +332,18 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
 
 def _identity(cfg: FinetuneConfig, settings: TaskSettings, labels: list[str] | None) -> dict:
     """What decides a fine-tuning run beyond its training settings, by flag (see `Trainer`'s `identity`): a
-    --resume with another task, model, data file or label set is refused. Paths are absolute, so a resume from
-    another folder compares the same files. --epochs may change, as --max-steps may."""
+    --resume with another task, model, data file (or one whose contents changed) or label set is refused. Paths
+    are absolute, so a resume from another folder compares the same files. --epochs may change, as --max-steps may."""
     files = {"--model": cfg.model, "--train": cfg.train_file, "--dev": cfg.dev_file}
+    data = {flag: path for flag, path in files.items() if flag != "--model" and path}
     return {
         "--task": cfg.task,
         **{flag: os.path.abspath(path) if path else None for flag, path in files.items()},
         **by_flag(cfg, ("max_train_examples", "dropout", "patience")),
         **by_flag(settings),
         "labels": list(labels) if labels else None,
+        # last: a changed label set says more than a changed file
+        **{CONTENTS + flag: contents_digest(path) for flag, path in data.items()},
     }
 
 

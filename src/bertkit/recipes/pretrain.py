@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -23,15 +24,24 @@ from bertkit.errors import BertkitError
 from bertkit.files import (
     check_output_not_input,
     disk_full_as_error,
+    output_lock,
     release_output_dir,
 )
 from bertkit.model import BertForPreTraining, encoder_layers, reverse_real_tokens, set_dropout
 from bertkit.options import by_flag
 from bertkit.recipes.config import PretrainConfig
 from bertkit.tokenizer import Tokenizer
+from bertkit.train.distributed import dist_info
 from bertkit.train.loop import Trainer
 from bertkit.train.metrics_log import Curves, read_metrics_log
-from bertkit.train.state import STALE_PATTERNS, claim_run_dir, end_replacement, latest_checkpoint
+from bertkit.train.state import (
+    CONTENTS,
+    STALE_PATTERNS,
+    claim_run_dir,
+    contents_digest,
+    end_replacement,
+    latest_checkpoint,
+)
 
 
 def check_vocabulary(model_dir: str | Path, data_tokenizer: Tokenizer, data: str | Path) -> None:
@@ -265,20 +275,28 @@ def _last_train_loss(metrics: Path) -> float | None:
 
 def _identity(cfg: PretrainConfig) -> dict:
     """What decides a pre-training run beyond its training settings, by flag (see `Trainer`'s `identity`): a
-    --resume with other data, another model or other masking or loss settings is refused. Paths are absolute, so a
-    resume from another folder compares the same files; --max-steps may change (a run continued further)."""
+    --resume with other data (or data prepared again from another corpus), another model or other masking or loss
+    settings is refused. Paths are absolute, so a resume from another folder compares the same files; --max-steps
+    may change (a run continued further)."""
     model = os.path.abspath(cfg.model) if Path(cfg.model).exists() else cfg.model  # a preset is a name
     return {
         "--data": os.path.abspath(cfg.data),
         "--model": model,
         **by_flag(cfg, ("mlm_weight", "nsp_weight", "objective", "dropout", "init_range")),
         **by_flag(cfg.masking),
+        CONTENTS + "--data": contents_digest(cfg.data),  # last: a changed setting says more than changed data
     }
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     """Pre-train; returns the final held-out metrics (without a held-out split: the steps and the last training
-    loss). The run directory gets checkpoints, metrics and a model."""
+    loss). The run directory gets checkpoints, metrics and a model; no other bertkit process writes into it
+    meanwhile."""
+    with output_lock(cfg.train.out_dir, "pretrain") if dist_info()[0] == 0 else nullcontext():
+        return _pretrain(cfg)
+
+
+def _pretrain(cfg: PretrainConfig) -> dict[str, float]:
     out = Path(cfg.train.out_dir)
     manifest = read_manifest(cfg.data)
     _check_training_split(cfg.data, manifest)

@@ -293,6 +293,11 @@ class Trainer:
         self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState(**saved["train_state"])
         self._window = _LogWindow.restored(self.state.log_window)
+        if self.state.step > self.cfg.max_steps:  # it would stop at once and save this later step as the result
+            raise BertkitError(
+                f"cannot resume {ckpt}: it is at step {self.state.step}, past the {self.cfg.max_steps} steps asked for "
+                f"now (--max-steps, or --epochs); resume with at least {self.state.step} steps to continue it"
+            )
         self._saved_step = self.state.step
         set_rng_state(saved["rng"])
         if self.is_main:

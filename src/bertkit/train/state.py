@@ -8,6 +8,8 @@ Resuming from one gives the same weights, bit for bit, as a run that was never i
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import shutil
 from collections.abc import Callable, Sequence
@@ -20,7 +22,14 @@ import torch
 from torch import nn
 
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_temps, claim_output_dir, own_entries, remove_entries, settle_set_aside
+from bertkit.files import (
+    atomic_temps,
+    claim_output_dir,
+    own_entries,
+    read_json_object,
+    remove_entries,
+    settle_set_aside,
+)
 from bertkit.train.distributed import dist_info
 
 # Temporary entries a killed run can leave in its run directory: a checkpoint being written, and the files of
@@ -167,6 +176,25 @@ def read_training_state(checkpoint: Path) -> dict:
     return torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
 
 
+CONTENTS = "the contents of "  # identity keys that record what a data file holds, not its name: "... of --train"
+
+
+def contents_digest(path: str | Path) -> str:
+    """What a data file (or a prepared data directory: its manifest, which counts what its shards hold) contains,
+    in 16 hex digits of SHA-256: a file replaced under the same name gives another."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        manifest = read_json_object(path / "manifest.json", "prepare the data again")
+        manifest.pop("seconds", None)  # the one field that differs between two runs of one prepare
+        digest.update(json.dumps(manifest, sort_keys=True).encode())
+    else:
+        with path.open("rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def check_same_run(saved: dict, identity: dict[str, Any] | None, run_dir: Path) -> None:
     """Refuse to resume the run whose checkpoint state is `saved` with settings other than it was started with.
 
@@ -179,6 +207,8 @@ def check_same_run(saved: dict, identity: dict[str, Any] | None, run_dir: Path) 
         return
     for key in [*before, *(k for k in identity if k not in before)]:
         old, new = before.get(key), identity.get(key)
+        if key.startswith(CONTENTS) and (old is None or new is None):
+            continue  # a checkpoint of a bertkit that did not record the data's contents
         if old != new:
             raise BertkitError(
                 f"cannot resume {run_dir}: its run was started with {key} {_shown(old)}, not {_shown(new)}; resume "
