@@ -123,3 +123,28 @@ def test_embed_cuts_at_the_models_positions_when_the_tokenizer_allows_more(
     assert r.status == 0, r.err
     assert "1 of 2 texts" in r.err and "longer than 128 tokens" in r.err
     assert np.load(tmp_path / "e.npy").shape == (2, 32)
+
+
+def test_a_hugging_face_pair_classifier_scores_pairs_when_told(tmp_path: Path, minilm_dir: Path, bertkit) -> None:
+    # Its directory does not say whether it learnt from pairs: predict refused text_b, with no way to say so.
+    from helpers import run_bertkit
+
+    out = hf_model(tmp_path / "m", minilm_dir, "BertForSequenceClassification",
+                   id2label={0: "different", 1: "paraphrase"}, label2id={"different": 0, "paraphrase": 1})  # fmt: skip
+    pairs = [("A man is eating.", "Someone eats food."), ("今天天气很好。", "The weather is nice today.")]
+    data = tmp_path / "pairs.tsv"
+    data.write_text("text_a\ttext_b\n" + "".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
+    refused = bertkit("predict", "--model", out, "--input", data)
+    assert refused.status == 2 and "a Hugging Face classifier trained on pairs: give it --task pair" in refused.err
+    r = bertkit("predict", "--model", out, "--input", data, "--task", "pair")
+    assert r.status == 0, r.err
+    got = [json.loads(line)["probabilities"]["paraphrase"] for line in r.out.strip().splitlines()]
+    tok, model = transformers.AutoTokenizer.from_pretrained(out), transformers.AutoModelForSequenceClassification
+    with torch.no_grad():
+        logits = model.from_pretrained(out).eval()(**tok([a for a, _ in pairs], [b for _, b in pairs], padding=True,
+                                                         return_tensors="pt")).logits  # fmt: skip
+    assert got == pytest.approx(torch.softmax(logits, -1)[:, 1].tolist(), abs=1e-5)
+    # Standard input's errors name standard input, not the temporary file it was read through.
+    lines = "".join(f"{a}\t{b}\n" for a, b in pairs)
+    r = run_bertkit("predict", "--model", out, "--input", "-", stdin=lines)
+    assert r.status == 2 and "standard input:1: 1 tab(s)" in r.err

@@ -312,7 +312,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from bertkit.tasks.model_dir import open_task_model
 
     _check_file_out(args, args.model, args.input)
-    task_model = open_task_model(args.model, None, pick_device(args.device))
+    task_model = open_task_model(args.model, args.task, pick_device(args.device))
     task, path = task_model.task, args.input
     if path == "-":  # standard input: plain lines (cls: text; pair: text<TAB>text; ner: text; qa: JSON lines)
         with tempfile.NamedTemporaryFile("w", suffix=task.stdin_suffix, delete=False, encoding="utf-8") as f:
@@ -320,6 +320,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         path = f.name
     try:
         examples = task.read_for_prediction(path)
+    except BertkitError as e:  # name what the user gave, not the temporary file
+        raise BertkitError(str(e).replace(path, "standard input") if args.input == "-" else str(e)) from None
     finally:
         if args.input == "-":
             Path(path).unlink(missing_ok=True)
@@ -546,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predictions of a fine-tuned model as JSON lines")
     p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
     p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
+    p.add_argument("--task", choices=TASK_NAMES, default=None,
+                   help="default: the model's; e.g. pair for a Hugging Face sequence classifier trained on text pairs "
+                   "(its directory does not say so)")  # fmt: skip
     _add_file_out(p, "FILE.jsonl", "the predictions (default: standard output)")
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_predict)

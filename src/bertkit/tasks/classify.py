@@ -55,7 +55,11 @@ class ClassificationTask(Task):
                 raise BertkitError(f"{path}:{ex.line}: {self._no_text_b()}; otherwise leave the text_b column out")
 
     def _no_text_b(self) -> str:
-        how = "with --task pair" if self.name == "cls" else "on pairs"
+        how = (
+            "with --task pair (a Hugging Face classifier trained on pairs: give it --task pair)"
+            if self.name == "cls"
+            else "on pairs"
+        )
         return (
             f"a text_b, which this {self.name} model does not read (it reads one text): for text pairs fine-tune {how}"
         )

@@ -98,7 +98,9 @@ def open_task_model(
         )
     if task and TASKS[task].head != TASKS[name].head:
         raise BertkitError(f"{model_dir} was fine-tuned for {name!r}, not {task!r}")
-    if task == "pair" and name != "pair":  # pairs to a model that learnt from single texts: answers, but of nothing
+    # Pairs to a model that learnt from single texts: answers, but of nothing. A Hugging Face classifier does not
+    # record which it learnt from: the caller's word is taken.
+    if task == "pair" and name != "pair" and (path / TASK_FILE).is_file():
         raise BertkitError(f"{model_dir} was fine-tuned on single texts ({name!r}): it cannot judge text pairs")
     record = read_task_record(path) if (path / TASK_FILE).is_file() else {}
     try:
