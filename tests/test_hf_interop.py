@@ -144,6 +144,21 @@ def test_a_hugging_face_pair_classifier_scores_pairs_when_told(tmp_path: Path, m
         logits = model.from_pretrained(out).eval()(**tok([a for a, _ in pairs], [b for _, b in pairs], padding=True,
                                                          return_tensors="pt")).logits  # fmt: skip
     assert got == pytest.approx(torch.softmax(logits, -1)[:, 1].tolist(), abs=1e-5)
+    # The server reads it as a pair model when told so, with either backend (the export records "cls").
+    from bertkit.serve.server import open_service
+
+    want = torch.softmax(logits, -1)[:, 1].tolist()
+    inputs = [{"text_a": a, "text_b": b} for a, b in pairs]
+    assert bertkit("export", "--model", out, "--out", tmp_path / "m.onnx").status == 0
+    for backend in ("torch", "onnx"):
+        service = open_service(out, "cpu", backend, tmp_path / "m.onnx" if backend == "onnx" else None, task="pair")
+        try:
+            answers = service.predict(inputs)
+            assert service.info()["task"] == "pair"
+        finally:
+            service.close()
+        # within 1e-4: onnxruntime's fp32 kernels sum in another order than PyTorch's
+        assert [a["probabilities"]["paraphrase"] for a in answers] == pytest.approx(want, abs=1e-4), backend
     # Standard input's errors name standard input, not the temporary file it was read through.
     lines = "".join(f"{a}\t{b}\n" for a, b in pairs)
     r = run_bertkit("predict", "--model", out, "--input", "-", stdin=lines)

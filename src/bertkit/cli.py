@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], None]
 
 MODEL_DIR_HELP = "a bertkit or Hugging Face BERT model directory"
+TASK_OVERRIDE_HELP = ("default: the model's; e.g. pair for a Hugging Face sequence classifier trained on text pairs "
+                      "(its directory does not say so)")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -369,7 +371,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     serve(args.model, host=args.host, port=args.port, device=args.device, backend=args.backend, onnx=args.onnx,
           batching=args.batching == "on", max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
           max_windows=args.max_windows, precision=args.precision, workers=args.workers, threads=args.threads,
-          cors=args.cors)  # fmt: skip
+          cors=args.cors, task=args.task)  # fmt: skip
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -548,9 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predictions of a fine-tuned model as JSON lines")
     p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
     p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
-    p.add_argument("--task", choices=TASK_NAMES, default=None,
-                   help="default: the model's; e.g. pair for a Hugging Face sequence classifier trained on text pairs "
-                   "(its directory does not say so)")  # fmt: skip
+    p.add_argument("--task", choices=TASK_NAMES, default=None, help=TASK_OVERRIDE_HELP)
     _add_file_out(p, "FILE.jsonl", "the predictions (default: standard output)")
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_predict)
@@ -578,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         '4xx with {"error": ...}. Concurrent requests share model calls (--batching).',
     )
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
+    p.add_argument("--task", choices=TASK_NAMES, default=None, help=TASK_OVERRIDE_HELP)
     p.add_argument("--host", default=HOST, help="address to listen on (default %(default)s: this machine only)")
     p.add_argument(
         "--port", type=PORT_NUMBER, default=PORT, help="0 to 65535 (default %(default)s; 0 picks a free port)"

@@ -26,7 +26,7 @@ from bertkit.checkpoint import model_fingerprint
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path
-from bertkit.tasks.model_dir import ModelDir, open_model_dir
+from bertkit.tasks.model_dir import ModelDir, fine_tuned_task, open_model_dir
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 # The export's metadata key for `bertkit.checkpoint.model_fingerprint` of the directory it was exported from.
@@ -186,7 +186,11 @@ def check_onnx_device(device: str | None) -> None:
 
 
 def open_onnx_model_dir(
-    model_dir: str | Path, onnx_file: str | Path, threads: int | None = None, device: str | None = None
+    model_dir: str | Path,
+    onnx_file: str | Path,
+    threads: int | None = None,
+    device: str | None = None,
+    task: str | None = None,
 ) -> ModelDir:
     """`model_dir` opened as `bertkit.tasks.model_dir.open_model_dir` opens it (tokenizer, task, labels, config),
     with `onnx_file` (its `bertkit export`, fp32 or int8) as the model: `task_model.model` for a fine-tuned
@@ -196,10 +200,10 @@ def open_onnx_model_dir(
     A file exported from another kind of model, or with other labels or output sizes, is a BertkitError naming
     both paths: its answers would be silently wrong. `device` other than the CPU is refused (`check_onnx_device`)."""
     check_onnx_device(device)
-    opened = open_model_dir(model_dir, "cpu")
+    opened = open_model_dir(model_dir, "cpu", task)
     onnx = OnnxModel(onnx_file, threads, opened.config)
     expected = (
-        opened.task_model.task.name
+        fine_tuned_task(model_dir) or ""  # the task it was exported as, whatever `task` reads it as now
         if opened.task_model
         else {"pretrained": "pretraining|mlm"}.get(opened.kind, opened.kind)
     )

@@ -105,7 +105,8 @@ def open_service(
     if backend == "onnx":
         from bertkit.onnx_model import open_onnx_model_dir
 
-        return Service(model_dir, device="cpu", opened=open_onnx_model_dir(model_dir, onnx, threads), **options)
+        opened = open_onnx_model_dir(model_dir, onnx, threads, task=options.get("task"))
+        return Service(model_dir, device="cpu", opened=opened, **options)
     return Service(model_dir, device=device, **options)
 
 
@@ -213,11 +214,13 @@ def serve(
     workers: int = 1,
     threads: int | None = None,
     cors: str | None = None,
+    task: str | None = None,
 ) -> None:
-    """Load `model_dir` and serve it until interrupted (`workers` processes, each with its own copy)."""
+    """Load `model_dir` and serve it until interrupted (`workers` processes, each with its own copy); a fine-tuned
+    model as a `task` model when given (e.g. "pair" for a Hugging Face classifier trained on text pairs)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     service_options = {"batching": batching, "max_batch_tokens": max_batch_tokens, "max_wait_ms": max_wait_ms,
-                       "max_windows": max_windows, "precision": precision}  # fmt: skip
+                       "max_windows": max_windows, "precision": precision, "task": task}  # fmt: skip
     _prepare_process(threads)
     if workers == 1:
         service = open_service(model_dir, device, backend, onnx, threads, **service_options)
@@ -231,8 +234,8 @@ def serve(
         _check_backend(backend, onnx, device, precision)
         if not Path(model_dir).is_dir():
             open_service(model_dir, device, backend, onnx, threads, **service_options)  # says what is wrong
-        task = fine_tuned_task(model_dir)
-        what = f"a {task} model" if task else "a pre-trained model"
+        name = task or fine_tuned_task(model_dir)
+        what = f"a {name} model" if name else "a pre-trained model"
         os.environ[_OPTIONS_ENV] = json.dumps({"model_dir": str(model_dir), "device": device, "backend": backend,
                                                "onnx": onnx and str(onnx),
                                                "service": service_options, "threads": threads, "host": host,

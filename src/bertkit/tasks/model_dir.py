@@ -149,16 +149,21 @@ class ModelDir:
         return self.mlm if self.mlm is not None else self.encoder
 
 
-def open_model_dir(model_dir: str | Path, device: str | torch.device | None = None) -> ModelDir:
-    """Open any model directory (bertkit's or Hugging Face's) as what it is. Only weights the directory holds are
-    loaded as heads: a directory without the masked-LM head opens as an encoder, and an encoder without the pooler's
-    weights gets no pooler (never a freshly initialised output)."""
+def open_model_dir(
+    model_dir: str | Path, device: str | torch.device | None = None, task: str | None = None
+) -> ModelDir:
+    """Open any model directory (bertkit's or Hugging Face's) as what it is; a fine-tuned one as a `task` model when
+    given (see `open_task_model`). Only weights the directory holds are loaded as heads: a directory without the
+    masked-LM head opens as an encoder, and an encoder without the pooler's weights gets no pooler (never a freshly
+    initialised output)."""
     path = Path(model_dir)
     if not path.is_dir():
         raise BertkitError(no_such_path(path))
     config = BertConfig.load(path)
+    if task and not fine_tuned_task(path):
+        raise BertkitError(f"{model_dir} is not a fine-tuned task model: --task {task} is for one")
     if fine_tuned_task(path):
-        task_model = open_task_model(path, None, device)
+        task_model = open_task_model(path, task, device)
         encoder: BertModel = task_model.model.bert  # type: ignore[assignment]
         return ModelDir(path, config, task_model.tokenizer, encoder, task_model=task_model)
     tokenizer = Tokenizer.from_pretrained(path)
