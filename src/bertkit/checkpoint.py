@@ -23,7 +23,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write, no_such_path, read_json_object
+from bertkit.files import atomic_write, hash_file, no_such_path, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     digest = hashlib.sha256()
     vocabulary = [f for f in (path / "vocab.txt", path / "tokenizer.json") if f.is_file()][:1]
     for f in [*_weight_files(path), *vocabulary]:
-        with f.open("rb") as stream:
-            while block := stream.read(1 << 22):
-                digest.update(block)
+        hash_file(digest, f)
     return digest.hexdigest()
 
 

@@ -55,17 +55,28 @@ def read_lines(path: str | Path) -> Iterator[str]:
         yield from _decoded_lines(f, str(path))
 
 
+def hash_file(digest: Any, path: str | Path) -> None:
+    """Feed the bytes of the file `path` to `digest` (a hashlib object), a block at a time."""
+    with Path(path).open("rb") as stream:
+        while block := stream.read(1 << 22):
+            digest.update(block)
+
+
 def read_input_lines(path: str | Path) -> list[str]:
     """The lines of a file of inputs, one input a line (`embed`, plain-line `predict`, task files): split at LF,
     CR LF and also at a CR alone (old Mac files), as Python's universal newlines split them, so that such a file is
     not read as one long input. A form feed or U+2028 inside a line is no line end. Corpus files keep `read_lines`:
     a stray CR there is white space inside a sentence."""
-    return [part for line in read_lines(path) for part in line.split("\r")]
+    return _split_at_lone_cr(read_lines(path))
 
 
 def read_stdin_lines() -> list[str]:
     """The lines of standard input, split and decoded as `read_input_lines` reads a file's."""
-    return [part for line in _decoded_lines(sys.stdin.buffer, "standard input") for part in line.split("\r")]
+    return _split_at_lone_cr(_decoded_lines(sys.stdin.buffer, "standard input"))
+
+
+def _split_at_lone_cr(lines: Iterable[str]) -> list[str]:
+    return [part for line in lines for part in line.split("\r")]
 
 
 def _decoded_lines(stream: Iterable[bytes], name: str) -> Iterator[str]:

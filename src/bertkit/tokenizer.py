@@ -401,9 +401,14 @@ def _python_class(rust_class: str) -> str:
     return re.sub(r"\\x\{([0-9A-Fa-f]+)\}", lambda m: f"\\U{int(m.group(1), 16):08x}", rust_class)
 
 
+def cjk_class(bmp_only: bool = False) -> str:
+    """The CJK ideographs that `is_cjk` tests, as the inside of a Python regular-expression class (`[...]`)."""
+    return _python_class(_class(_CJK_RANGES if bmp_only else _ALL_CJK_RANGES))
+
+
 @functools.cache
 def _cjk_pattern(bmp_only: bool) -> re.Pattern[str]:
-    return re.compile(f"[{_python_class(_class(_CJK_RANGES if bmp_only else _ALL_CJK_RANGES))}]")
+    return re.compile(f"[{cjk_class(bmp_only)}]")
 
 
 def is_cjk(char: str, bmp_only: bool = False) -> bool:

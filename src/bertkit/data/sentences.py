@@ -7,8 +7,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bertkit.files import read_lines
+from bertkit.tokenizer import cjk_class
 
-_IDEOGRAPH = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_IDEOGRAPH = cjk_class(bmp_only=True)
 # Chinese: after 。！？； (and …… or ！？ runs), keeping closing quotes/brackets with the sentence. Text typed with
 # half-width marks ("好.我们") ends sentences with . ! ? ; and no space: such a run counts as an end where a
 # character outside ASCII comes before it and an ideograph or an opening quote (after any closers) after it, so

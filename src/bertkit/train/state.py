@@ -25,6 +25,7 @@ from bertkit.errors import BertkitError
 from bertkit.files import (
     atomic_temps,
     claim_output_dir,
+    hash_file,
     own_entries,
     read_json_object,
     remove_entries,
@@ -189,9 +190,7 @@ def contents_digest(path: str | Path) -> str:
         manifest.pop("seconds", None)  # the one field that differs between two runs of one prepare
         digest.update(json.dumps(manifest, sort_keys=True).encode())
     else:
-        with path.open("rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
+        hash_file(digest, path)
     return digest.hexdigest()[:16]
 
 
