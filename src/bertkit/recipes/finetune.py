@@ -33,7 +33,7 @@ from bertkit.model import encoder_layers
 from bertkit.options import by_flag
 from bertkit.recipes.config import FinetuneConfig, finetune_learning_rate
 from bertkit.tasks.base import pad_batch
-from bertkit.tasks.model_dir import TASK_FILE, TASK_HEADS, fine_tuned_task, write_task_record
+from bertkit.tasks.model_dir import TASK_FILE, TASK_HEADS, fine_tuned_task, head_labels, write_task_record
 from bertkit.tasks.registry import TASKS, task_class
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
@@ -132,12 +132,7 @@ def _trained_head_labels(model_dir: str | Path, task_name: str) -> list[str] | N
     name = fine_tuned_task(model_dir)
     if name is None or TASKS[name].head != TASKS[task_name].head:
         return None
-    config = BertConfig.load(model_dir)
-    id2label = config.extra.get("id2label") or {}
-    if id2label:
-        return [str(id2label.get(str(i), id2label.get(i))) for i in range(len(id2label))]
-    n = config.extra.get("num_labels") or 2
-    return [f"LABEL_{i}" for i in range(n)]
+    return head_labels(BertConfig.load(model_dir))
 
 
 def _head_labels(labels: list[str] | None, model_dir: str | Path, task_name: str) -> tuple[list[str] | None, str]:

@@ -18,7 +18,7 @@ from bertkit.checkpoint import has_mlm_head, tensor_names
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path, read_json_object
-from bertkit.model import BertForPreTraining, BertModel
+from bertkit.model import BertForPreTraining, BertModel, num_labels_of
 from bertkit.tasks.base import Task
 from bertkit.tasks.registry import TASKS, task_for_architecture
 from bertkit.tasks.settings import TaskSettings
@@ -56,6 +56,15 @@ def fine_tuned_task(model_dir: str | Path) -> str | None:
     return task_for_architecture(
         (extra.get("architectures") or [""])[0], len(id2label) if id2label else None, extra.get("problem_type")
     )
+
+
+def head_labels(config: BertConfig) -> list[str]:
+    """A classifier head's labels in row order: config.json's id2label, else the names transformers gives the
+    labels it leaves out of config.json where they are its defaults (LABEL_0, LABEL_1, ...)."""
+    id2label = config.extra.get("id2label") or {}
+    if id2label:
+        return [str(id2label.get(str(i), id2label.get(i))) for i in range(len(id2label))]
+    return [f"LABEL_{i}" for i in range(num_labels_of(config, None))]
 
 
 @dataclass
@@ -117,8 +126,7 @@ def open_task_model(
             "not a complete fine-tuned model; copy the whole directory again, or fine-tune again"
         )
     if not id2label and hasattr(model, "num_labels") and task_obj.name != "qa":
-        # transformers leaves id2label out of config.json where the labels are its defaults, and names them so
-        id2label = {i: f"LABEL_{i}" for i in range(model.num_labels)}
+        id2label = dict(enumerate(head_labels(config)))
     if device is not None:
         model.to(device)
     return TaskModel(task_obj, model, Tokenizer.from_pretrained(path), id2label)
