@@ -168,9 +168,10 @@ def open_model_dir(
     if not path.is_dir():
         raise BertkitError(no_such_path(path))
     config = BertConfig.load(path)
-    if task and not fine_tuned_task(path):
+    fine_tuned = fine_tuned_task(path)
+    if task and not fine_tuned:
         raise BertkitError(f"{model_dir} is not a fine-tuned task model: --task {task} is for one")
-    if fine_tuned_task(path):
+    if fine_tuned:
         task_model = open_task_model(path, task, device)
         encoder: BertModel = task_model.model.bert  # type: ignore[assignment]
         return ModelDir(path, config, task_model.tokenizer, encoder, task_model=task_model)
