@@ -122,7 +122,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
     from bertkit.files import atomic_write, read_input_lines, read_stdin_lines
-    from bertkit.infer import embed, embedding_settings
+    from bertkit.infer import embed, embedding_length, embedding_settings
     from bertkit.machine import pick_device
     from bertkit.model import BertModel
     from bertkit.tokenizer import Tokenizer
@@ -135,19 +135,17 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     texts = read_stdin_lines() if args.input == "-" else read_input_lines(args.input)
     if not texts:
         raise BertkitError(f"{args.input}: no lines to embed")
+    limit = embedding_length(tok, model.config, args.max_seq_length or settings["max_length"])
     vectors = embed(
         model,
         tok,
         texts,
         batch_size=args.batch_size,
-        max_length=args.max_seq_length or settings["max_length"],
+        max_length=limit,
         pooling=args.pooling or settings["pooling"],
         normalize=not args.no_normalize,
         device=device,
         progress=True,
-    )
-    limit = (
-        args.max_seq_length or settings["max_length"] or min(tok.model_max_length, model.config.max_position_embeddings)
     )
     cut = sum(len(ids) + 2 > limit for ids in tok.ids_batch(texts))  # + [CLS] and [SEP]
     if cut:

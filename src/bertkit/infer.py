@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bertkit.config import BertConfig
 from bertkit.constants import INFERENCE_BATCH_SIZE, TOP_K
 from bertkit.errors import BertkitError, NonFiniteOutputError
 from bertkit.files import read_json_object
@@ -68,6 +69,12 @@ def embedding_settings(path: str | Path) -> dict:
     return settings
 
 
+def embedding_length(tokenizer: Tokenizer, config: BertConfig, max_length: int | None = None) -> int:
+    """The tokens a text is cut at for its embedding: `max_length` when given, else the fewer of the tokenizer's
+    and the model's positions."""
+    return max_length or min(tokenizer.model_max_length, config.max_position_embeddings)
+
+
 @torch.inference_mode()
 def embed(
     model: BertModel,
@@ -87,7 +94,7 @@ def embed(
     """
     device = device or next(model.parameters()).device
     model.eval()
-    max_length = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    max_length = embedding_length(tokenizer, model.config, max_length)
     encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
     out = np.zeros((len(encodings), model.config.hidden_size), dtype=np.float32)
