@@ -116,7 +116,9 @@ def test_out_dotdot_from_a_child_folder_is_refused(tmp_path, bertkit, monkeypatc
     assert snapshot(parent) == before
 
 
-def test_overwrite_keeps_foreign_files_and_replaces_only_prepares_own(tmp_path, bertkit, corpus_text, tok_dir):
+def test_overwrite_keeps_foreign_files_and_replaces_only_prepares_own(
+    tmp_path, monkeypatch, bertkit, corpus_text, tok_dir
+):
     corpus = write_corpus(tmp_path / "in" / "corpus.txt", corpus_text)
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
@@ -130,6 +132,7 @@ def test_overwrite_keeps_foreign_files_and_replaces_only_prepares_own(tmp_path, 
     assert len(PretrainingData(out)) > 0 and not leftovers(out)
     # prepare's own earlier output, with more shards than the new one: every old shard goes, the new ones come in.
     many_shards = PrepareConfig(block_chars=20_000, shard_tokens=20_000, seed=1)
+    monkeypatch.setattr(prepare_module, "MIN_BLOCK_DOCUMENTS", 2)  # so that 40 documents make several blocks
     prepare([corpus], tok_dir, out, many_shards, overwrite=True, progress=False)
     assert len(list(out.glob("train-*.tokens.bin"))) > 2
     status, _, err = bertkit(*argv, "--eval-fraction", "0.1")
@@ -177,6 +180,7 @@ def test_an_interrupted_run_cleans_up(tmp_path, monkeypatch, corpus_text, tok_di
         return real(job)
 
     monkeypatch.setattr(prepare_module, "_process_block", interrupted_on_the_third_block)
+    monkeypatch.setattr(prepare_module, "MIN_BLOCK_DOCUMENTS", 2)  # so that 40 documents make several blocks
     with pytest.raises(KeyboardInterrupt):
         prepare([corpus], tok_dir, out, PrepareConfig(block_chars=20_000), overwrite=True, progress=False)
     assert len(calls) == 3 and snapshot(out) == before and not leftovers(out)

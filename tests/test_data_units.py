@@ -35,3 +35,38 @@ def test_iter_documents_ends_a_document_at_a_blank_line_or_a_file_end(tmp_path: 
         ["It rained.", "Then it stopped."],
         ["一句话"],
     ]
+
+
+def test_a_file_of_cr_line_ends_is_read_line_by_line(tmp_path: Path) -> None:
+    # An old Mac file (CR alone ends each line) was one line: a corpus of one document, all NSP pairs IsNext.
+    from bertkit.files import read_lines
+
+    cr = tmp_path / "cr.txt"
+    cr.write_bytes("第一句。\r第二句。\r\r另一篇。\r".encode())
+    assert list(read_lines(cr)) == ["第一句。", "第二句。", "", "另一篇。"]
+    assert list(iter_documents([cr])) == [["第一句。", "第二句。"], ["另一篇。"]]
+    lf = tmp_path / "lf.txt"  # in a file of LF line ends, a stray CR stays inside its line
+    lf.write_bytes(b"one\rtwo\nthree\r\n")
+    assert list(read_lines(lf)) == ["one\rtwo", "three"]
+
+
+def test_a_file_that_is_not_utf8_text_is_named_with_what_to_do(tmp_path: Path) -> None:
+    import gzip
+
+    import pytest
+
+    from bertkit import BertkitError
+    from bertkit.files import read_lines
+
+    cases = {
+        "gz": (gzip.compress("中文\n".encode()), "gzip-compressed: decompress it first"),
+        "utf16": ("中文\n".encode("utf-16"), "UTF-16 (its first bytes say so)"),
+        "nul": (b"\x00\x01\x02\xff\x00\n", "NUL bytes: it is not a text file"),
+        "gbk": ("你好，世界\n".encode("gbk"), "iconv -f GB18030 -t UTF-8"),
+        "latin1": ("ok\ncaf\xe9 \xff\xfe\xfd\n".encode("latin-1"), "iconv -f ITS_ENCODING -t UTF-8"),
+    }
+    for name, (data, advice) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(BertkitError, match="not valid UTF-8") as e:
+            list(read_lines(tmp_path / name))
+        assert advice in str(e.value) and str(tmp_path / name) in str(e.value), (name, str(e.value))

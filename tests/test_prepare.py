@@ -294,3 +294,37 @@ def test_dupe_factor_copies_training_pairs_only(tmp_path: Path, zh_corpus, zh_to
                   progress=False)  # fmt: skip
     assert two["splits"]["eval"]["instances"] == one["splits"]["eval"]["instances"] > 0
     assert 1.8 < two["splits"]["train"]["instances"] / one["splits"]["train"]["instances"] < 2.2
+
+
+def test_no_isnext_b_begins_inside_a_word(tmp_path: Path, data_dir: Path) -> None:
+    # A one-sentence IsNext chunk was split at any token: 19% of IsNext Bs began with a `##` piece (0.2% of NotNext
+    # Bs), which gave the label away. Long sentences' pieces were cut the same way.
+    lines = (data_dir / "pretrain_en/wikitext103_raw_test.txt").read_text(encoding="utf-8").splitlines()
+    sentences = [x.strip() for x in lines if 40 < len(x.strip()) < 300 and not x.startswith(" =")][:1500]
+    corpus = tmp_path / "one_sentence_documents.txt"
+    one_long_sentence = " ".join(sentences[:60]).translate(str.maketrans("", "", ".!?"))  # cut into pieces
+    corpus.write_text("\n\n".join([*sentences, one_long_sentence]) + "\n", encoding="utf-8")
+    Tokenizer.train([corpus], vocab_size=800, show_progress=False).save_pretrained(tmp_path / "tok")
+    m = prepare([corpus], tmp_path / "tok", tmp_path / "out", PrepareConfig(eval_fraction=0), progress=False)
+    assert m["sentences_cut"] >= 1
+    data = PretrainingData(tmp_path / "out")
+    piece = np.array([t.startswith("##") for t in data.tokenizer.vocab])
+    tokens, index = data.shards[0][0].astype(np.int64), data.shards[0][1]
+    b_starts_with_piece = piece[tokens[index[:, 0] + index[:, 1]]]
+    is_next = index[:, 3] == 0
+    assert is_next.sum() > 500 and 0.4 < 1 - is_next.mean() < 0.6
+    # Only truncation (a random end of the longer side, as the original trims) still cuts inside a word: rarely.
+    assert b_starts_with_piece[is_next].mean() < 0.01
+
+
+def test_a_document_as_long_as_a_block_still_gets_notnext_pairs(tmp_path: Path, zh_corpus, zh_tokenizer) -> None:
+    # A document of a block's size or more that began a block was alone in it: none of its pairs could take a
+    # random B (share NotNext 0.24 on a real corpus), and a short remainder after the last block made one alone too.
+    lines = [x for x in Path(zh_corpus[0]).read_text(encoding="utf-8").splitlines() if x.strip()]
+    big, small = "".join(lines[:300]), lines[300:340]
+    for name, docs in {"big_first": [big, *small], "big_last": [*small, big]}.items():
+        corpus = tmp_path / f"{name}.txt"
+        corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+        cfg = PrepareConfig(eval_fraction=0, block_chars=len(big) // 3)
+        m = prepare([corpus], zh_tokenizer, tmp_path / name, cfg, progress=False)
+        assert 0.4 < m["splits"]["train"]["nsp_random_fraction"] < 0.6, name

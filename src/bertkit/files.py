@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from bertkit.errors import BertkitError
 
@@ -42,7 +42,8 @@ def no_such_path(path: str | Path) -> str:
 
 
 def read_lines(path: str | Path) -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file without their line ends.
+    """Yield the lines of a UTF-8 text file without their line ends (LF, CR LF, or CR alone where the file uses
+    nothing else: `_ends_lines_with_cr`).
 
     Raises `BertkitError` naming the file, line and byte offset of the first invalid UTF-8 sequence.
     """
@@ -52,7 +53,25 @@ def read_lines(path: str | Path) -> Iterator[str]:
     if not path.is_file():
         raise BertkitError(f"file {path} does not exist")
     with path.open("rb") as f:
-        yield from _decoded_lines(f, str(path))
+        yield from _decoded_lines(_lines_at_cr(f) if _ends_lines_with_cr(f) else f, str(path))
+
+
+def _ends_lines_with_cr(f: BinaryIO) -> bool:
+    """Whether the file's line ends are a CR alone (old Mac files): a CR and no LF in its first 64 KB. Such a file
+    read by LF would be one line: one document of a corpus, one input of a task file."""
+    head = f.read(1 << 16)
+    f.seek(0)
+    return b"\r" in head and b"\n" not in head
+
+
+def _lines_at_cr(f: BinaryIO) -> Iterator[bytes]:
+    """The file's lines split at CR, each with its CR (no UTF-8 character holds that byte)."""
+    rest = b""
+    while chunk := f.read(1 << 20):
+        *lines, rest = (rest + chunk).split(b"\r")
+        yield from (line + b"\r" for line in lines)
+    if rest:
+        yield rest
 
 
 def hash_file(digest: Any, path: str | Path) -> None:
@@ -66,7 +85,7 @@ def read_input_lines(path: str | Path) -> list[str]:
     """The lines of a file of inputs, one input a line (`embed`, plain-line `predict`, task files): split at LF,
     CR LF and also at a CR alone (old Mac files), as Python's universal newlines split them, so that such a file is
     not read as one long input. A form feed or U+2028 inside a line is no line end. Corpus files keep `read_lines`:
-    a stray CR there is white space inside a sentence."""
+    a stray CR in a file of LF line ends is white space inside a sentence there."""
     return _split_at_lone_cr(read_lines(path))
 
 
@@ -80,19 +99,44 @@ def _split_at_lone_cr(lines: Iterable[str]) -> list[str]:
 
 
 def _decoded_lines(stream: Iterable[bytes], name: str) -> Iterator[str]:
-    offset = 0
+    offset, head = 0, b""
     for lineno, raw in enumerate(stream, start=1):
+        head = head or raw[:8]
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise BertkitError(
-                f"{name}: not valid UTF-8 at byte {offset + e.start} (line {lineno}); "
-                "convert the file to UTF-8 first (e.g. iconv -f GBK -t UTF-8)"
+                f"{name}: not valid UTF-8 at byte {offset + e.start} (line {lineno}); {_what_to_do_with(head, raw)}"
             ) from None
         if lineno == 1:
             line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not text
         offset += len(raw)
         yield line.rstrip("\r\n")
+
+
+# File types a user may give where text is expected, by their first bytes, and what to do with each.
+_NOT_TEXT = {
+    b"\x1f\x8b": "it is gzip-compressed: decompress it first (gunzip)",
+    b"PK\x03\x04": "it is a zip archive: extract the text file from it first (unzip)",
+    b"BZh": "it is bzip2-compressed: decompress it first (bunzip2)",
+    b"\xfd7zXZ": "it is xz-compressed: decompress it first (unxz)",
+    b"\xff\xfe": "it is UTF-16 (its first bytes say so): convert it first (iconv -f UTF-16 -t UTF-8)",
+    b"\xfe\xff": "it is UTF-16 (its first bytes say so): convert it first (iconv -f UTF-16 -t UTF-8)",
+}
+
+
+def _what_to_do_with(head: bytes, line: bytes) -> str:
+    """What to do with a file that is not UTF-8: by its first bytes `head`, and by the `line` that failed."""
+    for magic, remedy in _NOT_TEXT.items():
+        if head.startswith(magic):
+            return remedy
+    if b"\0" in line:
+        return "it holds NUL bytes: it is not a text file (or is UTF-16 without a byte-order mark)"
+    try:
+        line.decode("gb18030")
+    except UnicodeDecodeError:
+        return "convert the file to UTF-8 first (iconv -f ITS_ENCODING -t UTF-8)"
+    return "if it is Chinese text in GBK or GB18030, convert it first (iconv -f GB18030 -t UTF-8)"
 
 
 def read_corpus_lines(paths: Iterable[str | Path]) -> Iterator[str]:

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from bertkit.options import FRACTION, NON_NEGATIVE, POSITIVE, SEED, SEQ_LENGTH, option
 
+# The fewest documents a block holds (unless the split has fewer): its NotNext pairs draw their B from the others.
+MIN_BLOCK_DOCUMENTS = 16
+
 
 @dataclass
 class PrepareConfig:
@@ -13,8 +16,10 @@ class PrepareConfig:
 
     max_seq_length: int = option(128, type=SEQ_LENGTH, help="tokens per instance, [CLS] A [SEP] B [SEP]")
     short_seq_prob: float = option(
-        0.1, type=FRACTION, help="share of instances given a shorter target length, as fine-tuning inputs often are"
-    )
+        0.1, type=FRACTION,
+        help="chance that a document's instances get a shorter target length (a random one from 2 tokens up), as "
+        "fine-tuning inputs often are shorter; drawn once per document, as the original draws it",
+    )  # fmt: skip
     dupe_factor: int = option(  # >1: that many copies, each with its own fixed mask (static masking, as the original)
         1, type=POSITIVE, help="K copies with fixed masks (static masking)"
     )
@@ -32,5 +37,10 @@ class PrepareConfig:
         help="sentence pairing and random B sentences (masks, static ones too, come from pretrain's --seed)",
     )
     workers: int = option(1, type=NON_NEGATIVE, help="processes (0 or 1: this one)")
-    block_chars: int = 2_000_000
+    block_chars: int = option(
+        2_000_000, type=POSITIVE,
+        help=f"documents are read in blocks of about this many characters (and at least {MIN_BLOCK_DOCUMENTS} "
+        "documents), and a NotNext pair's random B comes from another document of the same block: a larger block "
+        "draws B from more of the corpus and holds more in memory (per worker)",
+    )  # fmt: skip
     shard_tokens: int = 64_000_000

@@ -7,7 +7,9 @@ is truncated from a random end.
 
 One change from the original: there, a chunk of a single sentence always got a random B, so fewer than half of
 the instances were IsNext. Here the IsNext/NotNext coin is tossed first, and an IsNext chunk of one sentence is
-split inside that sentence, so B is still the real continuation and IsNext stays at 50%.
+split inside that sentence at the start of a word, so B is still the real continuation and IsNext stays at 50%
+(a B that began with a `##` piece would give its label away: a random B never does). A sentence of one word has
+no such place and gets a random B, as the original gives every one-sentence chunk.
 
 A and B are always runs of consecutive tokens of one document (whole sentences, cut inside by a one-sentence
 split or by truncation), so instances are built as spans of one flat token array (`instance_spans`): no token is
@@ -46,6 +48,7 @@ class Block:
 
     token_starts: Sequence[int]  # a list (bisect on it is fast), one more entry than sentences
     doc_starts: Sequence[int]  # one more entry than documents
+    word_starts: np.ndarray | None = None  # per token: True where it starts a word (None: every token does)
 
     @property
     def num_documents(self) -> int:
@@ -99,22 +102,35 @@ def instance_spans(
         random_next = many_docs and rng.random() < 0.5
         a_end = c0 + (int(rng.integers(1, size)) if size >= 2 else 1)
         a = (starts[c0], starts[a_end])
+        cut = None
+        if not random_next and size < 2:  # one sentence: split it at a word, so B is still the true continuation
+            cut = _word_cut(block, a, rng)
+            if cut is None:
+                if not many_docs:
+                    c0 = c1
+                    continue
+                random_next = True
         if random_next:
             b = _random_segment(doc_index, block, rng, max(1, target - (a[1] - a[0])))
             c1 = a_end  # the sentences not used go back for the next chunk
-        elif size >= 2:
+        elif cut is None:
             b = (starts[a_end], starts[c1])
-        else:  # one sentence: split it, so B is still the true continuation
-            if a[1] - a[0] < 2:
-                c0 = c1
-                continue
-            cut = a[0] + int(rng.integers(1, a[1] - a[0]))
+        else:
             a, b = (a[0], cut), (cut, a[1])
         a0, a1, b0, b1 = _truncate_spans(a, b, max_tokens, rng)
         if a1 > a0 and b1 > b0:
             out.append(Span(a0, a1, b0, b1, NOT_NEXT if random_next else IS_NEXT))
         c0 = c1
     return out
+
+
+def _word_cut(block: Block, sentence: tuple[int, int], rng: np.random.Generator) -> int | None:
+    """A random token position inside `sentence` (not its first) where a word starts; None if there is none."""
+    begin, end = sentence
+    if block.word_starts is None:
+        return begin + int(rng.integers(1, end - begin)) if end - begin >= 2 else None
+    inside = np.flatnonzero(block.word_starts[begin + 1 : end])
+    return begin + 1 + int(inside[rng.integers(len(inside))]) if len(inside) else None
 
 
 def _random_segment(doc_index: int, block: Block, rng: np.random.Generator, target_length: int) -> tuple[int, int]:

@@ -7,9 +7,10 @@ Layout of a data directory:
   {split}-{k:05d}.index.bin          int64 rows (offset, len_a, len_b, nsp_label)
   {split}-{k:05d}.starts.bin         uint8 word-start flags per token (whole-word masking only)
 
-Memory stays flat in corpus size: documents are grouped into blocks of about `block_chars` characters, each block
-is turned into instances on its own (random NotNext segments come from the same block), and at most two blocks
-per worker are in flight. Blocks and their random generators depend only on the corpus and the seed, so the
+Memory stays flat in corpus size: documents are grouped into blocks of about `block_chars` characters (and at
+least `MIN_BLOCK_DOCUMENTS` documents), each block is turned into instances on its own (random NotNext segments come
+from the same block, as the original's came from the file it was given), and at most two blocks per worker are in
+flight. Blocks and their random generators depend only on the corpus and the seed, so the
 output is the same for any number of workers.
 
 Nothing in the output directory is touched until the new data is complete: it is written to a temporary folder
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from bertkit.data.config import PrepareConfig
+from bertkit.data.config import MIN_BLOCK_DOCUMENTS, PrepareConfig
 from bertkit.data.instances import Block, Span, gather_spans, instance_spans
 from bertkit.data.sentences import iter_documents
 from bertkit.errors import BertkitError
@@ -74,6 +75,7 @@ def _init_worker(tokenizer_dir: str, cfg: PrepareConfig) -> None:
     tok.special_tokens_in_text = False
     _WORKER["tok"] = tok
     _WORKER["cfg"] = cfg
+    _WORKER["starts_word"] = np.array([not t.startswith("##") for t in tok.vocab])  # by token id
     if cfg.whole_word_mask:
         import jieba
 
@@ -135,13 +137,16 @@ def _build_block(split: str, block_index: int, docs: list[list[str]]) -> BlockRe
         flags = np.fromiter(itertools.chain.from_iterable(word_starts), dtype=np.uint8, count=len(ids))
     else:
         ids, counts = tok.ids_flat(flat)
+    # Where a sentence may be cut (into pieces, or into A and B): at a word's start, so that no B begins with a
+    # `##` piece (and, with whole-word masking, no Chinese word is split either).
+    word_starts = flags.astype(bool) if flags is not None else _WORKER["starts_word"][ids]
     # Sentences without a token, and then documents without a sentence, are left out.
     doc_of_sentence = np.repeat(np.arange(len(docs)), [len(d) for d in docs])[counts > 0]
     counts = counts[counts > 0]
-    counts, doc_of_sentence, cut = _cut_long_sentences(counts, doc_of_sentence, cfg.max_seq_length - 3)
+    counts, doc_of_sentence, cut = _cut_long_sentences(counts, doc_of_sentence, cfg.max_seq_length - 3, word_starts)
     token_starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
     doc_starts = np.flatnonzero(np.diff(doc_of_sentence, prepend=-1, append=len(docs))).tolist()
-    block = Block(token_starts, doc_starts)
+    block = Block(token_starts, doc_starts, word_starts)
     spans: list[Span] = []
     # Held-out pairs once: copies there would only multiply the time evaluation takes (its masks are fixed anyway).
     for dupe in range(cfg.dupe_factor if split == "train" else 1):
@@ -154,25 +159,41 @@ def _build_block(split: str, block_index: int, docs: list[list[str]]) -> BlockRe
 
 
 def _cut_long_sentences(
-    counts: np.ndarray, doc_of_sentence: np.ndarray, max_tokens: int
+    counts: np.ndarray, doc_of_sentence: np.ndarray, max_tokens: int, word_starts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Cut each sentence of more than `max_tokens` tokens into pieces of `ceil(max_tokens / 2)` tokens (the last
-    one shorter): the new token counts, each piece's document, and how many sentences were cut.
+    """Cut each sentence of more than `max_tokens` tokens into pieces of at most `ceil(max_tokens / 2)` tokens,
+    each ending before the last word start that fits (where a word is longer, at the limit): the new token counts,
+    each piece's document, and how many sentences were cut. `word_starts` flags the tokens that start a word.
 
     The original keeps such a sentence whole, and truncation then drops all but `max_tokens` of its tokens: a
     paragraph whose sentence ends were not recognised (one long line, or marks the splitter does not know) lost
     nearly all its text. Pieces of one sentence are consecutive text, so an IsNext pair across them is still true;
     two pieces just fill a chunk, so an IsNext pair keeps nearly all of both, and a NotNext A of one piece leaves
     room for a random B (pieces as long as `max_tokens` would leave none, and it would be cut from A)."""
-    long = counts > max_tokens
-    if not long.any():
+    long = np.flatnonzero(counts > max_tokens)
+    if not len(long):
         return counts, doc_of_sentence, 0
     piece = -(-max_tokens // 2)
-    pieces = np.where(long, -(-counts // piece), 1)
-    owner = np.repeat(np.arange(len(counts)), pieces)  # each new sentence: the one it comes from
-    k = np.arange(len(owner)) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # ... and which piece of it
-    c = counts[owner]
-    return np.where(long[owner], np.minimum(piece, c - k * piece), c), doc_of_sentence[owner], int(long.sum())
+    sentence_starts = np.cumsum(counts) - counts
+    new_counts: list = []  # runs of sentences left whole, and each long one's pieces
+    owner: list = []  # for each new sentence: the one it comes from
+    done = 0
+    for s in long.tolist():
+        begin, end = int(sentence_starts[s]), int(sentence_starts[s] + counts[s])
+        lengths = []
+        while end - begin > piece:
+            fits = np.flatnonzero(word_starts[begin + 1 : begin + piece + 1])  # where the next piece may start
+            step = int(fits[-1]) + 1 if len(fits) else piece
+            lengths.append(step)
+            begin += step
+        lengths.append(end - begin)
+        new_counts += [counts[done:s], lengths]
+        owner += [np.arange(done, s), np.full(len(lengths), s)]
+        done = s + 1
+    new_counts.append(counts[done:])
+    owner.append(np.arange(done, len(counts)))
+    new_counts, owner = np.concatenate(new_counts).astype(counts.dtype), np.concatenate(owner)
+    return new_counts, doc_of_sentence[owner], len(long)
 
 
 # ------------------------------------------------------------------ main process: stream, dispatch, write
@@ -243,10 +264,14 @@ def _is_eval_document(doc_index: int, share: Fraction, offset: int) -> bool:
 
 
 def _blocks(corpus: list[Path], cfg: PrepareConfig, stats: dict) -> Iterator[tuple[str, int, list[list[str]]]]:
-    """Group documents into (split, block index, documents) jobs of about `block_chars` characters."""
+    """Group documents into (split, block index, documents) jobs of about `block_chars` characters and at least
+    `MIN_BLOCK_DOCUMENTS` documents (a random B comes from another document of the same block: a document as long
+    as a block, alone in one, had no NotNext pairs). Each split's last block is held back until the corpus ends,
+    so that a remainder of fewer documents joins it instead of making a block of its own."""
     share = Fraction(cfg.eval_fraction).limit_denominator(1_000_000)
     offset = -cfg.seed % share.denominator  # with a share of 1/n, document `seed mod n` is the first held out
     pending: dict[str, list[list[str]]] = {s: [] for s in SPLITS}
+    held: dict[str, tuple[str, int, list[list[str]]] | None] = dict.fromkeys(SPLITS)
     size = dict.fromkeys(SPLITS, 0)
     count = dict.fromkeys(SPLITS, 0)
     for doc_index, doc in enumerate(iter_documents(corpus)):
@@ -255,13 +280,20 @@ def _blocks(corpus: list[Path], cfg: PrepareConfig, stats: dict) -> Iterator[tup
         size[split] += sum(len(s) for s in doc)
         stats["documents"][split] += 1
         stats["chars"] += sum(len(s) for s in doc)
-        if size[split] >= cfg.block_chars:
-            yield split, count[split], pending[split]
+        if size[split] >= cfg.block_chars and len(pending[split]) >= MIN_BLOCK_DOCUMENTS:
+            if held[split]:
+                yield held[split]
+            held[split] = (split, count[split], pending[split])
             pending[split], size[split] = [], 0
             count[split] += 1
     for split in SPLITS:
-        if pending[split]:
-            yield split, count[split], pending[split]
+        last, rest = held[split], pending[split]
+        if last and len(rest) < MIN_BLOCK_DOCUMENTS:
+            last, rest = (split, last[1], last[2] + rest), []
+        if last:
+            yield last
+        if rest:
+            yield split, count[split], rest
 
 
 def _check_settings(cfg: PrepareConfig) -> None:
