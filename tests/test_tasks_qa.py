@@ -134,3 +134,33 @@ def test_questions_cut_at_max_query_length_are_reported(squad) -> None:
         f"note: {long} of {len(examples)} questions in dev.jsonl are longer than max_query_length 8 tokens: only "
         "their first 8 tokens are read"
     )
+
+
+def test_a_model_trained_without_relocation_evaluates_and_predicts_cmrc_dev(
+    tmp_path: Path, data_dir: Path, tiny_task_models: dict[str, Path], bertkit
+) -> None:
+    # CMRC 2018's dev set has answers that are not at their answer_start: evaluate and predict refused it for any
+    # model fine-tuned without --relocate-answers, and pointed to that flag, which they do not have. Scoring and
+    # prediction read answers by their text; training still refuses such answers.
+    import shutil
+
+    cmrc = json.loads((data_dir / "cmrc2018/dev.json").read_text(encoding="utf-8"))
+
+    def misplaced(p: dict) -> bool:
+        return any(p["context"][a["answer_start"] :].find(a["text"]) != 0 for q in p["qas"] for a in q["answers"])
+
+    paragraphs = [p for a in cmrc["data"] for p in a["paragraphs"]]
+    picked = [next(p for p in paragraphs if misplaced(p)), *paragraphs[:3]]
+    data = tmp_path / "dev.json"
+    data.write_text(json.dumps({"data": [{"paragraphs": picked}]}, ensure_ascii=False), encoding="utf-8")
+    model = tmp_path / "qa"
+    shutil.copytree(tiny_task_models["qa"], model)
+    record = json.loads((model / "bertkit_task.json").read_text())
+    record["settings"]["relocate_answers"] = False
+    (model / "bertkit_task.json").write_text(json.dumps(record))
+    r = bertkit("evaluate", "--model", model, "--data", data)
+    assert r.status == 0 and '"exact_match"' in r.out, r.err
+    r = bertkit("predict", "--model", model, "--input", data)
+    assert r.status == 0 and r.out.count('"answer"') == sum(len(p["qas"]) for p in picked), r.err
+    r = bertkit("finetune", "--task", "qa", "--model", model, "--train", data, "--out", tmp_path / "o")
+    assert r.status == 2 and "is not at answer_start" in r.err and "--relocate-answers" in r.err

@@ -44,6 +44,7 @@ class QAExample:
     context: str
     answers: list[tuple[str, int]] = field(default_factory=list)  # (text, character start)
     is_impossible: bool = False
+    misplaced: str = ""  # read with relocate_answers: what was wrong with the first answer not at its answer_start
 
 
 # ---------------------------------------------------------------------------------------------- lines
@@ -252,8 +253,9 @@ def read_conll(path: str | Path, require_tags: bool = True) -> list[TaggedSenten
 
 def read_squad(path: str | Path, relocate_answers: bool = False) -> list[QAExample]:
     """SQuAD v1.1/v2.0 JSON. An answer whose text is not at its `answer_start` is an error, unless
-    `relocate_answers`, which moves it to the occurrence of its text nearest to the given offset; an answer whose
-    text is nowhere in its passage then keeps start -1: scored against, never trained on.
+    `relocate_answers`, which moves it to the occurrence of its text nearest to the given offset (the error it
+    would have been is kept in the example's `misplaced`); an answer whose text is nowhere in its passage then keeps
+    start -1: scored against, never trained on.
 
     A missing or mistyped field is an error naming the file, the place (data[a].paragraphs[p].qas[q]) and the field.
     """
@@ -277,26 +279,23 @@ def read_squad(path: str | Path, relocate_answers: bool = False) -> list[QAExamp
                 qid = str(_field(qa, "id", (str, int), where))
                 where += f" (id {qid!r})"
                 question = _field(qa, "question", str, where)
-                answers = []
+                answers, misplaced = [], ""
                 for i, ans in enumerate(_field(qa, "answers", list, where, default=[])):
                     ans = _object(ans, f"{where}: answers[{i}]")
                     text = _field(ans, "text", str, f"{where}: answers[{i}]")
                     start = _offset(ans.get("answer_start"), f"{where}: answers[{i}].answer_start")
                     if context[start : start + len(text)] != text:
                         found = _nearest(context, text, start)
+                        hint = "nearest occurrence" if found >= 0 else "text for scoring only (not in the passage)"
+                        misplaced = misplaced or (
+                            f"{where}: answer {text!r} is not at answer_start {start}; pass --relocate-answers to use "
+                            f"its {hint}"
+                        )
                         if not relocate_answers:
-                            hint = (
-                                "nearest occurrence"
-                                if found >= 0
-                                else "text for scoring only (it is not in the passage)"
-                            )
-                            raise BertkitError(
-                                f"{where}: answer {text!r} is not at answer_start {start}; pass --relocate-answers to "
-                                f"use its {hint}"
-                            )
+                            raise BertkitError(misplaced)
                         start = found
                     answers.append((text, start))
-                out.append(QAExample(qid, question, context, answers, bool(qa.get("is_impossible"))))
+                out.append(QAExample(qid, question, context, answers, bool(qa.get("is_impossible")), misplaced))
     if not out:
         raise BertkitError(f"{path}: no questions")
     return out

@@ -178,6 +178,7 @@ def _finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) ->
     train_ex = task.read(cfg.train_file)
     if cfg.max_train_examples:
         train_ex = train_ex[: cfg.max_train_examples]
+    task.check_trainable(train_ex)
     labels, new_head = _head_labels(task.labels(train_ex), cfg.model, task.name)
     label2id = {label: i for i, label in enumerate(labels)} if labels else None
     id2label = {i: label for i, label in enumerate(labels)} if labels else {}

@@ -75,6 +75,10 @@ class Task:
         """Read a data file into examples; `labelled=False` accepts input without labels (for prediction)."""
         raise NotImplementedError
 
+    def check_trainable(self, examples: Sequence) -> None:
+        """Refuse training examples that `read` accepted for evaluation but that cannot be trained on as they are
+        (a QA answer not at its answer_start); the error names the file and the entry."""
+
     def from_json(self, row: dict, n: int = 0) -> Any:
         """One unlabelled example from a JSON object (an HTTP request's input); `n` is kept as its line number."""
         raise NotImplementedError

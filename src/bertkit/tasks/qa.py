@@ -45,10 +45,20 @@ class QaTask(Task):
                 except BertkitError as e:
                     raise BertkitError(f"{path}:{n}: {e}") from None
             return out
-        examples = read_squad(path, relocate_answers=self.settings.relocate_answers)
+        # Scoring and prediction read answers by their text; only training needs them where answer_start says
+        # (`check_trainable`), so evaluating a model on CMRC 2018's dev set, whose answers are not all at their
+        # offsets, needs no repair.
+        examples = read_squad(path, relocate_answers=True)
         if labelled and all(not ex.answers and not ex.is_impossible for ex in examples):
             raise BertkitError(f"{path}: no answers to train or evaluate on")
         return examples
+
+    def check_trainable(self, examples: Sequence[QAExample]) -> None:
+        """Refuse training answers that are not at their answer_start, unless --relocate-answers was given."""
+        if not self.settings.relocate_answers:
+            for ex in examples:
+                if ex.misplaced:
+                    raise BertkitError(ex.misplaced)
 
     cut_questions = 0  # how many questions the last `features` call cut at max_query_length
 
