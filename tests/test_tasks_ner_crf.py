@@ -175,12 +175,36 @@ def test_gold_tags_no_crf_can_produce_are_read_as_the_metric_reads_them() -> Non
     label2id = {t: i for i, t in enumerate(["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])}
     ex = TaggedSentence(list("abcdef"), None, 7)
     # I-PER after O opens an entity (B-PER); I-LOC right after I-PER opens another (B-LOC)
-    got = _chain_tags(["O", "I-PER", "I-PER", "I-LOC", "O", "B-LOC"], False, label2id, ex)
+    whole = (False, False)  # a whole sentence: cut at neither end
+    got = _chain_tags(["O", "I-PER", "I-PER", "I-LOC", "O", "B-LOC"], False, label2id, ex, whole)
     assert got == ["O", "B-PER", "I-PER", "B-LOC", "O", "B-LOC"]
-    assert _chain_tags(["I-PER", "O"], False, label2id, ex) == ["B-PER", "O"]  # a second chunk's first word
+    assert _chain_tags(["I-PER", "O"], False, label2id, ex, (True, False)) == ["B-PER", "O"]  # a second chunk's
     bioes = {t: i for i, t in enumerate(["O", "B-PER", "I-PER", "E-PER"])}  # no S-PER in the data
     with pytest.raises(BertkitError, match=r"line 7: .*'S-PER'"):
-        _chain_tags(["O", "B-PER", "O"], True, bioes, ex)
+        _chain_tags(["O", "B-PER", "O"], True, bioes, ex, whole)
+    # ... unless the entity is the piece of one cut at a chunk's end: it is O in that chunk
+    assert _chain_tags(["O", "O", "B-PER"], True, bioes, ex, (False, True)) == ["O", "O", "O"]
+    with pytest.raises(BertkitError, match=r"line 7: .*'S-PER'"):  # a lone B- inside the chunk is still wrong
+        _chain_tags(["B-PER", "O", "B-PER", "I-PER"], True, bioes, ex, (False, True))
+
+
+def test_training_chunks_end_before_an_entity_they_would_cut(tiny_zh_pretrained: Path) -> None:
+    # A valid BIOES sentence longer than a chunk, with an entity across the chunk's end, was refused with --crf:
+    # its first piece (a lone B-) needed S-TITLE, which the data never used ("correct the tags"). Training chunks
+    # now end before that entity; evaluation chunks (which may not depend on the gold tags) tag the piece O.
+    from bertkit import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tiny_zh_pretrained)
+    label2id = {t: i for i, t in enumerate(["O", "B-TITLE", "I-TITLE", "E-TITLE"])}
+    tags = ["O"] * 13 + ["B-TITLE", "I-TITLE", "E-TITLE"] + ["O"] * 4  # 14 words fit a chunk of max length 16
+    ex = TaggedSentence(list("我" * 20), tags, 3)
+    task = NerTask(TaskSettings(max_seq_length=16, crf=True))
+    train = task.features([ex], tok, label2id, train=True)
+    assert [f["word_index"][0] for f in train] == [0, 13]  # the second chunk starts at the entity
+    dev = task.features([ex], tok, label2id, train=False)
+    assert [f["word_index"][0] for f in dev] == [0, 14]
+    first = [t for t in dev[0]["token_labels"] if t != -100]
+    assert first[-1] == label2id["O"]
 
 
 def test_a_long_sentence_is_cut_into_chunks_whose_chains_are_valid(tiny_zh_pretrained: Path) -> None:

@@ -147,6 +147,10 @@ class NerTask(Task):
         out: list[Feature] = []
         for s, (ex, per_word) in enumerate(zip(examples, pieces_per_sentence, strict=True)):
             self.cut_inputs += sum(len(p[:budget]) for p in per_word) > budget
+            # Training chunks end before an entity that would not fit, so that no entity is cut in two (in BIOES a
+            # cut entity has no valid tags). Evaluation and prediction cut where the tokens end: their chunks may
+            # not depend on the gold tags.
+            entity_from = _entity_starts(ex.tags) if train and ex.tags is not None and not overlap else None
             start = 0
             while start < len(per_word):
                 ids, first_pos, words = [tok.cls_id], [], []
@@ -158,6 +162,11 @@ class NerTask(Task):
                         words.append(w)
                         ids += pieces
                     w += 1
+                if entity_from is not None and w < len(per_word) and start < entity_from[w] < w:
+                    w = entity_from[w]  # the entity that word w continues starts the next chunk
+                    keep = sum(v < w for v in words)
+                    ids = ids[: first_pos[keep]] if keep < len(words) else ids
+                    first_pos, words = first_pos[:keep], words[:keep]
                 ids.append(tok.sep_id)
                 f: Feature = {"input_ids": ids, "token_type_ids": [0] * len(ids), "sentence": s}
                 f.update(
@@ -166,7 +175,8 @@ class NerTask(Task):
                 if ex.tags is not None and label2id:
                     tags = [ex.tags[i] for i in words]
                     if self.settings.crf:  # the chain of this chunk must be a valid sequence (see `_chain_tags`)
-                        tags = _chain_tags(tags, bioes, label2id, ex)
+                        cut = (bool(words) and words[0] > 0, bool(words) and words[-1] < len(ex.tags) - 1)
+                        tags = _chain_tags(tags, bioes, label2id, ex, cut)
                     labels = [IGNORE_INDEX] * len(ids)
                     for p, tag in zip(first_pos, tags, strict=True):
                         labels[p] = label2id[tag]
@@ -227,12 +237,31 @@ class NerTask(Task):
         return out
 
 
-def _chain_tags(tags: list[str], bioes: bool, label2id: dict[str, int], ex: TaggedSentence) -> list[str]:
+def _entity_starts(tags: Sequence[str]) -> list[int]:
+    """For each word, the first word of the entity it belongs to (itself outside any entity)."""
+    first = list(range(len(tags)))
+    for _, a, b in entity_spans(tags):
+        first[a : b + 1] = [a] * (b + 1 - a)
+    return first
+
+
+def _chain_tags(
+    tags: list[str], bioes: bool, label2id: dict[str, int], ex: TaggedSentence, cut: tuple[bool, bool]
+) -> list[str]:
     """The tags a CRF trains on: the entities that the entity metric reads in `tags`, written as a valid sequence
     (a CRF cannot produce an I- tag that continues no entity, found in real data and at the start of the second
-    chunk of a long sentence: such a tag opens an entity, as conlleval reads it)."""
-    valid = span_tags(entity_spans(tags), len(tags), bioes)
+    chunk of a long sentence: such a tag opens an entity, as conlleval reads it). `cut` says whether the chunk's
+    sentence goes on before and after it: the piece of an entity cut there that needs a tag the data never uses
+    (in BIOES, a lone B- becomes S-) is tagged O in this chunk rather than refused."""
+    spans = entity_spans(tags)
+    valid = span_tags(spans, len(tags), bioes)
     missing = next((t for t in valid if t not in label2id), None)
+    if missing is not None:
+        at_a_cut = [(cut[0] and a == 0) or (cut[1] and b == len(tags) - 1) for _, a, b in spans]
+        unknown = [any(t not in label2id for t in span_tags([span], len(tags), bioes)) for span in spans]
+        valid = span_tags([sp for sp, c, u in zip(spans, at_a_cut, unknown, strict=True) if not (c and u)], len(tags),
+                          bioes)  # fmt: skip
+        missing = next((t for t in valid if t not in label2id), None)
     if missing is not None:
         raise BertkitError(
             f"line {ex.line}: the entities of this sentence need the tag {missing!r}, which the training data never "
