@@ -60,6 +60,20 @@ def test_an_empty_label_is_an_error(tmp_path: Path) -> None:
         read_classification(path)
 
 
+def test_an_empty_text_is_an_error(tmp_path: Path) -> None:
+    # A row with an empty text was scored by evaluate and answered by predict (from [CLS] [SEP] alone), while a JSON
+    # request with one is refused.
+    for name, content, where in (
+        ("train.tsv", "text\tlabel\n很好\t1\n \t0\n", r"train\.tsv:3: the text is empty"),
+        ("pairs.csv", "text_a,text_b,label\n好,很好,1\n好,,0\n", r"pairs\.csv:3: the text_b is empty"),
+        ("rows.jsonl", '{"text": "好", "label": "1"}\n{"text": "", "label": "0"}\n', r"rows\.jsonl:2: the text is"),
+    ):
+        (tmp_path / name).write_text(content, encoding="utf-8")
+        for labelled in (True, False):
+            with pytest.raises(BertkitError, match=where):
+                read_classification(tmp_path / name, require_label=labelled)
+
+
 # ------------------------------------------------------------------------------------------ line ends
 
 

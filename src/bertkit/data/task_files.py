@@ -86,6 +86,9 @@ def read_classification(path: str | Path, require_label: bool = True, multilabel
         if require_label and not label and not multilabel:
             raise BertkitError(f"{path}:{n}: the label is empty; give every training or evaluation row a label")
         text_b = row.get("text_b")
+        for name, text in (("text", text_a), ("text_b", text_b)):
+            if text is not None and not str(text).strip():  # the model would answer from [CLS] [SEP] alone
+                raise BertkitError(f"{path}:{n}: the {name} is empty; give the row a text or remove it")
         kept = label if multilabel else label or None
         out.append(TextExample(str(text_a), None if text_b is None else str(text_b), kept, n, str(path)))
     if not out:
