@@ -12,8 +12,6 @@ import string
 from collections import Counter
 from collections.abc import Collection, Sequence
 
-from bertkit.tokenizer import is_cjk
-
 # ---------------------------------------------------------------------------------------------- classification
 
 
@@ -214,23 +212,81 @@ def squad_em(prediction: str, truth: str) -> float:
 
 # ---------------------------------------------------------------------------------------------- CMRC 2018 (Chinese)
 
-_CMRC_PUNCT = set("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』") | {"……"}
+# The official script's punctuation: dropped before scoring (its "……" is one entry of two characters, which no
+# single character equals, so "…" stays).
+_CMRC_PUNCT = set("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』")
+_CMRC_CJK = re.compile("[\u4e00-\u9fa5]")  # what the official script counts as Chinese: one segment per character
+# The rules of NLTK's word tokenizer (which the official script runs on the text between Chinese characters) that
+# can apply once its punctuation is dropped, as substitutions that put spaces around a token: a comma not followed by
+# a digit (91,971 stays whole), ; @ # $ % & ? !, a run's final period (6.40 and U.S. inside stay whole), an
+# ellipsis, brackets, double quotes (written `` and '' by NLTK), dashes and the quotes NLTK splits off, and the
+# clitics 's 'm 'd 'll 're 've n't and contractions such as cannot.
+_CMRC_RUN_RULES = [
+    (re.compile(r"([«“‘„]|`+)"), r" \1 "),
+    (re.compile(r'^"'), "``"),
+    (re.compile(r"(``)"), r" \1 "),
+    (re.compile(r"([ (\[{<])(\"|'{2})"), r"\1 `` "),
+    (re.compile(r"(?i)(?<!\w)(')(?!(?:re|ve|ll|m|t|s|d|n)\b)(?=\w)"), r"\1 "),
+    (re.compile(r"([^.])(\.)([\])}>\"'»”’ ]*+)\s*$"), r"\1 \2 \3 "),
+    (re.compile(r"(,)([^\d])"), r" \1 \2"),
+    (re.compile(r"(,)$"), r" \1 "),
+    (re.compile(r"\.{2,}"), r" \g<0> "),
+    (re.compile(r"[;@#$%&]"), r" \g<0> "),
+    (re.compile(r"[\u2012-\u2015]"), r" \g<0> "),
+    (re.compile(r"[?!]"), r" \g<0> "),
+    (re.compile(r"([^'])' "), r"\1 ' "),
+    (re.compile(r"[\][(){}<>]"), r" \g<0> "),
+]
+_CMRC_END_RULES = [  # on the run with a space added at each end
+    (re.compile(r"([»”’])"), r" \1 "),
+    (re.compile(r"''"), " '' "),
+    (re.compile(r'"'), " '' "),
+    (re.compile(r"\s+"), " "),
+    (re.compile(r"([^' ])('[sS]|'[mM]|'[dD]|') "), r"\1 \2 "),
+    (re.compile(r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) "), r"\1 \2 "),
+    *(
+        (re.compile(rf"(?i)\b({a})({b})\b"), r" \1 \2 ")
+        for a, b in (
+            ("can", "not"),
+            ("d", "'ye"),
+            ("gim", "me"),
+            ("gon", "na"),
+            ("got", "ta"),
+            ("lem", "me"),
+            ("more", "'n"),
+        )
+    ),
+    (re.compile(r"(?i)\b(wan)(na)(?=\s)"), r" \1 \2 "),
+    (re.compile(r"(?i) ('t)(is)\b"), r" \1 \2 "),
+    (re.compile(r"(?i) ('t)(was)\b"), r" \1 \2 "),
+]
+
+
+def _cmrc_words(run: str) -> list[str]:
+    """The words of a run of text between Chinese characters, split as NLTK's word tokenizer splits them."""
+    for pattern, replacement in _CMRC_RUN_RULES:
+        run = pattern.sub(replacement, run)
+    run = f" {run} "
+    for pattern, replacement in _CMRC_END_RULES:
+        run = pattern.sub(replacement, run)
+    return run.split()
 
 
 def _cmrc_segments(s: str) -> list[str]:
-    """Mixed segmentation: each CJK character alone, runs of other text split into words; punctuation dropped."""
+    """The official script's mixed segmentation with punctuation removed: each Chinese character alone, the text
+    between them split into words (`_cmrc_words`); a punctuation mark is dropped without splitting there."""
     out: list[str] = []
-    buf = ""
+    run = ""
     for ch in s.lower().strip():
-        if is_cjk(ch, bmp_only=True) or ch in _CMRC_PUNCT or ch.isspace():
-            out += re.findall(r"\w+|[^\w\s]", buf)
-            buf = ""
-            if is_cjk(ch, bmp_only=True):
-                out.append(ch)
+        if ch in _CMRC_PUNCT:
+            continue
+        if _CMRC_CJK.match(ch):
+            out += _cmrc_words(run) if run else []
+            out.append(ch)
+            run = ""
         else:
-            buf += ch
-    out += re.findall(r"\w+|[^\w\s]", buf)
-    return [t for t in out if t not in _CMRC_PUNCT]
+            run += ch
+    return out + (_cmrc_words(run) if run else [])
 
 
 def _longest_common_substring(a: list[str], b: list[str]) -> int:
