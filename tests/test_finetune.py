@@ -91,7 +91,7 @@ def test_bad_task_input(tmp_path: Path, tiny_zh_pretrained: Path, data_dir: Path
     dev.write_text("text\tlabel\n好\t1\n一般\t2\n", encoding="utf-8")
     r = bertkit("finetune", "--task", "cls", "--model", tiny_zh_pretrained, "--train", train, "--dev", dev, "--out",
                 tmp_path / "o")  # fmt: skip
-    assert r.status == 2 and f"{dev}:3" in r.err and "'2'" in r.err
+    assert r.status == 2 and f"{dev}:3" in r.err and "'2'" in r.err and "add examples of it to the training" in r.err
 
     qa = tmp_path / "qa.json"
     qa.write_text(json.dumps({"data": [{"paragraphs": [{"context": "小明在北京工作。", "qas": [

@@ -74,6 +74,20 @@ def test_an_empty_text_is_an_error(tmp_path: Path) -> None:
                 read_classification(tmp_path / name, require_label=labelled)
 
 
+def test_a_csv_row_is_named_by_its_first_line_and_bmes_tags_get_a_hint(tmp_path: Path) -> None:
+    # A quoted CSV record over two lines was reported at its last line; a BMES file's M- tag was refused without
+    # saying what to write instead.
+    path = tmp_path / "rows.csv"
+    path.write_text('text,label\n"two\nlines",\n好,1\n', encoding="utf-8")
+    with pytest.raises(BertkitError, match=r"rows\.csv:2: the label is empty"):
+        read_classification(path)
+    assert [ex.line for ex in read_classification(path, require_label=False)] == [2, 4]
+    bmes = tmp_path / "bmes.txt"
+    bmes.write_text("张 B-NAME\n三 M-NAME\n丰 E-NAME\n", encoding="utf-8")
+    with pytest.raises(BertkitError, match=r"bmes\.txt:2: label 'M-NAME' is not .*rewrite M- as I-"):
+        read_conll(bmes)
+
+
 # ------------------------------------------------------------------------------------------ line ends
 
 

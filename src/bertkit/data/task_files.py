@@ -157,9 +157,9 @@ def _delimited_rows(path: Path, lines: list[tuple[int, str]], require_label: boo
                 f"{path}:{header_line}: the first line must be a header naming the columns, e.g. "
                 f"{_example_header(delimiter)} (or text_a, text_b and label for pairs); found {first!r}"
             )
-        rows = []
+        rows, end = [], reader.line_num
         for values in reader:
-            n = reader.line_num
+            n, end = end + 1, reader.line_num  # the row's first line: a quoted field may span several
             if not values:
                 continue
             if len(values) != len(header):
@@ -241,7 +241,8 @@ def read_conll(path: str | Path, require_tags: bool = True) -> list[TaggedSenten
                 raise BertkitError(f"{path}:{n}: expected 'token label', got {line!r}")
             tag = parts[-1]
             if not _is_tag(tag):
-                raise BertkitError(f"{path}:{n}: label {tag!r} is not O or B-/I-/E-/S-TYPE")
+                bmes = "; BMES's M- (inside an entity) is I- here: rewrite M- as I-" if tag.startswith("M-") else ""
+                raise BertkitError(f"{path}:{n}: label {tag!r} is not O or B-/I-/E-/S-TYPE{bmes}")
             tags.append(tag)
         tokens.append(parts[0])
     if tokens:

@@ -142,6 +142,16 @@ def with_marks(text: str, end: int) -> int:
     return end
 
 
+def unseen_label(where: str, label: str, known: Sequence[str] | None = None) -> BertkitError:
+    """The error for a label of evaluation data that the training data never had (`known`: its labels, listed when
+    few enough to read)."""
+    listed = f" {list(known)}" if known is not None and len(known) <= 20 else ""
+    return BertkitError(
+        f"{where}: label {label!r} was not in the training data{listed}: a model predicts only the labels it was "
+        "trained on; add examples of it to the training file, or leave it out of this one"
+    )
+
+
 def text_field(row: dict, key: str, alternative: str | None = None) -> str:
     """`row[key]` (or `row[alternative]`) as a non-empty string; else a BertkitError saying which field is wrong."""
     value = row.get(key, row.get(alternative)) if alternative else row.get(key)

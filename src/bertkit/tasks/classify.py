@@ -13,7 +13,7 @@ from bertkit.data.task_files import TextExample, numbered_lines, read_classifica
 from bertkit.errors import BertkitError
 from bertkit.metrics import accuracy, macro_f1, regression_scores
 from bertkit.model import BertForSequenceClassification
-from bertkit.tasks.base import Feature, Task, run_model, text_field, window_starts
+from bertkit.tasks.base import Feature, Task, run_model, text_field, unseen_label, window_starts
 from bertkit.tokenizer import Tokenizer
 
 SCORE = "score"  # a regression's one output: its label name in config.json's id2label and its key in predictions
@@ -130,8 +130,7 @@ class ClassificationTask(Task):
     def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path) -> None:
         for ex in examples:
             if ex.label is not None and ex.label not in label2id:
-                known = list(label2id)
-                raise BertkitError(f"{path}:{ex.line}: label {ex.label!r} was not in the training data {known}")
+                raise unseen_label(f"{path}:{ex.line}", ex.label, list(label2id))
 
     def _encode(self, examples: Sequence[TextExample], tok: Tokenizer, pair: bool, truncation: bool = True):
         return tok.encode_batch(

@@ -12,7 +12,7 @@ import torch
 from bertkit.data.task_files import LABEL_SEPARATOR, TextExample, read_classification
 from bertkit.errors import BertkitError
 from bertkit.metrics import multilabel_scores
-from bertkit.tasks.base import Feature
+from bertkit.tasks.base import Feature, unseen_label
 from bertkit.tasks.classify import PairsFromData, mark_truncated
 
 DEFAULT_THRESHOLD = 0.5  # a label whose sigmoid passes one half, before any threshold is chosen on dev data
@@ -76,9 +76,7 @@ class MultiLabelTask(PairsFromData):
         for ex in examples:
             for label in split_labels(ex.label, f"{path}:{ex.line}"):
                 if label not in label2id:
-                    raise BertkitError(
-                        f"{path}:{ex.line}: label {label!r} was not in the training data {list(label2id)}"
-                    )
+                    raise unseen_label(f"{path}:{ex.line}", label, list(label2id))
 
     def target(self, label: str, label2id: dict[str, int]) -> list[float]:
         """The label set as a 0/1 vector over the model's labels (BCE's target)."""

@@ -15,7 +15,7 @@ from bertkit.data.task_files import TaggedSentence, looks_like_conll, numbered_l
 from bertkit.errors import BertkitError
 from bertkit.metrics import entity_prf, entity_spans, span_tags
 from bertkit.model import BertForTokenClassification
-from bertkit.tasks.base import Feature, Task, run_model, text_field, with_marks
+from bertkit.tasks.base import Feature, Task, run_model, text_field, unseen_label, with_marks
 from bertkit.tokenizer import Tokenizer, contains_cjk, is_cjk
 
 
@@ -130,7 +130,7 @@ class NerTask(Task):
         for ex in examples:
             for k, t in enumerate(ex.tags or []):
                 if t not in label2id:
-                    raise BertkitError(f"{path}:{ex.line + k}: label {t!r} was not in the training data")
+                    raise unseen_label(f"{path}:{ex.line + k}", t)
 
     def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
         """Chunks of whole words up to `max_seq_length`; a word's label sits on its first sub-token only.
