@@ -12,7 +12,7 @@
 # Every stage skips itself when its output exists, so a re-run resumes after the last finished stage.
 # The bertkit command: $BERTKIT if set, else `bertkit` on the PATH, else the .venv/bin/bertkit that `make` installs.
 set -euo pipefail
-if [ $# -ne 4 ]; then sed -n '2,14p' "$0"; exit 2; fi
+if [ $# -ne 4 ]; then sed -n '2,13p' "$0"; exit 2; fi
 CORPUS=$1 TRAIN=$2 DEV=$3 OUT=$4
 PRESET=${PRESET:-mini} VOCAB=${VOCAB:-8000} SEQ=${SEQ:-128} STEPS=${STEPS:-2000} BATCH=${BATCH:-32}
 LR=${LR:-5e-4} NSP_WEIGHT=${NSP_WEIGHT:-0.1} EPOCHS=${EPOCHS:-3} TASK=${TASK:-cls}

@@ -44,7 +44,7 @@ def test_a_cached_hub_model_embeds_as_its_local_directory(hub_cache: Path, minil
 
     missing = run_bertkit("embed", "--model", "org/not-cached", "--input", "-", "--out", tmp_path / "c.npy",
                           stdin=texts, env=env)  # fmt: skip
-    assert missing.status == 2 and "'org/not-cached' is not in the cache" in missing.err, missing.err
+    assert missing.status == 2 and "model 'org/not-cached' in the cache" in missing.err, missing.err
     assert len(missing.err.strip().splitlines()[-1]) > 0 and "Traceback" not in missing.err
     assert not (tmp_path / "c.npy").exists()
 

@@ -521,14 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help="inputs per forward pass")
     p.add_argument("--max-instances", type=POSITIVE, default=None, help="pre-training data only: the first N")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0,
+                   help="pre-training data only: the seed of the masks drawn (default %(default)s)")  # fmt: skip
     add_options(p, TrainConfig, only=("device",))
     add_options(p.add_argument_group("masking (pre-training data)"), MaskingConfig)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
         "finetune",
-        help="fine-tune on labelled data: cls, pair, regression, ner or qa",
+        help="fine-tune on labelled data: cls, pair, regression, multilabel, ner or qa",
         description="Fine-tune a pre-trained model for one task; --out becomes a Hugging Face task-model directory "
         "(the best dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints).",
     )
@@ -703,6 +704,10 @@ def _what_an_interrupt_kept(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bertkit` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("RANK", "0") or 0) > 0:
+        # Under torchrun the first process speaks for the run: the others' notes and results are the same lines
+        # again (their errors still go to standard error).
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         _resolve_model_name(args)
         args.func(args)

@@ -37,7 +37,7 @@ def no_such_path(path: str | Path) -> str:
     path = Path(path)
     parent = path.parent if path.parent.is_dir() else None
     near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1) if parent else []
-    hint = f"; did you mean {parent / near[0]}?" if parent and near else "; check the path"
+    hint = f"; did you mean {parent / near[0]}?" if parent and near else "; check the path."
     return f"{path} does not exist{hint}"
 
 

@@ -51,7 +51,7 @@ def model_path(name: str | Path) -> Path:
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
         raise BertkitError(
-            f"{no_such_path(path)}; as a Hugging Face Hub model name it needs huggingface_hub: "
+            f"{no_such_path(path)} As a Hugging Face Hub model name it needs huggingface_hub: "
             "pip install huggingface_hub"
         ) from None
     try:
@@ -61,11 +61,11 @@ def model_path(name: str | Path) -> Path:
         return snapshot
     except LocalEntryNotFoundError:
         raise BertkitError(
-            f"{no_such_path(path)}, and the Hugging Face Hub model {name!r} is not in the cache (offline, or the Hub "
+            f"{no_such_path(path)} Nor is the Hugging Face Hub model {name!r} in the cache (offline, or the Hub "
             "cannot be reached): download it once with network access, or give a local model directory"
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BertkitError(
-            f"{no_such_path(path)}, and the Hugging Face Hub did not give {name!r}: {first_line}"
+            f"{no_such_path(path)} Nor did the Hugging Face Hub give {name!r}: {first_line}"
         ) from None

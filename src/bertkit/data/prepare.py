@@ -506,5 +506,6 @@ def cut_sentences_note(manifest: dict) -> str | None:
     return (
         f"note: {cut:,} sentence{'s' if cut != 1 else ''} of the corpus had more than {room} tokens (an instance's "
         f"room for A and B) and {'were' if cut != 1 else 'was'} cut into pieces rather than truncated; sentences end "
-        "at line ends, at 。！？；…, and at . ! ? before a space or a Chinese character: does the corpus use them?"
+        "at line ends, at 。！？；…, at . ! ? before a space, and at . ! ? ; between a Chinese character and the next: "
+        "does the corpus use them?"
     )
