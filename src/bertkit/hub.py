@@ -66,6 +66,4 @@ def model_path(name: str | Path) -> Path:
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BertkitError(
-            f"{no_such_path(path)} Nor did the Hugging Face Hub give {name!r}: {first_line}"
-        ) from None
+        raise BertkitError(f"{no_such_path(path)} Nor did the Hugging Face Hub give {name!r}: {first_line}") from None
