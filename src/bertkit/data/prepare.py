@@ -86,7 +86,7 @@ def _init_worker(tokenizer_dir: str, cfg: PrepareConfig) -> None:
 
 def _word_starts(sentence: str, enc: TokenSpans) -> list[int]:
     """1 where a token starts a word: not a `##` piece and, in Chinese, at a jieba word boundary."""
-    starts = [0 if t.startswith("##") else 1 for t in _WORKER["tok"].convert_ids_to_tokens(enc.ids)]
+    starts = _WORKER["starts_word"][enc.ids].astype(np.uint8).tolist()
     jieba = _WORKER.get("jieba")
     if jieba is not None and contains_cjk(sentence, bmp_only=True):
         bounds, pos = set(), 0
