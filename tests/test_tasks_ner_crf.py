@@ -182,6 +182,8 @@ def test_gold_tags_no_crf_can_produce_are_read_as_the_metric_reads_them() -> Non
     bioes = {t: i for i, t in enumerate(["O", "B-PER", "I-PER", "E-PER"])}  # no S-PER in the data
     with pytest.raises(BertkitError, match=r"line 7: .*'S-PER'"):
         _chain_tags(["O", "B-PER", "O"], True, bioes, ex, whole)
+    with pytest.raises(BertkitError, match=r"^train\.txt:7: .*'S-PER'"):  # read from a file: the error names it
+        _chain_tags(["O", "B-PER", "O"], True, bioes, TaggedSentence(list("abc"), None, 7, "train.txt"), whole)
     # ... unless the entity is the piece of one cut at a chunk's end: it is O in that chunk
     assert _chain_tags(["O", "O", "B-PER"], True, bioes, ex, (False, True)) == ["O", "O", "O"]
     with pytest.raises(BertkitError, match=r"line 7: .*'S-PER'"):  # a lone B- inside the chunk is still wrong

@@ -33,6 +33,7 @@ class TaggedSentence:
     tokens: list[str]  # words (English) or characters (Chinese)
     tags: list[str] | None
     line: int = 0
+    path: str = ""  # the file it was read from (for errors that name it)
 
 
 @dataclass
@@ -232,7 +233,7 @@ def read_conll(path: str | Path, require_tags: bool = True) -> list[TaggedSenten
     for n, line in numbered_lines(path):
         if not line.strip() or line.startswith("-DOCSTART-"):
             if tokens:
-                out.append(TaggedSentence(tokens, tags if require_tags else None, start))
+                out.append(TaggedSentence(tokens, tags if require_tags else None, start, str(path)))
             tokens, tags, start = [], [], n + 1
             continue
         parts = line.split()
@@ -246,7 +247,7 @@ def read_conll(path: str | Path, require_tags: bool = True) -> list[TaggedSenten
             tags.append(tag)
         tokens.append(parts[0])
     if tokens:
-        out.append(TaggedSentence(tokens, tags if require_tags else None, start))
+        out.append(TaggedSentence(tokens, tags if require_tags else None, start, str(path)))
     if not out:
         raise BertkitError(f"{path}: no sentences")
     return out

@@ -263,9 +263,10 @@ def _chain_tags(
                           bioes)  # fmt: skip
         missing = next((t for t in valid if t not in label2id), None)
     if missing is not None:
+        where = f"{ex.path}:{ex.line}" if ex.path else f"line {ex.line}"
         raise BertkitError(
-            f"line {ex.line}: the entities of this sentence need the tag {missing!r}, which the training data never "
-            "uses; a CRF needs it for a valid tag sequence (train without --crf, or correct the tags)"
+            f"{where}: the entities of this sentence need the tag {missing!r}, which the training data never uses; a "
+            "CRF needs it for a valid tag sequence (train without --crf, or correct the tags)"
         )
     return valid
 
