@@ -98,7 +98,10 @@ def embed(
     encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
     out = np.zeros((len(encodings), model.config.hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, len(order), batch_size), desc="embed", unit="batch", disable=not progress):
+    starts = range(0, len(order), batch_size)
+    # tqdm, even disabled, makes a multiprocessing lock: a server's worker process killed by its parent would
+    # leave that semaphore behind (a warning at shutdown), so no bar is made unless one is shown.
+    for start in tqdm(starts, desc="embed", unit="batch") if progress else starts:
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in tokenizer.pad([encodings[i] for i in idx]).items()}
         hidden = model(**batch).last_hidden_state  # (B, T, H)
