@@ -50,6 +50,18 @@ def test_a_file_of_cr_line_ends_is_read_line_by_line(tmp_path: Path) -> None:
     assert list(read_lines(lf)) == ["one\rtwo", "three"]
 
 
+def test_bytes_read_counts_every_byte_of_the_files(tmp_path: Path) -> None:
+    # prepare's progress bar stands at this count against the files' sizes: it must end at their sum.
+    from bertkit.files import BytesRead
+
+    files = {"cr.txt": "一。\r二。\r\r三".encode(), "bom.txt": "\ufeff第一行\r\n\n第二行".encode(), "empty.txt": b""}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    read = BytesRead()
+    assert len(list(iter_documents([tmp_path / name for name in files], read))) == 4
+    assert read.n == sum(map(len, files.values()))
+
+
 def test_a_file_that_is_not_utf8_text_is_named_with_what_to_do(tmp_path: Path) -> None:
     import gzip
 

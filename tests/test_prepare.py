@@ -154,6 +154,17 @@ def test_prepare_is_deterministic_for_a_seed_and_any_worker_count(tmp_path, zh_c
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+def test_progress_counts_the_corpus_bytes_to_the_end(tmp_path, zh_corpus, zh_tokenizer, capsys) -> None:
+    # A bar against the corpus's size in bytes, known from the start, can show an ETA (a count of documents cannot).
+    corpus = zh_corpus[:2]
+    prepare(corpus, zh_tokenizer, tmp_path / "a", PrepareConfig(block_chars=200_000), progress=True)
+    updates = [u for u in capsys.readouterr().err.split("\r") if u.startswith("prepare:")]
+    percents = [int(u.split("%")[0].split()[-1]) for u in updates]
+    assert percents == sorted(percents) and percents[-1] == 100 and any(0 < p < 100 for p in percents), updates
+    size = sum(Path(p).stat().st_size for p in corpus)
+    assert f"/{size / 1024**2:.2f}M" in updates[-1] and "docs=" in updates[-1] and "tok_s=" in updates[-1]
+
+
 def test_whole_word_masking_never_splits_a_word(tmp_path: Path, data_dir: Path, zh_tokenizer) -> None:
     import jieba
 

@@ -41,9 +41,17 @@ def no_such_path(path: str | Path) -> str:
     return f"{path} does not exist{hint}"
 
 
-def read_lines(path: str | Path) -> Iterator[str]:
+class BytesRead:
+    """The bytes `read_lines` has handed out so far, over all the files it was given this counter for: how far a
+    long pass over a corpus has come (a progress bar's position against the files' sizes)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def read_lines(path: str | Path, read: BytesRead | None = None) -> Iterator[str]:
     """Yield the lines of a UTF-8 text file without their line ends (LF, CR LF, or CR alone where the file uses
-    nothing else: `_ends_lines_with_cr`).
+    nothing else: `_ends_lines_with_cr`). `read`, when given, counts the bytes of the lines yielded.
 
     Raises `BertkitError` naming the file, line and byte offset of the first invalid UTF-8 sequence.
     """
@@ -53,7 +61,7 @@ def read_lines(path: str | Path) -> Iterator[str]:
     if not path.is_file():
         raise BertkitError(f"file {path} does not exist")
     with path.open("rb") as f:
-        yield from _decoded_lines(_lines_at_cr(f) if _ends_lines_with_cr(f) else f, str(path))
+        yield from _decoded_lines(_lines_at_cr(f) if _ends_lines_with_cr(f) else f, str(path), read)
 
 
 def _ends_lines_with_cr(f: BinaryIO) -> bool:
@@ -91,14 +99,14 @@ def read_input_lines(path: str | Path) -> list[str]:
 
 def read_stdin_lines() -> list[str]:
     """The lines of standard input, split and decoded as `read_input_lines` reads a file's."""
-    return _split_at_lone_cr(_decoded_lines(sys.stdin.buffer, "standard input"))
+    return _split_at_lone_cr(_decoded_lines(sys.stdin.buffer, "standard input", None))
 
 
 def _split_at_lone_cr(lines: Iterable[str]) -> list[str]:
     return [part for line in lines for part in line.split("\r")]
 
 
-def _decoded_lines(stream: Iterable[bytes], name: str) -> Iterator[str]:
+def _decoded_lines(stream: Iterable[bytes], name: str, read: BytesRead | None) -> Iterator[str]:
     offset, head = 0, b""
     for lineno, raw in enumerate(stream, start=1):
         head = head or raw[:8]
@@ -111,6 +119,8 @@ def _decoded_lines(stream: Iterable[bytes], name: str) -> Iterator[str]:
         if lineno == 1:
             line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not text
         offset += len(raw)
+        if read is not None:
+            read.n += len(raw)
         yield line.rstrip("\r\n")
 
 

@@ -46,6 +46,7 @@ from bertkit.data.sentences import iter_documents
 from bertkit.errors import BertkitError
 from bertkit.files import (
     OWNER_FILE,
+    BytesRead,
     check_output_not_input,
     claim_output_dir,
     is_disk_full,
@@ -263,7 +264,9 @@ def _is_eval_document(doc_index: int, share: Fraction, offset: int) -> bool:
     return (doc_index + offset) * share.numerator % share.denominator < share.numerator
 
 
-def _blocks(corpus: list[Path], cfg: PrepareConfig, stats: dict) -> Iterator[tuple[str, int, list[list[str]]]]:
+def _blocks(
+    corpus: list[Path], cfg: PrepareConfig, stats: dict, read: BytesRead | None = None
+) -> Iterator[tuple[str, int, list[list[str]]]]:
     """Group documents into (split, block index, documents) jobs of about `block_chars` characters and at least
     `MIN_BLOCK_DOCUMENTS` documents (a random B comes from another document of the same block: a document as long
     as a block, alone in one, had no NotNext pairs). Each split's last block is held back until the corpus ends,
@@ -274,7 +277,7 @@ def _blocks(corpus: list[Path], cfg: PrepareConfig, stats: dict) -> Iterator[tup
     held: dict[str, tuple[str, int, list[list[str]]] | None] = dict.fromkeys(SPLITS)
     size = dict.fromkeys(SPLITS, 0)
     count = dict.fromkeys(SPLITS, 0)
-    for doc_index, doc in enumerate(iter_documents(corpus)):
+    for doc_index, doc in enumerate(iter_documents(corpus, read)):
         split = "eval" if _is_eval_document(doc_index, share, offset) else "train"
         pending[split].append(doc)
         size[split] += sum(len(s) for s in doc)
@@ -420,7 +423,11 @@ def _write_data(
         tok.save_pretrained(tmp / "tokenizer")
     writers = {s: _ShardWriter(tmp, s, cfg.shard_tokens, cfg.whole_word_mask) for s in SPLITS}
     stats = {"documents": dict.fromkeys(SPLITS, 0), "chars": 0, "sentences_cut": 0}
-    bar = tqdm(desc="prepare", unit=" docs", disable=not progress)
+    # The bar counts the corpus's bytes, whose total is known from the start, so it shows an ETA; each block moves
+    # it to where reading stood when the block was formed (blocks are written in the order they were formed).
+    bar = tqdm(desc="prepare", total=sum(p.stat().st_size for p in corpus_paths), unit="B", unit_scale=True,
+               unit_divisor=1024, disable=not progress)  # fmt: skip
+    read, read_at_block = BytesRead(), deque()
     start = time.perf_counter()
 
     def consume(result: BlockResult) -> None:
@@ -428,10 +435,16 @@ def _write_data(
         writers[split].write(tokens, rows, starts)
         stats["sentences_cut"] += cut
         done = sum(w.tokens for w in writers.values())
-        bar.n = sum(stats["documents"].values())
-        bar.set_postfix(tokens=f"{done:,}", tok_s=f"{done / max(time.perf_counter() - start, 1e-9):,.0f}")
+        bar.set_postfix(docs=f"{sum(stats['documents'].values()):,}", tokens=f"{done:,}",
+                        tok_s=f"{done / max(time.perf_counter() - start, 1e-9):,.0f}", refresh=False)  # fmt: skip
+        bar.update(read_at_block.popleft() - bar.n)
 
-    jobs = _blocks(corpus_paths, cfg, stats)
+    def marked(jobs: Iterator[tuple[str, int, list[list[str]]]]) -> Iterator[tuple[str, int, list[list[str]]]]:
+        for job in jobs:
+            read_at_block.append(read.n)
+            yield job
+
+    jobs = marked(_blocks(corpus_paths, cfg, stats, read))
     try:
         if cfg.workers <= 1:
             _init_worker(str(tokenizer_dir), cfg)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from bertkit.files import read_lines
+from bertkit.files import BytesRead, read_lines
 from bertkit.tokenizer import cjk_class
 
 _IDEOGRAPH = cjk_class(bmp_only=True)
@@ -53,11 +53,12 @@ def split_sentences(line: str) -> list[str]:
     return [s.strip() for s in out if s.strip()]
 
 
-def iter_documents(paths: Iterable[str | Path]) -> Iterator[list[str]]:
-    """Yield documents as lists of sentences. A blank line, or the end of a file, ends a document."""
+def iter_documents(paths: Iterable[str | Path], read: BytesRead | None = None) -> Iterator[list[str]]:
+    """Yield documents as lists of sentences. A blank line, or the end of a file, ends a document. `read`, when
+    given, counts the bytes read so far."""
     for path in paths:
         doc: list[str] = []
-        for line in read_lines(path):
+        for line in read_lines(path, read):
             line = line.strip()
             if not line:
                 if doc:
