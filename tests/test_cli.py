@@ -122,6 +122,25 @@ def test_predict_lines_echo_their_input(tiny_task_models: dict[str, Path], tmp_p
     assert PairClassificationTask().echo(pair) == {"line": 4, "text_a": "句子一", "text_b": "句子二"}
 
 
+@pytest.mark.parametrize("task", ["cls", "ner", "qa"])
+def test_evaluate_and_predict_run_the_batch_size_asked_for(
+    task: str, tiny_task_models: dict[str, Path], bertkit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bertkit.tasks.base as base
+
+    sizes: list[int] = []  # rows of each forward pass
+    pad_batch = base.pad_batch
+    monkeypatch.setattr(base, "pad_batch", lambda rows, pad_id: sizes.append(len(rows)) or pad_batch(rows, pad_id))
+    model = tiny_task_models[task]
+    data = model.parent / {"cls": "cls.tsv", "ner": "ner.txt", "qa": "qa.json"}[task]  # the model's training file
+    for command in ("evaluate", "predict"):
+        sizes.clear()
+        status, _, err = bertkit(command, "--model", model, "--data" if command == "evaluate" else "--input", data,
+                                 "--batch-size", "3")  # fmt: skip
+        assert status == 0, err
+        assert sizes and max(sizes) == 3 and len(sizes) == -(-sum(sizes) // 3), (command, sizes)
+
+
 def test_non_finite_outputs_are_an_error_not_invalid_json(tiny_task_models: dict[str, Path], tmp_path: Path,
                                                           bertkit) -> None:  # fmt: skip
     import torch

@@ -20,9 +20,17 @@ def _head(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
-def test_finetune_cls_evaluate_predict(tmp_path: Path, tiny_zh_pretrained: Path, data_dir: Path, bertkit) -> None:
+def test_finetune_cls_evaluate_predict(
+    tmp_path: Path, tiny_zh_pretrained: Path, data_dir: Path, bertkit, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import transformers
 
+    from bertkit.train import loop
+    from bertkit.train.metrics_log import curve_points, read_metrics_log
+
+    drawn = []  # what curves.png shows: the task names its scores (the trainer knows none by name)
+    monkeypatch.setattr(loop, "plot_metrics", lambda log, png, curves: drawn.append(curve_points(
+        read_metrics_log(log), curves)))  # fmt: skip
     train = _head(data_dir / "chnsenticorp/train.tsv", tmp_path / "train.tsv", 600)
     dev = _head(data_dir / "chnsenticorp/dev.tsv", tmp_path / "dev.tsv", 200)
     out = tmp_path / "cls"
@@ -31,6 +39,9 @@ def test_finetune_cls_evaluate_predict(tmp_path: Path, tiny_zh_pretrained: Path,
     assert r.status == 0, r.err[-3000:]
     dev_metrics = r.last_json()
     assert {"accuracy", "macro_f1"} <= dev_metrics.keys()
+    assert [(list(losses), list(scores)) for losses, scores in drawn] == [
+        (["train loss"], ["held-out accuracy", "held-out macro_f1"])
+    ]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["dev"]["accuracy"] == dev_metrics["accuracy"] and saved["labels"] == ["0", "1"]
     assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "0", "1": "1"}

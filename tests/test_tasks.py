@@ -19,6 +19,7 @@ def test_every_family_states_its_facts() -> None:
     for name, task in TASKS.items():
         assert task.name == name
         assert task.main_metric and task.head and task.input_schema.startswith("{")
+        assert task.curve_scores[0] == task.main_metric  # curves.png draws the metric that picks the model
         assert task.model_class.hf_architecture.startswith("BertFor")
         assert task.default_settings().max_seq_length == task.default_max_seq_length
     assert TASKS["qa"].default_max_seq_length == 384 and TASKS["cls"].default_max_seq_length == 128

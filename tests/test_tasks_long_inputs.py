@@ -117,7 +117,7 @@ def test_classifier_averages_window_logits_and_fitting_inputs_answer_as_before(
     short = dataclasses.replace(opened, task=windowed(ClassificationTask, 24))
     features = short.features(examples)
     per_window = run_model(model, short.task, features, tok.pad_id)
-    got = short.task._scores(model, tok, features)
+    got = short.task._scores(short.inference(), features)
     for i in range(len(examples)):
         mine = torch.stack([lg for lg, f in zip(per_window, features, strict=True) if f["example"] == i])
         assert torch.allclose(got[i], mine.mean(0), atol=1e-6)  # the same floats summed in another order
@@ -144,7 +144,7 @@ def test_ner_windows_tag_every_word_once_from_its_most_central_window(
             assert len(f["input_ids"]) <= 16
             assert f["context"] == [min(p - 1, len(f["input_ids"]) - 2 - p) for p in f["first_pos"]]
     logits = run_model(opened.model, task, features, opened.tokenizer.pad_id)
-    tags, _ = task._tags(opened.model, opened.tokenizer, sentences, features, opened.id2label)
+    tags, _ = task._tags(opened.inference(), sentences, features)
     for n, s in enumerate(sentences):
         assert len(tags[n]) == len(s.tokens)
         for w in range(len(s.tokens)):  # brute force: the first window with the most context decides

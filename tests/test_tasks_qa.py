@@ -12,7 +12,7 @@ import torch
 
 from bertkit import BertConfig, Tokenizer
 from bertkit.model import BertForQuestionAnswering
-from bertkit.tasks.base import run_model
+from bertkit.tasks.base import Inference, run_model
 from bertkit.tasks.qa import QaTask, max_context_windows
 from bertkit.tasks.settings import TaskSettings
 
@@ -80,7 +80,7 @@ def test_windows_answer_by_the_original_max_context_rule(squad, length: int, str
     model = BertForQuestionAnswering(BertConfig.preset("tiny", vocab_size=tok.vocab_size)).eval()
     logits = run_model(model, task, features, tok.pad_id)
     want = exhaustive_best(examples, features, logits, task.settings.max_answer_length)
-    got = task.predict(model, tok, examples, features, None)
+    got = task.predict(Inference(model, tok, {}), examples, features)
     for (score, text), answer in zip(want, got, strict=True):
         assert answer["answer"] == text and answer["score"] == pytest.approx(score, abs=1e-5)
 
@@ -109,15 +109,15 @@ def test_no_answer_is_the_models_setting_not_read_from_the_input(squad) -> None:
     features = task.features(examples, tok, None, train=False)
     torch.manual_seed(0)
     model = NullFavouring(BertForQuestionAnswering(BertConfig.preset("tiny", vocab_size=tok.vocab_size)).eval())
-    margins = sorted(a["score"] - a["null"] for a in task._answers(model, tok, examples, features))
+    margins = sorted(a["score"] - a["null"] for a in task._answers(Inference(model, tok, {}), examples, features))
     model.bump = margins[len(margins) // 2] / 2  # + bump to the start and end logits of [CLS]: about half abstain
-    spans = task._answers(model, tok, examples, features)
+    spans = task._answers(Inference(model, tok, {}), examples, features)
     assert 0 < sum(a["null"] > a["score"] for a in spans) < len(spans)
     flagged = [replace(examples[0], is_impossible=True), *examples[1:]]
-    assert task._answers(model, tok, flagged, features) == spans  # the input's flags change nothing
+    assert task._answers(Inference(model, tok, {}), flagged, features) == spans  # the input's flags change nothing
     assert task.labels(examples) is None and task.settings.no_answer is False  # trained on SQuAD 1.1-style data
     assert task.labels(flagged) is None and task.settings.no_answer is True  # on data with unanswerable questions
-    abstaining = task._answers(model, tok, examples, features)
+    abstaining = task._answers(Inference(model, tok, {}), examples, features)
     for span, got in zip(spans, abstaining, strict=True):
         assert got["text"] == ("" if span["null"] > span["score"] else span["text"])
 

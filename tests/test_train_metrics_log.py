@@ -45,12 +45,12 @@ def test_the_curves_are_the_keys_passed_in() -> None:
     assert scores == {"held-out mlm_accuracy": [(2, 0.3)]}
 
 
-def test_without_curves_the_training_loss_and_every_held_out_score() -> None:
+def test_without_curves_the_training_loss_alone() -> None:
     records = [*RECORDS, {"step": 3, "split": "eval", "pearson": -0.2, "f1": 0.4}]
-    losses, scores = curve_points(records)
-    assert list(losses) == ["train loss"]
-    # Scores sorted by name, then the correlations; counts such as eval_instances are not scores.
-    assert list(scores) == ["held-out f1", "held-out mlm_accuracy", "held-out nsp_accuracy", "held-out pearson"]
+    assert curve_points(records) == ({"train loss": [(1, 3.0)]}, {})
+    # Scores are drawn in the order named, a correlation among them.
+    _, scores = curve_points(records, Curves(held_out_scores=("pearson", "f1", "nsp_accuracy")))
+    assert scores == {"held-out pearson": [(3, -0.2)], "held-out f1": [(3, 0.4)], "held-out nsp_accuracy": [(2, 0.6)]}
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:

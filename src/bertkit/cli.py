@@ -208,7 +208,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             raise BertkitError(f"{args.data} is a directory without manifest.json: give a task data file or DATA_DIR")
         task_model = _onnx_task_model(args) if args.onnx else open_task_model(args.model, args.task, device)
         examples = task_model.task.read(args.data)
-        metrics = task_model.evaluate(examples, args.data)
+        metrics = task_model.evaluate(examples, args.data, args.batch_size)
         _note_long_inputs(task_model.task, len(examples), args.data)
     line = _json(metrics, "a metric")
     if args.out:
@@ -325,7 +325,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     finally:
         if args.input == "-":
             Path(path).unlink(missing_ok=True)
-    rows = task_model.predict(examples)
+    rows = task_model.predict(examples, args.batch_size)
     _note_long_inputs(task, len(examples), args.input)
     lines = "".join(
         _json({**task.echo(example), **row}, f"{args.model}'s prediction for {task.where(example, path)}") + "\n"
@@ -551,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
     p.add_argument("--task", choices=TASK_NAMES, default=None, help=TASK_OVERRIDE_HELP)
     _add_file_out(p, "FILE.jsonl", "the predictions (default: standard output)")
+    p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help="inputs per forward pass")
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_predict)
 

@@ -32,13 +32,14 @@ from bertkit.files import (
 from bertkit.model import encoder_layers
 from bertkit.options import by_flag
 from bertkit.recipes.config import FinetuneConfig, finetune_learning_rate
-from bertkit.tasks.base import pad_batch
+from bertkit.tasks.base import Inference, pad_batch
 from bertkit.tasks.model_dir import TASK_FILE, TASK_HEADS, fine_tuned_task, head_labels, write_task_record
 from bertkit.tasks.registry import TASKS, task_class
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import TOKENIZER_FILES, Tokenizer
 from bertkit.train.distributed import dist_info
 from bertkit.train.loop import Trainer
+from bertkit.train.metrics_log import Curves
 from bertkit.train.state import CONTENTS, claim_run_dir, contents_digest, end_replacement, latest_checkpoint
 
 # Builds the model to train from the (label-completed) config and the number of labels, instead of loading
@@ -277,8 +278,9 @@ def _finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) ->
         return cfg.patience is not None and best["evals_since"] >= cfg.patience
 
     def eval_fn(m) -> dict:
-        task.calibrate(m, tok, dev_ex, dev_features, id2label)  # e.g. multi-label thresholds, saved with the model
-        return task.evaluate(m, tok, dev_ex, dev_features, id2label)
+        run = Inference(m, tok, id2label)
+        task.calibrate(run, dev_ex, dev_features)  # e.g. multi-label thresholds, saved with the model
+        return task.evaluate(run, dev_ex, dev_features)
 
     out_existed = out.exists()
     resuming = _claim_output(cfg, out)
@@ -287,6 +289,7 @@ def _finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) ->
         eval_fn=eval_fn if dev_ex is not None else None, save_extra=save_extra if cfg.save_model else None,
         on_eval=on_eval, shard_units=encoder_layers,
         bar_metric=(f"dev {task.main_metric}", task.main_metric), identity=_identity(cfg, settings, labels),
+        curves=Curves(held_out_scores=task.curve_scores),
     )  # fmt: skip
     if resuming:
         trainer.resume()

@@ -203,6 +203,7 @@ PRETRAINING_CURVES = Curves(
     train_losses=("loss", "mlm_loss", "nsp_loss"),
     held_out_losses=("mlm_loss",),
     held_out_scores=("masked_accuracy", "mlm_accuracy", "nsp_accuracy"),
+    scores_label="accuracy",
 )
 
 

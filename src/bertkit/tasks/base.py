@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from bertkit.constants import IGNORE_INDEX
+from bertkit.constants import IGNORE_INDEX, INFERENCE_BATCH_SIZE
 from bertkit.errors import BertkitError
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import Tokenizer, encoder_inputs, pad_rows
@@ -19,11 +21,27 @@ from bertkit.tokenizer import Tokenizer, encoder_inputs, pad_rows
 Feature = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Inference:
+    """A task's network ready to answer: the model, its tokenizer, its labels by output row (none for QA) and the
+    inputs per forward pass. Fine-tuning runs its model in training this way; `TaskModel` a saved one."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    id2label: dict[int, str]
+    batch_size: int = INFERENCE_BATCH_SIZE
+
+    def logits(self, task: Task, features: list[Feature]) -> list[torch.Tensor]:
+        """The model's logits for every feature, in input order (see `run_model`)."""
+        return run_model(self.model, task, features, self.tokenizer.pad_id, self.batch_size)
+
+
 class Task:
     """A task family: its model, reading, encoding to features, batching, scoring and prediction output."""
 
     name: str = ""  # the CLI's --task value and bertkit_task.json's "task"
     main_metric: str = ""  # the dev metric that picks the best model (higher is better)
+    curve_scores: tuple[str, ...] = ()  # the dev metrics curves.png draws (main_metric first), each from -1 to 1
     model_class: type[torch.nn.Module]  # the bertkit.model class with this task's head (and its HF architecture)
     # What the head's outputs mean ("classes", "value", "tags", "span"): a model fine-tuned for one task serves
     # another task only with the same head (a pair classifier evaluates single sentences, never a tagger's data).
@@ -100,15 +118,15 @@ class Task:
         """The subset of a batch that the model's forward takes (labels included when present)."""
         raise NotImplementedError
 
-    def calibrate(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> None:
+    def calibrate(self, run: Inference, examples: Sequence, features: list[Feature]) -> None:
         """Choose, on labelled dev `examples`, the settings that decoding reads (a multi-label model's thresholds);
         fine-tuning calls it before each dev evaluation. Most tasks have nothing to choose."""
 
-    def evaluate(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> dict:
+    def evaluate(self, run: Inference, examples: Sequence, features: list[Feature]) -> dict:
         """Metrics of the model on labelled `examples`, from their `features` (built with train=False)."""
         raise NotImplementedError
 
-    def predict(self, model, tok: Tokenizer, examples: Sequence, features: list[Feature], id2label) -> list[dict]:
+    def predict(self, run: Inference, examples: Sequence, features: list[Feature]) -> list[dict]:
         """One JSON-serialisable prediction per example (the lines `bertkit predict` writes)."""
         raise NotImplementedError
 
@@ -193,7 +211,9 @@ def _is_sharded(model) -> bool:
     return any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
-def run_model(model, task: Task, features: list[Feature], pad_id: int, batch_size: int = 64) -> list[torch.Tensor]:
+def run_model(
+    model: nn.Module, task: Task, features: list[Feature], pad_id: int, batch_size: int = INFERENCE_BATCH_SIZE
+) -> list[torch.Tensor]:
     """Logits for every feature (batched by length, returned in input order, each unpadded to its length)."""
     # inference_mode skips autograd's bookkeeping on every operator (about a third of a small batch's dispatch
     # time); FSDP gathers sharded parameters into buffers that training reuses, which must not become inference

@@ -13,7 +13,7 @@ from bertkit.data.task_files import TextExample, numbered_lines, read_classifica
 from bertkit.errors import BertkitError
 from bertkit.metrics import accuracy, macro_f1, regression_scores
 from bertkit.model import BertForSequenceClassification
-from bertkit.tasks.base import Feature, Task, run_model, text_field, unseen_label, window_starts
+from bertkit.tasks.base import Feature, Inference, Task, text_field, unseen_label, window_starts
 from bertkit.tokenizer import Tokenizer
 
 SCORE = "score"  # a regression's one output: its label name in config.json's id2label and its key in predictions
@@ -33,6 +33,7 @@ class ClassificationTask(Task):
 
     name = "cls"
     main_metric = "accuracy"
+    curve_scores = ("accuracy", "macro_f1")
     model_class = BertForSequenceClassification
     head = "classes"
     input_schema = '{"text": "..."}'
@@ -204,9 +205,9 @@ class ClassificationTask(Task):
             out["labels"] = batch["label"]
         return out
 
-    def _scores(self, model, tok, features):
+    def _scores(self, run: Inference, features: list[Feature]) -> torch.Tensor:
         """(N, C) logits per example: the mean over its windows (an example that fits has one, its own logits)."""
-        logits = run_model(model, self, features, tok.pad_id)
+        logits = run.logits(self, features)
         if not logits:
             return torch.zeros(0, 0)
         examples = torch.tensor([f["example"] for f in features])
@@ -214,21 +215,22 @@ class ClassificationTask(Task):
         total = torch.zeros(n, logits[0].shape[-1]).index_add_(0, examples, torch.stack(logits).float())
         return total / torch.bincount(examples, minlength=n)[:, None]
 
-    def evaluate(self, model, tok, examples, features, id2label) -> dict:
+    def evaluate(self, run: Inference, examples: Sequence[TextExample], features: list[Feature]) -> dict:
         """Accuracy, macro-F1 and the example count."""
-        logits = self._scores(model, tok, features)
-        pred = [id2label[i] for i in logits.argmax(-1).tolist()]
+        logits = self._scores(run, features)
+        pred = [run.id2label[i] for i in logits.argmax(-1).tolist()]
         gold = [ex.label for ex in examples]
         return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold), "examples": len(gold)}
 
-    def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+    def predict(self, run: Inference, examples: Sequence[TextExample], features: list[Feature]) -> list[dict]:
         """The best `label` and every label's `probabilities` per example (and `truncated`: true for one that was
         cut at max_seq_length)."""
-        probs = self._scores(model, tok, features).softmax(-1)
+        probs = self._scores(run, features).softmax(-1)
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
-            out.append({"label": id2label[best], "probabilities": {id2label[i]: p for i, p in enumerate(row)}})
+            labels = run.id2label
+            out.append({"label": labels[best], "probabilities": {labels[i]: p for i, p in enumerate(row)}})
         return mark_truncated(out, features)
 
 
@@ -297,6 +299,7 @@ class RegressionTask(PairsFromData):
     # BERT paper's table gives Spearman). Both are in the metrics, with the MSE; a lower MSE is not the aim alone,
     # since predicting every target's mean scores well on MSE while ranking nothing.
     main_metric = "pearson"
+    curve_scores = ("pearson", "spearman")
     head = "value"
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
@@ -323,14 +326,14 @@ class RegressionTask(PairsFromData):
         """The label's number."""
         return float(label)
 
-    def evaluate(self, model, tok, examples, features, id2label) -> dict:
+    def evaluate(self, run: Inference, examples: Sequence[TextExample], features: list[Feature]) -> dict:
         """Pearson, Spearman, MSE and the example count."""
-        pred = self._scores(model, tok, features)[:, 0].tolist()
+        pred = self._scores(run, features)[:, 0].tolist()
         return regression_scores(pred, [float(ex.label) for ex in examples])
 
-    def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+    def predict(self, run: Inference, examples: Sequence[TextExample], features: list[Feature]) -> list[dict]:
         """{"score": x} per example (and `truncated`: true for one that was cut at max_seq_length)."""
-        return mark_truncated([{SCORE: x} for x in self._scores(model, tok, features)[:, 0].tolist()], features)
+        return mark_truncated([{SCORE: x} for x in self._scores(run, features)[:, 0].tolist()], features)
 
 
 def mark_truncated(rows: list[dict], features: Sequence[Feature]) -> list[dict]:

@@ -16,10 +16,11 @@ from torch import nn
 
 from bertkit.checkpoint import has_mlm_head, tensor_names
 from bertkit.config import BertConfig
+from bertkit.constants import INFERENCE_BATCH_SIZE
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path, read_json_object
 from bertkit.model import BertForPreTraining, BertModel, num_labels_of
-from bertkit.tasks.base import Task
+from bertkit.tasks.base import Inference, Task
 from bertkit.tasks.registry import TASKS, task_for_architecture
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import Tokenizer
@@ -80,16 +81,20 @@ class TaskModel:
         """The model's inputs for `examples` (labels left out)."""
         return self.task.features(examples, self.tokenizer, None, train=False)
 
-    def predict(self, examples: Sequence) -> list[dict]:
-        """One JSON-serialisable prediction per example."""
-        return self.task.predict(self.model, self.tokenizer, examples, self.features(examples), self.id2label)
+    def inference(self, batch_size: int = INFERENCE_BATCH_SIZE) -> Inference:
+        """The model ready to answer, `batch_size` inputs per forward pass."""
+        return Inference(self.model, self.tokenizer, self.id2label, batch_size)
 
-    def evaluate(self, examples: Sequence, source: str | Path) -> dict:
-        """The task's metrics on labelled `examples` read from `source`; a label the model does not know is an
-        error naming its line in `source`."""
+    def predict(self, examples: Sequence, batch_size: int = INFERENCE_BATCH_SIZE) -> list[dict]:
+        """One JSON-serialisable prediction per example, `batch_size` inputs per forward pass."""
+        return self.task.predict(self.inference(batch_size), examples, self.features(examples))
+
+    def evaluate(self, examples: Sequence, source: str | Path, batch_size: int = INFERENCE_BATCH_SIZE) -> dict:
+        """The task's metrics on labelled `examples` read from `source`, `batch_size` inputs per forward pass; a
+        label the model does not know is an error naming its line in `source`."""
         if self.id2label:
             self.task.check_labels(examples, {v: k for k, v in self.id2label.items()}, source)
-        return self.task.evaluate(self.model, self.tokenizer, examples, self.features(examples), self.id2label)
+        return self.task.evaluate(self.inference(batch_size), examples, self.features(examples))
 
 
 def open_task_model(

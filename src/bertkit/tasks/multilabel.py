@@ -12,7 +12,7 @@ import torch
 from bertkit.data.task_files import LABEL_SEPARATOR, TextExample, read_classification
 from bertkit.errors import BertkitError
 from bertkit.metrics import multilabel_scores
-from bertkit.tasks.base import Feature, unseen_label
+from bertkit.tasks.base import Feature, Inference, unseen_label
 from bertkit.tasks.classify import PairsFromData, mark_truncated
 
 DEFAULT_THRESHOLD = 0.5  # a label whose sigmoid passes one half, before any threshold is chosen on dev data
@@ -53,6 +53,7 @@ class MultiLabelTask(PairsFromData):
     # Micro-F1 picks the best dev model: it weighs every (example, label) decision alike, so frequent labels count
     # most; macro-F1 (rare labels count as much) is reported beside it.
     main_metric = "micro_f1"
+    curve_scores = ("micro_f1", "macro_f1", "accuracy", "exact_match")
     head = "labels"  # one sigmoid per label: a single-label classifier's softmax means something else
     problem_type = "multi_label_classification"
 
@@ -89,18 +90,18 @@ class MultiLabelTask(PairsFromData):
         own = self.settings.thresholds or {}
         return torch.tensor([own.get(id2label[i], default) for i in range(len(id2label))])
 
-    def _probabilities(self, model, tok, features: list[Feature]) -> torch.Tensor:
-        return self._scores(model, tok, features).float().sigmoid()  # (N, C)
+    def _probabilities(self, run: Inference, features: list[Feature]) -> torch.Tensor:
+        return self._scores(run, features).float().sigmoid()  # (N, C)
 
-    def calibrate(self, model, tok, examples, features, id2label) -> None:
+    def calibrate(self, run: Inference, examples: Sequence[TextExample], features: list[Feature]) -> None:
         """Choose the thresholds on these (dev) examples: one per label maximising its F1 (the global one for a label
         with no positive example here), and a global one maximising micro-F1. Kept in the settings."""
-        probs = self._probabilities(model, tok, features)
-        label2id = {v: k for k, v in id2label.items()}
+        probs = self._probabilities(run, features)
+        label2id = {v: k for k, v in run.id2label.items()}
         gold = torch.tensor([self.target(ex.label, label2id) for ex in examples]).bool()  # (N, C)
         threshold = best_threshold(probs, gold)
         own = {}
-        for i, name in id2label.items():
+        for i, name in run.id2label.items():
             own[name] = best_threshold(probs[:, i], gold[:, i]) if gold[:, i].any() else threshold
         self.settings.threshold, self.settings.thresholds = threshold, own
 
@@ -111,22 +112,22 @@ class MultiLabelTask(PairsFromData):
         above = probs > (self.thresholds_of(id2label) if thresholds is None else thresholds)
         return [[id2label[i] for i in row.nonzero().flatten().tolist()] for row in above]
 
-    def evaluate(self, model, tok, examples, features, id2label) -> dict:
+    def evaluate(self, run: Inference, examples: Sequence[TextExample], features: list[Feature]) -> dict:
         """Micro-F1, macro-F1, example-based accuracy and exact match at the model's thresholds; micro-F1 at one
         half (`micro_f1_at_half`) beside them, since thresholds chosen on these same examples flatter the first."""
-        probs = self._probabilities(model, tok, features)
+        probs = self._probabilities(run, features)
         gold = [split_labels(ex.label) for ex in examples]
-        labels = [id2label[i] for i in range(len(id2label))]
-        scores = multilabel_scores(self._decide(probs, id2label), gold, labels)
-        half = self._decide(probs, id2label, torch.tensor(DEFAULT_THRESHOLD))
+        labels = [run.id2label[i] for i in range(len(run.id2label))]
+        scores = multilabel_scores(self._decide(probs, run.id2label), gold, labels)
+        half = self._decide(probs, run.id2label, torch.tensor(DEFAULT_THRESHOLD))
         scores["micro_f1_at_half"] = multilabel_scores(half, gold, labels)["micro_f1"]
         return scores
 
-    def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+    def predict(self, run: Inference, examples: Sequence[TextExample], features: list[Feature]) -> list[dict]:
         """Per example: the `labels` whose probability passes their threshold, and every label's `probabilities`."""
-        probs = self._probabilities(model, tok, features)
+        probs = self._probabilities(run, features)
         rows = [
-            {"labels": chosen, "probabilities": {id2label[i]: p for i, p in enumerate(row)}}
-            for chosen, row in zip(self._decide(probs, id2label), probs.tolist(), strict=True)
+            {"labels": chosen, "probabilities": {run.id2label[i]: p for i, p in enumerate(row)}}
+            for chosen, row in zip(self._decide(probs, run.id2label), probs.tolist(), strict=True)
         ]
         return mark_truncated(rows, features)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from bertkit.constants import IGNORE_INDEX
+from bertkit.constants import IGNORE_INDEX, INFERENCE_BATCH_SIZE
+from bertkit.crf import CRF
 from bertkit.data.task_files import TaggedSentence, looks_like_conll, numbered_lines, read_conll
 from bertkit.errors import BertkitError
 from bertkit.metrics import entity_prf, entity_spans, span_tags
 from bertkit.model import BertForTokenClassification
-from bertkit.tasks.base import Feature, Task, run_model, text_field, unseen_label, with_marks
+from bertkit.tasks.base import Feature, Inference, Task, text_field, unseen_label, with_marks
 from bertkit.tokenizer import Tokenizer, contains_cjk, is_cjk
 
 
@@ -86,6 +87,7 @@ class NerTask(Task):
 
     name = "ner"
     main_metric = "f1"
+    curve_scores = ("f1", "precision", "recall")
     model_class = BertForTokenClassification
     head = "tags"
     input_schema = '{"text": "..."}'
@@ -192,33 +194,35 @@ class NerTask(Task):
         keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
         return {k: batch[k] for k in keys if k in batch}
 
-    def _tags(self, model, tok, examples, features, id2label) -> tuple[list[list[str]], list[list[float]]]:
+    def _tags(
+        self, run: Inference, examples: Sequence[TaggedSentence], features: list[Feature]
+    ) -> tuple[list[list[str]], list[list[float]]]:
         """Each word's tag and that tag's probability: the best tag at the word's first sub-token; with a CRF, the
         best valid sequence (Viterbi) and each tag's marginal probability under the CRF."""
-        logits = run_model(model, self, features, tok.pad_id)
-        crf = getattr(model, "crf", None)
+        logits = run.logits(self, features)
+        crf = getattr(run.model, "crf", None)
         tags = [["O"] * len(ex.tokens) for ex in examples]  # words with no sub-token stay O
         probs = [[1.0] * len(ex.tokens) for ex in examples]
         context: dict[tuple[int, int], int] = {}  # (sentence, word) -> the context of the window it was read from
-        for f, (best, best_p) in zip(features, _decode(crf, features, logits), strict=True):
+        for f, (best, best_p) in zip(features, _decode(crf, features, logits, run.batch_size), strict=True):
             for w, tag, p, c in zip(f["word_index"], best, best_p, f["context"], strict=True):
                 if context.get((f["sentence"], w), -1) >= c:  # an earlier window gave this word more context
                     continue
                 context[f["sentence"], w] = c
-                tags[f["sentence"]][w] = id2label[tag]
+                tags[f["sentence"]][w] = run.id2label[tag]
                 probs[f["sentence"]][w] = p
         return tags, probs
 
-    def evaluate(self, model, tok, examples, features, id2label) -> dict:
+    def evaluate(self, run: Inference, examples: Sequence[TaggedSentence], features: list[Feature]) -> dict:
         """Entity-level precision, recall and F1 (conlleval chunking) of the tags at first sub-tokens."""
-        pred, _ = self._tags(model, tok, examples, features, id2label)
+        pred, _ = self._tags(run, examples, features)
         gold = [ex.tags for ex in examples]
         return {**entity_prf(pred, gold), "sentences": len(gold)}
 
-    def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+    def predict(self, run: Inference, examples: Sequence[TaggedSentence], features: list[Feature]) -> list[dict]:
         """Per sentence: its word tags and its entities (type, character start and end, text, and a score: the mean
         probability of the entity's word tags, as transformers' token-classification pipeline scores one)."""
-        pred, probs = self._tags(model, tok, examples, features, id2label)
+        pred, probs = self._tags(run, examples, features)
         out = []
         for ex, tags, p in zip(examples, pred, probs, strict=True):
             text = getattr(ex, "text", " ".join(ex.tokens))
@@ -271,7 +275,9 @@ def _chain_tags(
     return valid
 
 
-def _decode(crf, features: list[Feature], logits: list[torch.Tensor]) -> list[tuple[list[int], list[float]]]:
+def _decode(
+    crf: CRF | None, features: list[Feature], logits: list[torch.Tensor], batch_size: int = INFERENCE_BATCH_SIZE
+) -> list[tuple[list[int], list[float]]]:
     """(tag ids, probabilities) at each feature's first sub-tokens: the argmax of the softmax, or with a CRF the
     Viterbi path and the CRF's marginal probability of each of its tags (the gradient of log Z with respect to the
     emissions), in batches of rows padded to the longest."""
@@ -285,8 +291,8 @@ def _decode(crf, features: list[Feature], logits: list[torch.Tensor]) -> list[tu
     device = crf.transitions.device
     # Outside any inference mode of the caller: the marginals are a gradient, so these tensors must record one.
     with torch.inference_mode(False), torch.enable_grad():
-        for s in range(0, len(features), 64):
-            rows = list(range(s, min(s + 64, len(features))))
+        for s in range(0, len(features), batch_size):
+            rows = list(range(s, min(s + batch_size, len(features))))
             T = max(len(logits[i]) for i in rows)
             emissions = torch.zeros(len(rows), T, crf.num_tags, device=device)
             mask = torch.zeros(len(rows), T, dtype=torch.bool, device=device)

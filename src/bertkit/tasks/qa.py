@@ -15,7 +15,7 @@ from bertkit.data.task_files import QAExample, json_object_lines, numbered_lines
 from bertkit.errors import BertkitError
 from bertkit.metrics import qa_scores
 from bertkit.model import BertForQuestionAnswering
-from bertkit.tasks.base import Feature, Task, run_model, text_field, with_marks
+from bertkit.tasks.base import Feature, Inference, Task, text_field, with_marks
 from bertkit.tasks.settings import QA_MAX_SEQ_LENGTH
 from bertkit.tokenizer import Tokenizer, contains_cjk
 
@@ -25,6 +25,7 @@ class QaTask(Task):
 
     name = "qa"
     main_metric = "f1"
+    curve_scores = ("f1", "exact_match")
     model_class = BertForQuestionAnswering
     head = "span"
     input_schema = '{"question": "...", "context": "..."}'
@@ -140,10 +141,10 @@ class QaTask(Task):
         keys = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
         return {k: batch[k] for k in keys if k in batch}
 
-    def _answers(self, model, tok, examples, features) -> list[dict]:
+    def _answers(self, run: Inference, examples: Sequence[QAExample], features: list[Feature]) -> list[dict]:
         """The best answer of each example, in order (by position: ids need not be unique in prediction input)."""
         st = self.settings
-        logits = run_model(model, self, features, tok.pad_id)
+        logits = run.logits(self, features)
         with_null = bool(st.no_answer)
         best: dict[int, dict] = {}
         home = max_context_windows(features)
@@ -176,19 +177,19 @@ class QaTask(Task):
             out.append(cur)
         return out
 
-    def evaluate(self, model, tok, examples, features, id2label) -> dict:
+    def evaluate(self, run: Inference, examples: Sequence[QAExample], features: list[Feature]) -> dict:
         """EM and F1 of the best span over all windows; CMRC 2018 scoring when most passages are Chinese."""
-        answers = self._answers(model, tok, examples, features)
+        answers = self._answers(run, examples, features)
         n_chinese = sum(contains_cjk(ex.context[:200], bmp_only=True) for ex in examples)
         lang = "zh" if n_chinese > len(examples) / 2 else "en"
         gold = {str(i): [t for t, _ in ex.answers] for i, ex in enumerate(examples)}
         scores = qa_scores({str(i): a["text"] for i, a in enumerate(answers)}, gold, lang)
         return {**scores, "questions": len(examples), "scoring": "cmrc2018" if lang == "zh" else "squad"}
 
-    def predict(self, model, tok, examples, features, id2label) -> list[dict]:
+    def predict(self, run: Inference, examples: Sequence[QAExample], features: list[Feature]) -> list[dict]:
         """Per question: the best span over all windows (empty if no-answer wins), its offsets and score; no span at
         all (e.g. every candidate longer than max_answer_length) gives an empty answer with score None."""
-        answers = self._answers(model, tok, examples, features)
+        answers = self._answers(run, examples, features)
         out = []
         for ex, a in zip(examples, answers, strict=True):
             score = a["score"] if math.isfinite(a["score"]) else None

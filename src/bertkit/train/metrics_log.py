@@ -73,22 +73,17 @@ def read_metrics_log(path: Path) -> list[dict]:
 
 @dataclass(frozen=True)
 class Curves:
-    """What `plot_metrics` draws: losses on the left (training and held-out), held-out scores on the right.
-
-    `held_out_scores` None: every held-out figure named as a score between 0 and 1 (ending in "accuracy", or "f1",
-    "exact_match") and every correlation between -1 and 1 ("pearson", "spearman") that the log holds."""
+    """What `plot_metrics` draws: losses on the left (training and held-out), held-out scores on the right, in the
+    order named. The caller names them (a task, pre-training): the trainer knows no metric by name. Scores lie
+    between 0 and 1, or -1 and 1 (correlations); the axis reaches below 0 only when a score does."""
 
     train_losses: tuple[str, ...] = ("loss",)
     held_out_losses: tuple[str, ...] = ()
-    held_out_scores: tuple[str, ...] | None = None
+    held_out_scores: tuple[str, ...] = ()
+    scores_label: str = "score"  # the right panel's axis
 
 
 Lines = dict[str, list[tuple[int, float]]]  # label -> (step, value) points
-CORRELATIONS = ("pearson", "spearman")  # plotted on a -1 to 1 axis; every other score on 0 to 1
-
-
-def _is_score(key: str) -> bool:
-    return key.endswith("accuracy") or key in ("f1", "exact_match") or key in CORRELATIONS
 
 
 def curve_points(records: list[dict], curves: Curves | None = None) -> tuple[Lines, Lines]:
@@ -107,16 +102,15 @@ def curve_points(records: list[dict], curves: Curves | None = None) -> tuple[Lin
         if pts:
             losses[f"held-out {key}"] = pts
     logged = {k for r in evals for k in r}
-    wanted = curves.held_out_scores if curves.held_out_scores is not None else sorted(filter(_is_score, logged))
-    # Scores first, then correlations: the axis runs from -1 only when there are correlations.
-    ordered = [k for k in wanted if k not in CORRELATIONS] + [k for k in wanted if k in CORRELATIONS]
-    scores = {f"held-out {k}": [(r["step"], r[k]) for r in evals if k in r] for k in ordered if k in logged}
+    scores = {
+        f"held-out {k}": [(r["step"], r[k]) for r in evals if k in r] for k in curves.held_out_scores if k in logged
+    }
     return losses, scores
 
 
 def plot_metrics(metrics: Path, png: Path, curves: Curves | None = None) -> bool:
     """Draw `curves` from a metrics.jsonl into `png` (see `curve_points`); False when matplotlib is not installed.
-    Without `curves`: the training loss and every held-out score."""
+    Without `curves`: the training loss."""
     try:
         import matplotlib
 
@@ -125,7 +119,7 @@ def plot_metrics(metrics: Path, png: Path, curves: Curves | None = None) -> bool
     except ImportError:
         return False
     losses, scores = curve_points(read_metrics_log(metrics), curves)
-    correlated = any(label.removeprefix("held-out ") in CORRELATIONS for label in scores)
+    negative = any(v < 0 for pts in scores.values() for _, v in pts)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for label, pts in losses.items():
         ax1.plot(*zip(*pts, strict=True), *(["o-"] if label.startswith("held-out") else []), label=label)
@@ -135,9 +129,8 @@ def plot_metrics(metrics: Path, png: Path, curves: Curves | None = None) -> bool
     for label, pts in scores.items():
         ax2.plot(*zip(*pts, strict=True), "o-", label=label)
     ax2.set_xlabel("step")
-    only_correlations = correlated and all(label.removeprefix("held-out ") in CORRELATIONS for label in scores)
-    ax2.set_ylabel("correlation" if only_correlations else "accuracy")
-    ax2.set_ylim(-1 if correlated else 0, 1)
+    ax2.set_ylabel(curves.scores_label if curves else Curves.scores_label)
+    ax2.set_ylim(-1 if negative else 0, 1)
     if scores:
         ax2.legend()
     fig.tight_layout()
