@@ -137,7 +137,7 @@ def test_ner_windows_tag_every_word_once_from_its_most_central_window(
     features = task.features(sentences, opened.tokenizer, None, train=False)
     assert task.cut_inputs == len(sentences)
     for n, s in enumerate(sentences):
-        mine = [f for f in features if f["sentence"] == n]
+        mine = [f for f in features if f["example"] == n]
         seen = [w for f in mine for w in f["word_index"]]
         assert set(seen) == set(range(len(s.tokens))) and len(set(seen)) < len(seen)  # all words, some twice
         for f in mine:
@@ -148,7 +148,7 @@ def test_ner_windows_tag_every_word_once_from_its_most_central_window(
     for n, s in enumerate(sentences):
         assert len(tags[n]) == len(s.tokens)
         for w in range(len(s.tokens)):  # brute force: the first window with the most context decides
-            where = [(f["context"][k], -i, i, k) for i, f in enumerate(features) if f["sentence"] == n
+            where = [(f["context"][k], -i, i, k) for i, f in enumerate(features) if f["example"] == n
                      for k, x in enumerate(f["word_index"]) if x == w]  # fmt: skip
             _, _, i, k = max(where)
             assert tags[n][w] == opened.id2label[int(logits[i][features[i]["first_pos"][k]].argmax())]

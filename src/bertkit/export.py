@@ -25,12 +25,11 @@ from bertkit.checkpoint import model_fingerprint, tensor_names
 from bertkit.constants import ONNX_OPSET
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write
-from bertkit.onnx_model import FINGERPRINT_KEY, PRECISION_KEY, open_session
+from bertkit.onnx_model import FINGERPRINT_KEY, INPUTS, PRECISION_KEY, open_session
 from bertkit.tasks.model_dir import open_model_dir
 from bertkit.tasks.registry import TASKS
 from bertkit.tokenizer import Tokenizer
 
-INPUTS = ["input_ids", "token_type_ids", "attention_mask"]
 SAMPLE = [  # a pair of different lengths, so that the check covers padding and both segments
     ("今天天气很好，我们去公园散步吧。", "好的，下午三点见。"),
     ("The quick brown fox jumps over the lazy dog.", None),
@@ -210,7 +209,7 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
             program = torch.onnx.export(
-                graph, args, input_names=INPUTS, output_names=graph.names, opset_version=opset, dynamo=True,
+                graph, args, input_names=list(INPUTS), output_names=graph.names, opset_version=opset, dynamo=True,
                 dynamic_shapes=tuple({0: batch, 1: seq} for _ in INPUTS), verbose=False,
             )  # fmt: skip
         proto = program.model_proto
@@ -304,7 +303,7 @@ def _agreement(name: str, graph: _Graph, fp32: np.ndarray, int8: np.ndarray, rea
         mask = real[..., None].astype(np.float64)
         a, b = (fp32 * mask).sum(1), (int8 * mask).sum(1)  # mean pooling: the count cancels out in the cosine
         return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-    if name in ("start_logits", "end_logits"):  # (B, T): the argmax over the real tokens of each row
+    if name in graph.per_token and fp32.ndim == 2:  # (B, T), one score per token (a span's start): its argmax
         hide = np.where(real, 0.0, -np.inf)
         return (np.argmax(fp32 + hide, -1) == np.argmax(int8 + hide, -1)).astype(np.float64)
     if name in ("pooler_output", "seq_relationship_logits"):

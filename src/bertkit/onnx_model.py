@@ -27,6 +27,7 @@ from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path
 from bertkit.tasks.model_dir import ModelDir, fine_tuned_task, open_model_dir
+from bertkit.tasks.registry import TASKS
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 # The export's metadata key for `bertkit.checkpoint.model_fingerprint` of the directory it was exported from.
@@ -168,8 +169,9 @@ class OnnxModel:
         }
         got = dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
         tensors = {TORCH_NAMES.get(k, k): torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in got.items()}
-        if "start_logits" in tensors:  # the QA model's logits: start and end in the last dimension
-            tensors["logits"] = torch.stack([tensors["start_logits"], tensors["end_logits"]], dim=-1)
+        task = TASKS.get(self.task_name)
+        if task is not None and len(task.onnx_outputs) > 1:  # one head's outputs (QA's start and end) exported apart:
+            tensors["logits"] = torch.stack([tensors[n] for n in task.onnx_outputs], dim=-1)  # as the model stacks them
         return OnnxOutput(**tensors)
 
 

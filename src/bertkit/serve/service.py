@@ -171,7 +171,7 @@ class Service:
         _check_count(inputs, "inputs")
         task, examples = task_model.task, []
         if task.per_token:  # before anything reads a long text word by word (a megabyte: a second of one core)
-            texts = [row.get("context", row.get("text")) if isinstance(row, dict) else None for row in inputs]
+            texts = [row.get(task.long_field) if isinstance(row, dict) else None for row in inputs]
             self._check_windows(texts, task.settings.max_seq_length)
         for n, row in enumerate(inputs):
             if not isinstance(row, dict):
@@ -183,10 +183,9 @@ class Service:
         # Features cut every text at the model's max_seq_length; NER and QA cover a long one in windows.
         features = task_model.features(examples)
         windows, tokens = [0] * len(examples), [0] * len(examples)
-        for n, f in enumerate(features):
-            owner = f.get("sentence", f.get("example", n))
-            windows[owner] += 1
-            tokens[owner] += len(f["input_ids"])
+        for f in features:
+            windows[f["example"]] += 1
+            tokens[f["example"]] += len(f["input_ids"])
         worst = max(range(len(examples)), key=windows.__getitem__)
         if windows[worst] > self.max_windows:
             length = task.settings.max_seq_length

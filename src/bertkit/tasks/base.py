@@ -53,6 +53,7 @@ class Task:
     export_kind: str = "classifier"  # what `bertkit export` calls the graph of such a model
     onnx_outputs: tuple[str, ...] = ("logits",)  # the exported graph's outputs, named as transformers names them
     per_token: bool = False  # whether those outputs have a sequence dimension: (B, T, ...)
+    long_field: str = "text"  # the input's field that may be long (read in windows by a per-token task)
     stdin_suffix: str = ".txt"  # how `predict --input -` reads standard input: as a file of this kind
     truncated: str = "truncated (--long-inputs window reads all of each)"  # what becomes of a long input by default
 
@@ -108,8 +109,11 @@ class Task:
     def check_labels(self, examples: Sequence, label2id: dict[str, int], path: str | Path) -> None:
         """Raise on a label the model does not know (dev/test data)."""
 
-    def features(self, examples: Sequence, tok: Tokenizer, label2id: dict[str, int] | None, train: bool):
-        """Encode examples into features: `input_ids`, `token_type_ids`, labels, and what decoding needs.
+    def features(
+        self, examples: Sequence, tok: Tokenizer, label2id: dict[str, int] | None, train: bool
+    ) -> list[Feature]:
+        """Encode examples into features: `input_ids`, `token_type_ids`, `example` (the index of the example it
+        reads: one example may give several features, e.g. windows), labels, and what decoding needs.
 
         `train` is True for the training set; without `label2id` (None) class and tag labels are left out."""
         raise NotImplementedError

@@ -145,7 +145,9 @@ class ClassificationTask(Task):
         """One encoding per example: segment B is `text_b` for a pair task."""
         return self._encode(examples, tok, self.pair, truncation)
 
-    def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
+    def features(
+        self, examples: Sequence[TextExample], tok: Tokenizer, label2id: dict[str, int] | None, train: bool
+    ) -> list[Feature]:
         """One feature per example; an example longer than `max_seq_length` is truncated (the tokenizer's rule for
         pairs: the longer text loses tokens first), or read in windows (`long_inputs="window"`), one feature each.
         `cut_inputs` says afterwards how many examples were longer."""

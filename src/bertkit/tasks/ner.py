@@ -134,7 +134,9 @@ class NerTask(Task):
                 if t not in label2id:
                     raise unseen_label(f"{path}:{ex.line + k}", t)
 
-    def features(self, examples, tok: Tokenizer, label2id, train: bool) -> list[Feature]:
+    def features(
+        self, examples: Sequence[TaggedSentence], tok: Tokenizer, label2id: dict[str, int] | None, train: bool
+    ) -> list[Feature]:
         """Chunks of whole words up to `max_seq_length`; a word's label sits on its first sub-token only.
 
         A sentence longer than that is cut into consecutive chunks, or (`long_inputs="window"`) read in overlapping
@@ -170,7 +172,7 @@ class NerTask(Task):
                     ids = ids[: first_pos[keep]] if keep < len(words) else ids
                     first_pos, words = first_pos[:keep], words[:keep]
                 ids.append(tok.sep_id)
-                f: Feature = {"input_ids": ids, "token_type_ids": [0] * len(ids), "sentence": s}
+                f: Feature = {"input_ids": ids, "token_type_ids": [0] * len(ids), "example": s}
                 f.update(
                     word_index=words, first_pos=first_pos, context=[min(p - 1, len(ids) - 2 - p) for p in first_pos]
                 )
@@ -206,11 +208,11 @@ class NerTask(Task):
         context: dict[tuple[int, int], int] = {}  # (sentence, word) -> the context of the window it was read from
         for f, (best, best_p) in zip(features, _decode(crf, features, logits, run.batch_size), strict=True):
             for w, tag, p, c in zip(f["word_index"], best, best_p, f["context"], strict=True):
-                if context.get((f["sentence"], w), -1) >= c:  # an earlier window gave this word more context
+                if context.get((f["example"], w), -1) >= c:  # an earlier window gave this word more context
                     continue
-                context[f["sentence"], w] = c
-                tags[f["sentence"]][w] = run.id2label[tag]
-                probs[f["sentence"]][w] = p
+                context[f["example"], w] = c
+                tags[f["example"]][w] = run.id2label[tag]
+                probs[f["example"]][w] = p
         return tags, probs
 
     def evaluate(self, run: Inference, examples: Sequence[TaggedSentence], features: list[Feature]) -> dict:

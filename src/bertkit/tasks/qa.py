@@ -34,6 +34,7 @@ class QaTask(Task):
     onnx_outputs = ("start_logits", "end_logits")
     export_kind = "qa"
     per_token = True
+    long_field = "context"
 
     def read(self, path: str | Path, labelled: bool = True) -> list[QAExample]:
         """SQuAD JSON, or a `.jsonl` file of {question, context, id?} objects without answers (prediction)."""
@@ -88,7 +89,9 @@ class QaTask(Task):
         """{"question", "context", "id" (optional)}."""
         return QAExample(str(row.get("id", n)), text_field(row, "question"), text_field(row, "context"))
 
-    def features(self, examples: Sequence[QAExample], tok: Tokenizer, label2id, train: bool) -> list[Feature]:
+    def features(
+        self, examples: Sequence[QAExample], tok: Tokenizer, label2id: dict[str, int] | None, train: bool
+    ) -> list[Feature]:
         """One `[CLS] question [SEP] window [SEP]` feature per window; `train` labels the answer, or [CLS]."""
         st = self.settings
         questions = tok.ids_batch([ex.question for ex in examples])
