@@ -197,10 +197,11 @@ def test_serve_backend_onnx_answers_as_torch(exported, reviews: list[str]) -> No
     with pytest.raises(BertkitError, match="runs on the CPU; --device cuda"):
         open_service(model_dir, "cuda", "onnx", onnx_file)
     # With several worker processes the parent refuses it too, before it says it is serving.
+    from bertkit.serve.limits import ServeConfig
     from bertkit.serve.server import serve
 
     with pytest.raises(BertkitError, match="--backend onnx needs --onnx FILE"):
-        serve(str(model_dir), port=0, backend="onnx", workers=2)
+        serve(model_dir, ServeConfig(port=0, backend="onnx", workers=2))
 
 
 def test_serve_backend_onnx_buckets_lengths_narrowly_and_leaves_torch_threads(exported) -> None:

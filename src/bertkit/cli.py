@@ -18,11 +18,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 # Only light modules here: `bertkit --help` parses before anything imports torch (about 2 s); each handler
 # imports what it needs.
-from bertkit.constants import HOST, INFERENCE_BATCH_SIZE, MIN_PAIR_FREQUENCY, ONNX_OPSET, PORT, TOP_K, VOCAB_SIZE
+from bertkit.constants import INFERENCE_BATCH_SIZE, MIN_PAIR_FREQUENCY, ONNX_OPSET, QUANTIZATIONS, TOP_K, VOCAB_SIZE
 from bertkit.errors import BertkitError
 from bertkit.options import (
-    NON_NEGATIVE_NUMBER,
-    PORT_NUMBER,
     POSITIVE,
     SEED,
     SEQ_LENGTH,
@@ -366,10 +364,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     except ModuleNotFoundError as e:  # fastapi, uvicorn or prometheus_client: the `serve` extra
         raise BertkitError(f"bertkit serve needs {e.name}: pip install 'bertkit[serve]'") from None
 
-    serve(args.model, host=args.host, port=args.port, device=args.device, backend=args.backend, onnx=args.onnx,
-          batching=args.batching == "on", max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
-          max_windows=args.max_windows, precision=args.precision, workers=args.workers, threads=args.threads,
-          cors=args.cors, task=args.task)  # fmt: skip
+    from bertkit.serve.limits import ServeConfig
+
+    serve(args.model, from_args(ServeConfig, args), device=args.device, task=args.task)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -579,64 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--task", choices=TASK_NAMES, default=None, help=TASK_OVERRIDE_HELP)
-    p.add_argument("--host", default=HOST, help="address to listen on (default %(default)s: this machine only)")
-    p.add_argument(
-        "--port", type=PORT_NUMBER, default=PORT, help="0 to 65535 (default %(default)s; 0 picks a free port)"
-    )
     add_options(p, TrainConfig, only=("device",))
-    from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_WAIT_MS, MAX_WINDOWS, PRECISIONS
+    from bertkit.serve.limits import ServeConfig
 
-    p.add_argument(
-        "--backend", choices=BACKENDS, default="torch",
-        help="what runs the model: torch (default), or onnx: onnxruntime over --onnx FILE on the CPU",
-    )  # fmt: skip
-    p.add_argument(
-        "--onnx", default=None, metavar="FILE",
-        help="--backend onnx: the model's `bertkit export` file (fp32, or int8 from --quantize int8)",
-    )  # fmt: skip
-    p.add_argument(
-        "--batching",
-        choices=["on", "off"],
-        default="on",
-        help="batch concurrent requests into one model call (default %(default)s; off: one at a time)",
-    )
-    p.add_argument(
-        "--max-batch-tokens",
-        type=POSITIVE,
-        default=MAX_BATCH_TOKENS,
-        help="tokens of all inputs in one model batch (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-wait-ms",
-        type=NON_NEGATIVE_NUMBER,
-        default=MAX_WAIT_MS,
-        help="how long a request waits for others to share its batch (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-windows",
-        type=POSITIVE,
-        default=MAX_WINDOWS,
-        help="NER/QA: windows per input over a long text; more answers 413 (default %(default)s)",
-    )
-    p.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32",
-        help="torch backend: bf16 runs large batches in bfloat16 on a CPU with AVX512-BF16 or AMX (or a GPU with "
-             "bf16), faster under load; their answers then differ from fp32 by bf16 rounding; /api/info says from "
-             "which batch size (default %(default)s)",
-    )  # fmt: skip
-    p.add_argument(
-        "--workers", type=POSITIVE, default=1, help="server processes, each with the model (default %(default)s)"
-    )
-    p.add_argument("--threads", type=POSITIVE, default=None,
-                   help="most intra-op threads per process (default: torch's, one per core); the PyTorch backend "
-                        "runs on fewer while other work takes cores (other processes, or the HTTP side reading large "
-                        "requests): /metrics' bertkit_model_threads says how many")  # fmt: skip
-    p.add_argument(
-        "--cors",
-        metavar="ORIGIN",
-        default=None,
-        help="allow cross-origin requests from this one origin, e.g. https://example.org (default: none)",
-    )
+    add_options(p, ServeConfig)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
@@ -655,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check against PyTorch")
     p.add_argument(
         "--quantize",
-        choices=["int8"],
+        choices=QUANTIZATIONS,
         help="write the model dynamically quantized to int8 (onnxruntime), kept only if its answers agree with the "
         "fp32 export's on the check sentences (predicted labels, or an encoder's median cosine; always checked)",
     )

@@ -10,3 +10,4 @@ INFERENCE_BATCH_SIZE = 64  # inputs per forward pass when embedding, evaluating 
 TOP_K = 5  # fill-mask: candidates per [MASK]
 HOST, PORT = "127.0.0.1", 8000  # `bertkit serve`: this machine only, unless asked
 ONNX_OPSET = 18
+QUANTIZATIONS = ("int8",)  # `bertkit export --quantize`: onnxruntime's dynamic quantization

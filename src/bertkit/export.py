@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bertkit.checkpoint import model_fingerprint, tensor_names
-from bertkit.constants import ONNX_OPSET
+from bertkit.constants import ONNX_OPSET, QUANTIZATIONS
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write
 from bertkit.onnx_model import FINGERPRINT_KEY, INPUTS, PRECISION_KEY, open_session
@@ -109,7 +109,6 @@ CHECK_TEXTS = (
 # 95% allows 3 flips in 64 sentences and refuses a model that changes its answers more often than that (the
 # quantized model's accuracy on a labelled dev set is the final word: run bertkit evaluate on it).
 MIN_INT8_AGREEMENT = 0.95
-QUANTIZATIONS = ("int8",)
 
 
 class _Graph(nn.Module):

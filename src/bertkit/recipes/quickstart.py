@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from bertkit.constants import TOP_K
 from bertkit.data.task_files import read_classification
 from bertkit.errors import BertkitError
 from bertkit.files import claim_folder
@@ -194,7 +195,7 @@ def run_quickstart(
 
     _stage(6, f"fill-mask with the pre-trained model: {FILL_MASK_EXAMPLE}")
     mlm = BertForPreTraining.from_pretrained(model_dir)
-    predictions = fill_mask(mlm, Tokenizer.from_pretrained(model_dir), FILL_MASK_EXAMPLE, top_k=5)[0]
+    predictions = fill_mask(mlm, Tokenizer.from_pretrained(model_dir), FILL_MASK_EXAMPLE, top_k=TOP_K)[0]
     print("  ".join(f"{t} {p:.3f}" for t, p in predictions))
 
     baselines = _majority_baselines(tasks)

@@ -42,7 +42,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bertkit.constants import HOST
+from bertkit.constants import HOST, TOP_K
 from bertkit.errors import BertkitError, NonFiniteOutputError
 from bertkit.serve import schemas
 from bertkit.serve.limits import MAX_BODY_BYTES
@@ -138,7 +138,7 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
     async def fill_mask(request: Request) -> Response:
         def prepare(body: Any) -> Any:
             body = _object(body)
-            return service.prepare_fill_mask(_texts(body), body.get("top_k", 5))
+            return service.prepare_fill_mask(_texts(body), body.get("top_k", TOP_K))
 
         return await _answer(service, request, prepare, lambda rows: {"results": rows})
 

@@ -10,6 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from bertkit.constants import TOP_K
+from bertkit.serve.limits import MAX_TOP_K
+
 
 class PredictRequest(BaseModel):
     """Inputs of the task model (their fields: `GET /api/info`'s "input"); one input may also come alone."""
@@ -24,10 +27,10 @@ class TextsRequest(BaseModel):
 
 
 class FillMaskRequest(BaseModel):
-    """Texts with [MASK]s, and how many candidates to return per [MASK] (1 to 100)."""
+    """Texts with [MASK]s, and how many candidates to return per [MASK]."""
 
     texts: list[str]
-    top_k: int = 5
+    top_k: int = Field(TOP_K, ge=1, le=MAX_TOP_K)
 
 
 class PredictResponse(BaseModel):

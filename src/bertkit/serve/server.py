@@ -23,11 +23,10 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from bertkit.constants import HOST, PORT
 from bertkit.errors import BertkitError
 from bertkit.machine import limit_malloc_arenas, pick_device
 from bertkit.serve.app import create_app
-from bertkit.serve.limits import BACKENDS, MAX_BATCH_TOKENS, MAX_BODY_BYTES, MAX_WAIT_MS, MAX_WINDOWS
+from bertkit.serve.limits import BACKENDS, MAX_BODY_BYTES, ServeConfig
 from bertkit.serve.service import Service, check_precision
 
 BACKLOG = 2048  # pending connections the kernel keeps: a burst of clients waits in it instead of retrying SYNs
@@ -94,14 +93,14 @@ class _Protocol(H11Protocol):
 def open_service(
     model_dir: str | Path,
     device: str | None = None,
-    backend: str = "torch",
+    backend: str = ServeConfig.backend,
     onnx: str | Path | None = None,
     threads: int | None = None,
     **options: Any,
 ) -> Service:
     """The `Service` over `model_dir` run by `backend`: "torch", or "onnx" (onnxruntime over `onnx`, the directory's
     `bertkit export`, fp32 or int8, with `threads` intra-op threads; on the CPU)."""
-    _check_backend(backend, onnx, device, options.get("precision", "fp32"))
+    _check_backend(backend, onnx, device, options.get("precision", ServeConfig.precision))
     if backend == "onnx":
         from bertkit.onnx_model import open_onnx_model_dir
 
@@ -110,7 +109,9 @@ def open_service(
     return Service(model_dir, device=device, **options)
 
 
-def _check_backend(backend: str, onnx: str | Path | None, device: str | None, precision: str = "fp32") -> None:
+def _check_backend(
+    backend: str, onnx: str | Path | None, device: str | None, precision: str = ServeConfig.precision
+) -> None:
     """Refuse a backend and its options that do not go together (before any process loads the model)."""
     if backend not in BACKENDS:
         raise BertkitError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)}")
@@ -145,7 +146,9 @@ def _config(app: Any, host: str, port: int, workers: int = 1, factory: bool = Fa
     )  # fmt: skip  (a worker loads the model before it pings)
 
 
-def make_server(service: Service, host: str = HOST, port: int = PORT, cors: str | None = None) -> uvicorn.Server:
+def make_server(
+    service: Service, host: str = ServeConfig.host, port: int = ServeConfig.port, cors: str | None = None
+) -> uvicorn.Server:
     """A uvicorn server for `service` (not yet serving). Port 0 picks a free port (see `running`)."""
     return uvicorn.Server(_config(create_app(service, host, cors), host, port))
 
@@ -162,7 +165,7 @@ def _bind(config: uvicorn.Config) -> socket.socket:
 
 
 @contextmanager
-def running(service: Service, host: str = HOST, port: int = 0, cors: str | None = None) -> Iterator[str]:
+def running(service: Service, host: str = ServeConfig.host, port: int = 0, cors: str | None = None) -> Iterator[str]:
     """Serve `service` on a background thread while the block runs; yields the base URL (for tests and tools)."""
     server = make_server(service, host, port, cors)
     sock = _bind(server.config)
@@ -199,39 +202,28 @@ def _prepare_process(threads: int | None) -> None:
 
 
 def serve(
-    model_dir: str,
-    host: str = HOST,
-    port: int = PORT,
-    device: str | None = None,
-    *,
-    backend: str = "torch",
-    onnx: str | None = None,
-    batching: bool = True,
-    max_batch_tokens: int = MAX_BATCH_TOKENS,
-    max_wait_ms: float = MAX_WAIT_MS,
-    max_windows: int = MAX_WINDOWS,
-    precision: str = "fp32",
-    workers: int = 1,
-    threads: int | None = None,
-    cors: str | None = None,
-    task: str | None = None,
+    model_dir: str | Path, cfg: ServeConfig | None = None, *, device: str | None = None, task: str | None = None
 ) -> None:
-    """Load `model_dir` and serve it until interrupted (`workers` processes, each with its own copy); a fine-tuned
-    model as a `task` model when given (e.g. "pair" for a Hugging Face classifier trained on text pairs)."""
+    """Load `model_dir` and serve it as `cfg` says until interrupted (`cfg.workers` processes, each with its own
+    copy); a fine-tuned model as a `task` model when given (e.g. "pair" for a Hugging Face classifier trained on
+    text pairs)."""
+    cfg = cfg or ServeConfig()
+    host, port, backend, onnx, workers, threads = cfg.host, cfg.port, cfg.backend, cfg.onnx, cfg.workers, cfg.threads
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    service_options = {"batching": batching, "max_batch_tokens": max_batch_tokens, "max_wait_ms": max_wait_ms,
-                       "max_windows": max_windows, "precision": precision, "task": task}  # fmt: skip
+    service_options = {"batching": cfg.batching == "on", "max_batch_tokens": cfg.max_batch_tokens,
+                       "max_wait_ms": cfg.max_wait_ms, "max_windows": cfg.max_windows, "precision": cfg.precision,
+                       "task": task}  # fmt: skip
     _prepare_process(threads)
     if workers == 1:
         service = open_service(model_dir, device, backend, onnx, threads, **service_options)
         what = f"a {service.task_name} model" if service.task_name else "a pre-trained model"
-        server = make_server(service, host, port, cors)
+        server = make_server(service, host, port, cfg.cors)
         config = server.config
     else:
         from bertkit.tasks.model_dir import fine_tuned_task
 
         # The workers would each fail on a bad option after the parent said "serving".
-        _check_backend(backend, onnx, device, precision)
+        _check_backend(backend, onnx, device, cfg.precision)
         if not Path(model_dir).is_dir():
             open_service(model_dir, device, backend, onnx, threads, **service_options)  # says what is wrong
         name = task or fine_tuned_task(model_dir)
@@ -239,7 +231,7 @@ def serve(
         os.environ[_OPTIONS_ENV] = json.dumps({"model_dir": str(model_dir), "device": device, "backend": backend,
                                                "onnx": onnx and str(onnx),
                                                "service": service_options, "threads": threads, "host": host,
-                                               "cors": cors})  # fmt: skip
+                                               "cors": cfg.cors})  # fmt: skip
         config = _config("bertkit.serve.server:app_from_environment", host, port, workers, factory=True)
         service = None
     sock = _bind(config)

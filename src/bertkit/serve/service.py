@@ -31,7 +31,15 @@ from bertkit.machine import (
 )
 from bertkit.model import BF16_FROM_TOKENS, set_bf16_from_tokens
 from bertkit.serve.batching import PADDED_SLACK, UNPADDED_SLACK, Batcher, Job, run_bucketed
-from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_INPUTS, MAX_WAIT_MS, MAX_WINDOWS, PRECISIONS
+from bertkit.serve.limits import (
+    MAX_BATCH_TOKENS,
+    MAX_INPUTS,
+    MAX_TOP_K,
+    MAX_WAIT_MS,
+    MAX_WINDOWS,
+    PRECISIONS,
+    ServeConfig,
+)
 from bertkit.serve.metrics import Metrics
 from bertkit.tasks.base import check_encodable
 from bertkit.tasks.model_dir import ModelDir, open_model_dir
@@ -50,11 +58,11 @@ class Service:
         model_dir: str | Path,
         device: str | None = None,
         *,
-        batching: bool = True,
+        batching: bool = ServeConfig.batching == "on",
         max_batch_tokens: int = MAX_BATCH_TOKENS,
         max_wait_ms: float = MAX_WAIT_MS,
         max_windows: int = MAX_WINDOWS,
-        precision: str = "fp32",
+        precision: str = ServeConfig.precision,
         metrics: Metrics | None = None,
         opened: ModelDir | None = None,
         task: str | None = None,
@@ -230,8 +238,8 @@ class Service:
         if self.mlm is None:
             raise BertkitError(f"{self.path} has no masked-LM head (cls.predictions.*), so it cannot fill [MASK]")
         _check_texts(texts)
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 100:
-            raise BertkitError(f"top_k must be an integer from 1 to 100, got {top_k!r}")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+            raise BertkitError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
         tok = self.tokenizer
         cut = tok.encode_batch(texts)  # as fill_mask reads them: cut at the model's maximum length
         for n, enc in enumerate(cut):
