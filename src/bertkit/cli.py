@@ -195,7 +195,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     _check_file_out(args, args.model, args.data, args.onnx)
     device = pick_device(args.device)
-    if (Path(args.data) / "manifest.json").is_file():
+    from bertkit.data.config import MANIFEST_FILE
+
+    if (Path(args.data) / MANIFEST_FILE).is_file():
         if args.onnx:
             raise BertkitError("--onnx evaluates task data; pre-training data is evaluated with the PyTorch model")
         metrics = _evaluate_pretraining(args, device)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bertkit.constants import VOCAB_SIZE
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path, read_json
 
@@ -70,7 +71,7 @@ def _parses_as_number(text: str) -> bool:
 class BertConfig:
     """BERT hyper-parameters, named as in Hugging Face's `BertConfig` so `config.json` maps 1:1."""
 
-    vocab_size: int = 30522
+    vocab_size: int = VOCAB_SIZE
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12

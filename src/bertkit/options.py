@@ -70,7 +70,8 @@ def numbers(each: Callable[[str], float]) -> Callable[[str], list[float]]:
 
 POSITIVE = whole_number(1)
 NON_NEGATIVE = whole_number(0)
-SEQ_LENGTH = whole_number(8, why=" (room for [CLS], the text and [SEP])")
+MIN_SEQ_LENGTH = 8  # room for [CLS], a few tokens of text and [SEP] (of A and B for pre-training)
+SEQ_LENGTH = whole_number(MIN_SEQ_LENGTH, why=" (room for [CLS], the text and [SEP])")
 PORT_NUMBER = whole_number(0, 65535, why=" (0 picks a free port)")
 POSITIVE_NUMBER = number(0, low_open=True)
 NON_NEGATIVE_NUMBER = number(0)

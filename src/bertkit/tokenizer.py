@@ -44,6 +44,9 @@ from bertkit.files import atomic_write, no_such_path, read_corpus_lines, read_js
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # BERT order: a trained vocabulary starts with these
 MAX_INPUT_CHARS_PER_WORD = 100
+# Tokens a text is cut at unless the tokenizer says otherwise: the positions BERT was pre-trained with (and where
+# tokenizer_config.json gives none, or Hugging Face's 1e30 for "no limit").
+MODEL_MAX_LENGTH = 512
 
 
 class Encoding:
@@ -346,12 +349,12 @@ def _read_tokenizer_config(path: Path, fallback: dict | None = None) -> dict:
         raise BertkitError(
             f"{path}: field {_OWN_KEY}.vocab_size is {json.dumps(recorded)}; it must be a positive integer"
         )
-    max_length = field("model_max_length", 512, is_length, "a positive integer")
+    max_length = field("model_max_length", MODEL_MAX_LENGTH, is_length, "a positive integer")
     return {
         "lowercase": field("do_lower_case", True, is_bool, "true or false (a JSON boolean, without quotes)"),
         "strip_accents": field("strip_accents", None, lambda v: v is None or is_bool(v), "true, false or null"),
         "tokenize_chinese_chars": field("tokenize_chinese_chars", True, is_bool, "true or false (without quotes)"),
-        "model_max_length": int(max_length) if max_length < 1_000_000 else 512,
+        "model_max_length": int(max_length) if max_length < 1_000_000 else MODEL_MAX_LENGTH,
         "vocab_size": recorded,
     }
 
@@ -438,7 +441,7 @@ class Tokenizer:
         lowercase: bool = True,
         strip_accents: bool | None = None,
         tokenize_chinese_chars: bool = True,
-        model_max_length: int = 512,
+        model_max_length: int = MODEL_MAX_LENGTH,
     ):
         self.vocab: list[str] = list(vocab)
         self.token_to_id: dict[str, int] = {}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from bertkit.options import FRACTION, NON_NEGATIVE, POSITIVE, SEED, SEQ_LENGTH, option
 
+MANIFEST_FILE = "manifest.json"  # a prepared data directory's description (moved in last: its presence means complete)
 # The fewest documents a block holds (unless the split has fewer): its NotNext pairs draw their B from the others.
 MIN_BLOCK_DOCUMENTS = 16
 

@@ -80,8 +80,8 @@ def instance_spans(
     block: Block,
     rng: np.random.Generator,
     max_seq_length: int,
-    short_seq_prob: float = 0.1,
-    nsp: bool = True,
+    short_seq_prob: float,
+    nsp: bool,
 ) -> list[Span]:
     """NSP instances of document `doc_index` of `block`, as spans of the block's flat tokens; B may come from
     other documents."""

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from bertkit.data.config import MIN_BLOCK_DOCUMENTS, PrepareConfig
+from bertkit.data.config import MANIFEST_FILE, MIN_BLOCK_DOCUMENTS, PrepareConfig
 from bertkit.data.instances import Block, Span, gather_spans, instance_spans
 from bertkit.data.sentences import iter_documents
 from bertkit.errors import BertkitError
@@ -53,12 +53,13 @@ from bertkit.files import (
     own_entries,
     remove_entries,
 )
+from bertkit.options import MIN_SEQ_LENGTH
 from bertkit.tokenizer import Tokenizer, TokenSpans, contains_cjk, is_cjk
 
 FORMAT = "bertkit-pretraining-v1"
 SPLITS = ("train", "eval")
 # The entries prepare writes directly in its output directory: the only ones `--overwrite` replaces.
-OWN_ENTRIES = ("manifest.json", "tokenizer", *(f"{s}-[0-9][0-9][0-9][0-9][0-9].*.bin" for s in SPLITS))
+OWN_ENTRIES = (MANIFEST_FILE, "tokenizer", *(f"{s}-[0-9][0-9][0-9][0-9][0-9].*.bin" for s in SPLITS))
 # The temporary folder (inside the output directory, so the final moves are renames on one file system) and the
 # file that marks it as prepare's, so that a later run may remove one that a kill left behind.
 _TEMP_PREFIX, _TEMP_SUFFIX, _TEMP_MARKER = ".bertkit-prepare-", ".partial", "BERTKIT_PREPARE_IN_PROGRESS"
@@ -154,8 +155,7 @@ def _build_block(split: str, block_index: int, docs: list[list[str]]) -> BlockRe
         rng = np.random.default_rng([cfg.seed, SPLITS.index(split), block_index, dupe])
         for i in range(block.num_documents):
             spans += instance_spans(i, block, rng, cfg.max_seq_length, cfg.short_seq_prob, cfg.nsp)
-    dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
-    tokens, rows = gather_spans(spans, ids.astype(dtype))
+    tokens, rows = gather_spans(spans, ids.astype(token_dtype(tok.vocab_size)))
     return split, tokens, rows, (gather_spans(spans, flags)[0] if flags is not None else None), cut
 
 
@@ -264,6 +264,12 @@ def _is_eval_document(doc_index: int, share: Fraction, offset: int) -> bool:
     return (doc_index + offset) * share.numerator % share.denominator < share.numerator
 
 
+def token_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    """The shards' type of token ids: uint16 where every id of the vocabulary fits (half the disk and memory of
+    uint32; bert-base-chinese's 21,128 tokens do), else uint32."""
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
 def _blocks(
     corpus: list[Path], cfg: PrepareConfig, stats: dict, read: BytesRead | None = None
 ) -> Iterator[tuple[str, int, list[list[str]]]]:
@@ -300,7 +306,7 @@ def _blocks(
 
 
 def _check_settings(cfg: PrepareConfig) -> None:
-    if cfg.max_seq_length < 8:
+    if cfg.max_seq_length < MIN_SEQ_LENGTH:
         raise BertkitError(f"--max-seq-length {cfg.max_seq_length} is too short for [CLS] A [SEP] B [SEP]")
     if cfg.dupe_factor < 1:
         raise BertkitError("--dupe-factor must be at least 1")
@@ -329,7 +335,7 @@ def _is_prepared(out: Path) -> bool:
     """Whether `out` holds a data directory of this format that a bertkit prepare wrote before it marked its
     outputs (any program may write a manifest.json: its "format" says whose it is)."""
     try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
@@ -346,12 +352,12 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     """Replace prepare's own entries in `out` by the complete new ones in `tmp`; other entries stay."""
     # The old manifest goes first and the new one comes last, so that a directory caught half-way (a kill between
     # these renames) never looks complete.
-    (out / "manifest.json").unlink(missing_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
     remove_entries(own_entries(out, OWN_ENTRIES))
     for p in sorted(tmp.iterdir()):
-        if p.name not in ("manifest.json", _TEMP_MARKER):
+        if p.name not in (MANIFEST_FILE, _TEMP_MARKER):
             os.replace(p, out / p.name)
-    os.replace(tmp / "manifest.json", out / "manifest.json")
+    os.replace(tmp / MANIFEST_FILE, out / MANIFEST_FILE)
     shutil.rmtree(tmp)
 
 
@@ -398,7 +404,7 @@ def prepare(
         _move_into_place(tmp, out)
     except BaseException as e:  # KeyboardInterrupt too: nothing of this run may stay behind
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "manifest.json").is_file():  # no earlier output of prepare's here: nothing is its own
+        if not (out / MANIFEST_FILE).is_file():  # no earlier output of prepare's here: nothing is its own
             (out / OWNER_FILE).unlink(missing_ok=True)
         if created:
             with contextlib.suppress(OSError):
@@ -485,7 +491,7 @@ def _write_data(
         "config": asdict(cfg),
         "masking": "static" if (cfg.static_masking or cfg.dupe_factor > 1) else "dynamic",
         "vocab_size": tok.vocab_size,
-        "token_dtype": "uint16" if tok.vocab_size <= 65535 else "uint32",
+        "token_dtype": np.dtype(token_dtype(tok.vocab_size)).name,
         "corpus": [str(p) for p in corpus_paths],
         "documents": stats["documents"],
         "characters": stats["chars"],
@@ -503,8 +509,8 @@ def _write_data(
         },
     }
     text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    with _naming(tmp / "manifest.json"):
-        (tmp / "manifest.json").write_text(text, encoding="utf-8")
+    with _naming(tmp / MANIFEST_FILE):
+        (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")
     return manifest
 
 

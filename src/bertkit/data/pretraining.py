@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from bertkit.constants import IGNORE_INDEX
+from bertkit.data.config import MANIFEST_FILE
 from bertkit.data.masking import MaskingConfig, mask_sequence
-from bertkit.data.prepare import FORMAT, SPLITS
+from bertkit.data.prepare import FORMAT, SPLITS, token_dtype
 from bertkit.errors import BertkitError
 from bertkit.files import read_json_object
 from bertkit.tokenizer import Tokenizer, encoder_inputs, pad_rows
@@ -46,7 +47,7 @@ def read_manifest(data_dir: str | Path, check_files: bool = True) -> dict:
     A damaged or incomplete directory is a `BertkitError` naming the file (or field) and the expected value.
     """
     data_dir = Path(data_dir)
-    path = data_dir / "manifest.json"
+    path = data_dir / MANIFEST_FILE
     if not path.is_file():
         raise BertkitError(f"{data_dir} is not a prepared data directory (no manifest.json); run `bertkit prepare`")
     manifest = read_json_object(path, f"the directory is damaged: {_AGAIN}")
@@ -85,7 +86,7 @@ def _check_fields(manifest: dict, path: Path) -> None:
     _field(manifest, ("masking",), str, path, ("dynamic", "static"))
     dtype = _field(manifest, ("token_dtype",), str, path, ("uint16", "uint32"))
     vocab_size = _field(manifest, ("vocab_size",), int, path)
-    if dtype == "uint16" and vocab_size > 65536:
+    if dtype == "uint16" and token_dtype(vocab_size) != np.uint16:
         raise BertkitError(f"{path}: token_dtype uint16 cannot hold a vocabulary of {vocab_size}; {_AGAIN}")
     for split in SPLITS:
         totals = {key: _field(manifest, ("splits", split, key), int, path) for key in ("instances", "tokens")}

@@ -83,8 +83,10 @@ class PretrainConfig:
 
 
 # Fine-tuning's peak learning rate when none is given, by the model's size: BERT's 5e-5 suits BERT-base and models
-# like MiniLM, but left bertkit's small pre-trained models near the majority class, where 1e-3 did best of 1e-4 to
-# 1e-3 (benchmarks/results/quickstart_lr_check.json: the tiny preset, hidden size 128).
+# like MiniLM, but left bertkit's small pre-trained models near the majority class, where 1e-3 did best of the rates
+# tried, for both the pre-trained and the random-init arm and both quickstart tasks in all but one case
+# (benchmarks/results/quickstart_lr_check.json, the tiny preset, hidden size 128; benchmarks/README.md gives its
+# commands).
 BERT_LEARNING_RATE = 5e-5
 SMALL_MODEL_LEARNING_RATE = 1e-3
 SMALL_MODEL_HIDDEN = 256  # up to this hidden size (bertkit's tiny and mini presets)

@@ -33,10 +33,11 @@ from bertkit.recipes.config import PretrainConfig
 from bertkit.tokenizer import Tokenizer
 from bertkit.train.distributed import dist_info
 from bertkit.train.loop import Trainer
-from bertkit.train.metrics_log import Curves, read_metrics_log
+from bertkit.train.metrics_log import METRICS_FILE, Curves, read_metrics_log
 from bertkit.train.state import (
     CONTENTS,
     STALE_PATTERNS,
+    TRAINER_OWNS,
     claim_run_dir,
     contents_digest,
     end_replacement,
@@ -221,10 +222,11 @@ def _note_dropout_change(cfg: PretrainConfig, source: Path | None) -> None:
         print(f"note: {source} was pre-trained with dropout {before}; this run uses {now} (--dropout sets it)")
 
 
-# Everything `pretrain` writes directly in its run directory: the only entries --overwrite removes.
 # What a run killed while writing leaves: removed whenever a run starts or resumes.
-PRETRAIN_STALE = (".tmp-model", *STALE_PATTERNS)
-PRETRAIN_OWNS = ("checkpoint-*", "latest", "metrics.jsonl", "curves.png", "tensorboard", "model", *PRETRAIN_STALE)
+MODEL_DIR, MODEL_TMP = "model", ".tmp-model"  # the pre-trained model, and where it is written before it is moved in
+PRETRAIN_STALE = (MODEL_TMP, *STALE_PATTERNS)
+# Everything `pretrain` writes directly in its run directory: the only entries --overwrite removes.
+PRETRAIN_OWNS = (*TRAINER_OWNS, MODEL_DIR, MODEL_TMP)
 
 
 def _inputs(cfg: PretrainConfig, out: Path) -> list[Path]:
@@ -261,9 +263,9 @@ def _claim_run_dir(cfg: PretrainConfig, out: Path) -> bool:
         out, out, PRETRAIN_OWNS, PRETRAIN_STALE, command="pretrain", inputs=_inputs(cfg, out),
         overwrite=cfg.overwrite, resume=cfg.resume, what="pre-training run",
         # Written only by pre-training: runs of a bertkit from before the owner mark are recognised by these.
-        is_own_output=latest_checkpoint(out) is not None or (out / "model" / PRETRAINING_RECORD).is_file(),
+        is_own_output=latest_checkpoint(out) is not None or (out / MODEL_DIR / PRETRAINING_RECORD).is_file(),
         finished=lambda: "it holds a finished model (model/) but no checkpoint; pass --overwrite to train again (it "
-        "replaces model/), or choose a new --out" if (out / "model").is_dir() else None,
+        "replaces model/), or choose a new --out" if (out / MODEL_DIR).is_dir() else None,
     )  # fmt: skip
 
 
@@ -370,7 +372,7 @@ def _pretrain(cfg: PretrainConfig) -> dict[str, float]:
         trainer.resume()
     _note_dropout_change(cfg, latest_checkpoint(out) if resuming else Path(cfg.model))
     trainer.after_checkpoint = lambda: end_replacement(out, PRETRAIN_OWNS, out, succeeded=True)
-    model_dir, tmp = out / "model", out / ".tmp-model"
+    model_dir, tmp = out / MODEL_DIR, out / MODEL_TMP
     try:
         metrics = trainer.train()
         # Written beside, then renamed: model/ is complete or absent (scripts skip the stage when its weights exist).
@@ -403,6 +405,6 @@ def _pretrain(cfg: PretrainConfig) -> dict[str, float]:
         steps = f"{trainer.state.step} of {cfg.train.max_steps}"
         print(f"pre-trained to step {steps} ({held_out}); model saved to {model_dir}")
     if eval_data is None:
-        loss = _last_train_loss(out / "metrics.jsonl")
+        loss = _last_train_loss(out / METRICS_FILE)
         return {"steps": trainer.state.step, **({"train_loss": loss} if loss is not None else {}), "eval_instances": 0}
     return metrics

@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 
 from bertkit.constants import TOP_K
+from bertkit.data.pretraining import read_manifest
 from bertkit.data.task_files import read_classification
 from bertkit.errors import BertkitError
 from bertkit.files import claim_folder
 from bertkit.infer import fill_mask
 from bertkit.metrics import majority_accuracy
 from bertkit.model import BertForPreTraining
-from bertkit.recipes.config import FinetuneConfig, QuickstartConfig, finetune_training
+from bertkit.recipes.config import SMALL_MODEL_LEARNING_RATE, FinetuneConfig, QuickstartConfig, finetune_training
 from bertkit.recipes.finetune import run_finetune
 from bertkit.recipes.small_scale import (
     NSP_WEIGHT,
@@ -61,10 +62,9 @@ class QuickstartPlan(PretrainingPlan):
     finetune_epochs: float = 3.0
     ner_epochs: float = 5.0
     # Each arm is fine-tuned at every learning rate here and its best dev score reported, as the paper selects
-    # its fine-tuning lr on dev. One by default: 1e-3 was the best of (2e-4, 5e-4, 1e-3) for both arms and both
-    # tasks in all but one case measured (benchmarks/results/quickstart_lr_check.json; benchmarks/README.md
-    # gives its commands), and the minutes a grid costs buy more pre-training instead.
-    finetune_lrs: tuple[float, ...] = (1e-3,)
+    # its fine-tuning lr on dev. One by default, the small models' default (see SMALL_MODEL_LEARNING_RATE): the
+    # minutes a grid costs buy more pre-training instead.
+    finetune_lrs: tuple[float, ...] = (SMALL_MODEL_LEARNING_RATE,)
     # Fine-tuning seeds per task; scores are their mean. One seed's sentiment accuracy moves from seed to seed
     # by more than a sentiment run costs (seconds); NER's lead is far above its spread, and one NER run takes as
     # long as all six sentiment runs.
@@ -153,7 +153,7 @@ def run_quickstart(
 
     _stage(3, f"pre-training data: NSP sentence pairs of up to {plan.max_seq_length} tokens")
     data_dir = pipeline.prepared()
-    manifest = json.loads((data_dir / "manifest.json").read_text())
+    manifest = read_manifest(data_dir, check_files=False)
     print(
         f"{manifest['splits']['train']['instances']:,} training pairs, "
         f"{manifest['splits']['train']['tokens']:,} tokens -> {data_dir}"

@@ -22,13 +22,14 @@ import torch
 
 from bertkit.config import BertConfig
 from bertkit.data.bundled import write_bundled_tasks, write_peoples_daily_corpus
+from bertkit.data.config import MANIFEST_FILE
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.prepare import PrepareConfig, prepare
 from bertkit.model import BertForPreTraining
 from bertkit.recipes.pretrain import PretrainConfig, run_pretrain
 from bertkit.tokenizer import Tokenizer
 from bertkit.train.config import TrainConfig
-from bertkit.train.metrics_log import read_metrics_log
+from bertkit.train.metrics_log import METRICS_FILE, read_metrics_log
 from bertkit.train.state import latest_checkpoint
 
 # People's Daily paragraphs in the pre-training corpus, of the source's 19,484; the NER sets come from the rest,
@@ -119,7 +120,7 @@ def prepared_pairs(
     corpora: Sequence[Path], tokenizer_dir: Path, out: Path, max_seq_length: int, seed: int, progress: bool = True
 ) -> Path:
     """`out`: NSP pairs of up to `max_seq_length` tokens from `corpora`, prepared unless it has a manifest."""
-    if not (out / "manifest.json").is_file():
+    if not (out / MANIFEST_FILE).is_file():
         cfg = PrepareConfig(max_seq_length=max_seq_length, seed=seed)
         prepare(corpora, tokenizer_dir, out, cfg, overwrite=True, progress=progress)
     return out
@@ -177,7 +178,7 @@ def pretrain_run(
 
 def held_out_evals(run_dir: Path) -> list[dict]:
     """The held-out evaluation records of a pre-training run's `metrics.jsonl`, in order ([] before it has run)."""
-    return [r for r in read_metrics_log(run_dir / "metrics.jsonl") if r.get("split") == "eval"]
+    return [r for r in read_metrics_log(run_dir / METRICS_FILE) if r.get("split") == "eval"]
 
 
 def random_init_twin(model_dir: Path, out: Path, seed: int) -> Path:

@@ -30,10 +30,11 @@ from bertkit.machine import cpu_has_native_bf16, keep_freed_memory, pick_device
 from bertkit.train.batches import Batch, LoaderFn, epoch_loader
 from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import ShardUnits, any_rank, replicate, reshard, setup_device, shard
-from bertkit.train.metrics_log import Curves, MetricsLog, plot_metrics
+from bertkit.train.metrics_log import CURVES_FILE, Curves, MetricsLog, plot_metrics
 from bertkit.train.optim import build_optimizer, build_scheduler
 from bertkit.train.precision import amp_dtype, autocast
 from bertkit.train.state import (
+    LATEST,
     TrainState,
     check_same_run,
     checkpoint_name,
@@ -243,7 +244,7 @@ class Trainer:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # the checkpoint appears complete or not at all
         try:
-            atomic_write(self.out / "latest", lambda t: Path(t).write_text(name + "\n"))
+            atomic_write(self.out / LATEST, lambda t: Path(t).write_text(name + "\n"))
         except BaseException:
             # `latest` still names the previous checkpoint, which --resume continues from; kept, this one would be
             # taken for a later run's and removed at the next save.
@@ -385,7 +386,7 @@ class Trainer:
             bar.close()
             self.metrics.close()
         if self.is_main:
-            plot_metrics(self.metrics.path, self.out / "curves.png", self.curves)
+            plot_metrics(self.metrics.path, self.out / CURVES_FILE, self.curves)
         return self.state.last_eval
 
     def close(self) -> None:

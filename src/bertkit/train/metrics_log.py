@@ -12,6 +12,8 @@ from typing import Any
 from bertkit.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsLog:
@@ -28,7 +30,7 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return
-        self.tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
+        self.tensorboard = SummaryWriter(str(self.path.parent / TENSORBOARD_DIR))
 
     def write(self, step: int, record: dict[str, Any]) -> None:
         """Append `record` with its step; its numbers go to TensorBoard as "SPLIT/KEY" (split: train by default)."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertkit.data.config import MANIFEST_FILE
 from bertkit.errors import BertkitError
 from bertkit.files import (
     atomic_temps,
@@ -32,10 +33,15 @@ from bertkit.files import (
     settle_set_aside,
 )
 from bertkit.train.distributed import dist_info
+from bertkit.train.metrics_log import CURVES_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 # Temporary entries a killed run can leave in its run directory: a checkpoint being written, and the files of
 # `atomic_write` (".NAME.RANDOM.tmp") for `latest` and `metrics.jsonl`. Removed when a run starts or resumes.
-STALE_PATTERNS = (".tmp-checkpoint-*", *atomic_temps(("latest", "metrics.jsonl")))
+LATEST = "latest"  # a file naming the newest complete checkpoint
+CHECKPOINTS = "checkpoint-*"
+STALE_PATTERNS = (".tmp-checkpoint-*", *atomic_temps((LATEST, METRICS_FILE)))
+# Everything a `Trainer` writes in its run directory (a recipe that lets the trainer write there adds its own).
+TRAINER_OWNS = (CHECKPOINTS, LATEST, METRICS_FILE, CURVES_FILE, TENSORBOARD_DIR, *STALE_PATTERNS)
 TRAINING_STATE = "training_state.pt"  # in a checkpoint folder: written last, so its presence marks it complete
 
 
@@ -68,12 +74,12 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return None
-    pointer = out_dir / "latest"
+    pointer = out_dir / LATEST
     if pointer.is_file():
         candidate = out_dir / pointer.read_text().strip()
         if (candidate / TRAINING_STATE).is_file():
             return candidate
-    done = sorted(p for p in out_dir.glob("checkpoint-*") if (p / TRAINING_STATE).is_file())
+    done = sorted(p for p in out_dir.glob(CHECKPOINTS) if (p / TRAINING_STATE).is_file())
     return done[-1] if done else None
 
 
@@ -90,9 +96,9 @@ def prune_checkpoints(out_dir: Path, newest: Path, keep: int) -> None:
     """Keep `newest` and the `keep - 1` checkpoints before it; remove the others. Never `newest` itself, whatever
     else the folder holds (`latest` must always name a checkpoint that exists), and never a checkpoint of a later
     step: it belongs to a run abandoned at an earlier point, not to this one, so it goes too."""
-    older = sorted(p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p.name < newest.name)
+    older = sorted(p for p in out_dir.glob(CHECKPOINTS) if p.is_dir() and p.name < newest.name)
     kept = older[len(older) - keep + 1 :] if keep > 1 else []
-    for old in [p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p != newest and p not in kept]:
+    for old in [p for p in out_dir.glob(CHECKPOINTS) if p.is_dir() and p != newest and p not in kept]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -186,7 +192,7 @@ def contents_digest(path: str | Path) -> str:
     path = Path(path)
     digest = hashlib.sha256()
     if path.is_dir():
-        manifest = read_json_object(path / "manifest.json", "prepare the data again")
+        manifest = read_json_object(path / MANIFEST_FILE, "prepare the data again")
         manifest.pop("seconds", None)  # the one field that differs between two runs of one prepare
         digest.update(json.dumps(manifest, sort_keys=True).encode())
     else:
