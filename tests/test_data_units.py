@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from bertkit.data.pretraining import EpochSampler
 from bertkit.data.sentences import iter_documents
 
@@ -82,3 +84,19 @@ def test_a_file_that_is_not_utf8_text_is_named_with_what_to_do(tmp_path: Path) -
         with pytest.raises(BertkitError, match="not valid UTF-8") as e:
             list(read_lines(tmp_path / name))
         assert advice in str(e.value) and str(tmp_path / name) in str(e.value), (name, str(e.value))
+
+
+def test_truncation_trims_each_end_about_as_often() -> None:
+    # The original pops a token from the front or the back of the longer segment by a fair coin: a model sees
+    # sentences cut at either end, not always at their ends.
+    from bertkit.data.instances import _truncate_spans
+
+    rng = np.random.default_rng(0)
+    fronts_a, fronts_b = [], []
+    for _ in range(2000):
+        a0, a1, b0, b1 = _truncate_spans((0, 100), (200, 290), 100, rng)  # the longer first: 50 cut from A, 40 from B
+        assert (a1 - a0, b1 - b0) == (50, 50) and a0 >= 0 and a1 <= 100 and b0 >= 200 and b1 <= 290
+        fronts_a.append(a0)
+        fronts_b.append(b0 - 200)
+    # Binomial(50, 1/2) and (40, 1/2) means over 2000 draws: standard errors about 0.08 and 0.07.
+    assert abs(np.mean(fronts_a) - 25) < 0.5 and abs(np.mean(fronts_b) - 20) < 0.5

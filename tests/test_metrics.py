@@ -16,7 +16,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bertkit.data.task_files import read_conll
-from bertkit.metrics import entity_prf, mean_squared_error, pearson, qa_scores, regression_scores, spearman
+from bertkit.metrics import (
+    accuracy,
+    entity_prf,
+    macro_f1,
+    mean_squared_error,
+    pearson,
+    qa_scores,
+    regression_scores,
+    spearman,
+)
+
+# ------------------------------------------------------------------------------------------ classification
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("abcde")), min_size=1, max_size=40))
+def test_accuracy_and_macro_f1_equal_scikit_learn(pairs: list[tuple[str, str]]) -> None:
+    # Every class that is gold or predicted counts, one never predicted (F1 0) and one only predicted (F1 0) too.
+    from sklearn.metrics import accuracy_score, f1_score
+
+    gold, pred = map(list, zip(*pairs, strict=True))
+    labels = sorted(set(gold) | set(pred))
+    assert accuracy(pred, gold) == pytest.approx(accuracy_score(gold, pred), abs=1e-12)
+    want = f1_score(gold, pred, average="macro", labels=labels, zero_division=0)
+    assert macro_f1(pred, gold) == pytest.approx(want, abs=1e-12)
+
 
 # ------------------------------------------------------------------------------------------ entities and spans
 

@@ -263,6 +263,8 @@ def random_batch(vocab: int = 500, B: int = 3, T: int = 24) -> dict[str, torch.T
 def test_pretraining_roundtrip_bertkit_to_transformers(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ours = BertForPreTraining(tiny_config()).eval()
+    with torch.no_grad():
+        ours.mlm.bias.normal_()  # initialised to zeros: a bias written wrongly would not show
     ours.save_pretrained(tmp_path)
     ref, info = transformers.BertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -280,6 +282,8 @@ def test_pretraining_roundtrip_transformers_to_bertkit(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = transformers.BertConfig(**{k: v for k, v in tiny_config().to_dict().items() if k != "architectures"})
     ref = transformers.BertForPreTraining(cfg).eval()
+    with torch.no_grad():
+        ref.cls.predictions.bias.normal_()  # initialised to zeros: a bias read wrongly would not show
     ref.save_pretrained(tmp_path)
     ours = BertForPreTraining.from_pretrained(tmp_path)
     batch = random_batch()
@@ -294,6 +298,26 @@ def test_pretraining_roundtrip_transformers_to_bertkit(tmp_path: Path) -> None:
     assert torch.allclose(fast.mlm_logits, o.mlm_logits[labels != -100], atol=1e-6)
     ref_loss = ref(**batch, labels=labels, next_sentence_label=torch.tensor([0, 1, 0])).loss
     assert abs(ours(**batch, mlm_labels=labels, nsp_labels=torch.tensor([0, 1, 0])).loss - ref_loss) <= 1e-5
+
+
+def test_a_decoder_bias_saved_under_its_older_name_loads(tmp_path: Path) -> None:
+    # Older checkpoints hold the masked-LM output bias as cls.predictions.decoder.bias alone.
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(**{k: v for k, v in tiny_config().to_dict().items() if k != "architectures"})
+    ref = transformers.BertForPreTraining(cfg).eval()
+    with torch.no_grad():
+        ref.cls.predictions.bias.normal_()
+    ref.save_pretrained(tmp_path)
+    tensors = {k: v.contiguous() for k, v in ref.state_dict().items() if k != "cls.predictions.decoder.weight"}
+    tensors["cls.predictions.decoder.bias"] = tensors.pop("cls.predictions.bias")
+    (tmp_path / "model.safetensors").unlink()
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    ours = BertForPreTraining.from_pretrained(tmp_path)
+    batch = random_batch()
+    real = batch["attention_mask"].bool()
+    assert (ours(**batch).mlm_logits - ref(**batch).prediction_logits)[real].abs().max() <= 1e-5
 
 
 def test_old_gamma_beta_names_load(tmp_path: Path, minilm_dir: Path) -> None:

@@ -165,6 +165,37 @@ def test_progress_counts_the_corpus_bytes_to_the_end(tmp_path, zh_corpus, zh_tok
     assert f"/{size / 1024**2:.2f}M" in updates[-1] and "docs=" in updates[-1] and "tok_s=" in updates[-1]
 
 
+def test_items_are_laid_out_as_transformers_lays_out_a_pair(zh_data: Path, zh_tokenizer: Path) -> None:
+    # [CLS] A [SEP] in segment 0, B [SEP] in segment 1: fine-tuning and transformers read a pair so.
+    from transformers import BertTokenizer
+
+    rust = BertTokenizer.from_pretrained(zh_tokenizer).backend_tokenizer
+
+    def hf_pair(a: list[int], b: list[int]) -> tuple[np.ndarray, list[int]]:
+        """transformers' pair layout (its post-processor's template) with A's and B's ids in their places."""
+        one = rust.token_to_id("好")  # a token per character, to make segments of the lengths wanted
+        a_enc, b_enc = (rust.encode(["好"] * len(x), is_pretokenized=True, add_special_tokens=False) for x in (a, b))
+        assert a_enc.ids == [one] * len(a) and b_enc.ids == [one] * len(b)
+        pair = rust.post_processor.process(a_enc, b_enc, True)
+        ids = np.array(pair.ids)
+        ids[~np.array(pair.special_tokens_mask, dtype=bool)] = a + b
+        return ids, pair.type_ids
+
+    data = PretrainingData(zh_data, seed=1)
+    tokens, index, _ = data.shards[0]
+    for i in range(300):
+        offset, len_a, len_b, _ = (int(v) for v in index[i])
+        a, b = tokens[offset : offset + len_a].tolist(), tokens[offset + len_a : offset + len_a + len_b].tolist()
+        item = data[(0, i)]
+        want, types = hf_pair(a, b)
+        assert item["token_type_ids"].tolist() == types
+        chosen = item["mlm_labels"] != IGNORE_INDEX
+        assert (item["input_ids"][~chosen] == want[~chosen]).all() and (
+            item["mlm_labels"][chosen] == want[chosen]
+        ).all()
+        assert not chosen[[0, len_a + 1, len(want) - 1]].any()  # [CLS] and both [SEP]s are never masked
+
+
 def test_whole_word_masking_never_splits_a_word(tmp_path: Path, data_dir: Path, zh_tokenizer) -> None:
     import jieba
 
@@ -172,18 +203,28 @@ def test_whole_word_masking_never_splits_a_word(tmp_path: Path, data_dir: Path, 
     prepare(corpus, zh_tokenizer, tmp_path / "wwm", PrepareConfig(whole_word_mask=True), progress=False)
     data = PretrainingData(tmp_path / "wwm", masking=MaskingConfig(whole_word=True))
     _, index, starts = data.shards[0]
-    n_multi = 0
+    n_multi, n_chosen, n_candidates, n_masked, n_kept = 0, 0, 0, 0, 0
+    mask_id = Tokenizer.from_pretrained(zh_tokenizer).mask_id
     for i in range(3000):
         off, la, lb, _ = index[i]
         flags = np.concatenate([[1], starts[off : off + la], [1], starts[off + la : off + la + lb], [1]])
         flags[[1, la + 2]] = 1  # a segment may begin inside a word (truncation): that part is a word of its own
-        chosen = data[(0, i)]["mlm_labels"] != IGNORE_INDEX
+        item = data[(0, i)]
+        chosen = item["mlm_labels"] != IGNORE_INDEX
+        n_chosen, n_candidates = n_chosen + chosen.sum(), n_candidates + la + lb
+        n_masked += (item["input_ids"][chosen] == mask_id).sum()
+        n_kept += (item["input_ids"][chosen] == item["mlm_labels"][chosen]).sum()
         word_id = np.cumsum(flags)
         for w in np.unique(word_id[chosen]):
             members = chosen[word_id == w]
             assert members.all(), f"instance {i}: word {w} partly masked"
             n_multi += len(members) > 1
     assert n_multi > 1000  # multi-character words really were masked together
+    # Whole words still make up 15% of the tokens (a word that would overshoot is passed over for a shorter one),
+    # 80% of them [MASK] and about 10% unchanged (the random 10% may also draw the token itself). 3000 instances:
+    # the shares' sampling error is below 0.001 and 0.01.
+    assert abs(n_chosen / n_candidates - 0.15) < 0.002, n_chosen / n_candidates
+    assert abs(n_masked / n_chosen - 0.8) < 0.01 and abs(n_kept / n_chosen - 0.1) < 0.01, (n_masked, n_kept, n_chosen)
     # The stored word starts are jieba's segmentation.
     tok = Tokenizer.from_pretrained(zh_tokenizer)
     sentence = "北京大学的学生在图书馆里学习自然语言处理。"

@@ -119,6 +119,20 @@ def test_weights_that_become_non_finite_are_never_saved(tmp_path: Path) -> None:
     assert training_leftovers(tmp_path / "run") == []
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_a_non_finite_loss_stops_the_run_even_when_its_gradient_is_finite(tmp_path: Path, bad: float) -> None:
+    """An infinite loss can come with a finite gradient (a constant overflowed; fp16 loss scaling skips the steps
+    whose gradient is infinite): the loss itself is checked, and the run stops before the optimizer steps."""
+    trainer = toy_trainer(tmp_path, max_steps=3, save_every=1)
+    mse = trainer.loss_fn
+    trainer.loss_fn = lambda m, b: (mse(m, b)[0] + (bad if trainer.state.step == 1 else 0.0), {})
+    before = trainer.raw_model.weight.detach().clone()
+    with pytest.raises(BertkitError, match=rf"^step 2: the training loss is {bad}, not a finite number"):
+        trainer.train()
+    assert latest_checkpoint(tmp_path / "run").name == "checkpoint-0000001"
+    assert not torch.equal(trainer.raw_model.weight, before) and torch.isfinite(trainer.raw_model.weight).all()
+
+
 def test_latest_always_names_a_checkpoint_that_exists(tmp_path: Path) -> None:
     """A checkpoint folder of a later step (a run abandoned at an earlier point) must not make pruning delete the
     checkpoint just written, as it did (`latest` then named a checkpoint that no longer existed)."""

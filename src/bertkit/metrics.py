@@ -27,7 +27,7 @@ def macro_f1(pred: Sequence, gold: Sequence) -> float:
         tp = sum(p == c and g == c for p, g in zip(pred, gold, strict=True))
         fp = sum(p == c and g != c for p, g in zip(pred, gold, strict=True))
         fn = sum(p != c and g == c for p, g in zip(pred, gold, strict=True))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+        scores.append(_f1(tp, fp, fn))
     return sum(scores) / max(len(scores), 1)
 
 
