@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 __all__ = ["BertConfig", "BertForPreTraining", "BertModel", "BertkitError", "Encoding", "Tokenizer"]
 __version__ = "0.1.0"
 
-# Imported on first use: `bertkit.model` imports torch (about 2 s), and `bertkit --help` or `--version`, which
-# import this package through `bertkit.cli`, must not wait for it.
+# Imported on first use: `bertkit.model` imports torch (seconds), and `bertkit --help` or `--version`, which import
+# this package through `bertkit.cli`, must not wait for it.
 _LAZY = {
     "BertConfig": "bertkit.config",
     "BertForPreTraining": "bertkit.model",

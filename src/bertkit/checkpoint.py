@@ -125,7 +125,8 @@ def _corrupt(f: Path, e: BaseException) -> BertkitError:
 
 def _all_finite(tensor: torch.Tensor) -> bool:
     """Whether a tensor holds no NaN or infinity. A finite sum proves it (one NaN or infinity makes the sum NaN or
-    infinite) at a tenth of the cost of checking every element; only a sum that overflowed needs that check."""
+    infinite) in one pass that allocates nothing, where `isfinite` writes a mask as large as the tensor; only a
+    sum that overflowed needs that check."""
     if not tensor.is_floating_point():
         return True
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-# Only light modules here: `bertkit --help` parses before anything imports torch (about 2 s); each handler
-# imports what it needs.
+# Only light modules here: `bertkit --help` parses before anything imports torch (seconds); each handler imports
+# what it needs.
 from bertkit.constants import INFERENCE_BATCH_SIZE, MIN_PAIR_FREQUENCY, ONNX_OPSET, QUANTIZATIONS, TOP_K, VOCAB_SIZE
 from bertkit.errors import BertkitError
 from bertkit.options import (

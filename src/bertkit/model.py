@@ -513,7 +513,7 @@ class BertModel(nn.Module, PreTrainedMixin):
         self.unpad = True  # skip padded positions (same results on real tokens; zeros at padding); False: plain path
         self.serial_below_tokens = SERIAL_TOKENS  # smaller inference batches may run on one thread; 0: never
         # True: keep only each layer's input while training and compute its activations again in the backward pass
-        # (memory for a layer's activations instead of all of them, for about a third more compute)
+        # (memory for a layer's activations instead of all of them, for a second forward pass; README gives the cost)
         self.gradient_checkpointing = False
         self.threads = ThreadChoice()
         # An int: inference batches of at least that many tokens (batch x length) run under bfloat16 autocast, for

@@ -198,7 +198,8 @@ class _CharClasses:
 
 @functools.cache
 def _char_classes() -> _CharClasses:
-    """The original algorithm's character classes from this Python's `unicodedata` (about 0.2 s, once a process).
+    """The original algorithm's character classes from this Python's `unicodedata` (a pass over every code point,
+    once a process).
 
     The Rust crate's own character tests use older tables (recent characters are neither controls nor punctuation
     nor marks there, and U+166D is still punctuation), keep unassigned code points that the original drops, and
@@ -456,7 +457,7 @@ class Tokenizer:
         self.model_max_length = model_max_length
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.token_to_id[t] for t in SPECIAL_TOKENS)
         self.special_ids = frozenset(self.token_to_id[t] for t in SPECIAL_TOKENS)
-        # Both built on first use: the Rust pipeline needs `_char_classes` (~0.2 s once a process), the table ~0.3 s.
+        # Both built on first use (each a pass over the code points): the Rust pipeline needs `_char_classes`.
         self._rust_tokenizer: RustTokenizer | None = None
         self._char_table: _CharTable | None = None
         self._special_tokens_in_text = True

@@ -115,7 +115,7 @@ def _process_block(job: tuple[str, int, list[list[str]]]) -> BlockResult:
 def _gc_paused() -> Iterator[None]:
     """Run without the cyclic garbage collector. A block holds hundreds of thousands of small lists that form no
     cycles (reference counting frees them); collector passes over them, and over the large lists of ids, found
-    nothing and took about a third of prepare's time."""
+    nothing and took a large share of prepare's time (`python benchmarks/prepare_memory.py` measures the whole)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

@@ -24,7 +24,7 @@ _EN_END = re.compile(r"([.!?]+[\"'”’)\]]*)\s+(?=[^a-z\s])")
 # one search for `_EN_END` decide that in C.
 _ZH_ONE_SENTENCE = re.compile(r"[^。！？；…]*(?:(?:[。！？；]+|…{1,2})[”’」』）)\]]*)?")
 # What may be a half-width end inside Chinese text (the fast check above does not look for these): a superset of
-# those `_ZH_END` finds, without the test of the character before, which makes the search twice as slow.
+# those `_ZH_END` finds, without the test of the character before, which slows the search down.
 _MAYBE_HALF_WIDTH_END = re.compile(rf"[.!?;][”’」』）)\]]*[{_IDEOGRAPH}“‘「『（]")
 
 

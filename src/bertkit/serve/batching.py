@@ -26,7 +26,7 @@ from bertkit.serve.limits import MAX_BATCH_TOKENS, MAX_WAIT_MS
 BatchRunner = Callable[[str, Sequence[Any]], Sequence[Any]]
 # Freed heap pages handed back by `tidy` are faulted in again as the next batches reuse their chunks, so a server's
 # RSS rises between two tidies by what its batches churned through meanwhile: the shorter the interval, the lower
-# that sawtooth (with 10 s its peaks kept rising through a 5-minute run at 32 clients).
+# that sawtooth (`python benchmarks/serving_load.py --only soak` watches RSS through a long run at 32 clients).
 TIDY_EVERY_S = 2.0
 
 
@@ -202,7 +202,7 @@ class Batcher:
 PADDED_SLACK = (1.25, 8)
 # A model that removes padding inside (bertkit's PyTorch encoder) pads only its attention's (B, nh, T, T) scores,
 # a small part of the work while T stays near the batch's mean length: its buckets may span a far wider range of
-# lengths, and fewer, larger forwards are faster (SST-2 sentences of 5-55 tokens: one forward instead of four).
+# lengths, and fewer, larger forwards are faster (SST-2's short and long sentences share one forward).
 UNPADDED_SLACK = (2.0, 64)
 
 

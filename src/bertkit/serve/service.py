@@ -178,7 +178,7 @@ class Service:
             )
         _check_count(inputs, "inputs")
         task, examples = task_model.task, []
-        if task.per_token:  # before anything reads a long text word by word (a megabyte: a second of one core)
+        if task.per_token:  # before anything reads a long text word by word (slow for a megabyte)
             texts = [row.get(task.long_field) if isinstance(row, dict) else None for row in inputs]
             self._check_windows(texts, task.settings.max_seq_length)
         for n, row in enumerate(inputs):
@@ -206,7 +206,7 @@ class Service:
     def _check_windows(self, texts: list[Any], length: int) -> None:
         """Refuse a text too long for `max_windows` from its token count alone (at least tokens / length windows),
         before the task reads it word by word. The count stops once it passes the limit, so refusing a megabyte
-        costs what reading `max_windows` windows does (reading all of it took over a second). Texts that are not
+        costs what reading `max_windows` windows does, not what reading all of it would. Texts that are not
         strings are left to the task's own checks."""
         for n, text in enumerate(texts):
             if not isinstance(text, str):

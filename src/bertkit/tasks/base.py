@@ -219,7 +219,7 @@ def run_model(
     model: nn.Module, task: Task, features: list[Feature], pad_id: int, batch_size: int = INFERENCE_BATCH_SIZE
 ) -> list[torch.Tensor]:
     """Logits for every feature (batched by length, returned in input order, each unpadded to its length)."""
-    # inference_mode skips autograd's bookkeeping on every operator (about a third of a small batch's dispatch
+    # inference_mode skips autograd's bookkeeping on every operator (much of a small batch's dispatch
     # time); FSDP gathers sharded parameters into buffers that training reuses, which must not become inference
     # tensors, so a sharded model (evaluated during training) runs under no_grad.
     with torch.no_grad() if _is_sharded(model) else torch.inference_mode():

@@ -38,8 +38,9 @@ def build_optimizer(
     device: torch.device | None = None,
     fused: bool = True,
 ) -> torch.optim.AdamW:
-    """AdamW over `param_groups`, with the fused kernel on CPU and CUDA (unless `fused` is False): ~6x faster than
-    the default foreach kernel on CPU (measured: 18 vs 109 ms per step for MiniLM's 22M parameters on 2 cores)."""
+    """AdamW over `param_groups`, with the fused kernel on CPU and CUDA (unless `fused` is False): one pass over
+    each parameter's state instead of one per operation, far faster than the default foreach kernel on the CPU
+    (`python benchmarks/throughput.py` runs both)."""
     device = device or next(model.parameters()).device
     fused = fused and device.type in ("cpu", "cuda")
     return torch.optim.AdamW(param_groups(model, weight_decay, lr), lr=lr, eps=eps, fused=fused)
