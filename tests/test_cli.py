@@ -214,6 +214,34 @@ def test_evaluate_says_which_split_and_how_many(tiny_task_models: dict[str, Path
     assert "the eval split of" in err and "has no instances" in err and "--split train" in err
 
 
+def test_pretraining_data_is_evaluated_only_with_trained_heads(
+    tiny_task_models: dict[str, Path], prepared: dict[str, Path], tmp_path: Path, bertkit
+) -> None:
+    # A model without the masked-LM head was evaluated with one initialised on the spot: random metrics, exit 0.
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    def without(prefix: str, name: str) -> Path:
+        out = tmp_path / name
+        shutil.copytree(tiny_task_models["pretrained"], out)
+        tensors = load_file(out / "model.safetensors")
+        save_file({k: v for k, v in tensors.items() if not k.startswith(prefix)}, out / "model.safetensors")
+        return out
+
+    data = prepared["split"]
+    for model, what in ((tiny_task_models["cls"], "is a fine-tuned cls model"), (without("cls.", "enc"), "an encoder")):
+        status, out, err = bertkit("evaluate", "--model", model, "--data", data)
+        assert status == 2 and out == "" and what in err and "without a masked-LM head" in err, err
+    # A masked-LM checkpoint without the NSP head (transformers' BertForMaskedLM): no NSP accuracy to report.
+    status, out, err = bertkit("evaluate", "--model", without("cls.seq_relationship.", "mlm"), "--data", data)
+    assert status == 0, err
+    metrics = json.loads(out.splitlines()[-1])
+    assert "nsp_accuracy" not in metrics and metrics["mlm_loss"] > 0
+    status, out, _ = bertkit("evaluate", "--model", tiny_task_models["pretrained"], "--data", data)
+    assert status == 0 and "nsp_accuracy" in json.loads(out.splitlines()[-1])
+
+
 def _last_summary(bertkit, model: str, data: Path, *flags: str) -> str:
     status, _, err = bertkit("evaluate", "--model", model, "--data", data, *flags)
     assert status == 0

@@ -316,6 +316,12 @@ def load_model(cls: type[M], path: str | Path, config: BertConfig | None = None,
 PRETRAINING_RECORD = "bertkit_pretraining.json"  # beside a model that `bertkit pretrain` saved
 
 
+def write_pretraining_record(model_dir: str | Path, record: dict) -> None:
+    """Write what a pre-training run records beside its model (read back by `read_pretraining_record`)."""
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write(Path(model_dir) / PRETRAINING_RECORD, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def read_pretraining_record(model_dir: str | Path | None) -> dict:
     """What a bertkit pre-training recorded beside its model (objective, loss weights, dropout, longest sequence,
     ...); {} for a model it did not pre-train, such as a Hugging Face checkpoint."""
@@ -341,7 +347,4 @@ def save_model(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config: BertConfig = model.config  # type: ignore[assignment]
-    d = config.to_dict()
-    d["architectures"] = [type(model).hf_architecture]  # type: ignore[attr-defined]
-    text = json.dumps(d, indent=2, ensure_ascii=False) + "\n"
-    atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    config.save(path / "config.json", type(model).hf_architecture)  # type: ignore[attr-defined]

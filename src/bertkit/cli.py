@@ -122,14 +122,13 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     from bertkit.files import atomic_write, read_input_lines, read_stdin_lines
     from bertkit.infer import embed, embedding_length, embedding_settings
     from bertkit.machine import pick_device
-    from bertkit.model import BertModel
-    from bertkit.tokenizer import Tokenizer
+    from bertkit.tasks.model_dir import open_model_dir
 
     _check_file_out(args, args.model, args.input)
     settings = embedding_settings(args.model)
     device = pick_device(args.device)
-    model = BertModel.from_pretrained(args.model).to(device)
-    tok = Tokenizer.from_pretrained(args.model)
+    opened = open_model_dir(args.model, device)
+    model, tok = opened.encoder, opened.tokenizer
     texts = read_stdin_lines() if args.input == "-" else read_input_lines(args.input)
     if not texts:
         raise BertkitError(f"{args.input}: no lines to embed")
@@ -243,8 +242,8 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
     from bertkit.checkpoint import read_pretraining_record
     from bertkit.data.masking import MaskingConfig
     from bertkit.data.pretraining import PretrainingData
-    from bertkit.model import BertForPreTraining
     from bertkit.recipes.pretrain import check_vocabulary, evaluate_pretraining
+    from bertkit.tasks.model_dir import open_model_dir
 
     data = PretrainingData(args.data, args.split, from_args(MaskingConfig, args), args.seed)
     print(_split_summary(args, data), file=sys.stderr)
@@ -253,16 +252,26 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
         why = why if args.split == "eval" else ""
         raise BertkitError(f"the {args.split} split of {args.data} has no instances{why}")
     check_vocabulary(args.model, data.tokenizer, args.data)
-    model = BertForPreTraining.from_pretrained(args.model).to(device)
+    opened = open_model_dir(args.model, device)
+    if opened.mlm is None:
+        what = f"a fine-tuned {opened.task_model.task.name} model" if opened.task_model else "an encoder alone"
+        raise BertkitError(
+            f"{args.model} is {what}, without a masked-LM head: pre-training data is evaluated with a pre-trained "
+            "model (the model directory `bertkit pretrain` writes, or a Hugging Face BertForPreTraining/"
+            "BertForMaskedLM); evaluate this one on task data"
+        )
+    model = opened.mlm
     if model.config.vocab_size != data.tokenizer.vocab_size:
         raise BertkitError(
             f"{args.model} has a vocabulary of {model.config.vocab_size}, "
             f"the data's tokenizer {data.tokenizer.vocab_size}: they do not belong together"
         )
-    objective = read_pretraining_record(args.model).get("objective", "mlm")
-    return evaluate_pretraining(
-        model, data, batch_size=args.batch_size, max_instances=args.max_instances, objective=objective
-    )
+    record = read_pretraining_record(args.model)
+    # NSP accuracy only from a trained NSP head: not one initialised here (a masked-LM checkpoint has none), nor
+    # one that pre-training left untrained (--nsp-weight 0).
+    nsp = not any(n.startswith("nsp.") for n in model.fresh_parameters) and record.get("nsp_weight", 1) > 0
+    return evaluate_pretraining(model, data, batch_size=args.batch_size, max_instances=args.max_instances,
+                                objective=record.get("objective", "mlm"), nsp=nsp)  # fmt: skip
 
 
 def _split_summary(args: argparse.Namespace, data) -> str:

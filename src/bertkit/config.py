@@ -136,10 +136,6 @@ class BertConfig:
         if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
             raise BertkitError(_wrong("architectures", arch, 'a list of class names, such as ["BertModel"]'))
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> BertConfig:
         """A config for one of the size presets (tiny, mini, small, medium, base, large)."""
@@ -180,11 +176,15 @@ class BertConfig:
         extra = {k: d[k] for k in _HF_PASSTHROUGH if k in d}
         return cls(**kwargs, extra=extra)
 
-    def save(self, path: str | Path) -> None:
-        """Write the Hugging Face `config.json` dictionary (`to_dict`) to `path`, atomically."""
+    def save(self, path: str | Path, architecture: str | None = None) -> None:
+        """Write the Hugging Face `config.json` dictionary (`to_dict`) to `path`, atomically; `architecture` names
+        the model class that transformers builds from it (e.g. "BertForPreTraining")."""
         from bertkit.files import atomic_write
 
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        d = self.to_dict()
+        if architecture is not None:
+            d["architectures"] = [architecture]
+        text = json.dumps(d, indent=2, ensure_ascii=False) + "\n"
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @classmethod

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from bertkit.errors import BertkitError
-from bertkit.files import read_lines
+from bertkit.files import atomic_write, read_lines
 
 _SENTENCE_END = ("。", "！", "？", "”", "」", "…", "；", "）")
 
@@ -60,9 +60,8 @@ def write_peoples_daily_corpus(out: Path, max_paragraphs: int | None = None) -> 
         n += 1
         if max_paragraphs and n >= max_paragraphs:
             break
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines_out) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    text = "\n".join(lines_out) + "\n"
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out
 
 

@@ -7,7 +7,6 @@ bidirectionality ablation). A right-to-left model reads every sequence reversed,
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from contextlib import nullcontext
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record
+from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record, write_pretraining_record
 from bertkit.config import PRESETS, BertConfig
 from bertkit.constants import IGNORE_INDEX, INFERENCE_BATCH_SIZE
 from bertkit.data.pretraining import PretrainingData, collate, nsp_notes, read_manifest
@@ -155,8 +154,10 @@ def evaluate_pretraining(
     batch_size: int = INFERENCE_BATCH_SIZE,
     max_instances: int | None = None,
     objective: str = "mlm",
+    nsp: bool = True,
 ) -> dict[str, float]:
-    """Held-out MLM loss and accuracy (over the chosen tokens) and NSP accuracy, with one fixed mask.
+    """Held-out MLM loss and accuracy (over the chosen tokens) and, with `nsp` (a model whose NSP head was
+    trained), NSP accuracy, with one fixed mask.
 
     `mlm_accuracy` counts every chosen token, including the ~10% left unchanged, which a model gets right by
     copying its input; `masked_accuracy` counts only the tokens replaced by [MASK], i.e. prediction from context,
@@ -194,7 +195,7 @@ def evaluate_pretraining(
             if masked
             else {}
         ),
-        "nsp_accuracy": nsp_correct / max(n, 1),
+        **({"nsp_accuracy": nsp_correct / max(n, 1)} if nsp else {}),
         "eval_instances": n,
     }
 
@@ -345,7 +346,7 @@ def _pretrain(cfg: PretrainConfig) -> dict[str, float]:
         summary.update(mlm_weight=cfg.mlm_weight, nsp_weight=cfg.nsp_weight, objective=cfg.objective)
         summary.update(dropout=cfg.dropout, init_range=cfg.init_range)  # the run's, None: the config's
         summary["max_seq_length"] = _positions_seen(cfg, manifest["config"]["max_seq_length"])
-        (directory / PRETRAINING_RECORD).write_text(json.dumps(summary, indent=2) + "\n")
+        write_pretraining_record(directory, summary)
 
     out_existed = out.exists()
     resuming = _claim_run_dir(cfg, out)
@@ -357,7 +358,11 @@ def _pretrain(cfg: PretrainConfig) -> dict[str, float]:
         loss_fn=lambda m, b: pretraining_loss(m, b, use_nsp, cfg.objective),
         num_workers=cfg.num_workers,
         eval_fn=(
-            (lambda m: evaluate_pretraining(m, eval_data, max_instances=cfg.eval_instances, objective=cfg.objective))
+            (
+                lambda m: evaluate_pretraining(
+                    m, eval_data, INFERENCE_BATCH_SIZE, cfg.eval_instances, cfg.objective, use_nsp
+                )
+            )
             if eval_data
             else None
         ),

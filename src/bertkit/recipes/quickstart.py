@@ -31,7 +31,6 @@ from bertkit.errors import BertkitError
 from bertkit.files import claim_folder
 from bertkit.infer import fill_mask
 from bertkit.metrics import majority_accuracy
-from bertkit.model import BertForPreTraining
 from bertkit.recipes.config import SMALL_MODEL_LEARNING_RATE, FinetuneConfig, QuickstartConfig, finetune_training
 from bertkit.recipes.finetune import run_finetune
 from bertkit.recipes.small_scale import (
@@ -41,8 +40,8 @@ from bertkit.recipes.small_scale import (
     held_out_evals,
     random_init_twin,
 )
+from bertkit.tasks.model_dir import open_model_dir
 from bertkit.tasks.registry import task_class
-from bertkit.tokenizer import Tokenizer
 
 FILL_MASK_EXAMPLE = "今天天气很[MASK]，我们不得不取消户外运动。"
 
@@ -194,8 +193,8 @@ def run_quickstart(
     }
 
     _stage(6, f"fill-mask with the pre-trained model: {FILL_MASK_EXAMPLE}")
-    mlm = BertForPreTraining.from_pretrained(model_dir)
-    predictions = fill_mask(mlm, Tokenizer.from_pretrained(model_dir), FILL_MASK_EXAMPLE, top_k=TOP_K)[0]
+    opened = open_model_dir(model_dir)
+    predictions = fill_mask(opened.mlm, opened.tokenizer, FILL_MASK_EXAMPLE, top_k=TOP_K)[0]  # type: ignore[arg-type]
     print("  ".join(f"{t} {p:.3f}" for t, p in predictions))
 
     baselines = _majority_baselines(tasks)
