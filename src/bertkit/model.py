@@ -1,11 +1,12 @@
 """The BERT model (Devlin et al., 2018), readable in one sitting.
 
-Embeddings (token + learned position + segment) -> N post-LN Transformer encoder layers -> pooler, plus the
+Embeddings (token + learned position + segment) -> L post-LN Transformer encoder layers -> pooler, plus the
 pre-training heads (masked LM tied to the word embeddings, next-sentence prediction).
 
 Parameter names here are short and ours (`attn.qkv`, `ffn.fc1`, `ln1`); `bertkit.checkpoint` translates them to
 and from Hugging Face names, so model directories stay interchangeable with `transformers`.
-Shapes: B batch, T sequence length, H hidden size, nh heads, hs head size, V vocabulary, N predicted tokens.
+Shapes: B batch, T sequence length, N real (unpadded) tokens of a batch, R those rows rounded up to a recurring
+size, H hidden size, nh heads, hs head size, V vocabulary, P predicted (masked-LM) positions.
 """
 
 from __future__ import annotations
@@ -456,7 +457,7 @@ class PreTrainingOutput:
     loss: torch.Tensor | None
     mlm_loss: torch.Tensor | None
     nsp_loss: torch.Tensor | None
-    mlm_logits: torch.Tensor  # (B, T, V) without labels; (N, V) at the chosen positions with labels
+    mlm_logits: torch.Tensor  # (B, T, V) without labels; (P, V) at the chosen positions with labels
     nsp_logits: torch.Tensor  # (B, 2)
 
 
@@ -630,13 +631,13 @@ class MaskedLMHead(nn.Module):
 
 
 class _CrossEntropyInBlocks(torch.autograd.Function):
-    """Mean cross-entropy of (N, V) logits against (N,) targets, computed ROWS rows at a time (see `cross_entropy`)."""
+    """Mean cross-entropy of (P, V) logits against (P,) targets, computed ROWS rows at a time (see `cross_entropy`)."""
 
     ROWS = 16  # 16 rows of a 30k vocabulary: about 2 MB, a core's L2 cache
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        lse = logits.new_empty(logits.shape[0])  # (N,) log of each row's sum of exps
+        lse = logits.new_empty(logits.shape[0])  # (P,) log of each row's sum of exps
         for i in range(0, logits.shape[0], _CrossEntropyInBlocks.ROWS):
             rows = slice(i, i + _CrossEntropyInBlocks.ROWS)
             torch.logsumexp(logits[rows], 1, out=lse[rows])
@@ -656,9 +657,9 @@ class _CrossEntropyInBlocks(torch.autograd.Function):
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """F.cross_entropy's mean over (N, V) float32 logits and (N,) targets (none ignored).
+    """F.cross_entropy's mean over (P, V) float32 logits and (P,) targets (none ignored).
 
-    On the CPU, F.cross_entropy writes the N x V log-probabilities, then its backward fills an N x V zero gradient
+    On the CPU, F.cross_entropy writes the P x V log-probabilities, then its backward fills a P x V zero gradient
     and reads them all again: with a vocabulary-sized V each pass misses the cache (their operators in
     benchmarks/results/pretrain_profile_cpu.json). Here the loss and its gradient are computed a few rows at a
     time, each block worked on while it is in cache. Elsewhere, F.cross_entropy."""
@@ -700,14 +701,14 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
         else:
             # Only ~15% of positions are predicted: run the vocabulary-sized decoder on those alone.
             chosen = mlm_labels != IGNORE_INDEX  # (B, T)
-            picked = h[chosen]  # (N, H)
-            N = len(picked)
-            if rounds_rows(h.device) and recurring_rows(N) > N:
-                # Zero rows after the N picked (recurring shapes): their logits are dropped, their gradient is 0.
-                mlm_logits = self.mlm(F.pad(picked, (0, 0, 0, recurring_rows(N) - N)))[:N]  # (N, V)
-            else:  # no slice: its backward would fill an N x V zero gradient and copy the real one into it
-                mlm_logits = self.mlm(picked)  # (N, V)
-            targets = mlm_labels[chosen]  # (N,)
+            picked = h[chosen]  # (P, H)
+            P = len(picked)
+            if rounds_rows(h.device) and recurring_rows(P) > P:
+                # Zero rows after the P picked (recurring shapes): their logits are dropped, their gradient is 0.
+                mlm_logits = self.mlm(F.pad(picked, (0, 0, 0, recurring_rows(P) - P)))[:P]  # (P, V)
+            else:  # no slice: its backward would fill a P x V zero gradient and copy the real one into it
+                mlm_logits = self.mlm(picked)  # (P, V)
+            targets = mlm_labels[chosen]  # (P,)
             mlm_loss = cross_entropy(mlm_logits.float(), targets) if targets.numel() else h.sum() * 0.0
             loss = self.mlm_weight * mlm_loss
         if nsp_labels is not None:

@@ -188,8 +188,10 @@ def run_quickstart(
     print(f"(reviews longer than {length} tokens are truncated; longer NER sentences are tagged in chunks)")
     random_dir = random_init_twin(model_dir, out / "random_init", seed)
     results = {
-        name: _finetune_both(plan, out, tasks, task, name, metric, model_dir, random_dir, seed, progress)
-        for task, name, metric in (("cls", "sentiment", "accuracy"), ("ner", "ner", "f1"))
+        name: _finetune_both(
+            plan, out, tasks, task, name, task_class(task).main_metric, model_dir, random_dir, seed, progress
+        )
+        for task, name in (("cls", "sentiment"), ("ner", "ner"))
     }
 
     _stage(6, f"fill-mask with the pre-trained model: {FILL_MASK_EXAMPLE}")
