@@ -127,6 +127,7 @@ class CRF(nn.Module):
 
     @property
     def num_tags(self) -> int:
+        """How many tags the CRF scores (the classifier's outputs)."""
         return self.transitions.shape[0]
 
     def extra_repr(self) -> str:

@@ -15,7 +15,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +47,7 @@ ACTIVATIONS = {
 }
 
 
-def activation(name: str):
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation function named by a config's `hidden_act`; raises on an unsupported name."""
     if name not in ACTIVATIONS:
         raise BertkitError(f"hidden_act {name!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
@@ -429,7 +429,11 @@ class ThreadChoice:
 
 
 def attention_bias(
-    padding_mask: torch.Tensor | None, dtype: torch.dtype, causal: bool = False, T: int = 0, device=None
+    padding_mask: torch.Tensor | None,
+    dtype: torch.dtype,
+    causal: bool = False,
+    T: int = 0,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor | None:
     """(B, T) 1/0 padding mask (None when nothing is padded) -> additive bias for SDPA: (B, 1, 1, T), or
     (B, 1, T, T) when `causal` (each token sees itself and the tokens before it); None when nothing is masked."""
@@ -774,7 +778,15 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         init_weights(self.classifier, config.initializer_range)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> TaskOutput:
+        """(B, T) inputs -> (B, C) logits; with (B,) labels (class ids, or values for a regression; (B, C) 0/1 for
+        multi-label), the loss."""
         pooled = self.bert(input_ids, token_type_ids, attention_mask).pooler_output  # (B, H)
         logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = None
@@ -814,7 +826,14 @@ class BertForTokenClassification(nn.Module, PreTrainedMixin):
                 raise BertkitError("a CRF needs the tag names (config.json's id2label) for its valid transitions")
             self.crf = CRF(self.num_labels, allowed_transitions(labels))
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> TaskOutput:
+        """(B, T) inputs -> (B, T, C) logits; with (B, T) tag ids (IGNORE_INDEX where none), the loss."""
         h = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, H)
         logits = self.classifier(self.dropout(h))  # (B, T, C)
         loss = None
@@ -841,8 +860,14 @@ class BertForQuestionAnswering(nn.Module, PreTrainedMixin):
         init_weights(self.qa_outputs, config.initializer_range)
 
     def forward(
-        self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None, end_positions=None
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
     ) -> TaskOutput:
+        """(B, T) inputs -> (B, T, 2) start and end logits; with (B,) start and end positions, the loss."""
         h = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, H)
         logits = self.qa_outputs(h)  # (B, T, 2)
         loss = None

@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from bertkit.errors import BertkitError
 from bertkit.files import no_such_path
 from bertkit.tasks.model_dir import ModelDir, fine_tuned_task, open_model_dir
 from bertkit.tasks.registry import TASKS
+
+if TYPE_CHECKING:  # onnxruntime is imported where a graph is run: `serve --backend onnx` and `export` need it
+    import onnxruntime as ort
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 # The export's metadata key for `bertkit.checkpoint.model_fingerprint` of the directory it was exported from.
@@ -63,7 +67,7 @@ class OnnxOutput:
         return self.nsp_logits
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None) -> ort.SessionOptions:
     """onnxruntime session options: `threads` intra-op threads (None: onnxruntime's choice, one per core)."""
     import onnxruntime as ort
 
@@ -76,7 +80,7 @@ def session_options(threads: int | None = None):
     return options
 
 
-def open_session(path: str | Path, threads: int | None = None):
+def open_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session of the ONNX file `path`; a missing or unreadable file is a BertkitError."""
     try:
         import onnxruntime as ort

@@ -551,6 +551,7 @@ class Tokenizer:
     # ---------------------------------------------------------------- basics
     @property
     def vocab_size(self) -> int:
+        """How many tokens the vocabulary has (ids 0 to vocab_size - 1)."""
         return len(self.vocab)
 
     def tokenize(self, text: str) -> list[str]:

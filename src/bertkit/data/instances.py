@@ -52,6 +52,7 @@ class Block:
 
     @property
     def num_documents(self) -> int:
+        """How many documents the block holds."""
         return len(self.doc_starts) - 1
 
 

@@ -131,7 +131,7 @@ def objective_batch(batch: dict[str, torch.Tensor], objective: str) -> dict[str,
 
 def pretraining_loss(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], use_nsp: bool = True, objective: str = "mlm"
-):
+) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, {mlm_loss, nsp_loss}) of a batch reshaped for `objective`; NSP only with `use_nsp`."""
     batch = objective_batch(batch, objective)
     out = model(

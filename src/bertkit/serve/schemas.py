@@ -41,20 +41,29 @@ class PredictResponse(BaseModel):
 
 
 class Candidate(BaseModel):
+    """One token the model puts at a [MASK], with its probability."""
+
     token: str
     score: float
 
 
 class FillMaskResult(BaseModel):
+    """A text's candidates: one list per [MASK], best first."""
+
     text: str
     masks: list[list[Candidate]]
 
 
 class FillMaskResponse(BaseModel):
+    """One result per text, in the order sent."""
+
     results: list[FillMaskResult]
 
 
 class EmbedResponse(BaseModel):
+    """One vector of `dim` numbers per text, in the order sent (L2-normalised mean pooling, or what the model's
+    sentence-transformers settings say)."""
+
     embeddings: list[list[float]]
     dim: int
     truncated: list[int] | None = Field(
@@ -64,6 +73,8 @@ class EmbedResponse(BaseModel):
 
 
 class Status(BaseModel):
+    """What /healthz and /readyz answer when all is well: {"status": "ok"}."""
+
     status: str
 
 

@@ -128,7 +128,7 @@ class ClassificationTask(Task):
             raise BertkitError(f"the training data has a single label {labels}: nothing to classify")
         return labels
 
-    def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path) -> None:
+    def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path: str | Path) -> None:
         for ex in examples:
             if ex.label is not None and ex.label not in label2id:
                 raise unseen_label(f"{path}:{ex.line}", ex.label, list(label2id))
@@ -321,7 +321,7 @@ class RegressionTask(PairsFromData):
         self.settle_pairs(examples)
         return [SCORE]
 
-    def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path) -> None:
+    def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path: str | Path) -> None:
         """Nothing to check: `read` has checked that every label is a number."""
 
     def target(self, label: str, label2id: dict[str, int]) -> float:

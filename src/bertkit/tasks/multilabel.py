@@ -73,7 +73,7 @@ class MultiLabelTask(PairsFromData):
             raise BertkitError("the training data has no labels at all: nothing to learn")
         return labels
 
-    def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path) -> None:
+    def check_labels(self, examples: Sequence[TextExample], label2id: dict[str, int], path: str | Path) -> None:
         for ex in examples:
             for label in split_labels(ex.label, f"{path}:{ex.line}"):
                 if label not in label2id:

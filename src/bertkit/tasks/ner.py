@@ -128,7 +128,7 @@ class NerTask(Task):
         tags = {t for ex in examples for t in (ex.tags or [])}
         return ["O", *sorted(tags - {"O"}, key=lambda t: (t[2:], t[0]))]
 
-    def check_labels(self, examples: Sequence[TaggedSentence], label2id: dict[str, int], path) -> None:
+    def check_labels(self, examples: Sequence[TaggedSentence], label2id: dict[str, int], path: str | Path) -> None:
         for ex in examples:
             for k, t in enumerate(ex.tags or []):
                 if t not in label2id:
