@@ -109,6 +109,22 @@ def test_training_gives_the_same_vocabulary_every_time(tmp_path: Path, data_dir:
     assert any(t.startswith("##") for t in vocabularies[0])
 
 
+def test_training_shows_its_first_pass_against_the_corpus_size(tmp_path: Path, data_dir: Path, capsys) -> None:
+    # The pass that counts characters showed nothing (the trainer's own bars cover only its pass): a large corpus
+    # gave minutes of silence. The bar counts bytes against the files' sizes, so it has an ETA; the vocabulary is
+    # the one trained without it. A missing file is still named as such, not as a failed size lookup.
+    from bertkit import BertkitError
+
+    corpus = sorted((data_dir / "pretrain_zh").glob("*.txt"))[:2]
+    shown = Tokenizer.train(corpus, vocab_size=2000, show_progress=True).vocab
+    updates = [u for u in capsys.readouterr().err.split("\r") if u.startswith("vocab: characters")]
+    size = sum(p.stat().st_size for p in corpus)
+    assert "100%" in updates[-1] and f"/{size / 1024**2:.2f}M" in updates[-1], updates[-1]
+    assert shown == Tokenizer.train(corpus, vocab_size=2000, show_progress=False).vocab
+    with pytest.raises(BertkitError, match=r"absent\.txt does not exist"):
+        Tokenizer.train([*corpus, tmp_path / "absent.txt"], vocab_size=2000, show_progress=True)
+
+
 def test_train_validates_vocab_size(tmp_path: Path) -> None:
     from bertkit import BertkitError
 

@@ -149,10 +149,10 @@ def _what_to_do_with(head: bytes, line: bytes) -> str:
     return "if it is Chinese text in GBK or GB18030, convert it first (iconv -f GB18030 -t UTF-8)"
 
 
-def read_corpus_lines(paths: Iterable[str | Path]) -> Iterator[str]:
-    """The lines of several corpus files, one after another."""
+def read_corpus_lines(paths: Iterable[str | Path], read: BytesRead | None = None) -> Iterator[str]:
+    """The lines of several corpus files, one after another; `read`, when given, counts their bytes."""
     for p in paths:
-        yield from read_lines(p)
+        yield from read_lines(p, read)
 
 
 def read_json(path: str | Path, remedy: str) -> Any:

@@ -27,7 +27,7 @@ import re
 import sys
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +36,11 @@ import torch
 from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers.models import WordPiece
+from tqdm.auto import tqdm
 
 from bertkit.constants import MIN_PAIR_FREQUENCY, VOCAB_SIZE
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write, no_such_path, read_corpus_lines, read_json_object
+from bertkit.files import BytesRead, atomic_write, no_such_path, read_corpus_lines, read_json_object
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # BERT order: a trained vocabulary starts with these
@@ -763,15 +764,26 @@ class Tokenizer:
                 raise BertkitError(f"{f} is a directory: give its files, e.g. {f / '*.txt'}")
         n_text_lines = 0
 
-        def lines() -> Iterable[str]:  # streamed; UTF-8 errors name the file and byte offset
+        def first_pass() -> Iterator[str]:  # streamed; UTF-8 errors name the file and byte offset
+            # It counts the lines of text, so that the trainer's pass over them can show how far it has come; its
+            # own bar (against the files' size) is the one progress shown for this pass.
             nonlocal n_text_lines
-            for line in read_corpus_lines(files):
-                if line.strip():
-                    n_text_lines += 1
-                    yield line
+            read, size = BytesRead(), sum(Path(f).stat().st_size for f in files if Path(f).is_file())
+            bar = tqdm(total=size, desc="vocab: characters", unit="B", unit_scale=True, unit_divisor=1024) if (
+                show_progress) else None  # fmt: skip
+            for n, line in enumerate(read_corpus_lines(files, read)):
+                n_text_lines += bool(line.strip())
+                if bar is not None and n % 4096 == 0:
+                    bar.update(read.n - bar.n)
+                yield line
+            if bar is not None:
+                bar.update(read.n - bar.n)
+                bar.close()
 
         proto = cls(SPECIAL_TOKENS, lowercase=lowercase)  # same normalisation and splitting as encoding
-        pieces = proto._continuation_pieces(read_corpus_lines(files), limit_alphabet)
+        pieces = proto._continuation_pieces(first_pass(), limit_alphabet)
+        if n_text_lines == 0:
+            raise BertkitError(f"corpus {', '.join(map(str, files))} has no text to learn a vocabulary from")
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
@@ -780,9 +792,8 @@ class Tokenizer:
             continuing_subword_prefix="##",
             show_progress=show_progress,
         )
-        proto._rust.train_from_iterator(lines(), trainer=trainer)
-        if n_text_lines == 0:
-            raise BertkitError(f"corpus {', '.join(map(str, files))} has no text to learn a vocabulary from")
+        text_lines = (line for line in read_corpus_lines(files) if line.strip())
+        proto._rust.train_from_iterator(text_lines, trainer=trainer, length=n_text_lines)
         learned = proto._rust.get_vocab()
         vocab = sorted(learned, key=learned.__getitem__)
         if vocab[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS:
