@@ -63,6 +63,7 @@ def test_missing_tensor_is_named(tmp_path: Path) -> None:
 
 def test_corrupt_weight_file(tmp_path: Path, bertkit) -> None:
     BertModel(BertConfig.preset("tiny", vocab_size=100)).save_pretrained(tmp_path)
+    Tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "好"]).save_pretrained(tmp_path)  # all else is sound
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     r = bertkit("embed", "--model", tmp_path, "--input", "-", "--out", tmp_path / "e.npy")
     assert r.status == 2 and "cannot read weights" in r.err and "Traceback" not in r.err
