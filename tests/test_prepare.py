@@ -79,7 +79,7 @@ def test_instances_nsp_balance_and_lengths(zh_data: Path) -> None:
     data = PretrainingData(zh_data)
     m = data.manifest
     assert m["documents"]["eval"] > 0 and m["splits"]["eval"]["instances"] > 0
-    index = np.concatenate([s[1] for s in data.shards])
+    index = np.concatenate([s.index for s in data.shards])
     assert len(index) > 20_000
     is_next = 1 - index[:, 3].mean()
     assert abs(is_next - 0.5) <= 0.01, is_next
@@ -119,7 +119,7 @@ def test_masking_statistics_over_a_million_tokens(zh_data: Path) -> None:
 
 
 def _original_ids(data: PretrainingData, i: int) -> tuple[np.ndarray, ...]:
-    tokens, index, _ = data.shards[0]
+    tokens, index = data.shards[0].tokens, data.shards[0].index
     off, la, lb, _ = index[i]
     tok = data.tokenizer
     a, b = tokens[off : off + la].astype(np.int64), tokens[off + la : off + la + lb].astype(np.int64)
@@ -182,7 +182,7 @@ def test_items_are_laid_out_as_transformers_lays_out_a_pair(zh_data: Path, zh_to
         return ids, pair.type_ids
 
     data = PretrainingData(zh_data, seed=1)
-    tokens, index, _ = data.shards[0]
+    tokens, index = data.shards[0].tokens, data.shards[0].index
     for i in range(300):
         offset, len_a, len_b, _ = (int(v) for v in index[i])
         a, b = tokens[offset : offset + len_a].tolist(), tokens[offset + len_a : offset + len_a + len_b].tolist()
@@ -202,7 +202,7 @@ def test_whole_word_masking_never_splits_a_word(tmp_path: Path, data_dir: Path, 
     corpus = [data_dir / "pretrain_zh/zhwiki_sample.txt"]
     prepare(corpus, zh_tokenizer, tmp_path / "wwm", PrepareConfig(whole_word_mask=True), progress=False)
     data = PretrainingData(tmp_path / "wwm", masking=MaskingConfig(whole_word=True))
-    _, index, starts = data.shards[0]
+    index, starts = data.shards[0].index, data.shards[0].starts
     n_multi, n_chosen, n_candidates, n_masked, n_kept = 0, 0, 0, 0, 0
     mask_id = Tokenizer.from_pretrained(zh_tokenizer).mask_id
     for i in range(3000):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -139,6 +140,20 @@ def check_shard_files(data_dir: str | Path, manifest: dict) -> None:
                     )
 
 
+class Shard(NamedTuple):
+    """One shard of a split, memory-mapped: its instances' tokens, their (offset, len A, len B, is-random-next)
+    rows, the word-start flags (whole-word masking), the files' name base, whether its split is masked statically,
+    and the index of its split's first instance among the dataset's (an instance's mask depends on its index within
+    its own split, so "all" is exactly "train" followed by "eval")."""
+
+    tokens: np.ndarray  # (tokens,) uint16 or uint32 ids
+    index: np.ndarray  # (instances, 4) int64
+    starts: np.ndarray | None  # (tokens,) uint8, or None
+    base: Path
+    static: bool
+    split_start: int
+
+
 class PretrainingData(torch.utils.data.Dataset):
     """Instances of one split ("train" or "eval"), or of both ("all": train then eval). Index with `(epoch, i)`:
     dynamic masking draws a new mask per epoch.
@@ -169,14 +184,10 @@ class PretrainingData(torch.utils.data.Dataset):
         self.static = split != "train" or self.manifest["masking"] == "static"
         self.seed = seed
         dtype = np.dtype(self.manifest["token_dtype"])
-        self.shards = []
-        # Per shard: its file name base, whether its split is masked statically, and the global index of the
-        # split's first instance (an instance's mask depends on its index within its own split, so "all" is
-        # exactly "train" followed by "eval").
-        self._shard_info: list[tuple[Path, bool, int]] = []
+        self.shards: list[Shard] = []
         for part in SPLITS if split == "all" else (split,):
             part_static = part != "train" or self.manifest["masking"] == "static"
-            part_start = sum(len(s[1]) for s in self.shards)
+            part_start = sum(len(s.index) for s in self.shards)
             for shard in self.manifest["splits"][part]["shards"]:
                 base = self.dir / shard["name"]
                 has_tokens = shard["tokens"] > 0  # an empty file cannot be memory-mapped
@@ -185,9 +196,8 @@ class PretrainingData(torch.utils.data.Dataset):
                 starts = None
                 if self.manifest["config"]["whole_word_mask"] and has_tokens:
                     starts = np.memmap(f"{base}.starts.bin", dtype=np.uint8, mode="r")
-                self.shards.append((tokens, index, starts))
-                self._shard_info.append((base, part_static, part_start))
-        self.bounds = np.cumsum([0] + [len(s[1]) for s in self.shards])
+                self.shards.append(Shard(tokens, index, starts, base, part_static, part_start))
+        self.bounds = np.cumsum([0] + [len(s.index) for s in self.shards])
         tok = self.tokenizer
         self.random_ids = np.asarray(
             [i for i, t in enumerate(tok.vocab) if i not in tok.special_ids and not t.startswith("[unused")]
@@ -199,11 +209,10 @@ class PretrainingData(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, np.ndarray]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         s = int(np.searchsorted(self.bounds, i, side="right")) - 1
-        tokens, index, starts = self.shards[s]
+        tokens, index, starts, base, static, split_start = self.shards[s]
         row = i - int(self.bounds[s])
         offset, len_a, len_b, nsp = (int(v) for v in index[row])
         if offset < 0 or len_a < 1 or len_b < 1 or offset + len_a + len_b > len(tokens):
-            base = self._shard_info[s][0]
             raise BertkitError(
                 f"{base}.index.bin: row {row} points outside {base.name}.tokens.bin ({len(tokens):,} tokens); "
                 f"the directory is damaged: {_AGAIN}"
@@ -219,7 +228,6 @@ class PretrainingData(torch.utils.data.Dataset):
             sa = starts[offset : offset + len_a]
             sb = starts[offset + len_a : offset + len_a + len_b]
             word_starts = np.concatenate([[1], sa, [1], sb, [1]]).astype(np.uint8)
-        _, static, split_start = self._shard_info[s]
         rng = np.random.default_rng([self.seed, 0 if static else epoch + 1, i - split_start])
         masked, labels = mask_sequence(ids, special, rng, self.masking, tok.mask_id, self.random_ids, word_starts)
         types = np.zeros(len(ids), dtype=np.int64)
