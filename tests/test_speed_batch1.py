@@ -11,7 +11,8 @@ import transformers
 
 import bertkit.model
 from bertkit import BertConfig, BertModel, Tokenizer
-from bertkit.model import BertForSequenceClassification, ThreadChoice, one_intra_op_thread
+from bertkit.machine import ThreadChoice, one_intra_op_thread
+from bertkit.model import BertForSequenceClassification
 from bertkit.tasks.base import run_model
 from bertkit.tasks.classify import ClassificationTask
 

@@ -1,5 +1,6 @@
 """The machine a run uses: the device to train or infer on, a description written into results and reports, the CPU
-that other work takes from a server's model, and glibc's heap settings for a long-running server and for training."""
+that other work takes from a server's model, the intra-op threads a small inference batch runs on, and glibc's heap
+settings for a long-running server and for training."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import ctypes
 import functools
 import os
 import platform
+import statistics
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -238,3 +243,67 @@ def threads_beside(most: int, elsewhere: float, current: int, cpus: int | None =
     if wanted > current:
         wanted = max(current, int(spare + 0.3))
     return max(1, min(most, wanted))
+
+
+# ---------------------------------------------------------------------------------- threads of small batches
+
+_threads_lock = threading.Lock()
+_serial_depth = 0  # forwards now inside one_intra_op_thread, across Python threads
+_threads_before = 1  # the intra-op thread count to restore when the last of them leaves
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Run the block with one intra-op thread and restore the previous count after it.
+
+    The count is process-wide: while any block is inside (several Python threads may be), every forward of the
+    process runs on one thread; the count set before the first entered is restored when the last one leaves."""
+    global _serial_depth, _threads_before
+    with _threads_lock:
+        if _serial_depth == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _serial_depth += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _serial_depth -= 1
+            if _serial_depth == 0:
+                torch.set_num_threads(_threads_before)
+
+
+class ThreadChoice:
+    """Whether a small inference batch runs on all intra-op threads or on one: whichever was faster lately.
+
+    Each forward's wall time per token is kept for its mode and size class (the token count's power of two). The
+    mode with the lower median of its last `window` times runs; a mode with fewer times is tried first, and the
+    other mode is tried once every `retry_s` seconds per size class, so that a change in the machine's load is
+    noticed either way. A median, not a mean: one slow forward (a process's first, or one that met a burst of other
+    work) must not decide. `fixed` (True: always one thread, False: always all) switches the measuring off."""
+
+    def __init__(self, retry_s: float = 5.0, window: int = 3):
+        self.retry_s, self.window = retry_s, window
+        self.fixed: bool | None = None
+        self._times: dict[tuple[int, bool], deque[float]] = {}  # (size class, serial) -> seconds per token
+        self._tried: dict[int, float] = {}  # size class -> when the mode that is not the best was last tried
+
+    def serial(self, tokens: int, now: float) -> bool:
+        """Whether a forward of `tokens` tokens starting at `now` (time.monotonic()) runs on one thread."""
+        if self.fixed is not None:
+            return self.fixed
+        size = tokens.bit_length()
+        times = {mode: self._times.get((size, mode), ()) for mode in (False, True)}
+        for mode in (False, True):
+            if len(times[mode]) < self.window:
+                return mode
+        best = statistics.median(times[True]) < statistics.median(times[False])
+        if now - self._tried.setdefault(size, now) >= self.retry_s:  # the first choice counts as a try
+            self._tried[size] = now
+            return not best
+        return best
+
+    def record(self, tokens: int, serial: bool, wall_s: float) -> None:
+        """A forward of `tokens` tokens took `wall_s` seconds on one thread (`serial`) or on all of them."""
+        key = (tokens.bit_length(), serial)
+        self._times.setdefault(key, deque(maxlen=self.window)).append(wall_s / max(tokens, 1))
