@@ -381,3 +381,46 @@ def test_a_file_output_never_replaces_what_the_command_did_not_ask_for(
     status, _, err = run(blob, "--overwrite")
     assert status == 2 and "is a file of the input" in err, err
     assert blob.read_bytes() == before[model / "model.safetensors"]
+
+
+def test_mistakes_a_user_makes_get_one_line_and_work_is_not_lost(
+    tiny_task_models: dict[str, Path], tmp_path: Path, bertkit
+) -> None:
+    # Each of these gave a traceback, exit 0 with nothing done, or an answer to the wrong question.
+    cls, ner, pretrained = (str(tiny_task_models[k]) for k in ("cls", "ner", "pretrained"))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("房间很大。\n服务一般。\n", encoding="utf-8")
+    labelled = tmp_path / "labelled.tsv"
+    labelled.write_text("text\tlabel\n房间很大。\t1\n服务一般。\t0\n", encoding="utf-8")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n", encoding="utf-8")
+
+    def refused(*argv: str, says: str) -> None:
+        status, out, err = bertkit(*argv)
+        assert status == 2 and out == "" and says in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+    refused("fill-mask", "--model", pretrained, "--device", "gpu", "今天[MASK]", says="--device gpu: not a device")
+    refused("predict", "--model", cls, "--input", empty, says="no inputs to predict")
+    refused("evaluate", "--model", cls, "--data", labelled, "--max-instances", "5", says="for pre-training data")
+    refused("predict", "--model", ner, "--input", labelled, says=f"{labelled}:1: a tab; this ner model reads one")
+    refused("export", "--model", cls, "--out", tmp_path / "m.onnx", "--opset", "9", says="must be at least 17")
+    # --out in a folder that does not exist yet: made, as embed and export make theirs.
+    status, _, err = bertkit("predict", "--model", cls, "--input", texts, "--out", tmp_path / "new/p.jsonl")
+    assert status == 0 and len((tmp_path / "new/p.jsonl").read_text().splitlines()) == 2
+    assert f"2 predictions written to {tmp_path / 'new/p.jsonl'}" in err and "cls: 100%" in err  # and a bar
+    status, out, _ = bertkit("evaluate", "--model", cls, "--data", labelled, "--out", tmp_path / "m/m.json")
+    assert status == 0 and json.loads((tmp_path / "m/m.json").read_text()) == json.loads(out.splitlines()[-1])
+
+
+def test_an_interrupt_inside_the_exporter_is_an_interrupt() -> None:
+    # torch's exporter wraps a Ctrl-C in errors of its own: the command must still say "interrupted" (exit 130).
+    from bertkit.export import _interrupted
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Failed to export the model with torch.export") from e
+    except RuntimeError as wrapped:
+        assert _interrupted(wrapped)
+    assert not _interrupted(RuntimeError("a real failure"))

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 # Only light modules here: `bertkit --help` parses before anything imports torch (seconds); each handler imports
 # what it needs.
-from bertkit.constants import INFERENCE_BATCH_SIZE, MIN_PAIR_FREQUENCY, ONNX_OPSET, QUANTIZATIONS, TOP_K, VOCAB_SIZE
+from bertkit.constants import (
+    INFERENCE_BATCH_SIZE,
+    MIN_ONNX_OPSET,
+    MIN_PAIR_FREQUENCY,
+    ONNX_OPSET,
+    QUANTIZATIONS,
+    TOP_K,
+    VOCAB_SIZE,
+)
 from bertkit.errors import BertkitError
 from bertkit.options import (
     POSITIVE,
@@ -26,6 +34,7 @@ from bertkit.options import (
     SEQ_LENGTH,
     add_options,
     from_args,
+    whole_number,
 )
 from bertkit.tasks.settings import TASK_NAMES
 
@@ -59,6 +68,17 @@ def _check_file_out(args: argparse.Namespace, *inputs: str | None) -> None:
 
     if args.out is not None:
         check_output_file(args.out, [p for p in inputs if p and p != "-"], args.overwrite)
+
+
+BATCH_SIZE_HELP = "inputs per forward pass (default %(default)s)"
+
+
+def _write_out(path: str, text: str) -> None:
+    """Write a command's --out file atomically (a failed run keeps an earlier one), its folder made if need be."""
+    from bertkit.files import atomic_write
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _json(value: Any, what: str) -> str:
@@ -205,15 +225,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
         if Path(args.data).is_dir():
             raise BertkitError(f"{args.data} is a directory without manifest.json: give a task data file or DATA_DIR")
+        _refuse_pretraining_flags(args)
         task_model = _onnx_task_model(args) if args.onnx else open_task_model(args.model, args.task, device)
         examples = task_model.task.read(args.data)
-        metrics = task_model.evaluate(examples, args.data, args.batch_size)
+        metrics = task_model.evaluate(examples, args.data, args.batch_size, progress=True)
         _note_long_inputs(task_model.task, len(examples), args.data)
     line = _json(metrics, "a metric")
     if args.out:
-        from bertkit.files import atomic_write
-
-        atomic_write(args.out, lambda tmp: Path(tmp).write_text(line + "\n", encoding="utf-8"))
+        _write_out(args.out, line + "\n")
     print(line)
 
 
@@ -222,6 +241,19 @@ def _note_long_inputs(task, total: int, source: str) -> None:
     note = task.long_inputs_note(total, source)
     if note:
         print(note, file=sys.stderr)
+
+
+def _refuse_pretraining_flags(args: argparse.Namespace) -> None:
+    """A flag for pre-training data given with a task file would be passed over in silence: refuse it."""
+    from bertkit.data.masking import MaskingConfig
+
+    given = [flag for flag, value, default in (("--split", args.split, "eval"), ("--max-instances", args.max_instances,
+             None), ("--seed", args.seed, 0)) if value != default]  # fmt: skip
+    if from_args(MaskingConfig, args) != MaskingConfig():
+        given.append("the masking flags")
+    if given:
+        raise BertkitError(f"{', '.join(given)}: for pre-training data (a prepared DATA_DIR); {args.data} is a task "
+                           "file, evaluated whole")  # fmt: skip
 
 
 def _onnx_task_model(args: argparse.Namespace):
@@ -271,7 +303,7 @@ def _evaluate_pretraining(args: argparse.Namespace, device) -> dict:
     # one that pre-training left untrained (--nsp-weight 0).
     nsp = not any(n.startswith("nsp.") for n in model.fresh_parameters) and record.get("nsp_weight", 1) > 0
     return evaluate_pretraining(model, data, batch_size=args.batch_size, max_instances=args.max_instances,
-                                objective=record.get("objective", "mlm"), nsp=nsp)  # fmt: skip
+                                objective=record.get("objective", "mlm"), nsp=nsp, progress=True)  # fmt: skip
 
 
 def _split_summary(args: argparse.Namespace, data) -> str:
@@ -334,7 +366,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     finally:
         if args.input == "-":
             Path(path).unlink(missing_ok=True)
-    rows = task_model.predict(examples, args.batch_size)
+    if not examples:
+        raise BertkitError(f"{'standard input' if args.input == '-' else args.input}: no inputs to predict")
+    rows = task_model.predict(examples, args.batch_size, progress=True)
     _note_long_inputs(task, len(examples), args.input)
     lines = "".join(
         _json({**task.echo(example), **row}, f"{args.model}'s prediction for {task.where(example, path)}") + "\n"
@@ -343,9 +377,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if not args.out:
         sys.stdout.write(lines)
         return
-    from bertkit.files import atomic_write
-
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))  # a failed run keeps the old file
+    _write_out(args.out, lines)  # a failed run keeps the old file
+    print(f"{len(rows):,} predictions written to {args.out}", file=sys.stderr)
 
 
 def _cmd_fill_mask(args: argparse.Namespace) -> None:
@@ -361,6 +394,8 @@ def _cmd_fill_mask(args: argparse.Namespace) -> None:
         )
     model, tok = opened.mlm, opened.tokenizer
     texts = args.text or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not texts:
+        raise BertkitError("no text with [MASK] given (as arguments or lines on standard input)")
     lines = []
     for n, text in enumerate(texts, start=1):
         predictions = fill_mask(model, tok, text, top_k=args.top_k)
@@ -480,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--input", required=True, metavar="FILE|-", help="one text per line; - for standard input")
     _add_file_out(p, "FILE.npy", "float32 array (lines x hidden size)", required=True)
-    p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help="inputs per forward pass")
+    p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help=BATCH_SIZE_HELP)
     p.add_argument(
         "--max-seq-length",
         type=SEQ_LENGTH,
@@ -527,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="task data only: run the model's `bertkit export` (fp32 or int8) by onnxruntime instead of PyTorch, "
         "e.g. to check an int8 file's accuracy before serving it",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help="inputs per forward pass")
+    p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help=BATCH_SIZE_HELP)
     p.add_argument("--max-instances", type=POSITIVE, default=None, help="pre-training data only: the first N")
     p.add_argument("--seed", type=SEED, default=0,
                    help="pre-training data only: the seed of the masks drawn (default %(default)s)")  # fmt: skip
@@ -559,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
     p.add_argument("--task", choices=TASK_NAMES, default=None, help=TASK_OVERRIDE_HELP)
     _add_file_out(p, "FILE.jsonl", "the predictions (default: standard output)")
-    p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help="inputs per forward pass")
+    p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help=BATCH_SIZE_HELP)
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_predict)
 
@@ -605,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--format", default="onnx", choices=["onnx"], help="the file's format (default %(default)s)")
     _add_file_out(p, "FILE.onnx", "the ONNX file to write", required=True)
-    p.add_argument("--opset", type=POSITIVE, default=ONNX_OPSET, help="ONNX opset (default %(default)s)")
+    p.add_argument("--opset", type=whole_number(MIN_ONNX_OPSET), default=ONNX_OPSET,
+                   help=f"ONNX opset, {MIN_ONNX_OPSET} or later (default %(default)s)")  # fmt: skip
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check against PyTorch")
     p.add_argument(
         "--quantize",

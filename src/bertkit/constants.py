@@ -10,4 +10,5 @@ INFERENCE_BATCH_SIZE = 64  # inputs per forward pass when embedding, evaluating 
 TOP_K = 5  # fill-mask: candidates per [MASK]
 HOST, PORT = "127.0.0.1", 8000  # `bertkit serve`: this machine only, unless asked
 ONNX_OPSET = 18
+MIN_ONNX_OPSET = 17  # the first with LayerNormalization, which the exported encoder uses
 QUANTIZATIONS = ("int8",)  # `bertkit export --quantize`: onnxruntime's dynamic quantization

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bertkit.checkpoint import model_fingerprint, tensor_names
-from bertkit.constants import ONNX_OPSET, QUANTIZATIONS
+from bertkit.constants import MIN_ONNX_OPSET, ONNX_OPSET, QUANTIZATIONS
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write
 from bertkit.onnx_model import FINGERPRINT_KEY, INPUTS, PRECISION_KEY, open_session
@@ -182,6 +182,8 @@ def export_onnx(
     With `quantize="int8"`, `out` is the fp32 graph dynamically quantized (int8 weights, activations quantized at
     run time), kept only if it agrees with the fp32 graph on `texts` (see `check_quantized`; always checked). The
     fp32 graph is written to a temporary folder and removed."""
+    if opset < MIN_ONNX_OPSET:
+        raise BertkitError(f"--opset {opset}: the exported encoder needs opset {MIN_ONNX_OPSET} or later (LayerNorm)")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise BertkitError(f"quantize {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
     if quantize is not None and not [t for t in texts if t.strip()]:
@@ -207,11 +209,19 @@ def export_onnx(
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" per op
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
-            program = torch.onnx.export(
-                graph, args, input_names=list(INPUTS), output_names=graph.names, opset_version=opset, dynamo=True,
-                dynamic_shapes=tuple({0: batch, 1: seq} for _ in INPUTS), verbose=False,
-            )  # fmt: skip
+            try:
+                program = torch.onnx.export(
+                    graph, args, input_names=list(INPUTS), output_names=graph.names, opset_version=opset,
+                    dynamo=True, dynamic_shapes=tuple({0: batch, 1: seq} for _ in INPUTS), verbose=False,
+                )  # fmt: skip
+            except Exception as e:  # the exporter wraps a Ctrl-C in its own error: it is still an interrupt
+                if _interrupted(e):
+                    raise KeyboardInterrupt from None
+                raise
         proto = program.model_proto
+        written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if written != opset:  # the exporter converts to another opset where it can, and says so only in its log
+            raise BertkitError(f"torch's exporter wrote opset {written}, not --opset {opset}; use --opset {written}")
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -235,6 +245,17 @@ def export_onnx(
     atomic_write(out, write)
     summary["bytes"] = out.stat().st_size
     return summary
+
+
+def _interrupted(e: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `e`."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def check_onnx(

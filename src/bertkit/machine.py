@@ -27,7 +27,10 @@ def pick_device(name: str | None = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BertkitError(f"--device {name} was asked for but no CUDA device is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise BertkitError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
 
 
 # The instruction sets that decide the CPU's matmul speed and whether bf16 is native (Linux's names).

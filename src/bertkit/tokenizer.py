@@ -762,6 +762,8 @@ class Tokenizer:
         for f in map(Path, files):  # before the trainer starts, in the words of `read_lines`
             if f.is_dir():
                 raise BertkitError(f"{f} is a directory: give its files, e.g. {f / '*.txt'}")
+            if not f.is_file():
+                raise BertkitError(no_such_path(f))
         n_text_lines = 0
 
         def first_pass() -> Iterator[str]:  # streamed; UTF-8 errors name the file and byte offset
@@ -771,14 +773,20 @@ class Tokenizer:
             read, size = BytesRead(), sum(Path(f).stat().st_size for f in files if Path(f).is_file())
             bar = tqdm(total=size, desc="vocab: characters", unit="B", unit_scale=True, unit_divisor=1024) if (
                 show_progress) else None  # fmt: skip
-            for n, line in enumerate(read_corpus_lines(files, read)):
-                n_text_lines += bool(line.strip())
-                if bar is not None and n % 4096 == 0:
+            try:
+                for n, line in enumerate(read_corpus_lines(files, read)):
+                    n_text_lines += bool(line.strip())
+                    if bar is not None and n % 4096 == 0:
+                        bar.update(read.n - bar.n)
+                    yield line
+            except BaseException:
+                if bar is not None:  # the error's one line alone, not after a half-drawn bar
+                    bar.leave = False
+                raise
+            finally:
+                if bar is not None:
                     bar.update(read.n - bar.n)
-                yield line
-            if bar is not None:
-                bar.update(read.n - bar.n)
-                bar.close()
+                    bar.close()
 
         proto = cls(SPECIAL_TOKENS, lowercase=lowercase)  # same normalisation and splitting as encoding
         pieces = proto._continuation_pieces(first_pass(), limit_alphabet)

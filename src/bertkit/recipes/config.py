@@ -129,10 +129,12 @@ class FinetuneConfig:
     )  # fmt: skip
     out: str = option(metavar="DIR", help="the fine-tuned model directory")
     dev_file: str | None = option(
-        None, flag="--dev", metavar="FILE", help="evaluated each epoch; the best model is kept"
+        None, flag="--dev", metavar="FILE", help="evaluated each epoch; the best model is kept (without it: the last)"
     )
     epochs: float = option(3.0, type=POSITIVE_NUMBER, help="passes over the training data")
-    patience: int | None = option(None, type=POSITIVE, help="early stop after N evaluations without gain")
+    patience: int | None = option(
+        None, type=POSITIVE, help="early stop after N evaluations without gain (default: none; needs --dev)"
+    )
     max_train_examples: int | None = option(None, type=POSITIVE, help="train on the first N examples")
     seeds: int = option(
         1, type=POSITIVE,

@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record, write_pretraining_record
 from bertkit.config import PRESETS, BertConfig
@@ -155,6 +156,7 @@ def evaluate_pretraining(
     max_instances: int | None = None,
     objective: str = "mlm",
     nsp: bool = True,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Held-out MLM loss and accuracy (over the chosen tokens) and, with `nsp` (a model whose NSP head was
     trained), NSP accuracy, with one fixed mask.
@@ -169,7 +171,8 @@ def evaluate_pretraining(
     n = len(data) if max_instances is None else min(len(data), max_instances)
     loss_sum = correct = predicted = nsp_correct = masked_correct = masked = 0.0
     masked_counts = torch.zeros(model.config.vocab_size, dtype=torch.long)
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="evaluate", unit="batch") if progress else starts:
         batch = collate([data[i] for i in range(start, min(n, start + batch_size))], data.tokenizer.pad_id)
         batch = objective_batch({k: v.to(device) for k, v in batch.items()}, objective)
         out = model(

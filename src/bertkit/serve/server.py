@@ -158,7 +158,8 @@ def _bind(config: uvicorn.Config) -> socket.socket:
         sock = config.bind_socket()
     except SystemExit:  # uvicorn exits after logging a failed bind
         raise BertkitError(
-            f"cannot listen on {config.host}:{config.port}; choose another --port (or stop what uses it)"
+            f"cannot listen on {config.host}:{config.port}: the port is in use, or --host is not an address of this "
+            "machine; choose another --port (or stop what uses it), or --host 127.0.0.1 / 0.0.0.0"
         ) from None
     sock.listen(config.backlog)  # now, not when the event loop starts: a client may connect once the URL is printed
     return sock

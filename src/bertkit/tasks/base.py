@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from bertkit.constants import IGNORE_INDEX, INFERENCE_BATCH_SIZE
 from bertkit.errors import BertkitError
@@ -30,10 +31,11 @@ class Inference:
     tokenizer: Tokenizer
     id2label: dict[int, str]
     batch_size: int = INFERENCE_BATCH_SIZE
+    progress: bool = False  # a bar over the batches (the commands; never a server, which answers many requests)
 
     def logits(self, task: Task, features: list[Feature]) -> list[torch.Tensor]:
         """The model's logits for every feature, in input order (see `run_model`)."""
-        return run_model(self.model, task, features, self.tokenizer.pad_id, self.batch_size)
+        return run_model(self.model, task, features, self.tokenizer.pad_id, self.batch_size, self.progress)
 
 
 class Task:
@@ -216,7 +218,12 @@ def _is_sharded(model) -> bool:
 
 
 def run_model(
-    model: nn.Module, task: Task, features: list[Feature], pad_id: int, batch_size: int = INFERENCE_BATCH_SIZE
+    model: nn.Module,
+    task: Task,
+    features: list[Feature],
+    pad_id: int,
+    batch_size: int = INFERENCE_BATCH_SIZE,
+    progress: bool = False,
 ) -> list[torch.Tensor]:
     """Logits for every feature (batched by length, returned in input order, each unpadded to its length)."""
     # inference_mode skips autograd's bookkeeping on every operator (much of a small batch's dispatch
@@ -228,7 +235,9 @@ def run_model(
         model.eval()
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         out: list[torch.Tensor | None] = [None] * len(features)
-        for s in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        # No bar unless shown: even disabled, tqdm makes a multiprocessing lock, which a server's worker would leak.
+        for s in tqdm(starts, desc=task.name, unit="batch") if progress else starts:
             idx = order[s : s + batch_size]
             batch = pad_batch([features[i] for i in idx], pad_id)
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}

@@ -81,20 +81,22 @@ class TaskModel:
         """The model's inputs for `examples` (labels left out)."""
         return self.task.features(examples, self.tokenizer, None, train=False)
 
-    def inference(self, batch_size: int = INFERENCE_BATCH_SIZE) -> Inference:
-        """The model ready to answer, `batch_size` inputs per forward pass."""
-        return Inference(self.model, self.tokenizer, self.id2label, batch_size)
+    def inference(self, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False) -> Inference:
+        """The model ready to answer, `batch_size` inputs per forward pass (with a bar over them: `progress`)."""
+        return Inference(self.model, self.tokenizer, self.id2label, batch_size, progress)
 
-    def predict(self, examples: Sequence, batch_size: int = INFERENCE_BATCH_SIZE) -> list[dict]:
+    def predict(self, examples: Sequence, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False) -> list[dict]:
         """One JSON-serialisable prediction per example, `batch_size` inputs per forward pass."""
-        return self.task.predict(self.inference(batch_size), examples, self.features(examples))
+        return self.task.predict(self.inference(batch_size, progress), examples, self.features(examples))
 
-    def evaluate(self, examples: Sequence, source: str | Path, batch_size: int = INFERENCE_BATCH_SIZE) -> dict:
+    def evaluate(
+        self, examples: Sequence, source: str | Path, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False
+    ) -> dict:
         """The task's metrics on labelled `examples` read from `source`, `batch_size` inputs per forward pass; a
         label the model does not know is an error naming its line in `source`."""
         if self.id2label:
             self.task.check_labels(examples, {v: k for k, v in self.id2label.items()}, source)
-        return self.task.evaluate(self.inference(batch_size), examples, self.features(examples))
+        return self.task.evaluate(self.inference(batch_size, progress), examples, self.features(examples))
 
 
 def open_task_model(

@@ -103,7 +103,14 @@ class NerTask(Task):
         """CoNLL when labelled; else text lines split by `words_of`, character spans kept for `predict`."""
         if labelled:
             return read_conll(path, require_tags=True)
-        return [_sentence(line, n, self.settings.char_words) for n, line in numbered_lines(path) if line.strip()]
+        lines = [(n, line) for n, line in numbered_lines(path) if line.strip()]
+        for n, line in lines:
+            if "\t" in line:  # e.g. a classification file's text<TAB>label rows: tagged as text, they came back tagged
+                raise BertkitError(
+                    f"{path}:{n}: a tab; this ner model reads one text per line (or a CoNLL file: a token and its "
+                    "tag per line, sentences apart)"
+                )
+        return [_sentence(line, n, self.settings.char_words) for n, line in lines]
 
     def read_for_prediction(self, path: str | Path) -> list[TaggedSentence]:
         """Text lines; a CoNLL file (.conll, .bio, .bioes, or any name laid out as one, as fine-tuning reads it) is
