@@ -148,8 +148,11 @@ def test_the_runner_refuses_what_it_cannot_do(exported, tmp_path: Path) -> None:
     with pytest.raises(BertkitError, match="cannot load it as a model"):
         OnnxModel(tmp_path / "junk.onnx")
     # A file exported from another directory would answer with the wrong head or labels: refused, naming both.
-    with pytest.raises(BertkitError, match=r"exported from a cls model.*ner model"):
+    with pytest.raises(BertkitError, match=r"exported from a cls model.*ner model") as refused:
         open_onnx_model_dir(exported["ner"][0], onnx_file)
+    # What it suggests writes a file of the ner model's own, not over the cls model's export.
+    fresh = onnx_file.with_name(f"{Path(exported['ner'][0]).resolve().name}.onnx")
+    assert f"--out {fresh})" in str(refused.value) and fresh != onnx_file
     with pytest.raises(BertkitError, match=r"exported from a encoder model"):
         open_onnx_model_dir(exported["pretrained"][0], exported["encoder"][1])
     with pytest.raises(BertkitError, match="an ONNX model runs on the CPU; --device cuda is for the PyTorch"):
@@ -162,7 +165,7 @@ def test_the_runner_refuses_what_it_cannot_do(exported, tmp_path: Path) -> None:
     weights = load_file(retrained / "model.safetensors")
     weights["classifier.bias"] = weights["classifier.bias"] + 1.0
     save_file(weights, retrained / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(BertkitError, match=r"was exported from other weights than .*retrained holds now"):
+    with pytest.raises(BertkitError, match=r"other weights than .*retrained holds now.*--out .*retrained\.onnx"):
         open_onnx_model_dir(retrained, onnx_file)
     assert open_onnx_model_dir(exported["cls"][0], onnx_file).task_model is not None
 

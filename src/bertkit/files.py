@@ -192,7 +192,7 @@ def check_output_not_input(out: str | Path, inputs: Iterable[str | Path], flag: 
             relation = "is" if source == target else "contains"
             raise BertkitError(
                 f"{flag} {out} {relation} the input {given}: writing there could replace what is being read; "
-                "choose another output directory"
+                "choose another output"
             )
 
 

@@ -179,6 +179,11 @@ class OnnxModel:
         return OnnxOutput(**tensors)
 
 
+def _fresh_name(model_dir: str | Path, beside: str | Path) -> Path:
+    """A file name for a new export of `model_dir`, beside `beside` (another model's export, kept)."""
+    return Path(beside).with_name(f"{Path(model_dir).resolve().name}.onnx")
+
+
 def _int64(t: torch.Tensor | np.ndarray) -> np.ndarray:
     array = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
     return np.ascontiguousarray(array, dtype=np.int64)
@@ -216,8 +221,8 @@ def open_onnx_model_dir(
     if onnx.task_name not in expected.split("|"):
         raise BertkitError(
             f"{onnx.path} was exported from a {onnx.task_name or 'non-bertkit'} model, but {model_dir} is a "
-            f"{expected.replace('|', ' or ')} model: export it again (bertkit export --model {model_dir} --out "
-            f"{onnx.path})"
+            f"{expected.replace('|', ' or ')} model: export this one to a file of its own (bertkit export --model "
+            f"{model_dir} --out {_fresh_name(model_dir, onnx.path)})"
         )
     want_sizes = {
         "logits": len(opened.task_model.id2label) if opened.task_model and opened.task_model.id2label else None,
@@ -235,7 +240,7 @@ def open_onnx_model_dir(
         raise BertkitError(
             f"{onnx.path} was exported from other weights than {model_dir} holds now (another model, or this one "
             f"trained again since): its answers would not be this model's; export it again (bertkit export --model "
-            f"{model_dir} --out {onnx.path} --overwrite)"
+            f"{model_dir} --out {_fresh_name(model_dir, onnx.path)})"
         )
     if opened.task_model is not None:
         if onnx.id2label != opened.task_model.id2label:
