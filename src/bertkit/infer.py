@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from bertkit.config import BertConfig
 from bertkit.constants import INFERENCE_BATCH_SIZE, TOP_K
 from bertkit.errors import BertkitError, NonFiniteOutputError
 from bertkit.files import read_json_object
 from bertkit.model import BertForPreTraining, BertModel
+from bertkit.progress import progress_iter
 from bertkit.tokenizer import Encoding, Tokenizer
 
 
@@ -98,10 +98,7 @@ def embed(
     encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
     out = np.zeros((len(encodings), model.config.hidden_size), dtype=np.float32)
-    starts = range(0, len(order), batch_size)
-    # tqdm, even disabled, makes a multiprocessing lock: a server's worker process killed by its parent would
-    # leave that semaphore behind (a warning at shutdown), so no bar is made unless one is shown.
-    for start in tqdm(starts, desc="embed", unit="batch") if progress else starts:
+    for start in progress_iter(range(0, len(order), batch_size), progress, desc="embed", unit="batch"):
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in tokenizer.pad([encodings[i] for i in idx]).items()}
         hidden = model(**batch).last_hidden_state  # (B, T, H)

@@ -36,11 +36,11 @@ import torch
 from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers.models import WordPiece
-from tqdm.auto import tqdm
 
 from bertkit.constants import MIN_PAIR_FREQUENCY, VOCAB_SIZE
 from bertkit.errors import BertkitError
 from bertkit.files import BytesRead, atomic_write, no_such_path, read_corpus_lines, read_json_object
+from bertkit.progress import progress_bar
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # BERT order: a trained vocabulary starts with these
@@ -771,22 +771,15 @@ class Tokenizer:
             # own bar (against the files' size) is the one progress shown for this pass.
             nonlocal n_text_lines
             read, size = BytesRead(), sum(Path(f).stat().st_size for f in files if Path(f).is_file())
-            bar = tqdm(total=size, desc="vocab: characters", unit="B", unit_scale=True, unit_divisor=1024) if (
-                show_progress) else None  # fmt: skip
-            try:
+            kind = {"unit": "B", "unit_scale": True, "unit_divisor": 1024}
+            with progress_bar(show_progress, total=size, desc="vocab: characters", **kind) as bar:
                 for n, line in enumerate(read_corpus_lines(files, read)):
                     n_text_lines += bool(line.strip())
                     if bar is not None and n % 4096 == 0:
                         bar.update(read.n - bar.n)
                     yield line
-            except BaseException:
-                if bar is not None:  # the error's one line alone, not after a half-drawn bar
-                    bar.leave = False
-                raise
-            finally:
                 if bar is not None:
                     bar.update(read.n - bar.n)
-                    bar.close()
 
         proto = cls(SPECIAL_TOKENS, lowercase=lowercase)  # same normalisation and splitting as encoding
         pieces = proto._continuation_pieces(first_pass(), limit_alphabet)

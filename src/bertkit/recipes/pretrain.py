@@ -14,7 +14,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from bertkit.checkpoint import PRETRAINING_RECORD, read_pretraining_record, write_pretraining_record
 from bertkit.config import PRESETS, BertConfig
@@ -29,6 +28,7 @@ from bertkit.files import (
 )
 from bertkit.model import BertForPreTraining, encoder_layers, reverse_real_tokens, set_dropout
 from bertkit.options import by_flag
+from bertkit.progress import progress_iter
 from bertkit.recipes.config import PretrainConfig
 from bertkit.tokenizer import Tokenizer
 from bertkit.train.distributed import dist_info
@@ -171,8 +171,7 @@ def evaluate_pretraining(
     n = len(data) if max_instances is None else min(len(data), max_instances)
     loss_sum = correct = predicted = nsp_correct = masked_correct = masked = 0.0
     masked_counts = torch.zeros(model.config.vocab_size, dtype=torch.long)
-    starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc="evaluate", unit="batch") if progress else starts:
+    for start in progress_iter(range(0, n, batch_size), progress, desc="evaluate", unit="batch"):
         batch = collate([data[i] for i in range(start, min(n, start + batch_size))], data.tokenizer.pad_id)
         batch = objective_batch({k: v.to(device) for k, v in batch.items()}, objective)
         out = model(
