@@ -144,3 +144,16 @@ def test_latest_always_names_a_checkpoint_that_exists(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert (run / (run / "latest").read_text().strip() / "training_state.pt").is_file()
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0000004"]
+
+
+def test_the_bar_shows_the_time_budget_left(tmp_path: Path) -> None:
+    # With --max-minutes the bar's ETA (steps left at the current rate) promised minutes the budget did not have.
+    import time
+
+    trainer = toy_trainer(tmp_path, max_steps=2, save_every=0)
+    assert "budget left" not in trainer._bar_fields()
+    trainer.cfg.max_minutes = 2.0
+    trainer._started = time.perf_counter() - 30.5
+    assert trainer._bar_fields()["budget left"] in ("1:29", "1:28")
+    trainer._started = time.perf_counter() - 300
+    assert trainer._bar_fields()["budget left"] == "0:00"

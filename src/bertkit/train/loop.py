@@ -177,6 +177,7 @@ class Trainer:
         self.metrics = MetricsLog(self.out)
         self.curves = curves or Curves()
         self.bar_metric = bar_metric
+        self._started: float | None = None  # when the loop began: the time budget counts from it
         self._saved_step = -1  # the step of the newest checkpoint written or resumed from
         self._window = _LogWindow()  # the steps since the last log line
         # Optimizer steps per pass over the data (the last batch of an epoch may be short), for "epoch 2/3"; each
@@ -353,6 +354,9 @@ class Trainer:
             fields["tok/s"] = f"{tokens_per_s:,.0f}"
         if self.bar_metric is not None and self.bar_metric[1] in self.state.last_eval:
             fields[self.bar_metric[0]] = f"{self.state.last_eval[self.bar_metric[1]]:.3f}"
+        if self.cfg.max_minutes and self._started is not None:  # the bar's own ETA counts steps, not the budget
+            left = max(0.0, 60 * self.cfg.max_minutes - (time.perf_counter() - self._started))
+            fields["budget left"] = f"{int(left // 60)}:{int(left % 60):02d}"
         return fields
 
     # ------------------------------------------------------------------ the loop
@@ -415,9 +419,9 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         global_batch = cfg.batch_size * cfg.grad_accum * self.world
+        t_start = self._started = time.perf_counter()
         postfix = self._bar_fields()
         bar.set_postfix(postfix, refresh=False)
-        t_start = time.perf_counter()
         stopping = self.state.stopped_early  # a run that stopped early stays stopped when resumed
         while self.state.step < cfg.max_steps and not stopping:
             # From where the epoch stands: after a resume, the samples its checkpoint had consumed are not repeated.
