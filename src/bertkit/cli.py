@@ -71,6 +71,8 @@ def _check_file_out(args: argparse.Namespace, *inputs: str | None) -> None:
 
 
 BATCH_SIZE_HELP = "inputs per forward pass (default %(default)s)"
+# evaluate's flags for pre-training data, with their defaults: given with a task file, they are refused.
+PRETRAINING_EVAL_DEFAULTS = {"split": "eval", "max_instances": None, "seed": 0}
 
 
 def _write_out(path: str, text: str) -> None:
@@ -247,8 +249,8 @@ def _refuse_pretraining_flags(args: argparse.Namespace) -> None:
     """A flag for pre-training data given with a task file would be passed over in silence: refuse it."""
     from bertkit.data.masking import MaskingConfig
 
-    given = [flag for flag, value, default in (("--split", args.split, "eval"), ("--max-instances", args.max_instances,
-             None), ("--seed", args.seed, 0)) if value != default]  # fmt: skip
+    given = ["--" + name.replace("_", "-") for name, default in PRETRAINING_EVAL_DEFAULTS.items()
+             if getattr(args, name) != default]  # fmt: skip
     if from_args(MaskingConfig, args) != MaskingConfig():
         given.append("the masking flags")
     if given:
@@ -553,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="FILE|DATA_DIR", help="task data file, or prepared DATA_DIR")
     p.add_argument("--task", choices=TASK_NAMES, default=None, help="default: the model's")
     p.add_argument(
-        "--split", default="eval", choices=["eval", "train", "all"],
+        "--split", default=PRETRAINING_EVAL_DEFAULTS["split"], choices=["eval", "train", "all"],
         help="pre-training data only: the held-out split (default), the training split, or both",
     )  # fmt: skip
     _add_file_out(p, "FILE.json", "also write the metrics' JSON object here")
@@ -563,8 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. to check an int8 file's accuracy before serving it",
     )  # fmt: skip
     p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help=BATCH_SIZE_HELP)
-    p.add_argument("--max-instances", type=POSITIVE, default=None, help="pre-training data only: the first N")
-    p.add_argument("--seed", type=SEED, default=0,
+    p.add_argument("--max-instances", type=POSITIVE, default=PRETRAINING_EVAL_DEFAULTS["max_instances"],
+                   help="pre-training data only: the first N")  # fmt: skip
+    p.add_argument("--seed", type=SEED, default=PRETRAINING_EVAL_DEFAULTS["seed"],
                    help="pre-training data only: the seed of the masks drawn (default %(default)s)")  # fmt: skip
     add_options(p, TrainConfig, only=("device",))
     add_options(p.add_argument_group("masking (pre-training data)"), MaskingConfig)

@@ -15,7 +15,7 @@ from torch import nn
 
 from bertkit.constants import IGNORE_INDEX, INFERENCE_BATCH_SIZE
 from bertkit.errors import BertkitError
-from bertkit.progress import progress_bar
+from bertkit.progress import progress_iter
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import Tokenizer, encoder_inputs, pad_rows
 
@@ -235,22 +235,19 @@ def run_model(
         model.eval()
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         out: list[torch.Tensor | None] = [None] * len(features)
-        with progress_bar(progress, total=-(-len(order) // batch_size), desc=task.name, unit="batch") as bar:
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
-                batch = pad_batch([features[i] for i in idx], pad_id)
-                batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                logits = model(**batch).logits.float().cpu()
-                if not bool(torch.isfinite(logits).all()):
-                    raise BertkitError(
-                        "the model's outputs are not a finite number (NaN or infinity) for some inputs: its weights "
-                        "overflow or have diverged, e.g. after training with too high a --learning-rate; train it "
-                        "again with a lower one. No metric or prediction is given from such outputs"
-                    )
-                for j, i in enumerate(idx):
-                    n = len(features[i]["input_ids"])
-                    out[i] = logits[j, :n] if logits.dim() == 3 else logits[j]
-                if bar is not None:
-                    bar.update()
+        for s in progress_iter(range(0, len(order), batch_size), progress, desc=task.name, unit="batch"):
+            idx = order[s : s + batch_size]
+            batch = pad_batch([features[i] for i in idx], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            logits = model(**batch).logits.float().cpu()
+            if not bool(torch.isfinite(logits).all()):
+                raise BertkitError(
+                    "the model's outputs are not a finite number (NaN or infinity) for some inputs: its weights "
+                    "overflow or have diverged, e.g. after training with too high a --learning-rate; train it "
+                    "again with a lower one. No metric or prediction is given from such outputs"
+                )
+            for j, i in enumerate(idx):
+                n = len(features[i]["input_ids"])
+                out[i] = logits[j, :n] if logits.dim() == 3 else logits[j]
         model.train(was_training)
     return out  # type: ignore[return-value]
