@@ -419,7 +419,7 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         global_batch = cfg.batch_size * cfg.grad_accum * self.world
-        t_start = self._started = time.perf_counter()
+        self._started = time.perf_counter()
         postfix = self._bar_fields()
         bar.set_postfix(postfix, refresh=False)
         stopping = self.state.stopped_early  # a run that stopped early stays stopped when resumed
@@ -458,7 +458,7 @@ class Trainer:
                     if self.is_main:
                         print(f"early stop at step {self.state.step}: no better evaluation for a while")
                     break
-                if cfg.max_minutes and self._agreed(time.perf_counter() - t_start > 60 * cfg.max_minutes):
+                if cfg.max_minutes and self._agreed(time.perf_counter() - self._started > 60 * cfg.max_minutes):
                     stopping = True
                     if self.is_main:
                         print(self._time_budget_note())
