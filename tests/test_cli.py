@@ -73,6 +73,40 @@ def test_good_edge_values_are_accepted() -> None:
     assert parser.parse_args([*prepare, "--workers", "0"]).workers == 0  # in this process, as it always was
 
 
+def test_every_command_explains_itself_with_examples_that_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command's --help says what it reads and writes and ends with example command lines; an example whose
+    flags were renamed or dropped fails here, not in a user's shell."""
+    import argparse
+    import shlex
+
+    from bertkit.cli import EXAMPLES, build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(EXAMPLES) == set(commands.choices)
+    for name, command in commands.choices.items():
+        text = command.format_help()
+        assert command.description and len(command.description) > 80, name
+        assert text.rstrip().endswith(EXAMPLES[name][-1]), name
+        for example in EXAMPLES[name]:
+            words = shlex.split(example.split(" | ")[-1])  # `echo ... | bertkit ...`: the bertkit part
+            start = words.index(name)  # after `bertkit` or `torchrun ... -m bertkit.cli`
+            try:
+                args = parser.parse_args(words[start:])
+            except SystemExit:
+                pytest.fail(f"bertkit {name}'s example does not parse: {example}")
+            assert args.command == name
+    # Flags stay whole where a description wraps, on any width of terminal: --vocab-size, not "--vocab-" at the end
+    # of one line and "size" on the next.
+    import re
+
+    for columns in range(40, 81):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        for command in commands.choices.values():
+            description = command.format_help().split("\n\n")[1]
+            assert not re.search(r"-[a-z]+-$", description, re.M), (columns, description)
+
+
 def test_version(bertkit) -> None:
     status, out, _ = bertkit("--version")
     assert status == 0

