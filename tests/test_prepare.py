@@ -154,8 +154,9 @@ def test_prepare_is_deterministic_for_a_seed_and_any_worker_count(tmp_path, zh_c
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
-def test_progress_counts_the_corpus_bytes_to_the_end(tmp_path, zh_corpus, zh_tokenizer, capsys) -> None:
+def test_progress_counts_the_corpus_bytes_to_the_end(tmp_path, zh_corpus, zh_tokenizer, capsys, monkeypatch) -> None:
     # A bar against the corpus's size in bytes, known from the start, can show an ETA (a count of documents cannot).
+    monkeypatch.setattr("bertkit.progress.LOG_REDRAW_S", 0.0)  # every state drawn, though capsys is no terminal
     corpus = zh_corpus[:2]
     prepare(corpus, zh_tokenizer, tmp_path / "a", PrepareConfig(block_chars=200_000), progress=True)
     updates = [u for u in capsys.readouterr().err.split("\r") if u.startswith("prepare:")]

@@ -38,7 +38,6 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from bertkit.data.config import MANIFEST_FILE, MIN_BLOCK_DOCUMENTS, PrepareConfig
 from bertkit.data.instances import Block, Span, gather_spans, instance_spans
@@ -54,6 +53,7 @@ from bertkit.files import (
     remove_entries,
 )
 from bertkit.options import MIN_SEQ_LENGTH
+from bertkit.progress import make_bar
 from bertkit.tokenizer import Tokenizer, TokenSpans, contains_cjk, is_cjk
 
 FORMAT = "bertkit-pretraining-v1"
@@ -431,7 +431,7 @@ def _write_data(
     stats = {"documents": dict.fromkeys(SPLITS, 0), "chars": 0, "sentences_cut": 0}
     # The bar counts the corpus's bytes, whose total is known from the start, so it shows an ETA; each block moves
     # it to where reading stood when the block was formed (blocks are written in the order they were formed).
-    bar = tqdm(desc="prepare", total=sum(p.stat().st_size for p in corpus_paths), unit="B", unit_scale=True,
+    bar = make_bar(desc="prepare", total=sum(p.stat().st_size for p in corpus_paths), unit="B", unit_scale=True,
                unit_divisor=1024, disable=not progress)  # fmt: skip
     read, read_at_block = BytesRead(), deque()
     start = time.perf_counter()

@@ -27,6 +27,7 @@ from bertkit.checkpoint import first_non_finite, save_model
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write, disk_full_as_error, interrupts_deferred, is_disk_full
 from bertkit.machine import cpu_has_native_bf16, keep_freed_memory, pick_device
+from bertkit.progress import make_bar
 from bertkit.train.batches import Batch, LoaderFn, epoch_loader
 from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import ShardUnits, any_rank, replicate, reshard, setup_device, shard
@@ -373,7 +374,7 @@ class Trainer:
             self.metrics.open_tensorboard()
             if self.device.type == "cpu":
                 print(self._cpu_line())
-        bar = tqdm(
+        bar = make_bar(
             total=cfg.max_steps, initial=self.state.step, desc="train", disable=not (cfg.progress and self.is_main)
         )
         try:
