@@ -259,6 +259,26 @@ def test_serve_command(models: dict[str, Path], minilm_dir: Path, bertkit) -> No
         proc.wait(timeout=30)
 
 
+def test_a_port_in_use_is_one_line_before_the_model_loads(
+    models: dict[str, Path], bertkit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from bertkit.serve import server
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(server, "open_service", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = bertkit("serve", "--model", models["cls"], "--port", port)
+    assert r.status == 2 and r.err.count("\n") == 1, r.err  # uvicorn's own log line of the failure is not shown
+    assert r.err.startswith(f"bertkit serve: error: cannot listen on 127.0.0.1:{port} (Address already in use)")
+
+
 PAGE = Path(__file__).parents[1] / "src/bertkit/serve/page.html"
 
 

@@ -154,13 +154,21 @@ def make_server(
 
 
 def _bind(config: uvicorn.Config) -> socket.socket:
+    # uvicorn logs a failed bind and exits: its log line is silenced so that the error below is the one line shown,
+    # with the system's reason (the OSError that uvicorn caught) in it.
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    was_disabled, uvicorn_log.disabled = uvicorn_log.disabled, True
     try:
         sock = config.bind_socket()
-    except SystemExit:  # uvicorn exits after logging a failed bind
+    except SystemExit as e:
+        reason = e.__context__.strerror if isinstance(e.__context__, OSError) and e.__context__.strerror else ""
         raise BertkitError(
-            f"cannot listen on {config.host}:{config.port}: the port is in use, or --host is not an address of this "
-            "machine; choose another --port (or stop what uses it), or --host 127.0.0.1 / 0.0.0.0"
+            f"cannot listen on {config.host}:{config.port}{f' ({reason})' if reason else ''}: the port is in use, or "
+            "--host is not an address of this machine; choose another --port (or stop what uses it), or --host "
+            "127.0.0.1 / 0.0.0.0"
         ) from None
+    finally:
+        uvicorn_log.disabled = was_disabled
     sock.listen(config.backlog)  # now, not when the event loop starts: a client may connect once the URL is printed
     return sock
 
@@ -215,29 +223,29 @@ def serve(
                        "max_wait_ms": cfg.max_wait_ms, "max_windows": cfg.max_windows, "precision": cfg.precision,
                        "task": task}  # fmt: skip
     _prepare_process(threads)
-    if workers == 1:
-        service = open_service(model_dir, device, backend, onnx, threads, **service_options)
-        what = f"a {service.task_name} model" if service.task_name else "a pre-trained model"
-        server = make_server(service, host, port, cfg.cors)
-        config = server.config
-    else:
-        from bertkit.tasks.model_dir import fine_tuned_task
-
-        # The workers would each fail on a bad option after the parent said "serving".
-        _check_backend(backend, onnx, device, cfg.precision)
-        if not Path(model_dir).is_dir():
-            open_service(model_dir, device, backend, onnx, threads, **service_options)  # says what is wrong
-        name = task or fine_tuned_task(model_dir)
-        what = f"a {name} model" if name else "a pre-trained model"
-        os.environ[_OPTIONS_ENV] = json.dumps({"model_dir": str(model_dir), "device": device, "backend": backend,
-                                               "onnx": onnx and str(onnx),
-                                               "service": service_options, "threads": threads, "host": host,
-                                               "cors": cfg.cors})  # fmt: skip
-        config = _config("bertkit.serve.server:app_from_environment", host, port, workers, factory=True)
-        service = None
-    sock = _bind(config)
-    print(f"serving {model_dir} ({what}) at http://{host}:{sock.getsockname()[1]}/ ; Ctrl-C stops", flush=True)
+    if not Path(model_dir).is_dir():
+        open_service(model_dir, device, backend, onnx, threads, **service_options)  # says what is wrong
+    # The port before the model: a port in use is said at once, not after a large model has loaded.
+    sock = _bind(_config(None, host, port))
+    service = None
     try:
+        if workers == 1:
+            service = open_service(model_dir, device, backend, onnx, threads, **service_options)
+            what = f"a {service.task_name} model" if service.task_name else "a pre-trained model"
+            server = make_server(service, host, port, cfg.cors)
+        else:
+            from bertkit.tasks.model_dir import fine_tuned_task
+
+            # The workers would each fail on a bad option after the parent said "serving".
+            _check_backend(backend, onnx, device, cfg.precision)
+            name = task or fine_tuned_task(model_dir)
+            what = f"a {name} model" if name else "a pre-trained model"
+            os.environ[_OPTIONS_ENV] = json.dumps({"model_dir": str(model_dir), "device": device, "backend": backend,
+                                                   "onnx": onnx and str(onnx),
+                                                   "service": service_options, "threads": threads, "host": host,
+                                                   "cors": cfg.cors})  # fmt: skip
+            config = _config("bertkit.serve.server:app_from_environment", host, port, workers, factory=True)
+        print(f"serving {model_dir} ({what}) at http://{host}:{sock.getsockname()[1]}/ ; Ctrl-C stops", flush=True)
         if workers == 1:
             server.run(sockets=[sock])
         else:
