@@ -146,6 +146,16 @@ def test_latest_always_names_a_checkpoint_that_exists(tmp_path: Path) -> None:
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0000004"]
 
 
+def test_a_log_file_gets_the_bar_rarely_and_its_last_state(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Standard error to a file (capsys: no terminal): every logged step redrew the bar, whatever its interval.
+    trainer = toy_trainer(tmp_path, max_steps=60, save_every=0)
+    trainer.cfg.progress = True
+    trainer.train()
+    shown = [d for d in capsys.readouterr().err.split("\r") if d.startswith("train:")]
+    assert len(shown) <= 3, shown
+    assert "60/60" in shown[-1] and "loss=" in shown[-1]
+
+
 def test_the_bar_shows_the_time_budget_left(tmp_path: Path) -> None:
     # With --max-minutes the bar's ETA (steps left at the current rate) promised minutes the budget did not have.
     import time

@@ -446,12 +446,12 @@ class Trainer:
                         record.update(zip(keys, (mean / self.world).tolist(), strict=True))
                     self.log(record)
                     postfix = self._bar_fields(record["loss"], record["tokens_per_s"])
-                    bar.set_postfix(postfix)
+                    bar.set_postfix(postfix, refresh=False)  # drawn with the next step, as often as the bar is
                     self._window = _LogWindow()
                 if cfg.eval_every and self.state.step % cfg.eval_every == 0:
                     self.evaluate()
                     postfix.update(self._bar_fields())  # the new score, next to the last loss
-                    bar.set_postfix(postfix)
+                    bar.set_postfix(postfix, refresh=False)
                 if cfg.save_every and self.state.step % cfg.save_every == 0:
                     self.save_checkpoint()
                 if self.stop:
