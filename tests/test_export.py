@@ -123,7 +123,7 @@ def test_only_heads_in_the_directory_are_exported(tmp_path: Path, tiny_task_mode
 def test_the_check_rejects_a_graph_that_differs(tmp_path: Path, tiny_task_models: dict[str, Path]) -> None:
     out = tmp_path / "cls.onnx"
     export_onnx(tiny_task_models["cls"], out)
-    model, kind, _ = load_for_export(tiny_task_models["cls"])
+    model, kind, _, _ = load_for_export(tiny_task_models["cls"])
     graph = _Graph(model, kind)
     batch = sample_inputs(Tokenizer.from_pretrained(tiny_task_models["cls"]))
     assert check_onnx(out, graph, [batch]) < 1e-4

@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -142,8 +143,18 @@ class _Graph(nn.Module):
         return (out.logits,)
 
 
-def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
-    """(model in eval mode, kind, metadata) of a model directory: a task model, a pre-trained one, or an encoder.
+class Exportable(NamedTuple):
+    """What `export_onnx` reads from a model directory."""
+
+    model: nn.Module  # in eval mode
+    kind: str  # a task's `export_kind`, "pretraining", "mlm" or "encoder"
+    metadata: dict[str, str]  # written into the ONNX file's metadata_props
+    tokenizer: Tokenizer  # for the sample inputs and the check sentences
+
+
+def load_for_export(model_dir: str | Path) -> Exportable:
+    """The model (eval mode), kind, metadata and tokenizer of a model directory: a task model, a pre-trained one,
+    or an encoder.
 
     Only heads whose weights are in the directory are exported: an HF BertForMaskedLM gives prediction_logits alone,
     an encoder saved without its pooler gives last_hidden_state alone (never freshly initialised outputs)."""
@@ -159,7 +170,7 @@ def load_for_export(model_dir: str | Path) -> tuple[nn.Module, str, dict]:
     else:
         kind, meta = "encoder", {"bertkit_task": "encoder"}
     meta[FINGERPRINT_KEY] = model_fingerprint(opened.path)
-    return opened.model.eval(), kind, meta
+    return Exportable(opened.model.eval(), kind, meta, opened.tokenizer)
 
 
 def sample_inputs(tok: Tokenizer, which: slice = slice(None)) -> dict[str, torch.Tensor]:
@@ -195,8 +206,7 @@ def export_onnx(
         raise BertkitError(f"ONNX export needs onnx and onnxscript: pip install 'bertkit[export]' ({e})") from None
     if not hasattr(torch.compiler, "is_exporting"):
         raise BertkitError(f"bertkit export needs torch >= 2.7 (this is {torch.__version__})")
-    model, kind, meta = load_for_export(model_dir)
-    tok = Tokenizer.from_pretrained(model_dir)
+    model, kind, meta, tok = load_for_export(model_dir)
     graph = _Graph(model, kind)
     inputs = sample_inputs(tok)
     args = tuple(inputs[k] for k in INPUTS)
