@@ -282,7 +282,7 @@ def test_training_on_one_thread_follows_two_threads() -> None:
     """The same command gives the same results on any machine, however many cores it has: 30 pre-training steps
     (dropout on) on one intra-op thread and on two. Not bit for bit: a matrix product split across threads may add
     its terms in another order, a difference of float32 rounding (~1e-7 relative) that training carries on, so the
-    losses are compared within 1e-5 relative (1.6e-7 seen); the dropout masks, drawn by one generator, are the same."""
+    losses are compared within 1e-5 relative; the dropout masks, drawn by one generator, are the same."""
     from bertkit import BertConfig, BertForPreTraining
     from bertkit.machine import one_intra_op_thread
 
