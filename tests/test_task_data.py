@@ -160,6 +160,9 @@ def test_column_count_mismatch_names_line(tmp_path: Path) -> None:
     path.write_text("text\tlabel\n好\t1\n有\ttab\t0\n", encoding="utf-8")
     with pytest.raises(BertkitError, match=r"train\.tsv:3: 3 columns, but the header has 2"):
         read_classification(path)
+    path.write_text("text\tlabel\n好\t1\n没有标签\n", encoding="utf-8")  # a label left out
+    with pytest.raises(BertkitError, match=r"train\.tsv:3: 1 column, but the header has 2"):
+        read_classification(path)
 
 
 # ------------------------------------------------------------------------------------------ SQuAD fields

@@ -167,7 +167,8 @@ def _delimited_rows(path: Path, lines: list[tuple[int, str]], require_label: boo
                 _check_delimiter(path, lines[n - 1][1], header)
                 tab = " (a TSV field cannot hold a tab)" if delimiter == "\t" and len(values) > len(header) else ""
                 raise BertkitError(
-                    f"{path}:{n}: {len(values)} columns, but the header has {len(header)}: {header}{tab}"
+                    f"{path}:{n}: {len(values)} column{'s' * (len(values) != 1)}, but the header has {len(header)}: "
+                    f"{header}{tab}"
                 )
             rows.append((n, dict(zip(header, values, strict=True))))
     except csv.Error as e:
