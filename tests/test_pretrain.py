@@ -169,10 +169,10 @@ def test_torchrun_fsdp_matches_ddp_and_resumes_in_one_process(tmp_path: Path, sm
         assert r.status == 0, r.err[-3000:]
         stdout[mode] = r.out
         losses[mode] = [v for (_, split), v in sorted(train_losses(tmp_path / mode).items()) if split == "train"]
-    assert len(losses["fsdp"]) == 6
-    assert "sharded across 2 processes" in stdout["fsdp"] and "sharded" not in stdout["ddp"]
+    assert len(losses["fsdp"]) == 6, losses
+    assert "sharded across 2 processes" in stdout["fsdp"] and "sharded" not in stdout["ddp"], stdout
     for a, b in zip(losses["ddp"], losses["fsdp"], strict=True):
-        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4, losses
     ddp, fsdp = read_tensors(tmp_path / "ddp/model"), read_tensors(tmp_path / "fsdp/model")
     assert ddp.keys() == fsdp.keys() and max(float((ddp[k] - fsdp[k]).abs().max()) for k in ddp) < 1e-4
     _, info = transformers.BertForPreTraining.from_pretrained(tmp_path / "fsdp/model", output_loading_info=True)
@@ -180,11 +180,11 @@ def test_torchrun_fsdp_matches_ddp_and_resumes_in_one_process(tmp_path: Path, sm
     args[args.index("--max-steps") + 1] = "8"
     r = bertkit(*args, "--resume")
     assert r.status == 0, r.err[-3000:]
-    assert "resumed from" in r.out and steps_logged(tmp_path / "fsdp") == 8
+    assert "resumed from" in r.out and steps_logged(tmp_path / "fsdp") == 8, r.out[-2000:] + r.err[-2000:]
     args[args.index("--max-steps") + 1] = "10"  # and back to two sharded processes
     r = run_bertkit(*args, "--fsdp", "--resume", processes=2, env=env, timeout=600)
     assert r.status == 0, r.err[-3000:]
-    assert "resumed from" in r.out and steps_logged(tmp_path / "fsdp") == 10
+    assert "resumed from" in r.out and steps_logged(tmp_path / "fsdp") == 10, r.out[-2000:] + r.err[-2000:]
 
 
 def test_resume_without_nsp(tmp_path: Path, small_data: Path, bertkit) -> None:
