@@ -143,12 +143,12 @@ def test_torchrun_ddp_on_cpu_and_resume_with_another_world_size(tmp_path: Path, 
     r = run_bertkit(*args, "--device", "cpu", processes=2, env=env, timeout=600)
     assert r.status == 0, r.err[-3000:]
     steps = [k[0] for k in train_losses(run) if k[1] == "train"]
-    assert steps == list(range(1, 11))  # one writer: each step logged once
+    assert steps == list(range(1, 11)), steps  # one writer: each step logged once
     assert latest_checkpoint(run).name == "checkpoint-0000010"
     args[args.index("--max-steps") + 1] = "14"
     r = bertkit(*args, "--resume")
     assert r.status == 0, r.err[-3000:]
-    assert "resumed from" in r.out and steps_logged(run) == 14
+    assert "resumed from" in r.out and steps_logged(run) == 14, r.out[-2000:] + r.err[-2000:]
 
 
 def test_torchrun_fsdp_matches_ddp_and_resumes_in_one_process(tmp_path: Path, small_data: Path, bertkit) -> None:
