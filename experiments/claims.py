@@ -233,6 +233,9 @@ def bidirectional(ws: Workspace) -> Report:
     for arm in (MLM_ONLY, L2R):
         last = ws.last_evals(arm)
         if last:
+            report.raw[f"{arm.name}_heldout_at_end"] = {"step": last[0]["step"],
+                                                        "accuracy": [r["mlm_accuracy"] for r in last],
+                                                        "loss": [r["mlm_loss"] for r in last]}  # fmt: skip
             report.notes.append(
                 f"{arm.name}: held-out {'masked' if arm.objective == 'mlm' else 'next'}-token accuracy "
                 f"{fmt([r['mlm_accuracy'] for r in last])}, loss {fmt([r['mlm_loss'] for r in last])} at step "
@@ -330,6 +333,7 @@ def nsp(ws: Workspace) -> Report:
         if masked:
             report.raw[f"{arm.name}_masked_accuracy_curve"] = masked
             floor = ws.last_evals(arm)[0]["masked_majority"]
+            report.raw[f"{arm.name}_masked_majority"] = floor
             report.notes.append(
                 f"{arm.name}: held-out accuracy on the [MASK]ed tokens by step, mean ± std over {len(masked)} seeds "
                 f"(always guessing the commonest token scores {floor:.3f}): " + _curve_text(masked)

@@ -103,6 +103,10 @@ def test_experiment_runs_and_writes_its_report(workspace: Workspace, tmp_path: P
     assert images and all((tmp_path / png).stat().st_size > 1000 for png in images)  # the PNGs exist
     raw = json.loads((tmp_path / f"{name}.json").read_text())
     assert raw
+    # The figures of the report's notes are in its JSON too, so that each one can be checked against a file.
+    notes_data = {"bidirectional": ("mlm_no_nsp_heldout_at_end", "l2r_heldout_at_end", "fill_mask"),
+                  "nsp": ("nsp_accuracy_curve", "bert_masked_majority", "mlm_no_nsp_masked_majority")}  # fmt: skip
+    assert set(notes_data.get(name, ())) <= raw.keys(), sorted(raw)
     index = write_index(tmp_path, list(EXPERIMENTS)).read_text(encoding="utf-8")
     assert f"]({name}.md)" in index and f"## {name}: not run yet" not in index  # linked, with its verdicts
 
