@@ -643,9 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Score a model on data it was not trained on. A prepared DATA_DIR (from prepare) is read with a "
         "pre-trained model: masked-LM loss and accuracy (mlm_accuracy over every chosen token; masked_accuracy "
         "over the [MASK]ed ones beside masked_majority, the floor of guessing their commonest token) and, with a "
-        "trained NSP head, NSP accuracy. A task file is read with a fine-tuned model: accuracy and macro F1 (cls, "
-        "pair), Pearson and Spearman (regression), micro and macro F1 (multilabel), entity precision, recall and "
-        "F1 (ner), exact match and F1 (qa). The metrics are the last line of standard output, as JSON.",
+        "trained NSP head, NSP accuracy. A task file is read with a fine-tuned model: its task's metrics, those "
+        "fine-tuning reports on --dev (e.g. accuracy for cls, entity F1 for ner). The metrics are the last line "
+        "of standard output, as JSON.",
     )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--data", required=True, metavar="FILE|DATA_DIR", help="task data file, or prepared DATA_DIR")
@@ -672,10 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub, "finetune", "fine-tune on labelled data: cls, pair, regression, multilabel, ner or qa",
         "Fine-tune a pre-trained model for one task; --out becomes a Hugging Face task-model directory (the best "
-        "dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints). Data: a TSV, CSV or JSON "
-        "lines file with a header (text or text_a and text_b, and label; multi-label sets as a|b) for cls, pair, "
-        "regression and multilabel; CoNLL columns (token and tag, a blank line between sentences) for ner; SQuAD "
-        "v1.1 or v2.0 JSON for qa. The dev metrics are the last line of standard output, as JSON.",
+        "dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints); --train says each task's "
+        "file format. With --dev, the best dev metrics are the last line of standard output, as JSON.",
     )  # fmt: skip
     add_options(p, FinetuneConfig, only=("task", "model", "train_file", "dev_file", "out", "epochs"))
     g = p.add_argument_group("training")
@@ -692,11 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub, "predict", "predictions of a fine-tuned model as JSON lines",
-        "One JSON line per input, in order: the input (its line and text, or a question's id), then the answer: a "
-        "label with every label's probability (cls, pair; labels above their thresholds for multilabel; a number "
-        "for regression), tags and entities with their character offsets (ner), or the answer text and its offsets "
-        "(qa). --input is a file like the training data (labels may be missing) or plain lines: a text (cls, ner), "
-        "text_a<TAB>text_b (pair), a JSON object with question and context (qa).",
+        "One JSON line per input, in order: the input (its line and text, or a question's id), then the model's "
+        "answer (a label with its probabilities, tags with entities, or an answer span: what the model's task "
+        "gives). --input is a file laid out as for finetune (labels may be missing), or plain lines: a text, "
+        "text_a<TAB>text_b for a pair model, a JSON object with question and context for a QA model.",
     )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
     p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
