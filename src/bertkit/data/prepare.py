@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import itertools
 import json
 import logging
@@ -319,6 +320,8 @@ def _check_settings(cfg: PrepareConfig) -> None:
         raise BertkitError(f"--short-seq-prob {cfg.short_seq_prob} is not a probability: give a number from 0 to 1")
     if cfg.block_chars < 1 or cfg.shard_tokens < 1:
         raise BertkitError("block_chars and shard_tokens must be positive")
+    if cfg.whole_word_mask and importlib.util.find_spec("jieba") is None:
+        raise BertkitError("--whole-word-mask finds Chinese word starts with jieba: pip install 'bertkit[zh]'")
 
 
 def _check_corpus(corpus: list[str | Path]) -> list[Path]:

@@ -179,7 +179,8 @@ class QuickstartConfig:
 
     out: str = option(
         "runs/quickstart", metavar="DIR",
-        help="where everything is written; a re-run with the same budget and seed reuses its finished stages",
+        help="where everything is written; a re-run with the same --budget, --seed and --max-minutes reuses its "
+        "finished stages",
     )  # fmt: skip
     budget: float = option(1.0, type=POSITIVE_NUMBER, help="scale the work (0.1 = a smoke run; use its own --out)")
     seed: int = option(0, type=SEED, help="every random choice of the run: data, initialisation, fine-tuning")
