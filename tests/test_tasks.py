@@ -67,6 +67,40 @@ def test_open_model_dir_opens_each_kind(tiny_task_models: dict[str, Path], tmp_p
         open_model_dir(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("task", ["cls", "ner", "qa"])
+def test_prediction_in_chunks_gives_every_answer_in_order(
+    task: str, tiny_task_models: dict[str, Path], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`predict_iter` (what `bertkit predict` streams) answers a few examples at a time so that memory stays flat:
+    the same answers, in the same order, as all examples at once (within float32 rounding: an example's batch
+    companions change its padding), and the long inputs of every chunk counted."""
+    import bertkit.tasks.model_dir
+    from bertkit.tasks.model_dir import open_task_model
+
+    files = {"cls": "chnsenticorp/dev.tsv", "ner": "cluener2020/dev.txt", "qa": "cmrc2018/dev.json"}
+    tm = open_task_model(tiny_task_models[task], None, "cpu")
+    examples = tm.task.read(data_dir / files[task])[:45]
+    if task != "qa":  # some inputs longer than the model's max_seq_length, counted in every chunk
+        tm.task.settings.max_seq_length = 24
+    whole = tm.predict(examples)
+    cut = tm.task.cut_inputs
+    monkeypatch.setattr(bertkit.tasks.model_dir, "PREDICT_CHUNK", 7)
+    chunked = list(tm.predict_iter(examples))
+    assert len(chunked) == len(whole) == 45 and tm.task.cut_inputs == cut
+    assert task == "qa" or cut > 0
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key == "probabilities":
+                assert all(abs(a[key][k] - b[key][k]) < 1e-5 for k in a[key])
+            elif key == "entities":
+                assert [(e["type"], e["start"], e["end"]) for e in a[key]] == [
+                    (e["type"], e["start"], e["end"]) for e in b[key]
+                ]
+            elif key != "score":
+                assert a[key] == b[key], key
+
+
 def test_open_task_model_checks_the_head(tiny_task_models: dict[str, Path]) -> None:
     cls = tiny_task_models["cls"]
     assert (cls / TASK_FILE).is_file()

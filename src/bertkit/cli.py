@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -131,12 +131,17 @@ BATCH_SIZE_HELP = "inputs per forward pass (default %(default)s)"
 PRETRAINING_EVAL_DEFAULTS = {"split": "eval", "max_instances": None, "seed": 0}
 
 
-def _write_out(path: str, text: str) -> None:
-    """Write a command's --out file atomically (a failed run keeps an earlier one), its folder made if need be."""
+def _write_out(path: str, text: str | Iterable[str]) -> None:
+    """Write a command's --out file (`text`, or its pieces as they come) atomically: a failed run keeps an earlier
+    file. Its folder is made if need be."""
     from bertkit.files import atomic_write
 
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines([text] if isinstance(text, str) else text)
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, write)
 
 
 def _json(value: Any, what: str) -> str:
@@ -426,17 +431,19 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             Path(path).unlink(missing_ok=True)
     if not examples:
         raise BertkitError(f"{'standard input' if args.input == '-' else args.input}: no inputs to predict")
-    rows = task_model.predict(examples, args.batch_size, progress=True)
-    _note_long_inputs(task, len(examples), args.input)
-    lines = "".join(
+    rows = task_model.predict_iter(examples, args.batch_size, progress=True)  # computed as they are written
+    lines = (
         _json({**task.echo(example), **row}, f"{args.model}'s prediction for {task.where(example, path)}") + "\n"
         for example, row in zip(examples, rows, strict=True)
     )
     if not args.out:
-        sys.stdout.write(lines)
-        return
-    _write_out(args.out, lines)  # a failed run keeps the old file
-    print(f"{len(rows):,} predictions written to {args.out}", file=sys.stderr)
+        for line in lines:
+            sys.stdout.write(line)
+    else:
+        _write_out(args.out, lines)  # a failed run keeps the old file
+    _note_long_inputs(task, len(examples), args.input)
+    if args.out:
+        print(f"{len(examples):,} predictions written to {args.out}", file=sys.stderr)
 
 
 def _cmd_fill_mask(args: argparse.Namespace) -> None:

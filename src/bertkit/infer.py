@@ -96,7 +96,7 @@ def embed(
     model.eval()
     max_length = embedding_length(tokenizer, model.config, max_length)
     encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
-    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
+    order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i]))  # longest first: see run_model
     out = np.zeros((len(encodings), model.config.hidden_size), dtype=np.float32)
     for start in progress_iter(range(0, len(order), batch_size), progress, desc="embed", unit="batch"):
         idx = order[start : start + batch_size]

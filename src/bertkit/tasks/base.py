@@ -233,7 +233,10 @@ def run_model(
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+        # Longest first: each batch's tensors then fit in the memory the batch before freed. Shortest first, every
+        # batch needed a little more than the last had freed, the heap grew by a batch's activations each time,
+        # and predicting a large file kept GBs of freed memory (benchmarks/predict_memory.py).
+        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
         out: list[torch.Tensor | None] = [None] * len(features)
         for s in progress_iter(range(0, len(order), batch_size), progress, desc=task.name, unit="batch"):
             idx = order[s : s + batch_size]

@@ -6,7 +6,7 @@ of them reads bertkit's and Hugging Face's directories alike and refuses an inco
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,9 @@ from bertkit.config import BertConfig
 from bertkit.constants import INFERENCE_BATCH_SIZE
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path, read_json_object
+from bertkit.machine import release_free_memory
 from bertkit.model import BertForPreTraining, BertModel, num_labels_of
+from bertkit.progress import progress_bar
 from bertkit.tasks.base import Inference, Task
 from bertkit.tasks.registry import TASKS, task_for_architecture
 from bertkit.tasks.settings import TaskSettings
@@ -68,6 +70,11 @@ def head_labels(config: BertConfig) -> list[str]:
     return [f"LABEL_{i}" for i in range(num_labels_of(config, None))]
 
 
+# Examples encoded and answered at a time by `TaskModel.predict_iter`: enough to batch them by length, few enough
+# that their features, logits and answers take a bounded amount of memory.
+PREDICT_CHUNK = 16384
+
+
 @dataclass
 class TaskModel:
     """A fine-tuned model with what answering needs: its task (and settings), tokenizer and labels."""
@@ -88,6 +95,26 @@ class TaskModel:
     def predict(self, examples: Sequence, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False) -> list[dict]:
         """One JSON-serialisable prediction per example, `batch_size` inputs per forward pass."""
         return self.task.predict(self.inference(batch_size, progress), examples, self.features(examples))
+
+    def predict_iter(
+        self, examples: Sequence, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False
+    ) -> Iterator[dict]:
+        """`predict`'s answers one by one, in order, computed `PREDICT_CHUNK` examples at a time: memory stays
+        flat however many examples there are (all of their features at once took GBs), and the first answers
+        come while the rest are computed. The task's `cut_inputs` counts the long inputs of all of them."""
+        cut = 0
+        with progress_bar(progress, total=len(examples), desc=self.task.name, unit="input") as bar:
+            for start in range(0, len(examples), PREDICT_CHUNK):
+                part = examples[start : start + PREDICT_CHUNK]
+                rows = self.predict(part, batch_size)
+                # A chunk's features and tensors, freed, leave holes in the heap that glibc keeps: handed back,
+                # the process stays at one chunk's size instead of growing with each.
+                release_free_memory()
+                cut += self.task.cut_inputs
+                yield from rows
+                if bar is not None:
+                    bar.update(len(part))
+        self.task.cut_inputs = cut
 
     def evaluate(
         self, examples: Sequence, source: str | Path, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False
