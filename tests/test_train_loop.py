@@ -242,6 +242,17 @@ def test_a_trainer_over_a_dataset_resumes_bit_exactly(tmp_path: Path) -> None:
     assert "half" in log(tmp_path / "a")[0]  # the loss function's parts are logged
 
 
+def tiny_pretraining_batch(vocab_size: int) -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, mlm_labels, nsp_labels): 8 sequences of 24-48 real tokens, 15% to predict."""
+    g = torch.Generator().manual_seed(0)
+    B, T = 8, 48
+    lengths = torch.randint(24, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    ids = torch.randint(5, vocab_size, (B, T), generator=g) * mask
+    labels = torch.where((torch.rand(B, T, generator=g) < 0.15) & mask.bool(), ids, -100)
+    return ids, mask, labels, torch.randint(0, 2, (B,), generator=g)
+
+
 def test_bf16_pretraining_on_cpu_follows_fp32() -> None:
     """The same model and batch trained 30 steps in fp32 and under CPU bf16 autocast: bf16 keeps 8 bits of mantissa,
     so losses differ by rounding, bounded here at 2% of the fp32 loss per step, and both fall alike."""
@@ -249,13 +260,7 @@ def test_bf16_pretraining_on_cpu_follows_fp32() -> None:
     from bertkit.train.precision import autocast
 
     config = BertConfig.preset("tiny", vocab_size=300, max_position_embeddings=64)
-    g = torch.Generator().manual_seed(0)
-    B, T = 8, 48
-    lengths = torch.randint(24, T + 1, (B,), generator=g)
-    mask = (torch.arange(T)[None] < lengths[:, None]).long()
-    ids = torch.randint(5, config.vocab_size, (B, T), generator=g) * mask
-    labels = torch.where((torch.rand(B, T, generator=g) < 0.15) & mask.bool(), ids, -100)
-    nsp = torch.randint(0, 2, (B,), generator=g)
+    ids, mask, labels, nsp = tiny_pretraining_batch(config.vocab_size)
     cpu = torch.device("cpu")
     losses: dict[str, list[float]] = {}
     for precision in ("fp32", "bf16"):
@@ -287,13 +292,7 @@ def test_training_on_one_thread_follows_two_threads() -> None:
     from bertkit.machine import one_intra_op_thread
 
     config = BertConfig.preset("tiny", vocab_size=300, max_position_embeddings=64)
-    g = torch.Generator().manual_seed(0)
-    B, T = 8, 48
-    lengths = torch.randint(24, T + 1, (B,), generator=g)
-    mask = (torch.arange(T)[None] < lengths[:, None]).long()
-    ids = torch.randint(5, config.vocab_size, (B, T), generator=g) * mask
-    labels = torch.where((torch.rand(B, T, generator=g) < 0.15) & mask.bool(), ids, -100)
-    nsp = torch.randint(0, 2, (B,), generator=g)
+    ids, mask, labels, nsp = tiny_pretraining_batch(config.vocab_size)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     losses: dict[int, list[float]] = {}
