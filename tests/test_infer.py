@@ -78,3 +78,23 @@ def test_fill_mask_refuses_a_mask_past_the_models_length(tiny_zh_pretrained: Pat
     with pytest.raises(BertkitError, match="a \\[MASK\\] lies past the first"):
         fill_mask(model, tok, long_text)
     assert len(fill_mask(model, tok, long_text[: -len("明天[MASK]雨。")])) == 1  # the one it reads: answered
+
+
+def test_embeddings_in_chunks_equal_all_at_once(
+    tiny_zh_pretrained: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`embed` encodes a large input a chunk at a time (memory flat in the number of texts): each text's vector,
+    in its own row, equals the one computed with every text at once, within float32 rounding (its batch
+    companions change its padding)."""
+    import bertkit.infer
+    from bertkit.infer import embed
+    from bertkit.model import BertModel
+
+    texts = (data_dir / "chnsenticorp/dev.tsv").read_text(encoding="utf-8").splitlines()[1:24]
+    tok = Tokenizer.from_pretrained(tiny_zh_pretrained)
+    model = BertModel.from_pretrained(tiny_zh_pretrained)
+    whole = embed(model, tok, texts, batch_size=4)
+    monkeypatch.setattr(bertkit.infer, "INFERENCE_CHUNK", 5)
+    chunked = embed(model, tok, texts, batch_size=4)
+    assert chunked.shape == whole.shape == (23, model.config.hidden_size)
+    assert abs(chunked - whole).max() < 1e-5

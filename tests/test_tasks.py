@@ -84,7 +84,7 @@ def test_prediction_in_chunks_gives_every_answer_in_order(
         tm.task.settings.max_seq_length = 24
     whole = tm.predict(examples)
     cut = tm.task.cut_inputs
-    monkeypatch.setattr(bertkit.tasks.model_dir, "PREDICT_CHUNK", 7)
+    monkeypatch.setattr(bertkit.tasks.model_dir, "INFERENCE_CHUNK", 7)
     chunked = list(tm.predict_iter(examples))
     assert len(chunked) == len(whole) == 45 and tm.task.cut_inputs == cut
     assert task == "qa" or cut > 0

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # what it needs.
 from bertkit.constants import (
     INFERENCE_BATCH_SIZE,
+    INFERENCE_CHUNK,
     MIN_ONNX_OPSET,
     MIN_PAIR_FREQUENCY,
     ONNX_OPSET,
@@ -227,7 +228,9 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         device=device,
         progress=True,
     )
-    cut = sum(len(ids) + 2 > limit for ids in tok.ids_batch(texts))  # + [CLS] and [SEP]
+    cut = sum(len(ids) + 2 > limit  # + [CLS] and [SEP]
+              for first in range(0, len(texts), INFERENCE_CHUNK)
+              for ids in tok.ids_batch(texts[first : first + INFERENCE_CHUNK]))  # fmt: skip
     if cut:
         print(f"note: {cut:,} of {len(texts):,} texts in {args.input} are longer than {limit} tokens: only their "
               f"first {limit} tokens ([CLS] and [SEP] included) are embedded", file=sys.stderr)  # fmt: skip

@@ -7,6 +7,9 @@ IGNORE_INDEX = -100
 VOCAB_SIZE = 30522  # the original English uncased vocabulary's size
 MIN_PAIR_FREQUENCY = 2  # WordPiece training: the rarest pair that may still be merged
 INFERENCE_BATCH_SIZE = 64  # inputs per forward pass when embedding, evaluating or predicting
+# Inputs encoded and answered at a time by `bertkit predict` and `bertkit embed`: enough to batch them by length,
+# few enough that their encodings and activations take a bounded amount of memory, however large the input.
+INFERENCE_CHUNK = 16384
 TOP_K = 5  # fill-mask: candidates per [MASK]
 HOST, PORT = "127.0.0.1", 8000  # `bertkit serve`: this machine only, unless asked
 ONNX_OPSET = 18

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from bertkit.config import BertConfig
-from bertkit.constants import INFERENCE_BATCH_SIZE, TOP_K
+from bertkit.constants import INFERENCE_BATCH_SIZE, INFERENCE_CHUNK, TOP_K
 from bertkit.errors import BertkitError, NonFiniteOutputError
 from bertkit.files import read_json_object
+from bertkit.machine import release_free_memory
 from bertkit.model import BertForPreTraining, BertModel
-from bertkit.progress import progress_iter
+from bertkit.progress import progress_bar
 from bertkit.tokenizer import Encoding, Tokenizer
 
 
@@ -90,22 +91,29 @@ def embed(
     """Sentence embeddings (N, H) as float32: mean (or [CLS]) pooling, L2-normalised by default.
 
     Texts are batched by length so that little work goes to padding; the output keeps the input order. A text is
-    cut at `max_length` tokens, by default the fewer of the tokenizer's and the model's positions.
+    cut at `max_length` tokens, by default the fewer of the tokenizer's and the model's positions. They are
+    encoded `INFERENCE_CHUNK` at a time, so that memory beyond the output does not grow with their number.
     """
     device = device or next(model.parameters()).device
     model.eval()
     max_length = embedding_length(tokenizer, model.config, max_length)
-    encodings = tokenizer.encode_batch(list(texts), max_length=max_length)
-    order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i]))  # longest first: see run_model
-    out = np.zeros((len(encodings), model.config.hidden_size), dtype=np.float32)
-    for start in progress_iter(range(0, len(order), batch_size), progress, desc="embed", unit="batch"):
-        idx = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in tokenizer.pad([encodings[i] for i in idx]).items()}
-        hidden = model(**batch).last_hidden_state  # (B, T, H)
-        vec = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
-        if normalize:
-            vec = torch.nn.functional.normalize(vec, p=2, dim=-1)
-        out[idx] = vec.float().cpu().numpy()
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    with progress_bar(progress, total=len(texts), desc="embed", unit="text") as bar:
+        for first in range(0, len(texts), INFERENCE_CHUNK):
+            encodings = tokenizer.encode_batch(list(texts[first : first + INFERENCE_CHUNK]), max_length=max_length)
+            order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i]))  # longest first: see run_model
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in tokenizer.pad([encodings[i] for i in idx]).items()}
+                hidden = model(**batch).last_hidden_state  # (B, T, H)
+                vec = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
+                if normalize:
+                    vec = torch.nn.functional.normalize(vec, p=2, dim=-1)
+                out[[first + i for i in idx]] = vec.float().cpu().numpy()
+                if bar is not None:
+                    bar.update(len(idx))
+            if len(texts) > INFERENCE_CHUNK:  # as TaskModel.predict_iter (a server's calls tidy on their own clock)
+                release_free_memory()
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if bad.size:  # finite weights can still overflow (e.g. in float16); a NaN vector must not reach a file
         raise NonFiniteOutputError(

@@ -16,7 +16,7 @@ from torch import nn
 
 from bertkit.checkpoint import has_mlm_head, tensor_names
 from bertkit.config import BertConfig
-from bertkit.constants import INFERENCE_BATCH_SIZE
+from bertkit.constants import INFERENCE_BATCH_SIZE, INFERENCE_CHUNK
 from bertkit.errors import BertkitError
 from bertkit.files import no_such_path, read_json_object
 from bertkit.machine import release_free_memory
@@ -70,11 +70,6 @@ def head_labels(config: BertConfig) -> list[str]:
     return [f"LABEL_{i}" for i in range(num_labels_of(config, None))]
 
 
-# Examples encoded and answered at a time by `TaskModel.predict_iter`: enough to batch them by length, few enough
-# that their features, logits and answers take a bounded amount of memory.
-PREDICT_CHUNK = 16384
-
-
 @dataclass
 class TaskModel:
     """A fine-tuned model with what answering needs: its task (and settings), tokenizer and labels."""
@@ -99,13 +94,13 @@ class TaskModel:
     def predict_iter(
         self, examples: Sequence, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False
     ) -> Iterator[dict]:
-        """`predict`'s answers one by one, in order, computed `PREDICT_CHUNK` examples at a time: memory stays
+        """`predict`'s answers one by one, in order, computed `INFERENCE_CHUNK` examples at a time: memory stays
         flat however many examples there are (all of their features at once took GBs), and the first answers
         come while the rest are computed. The task's `cut_inputs` counts the long inputs of all of them."""
         cut = 0
         with progress_bar(progress, total=len(examples), desc=self.task.name, unit="input") as bar:
-            for start in range(0, len(examples), PREDICT_CHUNK):
-                part = examples[start : start + PREDICT_CHUNK]
+            for start in range(0, len(examples), INFERENCE_CHUNK):
+                part = examples[start : start + INFERENCE_CHUNK]
                 rows = self.predict(part, batch_size)
                 # A chunk's features and tensors, freed, leave holes in the heap that glibc keeps: handed back,
                 # the process stays at one chunk's size instead of growing with each.
