@@ -440,13 +440,12 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         for example, row in zip(examples, rows, strict=True)
     )
     if not args.out:
-        for line in lines:
-            sys.stdout.write(line)
-    else:
-        _write_out(args.out, lines)  # a failed run keeps the old file
+        sys.stdout.writelines(lines)
+        _note_long_inputs(task, len(examples), args.input)
+        return
+    _write_out(args.out, lines)  # a failed run keeps the old file
     _note_long_inputs(task, len(examples), args.input)
-    if args.out:
-        print(f"{len(examples):,} predictions written to {args.out}", file=sys.stderr)
+    print(f"{len(examples):,} predictions written to {args.out}", file=sys.stderr)
 
 
 def _cmd_fill_mask(args: argparse.Namespace) -> None:
