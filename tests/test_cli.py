@@ -42,6 +42,8 @@ MODEL, DATA, OUT = "no/such/model", "no/such/data", "no/such/out"
          "--max-seq-length"),
         (["serve", "--model", MODEL, "--port", "70000"], "--port"),
         (["serve", "--model", MODEL, "--port", "-1"], "--port"),
+        (["serve", "--model", MODEL, "--cors", "https://example.org/"], "--cors"),  # never equals an Origin header
+        (["serve", "--model", MODEL, "--cors", "*"], "--cors"),
         (["embed", "--model", MODEL, "--input", DATA, "--out", OUT, "--batch-size", "0"], "--batch-size"),
         (["evaluate", "--model", MODEL, "--data", DATA, "--max-instances", "0"], "--max-instances"),
         (["fill-mask", "--model", MODEL, "--top-k", "0", "a [MASK]"], "--top-k"),

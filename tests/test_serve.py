@@ -195,7 +195,13 @@ def test_bad_requests_say_what_was_wrong(models: dict[str, Path]) -> None:
             ("/api/predict", {"inputs": [{"question": "q", "context": "c"}] * (MAX_INPUTS + 1)}, 400, "at most"),
             ("/api/predict", [1, 2], 400, "expected a JSON object"),
             ("/api/embed", {"texts": ["ok", 3]}, 400, "texts[1] must be a non-empty string"),
-            ("/api/embed", {"sentences": ["ok"]}, 400, 'expected {"texts"'),
+            ("/api/embed", {"sentences": ["ok"]}, 400, "field 'sentences' is not read here; send {\"texts\""),
+            ("/api/embed", {"texts": ["a"], "text": "b"}, 400, 'send "texts" or "text", not both'),
+            ("/api/embed", {}, 400, 'expected {"texts"'),
+            # A misspelt field is named, not ignored.
+            ("/api/predict", {"inputs": [{"question": "q", "contxt": "c"}]}, 400, "inputs[0]: field 'contxt' is not"),
+            ("/api/predict", {"inputs": [{"question": "q", "context": "c"}], "top_k": 2}, 400, "field 'top_k' is"),
+            ("/api/fill-mask", {"texts": ["a [MASK]"], "topk": 2}, 400, "field 'topk' is not read here"),
             ("/api/fill-mask", {"texts": ["a [MASK]"]}, 400, "no masked-LM head"),
             ("/api/nothing", {}, 404, "this model answers /api/predict, /api/embed"),
         ]
@@ -204,6 +210,13 @@ def test_bad_requests_say_what_was_wrong(models: dict[str, Path]) -> None:
             assert status == code and message in out["error"], (path, body, out)
         status, out = request(url + "/api/predict", raw=b"{not json")
         assert status == 400 and "not UTF-8 JSON" in out["error"]
+        status, out = request(url + "/api/predict", raw=b"  ")
+        assert status == 400 and "the request body is empty" in out["error"]
+        status, out = request(url + "/api/predict", raw=b'{"question": 1' + b"0" * 5000 + b"}")
+        assert status == 400 and "a number of more than 4,300 digits" in out["error"]  # Python's limit
+        # A bad value of a megabyte is named in a line, not repeated whole.
+        status, out = request(url + "/api/embed", {"texts": [["x" * 1_000_000]]})
+        assert status == 400 and "texts[0] must be a non-empty string" in out["error"] and len(out["error"]) < 200
         status, out = request(url + "/api/embed", raw=b'{"texts": ["a\\ud800b"]}')  # a lone surrogate
         assert status == 400 and "not valid Unicode" in out["error"]
         status, out = request(url + "/api/embed", raw=b"[" * 100_000 + b"]" * 100_000)
@@ -213,7 +226,7 @@ def test_bad_requests_say_what_was_wrong(models: dict[str, Path]) -> None:
         status, out = request(url + "/api/info", headers={"Host": "evil.example:8000"})
         assert status == 403  # DNS rebinding: another site's name pointing at 127.0.0.1
         status, out = request(url + "/api/embed", raw=b"{}", headers={"Content-Length": "-1"})
-        assert status == 413
+        assert status == 400 and "Content-Length must be a byte count" in out["error"]
         status, out = request(url + "/api/predict")  # GET on a POST route
         assert status == 405
         status, page = request(url + "/")

@@ -118,7 +118,7 @@ def test_a_refused_request_body_still_arriving_does_not_reset_the_connection(url
         got = b""
         while chunk := s.recv(65536):  # the refusal, then end-of-stream
             got += chunk
-        assert got.startswith(b"HTTP/1.1 413 ") and b"Content-Length must be a byte count" in got, got
+        assert got.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"Content-Length must be a byte count" in got, got
         for _ in range(3):  # the rest of the body: a closed socket would answer the first part with a reset
             s.sendall(b"{}" * 1000)
             time.sleep(0.05)
@@ -138,15 +138,19 @@ def test_host_header_is_parsed_strictly(url: str) -> None:
             assert "is not this server" in out["error"]
     got = raw(url, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 4"), got  # two Host headers: refused by the parser or by the check
+    got = raw(url, b"GET /healthz HTTP/1.0\r\n\r\n")  # HTTP/1.0 may leave it out
+    assert got.startswith(b"HTTP/1.1 403 ") and b"no Host header; send one" in got, got
 
 
 def test_log_lines_escape_control_characters(url: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
         raw(url, b"GET /x%1b%5b31mred%0d%0afake-line HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         raw(url, b"GET /raw\x1b[31m HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # refused by the parser
+        raw(url, b'GET /q%22%20200%201.0%20ms%22 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')  # a quote ends no field
         time.sleep(0.2)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "\\x1b[31mred\\x0d\\x0afake-line" in text, text
+    assert '"GET /q\\x22 200 1.0 ms\\x22" 404' in text, text
     assert "\x1b" not in text and "\r" not in text and "fake-line\n" not in text
 
 
@@ -213,6 +217,7 @@ def test_openapi_schema_and_docs(url: str) -> None:
         body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["type"] == "object" and body["properties"], path
     assert {"/api/info", "/healthz", "/readyz", "/metrics"} <= schema["paths"].keys()
+    assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
     status, page = request(url + "/docs")
     assert status == 200 and "openapi.json" in page
     # The page's scripts come from this server, never from a CDN (blank on a machine without internet access).

@@ -130,6 +130,8 @@ def test_a_text_b_is_refused_by_a_model_that_reads_one_text(name: str, tmp_path:
     with pytest.raises(BertkitError, match="a text_b, which"):
         task.from_json({"text": "好。", "text_b": "坏。"})
     assert task.from_json({"text": "好。"}).text_b is None
+    with pytest.raises(BertkitError, match="'text_a' and 'text' are two names for one field"):
+        task.from_json({"text": "好。", "text_a": "坏。"})  # which one is read would be a silent guess
 
 
 def test_ner_prediction_reads_a_conll_file_of_any_name_as_conll(tmp_path: Path) -> None:

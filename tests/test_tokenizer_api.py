@@ -62,6 +62,12 @@ def test_ids_flat_equals_the_rust_segments(tok: Tokenizer) -> None:
     assert [len(x) for x in tok.ids_flat([])] == [0, 0]
 
 
+def test_an_empty_batch_is_a_zero_by_zero_batch(tok: Tokenizer) -> None:
+    batch = tok.batch([])
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert all(t.shape == (0, 0) and t.dtype == torch.long for t in batch.values())
+
+
 def test_encode_with_offsets_equals_the_rust_segments(tok: Tokenizer) -> None:
     spans = tok.encode_with_offsets(TEXTS)
     rust = tok._rust.encode_batch(TEXTS, add_special_tokens=False)

@@ -11,7 +11,7 @@ import torch
 
 from bertkit.config import BertConfig
 from bertkit.constants import INFERENCE_BATCH_SIZE, INFERENCE_CHUNK, TOP_K
-from bertkit.errors import BertkitError, NonFiniteOutputError
+from bertkit.errors import BertkitError, NonFiniteOutputError, shown
 from bertkit.files import read_json_object
 from bertkit.machine import release_free_memory
 from bertkit.model import BertForPreTraining, BertModel
@@ -148,7 +148,7 @@ def fill_mask(
     enc = tokenizer.encode(text)
     positions = [i for i, t in enumerate(enc.input_ids) if t == tokenizer.mask_id]
     if not positions:
-        raise BertkitError(f"no [MASK] in {text!r}: write [MASK] where a token should be predicted")
+        raise BertkitError(f"no [MASK] in {shown(text)}: write [MASK] where a token should be predicted")
     if mask_past_the_cut(tokenizer, text, enc):
         raise BertkitError(mask_past_the_cut_message(enc))
     device = next(model.parameters()).device
@@ -157,7 +157,9 @@ def fill_mask(
     logits[:, sorted(tokenizer.special_ids)] = -torch.inf
     probs = logits.softmax(-1)
     if not torch.isfinite(probs).all():
-        raise NonFiniteOutputError(f"the model computed NaN or infinite scores for {text!r}: its weights are unusable")
+        raise NonFiniteOutputError(
+            f"the model computed NaN or infinite scores for {shown(text)}: its weights are unusable"
+        )
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     return [
         [(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist(), strict=True)]

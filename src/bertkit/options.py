@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,6 +67,18 @@ def numbers(each: Callable[[str], float]) -> Callable[[str], list[float]]:
         return values
 
     return parse
+
+
+def web_origin(text: str) -> str:
+    """An argparse `type` for a web page's origin as a browser sends it, `scheme://host[:port]`: one with a path or
+    a trailing slash would never equal a request's Origin header (CORS then fails with no word), and `*` would
+    let every page on the web use the server."""
+    if not re.fullmatch(r"https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?", text):
+        hint = " (no path or trailing slash)" if re.match(r"https?://[^/]+/", text) else ""
+        raise argparse.ArgumentTypeError(
+            f"expected one origin like https://example.org or http://localhost:3000{hint}, got {text!r}"
+        )
+    return text
 
 
 POSITIVE = whole_number(1)

@@ -132,7 +132,7 @@ def encoder_inputs(
     length: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """`input_ids`, `token_type_ids` and `attention_mask` (1 on real tokens), each (B, T), right-padded."""
-    T = length if length is not None else max(len(r) for r in input_ids)
+    T = length if length is not None else max((len(r) for r in input_ids), default=0)
     lengths = torch.tensor([len(r) for r in input_ids])
     return {
         "input_ids": pad_rows(input_ids, pad_id, T),
@@ -726,7 +726,7 @@ class Tokenizer:
 
     def pad(self, encodings: Sequence[Encoding], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
         """Stack encodings into (B, T) LongTensors padded to the longest (optionally to a multiple of N)."""
-        T = max(len(e) for e in encodings)
+        T = max((len(e) for e in encodings), default=0)  # no encodings: a (0, 0) batch
         if pad_to_multiple_of:
             T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
         ids, types = [e.input_ids for e in encodings], [e.token_type_ids for e in encodings]

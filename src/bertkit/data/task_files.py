@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, shown
 from bertkit.files import read_input_lines, read_lines
 
 
@@ -294,8 +294,8 @@ def read_squad(path: str | Path, relocate_answers: bool = False) -> list[QAExamp
                         found = _nearest(context, text, start)
                         hint = "nearest occurrence" if found >= 0 else "text for scoring only (not in the passage)"
                         misplaced = misplaced or (
-                            f"{where}: answer {text!r} is not at answer_start {start}; pass --relocate-answers to use "
-                            f"its {hint}"
+                            f"{where}: answer {shown(text)} is not at answer_start {start}; pass --relocate-answers "
+                            f"to use its {hint}"
                         )
                         if not relocate_answers:
                             raise BertkitError(misplaced)

@@ -26,6 +26,7 @@ import inspect
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable
 from importlib.resources import files
@@ -34,7 +35,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,10 +44,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bertkit.constants import HOST, TOP_K
-from bertkit.errors import BertkitError, NonFiniteOutputError
+from bertkit.errors import BertkitError, NonFiniteOutputError, shown
 from bertkit.serve import schemas
 from bertkit.serve.limits import MAX_BODY_BYTES
 from bertkit.serve.service import Service, WorkTooLarge
+from bertkit.tasks.base import check_fields
 
 log = logging.getLogger("bertkit.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -120,7 +122,7 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
             return _error(503, "the model's worker thread has stopped; restart the server")
         return _json(200, {"status": "ready"})
 
-    @app.get("/metrics", summary="Prometheus metrics (text format)")
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text format)")
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
@@ -129,7 +131,10 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
     async def predict(request: Request) -> Response:
         def prepare(body: Any) -> Any:
             body = _object(body)
-            return service.prepare_predict(body.get("inputs", [body]))
+            if "inputs" not in body:
+                return service.prepare_predict([body])  # one input alone
+            check_fields(body, ("inputs",), "the request", 'send {"inputs": [...]} or one input alone')
+            return service.prepare_predict(body["inputs"])
 
         return await _answer(service, request, prepare, lambda rows: {"predictions": rows})
 
@@ -138,7 +143,7 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
     async def fill_mask(request: Request) -> Response:
         def prepare(body: Any) -> Any:
             body = _object(body)
-            return service.prepare_fill_mask(_texts(body), body.get("top_k", TOP_K))
+            return service.prepare_fill_mask(_texts(body, "top_k"), body.get("top_k", TOP_K))
 
         return await _answer(service, request, prepare, lambda rows: {"results": rows})
 
@@ -251,12 +256,17 @@ async def _read_json(request: Request) -> tuple[Any, int]:
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise _RequestError(413, f"a body of more than {MAX_BODY_BYTES} bytes; at most {MAX_BODY_BYTES}")
+    if not raw.strip():
+        raise BertkitError("the request body is empty: send a JSON object (see GET /api/info)")
     try:
-        return json.loads(raw.decode("utf-8") or "null"), len(raw)
+        return json.loads(raw.decode("utf-8")), len(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BertkitError(f"the request body is not UTF-8 JSON ({e})") from None
     except RecursionError:
         raise BertkitError("the request body is nested too deeply") from None
+    except ValueError:  # Python's limit on the digits of an integer it converts
+        raise BertkitError(f"the request body holds a number of more than {sys.get_int_max_str_digits():,} "
+                           "digits") from None  # fmt: skip
 
 
 def _object(body: Any) -> dict:
@@ -265,8 +275,12 @@ def _object(body: Any) -> dict:
     return body
 
 
-def _texts(body: dict) -> Any:
-    """body["texts"], or [body["text"]] when the request sends one text."""
+def _texts(body: dict, *options: str) -> Any:
+    """body["texts"], or [body["text"]] when the request sends one text; `options` are the other fields it may hold."""
+    takes = 'send {"texts": ["...", ...]} or {"text": "..."}' + "".join(f', with "{o}"' for o in options)
+    check_fields(body, ("texts", "text", *options), "the request", takes)
+    if "texts" in body and "text" in body:
+        raise BertkitError('send "texts" or "text", not both')
     if "texts" in body:
         return body["texts"]
     if "text" in body:
@@ -303,18 +317,22 @@ class _HostCheck:
         if scope["type"] == "http" and self.allowed is not None:
             hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
             if len(hosts) != 1 or host_name(hosts[0]) not in self.allowed:
-                shown = hosts[0] if len(hosts) == 1 else f"{len(hosts)} Host headers"
-                message = f"Host {shown!r} is not this server; use http://127.0.0.1 or localhost"
+                if len(hosts) == 1:
+                    message = f"Host {shown(hosts[0])} is not this server; use http://127.0.0.1 or localhost"
+                else:
+                    found = f"{len(hosts)} Host headers" if hosts else "no Host header"
+                    message = f"{found}; send one, naming 127.0.0.1 or localhost"
                 await _error(403, message)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f"]')
 
 
 def _escape(text: str) -> str:
-    """`text` with control characters written as \\xNN: a request cannot forge or colour log lines."""
+    """`text` with control characters (and the log's quote) written as \\xNN: a request cannot forge or colour log
+    lines, or end the quoted request early."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bertkit.constants import HOST, PORT
-from bertkit.options import NON_NEGATIVE_NUMBER, PORT_NUMBER, POSITIVE, option
+from bertkit.options import NON_NEGATIVE_NUMBER, PORT_NUMBER, POSITIVE, option, web_origin
 
 MAX_INPUTS = 256  # per request: larger batches belong to `bertkit predict` / `bertkit embed` on files
 MAX_WINDOWS = 16  # per input of a NER or QA model: windows of max_seq_length tokens over a long text
@@ -63,6 +63,6 @@ class ServeConfig:
              "bertkit_model_threads says how many",
     )  # fmt: skip
     cors: str | None = option(
-        None, metavar="ORIGIN",
+        None, type=web_origin, metavar="ORIGIN",
         help="allow cross-origin requests from this one origin, e.g. https://example.org (default: none)",
     )  # fmt: skip

@@ -35,8 +35,7 @@ _OPTIONS_ENV = "BERTKIT_SERVE_OPTIONS"  # how `serve` hands its options to worke
 
 
 class _Protocol(H11Protocol):
-    """uvicorn's h11 protocol, answering a request the parser refuses with a one-line JSON error: 413 for a
-    Content-Length that is not a byte count (as for one over the limit), 400 for anything else."""
+    """uvicorn's h11 protocol, answering a request the parser refuses with a one-line JSON error (400)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -63,12 +62,13 @@ class _Protocol(H11Protocol):
         super().connection_made(transport)
 
     def send_400_response(self, msg: str) -> None:
-        status, message = 400, f"not a valid HTTP request ({self._refusal or msg})"
+        message = f"not a valid HTTP request ({self._refusal or msg})"
         if self._refusal == "bad Content-Length":
-            status, message = 413, f"Content-Length must be a byte count from 0 to {MAX_BODY_BYTES}"
+            message = f"Content-Length must be a byte count from 0 to {MAX_BODY_BYTES}"
         body = json.dumps({"error": message}).encode()
         headers = [(b"content-type", b"application/json; charset=utf-8"), (b"connection", b"close")]
-        self.transport.write(self.conn.send(h11.Response(status_code=status, headers=headers)))
+        response = h11.Response(status_code=400, headers=headers, reason=b"Bad Request")
+        self.transport.write(self.conn.send(response))
         self.transport.write(self.conn.send(h11.Data(data=body)))
         self.transport.write(self.conn.send(h11.EndOfMessage()))
         self._close_gently()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from bertkit.constants import TOP_K
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, shown
 from bertkit.infer import embed, embedding_settings, fill_mask, mask_past_the_cut, mask_past_the_cut_message
 from bertkit.machine import (
     CpuElsewhere,
@@ -41,7 +41,7 @@ from bertkit.serve.limits import (
     ServeConfig,
 )
 from bertkit.serve.metrics import Metrics
-from bertkit.tasks.base import check_encodable
+from bertkit.tasks.base import check_encodable, check_fields
 from bertkit.tasks.model_dir import ModelDir, open_model_dir
 from bertkit.tokenizer import is_cjk
 
@@ -183,7 +183,8 @@ class Service:
             self._check_windows(texts, task.settings.max_seq_length)
         for n, row in enumerate(inputs):
             if not isinstance(row, dict):
-                raise BertkitError(f"inputs[{n}]: expected an object like {task.input_schema}, got {row!r}")
+                raise BertkitError(f"inputs[{n}]: expected an object like {task.input_schema}, got {shown(row)}")
+            check_fields(row, task.json_fields, f"inputs[{n}]", f"a {task.name} model takes {task.input_schema}")
             try:
                 examples.append(task.from_json(row, n))
             except BertkitError as e:
@@ -239,7 +240,7 @@ class Service:
             raise BertkitError(f"{self.path} has no masked-LM head (cls.predictions.*), so it cannot fill [MASK]")
         _check_texts(texts)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
-            raise BertkitError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+            raise BertkitError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {shown(top_k)}")
         tok = self.tokenizer
         cut = tok.encode_batch(texts)  # as fill_mask reads them: cut at the model's maximum length
         for n, enc in enumerate(cut):
@@ -378,5 +379,5 @@ def _check_texts(texts: Any) -> None:
     _check_count(texts, "texts")
     for n, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
-            raise BertkitError(f"texts[{n}] must be a non-empty string, got {t!r}")
+            raise BertkitError(f"texts[{n}] must be a non-empty string, got {shown(t)}")
         check_encodable(t, f"texts[{n}]")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bertkit.constants import IGNORE_INDEX, INFERENCE_BATCH_SIZE
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, shown
 from bertkit.progress import progress_iter
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import Tokenizer, encoder_inputs, pad_rows
@@ -51,6 +51,7 @@ class Task:
     # config.json's problem_type for a model of this task (transformers reads it to choose the loss); None: none.
     problem_type: str | None = None
     input_schema: str = ""  # one input as a JSON object: what `predict` (JSON lines) and the HTTP API take
+    json_fields: tuple[str, ...] = ("text",)  # every field `from_json` reads (the HTTP API refuses others)
     default_max_seq_length: int = TaskSettings.max_seq_length
     export_kind: str = "classifier"  # what `bertkit export` calls the graph of such a model
     onnx_outputs: tuple[str, ...] = ("logits",)  # the exported graph's outputs, named as transformers names them
@@ -178,12 +179,24 @@ def unseen_label(where: str, label: str, known: Sequence[str] | None = None) -> 
 
 def text_field(row: dict, key: str, alternative: str | None = None) -> str:
     """`row[key]` (or `row[alternative]`) as a non-empty string; else a BertkitError saying which field is wrong."""
+    if alternative and key in row and alternative in row:  # one would be read and the other silently not
+        raise BertkitError(f"{key!r} and {alternative!r} are two names for one field: give one of them")
     value = row.get(key, row.get(alternative)) if alternative else row.get(key)
     wanted = f"{key!r}" + (f" (or {alternative!r})" if alternative else "")
     if not isinstance(value, str) or not value.strip():
-        raise BertkitError(f"{wanted} must be a non-empty string, got {value!r}")
+        raise BertkitError(f"{wanted} must be a non-empty string, got {shown(value)}")
     check_encodable(value, wanted)
     return value
+
+
+def check_fields(row: dict, known: Sequence[str], where: str, takes: str) -> None:
+    """A BertkitError naming the fields of `row` outside `known` (a misspelt "topk" would otherwise be ignored
+    without a word); `takes` says what to send instead."""
+    unknown = [key for key in row if key not in known]
+    if unknown:
+        names = ", ".join(shown(key) for key in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        fields = f"field {names} is" if len(unknown) == 1 else f"fields {names} are"
+        raise BertkitError(f"{where}: {fields} not read here; {takes}")
 
 
 def check_encodable(text: str, where: str) -> None:

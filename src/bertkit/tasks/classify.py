@@ -37,6 +37,7 @@ class ClassificationTask(Task):
     model_class = BertForSequenceClassification
     head = "classes"
     input_schema = '{"text": "..."}'
+    json_fields = ("text", "text_a", "text_b")  # text_b: refused, with the reason, by a model that reads one text
     pair = False
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:

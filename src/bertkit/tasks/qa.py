@@ -29,6 +29,7 @@ class QaTask(Task):
     model_class = BertForQuestionAnswering
     head = "span"
     input_schema = '{"question": "...", "context": "..."}'
+    json_fields = ("question", "context", "id")
     stdin_suffix = ".jsonl"  # predict's standard input: JSON lines, as a question and its passage need
     default_max_seq_length = QA_MAX_SEQ_LENGTH
     onnx_outputs = ("start_logits", "end_logits")
