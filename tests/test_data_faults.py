@@ -143,6 +143,11 @@ def test_overwrite_keeps_foreign_files_and_replaces_only_prepares_own(
         f"{split}-00000.{kind}.bin" for split in ("eval", "train") for kind in ("index", "tokens")
     ]
     assert (out / "notes.md").read_text() == "keep me\n" and not leftovers(out)
+    # A file of the user's inside prepare's own tokenizer/ folder: refused, not removed with the folder.
+    (out / "tokenizer" / "NOTES.md").write_text("mine\n")
+    status, _, err = bertkit(*argv)
+    assert status == 2 and "holds 'tokenizer/NOTES.md', which bertkit prepare did not write" in err, err
+    assert (out / "tokenizer" / "NOTES.md").read_text() == "mine\n"
     assert len(PretrainingData(out, "all")) == sum(m["splits"][s]["instances"] for s in ("train", "eval"))
 
 

@@ -518,6 +518,24 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(eith
     assert snapshot(out) != before and not (out / SET_ASIDE).exists()
 
 
+def test_overwrite_never_removes_a_users_file_inside_a_folder_it_wrote(either_run, bertkit) -> None:
+    # `--overwrite` replaced model/ (pretrain) or training/ (finetune) whole: a model card a user had put in it was
+    # deleted with it, exit 0.
+    command, out, args = either_run
+    args += ["--max-steps", "2"]
+    code, _, err = bertkit(*args)
+    assert code == 0, err
+    card = out / ("model" if command == "pretrain" else "training") / "README.md"
+    card.write_text("my notes on this model\n")
+    before = snapshot(out)
+    code, _, err = bertkit(*args, "--overwrite")
+    assert code == 2 and f"holds '{card.relative_to(out)}', which bertkit {command} did not write" in err, err
+    assert snapshot(out) == before
+    card.unlink()  # moved away: the run is replaced as before
+    code, _, err = bertkit(*args, "--overwrite")
+    assert code == 0, err
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path: Path, pt_data: Path, bertkit) -> None:
     # Both given: the run resumed and --overwrite was ignored, exit 0.
     code, _, err = bertkit(*pretrain_args(pt_data, tmp_path / "run", "--resume", "--overwrite"))

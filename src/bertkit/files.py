@@ -234,6 +234,27 @@ def own_entries(out: Path, owns: Sequence[str]) -> list[Path]:
     return sorted(p for p in out.iterdir() if any(fnmatch(p.name, pattern) for pattern in owns))
 
 
+# The names of the files bertkit writes inside the folders it owns in an output directory (checkpoints, model/,
+# training/, tokenizer/, tensorboard/, a grid's runs/): --overwrite removes such a folder only when it holds nothing
+# else, so a user's notes or model card put beside a saved model are never removed with it.
+WRITTEN_INSIDE = (
+    "config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", "vocab.txt",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "bertkit_*.json", "training_state.pt",
+    "latest", "metrics.json", "metrics.jsonl", "curves.png", "events.out.tfevents.*", "manifest.json",
+    "*.tokens.bin", "*.index.bin", "*.starts.bin", "grid.json", "grid.md", ".bertkit-output", ".*.tmp", ".tmp-*",
+)  # fmt: skip
+
+
+def foreign_files(entries: Iterable[Path]) -> list[Path]:
+    """The files inside the folders among `entries` that bertkit does not write (`WRITTEN_INSIDE`)."""
+    found = []
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            found += sorted(p for p in entry.rglob("*") if not p.is_dir() or p.is_symlink()
+                            if not any(fnmatch(p.name, pattern) for pattern in WRITTEN_INSIDE))  # fmt: skip
+    return found
+
+
 def remove_entries(entries: Iterable[Path]) -> None:
     """Delete files and folders (only those given)."""
     for p in entries:
@@ -313,6 +334,13 @@ def claim_output_dir(
             raise BertkitError(
                 f"{path} holds {clashes[0].name!r}, which bertkit {command} did not write there: --overwrite replaces "
                 f"only a {what} of its own; choose another --out, or move that entry away first"
+            )
+        foreign = foreign_files(own_entries(path, owns))
+        if foreign:
+            inside = foreign[0].relative_to(path)
+            raise BertkitError(
+                f"{path} holds {str(inside)!r}, which bertkit {command} did not write: --overwrite would remove it "
+                f"with {inside.parts[0]}/; move it out of {path} first, or choose a new --out"
             )
         if set_aside_replaced:
             set_aside(path, own_entries(path, owns))

@@ -51,7 +51,9 @@ class PretrainConfig:
     )
     resume: bool = option(False, help="continue from the newest checkpoint in RUN_DIR")
     overwrite: bool = option(
-        False, help="start again in a RUN_DIR that holds an earlier run (only the files pretrain writes are removed)"
+        False,
+        help="start again in a RUN_DIR that holds an earlier run (only the files pretrain writes are removed; a file "
+        "of yours inside model/ or a checkpoint is refused, never removed)",
     )
     dropout: float | None = option(
         None, type=DROPOUT,
@@ -144,7 +146,9 @@ class FinetuneConfig:
     dropout: float | None = option(None, type=DROPOUT, help="override the model's dropout (BERT: 0.1)")
     resume: bool = option(False, help="continue from the newest checkpoint in --out")
     overwrite: bool = option(
-        False, help="replace an earlier fine-tuned model in --out (only the files finetune writes are removed)"
+        False,
+        help="replace an earlier fine-tuned model in --out (only the files finetune writes are removed; a file of "
+        "yours inside training/ is refused, never removed)",
     )
     train: TrainConfig = field(default_factory=finetune_training)
     settings: TaskSettings | None = None  # None: the task's defaults
