@@ -460,3 +460,26 @@ def test_an_interrupt_inside_the_exporter_is_an_interrupt() -> None:
     except RuntimeError as wrapped:
         assert _interrupted(wrapped)
     assert not _interrupted(RuntimeError("a real failure"))
+
+
+def test_what_the_system_refuses_is_one_line(tiny_task_models: dict[str, Path], tmp_path: Path, bertkit) -> None:
+    # A path through a file, a pipe as input, a full disk under standard output: each was a Python traceback.
+    import os
+
+    from helpers import bertkit_command
+
+    src = tmp_path / "in.txt"
+    src.write_text("好\n", encoding="utf-8")
+    status, _, err = bertkit("predict", "--model", tiny_task_models["cls"], "--input", src, "--out", src / "x.jsonl")
+    assert status == 1 and err.count("\n") == 1, err
+    assert f"bertkit predict: error: File exists ({src}): a part of the path is a file, not a folder" in err, err
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    status, _, err = bertkit("predict", "--model", tiny_task_models["cls"], "--input", fifo)
+    assert status == 2 and f"{fifo} is not a regular file (a pipe or a device)" in err, err
+    if Path("/dev/full").exists():  # Linux: every write fails for want of space
+        with open("/dev/full", "w") as full:
+            run = subprocess.run(bertkit_command("predict", "--model", tiny_task_models["cls"], "--input", src),
+                                 stdout=full, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert run.returncode == 1 and "error: No space left on device: the disk is full" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr

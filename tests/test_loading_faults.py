@@ -341,6 +341,16 @@ def test_other_write_errors_pass_through_unchanged(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="/proc: a file system that shows no free space")
+def test_a_folder_without_free_space_is_not_a_full_disk_when_the_system_said_why() -> None:
+    # `embed --out /proc/x.npy` said "disk full ... free some space": /proc shows no free space, but the write had
+    # failed for a missing file, and the system said so.
+    from bertkit.files import is_disk_full
+
+    assert not is_disk_full(FileNotFoundError(errno.ENOENT, "No such file or directory"), "/proc")
+    assert is_disk_full(RuntimeError("a short write"), "/proc")  # no reason given: the free space decides
+
+
 def test_embed_into_a_full_disk(small_disk, models: dict[str, Path], tmp_path: Path, bertkit) -> None:
     """A real ENOSPC (numpy reports it as a short write without an errno): exit 2, one line "disk full at PATH",
     the earlier .npy intact, no temporary file left."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pickle
 import re
 from collections.abc import Iterable
@@ -118,6 +119,8 @@ _READ_ERRORS = (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pi
 
 
 def _corrupt(f: Path, e: BaseException) -> BertkitError:
+    if not os.access(f, os.R_OK):  # safetensors words a refused read as a missing file
+        return BertkitError(f"{f}: cannot read weights: permission denied; check the file's permissions")
     return BertkitError(
         f"{f}: cannot read weights: the file is corrupt or truncated ({e}); copy it again from where it came from"
     )

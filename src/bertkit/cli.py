@@ -848,6 +848,11 @@ def main(argv: list[str] | None = None) -> int:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
         raise  # another pipe broke (e.g. a data-loading worker's): a real error
+    except OSError as e:  # the system refused a read or a write: permissions, a full disk, a file in the path
+        from bertkit.files import describe_os_error
+
+        print(f"bertkit {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

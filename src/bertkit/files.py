@@ -33,12 +33,40 @@ from bertkit.errors import BertkitError
 
 
 def no_such_path(path: str | Path) -> str:
-    """Say that `path` does not exist, and suggest a near name beside it (a typo such as 'modle' for 'model')."""
+    """Say that `path` does not exist, and suggest a near name beside it (a typo such as 'modle' for 'model'); or
+    that it is no regular file, where it exists as something else."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        return not_a_regular_file(path)
     parent = path.parent if path.parent.is_dir() else None
     near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1) if parent else []
     hint = f"; did you mean {parent / near[0]}?" if parent and near else "; check the path."
     return f"{path} does not exist{hint}"
+
+
+def not_a_regular_file(path: str | Path) -> str:
+    """Say that `path` is a pipe (the shell's `<(...)`), a socket or a device, which bertkit does not read: it reads
+    a file more than once (its size, its line ends, then its lines)."""
+    return f"{path} is not a regular file (a pipe or a device): save it to a file first, or pipe it to --input -"
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a read or write the system refused: what, where, and what to do."""
+    name = Path(e.filename) if e.filename else None
+    if name is not None and name.name.startswith(".") and name.name.endswith(".tmp"):
+        name = name.parent  # an atomic write's temporary file: the user knows the folder, not this name
+    where = f" ({name})" if name is not None else ""
+    todo = {
+        errno.EACCES: "check its permissions, or choose another path",
+        errno.EPERM: "check its permissions, or choose another path",
+        errno.EROFS: "the file system is read-only: choose another path",
+        errno.ENOSPC: "the disk is full: free some space, then run again",
+        errno.EDQUOT: "the disk quota is used up: free some space, then run again",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+        errno.EEXIST: "a part of the path is a file, not a folder: choose another path",
+        errno.ENOENT: "check the path",
+    }.get(e.errno or 0, "check the path and the disk")
+    return f"{e.strerror or e}{where}: {todo}"
 
 
 class BytesRead:
@@ -59,7 +87,7 @@ def read_lines(path: str | Path, read: BytesRead | None = None) -> Iterator[str]
     if path.is_dir():
         raise BertkitError(f"{path} is a directory: give its files, e.g. {path / '*.txt'}")
     if not path.is_file():
-        raise BertkitError(f"file {path} does not exist")
+        raise BertkitError(not_a_regular_file(path) if path.exists() else f"file {path} does not exist")
     with path.open("rb") as f:
         yield from _decoded_lines(_lines_at_cr(f) if _ends_lines_with_cr(f) else f, str(path), read)
 
@@ -417,17 +445,21 @@ _NEARLY_FULL_BYTES = 1 << 20
 def is_disk_full(error: BaseException, folder: str | Path | None = None) -> bool:
     """Whether a failed write failed for want of space: an ENOSPC/EDQUOT `OSError` anywhere in the exception's
     chain (torch.save reports a short write as a RuntimeError whose context is the OSError), the text safetensors
-    puts in its message, or, given the `folder` written to, less than 1 MiB left there."""
+    puts in its message, or, given the `folder` written to, less than 1 MiB left there (unless the system said
+    what else went wrong: a missing folder, a refused permission; /proc and read-only file systems show no free
+    space either)."""
     seen: set[int] = set()
     e: BaseException | None = error
+    other_reason = False
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if any(s in str(e) for s in ("No space left on device", "os error 28", "Disk quota exceeded")):
             return True
+        other_reason = other_reason or (isinstance(e, OSError) and e.errno is not None)
         e = e.__cause__ or e.__context__
-    if folder is None:
+    if folder is None or other_reason:
         return False
     try:
         fs = os.statvfs(folder)
