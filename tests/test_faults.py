@@ -242,6 +242,9 @@ def test_finetune_resumes_only_with_its_own_settings(
     args = finetune_args(data, out, "--max-steps", "6", "--resume")
     code, _, err = bertkit(*[("regression" if a == "cls" else a) for a in args])  # labels 0 and 1 are numbers
     assert code == 2 and "started with --task 'cls', not 'regression'" in err, err
+    changed = [("regression" if a == "cls" else "5" if a == "3" else a) for a in args]  # and --eval-every
+    code, _, err = bertkit(*changed)  # the task is what is named, not a training setting that changed with it
+    assert code == 2 and "started with --task 'cls', not 'regression'" in err, err
     assert snapshot(out) == before
 
     code, stdout, err = bertkit(*finetune_args(data, out, "--max-steps", "9", "--resume"))
@@ -533,6 +536,44 @@ def test_overwrite_never_removes_a_users_file_inside_a_folder_it_wrote(either_ru
     assert snapshot(out) == before
     card.unlink()  # moved away: the run is replaced as before
     code, _, err = bertkit(*args, "--overwrite")
+    assert code == 0, err
+
+
+def test_a_damaged_training_state_names_the_checkpoint_to_resume_from(tmp_path: Path, pt_data: Path, bertkit) -> None:
+    # A truncated training_state.pt: --resume was a traceback from torch's zip reader, and said nothing of the
+    # intact checkpoint before it.
+    out = tmp_path / "run"
+    code, _, err = bertkit(*pretrain_args(pt_data, out, "--max-steps", "10"))
+    assert code == 0, err
+    newest, older = latest_checkpoint(out), out / "checkpoint-0000005"
+    assert newest is not None and newest.name == "checkpoint-0000010" and (older / "training_state.pt").is_file()
+    state = newest / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    code, _, err = bertkit(*pretrain_args(pt_data, out, "--max-steps", "12", "--resume"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{state}: damaged, cannot resume from it" in err and f"resume from {older.name}" in err, err
+    shutil.move(newest, tmp_path / "damaged")  # as the message says
+    code, _, err = bertkit(*pretrain_args(pt_data, out, "--max-steps", "12", "--resume"))
+    assert code == 0 and latest_checkpoint(out).name == "checkpoint-0000012", err
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_the_same_command_free_to_start_again(either_run, bertkit) -> None:
+    # The interrupt said "run the same command again to start over", and the same command then refused: "--out
+    # already holds a run: pass --resume ... or --overwrite".
+    command, out, args = either_run
+    args += ["--max-steps", "2000", "--save-every" if command == "pretrain" else "--eval-every", "1000"]
+    logged = out / ("metrics.jsonl" if command == "pretrain" else "training/metrics.jsonl")
+    proc = subprocess.Popen(bertkit_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not logged.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "before its first checkpoint: run the same command again" in err, err
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())  # as the run found it: not there
+    args[args.index("--max-steps") + 1] = "2"
+    code, _, err = bertkit(*args)
     assert code == 0, err
 
 

@@ -300,10 +300,10 @@ def _finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) ->
             save_best()
     except BaseException as e:
         # Failed or interrupted before a first checkpoint: the earlier model --overwrite set aside comes back, or
-        # (diverged, disk full) --out is left as this run found it.
+        # (diverged, disk full, Ctrl-C) --out is left as this run found it: the same command starts again.
         if trainer.is_main and not end_replacement(out, OUTPUT_OWNS, out / CHECKPOINTS_DIR, succeeded=False):
             kept = latest_checkpoint(out / CHECKPOINTS_DIR) is not None or (out / "model.safetensors").is_file()
-            if isinstance(e, BertkitError) and not resuming and not kept:
+            if isinstance(e, (BertkitError, KeyboardInterrupt)) and not resuming and not kept:
                 release_output_dir(out, OUTPUT_OWNS, created=not out_existed)
         raise
     best = trainer.state.recipe

@@ -394,10 +394,11 @@ def _pretrain(cfg: PretrainConfig) -> dict[str, float]:
                 tmp.rename(model_dir)
     except BaseException as e:
         # Failed or interrupted before a first checkpoint: the earlier run --overwrite set aside comes back, or
-        # (diverged, disk full) the run directory is left as this run found it.
+        # (diverged, disk full, Ctrl-C) the run directory is left as this run found it: the same command starts
+        # again.
         if trainer.is_main and not end_replacement(out, PRETRAIN_OWNS, out, succeeded=False):
             nothing = latest_checkpoint(out) is None and not model_dir.exists()
-            if isinstance(e, BertkitError) and not resuming and nothing:
+            if isinstance(e, (BertkitError, KeyboardInterrupt)) and not resuming and nothing:
                 release_output_dir(out, PRETRAIN_OWNS, created=not out_existed)
         raise
     if trainer.is_main:

@@ -131,7 +131,8 @@ class Trainer:
         `loading_processes`: how many processes `loader_fn` makes batches in, for the run's first line (None:
         unknown)."""
         self.cfg = cfg
-        self.identity = {**cfg.identity(), **(identity or {})}
+        # The recipe's first (the task, the model, the data): the first difference is the one a refusal names.
+        self.identity = {**(identity or {}), **cfg.identity()}
         self.out = Path(cfg.out_dir)
         # Under torchrun the trainer starts the process group unless its caller did; then `close` ends it.
         self._owns_process_group = dist.is_available() and not dist.is_initialized()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 import shutil
 from collections.abc import Callable, Sequence
@@ -179,8 +180,22 @@ def write_training_state(
 
 
 def read_training_state(checkpoint: Path) -> dict:
-    """What `write_training_state` wrote (tensors on the CPU; plain data only, so nothing in it is executed)."""
-    return torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
+    """What `write_training_state` wrote (tensors on the CPU; plain data only, so nothing in it is executed). A
+    damaged file is a BertkitError that names the newest intact-looking checkpoint before it, to resume from."""
+    try:
+        return torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        older = sorted(p for p in checkpoint.parent.glob(CHECKPOINTS)
+                       if p.name < checkpoint.name and (p / TRAINING_STATE).is_file())  # fmt: skip
+        todo = (
+            f"move {checkpoint} out of the run folder and resume from {older[-1].name}"
+            if older
+            else "start the run again with --overwrite"
+        )
+        raise BertkitError(
+            f"{checkpoint / TRAINING_STATE}: damaged, cannot resume from it ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120]}); {todo}"
+        ) from None
 
 
 CONTENTS = "the contents of "  # identity keys that record what a data file holds, not its name: "... of --train"
@@ -210,7 +225,7 @@ def check_same_run(saved: dict, identity: dict[str, Any] | None, run_dir: Path) 
     before = saved.get("identity")
     if before is None or identity is None:
         return
-    for key in [*before, *(k for k in identity if k not in before)]:
+    for key in [*identity, *(k for k in before if k not in identity)]:  # in the order of the run asked for
         old, new = before.get(key), identity.get(key)
         if key.startswith(CONTENTS) and (old is None or new is None):
             continue  # a checkpoint of a bertkit that did not record the data's contents
