@@ -358,6 +358,10 @@ def test_vocab_says_why_its_size_is_not_the_one_asked_for(tmp_path: Path, bertki
     assert r.status == 0 and "(fewer than the 5,000 asked for: no other piece occurs at least --min-frequency" in r.out
     r = bertkit("vocab", "--corpus", corpus, "--vocab-size", str(n), "--out", tmp_path / "exact")
     assert r.status == 0 and r.out.strip().endswith(f"written to {tmp_path / 'exact'}")
+    from helpers import run_bertkit  # a real process: the Rust trainer writes to file descriptor 1 itself
+
+    r = run_bertkit("vocab", "--corpus", corpus, "--vocab-size", "10", "--out", tmp_path / "alone")
+    assert r.status == 0 and r.out.count("\n") == 1 and r.out.startswith("vocabulary of"), repr(r.out)  # no blanks
 
 
 @pytest.mark.parametrize("command", ["embed", "predict", "evaluate", "export"])

@@ -577,6 +577,14 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_the_same_command_free_to_star
     assert code == 0, err
 
 
+def test_patience_without_dev_data_is_refused(tmp_path: Path, cls_data: dict[str, Path], bertkit) -> None:
+    args = [a for a in finetune_args(cls_data, tmp_path / "out", "--patience", "2") if a != str(cls_data["dev"])]
+    args.remove("--dev")
+    code, _, err = bertkit(*args)
+    assert code == 2 and "--patience counts dev evaluations without a better score: give --dev" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path: Path, pt_data: Path, bertkit) -> None:
     # Both given: the run resumed and --overwrite was ignored, exit 0.
     code, _, err = bertkit(*pretrain_args(pt_data, tmp_path / "run", "--resume", "--overwrite"))

@@ -78,6 +78,11 @@ def test_fill_mask_refuses_a_mask_past_the_models_length(tiny_zh_pretrained: Pat
     with pytest.raises(BertkitError, match="a \\[MASK\\] lies past the first"):
         fill_mask(model, tok, long_text)
     assert len(fill_mask(model, tok, long_text[: -len("明天[MASK]雨。")])) == 1  # the one it reads: answered
+    with pytest.raises(BertkitError, match="a \\[MASK\\] lies past the first"):  # the only one: not "no [MASK]"
+        fill_mask(model, tok, "我们去公园散步吧。" * 80 + "明天[MASK]雨。")
+    everything = fill_mask(model, tok, "今天天气很[MASK]。", top_k=10**6)[0]  # more than the vocabulary holds
+    assert len(everything) == tok.vocab_size - len(tok.special_ids)
+    assert not {token for token, _ in everything} & {tok.vocab[i] for i in tok.special_ids}
 
 
 def test_embeddings_in_chunks_equal_all_at_once(

@@ -148,6 +148,17 @@ def test_ner_prediction_reads_a_conll_file_of_any_name_as_conll(tmp_path: Path) 
     assert len(task.read_for_prediction(plain)) == 2 and getattr(task.read_for_prediction(plain)[0], "text", None)
 
 
+def test_a_conll_sentence_is_echoed_as_text_its_entities_point_into() -> None:
+    # A Chinese CoNLL file's predictions echoed "张 三 来 北 京", and entities such as "张 三".
+    from bertkit.data.task_files import TaggedSentence
+    from bertkit.tasks.ner import text_and_spans
+
+    words = ["张", "三", "在", "New", "York", "住", "了", "2026", "年", "。"]
+    text, spans = text_and_spans(TaggedSentence(words, None))
+    assert text == "张三在New York住了2026年。"
+    assert [text[a:b] for a, b in spans] == words
+
+
 @pytest.mark.parametrize(
     ("name", "line", "tabs"),
     [

@@ -147,10 +147,10 @@ def fill_mask(
     model.eval()
     enc = tokenizer.encode(text)
     positions = [i for i, t in enumerate(enc.input_ids) if t == tokenizer.mask_id]
+    if mask_past_the_cut(tokenizer, text, enc):  # first: the text's only [MASK] may lie past the cut
+        raise BertkitError(mask_past_the_cut_message(enc))
     if not positions:
         raise BertkitError(f"no [MASK] in {shown(text)}: write [MASK] where a token should be predicted")
-    if mask_past_the_cut(tokenizer, text, enc):
-        raise BertkitError(mask_past_the_cut_message(enc))
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in tokenizer.pad([enc]).items()}
     logits = model(**batch).mlm_logits[0, positions].float()  # (M, V)
@@ -160,7 +160,7 @@ def fill_mask(
         raise NonFiniteOutputError(
             f"the model computed NaN or infinite scores for {shown(text)}: its weights are unusable"
         )
-    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    top = probs.topk(min(top_k, probs.shape[-1] - len(tokenizer.special_ids)), dim=-1)  # never a special token
     return [
         [(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist(), strict=True)]
         for ps, ids in zip(top.values, top.indices, strict=True)

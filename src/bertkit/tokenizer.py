@@ -20,9 +20,11 @@ segment first and, on a tie, segment B, exactly as the original `_truncate_seq_p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -195,6 +197,26 @@ class _CharClasses:
     chinese: str  # class body: the CJK blocks the original puts spaces around
     nonspacing_mark: str  # 'Mn': what accent stripping drops after NFD
     final_sigma: str  # a capital sigma that Python's str.lower() makes 'ς' (Unicode's Final_Sigma context)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to file descriptor 1 to standard error meanwhile: the Rust trainer's progress ends its
+    lines there, and standard output is for a command's result."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no such descriptor: nothing to redirect
+        saved = None
+    if saved is None:
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @functools.cache
@@ -794,7 +816,8 @@ class Tokenizer:
             show_progress=show_progress,
         )
         text_lines = (line for line in read_corpus_lines(files) if line.strip())
-        proto._rust.train_from_iterator(text_lines, trainer=trainer, length=n_text_lines)
+        with _stdout_to_stderr() if show_progress else contextlib.nullcontext():
+            proto._rust.train_from_iterator(text_lines, trainer=trainer, length=n_text_lines)
         learned = proto._rust.get_vocab()
         vocab = sorted(learned, key=learned.__getitem__)
         if vocab[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS:

@@ -167,6 +167,8 @@ def _move_into(src: Path, out: Path) -> None:
 def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) -> dict:
     """Fine-tune; returns the best dev metrics (or the last training metrics when there is no dev set). No other
     bertkit process writes into --out meanwhile."""
+    if cfg.patience is not None and not cfg.dev_file:  # else it would be accepted and never stop anything
+        raise BertkitError("--patience counts dev evaluations without a better score: give --dev")
     with output_lock(cfg.out, "finetune") if dist_info()[0] == 0 else nullcontext():
         return _finetune(cfg, model_factory)
 

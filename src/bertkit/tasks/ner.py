@@ -69,6 +69,20 @@ def _is_punct(ch: str) -> bool:
     return unicodedata.category(ch).startswith("P")
 
 
+def text_and_spans(sentence: TaggedSentence) -> tuple[str, list[tuple[int, int]]]:
+    """The text a prediction's entities point into, and each word's (start, end) in it: raw text as given, or a
+    CoNLL sentence's words joined with a space where both sides are not CJK ("新华社", "New York", "2026年")."""
+    if hasattr(sentence, "text"):
+        return sentence.text, sentence.spans  # type: ignore[attr-defined]
+    text, spans = "", []
+    for w in sentence.tokens:
+        if text and not (is_cjk(text[-1]) or is_cjk(w[0])):
+            text += " "
+        spans.append((len(text), len(text) + len(w)))
+        text += w
+    return text, spans
+
+
 def _sentence(text: str, n: int, char_words: bool | None) -> TaggedSentence:
     """An unlabelled sentence from raw text, keeping the text and word spans that `predict` maps entities back to."""
     words, spans = words_of(text, char_words)
@@ -120,7 +134,7 @@ class NerTask(Task):
 
     def echo(self, example: TaggedSentence) -> dict:
         """The line number and the text that the entities' start and end point into."""
-        return {"line": example.line, "text": getattr(example, "text", " ".join(example.tokens))}
+        return {"line": example.line, "text": text_and_spans(example)[0]}
 
     def from_json(self, row: dict, n: int = 0) -> TaggedSentence:
         """{"text"}: raw text, split as `words_of` splits it."""
@@ -234,13 +248,7 @@ class NerTask(Task):
         pred, probs = self._tags(run, examples, features)
         out = []
         for ex, tags, p in zip(examples, pred, probs, strict=True):
-            text = getattr(ex, "text", " ".join(ex.tokens))
-            spans = getattr(ex, "spans", None)
-            if spans is None:  # CoNLL input: rebuild offsets in the space-joined text
-                spans, pos = [], 0
-                for w in ex.tokens:
-                    spans.append((pos, pos + len(w)))
-                    pos += len(w) + 1
+            text, spans = text_and_spans(ex)
             ents = []
             for kind, a, b in entity_spans(tags):
                 start, end = spans[a][0], spans[b][1]
