@@ -577,6 +577,22 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_the_same_command_free_to_star
     assert code == 0, err
 
 
+def test_finetune_saves_checkpoints_between_evaluations(tmp_path: Path, cls_data: dict[str, Path], bertkit) -> None:
+    # Checkpoints came only with evaluations (once per epoch): Ctrl-C in a long epoch kept nothing to resume.
+    out = tmp_path / "out"
+    args = finetune_args(cls_data, out, "--max-steps", "2000", "--eval-every", "1000", "--save-every", "3")
+    proc = subprocess.Popen(bertkit_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while latest_checkpoint(out / "training") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "the same command with --resume (not --overwrite) resumes it" in err, err
+    args[args.index("--max-steps") + 1] = str(int(latest_checkpoint(out / "training").name.split("-")[1]) + 2)
+    code, out_text, err = bertkit(*args, "--resume")
+    assert code == 0 and "resumed from" in out_text, err
+
+
 def test_patience_without_dev_data_is_refused(tmp_path: Path, cls_data: dict[str, Path], bertkit) -> None:
     args = [a for a in finetune_args(cls_data, tmp_path / "out", "--patience", "2") if a != str(cls_data["dev"])]
     args.remove("--dev")

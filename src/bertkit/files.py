@@ -39,7 +39,7 @@ def no_such_path(path: str | Path) -> str:
     if path.exists() and not path.is_dir():
         return not_a_regular_file(path)
     parent = path.parent if path.parent.is_dir() else None
-    near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1) if parent else []
+    near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1, cutoff=0.8) if parent else []
     hint = f"; did you mean {parent / near[0]}?" if parent and near else "; check the path."
     return f"{path} does not exist{hint}"
 

@@ -109,7 +109,7 @@ def finetune_training(**changes: Any) -> TrainConfig:
     peak learning rate comes from the model's size (`finetune_learning_rate`), the steps from the epochs, the
     evaluation cadence from the epoch length, and the output folder from the run's output directory."""
     defaults = TrainConfig(out_dir="", max_steps=None, batch_size=32, learning_rate=None, warmup_ratio=0.1,
-                           eval_every=None, log_every=20, seed=42)  # fmt: skip
+                           eval_every=None, save_every=None, log_every=20, seed=42)  # fmt: skip
     return replace(defaults, **changes)
 
 
@@ -172,6 +172,11 @@ FINETUNE_TRAINING_FLAGS = {
     },
     "warmup_ratio": {"help": "share of steps with a rising rate"},
     "eval_every": {"type": POSITIVE, "help": "steps (default: once per epoch)"},
+    "save_every": {
+        "type": POSITIVE,
+        "help": "steps between the checkpoints --resume continues from (default: at each evaluation; a run stopped "
+        "before its first checkpoint starts again)",
+    },
     "seed": {"help": "head initialisation, data order, dropout"},
     "gradient_checkpointing": {},
 }

@@ -235,7 +235,7 @@ def _finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) ->
         out_dir=str(out / CHECKPOINTS_DIR),
         max_steps=max_steps,
         eval_every=eval_every if dev_ex is not None else 0,
-        save_every=eval_every if cfg.save_model else 0,
+        save_every=(cfg.train.save_every or eval_every) if cfg.save_model else 0,
         keep_checkpoints=1,  # the best model is kept in --out; the checkpoint is only for --resume
     )
     dataset = _FeatureSet(train_features)
