@@ -128,6 +128,9 @@ def test_tsv_without_header_says_the_first_line_must_be_one(tmp_path: Path, data
     assert "\n" not in msg and str(path) in msg
     assert "first line must be a header" in msg and "text<TAB>label" in msg
     assert repr(rows[0])[:30] in msg  # shows what it found
+    path.write_text("Text\tLabel\n好\t1\n", encoding="utf-8")  # a spreadsheet's capitalised names
+    with pytest.raises(BertkitError, match="its names are lower-case: 'text', not 'Text'"):
+        read_classification(path)
 
 
 def test_header_without_label_column(tmp_path: Path) -> None:

@@ -154,9 +154,15 @@ def _delimited_rows(path: Path, lines: list[tuple[int, str]], require_label: boo
                                "name each column once")  # fmt: skip
         if not any(k in header for k in TEXT_COLUMNS):
             _check_delimiter(path, first, header)
+            cased = [name for name in header if name.lower() in TEXT_COLUMNS]
+            found = (
+                f"its names are lower-case: {cased[0].lower()!r}, not {cased[0]!r}"
+                if cased
+                else f"found {shown(first)}"
+            )
             raise BertkitError(
                 f"{path}:{header_line}: the first line must be a header naming the columns, e.g. "
-                f"{_example_header(delimiter)} (or text_a, text_b and label for pairs); found {first!r}"
+                f"{_example_header(delimiter)} (or text_a, text_b and label for pairs); {found}"
             )
         rows, end = [], reader.line_num
         for values in reader:
