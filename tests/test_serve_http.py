@@ -125,6 +125,22 @@ def test_a_refused_request_body_still_arriving_does_not_reset_the_connection(url
     assert request(url + "/healthz")[0] == 200
 
 
+def test_head_on_the_health_checks_and_the_page(url: str) -> None:
+    # Uptime monitors send HEAD: it was 405. The answer has the GET's status and headers and no body, and the
+    # kept-alive connection stays in step (a body sent anyway would be read as the next response).
+    conn = http.client.HTTPConnection("127.0.0.1", port(url), timeout=30)
+    for path in ("/healthz", "/readyz", "/"):
+        conn.request("HEAD", path)
+        head = conn.getresponse()
+        assert head.status == 200 and head.read() == b"" and int(head.getheader("Content-Length")) > 0, path
+        conn.request("GET", path)
+        got = conn.getresponse()
+        assert got.status == 200 and len(got.read()) == int(head.getheader("Content-Length")), path
+    conn.request("HEAD", "/api/predict")
+    assert conn.getresponse().status == 405
+    conn.close()
+
+
 def test_host_header_is_parsed_strictly(url: str) -> None:
     assert host_name("localhost:8000") == "localhost" and host_name("[::1]:80") == "[::1]"
     assert host_name("127.0.0.1") == "127.0.0.1" and host_name("LocalHost") == "localhost"

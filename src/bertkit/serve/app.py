@@ -99,8 +99,8 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
         media = "text/javascript" if asset.endswith(".js") else "text/css"
         return Response(data, media_type=f"{media}; charset=utf-8", headers={"Cache-Control": "max-age=86400"})
 
-    @app.get("/", include_in_schema=False)
-    @app.get("/index.html", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    @app.api_route("/index.html", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> Response:
         html = files("bertkit.serve").joinpath("page.html").read_bytes()
         return Response(html, media_type="text/html; charset=utf-8")
@@ -109,12 +109,15 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
     async def info() -> Response:
         return _json(200, service.info())
 
+    # HEAD too (uptime monitors send it): the same status and headers, no body (uvicorn drops it).
     @app.get("/healthz", response_model=schemas.Status, summary="The process answers")
+    @app.head("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return _json(200, {"status": "ok"})
 
     @app.get("/readyz", response_model=schemas.Status, responses={503: {"model": schemas.ErrorResponse}},
              summary="The model is loaded and computes finite outputs")  # fmt: skip
+    @app.head("/readyz", include_in_schema=False)
     async def readyz() -> Response:
         if service.ready_error:
             return _error(503, service.ready_error)
