@@ -229,9 +229,10 @@ def test_metrics_are_prometheus_text(url: str) -> None:
 def test_openapi_schema_and_docs(url: str) -> None:
     status, schema = request(url + "/openapi.json")
     assert status == 200 and schema["openapi"].startswith("3.")
-    for path in ("/api/predict", "/api/fill-mask", "/api/embed"):
+    for path in ("/api/predict", "/api/embed"):
         body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["type"] == "object" and body["properties"], path
+    assert "/api/fill-mask" not in schema["paths"]  # a classifier has no masked-LM head: not offered in /docs
     assert {"/api/info", "/healthz", "/readyz", "/metrics"} <= schema["paths"].keys()
     assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
     status, page = request(url + "/docs")

@@ -129,8 +129,12 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
+    # The schema (and /docs) lists the endpoints this model answers; the others still answer, with a 400 saying so.
+    answers = set(service.info()["endpoints"])
+
     @app.post("/api/predict", response_model=schemas.PredictResponse, responses=errors,
-              openapi_extra=_body(schemas.PredictRequest), summary="The task model's predictions")  # fmt: skip
+              openapi_extra=_body(schemas.PredictRequest), summary="The task model's predictions",
+              include_in_schema="/api/predict" in answers)  # fmt: skip
     async def predict(request: Request) -> Response:
         def prepare(body: Any) -> Any:
             body = _object(body)
@@ -142,7 +146,8 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
         return await _answer(service, request, prepare, lambda rows: {"predictions": rows})
 
     @app.post("/api/fill-mask", response_model=schemas.FillMaskResponse, responses=errors,
-              openapi_extra=_body(schemas.FillMaskRequest), summary="Top-k tokens for each [MASK]")  # fmt: skip
+              openapi_extra=_body(schemas.FillMaskRequest), summary="Top-k tokens for each [MASK]",
+              include_in_schema="/api/fill-mask" in answers)  # fmt: skip
     async def fill_mask(request: Request) -> Response:
         def prepare(body: Any) -> Any:
             body = _object(body)
