@@ -44,6 +44,8 @@ MODEL, DATA, OUT = "no/such/model", "no/such/data", "no/such/out"
         (["serve", "--model", MODEL, "--port", "-1"], "--port"),
         (["serve", "--model", MODEL, "--cors", "https://example.org/"], "--cors"),  # never equals an Origin header
         (["serve", "--model", MODEL, "--cors", "*"], "--cors"),
+        (["serve", "--model", MODEL, "--cors", "https://Example.org"], "--cors"),  # browsers send lower case
+        (["serve", "--model", MODEL, "--cors", "https://example.org:443"], "--cors"),  # ... and no default port
         (["embed", "--model", MODEL, "--input", DATA, "--out", OUT, "--batch-size", "0"], "--batch-size"),
         (["evaluate", "--model", MODEL, "--data", DATA, "--max-instances", "0"], "--max-instances"),
         (["fill-mask", "--model", MODEL, "--top-k", "0", "a [MASK]"], "--top-k"),
@@ -481,6 +483,9 @@ def test_what_the_system_refuses_is_one_line(tiny_task_models: dict[str, Path], 
     os.mkfifo(fifo)
     status, _, err = bertkit("predict", "--model", tiny_task_models["cls"], "--input", fifo)
     assert status == 2 and f"{fifo} is not a regular file (a pipe or a device)" in err, err
+    status, _, err = bertkit("embed", "--model", tiny_task_models["cls"] / "config.json", "--input", src,
+                             "--out", tmp_path / "e.npy")  # fmt: skip
+    assert status == 2 and "config.json is a file, not a model directory: give the folder" in err, err
     if Path("/dev/full").exists():  # Linux: every write fails for want of space
         with open("/dev/full", "w") as full:
             run = subprocess.run(bertkit_command("predict", "--model", tiny_task_models["cls"], "--input", src),

@@ -33,7 +33,7 @@ def test_embed_matches_sentence_transformers(tmp_path: Path, minilm_dir: Path, d
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     # More than the model's 512 positions: refused before any work (it failed at the first long text).
     r = bertkit("embed", "--model", minilm_dir, "--input", inp, "--out", tmp_path / "x.npy", "--max-seq-length", "5000")
-    assert r.status == 2 and "give --max-seq-length 512 or less" in r.err and not (tmp_path / "x.npy").exists(), r.err
+    assert r.status == 2 and "positions: give 512 or less" in r.err and not (tmp_path / "x.npy").exists(), r.err
 
 
 def test_one_row_per_input_line_from_a_file_or_standard_input(tmp_path: Path, minilm_dir: Path) -> None:

@@ -528,13 +528,17 @@ def test_overwrite_never_removes_a_users_file_inside_a_folder_it_wrote(either_ru
     args += ["--max-steps", "2"]
     code, _, err = bertkit(*args)
     assert code == 0, err
-    card = out / ("model" if command == "pretrain" else "training") / "README.md"
-    card.write_text("my notes on this model\n")
-    before = snapshot(out)
-    code, _, err = bertkit(*args, "--overwrite")
-    assert code == 2 and f"holds '{card.relative_to(out)}', which bertkit {command} did not write" in err, err
-    assert snapshot(out) == before
-    card.unlink()  # moved away: the run is replaced as before
+    folder = out / ("model" if command == "pretrain" else "training")
+    # A model card; a file of a name bertkit writes, in a folder of the user's.
+    for mine in (folder / "README.md", folder / "my_variant" / "config.json"):
+        mine.parent.mkdir(exist_ok=True)
+        mine.write_text("mine\n")
+        before = snapshot(out)
+        code, _, err = bertkit(*args, "--overwrite")
+        assert code == 2 and f"holds '{mine.relative_to(out)}', which bertkit {command} did not write" in err, err
+        assert snapshot(out) == before
+        mine.unlink()
+    (folder / "my_variant").rmdir()  # moved away: the run is replaced as before
     code, _, err = bertkit(*args, "--overwrite")
     assert code == 0, err
 
@@ -548,10 +552,12 @@ def test_a_damaged_training_state_names_the_checkpoint_to_resume_from(tmp_path: 
     newest, older = latest_checkpoint(out), out / "checkpoint-0000005"
     assert newest is not None and newest.name == "checkpoint-0000010" and (older / "training_state.pt").is_file()
     state = newest / "training_state.pt"
-    state.write_bytes(state.read_bytes()[:100])
-    code, _, err = bertkit(*pretrain_args(pt_data, out, "--max-steps", "12", "--resume"))
-    assert code == 2 and err.count("\n") == 1, err
-    assert f"{state}: damaged, cannot resume from it" in err and f"resume from {older.name}" in err, err
+    whole = state.read_bytes()
+    for damaged in (whole[:100], b"", b"hello"):  # cut short, empty (a crash's usual leftover), not torch's at all
+        state.write_bytes(damaged)
+        code, _, err = bertkit(*pretrain_args(pt_data, out, "--max-steps", "12", "--resume"))
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{state}: damaged, cannot resume from it" in err and f"resume from {older.name}" in err, err
     shutil.move(newest, tmp_path / "damaged")  # as the message says
     code, _, err = bertkit(*pretrain_args(pt_data, out, "--max-steps", "12", "--resume"))
     assert code == 0 and latest_checkpoint(out).name == "checkpoint-0000012", err

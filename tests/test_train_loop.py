@@ -214,6 +214,8 @@ def test_ctrl_c_while_a_checkpoint_is_written_waits_for_it(tmp_path: Path) -> No
     )
     args = argparse.Namespace(command="finetune", out=str(tmp_path / "nothing"))
     assert _what_an_interrupt_kept(args) == " before its first checkpoint: run the same command again to start over"
+    grid = argparse.Namespace(command="finetune", out=str(tmp_path / "grid"), learning_rate=[1e-3, 5e-4], seeds=1)
+    assert "the same command with --resume continues the grid" in _what_an_interrupt_kept(grid)
 
 
 def test_a_trainer_over_a_dataset_resumes_bit_exactly(tmp_path: Path) -> None:

@@ -213,6 +213,10 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     opened = open_model_dir(args.model, device)
     model, tok = opened.encoder, opened.tokenizer
+    positions = model.config.max_position_embeddings
+    if args.max_seq_length and args.max_seq_length > positions:  # now, not at the first long text
+        raise BertkitError(f"--max-seq-length {args.max_seq_length} is more than this model's {positions} positions: "
+                           f"give {positions} or less")  # fmt: skip
     texts = read_stdin_lines() if args.input == "-" else read_input_lines(args.input)
     if not texts:
         raise BertkitError(f"{args.input}: no lines to embed")
@@ -812,6 +816,9 @@ def _what_an_interrupt_kept(args: argparse.Namespace) -> str:
         run_dir = Path(args.out_dir)
     elif args.command == "finetune" and getattr(args, "out", None):
         from bertkit.recipes.finetune import CHECKPOINTS_DIR
+
+        if len(getattr(args, "learning_rate", None) or []) > 1 or (getattr(args, "seeds", 1) or 1) > 1:
+            return f"; the same command with --resume continues the grid in {args.out} (finished runs are kept)"
 
         run_dir = Path(args.out) / CHECKPOINTS_DIR
     else:

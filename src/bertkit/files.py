@@ -36,7 +36,7 @@ def no_such_path(path: str | Path) -> str:
     """Say that `path` does not exist, and suggest a near name beside it (a typo such as 'modle' for 'model'); or
     that it is no regular file, where it exists as something else."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if is_special_file(path):
         return not_a_regular_file(path)
     parent = path.parent if path.parent.is_dir() else None
     near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=1, cutoff=0.8) if parent else []
@@ -44,17 +44,31 @@ def no_such_path(path: str | Path) -> str:
     return f"{path} does not exist{hint}"
 
 
+def is_special_file(path: str | Path) -> bool:
+    """Whether `path` is a pipe (the shell's `<(...)`), a socket or a device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
 def not_a_regular_file(path: str | Path) -> str:
-    """Say that `path` is a pipe (the shell's `<(...)`), a socket or a device, which bertkit does not read: it reads
-    a file more than once (its size, its line ends, then its lines)."""
-    return f"{path} is not a regular file (a pipe or a device): save it to a file first, or pipe it to --input -"
+    """Say that `path` is a pipe, a socket or a device, which bertkit does not read: it reads a file more than once
+    (its size, its line ends, then its lines)."""
+    return (f"{path} is not a regular file (a pipe or a device): save it to a file first (predict and embed also "
+            "read standard input: --input -)")  # fmt: skip
 
 
 def describe_os_error(e: OSError) -> str:
     """One line for a read or write the system refused: what, where, and what to do."""
     name = Path(e.filename) if e.filename else None
+    if name is not None and name.is_symlink() and not name.exists():
+        return f"{name} is a link to nothing: remove it, or choose another path"
+    what = e.strerror or str(e)
     if name is not None and name.name.startswith(".") and name.name.endswith(".tmp"):
-        name = name.parent  # an atomic write's temporary file: the user knows the folder, not this name
+        # An atomic write's temporary file: the user knows the folder, not this name.
+        what, name = f"cannot write in {name.parent}: {what}", None
     where = f" ({name})" if name is not None else ""
     todo = {
         errno.EACCES: "check its permissions, or choose another path",
@@ -66,7 +80,7 @@ def describe_os_error(e: OSError) -> str:
         errno.EEXIST: "a part of the path is a file, not a folder: choose another path",
         errno.ENOENT: "check the path",
     }.get(e.errno or 0, "check the path and the disk")
-    return f"{e.strerror or e}{where}: {todo}"
+    return f"{what}{where}: {todo}"
 
 
 class BytesRead:
@@ -87,7 +101,7 @@ def read_lines(path: str | Path, read: BytesRead | None = None) -> Iterator[str]
     if path.is_dir():
         raise BertkitError(f"{path} is a directory: give its files, e.g. {path / '*.txt'}")
     if not path.is_file():
-        raise BertkitError(not_a_regular_file(path) if path.exists() else f"file {path} does not exist")
+        raise BertkitError(not_a_regular_file(path) if is_special_file(path) else f"file {path} does not exist")
     with path.open("rb") as f:
         yield from _decoded_lines(_lines_at_cr(f) if _ends_lines_with_cr(f) else f, str(path), read)
 
@@ -268,18 +282,28 @@ def own_entries(out: Path, owns: Sequence[str]) -> list[Path]:
 WRITTEN_INSIDE = (
     "config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", "vocab.txt",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "bertkit_*.json", "training_state.pt",
-    "latest", "metrics.json", "metrics.jsonl", "curves.png", "events.out.tfevents.*", "manifest.json",
-    "*.tokens.bin", "*.index.bin", "*.starts.bin", "grid.json", "grid.md", ".bertkit-output", ".*.tmp", ".tmp-*",
+    "latest", "metrics.json", "metrics.jsonl", "curves.png", "events.out.tfevents.*", ".bertkit-output", ".*.tmp",
 )  # fmt: skip
+# ... and the folders it writes inside them (checkpoints, logs, a fine-tuning grid's runs): a file of a bertkit
+# name in any other folder (a user's model/my_variant/config.json) is the user's.
+FOLDERS_INSIDE = ("checkpoint-*", ".tmp-checkpoint-*", "tensorboard", "training", "lr*_seed*", "seed*", ".tmp-*")
 
 
 def foreign_files(entries: Iterable[Path]) -> list[Path]:
-    """The files inside the folders among `entries` that bertkit does not write (`WRITTEN_INSIDE`)."""
+    """The files inside the folders among `entries` that bertkit does not write (`WRITTEN_INSIDE`, in
+    `FOLDERS_INSIDE`)."""
+
+    def bertkits(p: Path, entry: Path) -> bool:
+        folders = p.relative_to(entry).parts[:-1]
+        return (not p.is_symlink() and any(fnmatch(p.name, pattern) for pattern in WRITTEN_INSIDE)
+                and all(any(fnmatch(f, pattern) for pattern in FOLDERS_INSIDE) for f in folders))  # fmt: skip
+
     found = []
     for entry in entries:
         if entry.is_dir() and not entry.is_symlink():
-            found += sorted(p for p in entry.rglob("*") if not p.is_dir() or p.is_symlink()
-                            if not any(fnmatch(p.name, pattern) for pattern in WRITTEN_INSIDE))  # fmt: skip
+            found += sorted(
+                p for p in entry.rglob("*") if (not p.is_dir() or p.is_symlink()) and not bertkits(p, entry)
+            )
     return found
 
 

@@ -71,14 +71,9 @@ def embedding_settings(path: str | Path) -> dict:
 
 
 def embedding_length(tokenizer: Tokenizer, config: BertConfig, max_length: int | None = None) -> int:
-    """The tokens a text is cut at for its embedding: `max_length` when given, else the fewer of the tokenizer's
-    and the model's positions. More than the model's positions is an error now, not at the first long text."""
-    if max_length and max_length > config.max_position_embeddings:
-        raise BertkitError(
-            f"a maximum length of {max_length} tokens is more than this model's {config.max_position_embeddings} "
-            f"positions: give --max-seq-length {config.max_position_embeddings} or less"
-        )
-    return max_length or min(tokenizer.model_max_length, config.max_position_embeddings)
+    """The tokens a text is cut at for its embedding: `max_length` when given, else the tokenizer's; never more
+    than the model's positions (a sentence-transformers config may name more)."""
+    return min(max_length or tokenizer.model_max_length, config.max_position_embeddings)
 
 
 @torch.inference_mode()

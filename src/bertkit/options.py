@@ -73,8 +73,12 @@ def web_origin(text: str) -> str:
     """An argparse `type` for a web page's origin as a browser sends it, `scheme://host[:port]`: one with a path or
     a trailing slash would never equal a request's Origin header (CORS then fails with no word), and `*` would
     let every page on the web use the server."""
-    if not re.fullmatch(r"https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?", text):
-        hint = " (no path or trailing slash)" if re.match(r"https?://[^/]+/", text) else ""
+    match = re.fullmatch(r"(https?)://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::([0-9]{1,5}))?", text)
+    scheme, port = (match.group(1), match.group(3)) if match else ("", None)
+    if not match or (port is not None and (int(port) > 65535 or port == {"http": "80", "https": "443"}[scheme])):
+        hint = (" (no path or trailing slash)" if re.match(r"https?://[^/]+/", text)
+                else " (as a browser sends it: the host in lower case, no default port)" if re.match(r"https?://", text)
+                else "")  # fmt: skip
         raise argparse.ArgumentTypeError(
             f"expected one origin like https://example.org or http://localhost:3000{hint}, got {text!r}"
         )

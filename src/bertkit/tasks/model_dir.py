@@ -194,6 +194,8 @@ def open_model_dir(
     masked-LM head opens as an encoder, and an encoder without the pooler's weights gets no pooler (never a freshly
     initialised output)."""
     path = Path(model_dir)
+    if path.is_file():
+        raise BertkitError(f"{path} is a file, not a model directory: give the folder that holds it ({path.parent})")
     if not path.is_dir():
         raise BertkitError(no_such_path(path))
     config = BertConfig.load(path)

@@ -44,7 +44,8 @@ class TrainConfig:
     eval_every: int | None = option(
         200, type=NON_NEGATIVE, help="held-out evaluation interval in steps (0: at the end only)"
     )
-    save_every: int = option(
+    # None: the recipe decides (fine-tuning saves at each evaluation).
+    save_every: int | None = option(
         500, type=NON_NEGATIVE,
         help="checkpoint interval in steps (0: no checkpoints, so nothing to --resume from; the model is still saved)",
     )  # fmt: skip

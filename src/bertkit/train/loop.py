@@ -35,6 +35,7 @@ from bertkit.train.metrics_log import CURVES_FILE, Curves, MetricsLog, plot_metr
 from bertkit.train.optim import build_optimizer, build_scheduler
 from bertkit.train.precision import amp_dtype, autocast
 from bertkit.train.state import (
+    CONTENTS,
     LATEST,
     TrainState,
     check_same_run,
@@ -131,8 +132,11 @@ class Trainer:
         `loading_processes`: how many processes `loader_fn` makes batches in, for the run's first line (None:
         unknown)."""
         self.cfg = cfg
-        # The recipe's first (the task, the model, the data): the first difference is the one a refusal names.
-        self.identity = {**(identity or {}), **cfg.identity()}
+        # The recipe's settings first (task, model, data files), then the training flags, then the data files'
+        # contents: the first difference is the one a refusal names.
+        recipe = identity or {}
+        contents = {k: v for k, v in recipe.items() if k.startswith(CONTENTS)}
+        self.identity = {**{k: v for k, v in recipe.items() if k not in contents}, **cfg.identity(), **contents}
         self.out = Path(cfg.out_dir)
         # Under torchrun the trainer starts the process group unless its caller did; then `close` ends it.
         self._owns_process_group = dist.is_available() and not dist.is_initialized()

@@ -13,6 +13,7 @@ import json
 import pickle
 import random
 import shutil
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -184,7 +185,7 @@ def read_training_state(checkpoint: Path) -> dict:
     damaged file is a BertkitError that names the newest intact-looking checkpoint before it, to resume from."""
     try:
         return torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+    except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
         older = sorted(p for p in checkpoint.parent.glob(CHECKPOINTS)
                        if p.name < checkpoint.name and (p / TRAINING_STATE).is_file())  # fmt: skip
         todo = (
@@ -192,9 +193,9 @@ def read_training_state(checkpoint: Path) -> dict:
             if older
             else "start the run again with --overwrite"
         )
+        said = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no detail"  # an empty file: EOFError()
         raise BertkitError(
-            f"{checkpoint / TRAINING_STATE}: damaged, cannot resume from it ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:120]}); {todo}"
+            f"{checkpoint / TRAINING_STATE}: damaged, cannot resume from it ({type(e).__name__}: {said}); {todo}"
         ) from None
 
 
