@@ -212,7 +212,7 @@ def test_ctrl_c_while_a_checkpoint_is_written_waits_for_it(tmp_path: Path) -> No
         f"; the newest checkpoint is {tmp_path / 'run/checkpoint-0000002'}: the same command with --resume "
         "(not --overwrite) resumes it"
     )
-    args = argparse.Namespace(command="finetune", out=str(tmp_path / "nothing"))
+    args = argparse.Namespace(command="finetune", out=str(tmp_path / "nothing"), learning_rate=None, seeds=1)
     assert _what_an_interrupt_kept(args) == " before its first checkpoint: run the same command again to start over"
     grid = argparse.Namespace(command="finetune", out=str(tmp_path / "grid"), learning_rate=[1e-3, 5e-4], seeds=1)
     assert "the same command with --resume continues the grid" in _what_an_interrupt_kept(grid)

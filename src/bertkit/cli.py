@@ -411,7 +411,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     unset = _unset(TrainConfig, args, finetune_training())
     train = from_args(TrainConfig, args, **{**unset, "learning_rate": rates[0]})
     cfg = from_args(FinetuneConfig, args, train=train, settings=settings)
-    result = run_grid(cfg, rates) if len(rates) > 1 or cfg.seeds > 1 else run_finetune(cfg)
+    result = run_grid(cfg, rates) if _is_grid(args) else run_finetune(cfg)
     if result["dev"]:  # the last line: the best dev metrics, for scripts (without --dev the closing line says it all)
         print(_json(result["dev"], "a dev metric"))
 
@@ -810,6 +810,11 @@ def _resolve_model_name(args: argparse.Namespace) -> None:
         args.model = str(model_path(model))
 
 
+def _is_grid(args: argparse.Namespace) -> bool:
+    """Whether `bertkit finetune ARGS` runs a grid: several learning rates or seeds."""
+    return len(args.learning_rate or []) > 1 or args.seeds > 1
+
+
 def _what_an_interrupt_kept(args: argparse.Namespace) -> str:
     """For a training command: the checkpoint an interrupted run left and how to continue from it."""
     if args.command == "pretrain" and getattr(args, "out_dir", None):
@@ -817,7 +822,7 @@ def _what_an_interrupt_kept(args: argparse.Namespace) -> str:
     elif args.command == "finetune" and getattr(args, "out", None):
         from bertkit.recipes.finetune import CHECKPOINTS_DIR
 
-        if len(getattr(args, "learning_rate", None) or []) > 1 or (getattr(args, "seeds", 1) or 1) > 1:
+        if _is_grid(args):
             return f"; the same command with --resume continues the grid in {args.out} (finished runs are kept)"
 
         run_dir = Path(args.out) / CHECKPOINTS_DIR

@@ -99,8 +99,10 @@ def create_app(service: Service, host: str = HOST, cors: str | None = None) -> F
         media = "text/javascript" if asset.endswith(".js") else "text/css"
         return Response(data, media_type=f"{media}; charset=utf-8", headers={"Cache-Control": "max-age=86400"})
 
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    @app.api_route("/index.html", methods=["GET", "HEAD"], include_in_schema=False)
+    @app.get("/", include_in_schema=False)
+    @app.head("/", include_in_schema=False)
+    @app.get("/index.html", include_in_schema=False)
+    @app.head("/index.html", include_in_schema=False)
     async def page() -> Response:
         html = files("bertkit.serve").joinpath("page.html").read_bytes()
         return Response(html, media_type="text/html; charset=utf-8")
