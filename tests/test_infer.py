@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from bertkit import BertForPreTraining, BertkitError, Tokenizer
-from bertkit.infer import embedding_settings, fill_mask
+from bertkit.infer import embedding_settings, fill_mask, fill_mask_answer
 
 
 def test_fill_mask_matches_transformers(tiny_zh_pretrained: Path) -> None:
@@ -80,6 +80,13 @@ def test_fill_mask_refuses_a_mask_past_the_models_length(tiny_zh_pretrained: Pat
     assert len(fill_mask(model, tok, long_text[: -len("明天[MASK]雨。")])) == 1  # the one it reads: answered
     with pytest.raises(BertkitError, match="a \\[MASK\\] lies past the first"):  # the only one: not "no [MASK]"
         fill_mask(model, tok, "我们去公园散步吧。" * 80 + "明天[MASK]雨。")
+    # Its answer says that the text was cut (the context after the cut was not read); a text that fits does not.
+    cut = fill_mask_answer(model, tok, long_text[: -len("明天[MASK]雨。")])
+    assert cut["truncated"] is True and len(cut["masks"]) == 1
+    whole, best = fill_mask_answer(model, tok, "今天天气很[MASK]。"), fill_mask(model, tok, "今天天气很[MASK]。")[0][0]
+    assert "truncated" not in whole and (whole["masks"][0][0]["token"], whole["masks"][0][0]["score"]) == best
+    exact = "今" * (tok.model_max_length - 2 - 1) + "[MASK]"  # fills the model's length exactly: nothing cut
+    assert len(tok.encode(exact)) == tok.model_max_length and "truncated" not in fill_mask_answer(model, tok, exact)
     everything = fill_mask(model, tok, "今天天气很[MASK]。", top_k=10**6)[0]  # more than the vocabulary holds
     assert len(everything) == tok.vocab_size - len(tok.special_ids)
     assert not {token for token, _ in everything} & {tok.vocab[i] for i in tok.special_ids}

@@ -243,6 +243,9 @@ def test_classifier_page_shows_the_label_and_probabilities_the_api_returns(brows
     assert [name for name, _ in rows] == sorted(labels, key=lambda k: -expected["probabilities"][k])
     for name, p in rows:  # printed with 3 decimals
         assert abs(p - expected["probabilities"][name]) <= 5e-4
+    assert "only its beginning" not in out.text
+    out, expected = _predict_on_page(browser, url, {"text": "房间很干净。" * 100})  # longer than the model reads
+    assert expected["truncated"] is True and "only its beginning was used" in out.text, out.text
     _check_similarity(browser, url, "cls")
     _assert_clean(browser)
 
@@ -301,6 +304,9 @@ def test_pretrained_page_fills_the_mask_of_the_seed_sentence_as_the_api_does(bro
             rows = _table(table)
             assert [t for t, _ in rows] == [c["token"] for c in candidates]  # the top 5, best first
             assert all(abs(p - c["score"]) <= 5e-4 for (_, p), c in zip(rows, candidates, strict=True))
+        assert "only its beginning" not in out.text
+    _type(browser, "mask-text", "今天天气很[MASK]。" + "我们去公园散步吧。" * 80)  # cut after its [MASK]
+    assert "only its beginning was used" in _submit(browser, "mask-go", "mask-out").text
     _check_similarity(browser, url, None)
     _assert_clean(browser)
     links = [a.get_attribute("href") for a in browser.find_elements("css selector", "a[href]")]

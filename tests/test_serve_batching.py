@@ -406,7 +406,9 @@ def test_work_per_request_is_bounded(tiny_task_models: dict[str, Path], tmp_path
         status, out = request(url + "/api/fill-mask", {"text": long_text + "[MASK]"})
         assert status == 413 and "this model reads at most" in out["error"], out
         status, out = request(url + "/api/fill-mask", {"text": "[MASK]" + long_text})  # cut, its [MASK] kept
-        assert status == 200 and len(out["results"][0]["masks"]) == 1
+        assert status == 200 and len(out["results"][0]["masks"]) == 1 and out["results"][0]["truncated"] is True
+        status, out = request(url + "/api/fill-mask", {"text": "今天[MASK]"})
+        assert status == 200 and "truncated" not in out["results"][0], out
         # One [MASK] kept and one past the cut: answered for the first alone, 200 (the answer looked complete).
         status, out = request(url + "/api/fill-mask", {"text": "[MASK]" + long_text + "[MASK]"})
         assert status == 413 and "a [MASK] lies past the first" in out["error"], out

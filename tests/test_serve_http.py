@@ -162,7 +162,7 @@ def test_log_lines_escape_control_characters(url: str, caplog: pytest.LogCapture
     with caplog.at_level(logging.INFO):
         raw(url, b"GET /x%1b%5b31mred%0d%0afake-line HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         raw(url, b"GET /raw\x1b[31m HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # refused by the parser
-        raw(url, b'GET /q%22%20200%201.0%20ms%22 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')  # a quote ends no field
+        raw(url, b"GET /q%22%20200%201.0%20ms%22 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # a quote ends no field
         time.sleep(0.2)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "\\x1b[31mred\\x0d\\x0afake-line" in text, text

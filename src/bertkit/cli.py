@@ -453,7 +453,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_fill_mask(args: argparse.Namespace) -> None:
-    from bertkit.infer import fill_mask
+    from bertkit.infer import fill_mask_answer
     from bertkit.machine import pick_device
     from bertkit.tasks.model_dir import open_model_dir
 
@@ -469,8 +469,9 @@ def _cmd_fill_mask(args: argparse.Namespace) -> None:
         raise BertkitError("no text with [MASK] given (as arguments or lines on standard input)")
     lines = []
     for n, text in enumerate(texts, start=1):
-        predictions = fill_mask(model, tok, text, top_k=args.top_k)
-        row = {"text": text, "masks": [[{"token": t, "score": round(p, 6)} for t, p in m] for m in predictions]}
+        row = fill_mask_answer(model, tok, text, top_k=args.top_k)
+        for candidate in (c for mask in row["masks"] for c in mask):
+            candidate["score"] = round(candidate["score"], 6)
         lines.append(_json(row, f"{args.model}'s score for text {n}"))
     print("\n".join(lines))
 

@@ -132,6 +132,11 @@ def mask_past_the_cut(tokenizer: Tokenizer, text: str, enc: Encoding) -> bool:
     return whole.count(tokenizer.mask_id) > enc.input_ids.count(tokenizer.mask_id)
 
 
+def was_cut(tokenizer: Tokenizer, text: str, enc: Encoding) -> bool:
+    """Whether `enc` is `text` cut at the model's maximum length (tokens of it were not read)."""
+    return len(enc) >= tokenizer.model_max_length and len(tokenizer.encode(text, truncation=False)) > len(enc)
+
+
 def mask_past_the_cut_message(enc: Encoding) -> str:
     """The one line that refuses such a text."""
     return (f"a [MASK] lies past the first {len(enc)} tokens, and this model reads at most {len(enc)}: send the "
@@ -144,6 +149,23 @@ def fill_mask(
 ) -> list[list[tuple[str, float]]]:
     """For each `[MASK]` in `text`, the `top_k` most likely tokens with their probabilities (special tokens
     excluded), as the masked-LM head predicts them."""
+    return _fill_mask(model, tokenizer, text, top_k)[0]
+
+
+def fill_mask_answer(model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int = TOP_K) -> dict:
+    """One text's fill-mask answer as the CLI prints it and the server sends it: {"text", "masks": one list of
+    {"token", "score"} per [MASK], best first}, and "truncated": true for a text longer than the model reads (its
+    [MASK]s all lie before the cut, or it is refused, but the context after the cut was not seen)."""
+    masks, cut = _fill_mask(model, tokenizer, text, top_k)
+    answer = {"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]}
+    return {**answer, "truncated": True} if cut else answer
+
+
+@torch.inference_mode()
+def _fill_mask(
+    model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int
+) -> tuple[list[list[tuple[str, float]]], bool]:
+    """`fill_mask`'s candidates, and whether `text` was cut at the model's maximum length."""
     model.eval()
     enc = tokenizer.encode(text)
     positions = [i for i, t in enumerate(enc.input_ids) if t == tokenizer.mask_id]
@@ -161,7 +183,8 @@ def fill_mask(
             f"the model computed NaN or infinite scores for {shown(text)}: its weights are unusable"
         )
     top = probs.topk(min(top_k, probs.shape[-1] - len(tokenizer.special_ids)), dim=-1)  # never a special token
-    return [
+    candidates = [
         [(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist(), strict=True)]
         for ps, ids in zip(top.values, top.indices, strict=True)
     ]
+    return candidates, was_cut(tokenizer, text, enc)

@@ -52,6 +52,10 @@ class FillMaskResult(BaseModel):
 
     text: str
     masks: list[list[Candidate]]
+    truncated: bool | None = Field(
+        None, description="true for a text longer than the model's maximum length: its [MASK]s were read with the "
+        "context before the cut alone; absent otherwise"
+    )  # fmt: skip
 
 
 class FillMaskResponse(BaseModel):

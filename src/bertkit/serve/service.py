@@ -20,7 +20,7 @@ import torch
 
 from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError, shown
-from bertkit.infer import embed, embedding_settings, fill_mask, mask_past_the_cut, mask_past_the_cut_message
+from bertkit.infer import embed, embedding_settings, fill_mask_answer, mask_past_the_cut, mask_past_the_cut_message
 from bertkit.machine import (
     CpuElsewhere,
     cpu_has_native_bf16,
@@ -330,10 +330,9 @@ class Service:
         out = []
         for n, text in enumerate(texts):
             try:
-                masks = fill_mask(self.mlm, self.tokenizer, text, top_k=top_k)  # type: ignore[arg-type]
+                out.append(fill_mask_answer(self.mlm, self.tokenizer, text, top_k=top_k))  # type: ignore[arg-type]
             except BertkitError as e:  # the same kind of error (bad input, or a model that overflows)
                 return type(e)(f"texts[{n}]: {e}")
-            out.append({"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]})
         return out
 
 
