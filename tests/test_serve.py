@@ -223,6 +223,13 @@ def test_bad_requests_say_what_was_wrong(models: dict[str, Path]) -> None:
         assert status == 400 and "nested too deeply" in out["error"]
         status, out = request(url + "/api/embed", {"texts": ["ok"]}, headers={"Content-Type": "text/plain"})
         assert status == 415 and "application/json" in out["error"]  # a cross-site form post cannot send JSON
+        latin = "café".encode("latin-1")  # also valid UTF-8 in other cases (e.g. "Ã©"): read as the client says, or not
+        status, out = request(url + "/api/embed", raw=b'{"texts": ["' + latin + b'"]}',
+                              headers={"Content-Type": "application/json; charset=ISO-8859-1"})  # fmt: skip
+        assert status == 415 and "charset='iso-8859-1'" in out["error"] and "UTF-8" in out["error"], out
+        for declared in ("application/json; charset=UTF-8", 'application/json;charset="utf-8"', "Application/JSON"):
+            status, out = request(url + "/api/embed", {"texts": ["ok"]}, headers={"Content-Type": declared})
+            assert status == 200, (declared, out)
         status, out = request(url + "/api/info", headers={"Host": "evil.example:8000"})
         assert status == 403  # DNS rebinding: another site's name pointing at 127.0.0.1
         status, out = request(url + "/api/embed", raw=b"{}", headers={"Content-Length": "-1"})

@@ -13,9 +13,10 @@
 
 One input may come alone: `{"text": ...}` (or the task's other fields) for predict, `{"text": ...}` for the others.
 Bad input answers 4xx with {"error": what was wrong and what to send}, too much work 413 naming the limit; nothing
-is ever written to disk. POSTs must say `Content-Type: application/json`, and on a loopback address a Host header
-naming another machine is refused (403): a web page elsewhere can neither post a form to the API nor reach it
-through DNS rebinding. Cross-origin requests are allowed only from the one origin `cors` names.
+is ever written to disk. POSTs must say `Content-Type: application/json` (in UTF-8: another charset is refused),
+and on a loopback address a Host header naming another machine is refused (403): a web page elsewhere can neither
+post a form to the API nor reach it through DNS rebinding. Cross-origin requests are allowed only from the one
+origin `cors` names.
 """
 
 from __future__ import annotations
@@ -252,9 +253,14 @@ async def _client_gone(request: Request) -> None:
 
 async def _read_json(request: Request) -> tuple[Any, int]:
     """The request's JSON body and its size in bytes."""
-    kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    kind, *params = (request.headers.get("content-type") or "").split(";")
+    kind = kind.strip().lower()
     if kind != "application/json":  # also keeps out cross-site form posts, which cannot send this type
-        raise _RequestError(415, f"send Content-Type: application/json (got {kind!r})")
+        raise _RequestError(415, f"send Content-Type: application/json (got {shown(kind)})")
+    for name, _, value in (p.partition("=") for p in params):
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):  # JSON is UTF-8 (RFC 8259)
+            raise _RequestError(415, f"the body is read as UTF-8 JSON; send it in UTF-8 (got charset={shown(charset)})")
     header = request.headers.get("content-length")  # the HTTP layer refuses two that differ
     chunked = "chunked" in (request.headers.get("transfer-encoding") or "").lower()
     if header is None and not chunked:
