@@ -62,6 +62,23 @@ def test_ids_flat_equals_the_rust_segments(tok: Tokenizer) -> None:
     assert [len(x) for x in tok.ids_flat([])] == [0, 0]
 
 
+def test_truncated_and_cut_ids_are_what_the_cut_left_out(tok: Tokenizer) -> None:
+    """An encoding knows whether it was cut, and which ids it lost, without encoding its text again: checked against
+    the same text encoded whole, for single texts and pairs, at every length from none cut to all cut."""
+    pairs = [(a, b) for a in TEXTS for b in (None, "今天天气很好。", "hello world again", "")]
+    for a, b in pairs:
+        whole = tok.encode(a, b, truncation=False)
+        ids_a = whole.input_ids[1 : 1 + whole.sequence_ids.count(0)]
+        ids_b = [i for i, s in zip(whole.input_ids, whole.sequence_ids, strict=True) if s == 1]
+        for max_length in range(4, len(whole) + 2):
+            enc = tok.encode(a, b, max_length=max_length)
+            kept_a = enc.input_ids[1 : 1 + enc.sequence_ids.count(0)]
+            kept_b = [i for i, s in zip(enc.input_ids, enc.sequence_ids, strict=True) if s == 1]
+            assert enc.truncated == (len(whole) > max_length), (a, b, max_length)
+            assert enc.cut_ids == ids_a[len(kept_a) :] + ids_b[len(kept_b) :], (a, b, max_length)
+        assert not whole.truncated and whole.cut_ids == []
+
+
 def test_an_empty_batch_is_a_zero_by_zero_batch(tok: Tokenizer) -> None:
     batch = tok.batch([])
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask"}

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # what it needs.
 from bertkit.constants import (
     INFERENCE_BATCH_SIZE,
-    INFERENCE_CHUNK,
     MIN_ONNX_OPSET,
     MIN_PAIR_FREQUENCY,
     ONNX_OPSET,
@@ -221,6 +220,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     if not texts:
         raise BertkitError(f"{args.input}: no lines to embed")
     limit = embedding_length(tok, model.config, args.max_seq_length or settings["max_length"])
+    cut: list[int] = []
     vectors = embed(
         model,
         tok,
@@ -231,12 +231,10 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         normalize=not args.no_normalize,
         device=device,
         progress=True,
+        cut=cut,
     )
-    cut = sum(len(ids) + 2 > limit  # + [CLS] and [SEP]
-              for first in range(0, len(texts), INFERENCE_CHUNK)
-              for ids in tok.ids_batch(texts[first : first + INFERENCE_CHUNK]))  # fmt: skip
     if cut:
-        print(f"note: {cut:,} of {len(texts):,} texts in {args.input} are longer than {limit} tokens: only their "
+        print(f"note: {len(cut):,} of {len(texts):,} texts in {args.input} are longer than {limit} tokens: only their "
               f"first {limit} tokens ([CLS] and [SEP] included) are embedded", file=sys.stderr)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -87,12 +87,14 @@ def embed(
     normalize: bool = True,
     device: torch.device | None = None,
     progress: bool = False,
+    cut: list[int] | None = None,
 ) -> np.ndarray:
     """Sentence embeddings (N, H) as float32: mean (or [CLS]) pooling, L2-normalised by default.
 
     Texts are batched by length so that little work goes to padding; the output keeps the input order. A text is
-    cut at `max_length` tokens, by default the fewer of the tokenizer's and the model's positions. They are
-    encoded `INFERENCE_CHUNK` at a time, so that memory beyond the output does not grow with their number.
+    cut at `max_length` tokens, by default the fewer of the tokenizer's and the model's positions; when `cut` is a
+    list, the positions of the texts cut are appended to it. They are encoded `INFERENCE_CHUNK` at a time, so that
+    memory beyond the output does not grow with their number.
     """
     device = device or next(model.parameters()).device
     model.eval()
@@ -101,6 +103,8 @@ def embed(
     with progress_bar(progress, total=len(texts), desc="embed", unit="text") as bar:
         for first in range(0, len(texts), INFERENCE_CHUNK):
             encodings = tokenizer.encode_batch(list(texts[first : first + INFERENCE_CHUNK]), max_length=max_length)
+            if cut is not None:
+                cut.extend(first + i for i, e in enumerate(encodings) if e.truncated)
             order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i]))  # longest first: see run_model
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
@@ -123,18 +127,10 @@ def embed(
     return out
 
 
-def mask_past_the_cut(tokenizer: Tokenizer, text: str, enc: Encoding) -> bool:
-    """Whether `enc`, `text` cut at the model's maximum length, lost a [MASK] that `text` holds: an answer for the
-    first [MASK]s alone would look complete."""
-    if len(enc) < tokenizer.model_max_length:
-        return False
-    whole = tokenizer.encode(text, truncation=False).input_ids
-    return whole.count(tokenizer.mask_id) > enc.input_ids.count(tokenizer.mask_id)
-
-
-def was_cut(tokenizer: Tokenizer, text: str, enc: Encoding) -> bool:
-    """Whether `enc` is `text` cut at the model's maximum length (tokens of it were not read)."""
-    return len(enc) >= tokenizer.model_max_length and len(tokenizer.encode(text, truncation=False)) > len(enc)
+def mask_past_the_cut(tokenizer: Tokenizer, enc: Encoding) -> bool:
+    """Whether `enc`, a text cut at the model's maximum length, lost a [MASK] that the text holds: an answer for
+    the first [MASK]s alone would look complete."""
+    return tokenizer.mask_id in enc.cut_ids
 
 
 def mask_past_the_cut_message(enc: Encoding) -> str:
@@ -169,7 +165,7 @@ def _fill_mask(
     model.eval()
     enc = tokenizer.encode(text)
     positions = [i for i, t in enumerate(enc.input_ids) if t == tokenizer.mask_id]
-    if mask_past_the_cut(tokenizer, text, enc):  # first: the text's only [MASK] may lie past the cut
+    if mask_past_the_cut(tokenizer, enc):  # first: the text's only [MASK] may lie past the cut
         raise BertkitError(mask_past_the_cut_message(enc))
     if not positions:
         raise BertkitError(f"no [MASK] in {shown(text)}: write [MASK] where a token should be predicted")
@@ -187,4 +183,4 @@ def _fill_mask(
         [(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist(), strict=True)]
         for ps, ids in zip(top.values, top.indices, strict=True)
     ]
-    return candidates, was_cut(tokenizer, text, enc)
+    return candidates, enc.truncated

@@ -90,6 +90,16 @@ class Encoding:
         return out
 
     @property
+    def truncated(self) -> bool:
+        """Whether tokens of the text (or of the pair's second text) were cut off to fit the maximum length."""
+        return self._len_a < len(self._a.ids) or (self._b is not None and self._len_b < len(self._b.ids))
+
+    @property
+    def cut_ids(self) -> list[int]:
+        """The ids cut off the end of A, then those cut off the end of B (empty when nothing was cut)."""
+        return [*self._a.ids[self._len_a :], *(self._b.ids[self._len_b :] if self._b is not None else [])]
+
+    @property
     def sequence_ids(self) -> list[int | None]:
         """Each token's segment: 0 for A, 1 for B, None for special tokens."""
         out: list[int | None] = [None, *([0] * self._len_a), None]

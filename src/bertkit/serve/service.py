@@ -244,7 +244,7 @@ class Service:
         tok = self.tokenizer
         cut = tok.encode_batch(texts)  # as fill_mask reads them: cut at the model's maximum length
         for n, enc in enumerate(cut):
-            if mask_past_the_cut(tok, texts[n], enc):
+            if mask_past_the_cut(tok, enc):
                 raise WorkTooLarge(f"texts[{n}]: {mask_past_the_cut_message(enc)}")
         return "fill-mask", (texts, top_k), sum(len(e) for e in cut), len(texts)
 
