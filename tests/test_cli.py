@@ -492,3 +492,18 @@ def test_what_the_system_refuses_is_one_line(tiny_task_models: dict[str, Path], 
                                  stdout=full, stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert run.returncode == 1 and "error: No space left on device: the disk is full" in run.stderr, run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_a_refusal_says_what_to_do_for_its_own_cause(tmp_path: Path) -> None:
+    # Not every refusal is "check the path and the disk": too many open files or a failing disk need other steps.
+    import errno
+    import os
+
+    from bertkit.files import describe_os_error
+
+    codes = (errno.EMFILE, errno.ENFILE, errno.EIO, errno.EISDIR, errno.ENAMETOOLONG, errno.EACCES, errno.EBUSY)
+    said = {code: describe_os_error(OSError(code, os.strerror(code), str(tmp_path / "x"))) for code in codes}
+    assert "ulimit -n" in said[errno.EMFILE] and "close some programs" in said[errno.ENFILE]
+    assert "dmesg" in said[errno.EIO] and "give a file" in said[errno.EISDIR] and "shorter" in said[errno.ENAMETOOLONG]
+    assert said[errno.EBUSY].endswith(": check the path and the disk")  # anything else: the general advice
+    assert all(str(tmp_path / "x") in line and "\n" not in line for line in said.values())

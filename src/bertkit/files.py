@@ -79,6 +79,11 @@ def describe_os_error(e: OSError) -> str:
         errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
         errno.EEXIST: "a part of the path is a file, not a folder: choose another path",
         errno.ENOENT: "check the path",
+        errno.EISDIR: "it is a folder: give a file",
+        errno.ENAMETOOLONG: "the name is too long for the file system: choose a shorter path",
+        errno.EMFILE: "this process may open no more files: raise the limit (ulimit -n) and run again",
+        errno.ENFILE: "the system may open no more files: close some programs and run again",
+        errno.EIO: "the disk or file system failed to read or write: check it (dmesg), then run again",
     }.get(e.errno or 0, "check the path and the disk")
     return f"{what}{where}: {todo}"
 
