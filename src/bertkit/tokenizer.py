@@ -788,7 +788,11 @@ class Tokenizer:
         frequent merges by those numbers, so runs differed in their ids and in a few rare pieces
         (huggingface/tokenizers#1794). Here those pieces are counted first and handed to the trainer in a fixed
         order (as tokens that exist from the start, which they do anyway), which leaves it nothing to order by
-        chance."""
+        chance.
+
+        With `show_progress`, the progress goes to standard error; the Rust trainer writes part of it to file
+        descriptor 1, which points at standard error while it runs, for every thread of the process (a program
+        that writes its own output from other threads meanwhile should pass `show_progress=False`)."""
         if vocab_size <= len(SPECIAL_TOKENS):
             raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
         for f in map(Path, files):  # before the trainer starts, in the words of `read_lines`
