@@ -382,6 +382,62 @@ def attention_bias(
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
+def check_inputs(
+    config: BertConfig,
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+) -> None:
+    """Refuse inputs the encoder would read wrongly or fail on deep inside torch: not (B, T) integer tensors of one
+    shape, no tokens, ids outside the vocabulary or segments outside `type_vocab_size` (a tokenizer of another
+    model). The value checks run on the CPU only: elsewhere they would wait for the device at every call."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        got = f"shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise BertkitError(f"input_ids must be a (batch, tokens) tensor, got {got} (Tokenizer.batch makes one)")
+    if input_ids.shape[1] == 0:
+        raise BertkitError(f"input_ids of shape {tuple(input_ids.shape)} holds no tokens: encode at least one text")
+    named = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+    for name, t in named.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or t.shape != input_ids.shape:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise BertkitError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {got}")
+        if name != "attention_mask" and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+            raise BertkitError(f"{name} must hold integers (torch.long), got {t.dtype}")
+    if input_ids.device.type != "cpu":
+        return
+    for name, t, size in (("input_ids", input_ids, config.vocab_size),
+                          ("token_type_ids", token_type_ids, config.type_vocab_size)):  # fmt: skip
+        if t is None or not t.numel():
+            continue
+        low, high = (int(v) for v in torch.aminmax(t))
+        if low < 0 or high >= size:
+            bad = low if low < 0 else high
+            whose = "vocabulary" if name == "input_ids" else "segment types (type_vocab_size)"
+            raise BertkitError(f"{name} holds {bad}, outside this model's {size} {whose}: encode with the model's "
+                               "own tokenizer")  # fmt: skip
+
+
+def check_labels(name: str, labels: torch.Tensor, shape: tuple, classes: int, ignored: int | None = None) -> None:
+    """Refuse `labels` that are not integers of `shape` in [0, classes) (or `ignored`); the values on the CPU only,
+    as in `check_inputs`."""
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != shape:
+        got = f"shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise BertkitError(f"{name} must have shape {shape}, got {got}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise BertkitError(f"{name} must hold integers (torch.long), got {labels.dtype}")
+    if labels.device.type != "cpu" or not labels.numel():
+        return
+    bad = (labels < 0) | (labels >= classes)
+    if ignored is not None:
+        bad &= labels != ignored
+    if bad.any():
+        value = int(labels[bad][0])
+        also = f" (or {ignored} where nothing is predicted)" if ignored is not None else ""
+        raise BertkitError(f"{name} holds {value}: labels run from 0 to {classes - 1}{also}")
+
+
 @dataclass
 class BertOutput:
     """BertModel's output: per-token hidden states and the pooled sentence vector (None without a pooler)."""
@@ -468,6 +524,13 @@ class BertModel(nn.Module, PreTrainedMixin):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> BertOutput:
+        """Encode a batch: `input_ids` (B, T) token ids, `token_type_ids` (B, T) segments (0 for text A, 1 for B;
+        default all 0), `attention_mask` (B, T) 1 for a real token and 0 for padding (default: no padding), as
+        `Tokenizer.batch` returns them. Hidden states at padded positions are zeros."""
+        # An exported graph (ONNX, torch.export) must serve every input: it always applies the mask, never unpads.
+        exporting = _is_exporting() or torch.jit.is_tracing()
+        if not exporting:
+            check_inputs(self.config, input_ids, token_type_ids, attention_mask)
         T = input_ids.shape[1]
         if self.config.max_position_embeddings < T:
             raise BertkitError(
@@ -476,8 +539,6 @@ class BertModel(nn.Module, PreTrainedMixin):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        # An exported graph (ONNX, torch.export) must serve every input: it always applies the mask, never unpads.
-        exporting = _is_exporting() or torch.jit.is_tracing()
         small = (  # on a GPU the CPU threads only launch kernels: nothing to choose
             not self.training
             and not exporting
@@ -632,6 +693,14 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
         mlm_labels: torch.Tensor | None = None,
         nsp_labels: torch.Tensor | None = None,
     ) -> PreTrainingOutput:
+        """The encoder's inputs (see `BertModel.forward`), and optionally the labels that make the losses:
+        `mlm_labels` (B, T) the original token id where a position is predicted, -100 elsewhere; `nsp_labels` (B,)
+        0 when text B follows text A, 1 when it is a random text. With `mlm_labels` the decoder runs on the
+        predicted positions alone, so `mlm_logits` is (P, V) for them, in row order; without, (B, T, V)."""
+        if mlm_labels is not None:
+            check_labels("mlm_labels", mlm_labels, tuple(input_ids.shape), self.config.vocab_size, IGNORE_INDEX)
+        if nsp_labels is not None:
+            check_labels("nsp_labels", nsp_labels, tuple(input_ids.shape[:1]), 2)
         out = self.bert(input_ids, token_type_ids, attention_mask)
         h = out.last_hidden_state  # (B, T, H)
         nsp_logits = self.nsp(out.pooler_output)  # (B, 2)
@@ -732,6 +801,7 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
             elif self.problem_type == "multi_label_classification":
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
             else:
+                check_labels("labels", labels, tuple(input_ids.shape[:1]), self.num_labels)
                 loss = F.cross_entropy(logits.float(), labels)
         return TaskOutput(loss, logits)
 
@@ -770,6 +840,8 @@ class BertForTokenClassification(nn.Module, PreTrainedMixin):
         labels: torch.Tensor | None = None,
     ) -> TaskOutput:
         """(B, T) inputs -> (B, T, C) logits; with (B, T) tag ids (IGNORE_INDEX where none), the loss."""
+        if labels is not None:
+            check_labels("labels", labels, tuple(input_ids.shape), self.num_labels, IGNORE_INDEX)
         h = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, H)
         logits = self.classifier(self.dropout(h))  # (B, T, C)
         loss = None

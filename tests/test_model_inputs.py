@@ -1,0 +1,82 @@
+"""What the models refuse: inputs and labels they would read wrongly, or fail on deep inside torch.
+
+A mask of another shape than the ids was read by broadcasting (a batch of two came back as one sequence), and ids
+outside the vocabulary (a tokenizer of another model) failed in an embedding lookup. Each is now one BertkitError
+naming the tensor, before any work; the inputs that are right still give what they gave.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bertkit import BertConfig, BertForPreTraining, BertkitError, BertModel
+from bertkit.model import BertForSequenceClassification, BertForTokenClassification
+
+IDS = torch.tensor([[2, 7, 9, 3], [2, 8, 3, 0]])
+MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+
+
+@pytest.fixture(scope="module")
+def config() -> BertConfig:
+    return BertConfig.preset("tiny", vocab_size=40)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "says"),
+    [
+        ({"input_ids": IDS, "attention_mask": MASK[:1]}, "attention_mask must have input_ids' shape (2, 4), got (1,"),
+        ({"input_ids": IDS, "attention_mask": MASK.T}, "attention_mask must have input_ids' shape (2, 4), got (4, 2)"),
+        ({"input_ids": IDS, "token_type_ids": IDS[:, :2]}, "token_type_ids must have input_ids' shape"),
+        ({"input_ids": IDS[0]}, "input_ids must be a (batch, tokens) tensor, got shape (4,)"),
+        ({"input_ids": IDS.tolist()}, "input_ids must be a (batch, tokens) tensor, got list"),
+        ({"input_ids": IDS.float()}, "input_ids must hold integers (torch.long), got torch.float32"),
+        ({"input_ids": IDS, "token_type_ids": IDS.bool()}, "token_type_ids must hold integers"),
+        ({"input_ids": torch.zeros(2, 0, dtype=torch.long)}, "holds no tokens"),
+        ({"input_ids": IDS + 40}, "input_ids holds 49, outside this model's 40 vocabulary"),
+        ({"input_ids": IDS - 1}, "input_ids holds -1, outside this model's 40 vocabulary"),
+        ({"input_ids": IDS, "token_type_ids": IDS * 0 + 2}, "token_type_ids holds 2, outside this model's 2"),
+    ],
+)  # fmt: skip
+def test_the_encoder_refuses_inputs_it_would_misread(config: BertConfig, inputs: dict, says: str) -> None:
+    model = BertModel(config).eval()
+    with pytest.raises(BertkitError) as e:
+        model(**inputs)
+    assert says in str(e.value), str(e.value)
+
+
+def test_right_inputs_pass_also_a_float_or_bool_mask(config: BertConfig) -> None:
+    model = BertModel(config).eval()
+    with torch.no_grad():
+        want = model(IDS, attention_mask=MASK).last_hidden_state
+        for mask in (MASK.float(), MASK.bool(), MASK.int()):
+            assert torch.equal(model(IDS, attention_mask=mask).last_hidden_state, want)
+        assert model(IDS.int()).last_hidden_state.shape == (2, 4, config.hidden_size)
+
+
+def test_labels_of_the_wrong_shape_type_or_range_are_refused(config: BertConfig) -> None:
+    torch.manual_seed(0)
+    pt = BertForPreTraining(config)
+    mlm = torch.full_like(IDS, -100)
+    mlm[0, 1] = 7
+    nsp = torch.tensor([0, 1])
+    assert pt(IDS, attention_mask=MASK, mlm_labels=mlm, nsp_labels=nsp).loss.isfinite()  # right ones: a loss
+    cases = [
+        ({"mlm_labels": mlm[:1]}, "mlm_labels must have shape (2, 4), got shape (1, 4)"),
+        ({"mlm_labels": mlm.float()}, "mlm_labels must hold integers"),
+        ({"mlm_labels": torch.where(mlm == 7, 40, mlm)}, "mlm_labels holds 40: labels run from 0 to 39 (or -100"),
+        ({"mlm_labels": torch.where(mlm == 7, -5, mlm)}, "mlm_labels holds -5"),
+        ({"nsp_labels": torch.tensor([0, 2])}, "nsp_labels holds 2: labels run from 0 to 1"),
+        ({"nsp_labels": nsp[:, None]}, "nsp_labels must have shape (2,), got shape (2, 1)"),
+    ]
+    for labels, says in cases:
+        with pytest.raises(BertkitError) as e:
+            pt(IDS, attention_mask=MASK, **labels)
+        assert says in str(e.value), str(e.value)
+    with pytest.raises(BertkitError, match="labels holds 3: labels run from 0 to 2"):
+        BertForSequenceClassification(config, num_labels=3)(IDS, attention_mask=MASK, labels=torch.tensor([0, 3]))
+    tags = torch.where(MASK.bool(), 1, -100)
+    tagger = BertForTokenClassification(config, num_labels=3)
+    assert tagger(IDS, attention_mask=MASK, labels=tags).loss.isfinite()
+    with pytest.raises(BertkitError, match="labels must have shape \\(2, 4\\)"):
+        tagger(IDS, attention_mask=MASK, labels=tags[:, :3])
