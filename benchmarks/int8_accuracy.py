@@ -59,7 +59,7 @@ def main() -> None:
             "onnx fp32": export_onnx(model_dir, work / "fp32.onnx"),
             "onnx int8": export_onnx(model_dir, work / "int8.onnx", quantize="int8"),
         }
-        torch_model = open_task_model(model_dir, None, "cpu")
+        torch_model = open_task_model(model_dir, "cpu")
         examples = torch_model.task.read(dev)
         want = torch_model.predict(examples)
         results: dict = {
@@ -72,7 +72,7 @@ def main() -> None:
         }
         for name, file in (("torch bf16", None), ("onnx fp32", work / "fp32.onnx"), ("onnx int8", work / "int8.onnx")):
             if file is None:
-                task_model = open_task_model(model_dir, None, "cpu")
+                task_model = open_task_model(model_dir, "cpu")
                 set_bf16_from_tokens(task_model.model)
             else:
                 task_model = open_onnx_model_dir(model_dir, file, args.threads).task_model

@@ -45,7 +45,7 @@ def split_by_length(dev: Path, out: Path, tok_dir: Path, limit: int) -> dict[str
 
 def scores_by_length(ner: Path, dev_parts: dict[str, Path]) -> dict[str, float]:
     """Entity F1 of a fine-tuned NER model on the whole dev set (its metrics.json) and on each part."""
-    model = open_task_model(ner, None, "cpu")
+    model = open_task_model(ner, "cpu")
     scores = {"all": json.loads((ner / "metrics.json").read_text())["dev"]["f1"]}
     for part, path in dev_parts.items():
         scores[part] = model.evaluate(model.task.read(path), path)["f1"]

@@ -61,7 +61,7 @@ def main() -> None:
         work = Path(d)
         model_dir = task_model(work)
         export = export_onnx(model_dir, work / "cls.onnx")
-        ours = open_task_model(model_dir, None, "cpu").model
+        ours = open_task_model(model_dir, "cpu").model
         ours.eval()
         ref = hf_twin(ours, transformers.BertForSequenceClassification, CPU).eval()
         options = ort.SessionOptions()

@@ -151,7 +151,7 @@ def test_regression_model_loads_in_transformers_with_same_logits_and_loss(
     ref, info = transformers.BertForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert ref.config.problem_type == "regression" and ref.config.num_labels == 1
-    opened = open_task_model(out, None, "cpu")
+    opened = open_task_model(out, "cpu")
     ours, tok = opened.model, opened.tokenizer
     rows = [line.split("\t") for line in sentiment["dev"].read_text(encoding="utf-8").splitlines()[1:9]]
     batch = tok.batch([r[0] for r in rows], max_length=64)  # lengths differ: padding is exercised
@@ -179,7 +179,7 @@ def test_a_regression_directory_without_bertkit_task_file_is_recognised(
     config["id2label"], config["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
     (copy / "config.json").write_text(json.dumps(config))
     assert fine_tuned_task(copy) == "regression"
-    opened = open_task_model(copy, None, "cpu")
+    opened = open_task_model(copy, "cpu")
     assert list(opened.predict([opened.task.from_json({"text": "服务很好"})])[0]) == ["score"]
 
 
@@ -205,7 +205,7 @@ def test_pair_regression_keeps_its_input_form(tmp_path: Path, tiny_zh_pretrained
                          train=training, settings=settings)  # fmt: skip
     run_finetune(cfg)
     assert json.loads((out / TASK_FILE).read_text())["settings"]["text_pair"] is True
-    opened = open_task_model(out, None, "cpu")
+    opened = open_task_model(out, "cpu")
     task, tok = opened.task, opened.tokenizer
     with pytest.raises(BertkitError, match="text_b"):
         task.from_json({"text": "只有一句"})

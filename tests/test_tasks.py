@@ -78,7 +78,7 @@ def test_prediction_in_chunks_gives_every_answer_in_order(
     from bertkit.tasks.model_dir import open_task_model
 
     files = {"cls": "chnsenticorp/dev.tsv", "ner": "cluener2020/dev.txt", "qa": "cmrc2018/dev.json"}
-    tm = open_task_model(tiny_task_models[task], None, "cpu")
+    tm = open_task_model(tiny_task_models[task], "cpu")
     examples = tm.task.read(data_dir / files[task])[:45]
     if task != "qa":  # some inputs longer than the model's max_seq_length, counted in every chunk
         tm.task.settings.max_seq_length = 24
@@ -107,12 +107,38 @@ def test_open_task_model_checks_the_head(tiny_task_models: dict[str, Path]) -> N
     # The same head, but a model that learnt from single texts cannot judge pairs (evaluate --task pair on it gave
     # an accuracy, exit 0); the other way round a pair classifier may read single texts.
     with pytest.raises(BertkitError, match="fine-tuned on single texts \\('cls'\\): it cannot judge text pairs"):
-        open_task_model(cls, "pair")
-    assert open_task_model(cls, "cls").task.name == "cls"
+        open_task_model(cls, task="pair")
+    assert open_task_model(cls, task="cls").task.name == "cls"
     with pytest.raises(BertkitError, match="was fine-tuned for 'cls', not 'ner'"):
-        open_task_model(cls, "ner")
+        open_task_model(cls, task="ner")
     with pytest.raises(BertkitError, match="not a fine-tuned task model"):
         open_task_model(tiny_task_models["pretrained"])
+    with pytest.raises(BertkitError, match="unknown task 'foo'; choose one of cls, pair"):  # was a KeyError
+        open_task_model(cls, task="foo")
+    with pytest.raises(BertkitError, match="unknown task 'foo'"):
+        open_model_dir(cls, task="foo")
+    with pytest.raises(TypeError):  # the task by keyword only: a device in its place was taken for a task name
+        open_task_model(cls, None, "cpu")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("task", ["cls", "ner", "qa"])
+def test_a_task_model_takes_its_examples_only_and_scores_labelled_ones(
+    task: str, tiny_task_models: dict[str, Path], data_dir: Path
+) -> None:
+    """A dict or a text where an example belongs was an AttributeError deep in the task's encoding, and evaluate
+    scored an example without its label as a wrong answer (accuracy 0.0 over unlabelled examples)."""
+    tm = open_task_model(tiny_task_models[task], "cpu")
+    row = {"question": "谁？", "context": "叶老桂在北京。"} if task == "qa" else {"text": "叶老桂在北京。"}
+    unlabelled = tm.task.from_json(row)
+    assert len(tm.predict([unlabelled])) == 1
+    for bad in ([row], [row["context" if task == "qa" else "text"]], row, "叶老桂"):
+        with pytest.raises(BertkitError, match=r"examples(\[0\] is a| must be a list of) "):
+            tm.predict(bad)  # type: ignore[arg-type]
+    files = {"cls": "chnsenticorp/dev.tsv", "ner": "cluener2020/dev.txt", "qa": "cmrc2018/dev.json"}
+    labelled = tm.task.read(data_dir / files[task])[:3]
+    assert set(tm.evaluate(labelled, files[task])) >= {tm.task.main_metric}
+    with pytest.raises(BertkitError, match=r"examples\[3\] has no label, and evaluate scores against labels"):
+        tm.evaluate([*labelled, unlabelled], "mine")
 
 
 @pytest.mark.parametrize("name", ["cls", "regression", "multilabel"])

@@ -101,7 +101,7 @@ def test_pair_windows_keep_the_shorter_text_whole(data_dir: Path, reviews: list[
 def test_classifier_averages_window_logits_and_fitting_inputs_answer_as_before(
     tiny_task_models: dict[str, Path], reviews: list[str]
 ) -> None:
-    opened = open_task_model(tiny_task_models["cls"], None, "cpu")
+    opened = open_task_model(tiny_task_models["cls"], "cpu")
     model, tok = opened.model, opened.tokenizer
     examples = [TextExample(t, None, None, i + 1) for i, t in enumerate(reviews[:12])]
     fit = [ex for ex, enc in zip(examples, tok.encode_batch(reviews[:12], max_length=10_000), strict=True)
@@ -127,7 +127,7 @@ def test_classifier_averages_window_logits_and_fitting_inputs_answer_as_before(
 def test_ner_windows_tag_every_word_once_from_its_most_central_window(
     tiny_task_models: dict[str, Path], data_dir: Path
 ) -> None:
-    opened = open_task_model(tiny_task_models["ner"], None, "cpu")
+    opened = open_task_model(tiny_task_models["ner"], "cpu")
     sentences = [s for s in read_conll(data_dir / "cluener2020/dev.txt")[:40] if len(s.tokens) > 30][:8]
     for s in sentences:
         s.tags = None

@@ -200,7 +200,7 @@ def test_multilabel_model_loads_in_transformers_with_same_logits_and_loss(
     ref, info = transformers.BertForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert ref.config.problem_type == "multi_label_classification"
-    opened = open_task_model(out, None, "cpu")
+    opened = open_task_model(out, "cpu")
     ours, tok, task = opened.model, opened.tokenizer, opened.task
     examples = task.read(cluener_sets["dev"])[:8]
     batch = tok.batch([ex.text_a for ex in examples], max_length=64)  # lengths differ: padding is exercised
@@ -222,7 +222,7 @@ def test_a_hugging_face_multilabel_directory_is_recognised(multilabel_model: tup
     copy = tmp_path / "hf"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("training", TASK_FILE))
     assert fine_tuned_task(copy) == "multilabel"
-    opened = open_task_model(copy, None, "cpu")  # no thresholds kept: one half for every label
+    opened = open_task_model(copy, "cpu")  # no thresholds kept: one half for every label
     (row,) = opened.predict([opened.task.from_json({"text": "北京故宫博物院"})])
     assert row["labels"] == [k for k, p in row["probabilities"].items() if p > 0.5]
 

@@ -67,7 +67,7 @@ def test_predictions_are_valid_tag_sequences_with_crf_probabilities(
     crf_model: tuple[Path, dict], cluener: dict[str, Path], bertkit
 ) -> None:
     out, result = crf_model
-    opened = open_task_model(out, None, "cpu")
+    opened = open_task_model(out, "cpu")
     model = opened.model
     assert model.crf is not None
     labels = [opened.id2label[i] for i in range(len(opened.id2label))]
@@ -101,14 +101,14 @@ def test_viterbi_repairs_emissions_whose_argmax_is_invalid(crf_model: tuple[Path
         model.classifier.bias.copy_(torch.nn.functional.one_hot(torch.tensor(label2id["I-name"]), model.num_labels) * 5)
         model.crf.transitions.zero_()
     model.save_pretrained(copy)
-    opened = open_task_model(copy, None, "cpu")
+    opened = open_task_model(copy, "cpu")
     (row,) = opened.predict([opened.task.from_json({"text": "彭小军认为"})])
     assert row["tags"] == ["B-name", "I-name", "I-name", "I-name", "I-name"]
     assert [(e["type"], e["start"], e["end"]) for e in row["entities"]] == [("name", 0, 5)]
 
 
 def test_the_loss_is_the_crfs_over_first_sub_tokens(crf_model: tuple[Path, dict], cluener: dict[str, Path]) -> None:
-    opened = open_task_model(crf_model[0], None, "cpu")
+    opened = open_task_model(crf_model[0], "cpu")
     model, tok, task = opened.model.eval(), opened.tokenizer, opened.task
     label2id = {v: k for k, v in opened.id2label.items()}
     features = task.features(task.read(cluener["dev"])[:6], tok, label2id, train=True)
@@ -243,7 +243,7 @@ def test_crf_directory_loads_in_transformers_with_the_same_logits(
     ref, info = transformers.BertForTokenClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"]
     assert sorted(info["unexpected_keys"]) == ["crf.end_transitions", "crf.start_transitions", "crf.transitions"]
-    opened = open_task_model(out, None, "cpu")
+    opened = open_task_model(out, "cpu")
     texts = ["".join(s.tokens) for s in opened.task.read(cluener["dev"])[:6]]
     batch = opened.tokenizer.batch(texts, max_length=64)
     with torch.no_grad():

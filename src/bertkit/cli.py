@@ -294,7 +294,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         if Path(args.data).is_dir():
             raise BertkitError(f"{args.data} is a directory without manifest.json: give a task data file or DATA_DIR")
         _refuse_pretraining_flags(args)
-        task_model = _onnx_task_model(args) if args.onnx else open_task_model(args.model, args.task, device)
+        task_model = _onnx_task_model(args) if args.onnx else open_task_model(args.model, device, task=args.task)
         examples = task_model.task.read(args.data)
         metrics = task_model.evaluate(examples, args.data, args.batch_size, progress=True)
         _note_long_inputs(task_model.task, len(examples), args.data)
@@ -421,7 +421,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from bertkit.tasks.model_dir import open_task_model
 
     _check_file_out(args, args.model, args.input)
-    task_model = open_task_model(args.model, args.task, pick_device(args.device))
+    task_model = open_task_model(args.model, pick_device(args.device), task=args.task)
     task, path = task_model.task, args.input
     if path == "-":  # standard input: plain lines (cls: text; pair: text<TAB>text; ner: text; qa: JSON lines)
         with tempfile.NamedTemporaryFile("w", suffix=task.stdin_suffix, delete=False, encoding="utf-8") as f:

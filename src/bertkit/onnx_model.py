@@ -211,7 +211,7 @@ def open_onnx_model_dir(
     A file exported from another kind of model, or with other labels or output sizes, is a BertkitError naming
     both paths: its answers would be silently wrong. `device` other than the CPU is refused (`check_onnx_device`)."""
     check_onnx_device(device)
-    opened = open_model_dir(model_dir, "cpu", task)
+    opened = open_model_dir(model_dir, "cpu", task=task)
     onnx = OnnxModel(onnx_file, threads, opened.config)
     expected = (
         fine_tuned_task(model_dir) or ""  # the task it was exported as, whatever `task` reads it as now

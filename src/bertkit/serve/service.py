@@ -81,7 +81,7 @@ class Service:
             # Loaded on the worker thread, which runs every model call: no other thread of the process ever runs a
             # parallel PyTorch operator. Once two threads have, OpenMP (libgomp) has more threads than cores and
             # stops spin-waiting between parallel regions, and every operator waits for a sleeping thread to wake.
-            opened = opened or self.batcher.call(lambda: open_model_dir(self.path, self.device, task))
+            opened = opened or self.batcher.call(lambda: open_model_dir(self.path, self.device, task=task))
         except BaseException:
             self.batcher.close()
             raise

@@ -50,6 +50,7 @@ class Task:
     head: str = ""
     # config.json's problem_type for a model of this task (transformers reads it to choose the loss); None: none.
     problem_type: str | None = None
+    example_class: type = object  # what `read` and `from_json` make, and `TaskModel` takes
     input_schema: str = ""  # one input as a JSON object: what `predict` (JSON lines) and the HTTP API take
     json_fields: tuple[str, ...] = ("text",)  # every field `from_json` reads (the HTTP API refuses others)
     default_max_seq_length: int = TaskSettings.max_seq_length
@@ -103,6 +104,10 @@ class Task:
 
     def from_json(self, row: dict, n: int = 0) -> Any:
         """One unlabelled example from a JSON object (an HTTP request's input); `n` is kept as its line number."""
+        raise NotImplementedError
+
+    def is_labelled(self, example: Any) -> bool:
+        """Whether `example` holds what `evaluate` scores against (its label, tags or answers)."""
         raise NotImplementedError
 
     def labels(self, examples: Sequence) -> list[str] | None:

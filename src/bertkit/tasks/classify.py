@@ -36,9 +36,14 @@ class ClassificationTask(Task):
     curve_scores = ("accuracy", "macro_f1")
     model_class = BertForSequenceClassification
     head = "classes"
+    example_class = TextExample
     input_schema = '{"text": "..."}'
     json_fields = ("text", "text_a", "text_b")  # text_b: refused, with the reason, by a model that reads one text
     pair = False
+
+    def is_labelled(self, example: TextExample) -> bool:
+        """Whether the example has its label."""
+        return example.label is not None
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
         """Rows read by `read_classification`; a pair task requires `text_b` in every row, a single-text one none."""

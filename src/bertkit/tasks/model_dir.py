@@ -23,7 +23,7 @@ from bertkit.machine import release_free_memory
 from bertkit.model import BertForPreTraining, BertModel, num_labels_of
 from bertkit.progress import progress_bar
 from bertkit.tasks.base import Inference, Task
-from bertkit.tasks.registry import TASKS, task_for_architecture
+from bertkit.tasks.registry import TASKS, task_class, task_for_architecture
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import Tokenizer
 
@@ -81,7 +81,22 @@ class TaskModel:
 
     def features(self, examples: Sequence) -> list[dict[str, Any]]:
         """The model's inputs for `examples` (labels left out)."""
+        self.check_examples(examples)
         return self.task.features(examples, self.tokenizer, None, train=False)
+
+    def check_examples(self, examples: Sequence, labelled: bool = False) -> None:
+        """Refuse anything but a list of the task's examples (a dict or a text is made one by `task.from_json`),
+        and, when `labelled`, an example without its label: it would be scored as wrong."""
+        kind = self.task.example_class.__name__
+        make = f"task.from_json({self.task.input_schema.split(', or')[0]}) makes one, task.read(path) a file's"
+        if isinstance(examples, str | bytes | dict) or not isinstance(examples, Sequence):
+            raise BertkitError(f"examples must be a list of {kind} ({make}), got {type(examples).__name__}")
+        for n, example in enumerate(examples):
+            if not isinstance(example, self.task.example_class):
+                raise BertkitError(f"examples[{n}] is a {type(example).__name__}, not a {kind}: {make}")
+            if labelled and not self.task.is_labelled(example):
+                raise BertkitError(f"examples[{n}] has no label, and evaluate scores against labels: give labelled "
+                                   "examples (task.read(path) reads a labelled file)")  # fmt: skip
 
     def inference(self, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False) -> Inference:
         """The model ready to answer, `batch_size` inputs per forward pass (with a bar over them: `progress`)."""
@@ -116,17 +131,21 @@ class TaskModel:
     ) -> dict:
         """The task's metrics on labelled `examples` read from `source`, `batch_size` inputs per forward pass; a
         label the model does not know is an error naming its line in `source`."""
+        self.check_examples(examples, labelled=True)
         if self.id2label:
             self.task.check_labels(examples, {v: k for k, v in self.id2label.items()}, source)
         return self.task.evaluate(self.inference(batch_size, progress), examples, self.features(examples))
 
 
 def open_task_model(
-    model_dir: str | Path, task: str | None = None, device: str | torch.device | None = None
+    model_dir: str | Path, device: str | torch.device | None = None, *, task: str | None = None
 ) -> TaskModel:
-    """The fine-tuned model in `model_dir`, as a `task` model when given (which must have the same kind of head as
-    the one it was fine-tuned for: a pair classifier evaluates single sentences, never a tagger's data)."""
+    """The fine-tuned model in `model_dir` (on `device`, default the CPU), as a `task` model when given (which must
+    have the same kind of head as the one it was fine-tuned for: a pair classifier evaluates single sentences, never
+    a tagger's data)."""
     path = Path(model_dir)
+    if task is not None:
+        task_class(task)  # a name it knows
     name = fine_tuned_task(path)
     if name is None:
         arch = (BertConfig.load(path).extra.get("architectures") or [""])[0]
@@ -187,7 +206,7 @@ class ModelDir:
 
 
 def open_model_dir(
-    model_dir: str | Path, device: str | torch.device | None = None, task: str | None = None
+    model_dir: str | Path, device: str | torch.device | None = None, *, task: str | None = None
 ) -> ModelDir:
     """Open any model directory (bertkit's or Hugging Face's) as what it is; a fine-tuned one as a `task` model when
     given (see `open_task_model`). Only weights the directory holds are loaded as heads: a directory without the
@@ -198,12 +217,14 @@ def open_model_dir(
         raise BertkitError(f"{path} is a file, not a model directory: give the folder that holds it ({path.parent})")
     if not path.is_dir():
         raise BertkitError(no_such_path(path))
+    if task is not None:
+        task_class(task)
     config = BertConfig.load(path)
     fine_tuned = fine_tuned_task(path)
     if task and not fine_tuned:
         raise BertkitError(f"{model_dir} is not a fine-tuned task model: --task {task} is for one")
     if fine_tuned:
-        task_model = open_task_model(path, task, device)
+        task_model = open_task_model(path, device, task=task)
         encoder: BertModel = task_model.model.bert  # type: ignore[assignment]
         return ModelDir(path, config, task_model.tokenizer, encoder, task_model=task_model)
     tokenizer = Tokenizer.from_pretrained(path)

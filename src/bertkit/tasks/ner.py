@@ -104,10 +104,15 @@ class NerTask(Task):
     curve_scores = ("f1", "precision", "recall")
     model_class = BertForTokenClassification
     head = "tags"
+    example_class = TaggedSentence
     input_schema = '{"text": "..."}'
     export_kind = "tagger"
     per_token = True
     truncated = "cut into consecutive chunks (--long-inputs window overlaps them)"
+
+    def is_labelled(self, example: TaggedSentence) -> bool:
+        """Whether the sentence has its tags."""
+        return example.tags is not None
 
     def model_config(self) -> dict:
         """{"crf": true} for a model with a CRF (`--crf`)."""

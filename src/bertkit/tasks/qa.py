@@ -28,6 +28,7 @@ class QaTask(Task):
     curve_scores = ("f1", "exact_match")
     model_class = BertForQuestionAnswering
     head = "span"
+    example_class = QAExample
     input_schema = '{"question": "...", "context": "..."}'
     json_fields = ("question", "context", "id")
     stdin_suffix = ".jsonl"  # predict's standard input: JSON lines, as a question and its passage need
@@ -85,6 +86,10 @@ class QaTask(Task):
 
     def where(self, example: QAExample, path: str | Path) -> str:
         return f"question id {example.id!r} of {path}"
+
+    def is_labelled(self, example: QAExample) -> bool:
+        """Whether the question has its answers (or is marked as having none: SQuAD v2's is_impossible)."""
+        return bool(example.answers) or example.is_impossible
 
     def from_json(self, row: dict, n: int = 0) -> QAExample:
         """{"question", "context", "id" (optional)}."""
