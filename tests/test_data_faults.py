@@ -270,7 +270,7 @@ def test_disk_full_on_a_small_tmpfs(tmp_path, bertkit, data_dir, corpus_text, to
 @pytest.mark.parametrize("fraction", ["1.5", "-0.1", "nan"])
 def test_eval_fraction_outside_0_to_1_is_refused(tmp_path, bertkit, fraction, corpus_text, tok_dir):
     corpus = write_corpus(tmp_path / "corpus.txt", corpus_text[:2000])
-    with pytest.raises(BertkitError, match=r"--eval-fraction .* give a number from 0 to 1"):
+    with pytest.raises(BertkitError, match=r"eval_fraction must be from 0 to 1"):  # the settings, in Python
         prepare([corpus], tok_dir, tmp_path / "out", PrepareConfig(eval_fraction=float(fraction)), progress=False)
     # The command line refuses it while parsing its arguments (exit status 2, the flag named).
     argv = ["prepare", "--corpus", corpus, "--tokenizer", tok_dir, "--out", tmp_path / "out"]

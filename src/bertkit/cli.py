@@ -24,6 +24,7 @@ from bertkit.constants import (
     MIN_ONNX_OPSET,
     MIN_PAIR_FREQUENCY,
     ONNX_OPSET,
+    POOLINGS,
     QUANTIZATIONS,
     TOP_K,
     VOCAB_SIZE,
@@ -610,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: the model's own (sentence_bert_config.json)",
     )
-    p.add_argument("--pooling", choices=["mean", "cls"], default=None, help="default: mean (or the model's)")
+    p.add_argument("--pooling", choices=POOLINGS, default=None, help="default: mean (or the model's)")
     p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
     add_options(p, TrainConfig, only=("device",))
     p.set_defaults(func=_cmd_embed)

@@ -11,6 +11,7 @@ INFERENCE_BATCH_SIZE = 64  # inputs per forward pass when embedding, evaluating 
 # few enough that their encodings and activations take a bounded amount of memory, however large the input.
 INFERENCE_CHUNK = 16384
 TOP_K = 5  # fill-mask: candidates per [MASK]
+POOLINGS = ("mean", "cls")  # how `embed` makes a sentence vector of the last layer: mean of tokens, or [CLS]
 HOST, PORT = "127.0.0.1", 8000  # `bertkit serve`: this machine only, unless asked
 ONNX_OPSET = 18
 MIN_ONNX_OPSET = 17  # the first with LayerNormalization, which the exported encoder uses

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from bertkit.config import BertConfig
-from bertkit.constants import INFERENCE_BATCH_SIZE, INFERENCE_CHUNK, TOP_K
-from bertkit.errors import BertkitError, NonFiniteOutputError, shown
+from bertkit.constants import INFERENCE_BATCH_SIZE, INFERENCE_CHUNK, POOLINGS, TOP_K
+from bertkit.errors import BertkitError, NonFiniteOutputError, check_count, shown
 from bertkit.files import read_json_object
 from bertkit.machine import release_free_memory
 from bertkit.model import BertForPreTraining, BertModel
 from bertkit.progress import progress_bar
-from bertkit.tokenizer import Encoding, Tokenizer
+from bertkit.tokenizer import Encoding, Tokenizer, check_texts
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,9 @@ def embedding_settings(path: str | Path) -> dict:
 def embedding_length(tokenizer: Tokenizer, config: BertConfig, max_length: int | None = None) -> int:
     """The tokens a text is cut at for its embedding: `max_length` when given, else the tokenizer's; never more
     than the model's positions (a sentence-transformers config may name more)."""
-    return min(max_length or tokenizer.model_max_length, config.max_position_embeddings)
+    if max_length is None:
+        max_length = tokenizer.model_max_length
+    return min(max_length, config.max_position_embeddings)
 
 
 @torch.inference_mode()
@@ -96,6 +98,10 @@ def embed(
     list, the positions of the texts cut are appended to it. They are encoded `INFERENCE_CHUNK` at a time, so that
     memory beyond the output does not grow with their number.
     """
+    if pooling not in POOLINGS:
+        raise BertkitError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+    check_count(batch_size, "batch_size")
+    check_texts(texts, "texts")
     device = device or next(model.parameters()).device
     model.eval()
     max_length = embedding_length(tokenizer, model.config, max_length)
@@ -162,6 +168,9 @@ def _fill_mask(
     model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int
 ) -> tuple[list[list[tuple[str, float]]], bool]:
     """`fill_mask`'s candidates, and whether `text` was cut at the model's maximum length."""
+    if not isinstance(text, str):
+        raise BertkitError(f"text must be a string, got {type(text).__name__}")
+    check_count(top_k, "top_k")
     model.eval()
     enc = tokenizer.encode(text)
     positions = [i for i, t in enumerate(enc.input_ids) if t == tokenizer.mask_id]

@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from bertkit.errors import BertkitError
 
 
 def whole_number(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
@@ -112,6 +115,34 @@ def option(
     without a default is a required flag. `help` may say %(default)s; otherwise a non-empty default is appended."""
     meta = {"help": help, "flag": flag, "type": type, "choices": choices, "metavar": metavar, "nargs": nargs}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def check_values(config: Any) -> None:
+    """Give a config built in Python the checks its flags give on the command line: each field declared with a
+    `type` or `choices` is checked as the CLI checks that flag (a number given as a string is refused, not parsed),
+    and a path given as a `pathlib.Path` to a field of text is kept as text (a run stored it in JSON at its end).
+    Raises BertkitError naming the field, as its Python name."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+            object.__setattr__(config, f.name, value)
+        if value is None or "help" not in f.metadata:
+            continue
+        parse, choices = f.metadata["type"], f.metadata["choices"]
+        for each in value if isinstance(value, list) else [value]:
+            if choices is not None and each not in choices:
+                raise BertkitError(f"{f.name} {each!r} is not one of {', '.join(map(str, choices))}")
+            if parse is None:
+                continue
+            try:
+                parsed = parse(str(each))
+            except argparse.ArgumentTypeError as e:
+                raise BertkitError(f"{f.name} {e}") from None
+            if isinstance(each, str) and not isinstance(parsed, str):
+                raise BertkitError(f"{f.name} must be a number, got the string {each!r}")
+            if isinstance(parsed, int) and not hasattr(each, "__index__"):  # an int, or numpy's
+                raise BertkitError(f"{f.name} must be a whole number, got {each!r}")
 
 
 def cli_fields(config: type) -> list[dataclasses.Field]:

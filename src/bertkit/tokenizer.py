@@ -40,7 +40,7 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers.models import WordPiece
 
 from bertkit.constants import MIN_PAIR_FREQUENCY, VOCAB_SIZE
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, shown
 from bertkit.files import BytesRead, atomic_write, no_such_path, read_corpus_lines, read_json_object
 from bertkit.progress import progress_bar
 
@@ -106,6 +106,15 @@ class Encoding:
         if self._b is not None:
             out += [*([1] * self._len_b), None]
         return out
+
+
+def check_texts(texts: Sequence[str], name: str) -> None:
+    """Refuse `texts` that are not a list of strings: a string alone would be read as a list of its characters."""
+    if isinstance(texts, str | bytes):
+        raise BertkitError(f"{name} must be a list of strings, got the string {shown(texts)}: put it in a list")
+    for n, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise BertkitError(f"{name}[{n}] is a {type(text).__name__}, not a string")
 
 
 def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
@@ -477,6 +486,10 @@ class Tokenizer:
         tokenize_chinese_chars: bool = True,
         model_max_length: int = MODEL_MAX_LENGTH,
     ):
+        """A tokenizer over `vocab` (token i has id i; it must hold the special tokens). `lowercase` lower-cases
+        text; `strip_accents` removes accents, by default (None) when lower-casing, as the original BERT does;
+        `tokenize_chinese_chars` makes every CJK ideograph a word of its own; `model_max_length` is where `encode`
+        cuts by default (the model's positions)."""
         self.vocab: list[str] = list(vocab)
         self.token_to_id: dict[str, int] = {}
         for i, t in enumerate(self.vocab):
@@ -593,16 +606,28 @@ class Tokenizer:
 
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
         """Ids of the tokens; one not in the vocabulary gets the [UNK] id."""
+        if isinstance(tokens, str):
+            raise BertkitError(f"tokens must be a list of tokens, got the string {shown(tokens)}: tokenize it first")
         return [self.token_to_id.get(t, self.unk_id) for t in tokens]
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         """Vocabulary entries of the ids, `##` pieces and special tokens as they are."""
-        return [self.vocab[i] for i in ids]
+        return [self.vocab[i] for i in self._checked_ids(ids)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text from ids, joining `##` continuations (lower-cased/normalised text, as tokenized)."""
-        ids = [int(i) for i in ids if not (skip_special_tokens and int(i) in self.special_ids)]
+        ids = [i for i in self._checked_ids(ids) if not (skip_special_tokens and i in self.special_ids)]
         return self._rust.decode(ids, skip_special_tokens=False)
+
+    def _checked_ids(self, ids: Iterable[int]) -> list[int]:
+        """`ids` as ints, each an id of this vocabulary (a negative one counted from the end, or one past it, was
+        read as another token or dropped)."""
+        out = [int(i) for i in ids]
+        for i in out:
+            if not 0 <= i < len(self.vocab):
+                raise BertkitError(f"id {i} is not in this vocabulary of {len(self.vocab)} tokens (ids 0 to "
+                                   f"{len(self.vocab) - 1})")  # fmt: skip
+        return out
 
     # ---------------------------------------------------------------- encoding
     def encode(
@@ -623,9 +648,15 @@ class Tokenizer:
         truncation: bool = True,
     ) -> list[Encoding]:
         """Encode many texts (and optional pair texts) at once; the Rust side runs in parallel."""
-        if pairs is not None and len(pairs) != len(texts):
-            raise BertkitError(f"{len(texts)} texts but {len(pairs)} pair texts")
-        max_length = max_length or self.model_max_length
+        check_texts(texts, "texts")
+        if pairs is not None:
+            check_texts(pairs, "pairs")
+            if len(pairs) != len(texts):
+                raise BertkitError(f"{len(texts)} texts but {len(pairs)} pair texts")
+        if max_length is None:
+            max_length = self.model_max_length
+        elif not isinstance(max_length, int) or isinstance(max_length, bool):
+            raise BertkitError(f"max_length must be a whole number of tokens, got {max_length!r}")
         enc_a = self._encode_segments(texts)
         enc_b = self._encode_segments(pairs) if pairs is not None else None
         out = []
@@ -643,6 +674,7 @@ class Tokenizer:
     def _encode_segments(self, texts: Sequence[str], offsets: bool = True) -> list:
         """Ids (and offsets) of each text without special tokens: vectorised table lookup where `_CharTable`
         covers the text, the Rust tokenizer (one parallel batch) for the rest."""
+        check_texts(texts, "texts")
         chars = self._chars
         covered = [i for i, t in enumerate(texts) if chars.covers(t)]
         out: list = [None] * len(texts)
@@ -758,6 +790,11 @@ class Tokenizer:
 
     def pad(self, encodings: Sequence[Encoding], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
         """Stack encodings into (B, T) LongTensors padded to the longest (optionally to a multiple of N)."""
+        for n, e in enumerate(encodings):
+            if not isinstance(e, Encoding):
+                raise BertkitError(f"encodings[{n}] is a {type(e).__name__}, not an Encoding (encode_batch makes them)")
+        if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
+            raise BertkitError(f"pad_to_multiple_of must be a positive whole number, got {pad_to_multiple_of!r}")
         T = max((len(e) for e in encodings), default=0)  # no encodings: a (0, 0) batch
         if pad_to_multiple_of:
             T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
@@ -783,6 +820,12 @@ class Tokenizer:
     ) -> Tokenizer:
         """Learn a WordPiece vocabulary from UTF-8 corpus files; special tokens come first, in BERT order.
 
+        `vocab_size` is a target: the trainer keeps every character of the corpus (at most `limit_alphabet`
+        distinct ones) and the `##` form of those seen inside a word whatever the size, so a small target on a
+        corpus of many characters (Chinese) gives more tokens; and it learns only pieces that occur at least
+        `min_frequency` times, so a small corpus can give fewer. `lowercase` also strips accents, as the uncased
+        BERT models do.
+
         The same corpus and settings give the same vocabulary in every run. The `tokenizers` trainer on its own does
         not: it numbers the `##c` pieces of single characters in hash-map order, and breaks ties between equally
         frequent merges by those numbers, so runs differed in their ids and in a few rare pieces
@@ -793,6 +836,15 @@ class Tokenizer:
         With `show_progress`, the progress goes to standard error; the Rust trainer writes part of it to file
         descriptor 1, which points at standard error while it runs, for every thread of the process (a program
         that writes its own output from other threads meanwhile should pass `show_progress=False`)."""
+        if isinstance(files, str | Path):
+            raise BertkitError(f"files must be a list of corpus files, got the single path {str(files)!r}: "
+                               "put it in a list")  # fmt: skip
+        if not files:
+            raise BertkitError("no corpus files given to learn a vocabulary from")
+        for name, value in (("vocab_size", vocab_size), ("min_frequency", min_frequency),
+                            ("limit_alphabet", limit_alphabet)):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BertkitError(f"{name} must be a whole number of 0 or more, got {value!r}")
         if vocab_size <= len(SPECIAL_TOKENS):
             raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
         for f in map(Path, files):  # before the trainer starts, in the words of `read_lines`

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bertkit.options import FRACTION, NON_NEGATIVE, POSITIVE, SEED, SEQ_LENGTH, option
+from bertkit.options import FRACTION, NON_NEGATIVE, POSITIVE, SEED, SEQ_LENGTH, check_values, option
 
 MANIFEST_FILE = "manifest.json"  # a prepared data directory's description (moved in last: its presence means complete)
 # The fewest documents a block holds (unless the split has fewer): its NotNext pairs draw their B from the others.
@@ -45,3 +45,6 @@ class PrepareConfig:
         "draws B from more of the corpus and holds more in memory (per worker)",
     )  # fmt: skip
     shard_tokens: int = 64_000_000
+
+    def __post_init__(self) -> None:
+        check_values(self)

@@ -14,7 +14,7 @@ import numpy as np
 
 from bertkit.constants import IGNORE_INDEX
 from bertkit.errors import BertkitError
-from bertkit.options import FRACTION, POSITIVE, number, option
+from bertkit.options import FRACTION, POSITIVE, check_values, number, option
 
 
 @dataclass
@@ -41,6 +41,7 @@ class MaskingConfig:
         return replace(self, max_predictions=math.ceil(self.mask_prob * max_seq_length))
 
     def __post_init__(self) -> None:
+        check_values(self)
         if not 0 < self.mask_prob < 1:
             raise BertkitError(f"mask probability must be in (0, 1), got {self.mask_prob}")
         if self.mask_frac < 0 or self.random_frac < 0 or self.mask_frac + self.random_frac > 1:

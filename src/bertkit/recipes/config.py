@@ -16,6 +16,7 @@ from bertkit.options import (
     POSITIVE,
     POSITIVE_NUMBER,
     SEED,
+    check_values,
     numbers,
     option,
 )
@@ -70,6 +71,7 @@ class PretrainConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        check_values(self)
         if self.objective not in OBJECTIVES:
             raise BertkitError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
 
@@ -157,6 +159,9 @@ class FinetuneConfig:
     # inputs longer than max_seq_length are truncated), once for many runs: the quickstart
     notes: bool = True
 
+    def __post_init__(self) -> None:
+        check_values(self)
+
 
 # How `bertkit finetune` words the training flags it takes from TrainConfig, where fine-tuning means more.
 FINETUNE_TRAINING_FLAGS = {
@@ -199,3 +204,6 @@ class QuickstartConfig:
         "budget and seed give the same table on any machine); when the limit cuts pre-training short, the results "
         "depend on the machine's speed and the table says so",
     )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_values(self)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bertkit.constants import HOST, PORT
-from bertkit.options import NON_NEGATIVE_NUMBER, PORT_NUMBER, POSITIVE, option, web_origin
+from bertkit.options import NON_NEGATIVE_NUMBER, PORT_NUMBER, POSITIVE, check_values, option, web_origin
 
 MAX_INPUTS = 256  # per request: larger batches belong to `bertkit predict` / `bertkit embed` on files
 MAX_WINDOWS = 16  # per input of a NER or QA model: windows of max_seq_length tokens over a long text
@@ -66,3 +66,6 @@ class ServeConfig:
         None, type=web_origin, metavar="ORIGIN",
         help="allow cross-origin requests from this one origin, e.g. https://example.org (default: none)",
     )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_values(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bertkit.options import POSITIVE, SEQ_LENGTH, option
+from bertkit.options import POSITIVE, SEQ_LENGTH, check_values, option
 
 # The families of bertkit.tasks.registry, in its order (it checks that they agree).
 TASK_NAMES = ("cls", "pair", "regression", "multilabel", "ner", "qa")
@@ -60,3 +60,6 @@ class TaskSettings:
     # the dev set by fine-tuning (each maximises that label's F1, or the micro-F1 for the global one). None: 0.5.
     thresholds: dict[str, float] | None = None
     threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        check_values(self)

@@ -13,6 +13,7 @@ from bertkit.options import (
     POSITIVE_NUMBER,
     SEED,
     by_flag,
+    check_values,
     option,
 )
 
@@ -74,6 +75,9 @@ class TrainConfig:
         "directories either way, and a run resumes with or without --fsdp, on any number of processes (the "
         "global batch is --batch-size x processes, so only the same number resumes exactly)",
     )
+
+    def __post_init__(self) -> None:
+        check_values(self)
 
     def identity(self) -> dict[str, Any]:
         """The `RUN_DEFINING` settings by flag (see `bertkit.train.state.check_same_run`)."""

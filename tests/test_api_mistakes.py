@@ -1,0 +1,99 @@
+"""Ordinary mistakes of a library caller get one BertkitError naming the argument, never a wrong answer.
+
+Each case here was found by using the Python API as a user would: a string where a list of texts belongs was read
+as a list of its characters, `max_length=0` meant the default, a negative id was read from the vocabulary's end, an
+unknown pooling mode embedded with [CLS], a `pathlib.Path` in a config crashed a fine-tuning run after training,
+and config values the CLI refuses (a batch size of 0, 0 epochs, a learning rate as text) were taken.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertkit import BertConfig, BertForPreTraining, BertkitError, BertModel, Tokenizer
+from bertkit.data.config import PrepareConfig
+from bertkit.infer import embed, fill_mask
+from bertkit.recipes.config import FinetuneConfig, finetune_training
+from bertkit.serve.limits import ServeConfig
+from bertkit.tasks.settings import TaskSettings
+from bertkit.tokenizer import SPECIAL_TOKENS
+from bertkit.train.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer([*SPECIAL_TOKENS, *"今天气很好", "hello", "world"])
+
+
+def refused(says: str, call, *args, **kwargs) -> None:
+    with pytest.raises(BertkitError) as e:
+        call(*args, **kwargs)
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_tokenizer_refuses_what_it_would_misread(tok: Tokenizer, tmp_path: Path) -> None:
+    refused("texts must be a list of strings, got the string 'hello': put it in a list", tok.batch, "hello")
+    refused("texts must be a list of strings", tok.encode_batch, "今天")
+    refused("pairs must be a list of strings", tok.encode_batch, ["hello", "world"], "今天")
+    refused("texts[1] is a NoneType, not a string", tok.batch, ["hello", None])
+    refused("texts[0] is a list, not a string", tok.encode, ["hello"])
+    refused("max_length 0 leaves no room", tok.encode, "hello world", max_length=0)  # was: the default length
+    refused("max_length must be a whole number of tokens, got 3.5", tok.encode, "hello", max_length=3.5)
+    assert len(tok.encode("hello " * 600)) == tok.model_max_length  # None is still the default
+    refused("tokens must be a list of tokens, got the string 'hello'", tok.convert_tokens_to_ids, "hello")
+    n = len(tok.vocab)
+    refused(f"id -1 is not in this vocabulary of {n} tokens", tok.convert_ids_to_tokens, [-1])  # was: the last token
+    refused(f"id {n} is not in this vocabulary", tok.convert_ids_to_tokens, [n])
+    refused(f"id {n} is not in this vocabulary", tok.decode, [5, n, 6])  # was: dropped without a word
+    assert tok.decode(tok.encode("hello world").input_ids) == "hello world"
+    refused("encodings[0] is a list, not an Encoding", tok.pad, [[1, 2, 3]])
+    refused("pad_to_multiple_of must be a positive whole number, got -4", tok.pad, [tok.encode("hello")], -4)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("今天天气很好\nhello world\n" * 20, encoding="utf-8")
+    refused(f"files must be a list of corpus files, got the single path '{corpus}'", Tokenizer.train, str(corpus))
+    refused("no corpus files given", Tokenizer.train, [])
+    refused("vocab_size must be a whole number of 0 or more, got 1000.0", Tokenizer.train, [corpus], vocab_size=1000.0)
+
+
+def test_inference_helpers_refuse_bad_arguments(tok: Tokenizer) -> None:
+    config = BertConfig.preset("tiny", vocab_size=len(tok.vocab))
+    torch.manual_seed(0)
+    pt = BertForPreTraining(config)
+    encoder: BertModel = pt.bert
+    assert embed(encoder, tok, ["hello world"]).shape == (1, config.hidden_size)
+    refused("pooling 'max' is not one of mean, cls", embed, encoder, tok, ["hello world"], pooling="max")
+    refused("batch_size must be a whole number of 1 or more, got 0", embed, encoder, tok, ["hello"], batch_size=0)
+    refused("texts must be a list of strings", embed, encoder, tok, "hello world")
+    refused("max_length 0 leaves no room", embed, encoder, tok, ["hello"], max_length=0)
+    assert len(fill_mask(pt, tok, "今天[MASK]好", top_k=3)[0]) == 3
+    for top_k in (0, -1, 2.5, True):
+        refused("top_k must be a whole number of 1 or more", fill_mask, pt, tok, "今天[MASK]好", top_k=top_k)
+    refused("text must be a string, got list", fill_mask, pt, tok, ["今天[MASK]好"])
+
+
+def test_configs_built_in_python_are_checked_as_their_flags_are(tmp_path: Path) -> None:
+    def finetune(**changes) -> FinetuneConfig:
+        return FinetuneConfig(**{"task": "cls", "model": "m", "train_file": "t.tsv", "out": "o", **changes})
+
+    # A Path where text belongs is kept as text: run_finetune wrote it to metrics.json after training, and failed.
+    cfg = finetune(model=tmp_path / "m", train_file=tmp_path / "t.tsv", out=tmp_path / "o")
+    assert (cfg.model, cfg.out) == (str(tmp_path / "m"), str(tmp_path / "o"))
+    refused("epochs must be more than 0, got 0", finetune, epochs=0)
+    refused("max_train_examples must be at least 1, got 0", finetune, max_train_examples=0)  # was: all of them
+    refused("task 'tagging' is not one of cls, pair", finetune, task="tagging")
+    refused("batch_size must be at least 1, got 0", finetune_training, batch_size=0)
+    refused("max_steps must be at least 1, got 0", finetune_training, max_steps=0)  # was: "use the epochs"
+    refused("learning_rate must be a number, got the string '1e-3'", finetune_training, learning_rate="1e-3")
+    refused("learning_rate must be more than 0, got -1.0", TrainConfig, learning_rate=-1.0)
+    refused("batch_size expected a whole number, got '8.0'", TrainConfig, batch_size=8.0)
+    refused("precision 'fp8' is not one of auto, fp32", TrainConfig, precision="fp8")
+    assert finetune_training(learning_rate=[5e-5, 3e-5]).learning_rate == [5e-5, 3e-5]  # the grid: each rate checked
+    refused("learning_rate must be more than 0, got 0.0", finetune_training, learning_rate=[5e-5, 0.0])
+    refused("max_seq_length must be at least 8", TaskSettings, max_seq_length=4)
+    refused("cors expected one origin like https://example.org", ServeConfig, cors="https://example.org/")
+    refused("port must be from 0 to 65535", ServeConfig, port=70000)
+    refused("max_seq_length must be at least 8", PrepareConfig, max_seq_length=2)
+    refused("eval_fraction must be from 0 to 1, got 1.5", PrepareConfig, eval_fraction=1.5)
