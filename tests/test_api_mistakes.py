@@ -97,3 +97,12 @@ def test_configs_built_in_python_are_checked_as_their_flags_are(tmp_path: Path) 
     refused("port must be from 0 to 65535", ServeConfig, port=70000)
     refused("max_seq_length must be at least 8", PrepareConfig, max_seq_length=2)
     refused("eval_fraction must be from 0 to 1, got 1.5", PrepareConfig, eval_fraction=1.5)
+
+
+def test_fill_mask_refuses_a_head_that_started_at_random(minilm_dir: Path) -> None:
+    # An encoder-only checkpoint (sentence-transformers' MiniLM) loaded as a pre-training model: its masked-LM head
+    # starts at random, and fill-mask answered from it ('castile', 0.002) without a word.
+    pt = BertForPreTraining.from_pretrained(minilm_dir)
+    assert any(n.startswith("mlm.") for n in pt.fresh_parameters)
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    refused("masked-LM head was not in its checkpoint", fill_mask, pt, tok, "a [MASK]")

@@ -41,7 +41,10 @@ def test_embedding_settings_follow_sentence_transformers_files(tmp_path: Path, m
         '{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}'
     )
     assert embedding_settings(tmp_path)["pooling"] == "cls"
-    assert embedding_settings(tmp_path / "absent") == {"pooling": "mean", "normalize": True, "max_length": None}
+    (tmp_path / "plain").mkdir()  # a model directory without sentence-transformers files: the defaults
+    assert embedding_settings(tmp_path / "plain") == {"pooling": "mean", "normalize": True, "max_length": None}
+    with pytest.raises(BertkitError, match="absent does not exist"):  # not the defaults for a folder not there
+        embedding_settings(tmp_path / "absent")
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write, hash_file, no_such_path, read_json_object
+from bertkit.files import atomic_write, hash_file, model_directory, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -300,9 +300,7 @@ def load_model(cls: type[M], path: str | Path, config: BertConfig | None = None,
     gamma/beta names included). Heads absent from the checkpoint are freshly initialised and listed in the
     model's `fresh_parameters`.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise BertkitError(no_such_path(path) if not path.exists() else f"{path} is a file, not a model directory")
+    path = model_directory(path)
     config = config or BertConfig.load(path)
     model = cls(config, **kwargs)
     files = _weight_files(path)

@@ -44,6 +44,17 @@ def no_such_path(path: str | Path) -> str:
     return f"{path} does not exist{hint}"
 
 
+def model_directory(path: str | Path) -> Path:
+    """`path` as a Path, when it is a folder; else a BertkitError saying what it is (missing, with a near name;
+    a file, such as the config.json inside the folder meant)."""
+    path = Path(path)
+    if path.is_file():
+        raise BertkitError(f"{path} is a file, not a model directory: give the folder that holds it ({path.parent})")
+    if not path.is_dir():
+        raise BertkitError(no_such_path(path))
+    return path
+
+
 def is_special_file(path: str | Path) -> bool:
     """Whether `path` is a pipe (the shell's `<(...)`), a socket or a device."""
     try:

@@ -12,7 +12,7 @@ import torch
 from bertkit.config import BertConfig
 from bertkit.constants import INFERENCE_BATCH_SIZE, INFERENCE_CHUNK, POOLINGS, TOP_K
 from bertkit.errors import BertkitError, NonFiniteOutputError, check_count, shown
-from bertkit.files import read_json_object
+from bertkit.files import model_directory, read_json_object
 from bertkit.machine import release_free_memory
 from bertkit.model import BertForPreTraining, BertModel
 from bertkit.progress import progress_bar
@@ -45,7 +45,7 @@ def embedding_settings(path: str | Path) -> dict:
 
     A setting bertkit cannot follow (max or weighted pooling, several modes at once) or of the wrong type is an
     error naming the file: computing mean vectors instead would be silently wrong."""
-    path = Path(path)
+    path = model_directory(path)  # the defaults would stand in for a directory that is not there
     settings: dict = {"pooling": "mean", "normalize": True, "max_length": None}
     st = path / "sentence_bert_config.json"
     if st.is_file():
@@ -171,6 +171,10 @@ def _fill_mask(
     if not isinstance(text, str):
         raise BertkitError(f"text must be a string, got {type(text).__name__}")
     check_count(top_k, "top_k")
+    untrained = [n for n in getattr(model, "fresh_parameters", []) if n.startswith("mlm.")]
+    if untrained:  # loaded from an encoder-only directory: its answers would be random
+        raise BertkitError(f"the model's masked-LM head was not in its checkpoint ({untrained[0]} started at "
+                           "random): fill-mask needs a pre-trained model with that head")  # fmt: skip
     model.eval()
     enc = tokenizer.encode(text)
     positions = [i for i, t in enumerate(enc.input_ids) if t == tokenizer.mask_id]

@@ -468,7 +468,10 @@ class PreTrainedMixin:
 
     @classmethod
     def from_pretrained(cls: type[M], path: str | Path, **kwargs) -> M:
-        """Load a model directory (bertkit's or Hugging Face's). See `bertkit.checkpoint.load_model`."""
+        """Load a model directory (bertkit's or Hugging Face's), in eval mode. Weights the directory does not hold
+        (the heads of an encoder-only checkpoint, a new task head) start at random and are listed in the model's
+        `fresh_parameters`: check it before trusting a head's outputs (`bertkit.tasks.model_dir.open_model_dir`
+        opens a directory as what it holds). See `bertkit.checkpoint.load_model`; `kwargs` go to the class."""
         from bertkit.checkpoint import load_model
 
         return load_model(cls, path, **kwargs)

@@ -165,8 +165,10 @@ def _move_into(src: Path, out: Path) -> None:
 
 
 def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None) -> dict:
-    """Fine-tune; returns the best dev metrics (or the last training metrics when there is no dev set). No other
-    bertkit process writes into --out meanwhile."""
+    """Fine-tune, and return what `metrics.json` in `cfg.out` records: the task, `dev` (the best dev evaluation's
+    metrics; empty without a dev file, when the last model is kept), `best_step` and `best_epoch`, the training
+    examples and features, the steps trained, the labels, the run's settings (`args`) and the task settings the
+    saved model has. No other bertkit process writes into `cfg.out` meanwhile."""
     if cfg.patience is not None and not cfg.dev_file:  # else it would be accepted and never stop anything
         raise BertkitError("--patience counts dev evaluations without a better score: give --dev")
     with output_lock(cfg.out, "finetune") if dist_info()[0] == 0 else nullcontext():

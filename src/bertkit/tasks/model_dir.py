@@ -18,7 +18,7 @@ from bertkit.checkpoint import has_mlm_head, tensor_names
 from bertkit.config import BertConfig
 from bertkit.constants import INFERENCE_BATCH_SIZE, INFERENCE_CHUNK
 from bertkit.errors import BertkitError
-from bertkit.files import no_such_path, read_json_object
+from bertkit.files import model_directory, read_json_object
 from bertkit.machine import release_free_memory
 from bertkit.model import BertForPreTraining, BertModel, num_labels_of
 from bertkit.progress import progress_bar
@@ -212,11 +212,7 @@ def open_model_dir(
     given (see `open_task_model`). Only weights the directory holds are loaded as heads: a directory without the
     masked-LM head opens as an encoder, and an encoder without the pooler's weights gets no pooler (never a freshly
     initialised output)."""
-    path = Path(model_dir)
-    if path.is_file():
-        raise BertkitError(f"{path} is a file, not a model directory: give the folder that holds it ({path.parent})")
-    if not path.is_dir():
-        raise BertkitError(no_such_path(path))
+    path = model_directory(model_dir)
     if task is not None:
         task_class(task)
     config = BertConfig.load(path)
