@@ -32,6 +32,7 @@ def test_config_json_roundtrip_with_transformers(tmp_path: Path, minilm_dir: Pat
     for key in ("hidden_size", "num_attention_heads", "intermediate_size", "layer_norm_eps", "vocab_size"):
         assert getattr(ref, key) == getattr(ours, key)
     assert BertConfig.load(tmp_path) == ours
+    assert BertConfig.from_pretrained(tmp_path) == BertConfig.from_pretrained(tmp_path / "config.json") == ours
 
 
 @pytest.mark.parametrize(

@@ -188,6 +188,11 @@ class BertConfig:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @classmethod
+    def from_pretrained(cls, path: str | Path) -> BertConfig:
+        """`load`, under the name transformers gives it (a model directory or its config.json)."""
+        return cls.load(path)
+
+    @classmethod
     def load(cls, path: str | Path) -> BertConfig:
         """Read a `config.json` file, or the one inside a model directory. Every error names the file."""
         path = Path(path)
