@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,10 +39,16 @@ def test_the_tokenizer_refuses_what_it_would_misread(tok: Tokenizer, tmp_path: P
     refused("texts must be a list of strings, got the string 'hello': put it in a list", tok.batch, "hello")
     refused("texts must be a list of strings", tok.encode_batch, "今天")
     refused("pairs must be a list of strings", tok.encode_batch, ["hello", "world"], "今天")
-    refused("texts[1] is a NoneType, not a string", tok.batch, ["hello", None])
-    refused("texts[0] is a list, not a string", tok.encode, ["hello"])
+    refused("texts[1] must be a string, got NoneType", tok.batch, ["hello", None])
+    refused("text must be a string, got list", tok.encode, ["hello"])
     refused("max_length 0 leaves no room", tok.encode, "hello world", max_length=0)  # was: the default length
-    refused("max_length must be a whole number of tokens, got 3.5", tok.encode, "hello", max_length=3.5)
+    refused("max_length must be a whole number of 0 or more, got 3.5", tok.encode, "hello", max_length=3.5)
+    assert len(tok.encode("hello world " * 9, max_length=np.int64(6))) == 6  # numpy's integers are whole numbers
+    refused("text must be a string, got NoneType", tok.encode, None)
+    refused("pair must be a string, got int", tok.encode, "hello", 3)
+    refused("texts must be a list of strings, got the string 'hello'", tok.ids_flat, "hello")  # was: 5 texts
+    refused("sentences[0] must be a list of words, got the string 'hello world'", tok.encode_words, ["hello world"])
+    assert tok.encode_words([["hello", "world"]]) == [[[tok.token_to_id["hello"]], [tok.token_to_id["world"]]]]
     assert len(tok.encode("hello " * 600)) == tok.model_max_length  # None is still the default
     refused("tokens must be a list of tokens, got the string 'hello'", tok.convert_tokens_to_ids, "hello")
     n = len(tok.vocab)
@@ -50,12 +57,13 @@ def test_the_tokenizer_refuses_what_it_would_misread(tok: Tokenizer, tmp_path: P
     refused(f"id {n} is not in this vocabulary", tok.decode, [5, n, 6])  # was: dropped without a word
     assert tok.decode(tok.encode("hello world").input_ids) == "hello world"
     refused("encodings[0] is a list, not an Encoding", tok.pad, [[1, 2, 3]])
-    refused("pad_to_multiple_of must be a positive whole number, got -4", tok.pad, [tok.encode("hello")], -4)
+    refused("pad_to_multiple_of must be a whole number of 1 or more, got -4", tok.pad, [tok.encode("hello")], -4)
+    refused("pad_to_multiple_of must be a whole number of 1 or more, got True", tok.pad, [tok.encode("hello")], True)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("今天天气很好\nhello world\n" * 20, encoding="utf-8")
     refused(f"files must be a list of corpus files, got the single path '{corpus}'", Tokenizer.train, str(corpus))
     refused("no corpus files given", Tokenizer.train, [])
-    refused("vocab_size must be a whole number of 0 or more, got 1000.0", Tokenizer.train, [corpus], vocab_size=1000.0)
+    refused("vocab_size must be a whole number of 0 or more, got 1000.0", Tokenizer.train, [corpus], vocab_size=1e3)
 
 
 def test_inference_helpers_refuse_bad_arguments(tok: Tokenizer) -> None:
@@ -68,7 +76,8 @@ def test_inference_helpers_refuse_bad_arguments(tok: Tokenizer) -> None:
     refused("batch_size must be a whole number of 1 or more, got 0", embed, encoder, tok, ["hello"], batch_size=0)
     refused("texts must be a list of strings", embed, encoder, tok, "hello world")
     refused("max_length 0 leaves no room", embed, encoder, tok, ["hello"], max_length=0)
-    assert len(fill_mask(pt, tok, "今天[MASK]好", top_k=3)[0]) == 3
+    assert len(fill_mask(pt, tok, "今天[MASK]好", top_k=np.int64(3))[0]) == 3
+    assert embed(encoder, tok, ["hello"], batch_size=np.int64(8)).shape == (1, config.hidden_size)
     for top_k in (0, -1, 2.5, True):
         refused("top_k must be a whole number of 1 or more", fill_mask, pt, tok, "今天[MASK]好", top_k=top_k)
     refused("text must be a string, got list", fill_mask, pt, tok, ["今天[MASK]好"])
@@ -88,12 +97,13 @@ def test_configs_built_in_python_are_checked_as_their_flags_are(tmp_path: Path) 
     refused("max_steps must be at least 1, got 0", finetune_training, max_steps=0)  # was: "use the epochs"
     refused("learning_rate must be a number, got the string '1e-3'", finetune_training, learning_rate="1e-3")
     refused("learning_rate must be more than 0, got -1.0", TrainConfig, learning_rate=-1.0)
-    refused("batch_size expected a whole number, got '8.0'", TrainConfig, batch_size=8.0)
+    refused("batch_size: expected a whole number, got 8.0", TrainConfig, batch_size=8.0)
+    refused("batch_size must be one value, got [8, 16]", TrainConfig, batch_size=[8, 16])  # failed deep in training
     refused("precision 'fp8' is not one of auto, fp32", TrainConfig, precision="fp8")
-    assert finetune_training(learning_rate=[5e-5, 3e-5]).learning_rate == [5e-5, 3e-5]  # the grid: each rate checked
-    refused("learning_rate must be more than 0, got 0.0", finetune_training, learning_rate=[5e-5, 0.0])
+    refused("learning_rate must be one value", finetune_training, learning_rate=[5e-5, 3e-5])  # the CLI's grid: runs
+    assert TrainConfig(batch_size=np.int64(8), learning_rate=np.float32(1e-3)).batch_size == 8  # numpy's numbers
     refused("max_seq_length must be at least 8", TaskSettings, max_seq_length=4)
-    refused("cors expected one origin like https://example.org", ServeConfig, cors="https://example.org/")
+    refused("cors: expected one origin like https://example.org", ServeConfig, cors="https://example.org/")
     refused("port must be from 0 to 65535", ServeConfig, port=70000)
     refused("max_seq_length must be at least 8", PrepareConfig, max_seq_length=2)
     refused("eval_fraction must be from 0 to 1, got 1.5", PrepareConfig, eval_fraction=1.5)

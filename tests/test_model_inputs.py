@@ -80,3 +80,48 @@ def test_labels_of_the_wrong_shape_type_or_range_are_refused(config: BertConfig)
     assert tagger(IDS, attention_mask=MASK, labels=tags).loss.isfinite()
     with pytest.raises(BertkitError, match="labels must have shape \\(2, 4\\)"):
         tagger(IDS, attention_mask=MASK, labels=tags[:, :3])
+
+
+def test_the_inputs_are_named_before_their_labels_and_targets_have_their_shapes(config: BertConfig) -> None:
+    from bertkit.model import BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    with pytest.raises(BertkitError, match="input_ids must be a \\(batch, tokens\\) tensor, got list"):
+        BertForPreTraining(config)(IDS.tolist(), mlm_labels=torch.full_like(IDS, -100))  # was an AttributeError
+    regression = BertForSequenceClassification(config, num_labels=1).eval()
+    assert "problem_type" not in config.extra  # the caller's config: a classifier made from it later computed MSE
+    values = torch.tensor([0.5, -1.0])
+    want = regression(IDS, attention_mask=MASK, labels=values).loss
+    # (B, 1), as transformers takes it, is the same loss; it was broadcast against (B,) into a (B, B) loss.
+    assert torch.equal(regression(IDS, attention_mask=MASK, labels=values[:, None]).loss, want)
+    with pytest.raises(BertkitError, match="labels must have shape \\(2,\\), got shape \\(3,\\)"):
+        regression(IDS, attention_mask=MASK, labels=torch.tensor([0.5, -1.0, 2.0]))
+    qa = BertForQuestionAnswering(config)
+    start, end = torch.tensor([1, 2]), torch.tensor([2, 2])
+    assert qa(IDS, attention_mask=MASK, start_positions=start, end_positions=end).loss.isfinite()
+    with pytest.raises(BertkitError, match="start_positions must have shape \\(2,\\), got shape \\(2, 1\\)"):
+        qa(IDS, attention_mask=MASK, start_positions=start[:, None], end_positions=end)
+    with pytest.raises(BertkitError, match="end_positions must hold integers"):
+        qa(IDS, attention_mask=MASK, start_positions=start, end_positions=end.float())
+
+
+def test_a_task_model_with_labels_still_exports(config: BertConfig) -> None:
+    # The label checks read values (a data-dependent branch): while a graph is exported they stand aside, as the
+    # input checks do, so the loss still traces.
+    class WithLoss(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> tuple:
+            out = self.model(ids, attention_mask=mask, labels=labels)
+            return out.loss, out.logits
+
+    torch.manual_seed(0)
+    tags = torch.where(MASK.bool(), 1, -100)
+    for model, labels in ((BertForSequenceClassification(config, num_labels=3), torch.tensor([0, 2])),
+                          (BertForTokenClassification(config, num_labels=3), tags)):  # fmt: skip
+        wrapped = WithLoss(model.eval())
+        program = torch.export.export(wrapped, (IDS, MASK, labels), strict=False)
+        with torch.no_grad():
+            assert torch.allclose(program.module()(IDS, MASK, labels)[0], wrapped(IDS, MASK, labels)[0], atol=1e-6)

@@ -227,7 +227,8 @@ def test_bad_requests_say_what_was_wrong(models: dict[str, Path]) -> None:
         status, out = request(url + "/api/embed", raw=b'{"texts": ["' + latin + b'"]}',
                               headers={"Content-Type": "application/json; charset=ISO-8859-1"})  # fmt: skip
         assert status == 415 and "charset='iso-8859-1'" in out["error"] and "UTF-8" in out["error"], out
-        for declared in ("application/json; charset=UTF-8", 'application/json;charset="utf-8"', "Application/JSON"):
+        for declared in ("application/json; charset=UTF-8", 'application/json;charset="utf-8"', "Application/JSON",
+                         "application/json; charset=us-ascii"):  # fmt: skip
             status, out = request(url + "/api/embed", {"texts": ["ok"]}, headers={"Content-Type": declared})
             assert status == 200, (declared, out)
         status, out = request(url + "/api/info", headers={"Host": "evil.example:8000"})
@@ -353,3 +354,29 @@ def test_a_model_that_overflows_is_a_server_error_not_a_bad_request(models: dict
         status, body = request(url + "/api/fill-mask", {"texts": ["今天天气很[MASK]"]})
         assert status == 500 and "NaN or infinite" in body["error"], body
         assert request(url + "/healthz")[0] == 200  # still serving
+
+
+def test_embed_answers_say_what_was_cut_as_the_cli_cuts_it(tmp_path: Path, bertkit) -> None:
+    """A sentence-transformers config may name a length beyond the model's positions: the text is cut at the
+    positions, and the server's answer says so, as `bertkit embed` does (it counted the text as whole)."""
+    from bertkit import BertConfig, BertModel
+    from bertkit.serve.server import open_service
+    from bertkit.tokenizer import SPECIAL_TOKENS
+
+    tok = Tokenizer([*SPECIAL_TOKENS, *"今天气很好"])
+    torch.manual_seed(0)
+    config = BertConfig.preset("tiny", vocab_size=len(tok.vocab), max_position_embeddings=64)
+    BertModel(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 128}', encoding="utf-8")
+    texts = ["今天天气很好" * 16, "今天天气很好"]  # 98 and 8 tokens
+    service = open_service(tmp_path, "cpu")
+    try:
+        answer = service.submit(service.prepare_embed(texts)).future.result()
+    finally:
+        service.close()
+    assert answer["truncated"] == [0], answer.get("truncated")
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    r = bertkit("embed", "--model", tmp_path, "--input", tmp_path / "in.txt", "--out", tmp_path / "e.npy")
+    assert r.status == 0 and "note: 1 of 2 texts" in r.err and "longer than 64 tokens" in r.err, r.err
+    assert np.abs(np.load(tmp_path / "e.npy") - np.array(answer["embeddings"])).max() < 1e-5  # float32, thread counts

@@ -119,6 +119,23 @@ def test_open_task_model_checks_the_head(tiny_task_models: dict[str, Path]) -> N
         open_model_dir(cls, task="foo")
     with pytest.raises(TypeError):  # the task by keyword only: a device in its place was taken for a task name
         open_task_model(cls, None, "cpu")  # type: ignore[misc]
+    with pytest.raises(BertkitError, match=r"device 'pair' is not a device .*; a task is given by keyword: task="):
+        open_model_dir(cls, "pair")  # as the task was given before
+    with pytest.raises(BertkitError, match=r"device 'gpu' is not a device \(cpu, cuda or cuda:N\)$"):
+        open_task_model(cls, "gpu")
+
+
+def test_a_bad_task_setting_names_its_file(tiny_task_models: dict[str, Path], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    copy = tmp_path / "cls"
+    shutil.copytree(tiny_task_models["cls"], copy)
+    record = json.loads((copy / TASK_FILE).read_text(encoding="utf-8"))
+    record["settings"]["max_seq_length"] = "32"
+    (copy / TASK_FILE).write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(BertkitError, match=f"{TASK_FILE}: settings: max_seq_length must be a number, got the string"):
+        open_task_model(copy)
 
 
 @pytest.mark.parametrize("task", ["cls", "ner", "qa"])
@@ -137,6 +154,9 @@ def test_a_task_model_takes_its_examples_only_and_scores_labelled_ones(
     files = {"cls": "chnsenticorp/dev.tsv", "ner": "cluener2020/dev.txt", "qa": "cmrc2018/dev.json"}
     labelled = tm.task.read(data_dir / files[task])[:3]
     assert set(tm.evaluate(labelled, files[task])) >= {tm.task.main_metric}
+    if task == "qa":  # a question without answers is one the passage does not answer (SQuAD v2 files say so too)
+        assert tm.evaluate([*labelled, unlabelled], "mine")["questions"] == 4
+        return
     with pytest.raises(BertkitError, match=r"examples\[3\] has no label, and evaluate scores against labels"):
         tm.evaluate([*labelled, unlabelled], "mine")
 

@@ -24,10 +24,3 @@ def shown(value: object, limit: int = SHOWN_CHARACTERS) -> str:
         return text
     size = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} characters as written"
     return f"{text[:limit]}... ({size})"
-
-
-def check_count(value: object, name: str) -> None:
-    """Refuse a `name` (a batch size, a number of candidates) that is not a whole number of 1 or more: 0 failed
-    inside `range`, a float inside a slice, both without naming the argument."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise BertkitError(f"{name} must be a whole number of 1 or more, got {shown(value)}")

@@ -11,10 +11,11 @@ import torch
 
 from bertkit.config import BertConfig
 from bertkit.constants import INFERENCE_BATCH_SIZE, INFERENCE_CHUNK, POOLINGS, TOP_K
-from bertkit.errors import BertkitError, NonFiniteOutputError, check_count, shown
+from bertkit.errors import BertkitError, NonFiniteOutputError, shown
 from bertkit.files import model_directory, read_json_object
 from bertkit.machine import release_free_memory
 from bertkit.model import BertForPreTraining, BertModel
+from bertkit.options import as_whole_number
 from bertkit.progress import progress_bar
 from bertkit.tokenizer import Encoding, Tokenizer, check_texts
 
@@ -100,7 +101,7 @@ def embed(
     """
     if pooling not in POOLINGS:
         raise BertkitError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
-    check_count(batch_size, "batch_size")
+    batch_size = as_whole_number(batch_size, "batch_size")
     check_texts(texts, "texts")
     device = device or next(model.parameters()).device
     model.eval()
@@ -170,7 +171,7 @@ def _fill_mask(
     """`fill_mask`'s candidates, and whether `text` was cut at the model's maximum length."""
     if not isinstance(text, str):
         raise BertkitError(f"text must be a string, got {type(text).__name__}")
-    check_count(top_k, "top_k")
+    top_k = as_whole_number(top_k, "top_k")
     untrained = [n for n in getattr(model, "fresh_parameters", []) if n.startswith("mlm.")]
     if untrained:  # loaded from an encoder-only directory: its answers would be random
         raise BertkitError(f"the model's masked-LM head was not in its checkpoint ({untrained[0]} started at "

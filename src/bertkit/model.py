@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -419,9 +419,23 @@ def check_inputs(
                                "own tokenizer")  # fmt: skip
 
 
+def check_targets(name: str, targets: torch.Tensor, shape: tuple, integer: bool = False) -> None:
+    """Refuse `targets` (a regression's values, a multi-label row of 0/1, QA's token positions: `integer`) not of
+    `shape`: one of (B, 1) for (B,) was broadcast to (B, B) by a regression's loss, with a warning at most."""
+    if _is_exporting() or torch.jit.is_tracing():
+        return
+    if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != shape:
+        got = f"shape {tuple(targets.shape)}" if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise BertkitError(f"{name} must have shape {shape}, got {got}")
+    if integer and (targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool):
+        raise BertkitError(f"{name} must hold integers (torch.long), got {targets.dtype}")
+
+
 def check_labels(name: str, labels: torch.Tensor, shape: tuple, classes: int, ignored: int | None = None) -> None:
     """Refuse `labels` that are not integers of `shape` in [0, classes) (or `ignored`); the values on the CPU only,
-    as in `check_inputs`."""
+    as in `check_inputs`, and nothing while a graph is exported (its shapes are symbols there)."""
+    if _is_exporting() or torch.jit.is_tracing():
+        return
     if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != shape:
         got = f"shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise BertkitError(f"{name} must have shape {shape}, got {got}")
@@ -700,11 +714,11 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
         `mlm_labels` (B, T) the original token id where a position is predicted, -100 elsewhere; `nsp_labels` (B,)
         0 when text B follows text A, 1 when it is a random text. With `mlm_labels` the decoder runs on the
         predicted positions alone, so `mlm_logits` is (P, V) for them, in row order; without, (B, T, V)."""
+        out = self.bert(input_ids, token_type_ids, attention_mask)  # checks the inputs, before their labels
         if mlm_labels is not None:
             check_labels("mlm_labels", mlm_labels, tuple(input_ids.shape), self.config.vocab_size, IGNORE_INDEX)
         if nsp_labels is not None:
             check_labels("nsp_labels", nsp_labels, tuple(input_ids.shape[:1]), 2)
-        out = self.bert(input_ids, token_type_ids, attention_mask)
         h = out.last_hidden_state  # (B, T, H)
         nsp_logits = self.nsp(out.pooler_output)  # (B, 2)
         mlm_loss = nsp_loss = loss = None
@@ -777,9 +791,11 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
         super().__init__()
         self.config = config
         self.num_labels = num_labels_of(config, num_labels)
-        if self.num_labels == 1:
-            # Said in config.json, so that transformers loads it as what it computes: MSE on one output.
-            config.extra["problem_type"] = "regression"
+        if self.num_labels == 1 and config.extra.get("problem_type") != "regression":
+            # Said in config.json, so that transformers loads it as what it computes: MSE on one output. In a copy:
+            # a classifier built later from the caller's config would compute MSE too.
+            config = replace(config, extra={**config.extra, "problem_type": "regression"})
+            self.config = config
         self.problem_type = config.extra.get("problem_type") or "single_label_classification"
         self.bert = BertModel(config)
         self.dropout = Dropout(config.hidden_dropout_prob)
@@ -800,8 +816,13 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
         loss = None
         if labels is not None:
             if self.problem_type == "regression":
+                if self.num_labels == 1 and isinstance(labels, torch.Tensor) and labels.shape[1:] == (1,):
+                    labels = labels[:, 0]  # (B, 1) as transformers takes it; it was broadcast against (B,) to (B, B)
+                values = logits.shape[:1] if self.num_labels == 1 else logits.shape  # (B,), or (B, C)
+                check_targets("labels", labels, tuple(values))
                 loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
             elif self.problem_type == "multi_label_classification":
+                check_targets("labels", labels, tuple(logits.shape))
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
             else:
                 check_labels("labels", labels, tuple(input_ids.shape[:1]), self.num_labels)
@@ -843,9 +864,9 @@ class BertForTokenClassification(nn.Module, PreTrainedMixin):
         labels: torch.Tensor | None = None,
     ) -> TaskOutput:
         """(B, T) inputs -> (B, T, C) logits; with (B, T) tag ids (IGNORE_INDEX where none), the loss."""
+        h = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, H)
         if labels is not None:
             check_labels("labels", labels, tuple(input_ids.shape), self.num_labels, IGNORE_INDEX)
-        h = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, H)
         logits = self.classifier(self.dropout(h))  # (B, T, C)
         loss = None
         if labels is not None and self.crf is not None:
@@ -883,6 +904,8 @@ class BertForQuestionAnswering(nn.Module, PreTrainedMixin):
         logits = self.qa_outputs(h)  # (B, T, 2)
         loss = None
         if start_positions is not None and end_positions is not None:
+            check_targets("start_positions", start_positions, tuple(input_ids.shape[:1]), integer=True)
+            check_targets("end_positions", end_positions, tuple(input_ids.shape[:1]), integer=True)
             T = logits.shape[1]
             # Positions outside the sequence carry no loss (as in the reference implementation).
             start, end = start_positions.clamp(0, T), end_positions.clamp(0, T)

@@ -201,6 +201,7 @@ def open_onnx_model_dir(
     onnx_file: str | Path,
     threads: int | None = None,
     device: str | None = None,
+    *,
     task: str | None = None,
 ) -> ModelDir:
     """`model_dir` opened as `bertkit.tasks.model_dir.open_model_dir` opens it (tokenizer, task, labels, config),

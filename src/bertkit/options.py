@@ -117,6 +117,17 @@ def option(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def as_whole_number(value: Any, name: str, low: int = 1) -> int:
+    """`value` as an int when it is a whole number (Python's or numpy's, not a bool) of at least `low`; else a
+    BertkitError naming `name`. The library's check of a count given in Python (a batch size of 0 failed inside
+    `range`, a float inside a slice, neither naming the argument)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise BertkitError(f"{name} must be a whole number of {low} or more, got {value!r}")
+    if value < low:
+        raise BertkitError(f"{name} must be a whole number of {low} or more, got {value}")
+    return int(value)
+
+
 def check_values(config: Any) -> None:
     """Give a config built in Python the checks its flags give on the command line: each field declared with a
     `type` or `choices` is checked as the CLI checks that flag (a number given as a string is refused, not parsed),
@@ -130,19 +141,21 @@ def check_values(config: Any) -> None:
         if value is None or "help" not in f.metadata:
             continue
         parse, choices = f.metadata["type"], f.metadata["choices"]
-        for each in value if isinstance(value, list) else [value]:
-            if choices is not None and each not in choices:
-                raise BertkitError(f"{f.name} {each!r} is not one of {', '.join(map(str, choices))}")
-            if parse is None:
-                continue
-            try:
-                parsed = parse(str(each))
-            except argparse.ArgumentTypeError as e:
-                raise BertkitError(f"{f.name} {e}") from None
-            if isinstance(each, str) and not isinstance(parsed, str):
-                raise BertkitError(f"{f.name} must be a number, got the string {each!r}")
-            if isinstance(parsed, int) and not hasattr(each, "__index__"):  # an int, or numpy's
-                raise BertkitError(f"{f.name} must be a whole number, got {each!r}")
+        if choices is not None and value not in choices:
+            raise BertkitError(f"{f.name} {value!r} is not one of {', '.join(map(str, choices))}")
+        if parse is None:
+            continue
+        if isinstance(value, list | tuple | dict | set):  # one value per field, as its flag takes
+            raise BertkitError(f"{f.name} must be one value, got {value!r}")
+        try:
+            parsed = parse(str(value))
+        except argparse.ArgumentTypeError as e:
+            said = str(e) if isinstance(value, str) else str(e).replace(repr(str(value)), repr(value))
+            raise BertkitError(f"{f.name} {said}" if said.startswith("must") else f"{f.name}: {said}") from None
+        if isinstance(value, str) and not isinstance(parsed, str):
+            raise BertkitError(f"{f.name} must be a number, got the string {value!r}")
+        if isinstance(parsed, int) and not hasattr(value, "__index__"):  # an int, or numpy's
+            raise BertkitError(f"{f.name}: expected a whole number, got {value!r}")
 
 
 def cli_fields(config: type) -> list[dataclasses.Field]:

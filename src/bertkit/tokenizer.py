@@ -42,6 +42,7 @@ from tokenizers.models import WordPiece
 from bertkit.constants import MIN_PAIR_FREQUENCY, VOCAB_SIZE
 from bertkit.errors import BertkitError, shown
 from bertkit.files import BytesRead, atomic_write, no_such_path, read_corpus_lines, read_json_object
+from bertkit.options import as_whole_number
 from bertkit.progress import progress_bar
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -114,7 +115,7 @@ def check_texts(texts: Sequence[str], name: str) -> None:
         raise BertkitError(f"{name} must be a list of strings, got the string {shown(texts)}: put it in a list")
     for n, text in enumerate(texts):
         if not isinstance(text, str):
-            raise BertkitError(f"{name}[{n}] is a {type(text).__name__}, not a string")
+            raise BertkitError(f"{name}[{n}] must be a string, got {type(text).__name__}")
 
 
 def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
@@ -638,6 +639,9 @@ class Tokenizer:
         truncation: bool = True,
     ) -> Encoding:
         """Encode `[CLS] text [SEP] (pair [SEP])`; with truncation, fit `max_length` (default: model maximum)."""
+        for name, value in (("text", text), ("pair", pair)):
+            if not isinstance(value, str) and (name == "text" or value is not None):
+                raise BertkitError(f"{name} must be a string, got {type(value).__name__}")
         return self.encode_batch([text], None if pair is None else [pair], max_length, truncation)[0]
 
     def encode_batch(
@@ -653,10 +657,7 @@ class Tokenizer:
             check_texts(pairs, "pairs")
             if len(pairs) != len(texts):
                 raise BertkitError(f"{len(texts)} texts but {len(pairs)} pair texts")
-        if max_length is None:
-            max_length = self.model_max_length
-        elif not isinstance(max_length, int) or isinstance(max_length, bool):
-            raise BertkitError(f"max_length must be a whole number of tokens, got {max_length!r}")
+        max_length = self.model_max_length if max_length is None else as_whole_number(max_length, "max_length", 0)
         enc_a = self._encode_segments(texts)
         enc_b = self._encode_segments(pairs) if pairs is not None else None
         out = []
@@ -698,6 +699,8 @@ class Tokenizer:
         Each text is cut at its CJK ideographs (`_CharTable.separator`) into runs of other characters. The
         ideographs, and the runs that `_CharTable` covers, are looked up in the table; only the other runs (letters,
         digits, ...) go to the Rust tokenizer, so a Chinese sentence with a Latin word sends that word alone."""
+        if isinstance(texts, str | bytes):  # the one check of this hot path: each text is checked by the join below
+            raise BertkitError(f"texts must be a list of strings, got the string {shown(texts)}: put it in a list")
         chars = self._chars
         joined = "".join(texts)
         code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
@@ -756,6 +759,13 @@ class Tokenizer:
         surrounded it (it may still split at punctuation); one that gives no token (only white space or control
         characters) has an empty list. Grouped by word because token labelling puts a word's label on its first
         piece and never cuts a word between chunks."""
+        if isinstance(sentences, str | bytes):
+            raise BertkitError(f"sentences must be a list of sentences (each a list of words), got the string "
+                               f"{shown(sentences)}")  # fmt: skip
+        for n, words in enumerate(sentences):
+            if isinstance(words, str | bytes):
+                raise BertkitError(f"sentences[{n}] must be a list of words, got the string {shown(words)}")
+            check_texts(words, f"sentences[{n}]")
         encs = self._rust.encode_batch([list(s) for s in sentences], is_pretokenized=True, add_special_tokens=False)
         out = []
         for words, enc in zip(sentences, encs, strict=True):
@@ -793,8 +803,8 @@ class Tokenizer:
         for n, e in enumerate(encodings):
             if not isinstance(e, Encoding):
                 raise BertkitError(f"encodings[{n}] is a {type(e).__name__}, not an Encoding (encode_batch makes them)")
-        if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
-            raise BertkitError(f"pad_to_multiple_of must be a positive whole number, got {pad_to_multiple_of!r}")
+        if pad_to_multiple_of is not None:
+            pad_to_multiple_of = as_whole_number(pad_to_multiple_of, "pad_to_multiple_of")
         T = max((len(e) for e in encodings), default=0)  # no encodings: a (0, 0) batch
         if pad_to_multiple_of:
             T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
@@ -841,10 +851,9 @@ class Tokenizer:
                                "put it in a list")  # fmt: skip
         if not files:
             raise BertkitError("no corpus files given to learn a vocabulary from")
-        for name, value in (("vocab_size", vocab_size), ("min_frequency", min_frequency),
-                            ("limit_alphabet", limit_alphabet)):  # fmt: skip
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise BertkitError(f"{name} must be a whole number of 0 or more, got {value!r}")
+        vocab_size = as_whole_number(vocab_size, "vocab_size", 0)
+        min_frequency = as_whole_number(min_frequency, "min_frequency", 0)
+        limit_alphabet = as_whole_number(limit_alphabet, "limit_alphabet", 0)
         if vocab_size <= len(SPECIAL_TOKENS):
             raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
         for f in map(Path, files):  # before the trainer starts, in the words of `read_lines`

@@ -41,9 +41,7 @@ class MaskingConfig:
         return replace(self, max_predictions=math.ceil(self.mask_prob * max_seq_length))
 
     def __post_init__(self) -> None:
-        check_values(self)
-        if not 0 < self.mask_prob < 1:
-            raise BertkitError(f"mask probability must be in (0, 1), got {self.mask_prob}")
+        check_values(self)  # each share's range; then how they add up
         if self.mask_frac < 0 or self.random_frac < 0 or self.mask_frac + self.random_frac > 1:
             raise BertkitError(
                 f"masking split {self.mask_frac}/{1 - self.mask_frac - self.random_frac:.2f}/{self.random_frac} "

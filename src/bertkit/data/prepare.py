@@ -53,7 +53,6 @@ from bertkit.files import (
     own_entries,
     remove_entries,
 )
-from bertkit.options import MIN_SEQ_LENGTH
 from bertkit.progress import make_bar
 from bertkit.tokenizer import Tokenizer, TokenSpans, contains_cjk, is_cjk
 
@@ -307,19 +306,9 @@ def _blocks(
 
 
 def _check_settings(cfg: PrepareConfig) -> None:
-    if cfg.max_seq_length < MIN_SEQ_LENGTH:
-        raise BertkitError(f"--max-seq-length {cfg.max_seq_length} is too short for [CLS] A [SEP] B [SEP]")
-    if cfg.dupe_factor < 1:
-        raise BertkitError("--dupe-factor must be at least 1")
-    if not 0 <= cfg.eval_fraction <= 1:  # also refuses NaN
-        raise BertkitError(
-            f"--eval-fraction {cfg.eval_fraction} is not a share of documents: give a number from 0 to 1 "
-            "(1 holds out every document: an evaluation-only directory)"
-        )
-    if not 0 <= cfg.short_seq_prob <= 1:
-        raise BertkitError(f"--short-seq-prob {cfg.short_seq_prob} is not a probability: give a number from 0 to 1")
-    if cfg.block_chars < 1 or cfg.shard_tokens < 1:
-        raise BertkitError("block_chars and shard_tokens must be positive")
+    # Each value's range is checked when the config is made (PrepareConfig's fields, as their flags check them).
+    if cfg.shard_tokens < 1:
+        raise BertkitError("shard_tokens must be positive")
     if cfg.whole_word_mask and importlib.util.find_spec("jieba") is None:
         raise BertkitError("--whole-word-mask finds Chinese word starts with jieba: pip install 'bertkit[zh]'")
 

@@ -251,6 +251,10 @@ async def _client_gone(request: Request) -> None:
             return
 
 
+# Charsets a JSON body may declare: UTF-8's names, and ASCII's, whose every text is UTF-8 too.
+UTF8_CHARSETS = ("utf-8", "utf8", "utf_8", "us-ascii", "ascii")
+
+
 async def _read_json(request: Request) -> tuple[Any, int]:
     """The request's JSON body and its size in bytes."""
     kind, *params = (request.headers.get("content-type") or "").split(";")
@@ -259,7 +263,7 @@ async def _read_json(request: Request) -> tuple[Any, int]:
         raise _RequestError(415, f"send Content-Type: application/json (got {shown(kind)})")
     for name, _, value in (p.partition("=") for p in params):
         charset = value.strip().strip('"').lower()
-        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):  # JSON is UTF-8 (RFC 8259)
+        if name.strip().lower() == "charset" and charset not in UTF8_CHARSETS:  # JSON is UTF-8 (RFC 8259)
             raise _RequestError(415, f"the body is read as UTF-8 JSON; send it in UTF-8 (got charset={shown(charset)})")
     header = request.headers.get("content-length")  # the HTTP layer refuses two that differ
     chunked = "chunked" in (request.headers.get("transfer-encoding") or "").lower()

@@ -20,7 +20,14 @@ import torch
 
 from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError, shown
-from bertkit.infer import embed, embedding_settings, fill_mask_answer, mask_past_the_cut, mask_past_the_cut_message
+from bertkit.infer import (
+    embed,
+    embedding_length,
+    embedding_settings,
+    fill_mask_answer,
+    mask_past_the_cut,
+    mask_past_the_cut_message,
+)
 from bertkit.machine import (
     CpuElsewhere,
     cpu_has_native_bf16,
@@ -105,7 +112,6 @@ class Service:
         self.task_name = self.task_model.task.name if self.task_model else None
         self.embedding = embedding_settings(self.path)
         self.max_windows = max_windows
-        self.max_positions = self.config.max_position_embeddings
         self.ready_error: str | None = None
         self.ready_error = self._canary()
 
@@ -306,7 +312,7 @@ class Service:
             self.metrics.model_threads.set(threads)
 
     def _embed_max_length(self) -> int:
-        return self.embedding["max_length"] or self.max_positions
+        return embedding_length(self.tokenizer, self.config, self.embedding["max_length"])  # as `bertkit embed` cuts
 
     def _embed_batch(self, payloads: Sequence[tuple[list[str], list[int], list[int]]]) -> list[dict]:
         """The answer of each embed request: its `embeddings`, their `dim`, and `truncated`, the positions of the

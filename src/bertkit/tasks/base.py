@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from bertkit.constants import IGNORE_INDEX, INFERENCE_BATCH_SIZE
-from bertkit.errors import BertkitError, check_count, shown
+from bertkit.errors import BertkitError, shown
+from bertkit.options import as_whole_number
 from bertkit.progress import progress_iter
 from bertkit.tasks.settings import TaskSettings
 from bertkit.tokenizer import Tokenizer, encoder_inputs, pad_rows
@@ -34,7 +35,7 @@ class Inference:
     progress: bool = False  # a bar over the batches (the commands; never a server, which answers many requests)
 
     def __post_init__(self) -> None:
-        check_count(self.batch_size, "batch_size")
+        object.__setattr__(self, "batch_size", as_whole_number(self.batch_size, "batch_size"))  # a frozen dataclass
 
     def logits(self, task: Task, features: list[Feature]) -> list[torch.Tensor]:
         """The model's logits for every feature, in input order (see `run_model`)."""

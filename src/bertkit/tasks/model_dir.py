@@ -137,13 +137,25 @@ class TaskModel:
         return self.task.evaluate(self.inference(batch_size, progress), examples, self.features(examples))
 
 
+def as_device(device: str | torch.device | None) -> torch.device | None:
+    """`device` as a torch.device (None stays None); a name that is none is a BertkitError (a task's name, given
+    where the openers take the device, says that the task is a keyword)."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        hint = f"; a task is given by keyword: task={device!r}" if device in TASKS else ""
+        raise BertkitError(f"device {device!r} is not a device (cpu, cuda or cuda:N){hint}") from None
+
+
 def open_task_model(
     model_dir: str | Path, device: str | torch.device | None = None, *, task: str | None = None
 ) -> TaskModel:
     """The fine-tuned model in `model_dir` (on `device`, default the CPU), as a `task` model when given (which must
     have the same kind of head as the one it was fine-tuned for: a pair classifier evaluates single sentences, never
     a tagger's data)."""
-    path = Path(model_dir)
+    path, device = Path(model_dir), as_device(device)
     if task is not None:
         task_class(task)  # a name it knows
     name = fine_tuned_task(path)
@@ -164,6 +176,8 @@ def open_task_model(
         task_obj = TASKS[task or name](TaskSettings(**record.get("settings", {})))
     except TypeError as e:  # a settings key this bertkit does not know
         raise BertkitError(f"{path / TASK_FILE}: settings do not fit this bertkit ({e})") from None
+    except BertkitError as e:  # a value its flag would refuse
+        raise BertkitError(f"{path / TASK_FILE}: settings: {e}") from None
     config = BertConfig.load(path)
     id2label = {int(k): v for k, v in (config.extra.get("id2label") or {}).items()}
     model = task_obj.model_class.from_pretrained(path, num_labels=len(id2label) or None)
@@ -212,7 +226,7 @@ def open_model_dir(
     given (see `open_task_model`). Only weights the directory holds are loaded as heads: a directory without the
     masked-LM head opens as an encoder, and an encoder without the pooler's weights gets no pooler (never a freshly
     initialised output)."""
-    path = model_directory(model_dir)
+    path, device = model_directory(model_dir), as_device(device)
     if task is not None:
         task_class(task)
     config = BertConfig.load(path)

@@ -88,8 +88,9 @@ class QaTask(Task):
         return f"question id {example.id!r} of {path}"
 
     def is_labelled(self, example: QAExample) -> bool:
-        """Whether the question has its answers (or is marked as having none: SQuAD v2's is_impossible)."""
-        return bool(example.answers) or example.is_impossible
+        """Always: a question without answers is one the passage does not answer (SQuAD v2 data need not mark it
+        is_impossible), and is scored as such."""
+        return True
 
     def from_json(self, row: dict, n: int = 0) -> QAExample:
         """{"question", "context", "id" (optional)}."""
