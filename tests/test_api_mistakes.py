@@ -116,3 +116,47 @@ def test_fill_mask_refuses_a_head_that_started_at_random(minilm_dir: Path) -> No
     assert any(n.startswith("mlm.") for n in pt.fresh_parameters)
     tok = Tokenizer.from_pretrained(minilm_dir)
     refused("masked-LM head was not in its checkpoint", fill_mask, pt, tok, "a [MASK]")
+
+
+def test_pretraining_from_python_refuses_what_it_would_misread(tmp_path: Path, tok: Tokenizer) -> None:
+    from bertkit.data.prepare import prepare
+    from bertkit.recipes.config import PretrainConfig
+    from bertkit.recipes.pretrain import run_pretrain
+
+    # A switch given as text: "no" is true in Python, and an earlier run was replaced by overwrite="no".
+    refused("overwrite must be True or False, got 'no'", PretrainConfig, data="d", overwrite="no")
+    refused("resume must be True or False, got 'no'", PretrainConfig, data="d", resume="no")
+    refused("whole_word_mask must be True or False, got 'no'", PrepareConfig, whole_word_mask="no")
+    refused("lowercase must be True or False, got 'no'", Tokenizer, tok.vocab, lowercase="no")
+    refused("lowercase must be True or False, got 0", Tokenizer.train, [tmp_path / "c.txt"], lowercase=0)
+    # None where it is no value, and a nested config of the wrong kind.
+    refused("max_seq_length must be given: None is not one of its values", PrepareConfig, max_seq_length=None)
+    refused("log_every must be given", TrainConfig, log_every=None)
+    refused("train must be a TrainConfig, got dict", PretrainConfig, data="d", train={"out_dir": "o"})
+    refused("data must be text, got int", PretrainConfig, data=123)
+    # A field set after the config was made is checked when the run starts, before anything is read or written.
+    cfg = PretrainConfig(data=str(tmp_path / "none"), train=TrainConfig(out_dir=str(tmp_path / "run"), max_steps=2))
+    cfg.train.max_steps = 0  # trained 0 steps and saved an untrained model
+    refused("max_steps must be at least 1, got 0", run_pretrain, cfg)
+    cfg.train.max_steps = None
+    refused("train.max_steps must be given for pre-training", run_pretrain, cfg)
+    assert not (tmp_path / "run").exists()
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("今天天气很好。\n今天很好。\n", encoding="utf-8")
+    tok.save_pretrained(tmp_path / "tok")
+    settings = PrepareConfig()
+    settings.max_seq_length = 2  # hung
+    refused("max_seq_length must be at least 8", prepare, [corpus], tmp_path / "tok", tmp_path / "data", settings)
+    refused("tokenizer_dir must be the folder of a saved tokenizer", prepare, [corpus], tok, tmp_path / "data")
+    refused(f"corpus must be a list of files, got the single path '{corpus}'", prepare, corpus, tmp_path / "tok", "o")
+    refused("no corpus files given", prepare, [], tmp_path / "tok", tmp_path / "data")
+    refused("cfg must be a PrepareConfig, got dict", prepare, [corpus], tmp_path / "tok", "o", {"max_seq_length": 64})
+    refused("overwrite must be True or False, got 'no'", prepare, [corpus], tmp_path / "tok", "o", overwrite="no")
+    assert not (tmp_path / "data").exists()
+    refused(f"{corpus} is a file: a model directory is a folder", tok.save_pretrained, corpus)
+
+
+def test_fill_mask_needs_a_pre_training_model(tok: Tokenizer) -> None:
+    encoder = BertModel(BertConfig.preset("tiny", vocab_size=len(tok.vocab)))
+    for model in (None, encoder):  # open_model_dir(...).mlm of an encoder directory is None
+        refused("fill-mask needs a pre-trained model with its masked-LM head", fill_mask, model, tok, "今天[MASK]")

@@ -381,3 +381,16 @@ def test_a_document_as_long_as_a_block_still_gets_notnext_pairs(tmp_path: Path, 
         cfg = PrepareConfig(eval_fraction=0, block_chars=len(big) // 3)
         m = prepare([corpus], zh_tokenizer, tmp_path / name, cfg, progress=False)
         assert 0.4 < m["splits"]["train"]["nsp_random_fraction"] < 0.6, name
+
+
+def test_instances_are_indexed_as_a_sequence_is(zh_data: Path) -> None:
+    data = PretrainingData(zh_data)
+    last = data[len(data) - 1]
+    assert all(np.array_equal(data[-1][k], last[k]) for k in last)  # was: out of bounds for index -352
+    for bad, error in ((len(data), IndexError), (-len(data) - 1, IndexError), (1.5, TypeError)):
+        with pytest.raises(error, match=r"out of range|whole numbers"):
+            data[bad]
+    with pytest.raises(BertkitError, match="seed must be a whole number of 0 or more, got -1"):
+        PretrainingData(zh_data, seed=-1)  # was numpy's ValueError at the first instance
+    with pytest.raises(BertkitError, match="masking must be a MaskingConfig, got dict"):
+        PretrainingData(zh_data, masking={"mask_prob": 0.2})  # type: ignore[arg-type]

@@ -345,6 +345,8 @@ def save_model(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor
             f"refusing to save a model with NaN or infinite weights (tensor {name}) to {path}: training diverged; "
             "lower the learning rate, or resume from an earlier checkpoint"
         )
+    if path.exists() and not path.is_dir():
+        raise BertkitError(f"{path} is a file: a model directory is a folder; give another path")
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config: BertConfig = model.config  # type: ignore[assignment]

@@ -169,6 +169,11 @@ def _fill_mask(
     model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int
 ) -> tuple[list[list[tuple[str, float]]], bool]:
     """`fill_mask`'s candidates, and whether `text` was cut at the model's maximum length."""
+    torch_model = isinstance(model, torch.nn.Module)  # or its ONNX export (bertkit.onnx_model), called alike
+    if (torch_model and not isinstance(model, BertForPreTraining)) or not callable(model):
+        raise BertkitError(f"fill-mask needs a pre-trained model with its masked-LM head (a BertForPreTraining: "
+                           f"open_model_dir(dir).mlm, where the directory holds that head), got "
+                           f"{type(model).__name__}")  # fmt: skip
     if not isinstance(text, str):
         raise BertkitError(f"text must be a string, got {type(text).__name__}")
     top_k = as_whole_number(top_k, "top_k")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import re
+import types
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -129,15 +132,19 @@ def as_whole_number(value: Any, name: str, low: int = 1) -> int:
 
 
 def check_values(config: Any) -> None:
-    """Give a config built in Python the checks its flags give on the command line: each field declared with a
-    `type` or `choices` is checked as the CLI checks that flag (a number given as a string is refused, not parsed),
-    and a path given as a `pathlib.Path` to a field of text is kept as text (a run stored it in JSON at its end).
-    Raises BertkitError naming the field, as its Python name."""
+    """Give a config built in Python the checks its flags give on the command line, and check it again when a run
+    starts (a field set after the config was made skips `__post_init__`). Each field must be of its declared kind:
+    True or False for a switch (the string "no" is true), a value where None is not one of its values, a config of
+    the declared class for a nested config (checked in turn), text for a path (a `pathlib.Path` is kept as text: a
+    run stores it in JSON); and each field declared with a `type` or `choices` is checked as the CLI checks that
+    flag (a number given as a string is refused, not parsed). Raises BertkitError naming the field."""
+    kinds = _declared_kinds(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
             object.__setattr__(config, f.name, value)
+        _check_kind(f.name, value, kinds.get(f.name, ()))
         if value is None or "help" not in f.metadata:
             continue
         parse, choices = f.metadata["type"], f.metadata["choices"]
@@ -156,6 +163,43 @@ def check_values(config: Any) -> None:
             raise BertkitError(f"{f.name} must be a number, got the string {value!r}")
         if isinstance(parsed, int) and not hasattr(value, "__index__"):  # an int, or numpy's
             raise BertkitError(f"{f.name}: expected a whole number, got {value!r}")
+
+
+@functools.cache
+def _declared_kinds(config: type) -> dict[str, tuple[type, ...]]:
+    """Each field's declared types (the members of a union), from the class's annotations; none where they cannot
+    be read."""
+    try:
+        hints = typing.get_type_hints(config)
+    except (NameError, TypeError):
+        return {}
+    kinds = {}
+    for name, hint in hints.items():
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        members = typing.get_args(hint) if union else (hint,)
+        kinds[name] = tuple(typing.get_origin(m) or m for m in members)
+    return kinds
+
+
+def _check_kind(name: str, value: Any, kinds: tuple[type, ...]) -> None:
+    """Refuse `value` for a field declared as `kinds` where it is plainly not one of them (see `check_values`)."""
+    if not kinds or Any in kinds:
+        return
+    if value is None:
+        if type(None) not in kinds:
+            raise BertkitError(f"{name} must be given: None is not one of its values")
+        return
+    real = [k for k in kinds if k is not type(None)]
+    if real == [bool] and not isinstance(value, bool):
+        raise BertkitError(f"{name} must be True or False, got {value!r}")
+    nested = [k for k in real if dataclasses.is_dataclass(k)]
+    if nested:
+        if not isinstance(value, tuple(nested)):
+            wanted = " or ".join(k.__name__ for k in nested)
+            raise BertkitError(f"{name} must be a {wanted}, got {type(value).__name__}")
+        check_values(value)
+    elif real == [str] and not isinstance(value, str):
+        raise BertkitError(f"{name} must be text, got {type(value).__name__}")
 
 
 def cli_fields(config: type) -> list[dataclasses.Field]:

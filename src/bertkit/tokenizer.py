@@ -491,6 +491,11 @@ class Tokenizer:
         text; `strip_accents` removes accents, by default (None) when lower-casing, as the original BERT does;
         `tokenize_chinese_chars` makes every CJK ideograph a word of its own; `model_max_length` is where `encode`
         cuts by default (the model's positions)."""
+        switches = {"lowercase": lowercase, "tokenize_chinese_chars": tokenize_chinese_chars}
+        for name, value in {**switches, "strip_accents": strip_accents}.items():
+            if not isinstance(value, bool) and (name != "strip_accents" or value is not None):
+                raise BertkitError(f"{name} must be True or False, got {value!r}")  # the string "no" is true
+        model_max_length = as_whole_number(model_max_length, "model_max_length")
         self.vocab: list[str] = list(vocab)
         self.token_to_id: dict[str, int] = {}
         for i, t in enumerate(self.vocab):
@@ -854,6 +859,9 @@ class Tokenizer:
         vocab_size = as_whole_number(vocab_size, "vocab_size", 0)
         min_frequency = as_whole_number(min_frequency, "min_frequency", 0)
         limit_alphabet = as_whole_number(limit_alphabet, "limit_alphabet", 0)
+        for name, value in (("lowercase", lowercase), ("show_progress", show_progress)):
+            if not isinstance(value, bool):  # before the pass over the corpus, not after it
+                raise BertkitError(f"{name} must be True or False, got {value!r}")
         if vocab_size <= len(SPECIAL_TOKENS):
             raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
         for f in map(Path, files):  # before the trainer starts, in the words of `read_lines`
@@ -970,6 +978,8 @@ class Tokenizer:
         """Write `vocab.txt`, `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`, each whole
         or not at all (written beside, then renamed)."""
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise BertkitError(f"{path} is a file: a model directory is a folder; give another path")
         path.mkdir(parents=True, exist_ok=True)
 
         def text(name: str, content: str) -> None:

@@ -53,6 +53,7 @@ from bertkit.files import (
     own_entries,
     remove_entries,
 )
+from bertkit.options import check_values
 from bertkit.progress import make_bar
 from bertkit.tokenizer import Tokenizer, TokenSpans, contains_cjk, is_cjk
 
@@ -314,6 +315,11 @@ def _check_settings(cfg: PrepareConfig) -> None:
 
 
 def _check_corpus(corpus: list[str | Path]) -> list[Path]:
+    if isinstance(corpus, str | os.PathLike):
+        raise BertkitError(f"corpus must be a list of files, got the single path {os.fspath(corpus)!r}: put it in "
+                           "a list")  # fmt: skip
+    if not corpus:
+        raise BertkitError("no corpus files given")
     paths = [Path(p) for p in corpus]
     for p in paths:
         if p.is_dir():
@@ -366,8 +372,21 @@ def prepare(
     `out` may be new, empty, prepare's own earlier output (replaced with `overwrite`), or, with `overwrite`, a
     directory holding other files too: those stay. An `out` that is or holds a corpus file or the tokenizer is
     refused. On any error (a full disk, Ctrl-C included) `out` is left as it was.
+
+    With `cfg.workers` above 1 the workers are started by "spawn" (the Rust tokenizer's threads do not survive a
+    fork): each imports the calling script afresh, so a script that calls `prepare` at its top level must do so
+    under `if __name__ == "__main__":`, as multiprocessing asks.
     """
-    cfg = cfg or PrepareConfig()
+    cfg = PrepareConfig() if cfg is None else cfg
+    if not isinstance(cfg, PrepareConfig):
+        raise BertkitError(f"cfg must be a PrepareConfig, got {type(cfg).__name__}")
+    if not isinstance(tokenizer_dir, str | os.PathLike):
+        raise BertkitError(f"tokenizer_dir must be the folder of a saved tokenizer (Tokenizer.save_pretrained "
+                           f"writes one), got {type(tokenizer_dir).__name__}")  # fmt: skip
+    for name, value in (("overwrite", overwrite), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise BertkitError(f"{name} must be True or False, got {value!r}")
+    check_values(cfg)  # again: a field set after the config was made skipped its checks
     _check_settings(cfg)
     corpus_paths = _check_corpus(corpus)
     out = Path(out)

@@ -15,6 +15,7 @@ from bertkit.data.masking import MaskingConfig, mask_sequence
 from bertkit.data.prepare import FORMAT, SPLITS, token_dtype
 from bertkit.errors import BertkitError
 from bertkit.files import read_json_object
+from bertkit.options import as_whole_number
 from bertkit.tokenizer import Tokenizer, encoder_inputs, pad_rows
 
 _AGAIN = "run bertkit prepare again"
@@ -165,6 +166,8 @@ class PretrainingData(torch.utils.data.Dataset):
     def __init__(self, data_dir: str | Path, split: str = "train", masking: MaskingConfig | None = None, seed: int = 0):
         if split not in SPLIT_CHOICES:
             raise BertkitError(f"split {split!r} does not exist: choose one of {', '.join(SPLIT_CHOICES)}")
+        if masking is not None and not isinstance(masking, MaskingConfig):
+            raise BertkitError(f"masking must be a MaskingConfig, got {type(masking).__name__}")
         self.dir = Path(data_dir)
         self.split = split
         self.manifest = read_manifest(self.dir)
@@ -182,7 +185,7 @@ class PretrainingData(torch.utils.data.Dataset):
             raise BertkitError(f"{data_dir} was prepared without --whole-word-mask; prepare it again with it")
         # Evaluation always uses one fixed mask, so its figures are comparable from step to step.
         self.static = split != "train" or self.manifest["masking"] == "static"
-        self.seed = seed
+        self.seed = as_whole_number(seed, "seed", 0)  # numpy's generators take no negative seed
         dtype = np.dtype(self.manifest["token_dtype"])
         self.shards: list[Shard] = []
         for part in SPLITS if split == "all" else (split,):
@@ -208,6 +211,11 @@ class PretrainingData(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, np.ndarray]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
+        if isinstance(i, bool) or not hasattr(i, "__index__"):
+            raise TypeError(f"instance indices are whole numbers, not {type(i).__name__}")
+        i = int(i) + (len(self) if i < 0 else 0)  # from the end, as a sequence counts
+        if not 0 <= i < len(self):
+            raise IndexError(f"instance {key} is out of range: the {self.split} split holds {len(self)}")
         s = int(np.searchsorted(self.bounds, i, side="right")) - 1
         tokens, index, starts, base, static, split_start = self.shards[s]
         row = i - int(self.bounds[s])

@@ -100,6 +100,10 @@ class _LogWindow:
 class Trainer:
     """Runs `loss_fn` over batches from `loader_fn`, with evaluation, logging and checkpoints.
 
+    It writes into `cfg.out_dir` as it is: its checkpoints, metrics.jsonl (appended to) and curves.png (replaced),
+    whatever the folder holds. The recipes (`run_pretrain`, `run_finetune`) first make sure the folder is theirs to
+    write (`bertkit.files.claim_output_dir`); a script driving a Trainer itself should give it a folder of its own.
+
     On the CPU it sets the process's malloc to keep up to 1 GB of freed memory for reuse
     (`bertkit.machine.keep_freed_memory`; glibc only), which lasts after the run."""
 
