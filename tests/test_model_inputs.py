@@ -25,8 +25,8 @@ def config() -> BertConfig:
 @pytest.mark.parametrize(
     ("inputs", "says"),
     [
-        ({"input_ids": IDS, "attention_mask": MASK[:1]}, "attention_mask must have input_ids' shape (2, 4), got (1,"),
-        ({"input_ids": IDS, "attention_mask": MASK.T}, "attention_mask must have input_ids' shape (2, 4), got (4, 2)"),
+        ({"input_ids": IDS, "attention_mask": MASK[:1]}, "mask must have input_ids' shape (2, 4), got shape (1, 4)"),
+        ({"input_ids": IDS, "attention_mask": MASK.T}, "mask must have input_ids' shape (2, 4), got shape (4, 2)"),
         ({"input_ids": IDS, "token_type_ids": IDS[:, :2]}, "token_type_ids must have input_ids' shape"),
         ({"input_ids": IDS[0]}, "input_ids must be a (batch, tokens) tensor, got shape (4,)"),
         ({"input_ids": IDS.tolist()}, "input_ids must be a (batch, tokens) tensor, got list"),

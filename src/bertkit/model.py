@@ -382,6 +382,11 @@ def attention_bias(
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
+def _what(value: object) -> str:
+    """A tensor's shape, or what else `value` is, for a message that refuses it."""
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def check_inputs(
     config: BertConfig,
     input_ids: torch.Tensor,
@@ -392,7 +397,7 @@ def check_inputs(
     shape, no tokens, ids outside the vocabulary or segments outside `type_vocab_size` (a tokenizer of another
     model). The value checks run on the CPU only: elsewhere they would wait for the device at every call."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        got = f"shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        got = _what(input_ids)
         raise BertkitError(f"input_ids must be a (batch, tokens) tensor, got {got} (Tokenizer.batch makes one)")
     if input_ids.shape[1] == 0:
         raise BertkitError(f"input_ids of shape {tuple(input_ids.shape)} holds no tokens: encode at least one text")
@@ -401,8 +406,7 @@ def check_inputs(
         if t is None:
             continue
         if not isinstance(t, torch.Tensor) or t.shape != input_ids.shape:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise BertkitError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {got}")
+            raise BertkitError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {_what(t)}")
         if name != "attention_mask" and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
             raise BertkitError(f"{name} must hold integers (torch.long), got {t.dtype}")
     if input_ids.device.type != "cpu":
@@ -425,8 +429,7 @@ def check_targets(name: str, targets: torch.Tensor, shape: tuple, integer: bool 
     if _is_exporting() or torch.jit.is_tracing():
         return
     if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != shape:
-        got = f"shape {tuple(targets.shape)}" if isinstance(targets, torch.Tensor) else type(targets).__name__
-        raise BertkitError(f"{name} must have shape {shape}, got {got}")
+        raise BertkitError(f"{name} must have shape {shape}, got {_what(targets)}")
     if integer and (targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool):
         raise BertkitError(f"{name} must hold integers (torch.long), got {targets.dtype}")
 
@@ -437,8 +440,7 @@ def check_labels(name: str, labels: torch.Tensor, shape: tuple, classes: int, ig
     if _is_exporting() or torch.jit.is_tracing():
         return
     if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != shape:
-        got = f"shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise BertkitError(f"{name} must have shape {shape}, got {got}")
+        raise BertkitError(f"{name} must have shape {shape}, got {_what(labels)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise BertkitError(f"{name} must hold integers (torch.long), got {labels.dtype}")
     if labels.device.type != "cpu" or not labels.numel():

@@ -131,6 +131,14 @@ def as_whole_number(value: Any, name: str, low: int = 1) -> int:
     return int(value)
 
 
+def check_switches(**switches: Any) -> None:
+    """Refuse a switch (an on/off argument) that is not True or False: the string "no", 0 or None is taken as a
+    value of its own (truthy or falsy) and then written to a file that refuses it."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise BertkitError(f"{name} must be True or False, got {value!r}")
+
+
 def check_values(config: Any) -> None:
     """Give a config built in Python the checks its flags give on the command line, and check it again when a run
     starts (a field set after the config was made skips `__post_init__`). Each field must be of its declared kind:
@@ -190,8 +198,8 @@ def _check_kind(name: str, value: Any, kinds: tuple[type, ...]) -> None:
             raise BertkitError(f"{name} must be given: None is not one of its values")
         return
     real = [k for k in kinds if k is not type(None)]
-    if real == [bool] and not isinstance(value, bool):
-        raise BertkitError(f"{name} must be True or False, got {value!r}")
+    if real == [bool]:
+        check_switches(**{name: value})
     nested = [k for k in real if dataclasses.is_dataclass(k)]
     if nested:
         if not isinstance(value, tuple(nested)):

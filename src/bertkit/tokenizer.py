@@ -42,7 +42,7 @@ from tokenizers.models import WordPiece
 from bertkit.constants import MIN_PAIR_FREQUENCY, VOCAB_SIZE
 from bertkit.errors import BertkitError, shown
 from bertkit.files import BytesRead, atomic_write, no_such_path, read_corpus_lines, read_json_object
-from bertkit.options import as_whole_number
+from bertkit.options import as_whole_number, check_switches
 from bertkit.progress import progress_bar
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -109,11 +109,12 @@ class Encoding:
         return out
 
 
-def check_texts(texts: Sequence[str], name: str) -> None:
-    """Refuse `texts` that are not a list of strings: a string alone would be read as a list of its characters."""
+def check_texts(texts: Sequence[str], name: str, each: bool = True) -> None:
+    """Refuse `texts` that are not a list of strings (each one checked unless not `each`): a string alone would be
+    read as a list of its characters."""
     if isinstance(texts, str | bytes):
         raise BertkitError(f"{name} must be a list of strings, got the string {shown(texts)}: put it in a list")
-    for n, text in enumerate(texts):
+    for n, text in enumerate(texts if each else ()):
         if not isinstance(text, str):
             raise BertkitError(f"{name}[{n}] must be a string, got {type(text).__name__}")
 
@@ -491,10 +492,9 @@ class Tokenizer:
         text; `strip_accents` removes accents, by default (None) when lower-casing, as the original BERT does;
         `tokenize_chinese_chars` makes every CJK ideograph a word of its own; `model_max_length` is where `encode`
         cuts by default (the model's positions)."""
-        switches = {"lowercase": lowercase, "tokenize_chinese_chars": tokenize_chinese_chars}
-        for name, value in {**switches, "strip_accents": strip_accents}.items():
-            if not isinstance(value, bool) and (name != "strip_accents" or value is not None):
-                raise BertkitError(f"{name} must be True or False, got {value!r}")  # the string "no" is true
+        check_switches(lowercase=lowercase, tokenize_chinese_chars=tokenize_chinese_chars)
+        if strip_accents is not None:  # None: as lowercase says
+            check_switches(strip_accents=strip_accents)
         model_max_length = as_whole_number(model_max_length, "model_max_length")
         self.vocab: list[str] = list(vocab)
         self.token_to_id: dict[str, int] = {}
@@ -704,8 +704,7 @@ class Tokenizer:
         Each text is cut at its CJK ideographs (`_CharTable.separator`) into runs of other characters. The
         ideographs, and the runs that `_CharTable` covers, are looked up in the table; only the other runs (letters,
         digits, ...) go to the Rust tokenizer, so a Chinese sentence with a Latin word sends that word alone."""
-        if isinstance(texts, str | bytes):  # the one check of this hot path: each text is checked by the join below
-            raise BertkitError(f"texts must be a list of strings, got the string {shown(texts)}: put it in a list")
+        check_texts(texts, "texts", each=False)  # a hot path: each text is checked by the join below
         chars = self._chars
         joined = "".join(texts)
         code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
@@ -859,9 +858,7 @@ class Tokenizer:
         vocab_size = as_whole_number(vocab_size, "vocab_size", 0)
         min_frequency = as_whole_number(min_frequency, "min_frequency", 0)
         limit_alphabet = as_whole_number(limit_alphabet, "limit_alphabet", 0)
-        for name, value in (("lowercase", lowercase), ("show_progress", show_progress)):
-            if not isinstance(value, bool):  # before the pass over the corpus, not after it
-                raise BertkitError(f"{name} must be True or False, got {value!r}")
+        check_switches(lowercase=lowercase, show_progress=show_progress)  # before the pass over the corpus
         if vocab_size <= len(SPECIAL_TOKENS):
             raise BertkitError(f"vocab_size {vocab_size} is too small: the special tokens alone take 5")
         for f in map(Path, files):  # before the trainer starts, in the words of `read_lines`

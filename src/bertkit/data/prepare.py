@@ -53,7 +53,7 @@ from bertkit.files import (
     own_entries,
     remove_entries,
 )
-from bertkit.options import check_values
+from bertkit.options import check_switches, check_values
 from bertkit.progress import make_bar
 from bertkit.tokenizer import Tokenizer, TokenSpans, contains_cjk, is_cjk
 
@@ -383,9 +383,7 @@ def prepare(
     if not isinstance(tokenizer_dir, str | os.PathLike):
         raise BertkitError(f"tokenizer_dir must be the folder of a saved tokenizer (Tokenizer.save_pretrained "
                            f"writes one), got {type(tokenizer_dir).__name__}")  # fmt: skip
-    for name, value in (("overwrite", overwrite), ("progress", progress)):
-        if not isinstance(value, bool):
-            raise BertkitError(f"{name} must be True or False, got {value!r}")
+    check_switches(overwrite=overwrite, progress=progress)
     check_values(cfg)  # again: a field set after the config was made skipped its checks
     _check_settings(cfg)
     corpus_paths = _check_corpus(corpus)
