@@ -24,7 +24,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write, hash_file, model_directory, read_json_object
+from bertkit.files import atomic_write, hash_file, make_model_directory, model_directory, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -345,9 +345,7 @@ def save_model(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor
             f"refusing to save a model with NaN or infinite weights (tensor {name}) to {path}: training diverged; "
             "lower the learning rate, or resume from an earlier checkpoint"
         )
-    if path.exists() and not path.is_dir():
-        raise BertkitError(f"{path} is a file: a model directory is a folder; give another path")
-    path.mkdir(parents=True, exist_ok=True)
+    path = make_model_directory(path)
     atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config: BertConfig = model.config  # type: ignore[assignment]
     config.save(path / "config.json", type(model).hf_architecture)  # type: ignore[attr-defined]

@@ -55,6 +55,16 @@ def model_directory(path: str | Path) -> Path:
     return path
 
 
+def make_model_directory(path: str | Path) -> Path:
+    """`path` made a folder to save a model or tokenizer into (with its parents); a file there is a BertkitError
+    (it was pathlib's FileExistsError)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BertkitError(f"{path} is a file: a model directory is a folder; give another path")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def is_special_file(path: str | Path) -> bool:
     """Whether `path` is a pipe (the shell's `<(...)`), a socket or a device."""
     try:

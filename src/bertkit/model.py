@@ -387,6 +387,12 @@ def _what(value: object) -> str:
     return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
+def _check_integers(name: str, t: torch.Tensor) -> None:
+    """Refuse a tensor of ids, labels or positions that does not hold integers."""
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise BertkitError(f"{name} must hold integers (torch.long), got {t.dtype}")
+
+
 def check_inputs(
     config: BertConfig,
     input_ids: torch.Tensor,
@@ -407,8 +413,8 @@ def check_inputs(
             continue
         if not isinstance(t, torch.Tensor) or t.shape != input_ids.shape:
             raise BertkitError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {_what(t)}")
-        if name != "attention_mask" and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-            raise BertkitError(f"{name} must hold integers (torch.long), got {t.dtype}")
+        if name != "attention_mask":  # a mask may be float or bool, as transformers takes it
+            _check_integers(name, t)
     if input_ids.device.type != "cpu":
         return
     for name, t, size in (("input_ids", input_ids, config.vocab_size),
@@ -430,8 +436,8 @@ def check_targets(name: str, targets: torch.Tensor, shape: tuple, integer: bool 
         return
     if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != shape:
         raise BertkitError(f"{name} must have shape {shape}, got {_what(targets)}")
-    if integer and (targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool):
-        raise BertkitError(f"{name} must hold integers (torch.long), got {targets.dtype}")
+    if integer:
+        _check_integers(name, targets)
 
 
 def check_labels(name: str, labels: torch.Tensor, shape: tuple, classes: int, ignored: int | None = None) -> None:
@@ -439,10 +445,7 @@ def check_labels(name: str, labels: torch.Tensor, shape: tuple, classes: int, ig
     as in `check_inputs`, and nothing while a graph is exported (its shapes are symbols there)."""
     if _is_exporting() or torch.jit.is_tracing():
         return
-    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != shape:
-        raise BertkitError(f"{name} must have shape {shape}, got {_what(labels)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise BertkitError(f"{name} must hold integers (torch.long), got {labels.dtype}")
+    check_targets(name, labels, shape, integer=True)
     if labels.device.type != "cpu" or not labels.numel():
         return
     bad = (labels < 0) | (labels >= classes)

@@ -41,7 +41,14 @@ from tokenizers.models import WordPiece
 
 from bertkit.constants import MIN_PAIR_FREQUENCY, VOCAB_SIZE
 from bertkit.errors import BertkitError, shown
-from bertkit.files import BytesRead, atomic_write, no_such_path, read_corpus_lines, read_json_object
+from bertkit.files import (
+    BytesRead,
+    atomic_write,
+    make_model_directory,
+    no_such_path,
+    read_corpus_lines,
+    read_json_object,
+)
 from bertkit.options import as_whole_number, check_switches
 from bertkit.progress import progress_bar
 
@@ -679,8 +686,7 @@ class Tokenizer:
 
     def _encode_segments(self, texts: Sequence[str], offsets: bool = True) -> list:
         """Ids (and offsets) of each text without special tokens: vectorised table lookup where `_CharTable`
-        covers the text, the Rust tokenizer (one parallel batch) for the rest."""
-        check_texts(texts, "texts")
+        covers the text, the Rust tokenizer (one parallel batch) for the rest. The public callers check `texts`."""
         chars = self._chars
         covered = [i for i, t in enumerate(texts) if chars.covers(t)]
         out: list = [None] * len(texts)
@@ -695,6 +701,7 @@ class Tokenizer:
 
     def ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens, no truncation (the fast path of `bertkit prepare`)."""
+        check_texts(texts, "texts")
         return [e.ids for e in self._encode_segments(texts, offsets=False)]
 
     def ids_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -755,6 +762,7 @@ class Tokenizer:
     def encode_with_offsets(self, texts: Sequence[str]) -> list[TokenSpans]:
         """Token ids and character spans of each text, no special tokens, no truncation: a segment as `encode_batch`
         encodes it (`Encoding.offsets` are these spans, bracketed by special tokens)."""
+        check_texts(texts, "texts")
         return [TokenSpans(e.ids, list(e.offsets)) for e in self._encode_segments(texts)]
 
     def encode_words(self, sentences: Sequence[Sequence[str]]) -> list[list[list[int]]]:
@@ -974,10 +982,7 @@ class Tokenizer:
     def save_pretrained(self, path: str | Path) -> None:
         """Write `vocab.txt`, `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`, each whole
         or not at all (written beside, then renamed)."""
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise BertkitError(f"{path} is a file: a model directory is a folder; give another path")
-        path.mkdir(parents=True, exist_ok=True)
+        path = make_model_directory(path)
 
         def text(name: str, content: str) -> None:
             atomic_write(path / name, lambda tmp: Path(tmp).write_text(content, encoding="utf-8"))
