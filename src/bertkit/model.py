@@ -28,6 +28,59 @@ from bertkit.crf import CRF, allowed_transitions
 from bertkit.errors import BertkitError
 from bertkit.machine import ThreadChoice, one_intra_op_thread
 
+# torch.compiler.is_exporting appeared in torch 2.7 (bertkit export requires that torch; elsewhere this is False).
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
+class _WithoutOneDNN:
+    """Within it, PyTorch's operators on the CPU take their own kernels rather than oneDNN's. The switch is the
+    process's: another thread's operator in that instant takes PyTorch's kernel too (the same result, maybe slower)."""
+
+    def __enter__(self) -> None:
+        self.was = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.mkldnn.enabled = self.was
+
+
+class _CpuGelu(torch.autograd.Function):
+    """Exact GELU forward and backward by PyTorch's own vectorised CPU kernels."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        with _WithoutOneDNN():
+            return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        with _WithoutOneDNN():
+            return torch.ops.aten.gelu_backward(grad, x)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU, as in the original BERT.
+
+    On the CPU, PyTorch hands a float32 GELU to oneDNN, which compiles a kernel for each tensor shape (milliseconds,
+    forward and backward each) and caches up to 1,024 of them, each holding memory. Without padding the encoder's
+    token count changes from batch to batch, so nearly every training step compiled two new kernels, and a long
+    `predict` grew with each batch until the cache was full. PyTorch's own kernel compiles nothing and runs within
+    about 10% of a kernel oneDNN has compiled already (`benchmarks/gelu_kernel.py` measures whole training runs).
+    bf16 (autocast, whose token counts recur: `recurring_rows`), other devices, compiled and exported graphs keep
+    F.gelu."""
+    if (
+        x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or not torch.backends.mkldnn.enabled
+        or torch.compiler.is_compiling()
+        or _is_exporting()
+        or torch.jit.is_tracing()
+    ):
+        return F.gelu(x)
+    return _CpuGelu.apply(x)
+
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU with the tanh approximation (Hugging Face's `gelu_new`)."""
@@ -35,7 +88,7 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 ACTIVATIONS = {
-    "gelu": F.gelu,  # exact (erf) GELU, as in the original BERT
+    "gelu": gelu,  # exact (erf) GELU, as in the original BERT
     "gelu_new": gelu_tanh,
     "gelu_pytorch_tanh": gelu_tanh,
     "relu": F.relu,
@@ -339,10 +392,6 @@ class Pooler(nn.Module):
         else:
             read = h[:, 0]  # (B, H)
         return torch.tanh(self.dense(read))  # (B, H)
-
-
-# torch.compiler.is_exporting appeared in torch 2.7 (bertkit export requires that torch; elsewhere this is False).
-_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 def is_padded(attention_mask: torch.Tensor | None) -> bool:
