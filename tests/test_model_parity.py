@@ -426,7 +426,8 @@ def test_float32_training_compiles_no_onednn_kernel_per_token_count(tmp_path: Pa
     """The unpadded encoder's token count changes every batch. PyTorch sends a float32 GELU on the CPU to oneDNN,
     which compiles a kernel for each new shape and keeps up to 1,024 (a tiny pre-training run of 400 steps peaked
     at twice the memory); bertkit's GELU does not. Forward and backward at three token counts, in a fresh process
-    whose oneDNN reports every kernel it runs: none but the control's (a plain F.gelu)."""
+    whose oneDNN reports every kernel it runs, then an inference forward at a fourth: none but the control's (a plain
+    F.gelu)."""
     script = tmp_path / "steps.py"
     script.write_text(
         "import torch\n"
@@ -438,6 +439,8 @@ def test_float32_training_compiles_no_onednn_kernel_per_token_count(tmp_path: Pa
         "    mask = (torch.arange(16) < torch.tensor([[16], [length], [length - 2]])).long()\n"
         "    out = model(ids, attention_mask=mask)\n"
         "    (out.mlm_logits.sum() + out.nsp_logits.sum()).backward()\n"
+        "with torch.no_grad():  # and inference\n"
+        "    model.eval()(ids[:, :15], attention_mask=mask[:, :15])\n"
         "torch.nn.functional.gelu(torch.randn(3, 5))  # the control: PyTorch's own F.gelu, one kernel\n"
         "print('done')\n"
     )

@@ -79,6 +79,9 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
         or torch.jit.is_tracing()
     ):
         return F.gelu(x)
+    if not (x.requires_grad and torch.is_grad_enabled()):  # inference: no autograd node (it costs a batch of 1)
+        with _WithoutOneDNN():
+            return F.gelu(x)
     return _CpuGelu.apply(x)
 
 
