@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -444,10 +447,6 @@ def test_float32_training_compiles_no_onednn_kernel_per_token_count(tmp_path: Pa
         "torch.nn.functional.gelu(torch.randn(3, 5))  # the control: PyTorch's own F.gelu, one kernel\n"
         "print('done')\n"
     )
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "ONEDNN_VERBOSE": "1"}
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -32,6 +32,12 @@ from bertkit.machine import ThreadChoice, one_intra_op_thread
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
+def _exporting() -> bool:
+    """Whether a graph is being exported or traced (ONNX, torch.export): its shapes are symbols, and it must serve
+    every input."""
+    return _is_exporting() or torch.jit.is_tracing()
+
+
 class _WithoutOneDNN:
     """Within it, PyTorch's operators on the CPU take their own kernels rather than oneDNN's. The switch is the
     process's: another thread's operator in that instant takes PyTorch's kernel too (the same result, maybe slower)."""
@@ -75,8 +81,7 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
         or x.dtype != torch.float32
         or not torch.backends.mkldnn.enabled
         or torch.compiler.is_compiling()
-        or _is_exporting()
-        or torch.jit.is_tracing()
+        or _exporting()
     ):
         return F.gelu(x)
     if not (x.requires_grad and torch.is_grad_enabled()):  # inference: no autograd node (it costs a batch of 1)
@@ -484,7 +489,7 @@ def check_inputs(
 def check_targets(name: str, targets: torch.Tensor, shape: tuple, integer: bool = False) -> None:
     """Refuse `targets` (a regression's values, a multi-label row of 0/1, QA's token positions: `integer`) not of
     `shape`: one of (B, 1) for (B,) was broadcast to (B, B) by a regression's loss, with a warning at most."""
-    if _is_exporting() or torch.jit.is_tracing():
+    if _exporting():
         return
     if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != shape:
         raise BertkitError(f"{name} must have shape {shape}, got {_what(targets)}")
@@ -495,7 +500,7 @@ def check_targets(name: str, targets: torch.Tensor, shape: tuple, integer: bool 
 def check_labels(name: str, labels: torch.Tensor, shape: tuple, classes: int, ignored: int | None = None) -> None:
     """Refuse `labels` that are not integers of `shape` in [0, classes) (or `ignored`); the values on the CPU only,
     as in `check_inputs`, and nothing while a graph is exported (its shapes are symbols there)."""
-    if _is_exporting() or torch.jit.is_tracing():
+    if _exporting():
         return
     check_targets(name, labels, shape, integer=True)
     if labels.device.type != "cpu" or not labels.numel():
@@ -602,7 +607,7 @@ class BertModel(nn.Module, PreTrainedMixin):
         default all 0), `attention_mask` (B, T) 1 for a real token and 0 for padding (default: no padding), as
         `Tokenizer.batch` returns them. Hidden states at padded positions are zeros."""
         # An exported graph (ONNX, torch.export) must serve every input: it always applies the mask, never unpads.
-        exporting = _is_exporting() or torch.jit.is_tracing()
+        exporting = _exporting()
         if not exporting:
             check_inputs(self.config, input_ids, token_type_ids, attention_mask)
         T = input_ids.shape[1]

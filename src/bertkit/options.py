@@ -173,6 +173,14 @@ def check_values(config: Any) -> None:
             raise BertkitError(f"{f.name}: expected a whole number, got {value!r}")
 
 
+def check_config(config: Any, kind: type, name: str = "cfg") -> None:
+    """Refuse `config` that is not a `kind` (a dict of its fields, say), then check its values again as a run starts:
+    a field set after the config was made skipped `__post_init__`."""
+    if not isinstance(config, kind):
+        raise BertkitError(f"{name} must be a {kind.__name__}, got {type(config).__name__}")
+    check_values(config)
+
+
 @functools.cache
 def _declared_kinds(config: type) -> dict[str, tuple[type, ...]]:
     """Each field's declared types (the members of a union), from the class's annotations; none where they cannot

@@ -53,7 +53,7 @@ from bertkit.files import (
     own_entries,
     remove_entries,
 )
-from bertkit.options import check_switches, check_values
+from bertkit.options import check_config, check_switches
 from bertkit.progress import make_bar
 from bertkit.tokenizer import Tokenizer, TokenSpans, contains_cjk, is_cjk
 
@@ -378,13 +378,11 @@ def prepare(
     under `if __name__ == "__main__":`, as multiprocessing asks.
     """
     cfg = PrepareConfig() if cfg is None else cfg
-    if not isinstance(cfg, PrepareConfig):
-        raise BertkitError(f"cfg must be a PrepareConfig, got {type(cfg).__name__}")
+    check_config(cfg, PrepareConfig)
     if not isinstance(tokenizer_dir, str | os.PathLike):
         raise BertkitError(f"tokenizer_dir must be the folder of a saved tokenizer (Tokenizer.save_pretrained "
                            f"writes one), got {type(tokenizer_dir).__name__}")  # fmt: skip
     check_switches(overwrite=overwrite, progress=progress)
-    check_values(cfg)  # again: a field set after the config was made skipped its checks
     _check_settings(cfg)
     corpus_paths = _check_corpus(corpus)
     out = Path(out)

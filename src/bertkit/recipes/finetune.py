@@ -30,7 +30,7 @@ from bertkit.files import (
     release_output_dir,
 )
 from bertkit.model import encoder_layers
-from bertkit.options import by_flag, check_values
+from bertkit.options import by_flag, check_config
 from bertkit.recipes.config import FinetuneConfig, finetune_learning_rate
 from bertkit.tasks.base import Inference, pad_batch
 from bertkit.tasks.model_dir import TASK_FILE, TASK_HEADS, fine_tuned_task, head_labels, write_task_record
@@ -169,9 +169,7 @@ def run_finetune(cfg: FinetuneConfig, model_factory: ModelFactory | None = None)
     metrics; empty without a dev file, when the last model is kept), `best_step` and `best_epoch`, the training
     examples and features, the steps trained, the labels, the run's settings (`args`) and the task settings the
     saved model has. No other bertkit process writes into `cfg.out` meanwhile."""
-    if not isinstance(cfg, FinetuneConfig):
-        raise BertkitError(f"run_finetune takes a FinetuneConfig, got {type(cfg).__name__}")
-    check_values(cfg)  # again: a field set after the config was made skipped its checks
+    check_config(cfg, FinetuneConfig)
     if cfg.patience is not None and not cfg.dev_file:  # else it would be accepted and never stop anything
         raise BertkitError("--patience counts dev evaluations without a better score: give --dev")
     with output_lock(cfg.out, "finetune") if dist_info()[0] == 0 else nullcontext():

@@ -27,7 +27,7 @@ from bertkit.files import (
     release_output_dir,
 )
 from bertkit.model import BertForPreTraining, encoder_layers, reverse_real_tokens, set_dropout
-from bertkit.options import by_flag, check_values
+from bertkit.options import by_flag, check_config
 from bertkit.progress import progress_iter
 from bertkit.recipes.config import PretrainConfig
 from bertkit.tokenizer import Tokenizer
@@ -299,9 +299,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, float]:
     """Pre-train; returns the final held-out metrics (without a held-out split: the steps and the last training
     loss). The run directory gets checkpoints, metrics and a model; no other bertkit process writes into it
     meanwhile."""
-    if not isinstance(cfg, PretrainConfig):
-        raise BertkitError(f"run_pretrain takes a PretrainConfig, got {type(cfg).__name__}")
-    check_values(cfg)  # again: a field set after the config was made skipped its checks
+    check_config(cfg, PretrainConfig)
     for name in ("max_steps", "learning_rate"):  # None lets a recipe choose; pre-training has no rule to choose by
         if getattr(cfg.train, name) is None:
             raise BertkitError(f"train.{name} must be given for pre-training (TrainConfig's default is "
