@@ -132,6 +132,14 @@ def plan_cost(plan: list[tuple[list[int], int]], n_head: int) -> int:
     return sum(n_head * len(seqs) * L * L + bertkit.model.GROUP_COST_SCORES for seqs, L in plan)
 
 
+def test_on_a_gpu_a_batch_of_up_to_128_tokens_attends_as_one_group() -> None:
+    """A group's launches cost a GPU far more than its scores: a batch of 32 sequences of 1..128 tokens is one group
+    there (BERT-base's 12 heads), while the CPU's cost splits it."""
+    lengths = list(range(4, 129, 4))
+    assert len(attention_groups(lengths, 12, 128)) > 1
+    assert len(attention_groups(lengths, 12, 128, bertkit.model.GPU_GROUP_COST_SCORES)) == 1
+
+
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(
     lengths=st.lists(st.integers(0, 128), min_size=1, max_size=40),

@@ -176,16 +176,24 @@ def rounds_rows(device: torch.device) -> bool:
 # What one more attention group costs, in attention scores (n_head x L x L per sequence): its own handful of
 # operators forward and backward. Calibrated on the CPU by `python benchmarks/attention_groups.py`.
 GROUP_COST_SCORES = 28_000
+# The same on a GPU, where a score costs far less and a launch far more: each group's operators cost ~50 us of
+# launches per layer (forward and backward), the time a recent GPU takes for ~3e7 scores of bf16 attention. An
+# estimate from the two rates, not a calibration: a batch of 32 sequences of up to 128 tokens stays one group.
+GPU_GROUP_COST_SCORES = 1 << 25
 GROUP_LENGTH_MULTIPLE = 8  # a group's length is rounded up to this: fewer distinct shapes
 
 
-def attention_groups(lengths: list[int], n_head: int, T: int) -> list[tuple[list[int], int]]:
+def attention_groups(
+    lengths: list[int], n_head: int, T: int, group_cost: int | None = None
+) -> list[tuple[list[int], int]]:
     """Sequences grouped for attention, as (sequence indices, padded length L): each group attends over (G, L)
     instead of the whole batch over (B, T), so a short sequence beside long ones does not pay for their length.
 
     Sequences are taken longest first; a group is a run of them with lengths rounded up to
     `GROUP_LENGTH_MULTIPLE`, and the runs are chosen (dynamic programming) to minimise the scores computed,
-    n_head x G x L^2 per group, plus `GROUP_COST_SCORES` per group. Empty sequences join no group."""
+    n_head x G x L^2 per group, plus `group_cost` per group (default `GROUP_COST_SCORES`, the CPU's). Empty
+    sequences join no group."""
+    group_cost = GROUP_COST_SCORES if group_cost is None else group_cost
     order = sorted((b for b in range(len(lengths)) if lengths[b] > 0), key=lambda b: -lengths[b])
     step = GROUP_LENGTH_MULTIPLE
     bins: list[tuple[int, list[int]]] = []  # (rounded length, sequences), longest first
@@ -201,7 +209,7 @@ def attention_groups(lengths: list[int], n_head: int, T: int) -> list[tuple[list
         count = 0
         for j in range(i - 1, -1, -1):  # the group bins[j:i], of length bins[j]'s
             count += len(bins[j][1])
-            cost = best[j] + n_head * count * bins[j][0] ** 2 + GROUP_COST_SCORES
+            cost = best[j] + n_head * count * bins[j][0] ** 2 + group_cost
             if cost < best[i]:
                 best[i], cut[i] = cost, j
     groups, i = [], len(bins)
@@ -244,7 +252,8 @@ class Unpadded:
         elif recurring_shapes:
             plan = [(list(range(self.B)), self.T)]
         else:
-            plan = attention_groups(lengths.tolist(), n_head, self.T)
+            group_cost = GROUP_COST_SCORES if device.type == "cpu" else GPU_GROUP_COST_SCORES
+            plan = attention_groups(lengths.tolist(), n_head, self.T, group_cost)
         self.groups, gathers = [], []  # (G, L, bias) per group; (G * L,) rows each group reads
         seq_base = torch.zeros(self.B, dtype=torch.long, device=device)  # where each sequence starts in the groups
         offset = 0

@@ -35,6 +35,9 @@ def setup_device(name: str | None) -> tuple[torch.device, int, int]:
         # TF32 tensor cores for the fp32 matmuls that autocast leaves (10-bit mantissa inputs, fp32 accumulate).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        # cuDNN's attention backward (PyTorch's default SDPA kernel on Hopper since 2.11) returns NaN query
+        # gradients for some masked shapes (pytorch/pytorch#196678); the memory-efficient kernel takes over.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
