@@ -47,6 +47,21 @@ ZH_LRS = ("5e-4", "1e-3")  # fine-tuning learning rates tried for each Chinese t
 # afqmc_full: AFQMC on all 34,334 training pairs for 2 epochs at a lower rate, after both arms sat at the majority
 # class with 12,000 pairs, 1 epoch and lr 5e-4 / 1e-3 (the `afqmc` jobs in benchmarks/results/finetune_real.json).
 ZH_TASK_LRS = {"afqmc_full": ("2e-4",)}
+# The Chinese tasks' flags, each arm and learning rate fine-tuned with them (also by pretrain_zh_budget.py).
+ZH_TASKS = {
+    "chnsenticorp": ["--task", "cls", "--train", f"{DATA}/chnsenticorp/train.tsv", "--dev",
+                     f"{DATA}/chnsenticorp/dev.tsv", "--epochs", "1"],
+    "afqmc": ["--task", "pair", "--train", f"{DATA}/afqmc/train.tsv", "--dev", f"{DATA}/afqmc/dev.tsv",
+              "--epochs", "1", "--max-seq-length", "64", "--max-train-examples", "12000"],
+    "afqmc_full": ["--task", "pair", "--train", f"{DATA}/afqmc/train.tsv", "--dev", f"{DATA}/afqmc/dev.tsv",
+                   "--epochs", "2", "--max-seq-length", "64", "--eval-every", "500"],
+    "cmrc2018": ["--task", "qa", "--train", f"{DATA}/cmrc2018/train.json", "--dev", f"{DATA}/cmrc2018/dev.json",
+                 "--epochs", "1", "--max-seq-length", "256", "--relocate-answers", "--batch-size", "16",
+                 "--max-train-examples", "4000"],
+    "cluener": ["--task", "ner", "--train", f"{DATA}/cluener2020/train.txt", "--dev",
+                f"{DATA}/cluener2020/dev.txt", "--epochs", "2"],
+}  # fmt: skip
+
 ZH_METRIC = {
     "chnsenticorp": "accuracy",
     "afqmc": "accuracy",
@@ -73,21 +88,8 @@ def jobs(zh_model: Path, random_model: Path, work: Path) -> dict[str, list[str]]
         "wikiann": ["--task", "ner", "--model", minilm, "--train", f"{DATA}/wikiann_en/train.txt", "--dev",
                     f"{DATA}/wikiann_en/dev.txt", "--epochs", "1", "--learning-rate", "1e-4"],
     }  # fmt: skip
-    zh_tasks = {
-        "chnsenticorp": ["--task", "cls", "--train", f"{DATA}/chnsenticorp/train.tsv", "--dev",
-                         f"{DATA}/chnsenticorp/dev.tsv", "--epochs", "1"],
-        "afqmc": ["--task", "pair", "--train", f"{DATA}/afqmc/train.tsv", "--dev", f"{DATA}/afqmc/dev.tsv",
-                  "--epochs", "1", "--max-seq-length", "64", "--max-train-examples", "12000"],
-        "afqmc_full": ["--task", "pair", "--train", f"{DATA}/afqmc/train.tsv", "--dev", f"{DATA}/afqmc/dev.tsv",
-                       "--epochs", "2", "--max-seq-length", "64", "--eval-every", "500"],
-        "cmrc2018": ["--task", "qa", "--train", f"{DATA}/cmrc2018/train.json", "--dev", f"{DATA}/cmrc2018/dev.json",
-                     "--epochs", "1", "--max-seq-length", "256", "--relocate-answers", "--batch-size", "16",
-                     "--max-train-examples", "4000"],
-        "cluener": ["--task", "ner", "--train", f"{DATA}/cluener2020/train.txt", "--dev",
-                    f"{DATA}/cluener2020/dev.txt", "--epochs", "2"],
-    }  # fmt: skip
     out = dict(en)
-    for name, args in zh_tasks.items():
+    for name, args in ZH_TASKS.items():
         for init, model in (("pretrained", zh_model), ("random", random_model)):
             for lr in ZH_TASK_LRS.get(name, ZH_LRS):
                 # BERT's fine-tuning dropout, stated: the Chinese mini was saved by an older bertkit, when a

