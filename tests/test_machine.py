@@ -207,3 +207,29 @@ def test_busy_ticks_count_only_the_cpus_this_process_may_run_on(tmp_path) -> Non
     )
     assert _machine_busy_ticks(str(stat), usable={1}) == 100 + 1 + 10 + 2 + 3 + 4  # idle and iowait are not busy
     assert _machine_busy_ticks(str(stat), usable={0, 1}) == 2000 + 120
+
+
+def test_a_named_gpu_is_the_one_used_and_one_that_is_not_there_is_refused(monkeypatch) -> None:
+    """`--device cuda:1` on one process trains on the second GPU (it ran on cuda:0, the local rank's, before); an
+    index past the machine's GPUs is one line naming those it has. CUDA is simulated: the suite runs on CPUs."""
+    import torch
+
+    from bertkit.errors import BertkitError
+    from bertkit.machine import pick_device
+    from bertkit.train import distributed
+
+    chosen: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: None)  # process-wide: left as it is
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # set by setup_device: put back
+    try:
+        assert distributed.setup_device("cuda:1") == (torch.device("cuda", 1), 0, 1) and chosen == [1]
+        assert distributed.setup_device("cuda")[0] == torch.device("cuda", 0) and chosen == [1, 0]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    with pytest.raises(BertkitError, match=r"cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        pick_device("cuda:2")

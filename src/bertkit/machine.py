@@ -28,9 +28,12 @@ def pick_device(name: str | None = None) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BertkitError(f"--device {name} was asked for but no CUDA device is available")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise BertkitError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        raise BertkitError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 # The instruction sets that decide the CPU's matmul speed and whether bf16 is native (Linux's names).

@@ -26,12 +26,14 @@ def dist_info() -> tuple[int, int, int]:
 
 
 def setup_device(name: str | None) -> tuple[torch.device, int, int]:
-    """The device for this process (under torchrun: the GPU of its local rank), its rank and the world size; starts
-    the process group under torchrun when none is running."""
+    """The device for this process (run plainly: the one named, `cuda:1` the second GPU; under torchrun: the GPU of
+    its local rank), its rank and the world size; starts the process group under torchrun when none is running."""
     rank, world, local = dist_info()
-    if pick_device(name).type == "cuda":
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
+    chosen = pick_device(name)
+    if chosen.type == "cuda":
+        index = chosen.index if world == 1 and chosen.index is not None else local
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
         # TF32 tensor cores for the fp32 matmuls that autocast leaves (10-bit mantissa inputs, fp32 accumulate).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
