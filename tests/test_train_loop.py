@@ -326,3 +326,21 @@ def test_a_resume_past_the_steps_asked_for_is_refused(tmp_path: Path) -> None:
     trainer.cfg.max_steps = 3
     with pytest.raises(BertkitError, match=r"it is at step 8, past the 3 steps asked for now .*at least 8 steps"):
         trainer.resume()
+
+
+def test_a_run_resumed_where_its_precision_computes_otherwise_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """`--precision auto` is fp32 on a CPU and bf16 on a GPU: a run begun on one and resumed on the other, with the
+    same flags, would go on in another precision. The precision in effect is part of what a resume must match; a
+    checkpoint written before it was recorded is not compared on it."""
+    import bertkit.train.loop as loop
+
+    toy_trainer(tmp_path / "run").train()
+    assert toy_trainer(tmp_path / "run").resume()  # the same device: resumed
+    monkeypatch.setattr(loop, "amp_dtype", lambda precision, device: torch.bfloat16)  # as `auto` on a GPU
+    with pytest.raises(BertkitError, match=r"started with --precision in effect 'fp32', not 'bf16'"):
+        toy_trainer(tmp_path / "run").resume()
+    saved = tmp_path / "run" / (tmp_path / "run/latest").read_text().strip() / "training_state.pt"
+    state = torch.load(saved, weights_only=False)
+    del state["identity"]["--precision in effect"]  # as an older bertkit wrote it
+    torch.save(state, saved)
+    assert toy_trainer(tmp_path / "run").resume()

@@ -35,6 +35,7 @@ from bertkit.train.metrics_log import CURVES_FILE, Curves, MetricsLog, plot_metr
 from bertkit.train.optim import build_optimizer, build_scheduler
 from bertkit.train.precision import amp_dtype, autocast
 from bertkit.train.state import (
+    COMPUTED_IN,
     CONTENTS,
     LATEST,
     TrainState,
@@ -177,6 +178,7 @@ class Trainer:
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_ratio, cfg.max_steps)
         self.amp_dtype = amp_dtype(cfg.precision, self.device)
+        self.identity[COMPUTED_IN] = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
         if self.device.type == "cpu":
             keep_freed_memory()  # each step's large tensors reuse the last step's memory (no page faults)
         if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():

@@ -200,6 +200,9 @@ def read_training_state(checkpoint: Path) -> dict:
 
 
 CONTENTS = "the contents of "  # identity keys that record what a data file holds, not its name: "... of --train"
+# The identity key of what `--precision` resolved to on the run's device: `auto` is bf16 on a GPU, fp32 on a CPU, so
+# the same flag resumed on the other device would compute in another precision.
+COMPUTED_IN = "--precision in effect"
 
 
 def contents_digest(path: str | Path) -> str:
@@ -228,8 +231,8 @@ def check_same_run(saved: dict, identity: dict[str, Any] | None, run_dir: Path) 
         return
     for key in [*identity, *(k for k in before if k not in identity)]:  # in the order of the run asked for
         old, new = before.get(key), identity.get(key)
-        if key.startswith(CONTENTS) and (old is None or new is None):
-            continue  # a checkpoint of a bertkit that did not record the data's contents
+        if (key.startswith(CONTENTS) or key == COMPUTED_IN) and (old is None or new is None):
+            continue  # a checkpoint of a bertkit that did not record the data's contents or the precision
         if old != new:
             raise BertkitError(
                 f"cannot resume {run_dir}: its run was started with {key} {_shown(old)}, not {_shown(new)}; resume "
