@@ -210,8 +210,8 @@ def test_busy_ticks_count_only_the_cpus_this_process_may_run_on(tmp_path) -> Non
 
 
 def test_a_named_gpu_is_the_one_used_and_one_that_is_not_there_is_refused(monkeypatch) -> None:
-    """`--device cuda:1` on one process trains on the second GPU (it ran on cuda:0, the local rank's, before); an
-    index past the machine's GPUs is one line naming those it has. CUDA is simulated: the suite runs on CPUs."""
+    """`--device cuda:1` on one process trains on the second GPU, not on the local rank's (cuda:0); an index past
+    the machine's GPUs is one line naming those it has. CUDA is simulated: the suite runs on CPUs."""
     import torch
 
     from bertkit.errors import BertkitError

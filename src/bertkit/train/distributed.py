@@ -25,6 +25,16 @@ def dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def configure_cuda() -> None:
+    """What training on CUDA sets, process-wide: TF32 tensor cores for the fp32 matmuls that autocast leaves (10-bit
+    mantissa inputs, fp32 accumulate), and no cuDNN attention: its backward (PyTorch's default SDPA kernel on Hopper
+    since 2.11) returns NaN query gradients for some masked shapes (pytorch/pytorch#196678); the memory-efficient
+    kernel takes over."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def setup_device(name: str | None) -> tuple[torch.device, int, int]:
     """The device for this process (run plainly: the one named, `cuda:1` the second GPU; under torchrun: the GPU of
     its local rank), its rank and the world size; starts the process group under torchrun when none is running."""
@@ -34,12 +44,7 @@ def setup_device(name: str | None) -> tuple[torch.device, int, int]:
         index = chosen.index if world == 1 and chosen.index is not None else local
         torch.cuda.set_device(index)
         device = torch.device("cuda", index)
-        # TF32 tensor cores for the fp32 matmuls that autocast leaves (10-bit mantissa inputs, fp32 accumulate).
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        # cuDNN's attention backward (PyTorch's default SDPA kernel on Hopper since 2.11) returns NaN query
-        # gradients for some masked shapes (pytorch/pytorch#196678); the memory-efficient kernel takes over.
-        torch.backends.cuda.enable_cudnn_sdp(False)
+        configure_cuda()
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():

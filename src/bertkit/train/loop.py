@@ -33,7 +33,7 @@ from bertkit.train.config import TrainConfig
 from bertkit.train.distributed import ShardUnits, any_rank, replicate, reshard, setup_device, shard
 from bertkit.train.metrics_log import CURVES_FILE, Curves, MetricsLog, plot_metrics
 from bertkit.train.optim import build_optimizer, build_scheduler
-from bertkit.train.precision import amp_dtype, autocast
+from bertkit.train.precision import amp_dtype, autocast, precision_name
 from bertkit.train.state import (
     COMPUTED_IN,
     CONTENTS,
@@ -178,7 +178,7 @@ class Trainer:
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_ratio, cfg.max_steps)
         self.amp_dtype = amp_dtype(cfg.precision, self.device)
-        self.identity[COMPUTED_IN] = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+        self.identity[COMPUTED_IN] = precision_name(self.amp_dtype)
         if self.device.type == "cpu":
             keep_freed_memory()  # each step's large tensors reuse the last step's memory (no page faults)
         if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():

@@ -30,6 +30,11 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What `amp_dtype` resolved to, as `--precision` names it: bf16, fp16 or fp32 (None)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 def autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
     """The forward pass's context: autocast to `dtype` on `device`, or a disabled one (plain fp32) for None."""
     if dtype is None:
