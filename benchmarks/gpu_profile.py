@@ -3,10 +3,11 @@
     python benchmarks/gpu_profile.py [--preset base] [--batch-size 128] [--out benchmarks/results/gpu_profile_cuda.json]
 
 The step is `benchmarks/throughput.py`'s (real lengths 64-128 padded to 128, 15% predicted, bf16 autocast, fused
-AdamW, dropout 0.1 as in BERT), profiled for `--steps` steps after five warm-up steps. Reported per implementation:
-the step's wall time; the GPU's busy time (the sum of its kernels' durations: what is left of the wall time is the
-GPU waiting for the host to launch work); kernel launches per step; the kernels grouped by kind (matrix products,
-attention, the optimizer, the rest: element-wise and reductions) and the top 12 kernels.
+AdamW, dropout 0.1 as in BERT), timed and then profiled for `--steps` steps each, after five warm-up steps. Reported
+per implementation: the step's wall time (timed without the profiler); the GPU's busy time (the sum of its
+kernels', copies' and fills' durations: the rest of the wall time the GPU waits for the host to launch work); the
+kernel launches per step; the kernels grouped by kind (matrix products, attention, the optimizer, the rest:
+element-wise and reductions) and the top 12 kernels.
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ KINDS = {  # by kernel name: cuBLAS / CUTLASS products, SDPA's kernels, torch's 
 
 
 def kind_of(name: str) -> str:
+    """The kind (a KINDS key, else element-wise and other) of a GPU kernel, by its name."""
     low = name.lower()
     return next((kind for kind, keys in KINDS.items() if any(k in low for k in keys)), "element-wise and other")
 
 
 def profile_step(step, steps: int, device: torch.device) -> dict:
+    """`step` timed on its own (median of `steps`), then profiled for `steps` more: the wall time, the kernels' busy
+    time, launches and the kernels by kind, per step. The wall time is taken outside the profiler, whose own work on
+    the host lengthens a step."""
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -47,18 +53,21 @@ def profile_step(step, steps: int, device: torch.device) -> dict:
         step()
     sync()
     walls = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        walls.append(time.perf_counter() - t)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            t = time.perf_counter()
             step()
             sync()
-            walls.append(time.perf_counter() - t)
     kernels: dict[str, list[float]] = {}  # kernel name -> microseconds of each launch
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
             kernels.setdefault(e.name, []).append(e.time_range.elapsed_us())
-    busy_us = sum(sum(v) for v in kernels.values()) / steps
+    busy_us = sum(sum(v) for v in kernels.values()) / steps  # kernels, copies and fills alike
     by_kind: dict[str, float] = {}
     for name, times in kernels.items():
         by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + sum(times) / steps / 1000
@@ -68,7 +77,9 @@ def profile_step(step, steps: int, device: torch.device) -> dict:
         "step_ms": wall * 1000,
         "gpu_busy_ms": busy_us / 1000,
         "gpu_busy_share": busy_us / 1e6 / wall,  # the rest: the GPU idle, waiting for the host
-        "kernel_launches_per_step": sum(len(v) for v in kernels.values()) / steps,
+        "gpu_operations_per_step": sum(len(v) for v in kernels.values()) / steps,
+        "kernel_launches_per_step": sum(len(v) for n, v in kernels.items() if not n.startswith(("Memcpy", "Memset")))
+        / steps,
         "gpu_ms_by_kind": by_kind,
         "top_kernels_ms": {name[:120]: sum(t) / steps / 1000 for name, t in top},
     }

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from common import DATA, RESULTS, write_result
-from finetune_real import ZH_LRS, ZH_METRIC, ZH_TASKS, zh_comparison
+from finetune_real import ZH_METRIC, ZH_TASKS, zh_comparison, zh_jobs
 
 from bertkit.recipes.small_scale import random_init_twin
 from bertkit.train.metrics_log import read_metrics_log
@@ -32,10 +32,13 @@ TASKS = ("chnsenticorp", "cluener")
 
 
 def bertkit(*args: str, log: Path | None = None) -> None:
+    """Run a bertkit command in a new process (its output into `log` when given); an error stops the benchmark."""
     print("$ bertkit", " ".join(args), flush=True)
-    with open(log, "w") if log else open(os.devnull, "w") as f:
-        out = f if log else None
-        subprocess.run([sys.executable, "-m", "bertkit.cli", *args], check=True, stdout=out, stderr=out)
+    if log is None:
+        subprocess.run([sys.executable, "-m", "bertkit.cli", *args], check=True)
+        return
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", "bertkit.cli", *args], check=True, stdout=f, stderr=subprocess.STDOUT)
 
 
 def main() -> None:
@@ -88,6 +91,7 @@ def main() -> None:
     rows = read_metrics_log(run / "metrics.jsonl")
     evals = [r for r in rows if r.get("split") == "eval"]
     train = [r for r in rows if r.get("split", "train") == "train" and "tokens_per_s" in r]
+    manifest = json.loads((data / "manifest.json").read_text())
     cpu_file = RESULTS / "finetune_real.json"
     cpu_mini = json.loads(cpu_file.read_text())["zh_comparison"] if cpu_file.is_file() else {}
     result = {
@@ -95,11 +99,14 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/pretrain_zh_budget.py", *sys.argv[1:]]),
         "corpus": "shared/data/pretrain_zh (Lu Xun, zhwiki sample, three Ming novels)",
         "pretrain_settings": ["--max-seq-length", "128", *settings],
-        "training_tokens": json.loads((data / "manifest.json").read_text())["splits"]["train"]["tokens"],
+        "training_tokens": manifest["splits"]["train"]["tokens"],
+        "training_instances": manifest["splits"]["train"]["instances"],
+        "vocab_size": manifest["vocab_size"],
         "seconds": {"vocab_and_prepare": round(t_data, 1), "pretrain": round(wall, 1)},
         "pretrain_steps": max((r["step"] for r in rows), default=0),
         "median_train_tokens_per_s": sorted(r["tokens_per_s"] for r in train)[len(train) // 2] if train else None,
         "final_heldout": evals[-1] if evals else None,
+        "last_logged_train_loss": train[-1]["loss"] if train else None,
         "heldout_curve": evals,
         "finetune_flags": {task: ZH_TASKS[task] for task in TASKS},
         "finetune_metric": {task: ZH_METRIC[task] for task in TASKS},
@@ -114,16 +121,13 @@ def main() -> None:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     for task in TASKS:
-        for init, model in models.items():
-            for lr in ZH_LRS:
-                name = f"zh_{task}_{init}_lr{lr}"
-                cli = [*ZH_TASKS[task], "--model", str(model), "--learning-rate", lr, "--dropout", "0.1",
-                       "--device", args.device, "--out", str(out / "finetune" / name), "--overwrite"]  # fmt: skip
-                if args.quick:
-                    cli += ["--max-train-examples", "300"]
-                with open(out / "logs" / f"{name}.log", "w") as log:  # the child keeps its own copy open
-                    jobs[name] = subprocess.Popen([sys.executable, "-m", "bertkit.cli", "finetune", *cli], env=env,
-                                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        for name, flags in zh_jobs(task, models).items():
+            cli = [*flags, "--device", args.device, "--out", str(out / "finetune" / name), "--overwrite"]
+            if args.quick:
+                cli += ["--max-train-examples", "300"]
+            with open(out / "logs" / f"{name}.log", "w") as log:  # the child keeps its own copy open
+                jobs[name] = subprocess.Popen([sys.executable, "-m", "bertkit.cli", "finetune", *cli], env=env,
+                                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     finetune = {"jobs": {}}
     failed = []
     for name, proc in jobs.items():

