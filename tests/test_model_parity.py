@@ -205,6 +205,34 @@ def test_grouped_attention_computes_what_the_padded_batch_computes(monkeypatch, 
     assert (hidden[0] - hidden[1])[real].abs().max() <= 1e-5
 
 
+def test_the_row_moves_pass_gradients_back_by_copies_equal_to_autograds_sums(monkeypatch) -> None:
+    """`Unpadded.group` and `ungroup` hand each gradient row back to the one row it came from (a gather or a copy,
+    no atomic add on a GPU): exactly what autograd's backward of a plain gather gives, whose padding slots carry a
+    zero gradient, as attention leaves them (several groups, and zero rows after the real tokens)."""
+    monkeypatch.setattr(bertkit.model, "GROUP_COST_SCORES", 0)
+    mask = torch.ones(5, 21, dtype=torch.long)
+    mask[0, 17:], mask[1, 4:], mask[2, 9:], mask[4, :] = 0, 0, 0, 0
+    with torch.enable_grad():
+        for recurring in (False, True):
+            u = Unpadded(mask, recurring, n_head=2)
+            assert len(u.groups) == (1 if recurring else 3)
+            t = torch.randn(u.rows, 6, requires_grad=True)
+            slots = sum(G * L for G, L, _ in u.groups)
+            grad_slots = torch.zeros(slots, 6)
+            grad_slots[u.scatter] = torch.randn(len(u.scatter), 6)  # the real tokens' slots; zero at padding slots
+            grouped = torch.cat([part.flatten(0, 1) for part, _ in u.group(t)])
+            (ours,) = torch.autograd.grad(grouped, t, grad_slots)
+            (reference,) = torch.autograd.grad(t.index_select(0, u.gather), t, grad_slots)
+            assert torch.equal(ours, reference)
+            flat = torch.randn(slots, 6, requires_grad=True)
+            grad_rows = torch.randn(u.rows, 6)
+            sizes = [G * L for G, L, _ in u.groups]
+            parts = [p.view(G, L, 6) for p, (G, L, _) in zip(flat.split(sizes), u.groups, strict=True)]
+            (ours,) = torch.autograd.grad(u.ungroup(parts), flat, grad_rows)
+            (reference,) = torch.autograd.grad(u._extend(flat.index_select(0, u.scatter)), flat, grad_rows)
+            assert torch.equal(ours, reference)
+
+
 def test_bf16_pretraining_on_the_cpu_rounds_rows_and_computes_the_same(monkeypatch) -> None:
     """Under bf16 autocast on the CPU the encoder's and the masked-LM decoder's row counts are rounded up
     (`recurring_rows`); the rows added change neither the loss nor a gradient beyond bf16's rounding (the same

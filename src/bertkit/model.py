@@ -291,13 +291,59 @@ class Unpadded:
     def group(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(R, C) -> per group, its sequences laid out (G, L, C), with the group's (G, 1, 1, L) attention bias
         ((G, 1, L, L) when causal)."""
-        parts = t.index_select(0, self.gather).split([G * L for G, L, _ in self.groups])
+        if torch.is_grad_enabled() and t.requires_grad:
+            grouped = _ToGroups.apply(t, self.gather, self.scatter)
+        else:
+            grouped = t.index_select(0, self.gather)
+        parts = grouped.split([G * L for G, L, _ in self.groups])
         return [(part.view(G, L, -1), bias) for part, (G, L, bias) in zip(parts, self.groups, strict=True)]
 
     def ungroup(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Per group (G, L, C) -> (R, C): each real token's row back in its place."""
         flat = torch.cat([part.flatten(0, 1) for part in parts]) if len(parts) > 1 else parts[0].flatten(0, 1)
+        if torch.is_grad_enabled() and flat.requires_grad:
+            return self._extend(_FromGroups.apply(flat, self.scatter))  # (R, C)
         return self._extend(flat.index_select(0, self.scatter))  # (R, C)
+
+
+# The two row moves of `Unpadded` with backward passes that copy rows instead of adding them. Autograd's backward
+# of a gather adds each gradient row into place (`index_add_`), which a GPU does with an atomic add per element,
+# slow in bf16. Each move here is the other's inverse on the real tokens, so each backward is a plain gather or
+# copy. That is exact because the rows a group holds for padding slots get a zero gradient: the attention bias
+# gives them zero weight as keys, and their outputs as queries are never read.
+
+
+class _ToGroups(torch.autograd.Function):
+    """(R, C) rows -> (sum G x L, C) group slots, slot s reading row `gather[s]`; token i sits in slot `scatter[i]`."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, gather: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(scatter)
+        ctx.rows = t.shape[0]
+        return t.index_select(0, gather)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        (scatter,) = ctx.saved_tensors
+        real = grad.index_select(0, scatter)  # (N, C): each real token's gradient, from its own slot
+        extra = ctx.rows - real.shape[0]  # the zero rows after the real tokens (see `Unpadded`)
+        return (torch.cat([real, real.new_zeros(extra, *real.shape[1:])]) if extra else real), None, None
+
+
+class _FromGroups(torch.autograd.Function):
+    """(sum G x L, C) group slots -> (N, C) real tokens, token i reading slot `scatter[i]`."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(scatter)
+        ctx.slots = flat.shape[0]
+        return flat.index_select(0, scatter)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (scatter,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.slots, *grad.shape[1:])  # padding slots: no token reads them
+        return out.index_copy_(0, scatter, grad), None
 
 
 def reverse_real_tokens(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
