@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +26,25 @@ def shared_data_dir() -> Path:
 
 
 DATA = shared_data_dir()
+
+
+def run_bertkit(*args: str, log: Path | None = None, quiet: bool = False) -> str:
+    """Run `bertkit ARGS` in a new process (this Python, `-m bertkit.cli`) and return its standard output when
+    `quiet` (captured, nothing shown). Otherwise the command is shown first and its output goes to the terminal, or
+    with its errors into the file `log`. A failure raises RuntimeError with the end of its errors (or the log)."""
+    cmd = [sys.executable, "-m", "bertkit.cli", *args]
+    if not quiet:
+        print("$ bertkit", " ".join(args), flush=True)
+    if log is not None:
+        with open(log, "w") as f:
+            done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+        said, errors = "", f"see {log}"
+    else:
+        done = subprocess.run(cmd, capture_output=quiet, text=True)
+        said, errors = (done.stdout, done.stderr[-3000:]) if quiet else ("", "its errors are above")
+    if done.returncode != 0:
+        raise RuntimeError(f"bertkit {' '.join(args[:1])} exited {done.returncode}: {errors}")
+    return said
 
 
 def write_result(path: str | Path, result: dict) -> Path:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import DATA, RESULTS, write_result
+from common import DATA, RESULTS, run_bertkit, write_result
 
 CORPUS = DATA / "pretrain_zh/zhwiki_sample.txt"
 
@@ -38,10 +38,6 @@ status = main(sys.argv[2:])
 print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 sys.exit(status)
 """
-
-
-def bertkit(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "bertkit.cli", *args], check=True, capture_output=True, text=True)
 
 
 def pretrain(gelu: str, work: Path, preset: str, steps: int, out: Path) -> dict:
@@ -64,8 +60,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        bertkit("vocab", "--corpus", str(CORPUS), "--vocab-size", "21128", "--out", str(work / "tok"))
-        bertkit("prepare", "--corpus", str(CORPUS), "--tokenizer", str(work / "tok"), "--out", str(work / "data"))
+        tok, data = str(work / "tok"), str(work / "data")
+        run_bertkit("vocab", "--corpus", str(CORPUS), "--vocab-size", "21128", "--out", tok, quiet=True)
+        run_bertkit("prepare", "--corpus", str(CORPUS), "--tokenizer", tok, "--out", data, quiet=True)
         for preset, steps in zip(args.presets, args.steps, strict=True):
             runs: dict[str, list[dict]] = {"bertkit": [], "F.gelu": []}
             for n in range(args.repeats):

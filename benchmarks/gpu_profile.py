@@ -13,14 +13,12 @@ element-wise and reductions) and the top 12 kernels.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import torch
 import transformers
 from common import RESULTS, write_result
-from throughput import pretraining_batch
+from throughput import interleaved, pretraining_batch, sync
 from torch.profiler import ProfilerActivity, profile
 
 from bertkit import BertConfig, BertForPreTraining
@@ -44,25 +42,12 @@ def profile_step(step, steps: int, device: torch.device) -> dict:
     """`step` timed on its own (median of `steps`), then profiled for `steps` more: the wall time, the kernels' busy
     time, launches and the kernels by kind, per step. The wall time is taken outside the profiler, whose own work on
     the host lengthens a step."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(5):
-        step()
-    sync()
-    walls = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        sync()
-        walls.append(time.perf_counter() - t)
+    wall = interleaved({"step": step}, steps, 1, device, warmup=5)["step"]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
-            sync()
+            sync(device)
     kernels: dict[str, list[float]] = {}  # kernel name -> microseconds of each launch
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
@@ -72,7 +57,6 @@ def profile_step(step, steps: int, device: torch.device) -> dict:
     for name, times in kernels.items():
         by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + sum(times) / steps / 1000
     top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:12]
-    wall = statistics.median(walls)
     return {
         "step_ms": wall * 1000,
         "gpu_busy_ms": busy_us / 1000,

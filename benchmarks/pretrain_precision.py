@@ -17,18 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import DATA, RESULTS, write_result
+from common import DATA, RESULTS, run_bertkit, write_result
 
 CORPUS = DATA / "pretrain_zh/zhwiki_sample.txt"
-
-
-def bertkit(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "bertkit.cli", *args], check=True, capture_output=True, text=True)
 
 
 def main() -> None:
@@ -40,14 +34,15 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"fp32": [], "bf16": []}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        bertkit("vocab", "--corpus", str(CORPUS), "--vocab-size", "21128", "--out", str(work / "tok"))
-        bertkit("prepare", "--corpus", str(CORPUS), "--tokenizer", str(work / "tok"), "--out", str(work / "data"))
+        tok, data = str(work / "tok"), str(work / "data")
+        run_bertkit("vocab", "--corpus", str(CORPUS), "--vocab-size", "21128", "--out", tok, quiet=True)
+        run_bertkit("prepare", "--corpus", str(CORPUS), "--tokenizer", tok, "--out", data, quiet=True)
         for n in range(args.repeats):
             for precision in runs:
                 out = work / f"run_{precision}_{n}"
-                bertkit("pretrain", "--data", str(work / "data"), "--model", args.model, "--out", str(out),
-                        "--max-steps", str(args.steps), "--precision", precision, "--device", "cpu",
-                        "--eval-every", "0", "--save-every", "0", "--log-every", "10")  # fmt: skip
+                run_bertkit("pretrain", "--data", data, "--model", args.model, "--out", str(out),
+                            "--max-steps", str(args.steps), "--precision", precision, "--device", "cpu",
+                            "--eval-every", "0", "--save-every", "0", "--log-every", "10", quiet=True)  # fmt: skip
                 rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
                 train = [r for r in rows if r.get("split", "train") == "train"]
                 run = {"tokens_per_s": [round(r["tokens_per_s"]) for r in train],

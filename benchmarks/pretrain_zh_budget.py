@@ -22,23 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATA, RESULTS, write_result
+from common import DATA, RESULTS, run_bertkit, write_result
 from finetune_real import ZH_METRIC, ZH_TASKS, zh_comparison, zh_jobs
 
 from bertkit.recipes.small_scale import random_init_twin
 from bertkit.train.metrics_log import read_metrics_log
 
 TASKS = ("chnsenticorp", "cluener")
-
-
-def bertkit(*args: str, log: Path | None = None) -> None:
-    """Run a bertkit command in a new process (its output into `log` when given); an error stops the benchmark."""
-    print("$ bertkit", " ".join(args), flush=True)
-    if log is None:
-        subprocess.run([sys.executable, "-m", "bertkit.cli", *args], check=True)
-        return
-    with open(log, "w") as f:
-        subprocess.run([sys.executable, "-m", "bertkit.cli", *args], check=True, stdout=f, stderr=subprocess.STDOUT)
 
 
 def main() -> None:
@@ -72,11 +62,11 @@ def main() -> None:
     corpus = sorted(str(p) for p in (DATA / "pretrain_zh").glob("*.txt"))
     t_start = time.perf_counter()
     if not (out / "tokenizer/vocab.txt").is_file():
-        bertkit("vocab", "--corpus", *corpus, "--vocab-size", "12000", "--out", str(out / "tokenizer"))
+        run_bertkit("vocab", "--corpus", *corpus, "--vocab-size", "12000", "--out", str(out / "tokenizer"))
     data = out / "data_128"
     if not (data / "manifest.json").is_file():
-        bertkit("prepare", "--corpus", *corpus, "--tokenizer", str(out / "tokenizer"), "--out", str(data),
-                "--workers", str(args.workers))  # fmt: skip
+        run_bertkit("prepare", "--corpus", *corpus, "--tokenizer", str(out / "tokenizer"), "--out", str(data),
+                    "--workers", str(args.workers))  # fmt: skip
     t_data = time.perf_counter() - t_start
     run = out / "run"
     settings = [
@@ -86,7 +76,7 @@ def main() -> None:
         "--save-every", "100000", "--log-every", "50", "--workers", str(args.workers), "--device", args.device,
     ]  # fmt: skip
     t0 = time.perf_counter()
-    bertkit("pretrain", "--data", str(data), "--out", str(run), "--overwrite", *settings, log=out / "pretrain.log")
+    run_bertkit("pretrain", "--data", str(data), "--out", str(run), "--overwrite", *settings, log=out / "pretrain.log")
     wall = time.perf_counter() - t0
     rows = read_metrics_log(run / "metrics.jsonl")
     evals = [r for r in rows if r.get("split") == "eval"]

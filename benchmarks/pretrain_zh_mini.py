@@ -12,19 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import DATA, RESULTS, write_result
+from common import DATA, RESULTS, run_bertkit, write_result
 
 from bertkit.train.metrics_log import read_metrics_log
-
-
-def run(*args: str) -> None:
-    print("$ bertkit", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "bertkit.cli", *args], check=True)
 
 
 def main() -> None:
@@ -44,10 +37,10 @@ def main() -> None:
     out = Path(args.out)
     corpus = sorted(str(p) for p in (DATA / "pretrain_zh").glob("*.txt"))
     if not (out / "tokenizer/vocab.txt").is_file():
-        run("vocab", "--corpus", *corpus, "--vocab-size", "12000", "--out", str(out / "tokenizer"))
+        run_bertkit("vocab", "--corpus", *corpus, "--vocab-size", "12000", "--out", str(out / "tokenizer"))
     data = out / f"data_{args.max_seq_length}"
     if not (data / "manifest.json").is_file():
-        run("prepare", "--corpus", *corpus, "--tokenizer", str(out / "tokenizer"), "--out", str(data),
+        run_bertkit("prepare", "--corpus", *corpus, "--tokenizer", str(out / "tokenizer"), "--out", str(data),
             "--max-seq-length", str(args.max_seq_length))  # fmt: skip
     shutil.rmtree(out / "run", ignore_errors=True)
     settings = [
@@ -57,7 +50,7 @@ def main() -> None:
         "--eval-every", "250", "--eval-instances", "1000", "--save-every", "500", "--log-every", "25",
     ]  # fmt: skip
     t0 = time.perf_counter()
-    run("pretrain", "--data", str(data), "--out", str(out / "run"), *settings)
+    run_bertkit("pretrain", "--data", str(data), "--out", str(out / "run"), *settings)
     wall = time.perf_counter() - t0
     rows = read_metrics_log(out / "run" / "metrics.jsonl")
     evals = [r for r in rows if r.get("split") == "eval"]
