@@ -24,7 +24,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import DATA, write_result
+from common import DATA, HERE, run_bertkit, write_result
 from safetensors.torch import load_file
 from throughput import autocast, pretraining_batch
 
@@ -43,18 +42,16 @@ from bertkit.checkpoint import to_hf_state_dict
 from bertkit.data.config import PrepareConfig
 from bertkit.data.prepare import prepare
 from bertkit.data.task_files import read_classification
-from bertkit.model import (
-    GPU_GROUP_COST_SCORES,
-    GROUP_COST_SCORES,
-    BertForSequenceClassification,
-    attention_groups,
-)
+from bertkit.model import BertForSequenceClassification, attention_groups, group_cost_on
 from bertkit.train.distributed import configure_cuda
 from bertkit.train.metrics_log import read_metrics_log
-from bertkit.train.optim import linear_schedule, param_groups
 from bertkit.train.state import LATEST, checkpoint_name
 
 transformers.logging.set_verbosity_error()
+# The fine-tuning check is tests/test_finetune_parity.py's loop run on the device: one piece of code for both.
+sys.path.insert(0, str(HERE.parent / "tests"))
+from helpers import train_both  # noqa: E402
+
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 # The key projection's bias, under transformers' name and under bertkit's fused QKV (its last third).
 KEY_BIAS = re.compile(r"attention\.self\.key\.bias$")
@@ -104,8 +101,7 @@ def fast_vs_plain(device: torch.device, quick: bool) -> dict:
     labels, nsp = labels.to(device), nsp.to(device)
     real = batch["attention_mask"].bool()
     n_head = cfg.num_attention_heads
-    group_cost = GROUP_COST_SCORES if device.type == "cpu" else GPU_GROUP_COST_SCORES
-    out: dict = {"attention_groups": len(attention_groups(lengths, n_head, 512, group_cost))}
+    out: dict = {"attention_groups": len(attention_groups(lengths, n_head, 512, group_cost_on(device)))}
     # fp32: two orders of the same float32 sums; bf16: each product rounds its inputs to 8 bits of mantissa, and
     # the two paths multiply matrices of different shapes, so their roundings differ by a few bf16 steps (2^-8).
     for name, bf16, tol_out, tol_grad in (("fp32", False, 1e-5, 1e-4), ("bf16", True, 2e-2, 5e-2)):
@@ -223,28 +219,7 @@ def finetune_parity(device: torch.device, quick: bool, work: Path) -> dict:
         b["labels"] = torch.tensor([int(r.label) for r in chunk])
         batches.append({k: v.to(device) for k, v in b.items()})
 
-    def hf_groups(model: torch.nn.Module) -> list[dict]:  # transformers' Trainer: no decay on biases, LayerNorm
-        no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-        decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-        return [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
-
-    # tests/test_finetune_parity.py's loop, kept the same on purpose: this check is that test on the device (where
-    # neither the MiniLM checkpoint nor the tests' fixtures are).
-    opts = [torch.optim.AdamW(param_groups(ours, 0.01), lr=5e-5, eps=1e-6),
-            torch.optim.AdamW(hf_groups(ref), lr=5e-5, eps=1e-6)]  # fmt: skip
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, linear_schedule(5, steps)) for o in opts]
-    losses = []
-    for batch in batches:
-        pair = []
-        for model, opt, sched in zip((ours, ref), opts, scheds, strict=True):
-            opt.zero_grad()
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            pair.append(float(loss))
-        losses.append(pair)
+    losses = train_both(ours, ref, batches, lr=5e-5)
     worst = max(abs(a - b) if math.isfinite(a - b) else math.inf for a, b in losses)
     return {
         "steps": steps,
@@ -270,10 +245,8 @@ def pretrain(data: Path, out: Path, device: torch.device, steps: int, *extra: st
             "--batch-size", "32", "--log-every", "1", "--eval-every", "0", "--eval-instances", "64", "--workers", "0",
             "--seed", "3", "--learning-rate", "1e-3", "--dropout", "0", "--device", str(device), *extra]  # fmt: skip
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "bertkit.cli", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"bertkit {' '.join(args)} exited {r.returncode}: {r.stderr[-3000:]}")
-    return time.perf_counter() - t, r.stdout
+    said = run_bertkit(*args, quiet=True)
+    return time.perf_counter() - t, said
 
 
 def train_losses(run: Path) -> dict[int, float]:

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+
+from bertkit.train.optim import linear_schedule, param_groups
 
 # `python -m bertkit.cli` with this interpreter (the checkout's venv), whatever `bertkit` is on the PATH.
 BERTKIT_COMMAND = (sys.executable, "-m", "bertkit.cli")
@@ -91,3 +94,36 @@ def training_leftovers(folder: Path) -> list[str]:
     """The temporary files and folders a training run writes before renaming them into place (`.tmp-*`, `*.tmp`)
     anywhere under `folder`: none may remain after a run ends, however it ended."""
     return sorted(str(p) for p in folder.rglob("*") if p.name.startswith(".tmp-") or p.name.endswith(".tmp"))
+
+
+def hf_param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
+    """transformers' Trainer decay groups: no decay on biases and LayerNorm weights."""
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    rest = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+
+
+def train_both(ours, ref, batches, lr: float) -> list[tuple[float, float]]:
+    """bertkit's model and transformers' trained side by side on the same batches (AdamW with each library's
+    decay groups, linear schedule with 5 warm-up steps, gradients clipped at 1): both losses at each step. Also run on
+    a GPU by benchmarks/cuda_checks.py."""
+    opts = [
+        torch.optim.AdamW(param_groups(ours, 0.01), lr=lr, eps=1e-6),
+        torch.optim.AdamW(hf_param_groups(ref, 0.01), lr=lr, eps=1e-6),
+    ]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, linear_schedule(5, len(batches))) for o in opts]
+    ours.train()
+    ref.train()
+    losses = []
+    for batch in batches:
+        pair = []
+        for model, opt, sched in zip((ours, ref), opts, scheds, strict=True):
+            opt.zero_grad()
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            pair.append(loss.item())
+        losses.append(tuple(pair))
+    return losses

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from helpers import train_both
 from realdata import tsv_rows
 
 from bertkit import Tokenizer
@@ -15,41 +16,10 @@ from bertkit.model import BertForQuestionAnswering, BertForSequenceClassificatio
 from bertkit.tasks.base import pad_batch
 from bertkit.tasks.qa import QaTask
 from bertkit.tasks.settings import TaskSettings
-from bertkit.train.optim import linear_schedule, param_groups
 
 STEPS = 30
 QA_STEPS = 20  # 128-token windows: each step costs several of the classifier's
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-
-
-def hf_param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
-    # transformers' Trainer rule: no decay on biases and LayerNorm weights.
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    rest = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
-
-
-def train_both(ours, ref, batches, lr: float) -> list[tuple[float, float]]:
-    opts = [
-        torch.optim.AdamW(param_groups(ours, 0.01), lr=lr, eps=1e-6),
-        torch.optim.AdamW(hf_param_groups(ref, 0.01), lr=lr, eps=1e-6),
-    ]
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, linear_schedule(5, len(batches))) for o in opts]
-    ours.train()
-    ref.train()
-    losses = []
-    for batch in batches:
-        pair = []
-        for model, opt, sched in zip((ours, ref), opts, scheds, strict=True):
-            opt.zero_grad()
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            pair.append(loss.item())
-        losses.append(tuple(pair))
-    return losses
 
 
 def test_classification_training_matches_transformers(tmp_path: Path, minilm_dir: Path, data_dir: Path) -> None:

@@ -183,6 +183,12 @@ GPU_GROUP_COST_SCORES = 1 << 25
 GROUP_LENGTH_MULTIPLE = 8  # a group's length is rounded up to this: fewer distinct shapes
 
 
+def group_cost_on(device: torch.device) -> int:
+    """What one more attention group costs on `device`, in attention scores: `GROUP_COST_SCORES` on the CPU,
+    `GPU_GROUP_COST_SCORES` elsewhere."""
+    return GROUP_COST_SCORES if device.type == "cpu" else GPU_GROUP_COST_SCORES
+
+
 def attention_groups(
     lengths: list[int], n_head: int, T: int, group_cost: int | None = None
 ) -> list[tuple[list[int], int]]:
@@ -220,6 +226,12 @@ def attention_groups(
     return groups[::-1]
 
 
+def _with_zero_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """`t` (N, ...) with zero rows added up to `rows` (R >= N): `Unpadded`'s rows after the real tokens'."""
+    extra = rows - t.shape[0]
+    return torch.cat([t, t.new_zeros(extra, *t.shape[1:])]) if extra else t
+
+
 class Unpadded:
     """Where the real tokens of a padded (B, T) batch sit, so that every layer runs on the N real tokens alone:
     `unpad` (B, T, ...) -> (R, ...), `pad` (R, ...) -> (B, T, ...) with zeros, and for the attention product
@@ -252,8 +264,7 @@ class Unpadded:
         elif recurring_shapes:
             plan = [(list(range(self.B)), self.T)]
         else:
-            group_cost = GROUP_COST_SCORES if device.type == "cpu" else GPU_GROUP_COST_SCORES
-            plan = attention_groups(lengths.tolist(), n_head, self.T, group_cost)
+            plan = attention_groups(lengths.tolist(), n_head, self.T, group_cost_on(device))
         self.groups, gathers = [], []  # (G, L, bias) per group; (G * L,) rows each group reads
         seq_base = torch.zeros(self.B, dtype=torch.long, device=device)  # where each sequence starts in the groups
         offset = 0
@@ -274,8 +285,7 @@ class Unpadded:
 
     def _extend(self, t: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (R, ...), zero rows after the real tokens'."""
-        extra = self.rows - len(self.index)
-        return torch.cat([t, t.new_zeros(extra, *t.shape[1:])]) if extra else t
+        return _with_zero_rows(t, self.rows)
 
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (R, ...): the rows of the real tokens."""
@@ -326,8 +336,7 @@ class _ToGroups(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         (scatter,) = ctx.saved_tensors
         real = grad.index_select(0, scatter)  # (N, C): each real token's gradient, from its own slot
-        extra = ctx.rows - real.shape[0]  # the zero rows after the real tokens (see `Unpadded`)
-        return (torch.cat([real, real.new_zeros(extra, *real.shape[1:])]) if extra else real), None, None
+        return _with_zero_rows(real, ctx.rows), None, None
 
 
 class _FromGroups(torch.autograd.Function):
