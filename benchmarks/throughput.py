@@ -114,17 +114,17 @@ def autocast(device: torch.device, precision: str):
 # ---------------------------------------------------------------------------------------------- pre-training
 def pretraining_batch(
     B: int, T: int, V: int, seed: int = 0, min_length: int | None = None
-) -> tuple[dict, torch.Tensor, torch.Tensor, list[int], int]:
+) -> tuple[dict, torch.Tensor, torch.Tensor, list[int], list[int]]:
     """A pre-training batch of B sequences of real lengths drawn uniformly from `min_length` (default T/2) to T, padded
-    to T, random ids below V, 15% of the inner tokens to predict: (inputs, MLM labels, NSP labels, lengths, count of
-    predicted tokens)."""
+    to T, random ids below V, 15% of the inner tokens to predict: (inputs, MLM labels, NSP labels, lengths, predicted
+    tokens per sequence)."""
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(T // 2 if min_length is None else min_length, T + 1, (B,), generator=g).tolist()
     ids = torch.zeros(B, T, dtype=torch.long)
     types = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.long)
     labels = torch.full((B, T), -100, dtype=torch.long)
-    n_pred = 0
+    n_pred = []
     for r, n in enumerate(lengths):
         ids[r, :n] = torch.randint(1000, V, (n,), generator=g)
         ids[r, 0], ids[r, n - 1] = 101, 102
@@ -134,7 +134,7 @@ def pretraining_batch(
         pos = torch.randperm(n - 2, generator=g)[:k] + 1
         labels[r, pos] = ids[r, pos]
         ids[r, pos] = 103
-        n_pred += k
+        n_pred.append(k)
     nsp = torch.randint(0, 2, (B,), generator=g)
     batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
     return batch, labels, nsp, lengths, n_pred
@@ -199,7 +199,7 @@ def bench_pretrain(
     if n_batches > 1:  # batches of different sizes: their mean over the mean step, not a median of mixed steps
         t = {k: v / len(timed) for k, v in totals.items()}
     # What transformers computes: every padded position through the encoder and the masked-LM decoder.
-    flops_all_positions = pretraining_flops(cfg, [T] * B, B * T)
+    flops_all_positions = pretraining_flops(cfg, [T] * B, [T] * B)
     return {
         "preset": preset,
         "vocab_size": vocab,

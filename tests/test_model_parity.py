@@ -17,11 +17,14 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from realdata import spread, tsv_rows
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 import bertkit.model
 from bertkit import BertConfig, BertForPreTraining, BertModel, Tokenizer
 from bertkit.checkpoint import read_tensors
-from bertkit.model import Unpadded, attention_groups, cross_entropy, dropout
+from bertkit.errors import BertkitError
+from bertkit.model import ReadTokens, Unpadded, attention_groups, cross_entropy, dropout
 
 
 @pytest.fixture(autouse=True)
@@ -229,7 +232,7 @@ def test_the_row_moves_pass_gradients_back_by_copies_equal_to_autograds_sums(mon
             sizes = [G * L for G, L, _ in u.groups]
             parts = [p.view(G, L, 6) for p, (G, L, _) in zip(flat.split(sizes), u.groups, strict=True)]
             (ours,) = torch.autograd.grad(u.ungroup(parts), flat, grad_rows)
-            (reference,) = torch.autograd.grad(u._extend(flat.index_select(0, u.scatter)), flat, grad_rows)
+            (reference,) = torch.autograd.grad(u.extend(flat.index_select(0, u.scatter)), flat, grad_rows)
             assert torch.equal(ours, reference)
 
 
@@ -492,15 +495,15 @@ def test_float32_training_compiles_no_onednn_kernel_per_token_count(tmp_path: Pa
     assert "eltwise_gelu" in kernels[0] and "3x5" in kernels[0]
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["full-rows", "padded-plain-path"])
+@pytest.mark.parametrize("padded", [False, True], ids=["full-rows", "padded"])
 def test_training_with_dropout_equals_transformers_eager_with_the_same_seed(
     tmp_path: Path, padded: bool, monkeypatch
 ) -> None:
     """With the same seed and the same dropout function (transformers' F.dropout calls bertkit's here), dropout
     drops the same units as transformers' eager attention (probabilities, then each sub-layer's output), so a
     training step with dropout is checked against the oracle, not only one without: where dropout applies, in
-    which order, with what scale. The fast path drops on (N, H) real-token rows where transformers drops on
-    (B, T, H): with padding, the plain path is the one that draws the same numbers."""
+    which order, with what scale. The fast path drops on (N, H) real-token rows, and in the last layer on the rows
+    read, where transformers drops on (B, T, H): the plain path is the one that draws the same numbers."""
     original = torch.nn.functional.dropout
 
     def routed(x, p=0.5, training=True, inplace=False):
@@ -512,9 +515,8 @@ def test_training_with_dropout_equals_transformers_eager_with_the_same_seed(
     ours.save_pretrained(tmp_path)
     ref = transformers.BertForPreTraining.from_pretrained(tmp_path, attn_implementation="eager").train()
     batch = random_batch()
-    if padded:
-        ours.bert.unpad = False
-    else:
+    ours.bert.unpad = False
+    if not padded:
         batch["attention_mask"][:] = 1
     labels = torch.full_like(batch["input_ids"], -100)
     labels[0, 3], labels[1, 5], labels[2, 2] = 7, 9, 11
@@ -595,3 +597,92 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_less(unpad: b
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         assert (a.grad - b.grad).abs().max() <= 1e-6, name
     assert kept[1] < kept[0] / 2, kept  # four layers' activations vs. their inputs
+
+
+@pytest.mark.parametrize(
+    ("padded", "causal"), [(True, False), (False, False), (True, True)], ids=["unpadded", "plain", "causal"]
+)
+def test_the_last_layer_computes_only_the_positions_read(padded: bool, causal: bool) -> None:
+    """With `outputs_at`, the last layer computes only the positions read (and the pooler's: [CLS], or a causal
+    model's last real token) past the keys and values: there the hidden states and every gradient are the full
+    forward's
+    within 1e-5 (float32, products over fewer rows block their sums differently), elsewhere zeros, and torch's
+    FLOP counter sees the unread rows' output projection and feed-forward gone. Gradients: within 1e-5 of each
+    parameter's largest (the squared states make some large)."""
+    torch.manual_seed(0)
+    config = tiny_config(is_decoder=causal)
+    models = [BertModel(config).eval() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    batch = random_batch()
+    if not padded:
+        batch["attention_mask"][:] = 1
+    asked = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+    asked[0, [4, 9]] = asked[1, 14] = asked[2, 20] = True  # (2, 20) is padding when padded: nothing to read there
+    real = batch["attention_mask"].bool()
+    pooled_at = models[0].pooler.positions(batch["attention_mask"], 3, 24, torch.device("cpu"))
+    read = asked & real
+    read[torch.arange(3), pooled_at] = True
+    outs, flops = [], []
+    for model, outputs_at in zip(models, (None, asked), strict=True):
+        # The math kernel: FlopCounterMode does not see inside the CPU's fused attention kernel.
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+            out = model(**batch, outputs_at=outputs_at)
+            (out.last_hidden_state[read].pow(2).sum() + out.pooler_output.sum()).backward()
+        outs.append(out)
+        flops.append(counter.get_total_flops())
+    full, part = outs
+    assert (part.last_hidden_state[read] - full.last_hidden_state[read]).abs().max() <= 1e-5
+    assert not part.last_hidden_state[~read].any()
+    assert full.last_hidden_state[real & ~read].abs().min() > 0  # the full forward does compute them
+    assert (part.pooler_output - full.pooler_output).abs().max() <= 1e-5
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        if a.grad is not None:
+            assert (a.grad - b.grad).abs().max() <= 1e-5 * a.grad.abs().max(), name
+    # What the last layer no longer computes: the output projection and feed-forward of every unread row, and on
+    # the unpadded path (bidirectional) the unread queries too: their projection and their attention scores.
+    H, inner = config.hidden_size, config.intermediate_size
+    skipped = int(real.sum() - read.sum()) * 2 * (H * H + 2 * H * inner)
+    if padded and not causal:
+        unpadded = Unpadded(batch["attention_mask"], n_head=config.num_attention_heads)
+        queries = ReadTokens(asked | read, unpadded)
+        assert queries.attends_alone
+        skipped += int(real.sum() - read.sum()) * 2 * H * H
+        for (G, L, _), (_, Lq) in zip(unpadded.groups, queries.plan, strict=True):
+            skipped += 4 * G * (L - Lq) * L * H  # two products over (G, L - Lq) queries fewer, L keys
+    assert flops[0] - flops[1] == 3 * skipped  # forward and a backward of twice its work
+
+
+def test_outputs_at_must_be_a_bool_mask_of_the_inputs_shape() -> None:
+    model = BertModel(tiny_config()).eval()
+    batch = random_batch()
+    for wrong in (batch["attention_mask"], torch.zeros(3, 5, dtype=torch.bool), [[True]]):
+        with pytest.raises(BertkitError, match="outputs_at must be a bool tensor of shape"):
+            model(**batch, outputs_at=wrong)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(
+    lengths=st.lists(st.integers(1, 60), min_size=1, max_size=12),
+    share=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    pooler=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_reading_any_positions_of_any_batch_gives_the_full_forwards_states(
+    lengths: list[int], share: float, pooler: bool, seed: int
+) -> None:
+    """Batches of mixed lengths (several attention groups, some of which read nothing) and any positions read,
+    with or without a pooler: the states read are the full forward's within 1e-5 (float32, other row counts), the
+    rest zeros."""
+    g = torch.Generator().manual_seed(seed)
+    model = BertModel(tiny_config(), add_pooler=pooler).eval()
+    T = max(lengths)
+    ids = torch.randint(5, 500, (len(lengths), T), generator=g)
+    mask = (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).long()
+    asked = torch.rand(len(lengths), T, generator=g) < share
+    full = model(ids, attention_mask=mask).last_hidden_state
+    part = model(ids, attention_mask=mask, outputs_at=asked).last_hidden_state
+    read = asked & mask.bool()
+    if pooler:
+        read[:, 0] = True
+    assert not read.any() or (part[read] - full[read]).abs().max() <= 1e-5
+    assert not part[~read].any()

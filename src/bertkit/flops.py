@@ -1,8 +1,10 @@
 """Model FLOPs and the machine's matmul peak: the one count that model FLOPs utilisation (MFU) is reported with.
 
-The count is of useful work only, as in the PaLM paper's MFU: the real (not padded) tokens, and the masked-LM
-decoder on the predicted tokens alone (the other positions' vocabulary logits are never computed by the unpadded
-path, and would be wasted work in any implementation). A backward pass costs twice its forward.
+The count is of useful work only, as in the PaLM paper's MFU: the real (not padded) tokens, the masked-LM decoder
+on the predicted tokens alone (the other positions' vocabulary logits are never computed by the unpadded path, and
+would be wasted work in any implementation), and in the encoder's last layer everything but the keys and values
+for the tokens whose output is read alone (the predicted ones and each sequence's [CLS]). A backward pass costs
+twice its forward.
 """
 
 from __future__ import annotations
@@ -16,21 +18,30 @@ import torch
 from bertkit.config import BertConfig
 
 
-def encoder_flops(config: BertConfig, lengths: Sequence[int]) -> float:
+def encoder_flops(config: BertConfig, lengths: Sequence[int], read: Sequence[int] | None = None) -> float:
     """Forward FLOPs of the encoder over sequences of these real lengths: per layer the Q/K/V/output projections
     and the feed-forward (2 FLOPs per multiply-add over each token), and the two attention products (n x n x H
-    each per sequence)."""
+    each per sequence). With `read` (per sequence, how many tokens' output is read: `BertModel.forward`'s
+    `outputs_at`), the last layer's query projection, attention, output projection and feed-forward count over
+    those tokens only, its keys and values over all."""
     H, inner, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    return float(sum(L * (2 * n * (4 * H * H + 2 * H * inner) + 4 * n * n * H) for n in lengths))
+    total = 0.0
+    for n, r in zip(lengths, lengths if read is None else read, strict=True):
+        layer = 2 * n * (4 * H * H + 2 * H * inner) + 4 * n * n * H
+        last = 2 * n * 2 * H * H + 2 * r * (2 * H * H + 2 * H * inner) + 4 * r * n * H
+        total += (L - 1) * layer + last
+    return total
 
 
-def pretraining_flops(config: BertConfig, lengths: Sequence[int], predicted: int) -> float:
-    """Forward + backward FLOPs of one pre-training step: the encoder over the real tokens, the pooler and NSP head
-    per sequence, the MLM transform and decoder over the `predicted` tokens."""
+def pretraining_flops(config: BertConfig, lengths: Sequence[int], predicted: Sequence[int]) -> float:
+    """Forward + backward FLOPs of one pre-training step: the encoder over the real tokens (its last layer past the
+    keys and values over the `predicted` tokens and [CLS] of each sequence), the pooler and NSP head per sequence,
+    the MLM transform and decoder over the predicted tokens."""
     H, V = config.hidden_size, config.vocab_size
-    forward = encoder_flops(config, lengths)
+    read = [min(p + 1, n) for n, p in zip(lengths, predicted, strict=True)]  # [CLS] is read by the pooler
+    forward = encoder_flops(config, lengths, read)
     forward += len(lengths) * (2 * H * H + 2 * H * 2)  # pooler + NSP
-    forward += predicted * (2 * H * H + 2 * H * V)  # MLM transform + decoder
+    forward += sum(predicted) * (2 * H * H + 2 * H * V)  # MLM transform + decoder
     return 3 * forward
 
 

@@ -6,7 +6,8 @@ pre-training heads (masked LM tied to the word embeddings, next-sentence predict
 Parameter names here are short and ours (`attn.qkv`, `ffn.fc1`, `ln1`); `bertkit.checkpoint` translates them to
 and from Hugging Face names, so model directories stay interchangeable with `transformers`.
 Shapes: B batch, T sequence length, N real (unpadded) tokens of a batch, R those rows rounded up to a recurring
-size, H hidden size, nh heads, hs head size, V vocabulary, P predicted (masked-LM) positions.
+size, K tokens whose output is read (K' rounded as R is), H hidden size, nh heads, hs head size, V vocabulary,
+P predicted (masked-LM) positions.
 """
 
 from __future__ import annotations
@@ -232,6 +233,32 @@ def _with_zero_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(extra, *t.shape[1:])]) if extra else t
 
 
+def _slots(
+    plan: list[tuple[list[int], int]], counts: torch.Tensor, seq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Lay rows out in attention groups: `seq` (n,) the sequence of each row, a sequence's rows contiguous and in
+    sequence order, `counts` (B,) how many each has, `plan` the groups as (sequences, slots L). Returns `gather`
+    (sum G x L,) the row each slot reads, `scatter` (n,) the slot of each row, and per group (G, L) which slots
+    hold a row. A slot past its sequence's rows reads the sequence's first row (or row 0; any row would do): the
+    caller hides or drops it, so it gets no gradient."""
+    device = seq.device
+    n = len(seq)
+    starts = counts.cumsum(0) - counts  # (B,) each sequence's first row
+    base = torch.zeros(len(counts), dtype=torch.long, device=device)  # where each sequence starts in the slots
+    gathers, filled, offset = [], [], 0
+    for seqs, L in plan:
+        seqs_t = torch.tensor(seqs, device=device)
+        slots = torch.arange(L, device=device)[None]  # (1, L)
+        full = slots < counts[seqs_t][:, None]  # (G, L)
+        gathers.append((starts[seqs_t][:, None] + slots * full).flatten().clamp_(max=max(n - 1, 0)))
+        filled.append(full)
+        base[seqs_t] = offset + torch.arange(len(seqs), device=device) * L
+        offset += len(seqs) * L
+    gather = torch.cat(gathers) if gathers else seq.new_zeros(0)
+    scatter = base[seq] + torch.arange(n, device=device) - starts[seq]  # (n,) its group slot
+    return gather, scatter, filled
+
+
 class Unpadded:
     """Where the real tokens of a padded (B, T) batch sit, so that every layer runs on the N real tokens alone:
     `unpad` (B, T, ...) -> (R, ...), `pad` (R, ...) -> (B, T, ...) with zeros, and for the attention product
@@ -254,42 +281,37 @@ class Unpadded:
         self.B, self.T = attention_mask.shape
         self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) flat positions of real tokens
         N = len(self.index)
-        self.rows = recurring_rows(N) if recurring_shapes else N  # R
-        self.positions = self._extend(self.index % self.T)  # (R,) position of each real token in its sequence
+        self.recurring_shapes, self.causal = recurring_shapes, causal
+        self.rows = self.rounded(N)  # R
+        self.positions = self.extend(self.index % self.T)  # (R,) position of each real token in its sequence
         device = self.index.device
         lengths = (attention_mask != 0).sum(1)  # (B,)
-        starts = lengths.cumsum(0) - lengths  # (B,) each sequence's first row
         if N == 0:
-            plan = []
+            self.plan = []
         elif recurring_shapes:
-            plan = [(list(range(self.B)), self.T)]
+            self.plan = [(list(range(self.B)), self.T)]
         else:
-            plan = attention_groups(lengths.tolist(), n_head, self.T, group_cost_on(device))
-        self.groups, gathers = [], []  # (G, L, bias) per group; (G * L,) rows each group reads
-        seq_base = torch.zeros(self.B, dtype=torch.long, device=device)  # where each sequence starts in the groups
-        offset = 0
-        for seqs, L in plan:
-            seqs_t = torch.tensor(seqs, device=device)
-            slots = torch.arange(L, device=device)[None]  # (1, L)
-            real = slots < lengths[seqs_t][:, None]  # (G, L)
-            # A padding slot reads its sequence's first row (any real row would do): the bias hides it as a key and
-            # its output is dropped, so it gets no gradient.
-            gathers.append((starts[seqs_t][:, None] + slots * real).flatten().clamp_(max=N - 1))
-            self.groups.append((len(seqs), L, attention_bias(real, bias_dtype, causal, L, device)))
-            seq_base[seqs_t] = offset + torch.arange(len(seqs), device=device) * L
-            offset += len(seqs) * L
-        self.gather = torch.cat(gathers) if gathers else self.index  # (sum G * L,) rows of the (R, 3H) input
-        seq = self.index // self.T  # (N,) the sequence of each real token
-        rank = torch.arange(N, device=device) - starts[seq]  # (N,) its place among its sequence's real tokens
-        self.scatter = seq_base[seq] + rank  # (N,) where each real token's output sits in the groups
+            self.plan = attention_groups(lengths.tolist(), n_head, self.T, group_cost_on(device))
+        self.seq = self.index // self.T  # (N,) the sequence of each real token
+        # gather (sum G * L,): the row of the (R, 3H) input each group slot reads; scatter (N,): each token's slot
+        self.gather, self.scatter, real = _slots(self.plan, lengths, self.seq)
+        # (G, L, bias) per group: the bias hides the padding slots as keys, and their outputs are dropped
+        self.groups = [
+            (len(seqs), L, attention_bias(r, bias_dtype, causal, L, device))
+            for (seqs, L), r in zip(self.plan, real, strict=True)
+        ]
 
-    def _extend(self, t: torch.Tensor) -> torch.Tensor:
-        """(N, ...) -> (R, ...), zero rows after the real tokens'."""
-        return _with_zero_rows(t, self.rows)
+    def rounded(self, n: int) -> int:
+        """How many rows a layer holds for `n` tokens: `n`, or with recurring shapes `recurring_rows(n)`."""
+        return recurring_rows(n) if self.recurring_shapes else n
+
+    def extend(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (R, ...): zero rows after the real tokens' (or any n rows -> `rounded(n)`)."""
+        return _with_zero_rows(t, self.rounded(t.shape[0]))
 
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (R, ...): the rows of the real tokens."""
-        return self._extend(t.flatten(0, 1).index_select(0, self.index))  # (R, ...)
+        return self.extend(t.flatten(0, 1).index_select(0, self.index))  # (R, ...)
 
     def pad(self, t: torch.Tensor) -> torch.Tensor:
         """(R, ...) -> (B, T, ...), zeros at the padded positions."""
@@ -301,30 +323,88 @@ class Unpadded:
     def group(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(R, C) -> per group, its sequences laid out (G, L, C), with the group's (G, 1, 1, L) attention bias
         ((G, 1, L, L) when causal)."""
-        if torch.is_grad_enabled() and t.requires_grad:
-            grouped = _ToGroups.apply(t, self.gather, self.scatter)
-        else:
-            grouped = t.index_select(0, self.gather)
-        parts = grouped.split([G * L for G, L, _ in self.groups])
+        parts = _to_slots(t, self.gather, self.scatter).split([G * L for G, L, _ in self.groups])
         return [(part.view(G, L, -1), bias) for part, (G, L, bias) in zip(parts, self.groups, strict=True)]
 
     def ungroup(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Per group (G, L, C) -> (R, C): each real token's row back in its place."""
-        flat = torch.cat([part.flatten(0, 1) for part in parts]) if len(parts) > 1 else parts[0].flatten(0, 1)
-        if torch.is_grad_enabled() and flat.requires_grad:
-            return self._extend(_FromGroups.apply(flat, self.scatter))  # (R, C)
-        return self._extend(flat.index_select(0, self.scatter))  # (R, C)
+        return self.extend(_from_slots(parts, self.scatter))  # (R, C)
 
 
-# The two row moves of `Unpadded` with backward passes that copy rows instead of adding them. Autograd's backward
-# of a gather adds each gradient row into place (`index_add_`), which a GPU does with an atomic add per element,
-# slow in bf16. Each move here is the other's inverse on the real tokens, so each backward is a plain gather or
-# copy. That is exact because the rows a group holds for padding slots get a zero gradient: the attention bias
-# gives them zero weight as keys, and their outputs as queries are never read.
+class ReadTokens:
+    """The tokens whose output the caller reads (`BertModel.forward`'s `outputs_at`), for the last layer, which
+    computes their rows alone past attention: `select` (the layer's input rows) -> (K', C), `pad` -> (B, T, C).
+
+    On the unpadded path their queries also attend alone: `group` lays out the (K', H) queries per attention group
+    of `Unpadded` as (G, Lq, H), Lq the most any sequence of the group reads, and `ungroup` brings the outputs back
+    (`attends_alone`). The plain path, a causal model and recurring shapes attend from every token, then select.
+    K' is K, or with recurring shapes K rounded as `Unpadded`'s rows are."""
+
+    def __init__(self, positions: torch.Tensor, unpadded: Unpadded | None):
+        self.B, self.T = positions.shape
+        self.unpadded = unpadded
+        if unpadded is None:
+            self.rows = positions.flatten().nonzero().squeeze(1)  # (K,) flat positions of (B, T)
+            self.index = self.rows
+        else:
+            self.rows = positions.flatten().index_select(0, unpadded.index).nonzero().squeeze(1)  # (K,) of R's
+            self.index = unpadded.index.index_select(0, self.rows)  # (K,) their flat positions
+        self.attends_alone = (
+            unpadded is not None and bool(unpadded.groups) and not (unpadded.causal or unpadded.recurring_shapes)
+        )
+        if self.attends_alone:
+            seq = unpadded.seq.index_select(0, self.rows)  # (K,) the sequence of each read token
+            counts = torch.bincount(seq, minlength=self.B)  # (B,) how many each sequence reads
+            most = counts.tolist()
+            self.plan = [(seqs, max(most[b] for b in seqs)) for seqs, _ in unpadded.plan]  # (sequences, Lq)
+            self.gather, self.scatter, _ = _slots(self.plan, counts, seq)
+
+    def select(self, t: torch.Tensor) -> torch.Tensor:
+        """The layer's rows ((B, T, C) or (R, C)) -> (K', C): those of the tokens read."""
+        if self.unpadded is None:
+            return t.flatten(0, 1).index_select(0, self.rows)  # (K, C)
+        return self.unpadded.extend(t.index_select(0, self.rows))  # (K', C)
+
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
+        """(K', C) -> (B, T, C), zeros where nothing is read."""
+        out = t.new_zeros(self.B * self.T, *t.shape[1:])
+        out.index_copy_(0, self.index, t[: len(self.index)])
+        return out.view(self.B, self.T, *t.shape[1:])  # (B, T, C)
+
+    def group(self, q: torch.Tensor) -> list[torch.Tensor]:
+        """(K', C) queries -> per attention group of `Unpadded`, (G, Lq, C)."""
+        parts = _to_slots(q, self.gather, self.scatter).split([len(seqs) * Lq for seqs, Lq in self.plan])
+        return [part.view(len(seqs), Lq, q.shape[1]) for part, (seqs, Lq) in zip(parts, self.plan, strict=True)]
+
+    def ungroup(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Per group (G, Lq, C) -> (K', C)."""
+        return self.unpadded.extend(_from_slots(parts, self.scatter))
+
+
+def _to_slots(t: torch.Tensor, gather: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
+    """(n', C) rows -> (slots, C): slot s reads row `gather[s]` (row i sits in slot `scatter[i]`)."""
+    if torch.is_grad_enabled() and t.requires_grad:
+        return _ToGroups.apply(t, gather, scatter)
+    return t.index_select(0, gather)
+
+
+def _from_slots(parts: list[torch.Tensor], scatter: torch.Tensor) -> torch.Tensor:
+    """Per group (G, L, C) slots -> (n, C) rows, row i from slot `scatter[i]`."""
+    flat = torch.cat([part.flatten(0, 1) for part in parts]) if len(parts) > 1 else parts[0].flatten(0, 1)
+    if torch.is_grad_enabled() and flat.requires_grad:
+        return _FromGroups.apply(flat, scatter)
+    return flat.index_select(0, scatter)
+
+
+# The two row moves of `Unpadded` and `ReadTokens` with backward passes that copy rows instead of adding them.
+# Autograd's backward of a gather adds each gradient row into place (`index_add_`), which a GPU does with an atomic
+# add per element, slow in bf16. Each move here is the other's inverse on the rows laid out, so each backward is a
+# plain gather or copy. That is exact because the slots a group holds for padding get a zero gradient: the
+# attention bias gives them zero weight as keys, and their outputs as queries are never read.
 
 
 class _ToGroups(torch.autograd.Function):
-    """(R, C) rows -> (sum G x L, C) group slots, slot s reading row `gather[s]`; token i sits in slot `scatter[i]`."""
+    """(R, C) rows -> (sum G x L, C) group slots, slot s reading row `gather[s]`; row i sits in slot `scatter[i]`."""
 
     @staticmethod
     def forward(ctx, t: torch.Tensor, gather: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -335,12 +415,12 @@ class _ToGroups(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         (scatter,) = ctx.saved_tensors
-        real = grad.index_select(0, scatter)  # (N, C): each real token's gradient, from its own slot
+        real = grad.index_select(0, scatter)  # (N, C): each row's gradient, from its own slot
         return _with_zero_rows(real, ctx.rows), None, None
 
 
 class _FromGroups(torch.autograd.Function):
-    """(sum G x L, C) group slots -> (N, C) real tokens, token i reading slot `scatter[i]`."""
+    """(sum G x L, C) group slots -> (N, C) rows, row i reading slot `scatter[i]`."""
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -351,7 +431,7 @@ class _FromGroups(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (scatter,) = ctx.saved_tensors
-        out = grad.new_zeros(ctx.slots, *grad.shape[1:])  # padding slots: no token reads them
+        out = grad.new_zeros(ctx.slots, *grad.shape[1:])  # padding slots: no row reads them
         return out.index_copy_(0, scatter, grad), None
 
 
@@ -393,24 +473,48 @@ class SelfAttention(nn.Module):
         self.attn_dropout = config.attention_probs_dropout_prob
 
     def forward(
-        self, x: torch.Tensor, attn_bias: torch.Tensor | None, unpadded: Unpadded | None = None
+        self,
+        x: torch.Tensor,
+        attn_bias: torch.Tensor | None,
+        unpadded: Unpadded | None = None,
+        read: ReadTokens | None = None,
     ) -> torch.Tensor:
+        """(B, T, H), or unpadded (R, H) -> the same shape; with `read`, (K', H) at the tokens read alone."""
+        if read is not None and read.attends_alone:
+            return self.proj(self._attend_from(x, unpadded, read))  # (K', H)
         qkv = self.qkv(x)  # (B, T, 3H), or (R, 3H) unpadded
         if unpadded is None:
-            return self.proj(self._attend(qkv, attn_bias))
-        # Unpadded, each group of sequences of similar length attends over its own (G, L) layout.
-        parts = [self._attend(part, bias) for part, bias in unpadded.group(qkv)]  # (G, L, H) each
-        y = unpadded.ungroup(parts) if parts else qkv.new_zeros(0, qkv.shape[1] // 3)  # (R, H); none: no token
-        return self.proj(y)
+            y = self._attend(*self._heads(qkv, 3), attn_bias)  # (B, T, H)
+        elif unpadded.groups:  # each group of sequences of similar length attends over its own (G, L) layout
+            parts = [self._attend(*self._heads(part, 3), bias) for part, bias in unpadded.group(qkv)]  # (G, L, H)
+            y = unpadded.ungroup(parts)  # (R, H)
+        else:  # no token
+            y = qkv.new_zeros(0, qkv.shape[1] // 3)
+        return self.proj(y if read is None else read.select(y))  # (B, T, H), (R, H) or (K', H)
 
-    def _attend(self, qkv: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        """(B, T, 3H) -> (B, T, H): the heads' attention, concatenated."""
-        B, T, H3 = qkv.shape
-        H = H3 // 3
+    def _attend_from(self, x: torch.Tensor, unpadded: Unpadded, read: ReadTokens) -> torch.Tensor:
+        """(R, H) -> (K', H): the read tokens' queries attend over every token's keys and values; the other
+        queries are not computed."""
+        H = x.shape[1]
+        weight, bias = self.qkv.weight, self.qkv.bias  # (3H, H), (3H,): Q's rows first
+        q = F.linear(read.select(x), weight[:H], bias[:H])  # (K', H)
+        kv = F.linear(x, weight[H:], bias[H:])  # (R, 2H)
+        parts = []
+        for (kv_g, key_bias), q_g in zip(unpadded.group(kv), read.group(q), strict=True):  # (G, L, 2H), (G, Lq, H)
+            parts.append(self._attend(*self._heads(q_g, 1), *self._heads(kv_g, 2), key_bias))  # (G, Lq, H)
+        return read.ungroup(parts)  # (K', H)
+
+    def _heads(self, t: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """(B, T, n x H) -> n tensors (B, nh, T, hs): Q, K and V (or some of them) split into heads."""
+        B, T, C = t.shape
         # One view and one permute (not a split, then a view and a transpose of each part): fewer operators per layer.
-        q, k, v = qkv.view(B, T, 3, self.n_head, H // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
-        y = attention(q, k, v, attn_bias, self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
-        return y.transpose(1, 2).reshape(B, T, H)
+        return t.view(B, T, n, self.n_head, C // (n * self.n_head)).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Heads (B, nh, Tq, hs), keys and values (B, nh, T, hs) -> (B, Tq, H): the heads' attention, concatenated."""
+        B, nh, Tq, hs = q.shape
+        y = attention(q, k, v, bias, self.attn_dropout if self.training else 0.0)  # (B, nh, Tq, hs)
+        return y.transpose(1, 2).reshape(B, Tq, nh * hs)
 
 
 class FeedForward(nn.Module):
@@ -438,9 +542,19 @@ class EncoderLayer(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, x: torch.Tensor, attn_bias: torch.Tensor | None, unpadded: Unpadded | None = None
+        self,
+        x: torch.Tensor,
+        attn_bias: torch.Tensor | None,
+        unpadded: Unpadded | None = None,
+        read: ReadTokens | None = None,
     ) -> torch.Tensor:
-        x = self.ln1(x + self.dropout(self.attn(x, attn_bias, unpadded)))
+        """(B, T, H), or unpadded (R, H) -> the same shape. With `read`, the output at the tokens read alone, (K',
+        H): every token is still a key and value of attention, but only these rows go on through the output
+        projection and the feed-forward."""
+        y = self.attn(x, attn_bias, unpadded, read)
+        if read is not None:
+            x = read.select(x)  # (K', H)
+        x = self.ln1(x + self.dropout(y))
         x = self.ln2(x + self.dropout(self.ffn(x)))
         return x
 
@@ -456,11 +570,17 @@ class Pooler(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.last_token = config.is_decoder
 
+    def positions(self, attention_mask: torch.Tensor | None, B: int, T: int, device: torch.device) -> torch.Tensor:
+        """(B,) the position of the token each sequence's vector is read from."""
+        if not self.last_token:
+            return torch.zeros(B, dtype=torch.long, device=device)
+        last = (attention_mask.sum(1) - 1) if attention_mask is not None else torch.full((B,), T - 1)
+        return last.to(device=device, dtype=torch.long)
+
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.last_token:
             B, T = h.shape[:2]
-            last = (attention_mask.sum(1) - 1) if attention_mask is not None else torch.full((B,), T - 1)
-            read = h[torch.arange(B, device=h.device), last.to(h.device)]  # (B, H)
+            read = h[torch.arange(B, device=h.device), self.positions(attention_mask, B, T, h.device)]  # (B, H)
         else:
             read = h[:, 0]  # (B, H)
         return torch.tanh(self.dense(read))  # (B, H)
@@ -548,6 +668,13 @@ def check_inputs(
             whose = "vocabulary" if name == "input_ids" else "segment types (type_vocab_size)"
             raise BertkitError(f"{name} holds {bad}, outside this model's {size} {whose}: encode with the model's "
                                "own tokenizer")  # fmt: skip
+
+
+def check_positions(name: str, positions: torch.Tensor, shape: tuple) -> None:
+    """Refuse a mask of positions that is not a bool tensor of `shape`."""
+    if not isinstance(positions, torch.Tensor) or tuple(positions.shape) != shape or positions.dtype != torch.bool:
+        what = _what(positions) + (f" of {positions.dtype}" if isinstance(positions, torch.Tensor) else "")
+        raise BertkitError(f"{name} must be a bool tensor of shape {shape}, got {what}")
 
 
 def check_targets(name: str, targets: torch.Tensor, shape: tuple, integer: bool = False) -> None:
@@ -650,7 +777,9 @@ class BertModel(nn.Module, PreTrainedMixin):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config) if add_pooler else None
-        self.unpad = True  # skip padded positions (same results on real tokens; zeros at padding); False: plain path
+        # Skip padded positions (same results on real tokens; zeros at padding), and in the last layer the positions
+        # not read (`outputs_at`). False: the plain path, every position computed as transformers does.
+        self.unpad = True
         self.serial_below_tokens = SERIAL_TOKENS  # smaller inference batches may run on one thread; 0: never
         # True: keep only each layer's input while training and compute its activations again in the backward pass
         # (memory for a layer's activations instead of all of them, for a second forward pass; README gives the cost)
@@ -666,14 +795,22 @@ class BertModel(nn.Module, PreTrainedMixin):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        outputs_at: torch.Tensor | None = None,
     ) -> BertOutput:
         """Encode a batch: `input_ids` (B, T) token ids, `token_type_ids` (B, T) segments (0 for text A, 1 for B;
         default all 0), `attention_mask` (B, T) 1 for a real token and 0 for padding (default: no padding), as
-        `Tokenizer.batch` returns them. Hidden states at padded positions are zeros."""
+        `Tokenizer.batch` returns them. Hidden states at padded positions are zeros.
+
+        `outputs_at` (B, T) bool: the positions whose hidden state the caller reads (the pooler's own are added).
+        The last layer then computes those tokens' rows alone past the keys and values (`ReadTokens`): the hidden
+        states there are what they would be otherwise, up to rounding, and zeros elsewhere. The plain path
+        (`unpad` False) and an exported graph ignore it."""
         # An exported graph (ONNX, torch.export) must serve every input: it always applies the mask, never unpads.
         exporting = _exporting()
         if not exporting:
             check_inputs(self.config, input_ids, token_type_ids, attention_mask)
+            if outputs_at is not None:
+                check_positions("outputs_at", outputs_at, tuple(input_ids.shape))
         T = input_ids.shape[1]
         if self.config.max_position_embeddings < T:
             raise BertkitError(
@@ -695,16 +832,18 @@ class BertModel(nn.Module, PreTrainedMixin):
             and not exporting
             and input_ids.numel() >= self.bf16_from_tokens
         )
+        if exporting or not self.unpad:
+            outputs_at = None
         if not small:
-            return self._encode(input_ids, token_type_ids, attention_mask, exporting, bf16)
+            return self._encode(input_ids, token_type_ids, attention_mask, outputs_at, exporting, bf16)
         tokens = input_ids.numel()
         serial = self.threads.serial(tokens, time.monotonic())
         start = time.perf_counter()
         if serial:
             with one_intra_op_thread():
-                out = self._encode(input_ids, token_type_ids, attention_mask, exporting, bf16)
+                out = self._encode(input_ids, token_type_ids, attention_mask, outputs_at, exporting, bf16)
         else:
-            out = self._encode(input_ids, token_type_ids, attention_mask, exporting, bf16)
+            out = self._encode(input_ids, token_type_ids, attention_mask, outputs_at, exporting, bf16)
         self.threads.record(tokens, serial, time.perf_counter() - start)
         return out
 
@@ -713,19 +852,25 @@ class BertModel(nn.Module, PreTrainedMixin):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
+        outputs_at: torch.Tensor | None,
         exporting: bool,
         bf16: bool = False,
     ) -> BertOutput:
         if bf16:
             with torch.autocast(input_ids.device.type, dtype=torch.bfloat16):
-                out = self._encode(input_ids, token_type_ids, attention_mask, exporting)
+                out = self._encode(input_ids, token_type_ids, attention_mask, outputs_at, exporting)
             # The heads read float32, as they would without bf16: their own products stay exact enough.
             pooled = out.pooler_output.float() if out.pooler_output is not None else None
             return BertOutput(last_hidden_state=out.last_hidden_state.float(), pooler_output=pooled)
-        T = input_ids.shape[1]
+        B, T = input_ids.shape
         dtype = self.embeddings.word_embeddings.weight.dtype
         padded = attention_mask is not None if exporting else is_padded(attention_mask)
         causal = self.config.is_decoder
+        if outputs_at is not None and self.pooler is not None:
+            outputs_at = outputs_at.clone()
+            read = self.pooler.positions(attention_mask, B, T, outputs_at.device)  # (B,)
+            outputs_at[torch.arange(B, device=outputs_at.device), read] = True
+        last = len(self.layers) - 1
         if padded and self.unpad and not exporting:
             # No work on padding: embeddings, projections, FFN, LayerNorm and dropout see the N real tokens only,
             # and attention runs over groups of sequences of similar length (each group's own bias).
@@ -737,25 +882,34 @@ class BertModel(nn.Module, PreTrainedMixin):
                 bias_dtype=dtype,
             )
             ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)
+            read = ReadTokens(outputs_at, unpadded) if outputs_at is not None else None
             x = self.embeddings(ids, types, unpadded.positions)  # (N, H), or (R, H)
-            for layer in self.layers:
-                x = self._layer(layer, x, None, unpadded)
-            x = unpadded.pad(x)  # (B, T, H), zeros at padding
+            for i, layer in enumerate(self.layers):
+                x = self._layer(layer, x, None, unpadded, read if i == last else None)  # the last: (K', H)
+            x = unpadded.pad(x) if read is None else read.pad(x)  # (B, T, H), zeros at padding and where not read
         else:
             bias = attention_bias(attention_mask if padded else None, dtype, causal, T, input_ids.device)
+            read = ReadTokens(outputs_at, None) if outputs_at is not None else None
             x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-            for layer in self.layers:
-                x = self._layer(layer, x, bias)
+            for i, layer in enumerate(self.layers):
+                x = self._layer(layer, x, bias, None, read if i == last else None)  # the last: (K, H)
+            if read is not None:
+                x = read.pad(x)  # (B, T, H)
         pooled = self.pooler(x, attention_mask) if self.pooler is not None else None
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
 
     def _layer(
-        self, layer: EncoderLayer, x: torch.Tensor, bias: torch.Tensor | None, unpadded: Unpadded | None = None
+        self,
+        layer: EncoderLayer,
+        x: torch.Tensor,
+        bias: torch.Tensor | None,
+        unpadded: Unpadded | None = None,
+        read: ReadTokens | None = None,
     ) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # The random state is restored for the recomputation, so dropout drops the same units: equal gradients.
-            return torch.utils.checkpoint.checkpoint(layer, x, bias, unpadded, use_reentrant=False)
-        return layer(x, bias, unpadded)
+            return torch.utils.checkpoint.checkpoint(layer, x, bias, unpadded, read, use_reentrant=False)
+        return layer(x, bias, unpadded, read)
 
 
 class MaskedLMHead(nn.Module):
@@ -840,9 +994,12 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
         `mlm_labels` (B, T) the original token id where a position is predicted, -100 elsewhere; `nsp_labels` (B,)
         0 when text B follows text A, 1 when it is a random text. With `mlm_labels` the decoder runs on the
         predicted positions alone, so `mlm_logits` is (P, V) for them, in row order; without, (B, T, V)."""
-        out = self.bert(input_ids, token_type_ids, attention_mask)  # checks the inputs, before their labels
+        chosen = None  # (B, T) the predicted positions: the encoder's last layer computes only there (and [CLS])
         if mlm_labels is not None:
+            check_inputs(self.config, input_ids, token_type_ids, attention_mask)  # the inputs before their labels
             check_labels("mlm_labels", mlm_labels, tuple(input_ids.shape), self.config.vocab_size, IGNORE_INDEX)
+            chosen = mlm_labels != IGNORE_INDEX
+        out = self.bert(input_ids, token_type_ids, attention_mask, outputs_at=chosen)
         if nsp_labels is not None:
             check_labels("nsp_labels", nsp_labels, tuple(input_ids.shape[:1]), 2)
         h = out.last_hidden_state  # (B, T, H)
@@ -852,7 +1009,6 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
             mlm_logits = self.mlm(h)  # (B, T, V)
         else:
             # Only ~15% of positions are predicted: run the vocabulary-sized decoder on those alone.
-            chosen = mlm_labels != IGNORE_INDEX  # (B, T)
             picked = h[chosen]  # (P, H)
             P = len(picked)
             if rounds_rows(h.device) and recurring_rows(P) > P:
@@ -937,7 +1093,9 @@ class BertForSequenceClassification(nn.Module, PreTrainedMixin):
     ) -> TaskOutput:
         """(B, T) inputs -> (B, C) logits; with (B,) labels (class ids, or values for a regression; (B, C) 0/1 for
         multi-label), the loss."""
-        pooled = self.bert(input_ids, token_type_ids, attention_mask).pooler_output  # (B, H)
+        # Only the pooler's token is read: the last layer computes that row alone (see BertModel.forward).
+        read_none = torch.zeros_like(input_ids, dtype=torch.bool) if isinstance(input_ids, torch.Tensor) else None
+        pooled = self.bert(input_ids, token_type_ids, attention_mask, outputs_at=read_none).pooler_output  # (B, H)
         logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = None
         if labels is not None:
