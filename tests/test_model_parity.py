@@ -445,6 +445,21 @@ def test_cross_entropy_in_blocks_equals_torchs(rows: int, vocab: int) -> None:
     assert (ours_grad - logits.grad).abs().max() <= 1e-5 * 0.7 / rows
 
 
+def test_cross_entropy_in_blocks_leaves_the_logits_and_refuses_a_second_backward() -> None:
+    """Its backward turns the saved softmax into the gradient in place: the logits the caller holds stay as they
+    were, and a second backward pass through the same graph (retain_graph) is refused instead of answered from
+    the overwritten softmax."""
+    torch.manual_seed(0)
+    logits = torch.randn(20, 50).requires_grad_()
+    kept = logits.detach().clone()
+    with torch.enable_grad():
+        loss = cross_entropy(logits, torch.randint(0, 50, (20,)))
+        loss.backward(retain_graph=True)
+        assert torch.equal(logits.detach(), kept)
+        with pytest.raises(BertkitError, match="run it once per forward pass"):
+            loss.backward()
+
+
 @pytest.mark.parametrize("rows", [1, 7, 1669])
 def test_gelu_equals_the_exact_gelu_forward_and_backward(rows: int) -> None:
     """bertkit's CPU GELU (PyTorch's own kernel) against the exact GELU computed in float64: values and gradients
