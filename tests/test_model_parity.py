@@ -232,7 +232,7 @@ def test_the_row_moves_pass_gradients_back_by_copies_equal_to_autograds_sums(mon
             sizes = [G * L for G, L, _ in u.groups]
             parts = [p.view(G, L, 6) for p, (G, L, _) in zip(flat.split(sizes), u.groups, strict=True)]
             (ours,) = torch.autograd.grad(u.ungroup(parts), flat, grad_rows)
-            (reference,) = torch.autograd.grad(u.extend(flat.index_select(0, u.scatter)), flat, grad_rows)
+            (reference,) = torch.autograd.grad(u._extend(flat.index_select(0, u.scatter)), flat, grad_rows)
             assert torch.equal(ours, reference)
 
 
@@ -667,12 +667,34 @@ def test_the_last_layer_computes_only_the_positions_read(padded: bool, causal: b
     assert flops[0] - flops[1] == 3 * skipped  # forward and a backward of twice its work
 
 
-def test_outputs_at_must_be_a_bool_mask_of_the_inputs_shape() -> None:
+def test_outputs_at_must_be_a_bool_mask_of_the_inputs_shape_on_their_device() -> None:
     model = BertModel(tiny_config()).eval()
     batch = random_batch()
     for wrong in (batch["attention_mask"], torch.zeros(3, 5, dtype=torch.bool), [[True]]):
         with pytest.raises(BertkitError, match="outputs_at must be a bool tensor of shape"):
             model(**batch, outputs_at=wrong)
+    elsewhere = torch.zeros(3, 24, dtype=torch.bool, device="meta")
+    with pytest.raises(BertkitError, match="outputs_at is on meta and input_ids on cpu"):
+        model(**batch, outputs_at=elsewhere)
+
+
+def test_under_cpu_bf16_the_last_layers_rows_recur_without_padding_too(monkeypatch) -> None:
+    """Under bf16 on the CPU every product's row count is rounded so that kernels recur (`recurring_rows`); the
+    last layer's K read rows are too, on a batch with padding and one without (which skips `Unpadded`)."""
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config()).eval()
+    rows: list[int] = []
+    model.bert.layers[-1].ffn.fc1.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    for padded in (True, False):
+        batch = random_batch()
+        if not padded:
+            batch["attention_mask"][:] = 1
+        labels = torch.full_like(batch["input_ids"], -100)
+        labels[0, 1:17] = batch["input_ids"][0, 1:17]  # 16 predicted + 3 [CLS] = 19 read: rounded to 20
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(**batch, mlm_labels=labels, nsp_labels=torch.tensor([0, 1, 0]))
+        assert out.mlm_logits.shape[0] == 16 and torch.isfinite(out.loss)
+    assert rows == [20, 20]
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)

@@ -239,8 +239,8 @@ def _slots(
     """Lay rows out in attention groups: `seq` (n,) the sequence of each row, a sequence's rows contiguous and in
     sequence order, `counts` (B,) how many each has, `plan` the groups as (sequences, slots L). Returns `gather`
     (sum G x L,) the row each slot reads, `scatter` (n,) the slot of each row, and per group (G, L) which slots
-    hold a row. A slot past its sequence's rows reads the sequence's first row (or row 0; any row would do): the
-    caller hides or drops it, so it gets no gradient."""
+    hold a row. A slot past its sequence's rows reads the row where the sequence's would start (clamped to the
+    last row; any row would do): the caller hides or drops it, so it gets no gradient."""
     device = seq.device
     n = len(seq)
     starts = counts.cumsum(0) - counts  # (B,) each sequence's first row
@@ -282,8 +282,8 @@ class Unpadded:
         self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) flat positions of real tokens
         N = len(self.index)
         self.recurring_shapes, self.causal = recurring_shapes, causal
-        self.rows = self.rounded(N)  # R
-        self.positions = self.extend(self.index % self.T)  # (R,) position of each real token in its sequence
+        self.rows = self._rounded(N)  # R
+        self.positions = self._extend(self.index % self.T)  # (R,) position of each real token in its sequence
         device = self.index.device
         lengths = (attention_mask != 0).sum(1)  # (B,)
         if N == 0:
@@ -301,17 +301,17 @@ class Unpadded:
             for (seqs, L), r in zip(self.plan, real, strict=True)
         ]
 
-    def rounded(self, n: int) -> int:
+    def _rounded(self, n: int) -> int:
         """How many rows a layer holds for `n` tokens: `n`, or with recurring shapes `recurring_rows(n)`."""
         return recurring_rows(n) if self.recurring_shapes else n
 
-    def extend(self, t: torch.Tensor) -> torch.Tensor:
-        """(N, ...) -> (R, ...): zero rows after the real tokens' (or any n rows -> `rounded(n)`)."""
-        return _with_zero_rows(t, self.rounded(t.shape[0]))
+    def _extend(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (R, ...): zero rows after the real tokens'."""
+        return _with_zero_rows(t, self._rounded(t.shape[0]))
 
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (R, ...): the rows of the real tokens."""
-        return self.extend(t.flatten(0, 1).index_select(0, self.index))  # (R, ...)
+        return self._extend(t.flatten(0, 1).index_select(0, self.index))  # (R, ...)
 
     def pad(self, t: torch.Tensor) -> torch.Tensor:
         """(R, ...) -> (B, T, ...), zeros at the padded positions."""
@@ -328,7 +328,7 @@ class Unpadded:
 
     def ungroup(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Per group (G, L, C) -> (R, C): each real token's row back in its place."""
-        return self.extend(_from_slots(parts, self.scatter))  # (R, C)
+        return self._extend(_from_slots(parts, self.scatter))  # (R, C)
 
 
 class ReadTokens:
@@ -337,10 +337,11 @@ class ReadTokens:
 
     On the unpadded path their queries also attend alone: `group` lays out the (K', H) queries per attention group
     of `Unpadded` as (G, Lq, H), Lq the most any sequence of the group reads, and `ungroup` brings the outputs back
-    (`attends_alone`). The plain path, a causal model and recurring shapes attend from every token, then select.
-    K' is K, or with recurring shapes K rounded as `Unpadded`'s rows are."""
+    (`attends_alone`). A batch without padding (no `Unpadded`), a causal model and recurring shapes attend from
+    every token, then select. K' is K, or with recurring shapes (`recurring`, or `Unpadded`'s) K rounded up by
+    `recurring_rows`: the rows after the K start as zeros and are dropped."""
 
-    def __init__(self, positions: torch.Tensor, unpadded: Unpadded | None):
+    def __init__(self, positions: torch.Tensor, unpadded: Unpadded | None, recurring: bool = False):
         self.B, self.T = positions.shape
         self.unpadded = unpadded
         if unpadded is None:
@@ -349,9 +350,12 @@ class ReadTokens:
         else:
             self.rows = positions.flatten().index_select(0, unpadded.index).nonzero().squeeze(1)  # (K,) of R's
             self.index = unpadded.index.index_select(0, self.rows)  # (K,) their flat positions
+            recurring = unpadded.recurring_shapes
+        self.count = recurring_rows(len(self.rows)) if recurring else len(self.rows)  # K'
         self.attends_alone = (
             unpadded is not None and bool(unpadded.groups) and not (unpadded.causal or unpadded.recurring_shapes)
         )
+        self.plan: list[tuple[list[int], int]] = []  # (sequences, Lq) per attention group, when attending alone
         if self.attends_alone:
             seq = unpadded.seq.index_select(0, self.rows)  # (K,) the sequence of each read token
             counts = torch.bincount(seq, minlength=self.B)  # (B,) how many each sequence reads
@@ -361,9 +365,8 @@ class ReadTokens:
 
     def select(self, t: torch.Tensor) -> torch.Tensor:
         """The layer's rows ((B, T, C) or (R, C)) -> (K', C): those of the tokens read."""
-        if self.unpadded is None:
-            return t.flatten(0, 1).index_select(0, self.rows)  # (K, C)
-        return self.unpadded.extend(t.index_select(0, self.rows))  # (K', C)
+        rows = t.flatten(0, 1) if self.unpadded is None else t  # (B x T, C) or (R, C)
+        return _with_zero_rows(rows.index_select(0, self.rows), self.count)  # (K', C)
 
     def pad(self, t: torch.Tensor) -> torch.Tensor:
         """(K', C) -> (B, T, C), zeros where nothing is read."""
@@ -372,13 +375,13 @@ class ReadTokens:
         return out.view(self.B, self.T, *t.shape[1:])  # (B, T, C)
 
     def group(self, q: torch.Tensor) -> list[torch.Tensor]:
-        """(K', C) queries -> per attention group of `Unpadded`, (G, Lq, C)."""
+        """(K', C) queries -> per attention group of `Unpadded`, (G, Lq, C) (only when `attends_alone`)."""
         parts = _to_slots(q, self.gather, self.scatter).split([len(seqs) * Lq for seqs, Lq in self.plan])
         return [part.view(len(seqs), Lq, q.shape[1]) for part, (seqs, Lq) in zip(parts, self.plan, strict=True)]
 
     def ungroup(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Per group (G, Lq, C) -> (K', C)."""
-        return self.unpadded.extend(_from_slots(parts, self.scatter))
+        return _with_zero_rows(_from_slots(parts, self.scatter), self.count)
 
 
 def _to_slots(t: torch.Tensor, gather: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
@@ -496,11 +499,16 @@ class SelfAttention(nn.Module):
         """(R, H) -> (K', H): the read tokens' queries attend over every token's keys and values; the other
         queries are not computed."""
         H = x.shape[1]
+        # The fused projection's two parts, as two products over different rows: Q for the tokens read, K and V for
+        # every token.
         weight, bias = self.qkv.weight, self.qkv.bias  # (3H, H), (3H,): Q's rows first
         q = F.linear(read.select(x), weight[:H], bias[:H])  # (K', H)
         kv = F.linear(x, weight[H:], bias[H:])  # (R, 2H)
         parts = []
         for (kv_g, key_bias), q_g in zip(unpadded.group(kv), read.group(q), strict=True):  # (G, L, 2H), (G, Lq, H)
+            if q_g.shape[1] == 0:  # no sequence of the group is read: no attention kernel for zero queries
+                parts.append(q_g)
+                continue
             parts.append(self._attend(*self._heads(q_g, 1), *self._heads(kv_g, 2), key_bias))  # (G, Lq, H)
         return read.ungroup(parts)  # (K', H)
 
@@ -670,11 +678,14 @@ def check_inputs(
                                "own tokenizer")  # fmt: skip
 
 
-def check_positions(name: str, positions: torch.Tensor, shape: tuple) -> None:
-    """Refuse a mask of positions that is not a bool tensor of `shape`."""
+def check_positions(name: str, positions: torch.Tensor, inputs: torch.Tensor) -> None:
+    """Refuse a mask of positions that is not a bool tensor of the shape of `inputs`, on their device."""
+    shape = tuple(inputs.shape)
     if not isinstance(positions, torch.Tensor) or tuple(positions.shape) != shape or positions.dtype != torch.bool:
         what = _what(positions) + (f" of {positions.dtype}" if isinstance(positions, torch.Tensor) else "")
         raise BertkitError(f"{name} must be a bool tensor of shape {shape}, got {what}")
+    if positions.device != inputs.device:
+        raise BertkitError(f"{name} is on {positions.device} and input_ids on {inputs.device}: put both on one")
 
 
 def check_targets(name: str, targets: torch.Tensor, shape: tuple, integer: bool = False) -> None:
@@ -810,7 +821,7 @@ class BertModel(nn.Module, PreTrainedMixin):
         if not exporting:
             check_inputs(self.config, input_ids, token_type_ids, attention_mask)
             if outputs_at is not None:
-                check_positions("outputs_at", outputs_at, tuple(input_ids.shape))
+                check_positions("outputs_at", outputs_at, input_ids)
         T = input_ids.shape[1]
         if self.config.max_position_embeddings < T:
             raise BertkitError(
@@ -889,7 +900,7 @@ class BertModel(nn.Module, PreTrainedMixin):
             x = unpadded.pad(x) if read is None else read.pad(x)  # (B, T, H), zeros at padding and where not read
         else:
             bias = attention_bias(attention_mask if padded else None, dtype, causal, T, input_ids.device)
-            read = ReadTokens(outputs_at, None) if outputs_at is not None else None
+            read = ReadTokens(outputs_at, None, rounds_rows(input_ids.device)) if outputs_at is not None else None
             x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
             for i, layer in enumerate(self.layers):
                 x = self._layer(layer, x, bias, None, read if i == last else None)  # the last: (K, H)
