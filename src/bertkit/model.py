@@ -315,10 +315,7 @@ class Unpadded:
 
     def pad(self, t: torch.Tensor) -> torch.Tensor:
         """(R, ...) -> (B, T, ...), zeros at the padded positions."""
-        out = t.new_zeros(self.B * self.T, *t.shape[1:])
-        # In place: the out-of-place form copies the zeros once more.
-        out.index_copy_(0, self.index, t[: len(self.index)])
-        return out.view(self.B, self.T, *t.shape[1:])  # (B, T, ...)
+        return _at_positions(t, self.index, self.B, self.T)
 
     def group(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(R, C) -> per group, its sequences laid out (G, L, C), with the group's (G, 1, 1, L) attention bias
@@ -370,9 +367,7 @@ class ReadTokens:
 
     def pad(self, t: torch.Tensor) -> torch.Tensor:
         """(K', C) -> (B, T, C), zeros where nothing is read."""
-        out = t.new_zeros(self.B * self.T, *t.shape[1:])
-        out.index_copy_(0, self.index, t[: len(self.index)])
-        return out.view(self.B, self.T, *t.shape[1:])  # (B, T, C)
+        return _at_positions(t, self.index, self.B, self.T)
 
     def group(self, q: torch.Tensor) -> list[torch.Tensor]:
         """(K', C) queries -> per attention group of `Unpadded`, (G, Lq, C) (only when `attends_alone`)."""
@@ -382,6 +377,14 @@ class ReadTokens:
     def ungroup(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Per group (G, Lq, C) -> (K', C)."""
         return _with_zero_rows(_from_slots(parts, self.scatter), self.count)
+
+
+def _at_positions(t: torch.Tensor, index: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """Rows (n', ...) whose first n sit at the flat positions `index` (n,) -> (B, T, ...), zeros elsewhere."""
+    out = t.new_zeros(B * T, *t.shape[1:])
+    # In place: the out-of-place form copies the zeros once more.
+    out.index_copy_(0, index, t[: len(index)])
+    return out.view(B, T, *t.shape[1:])  # (B, T, ...)
 
 
 def _to_slots(t: torch.Tensor, gather: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
