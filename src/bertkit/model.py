@@ -282,7 +282,7 @@ class Unpadded:
         self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) flat positions of real tokens
         N = len(self.index)
         self.recurring_shapes, self.causal = recurring_shapes, causal
-        self.rows = self._rounded(N)  # R
+        self.rows = recurring_rows(N) if recurring_shapes else N  # R
         self.positions = self._extend(self.index % self.T)  # (R,) position of each real token in its sequence
         device = self.index.device
         lengths = (attention_mask != 0).sum(1)  # (B,)
@@ -301,13 +301,9 @@ class Unpadded:
             for (seqs, L), r in zip(self.plan, real, strict=True)
         ]
 
-    def _rounded(self, n: int) -> int:
-        """How many rows a layer holds for `n` tokens: `n`, or with recurring shapes `recurring_rows(n)`."""
-        return recurring_rows(n) if self.recurring_shapes else n
-
     def _extend(self, t: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (R, ...): zero rows after the real tokens'."""
-        return _with_zero_rows(t, self._rounded(t.shape[0]))
+        return _with_zero_rows(t, self.rows)
 
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (R, ...): the rows of the real tokens."""
