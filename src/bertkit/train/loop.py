@@ -8,6 +8,7 @@ evaluation, a checkpoint. The concerns live beside this file: `batches` (what ea
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import shutil
@@ -414,6 +415,11 @@ class Trainer:
             # All ranks past their last collective first: a rank that tore its group down while another still
             # used the connection between them was seen to abort the same way.
             dist.barrier()
+            # DDP's wrapper (its gradient buckets and their pending work hold the group) goes now, while the group
+            # and the interpreter are alive: left to the trainer's own end, it can be freed at interpreter
+            # teardown, after the group it refers to.
+            self.model = self.raw_model
+            gc.collect()
             dist.destroy_process_group()
         self._owns_process_group = False
 
