@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -127,3 +128,15 @@ def train_both(ours, ref, batches, lr: float) -> list[tuple[float, float]]:
             pair.append(loss.item())
         losses.append(tuple(pair))
     return losses
+
+
+def onednn_kernels_run(script: str, folder: Path, timeout: float = 300) -> list[str]:
+    """The oneDNN kernels ("primitive,exec" lines of ONEDNN_VERBOSE) that Python `script` runs in a fresh process
+    (written to `folder`); the script must end by printing "done"."""
+    path = folder / "onednn_script.py"
+    path.write_text(script)
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+    run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=timeout)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "done" in run.stdout
+    return [line for line in run.stdout.splitlines() if "primitive,exec" in line]

@@ -13,7 +13,8 @@ from bertkit.model import BertForPreTraining, BertModel
 
 def counted(fn) -> int:
     """torch's count of the matmul FLOPs of `fn()`; attention by the math kernel (two matmuls it can see: the
-    fused CPU kernel is not counted by FlopCounterMode)."""
+    fused CPU kernel is not counted by FlopCounterMode). The models here run small batches with their
+    `packed_below_tokens` at 0: FlopCounterMode counts PyTorch's products, not oneDNN's over packed weights."""
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         fn()
     return counter.get_total_flops()
@@ -22,6 +23,7 @@ def counted(fn) -> int:
 def test_encoder_flops_equal_torchs_count_of_the_forward_pass() -> None:
     config = BertConfig.preset("tiny", vocab_size=500)
     model = BertModel(config, add_pooler=False).eval()
+    model.packed_below_tokens = 0
     for n in (1, 7, 40):  # one sequence: no padding, every token real
         ids = torch.randint(5, 500, (1, n))
         with torch.no_grad():
@@ -34,6 +36,7 @@ def test_pretraining_flops_count_the_decoder_and_the_last_layer_on_predicted_tok
     attention run for the 4 read tokens of each sequence (3 predicted and [CLS]), and the decoder for the 6."""
     config = BertConfig.preset("tiny", vocab_size=500)
     model = BertForPreTraining(config).eval()
+    model.bert.packed_below_tokens = 0
     ids = torch.randint(5, 500, (2, 40))
     mask = torch.ones(2, 40, dtype=torch.long)
     mask[:, 32:] = 0

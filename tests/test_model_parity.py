@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from helpers import onednn_kernels_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from realdata import spread, tsv_rows
@@ -483,10 +481,9 @@ def test_float32_training_compiles_no_onednn_kernel_per_token_count(tmp_path: Pa
     """The unpadded encoder's token count changes every batch. PyTorch sends a float32 GELU on the CPU to oneDNN,
     which compiles a kernel for each new shape and keeps up to 1,024 (a tiny pre-training run of 400 steps peaked
     at twice the memory); bertkit's GELU does not. Forward and backward at three token counts, in a fresh process
-    whose oneDNN reports every kernel it runs, then an inference forward at a fourth: none but the control's (a plain
-    F.gelu)."""
-    script = tmp_path / "steps.py"
-    script.write_text(
+    whose oneDNN reports every kernel it runs, then an inference forward of a batch too large for packed products
+    (`bertkit.model.PACKED_TOKENS`) at a fourth: none but the control's (a plain F.gelu)."""
+    kernels = onednn_kernels_run(
         "import torch\n"
         "from bertkit import BertConfig, BertForPreTraining\n"
         "torch.manual_seed(0)\n"
@@ -497,15 +494,12 @@ def test_float32_training_compiles_no_onednn_kernel_per_token_count(tmp_path: Pa
         "    out = model(ids, attention_mask=mask)\n"
         "    (out.mlm_logits.sum() + out.nsp_logits.sum()).backward()\n"
         "with torch.no_grad():  # and inference\n"
-        "    model.eval()(ids[:, :15], attention_mask=mask[:, :15])\n"
+        "    model.eval()(ids.repeat(3, 1)[:, :15], attention_mask=mask.repeat(3, 1)[:, :15])  # 135 tokens\n"
         "torch.nn.functional.gelu(torch.randn(3, 5))  # the control: PyTorch's own F.gelu, one kernel\n"
-        "print('done')\n"
+        "print('done')\n",
+        tmp_path,
+        timeout=120,
     )
-    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "done" in run.stdout
-    kernels = [line for line in run.stdout.splitlines() if "primitive,exec" in line]
     assert len(kernels) == 1, kernels  # the control's, and none of the model's
     assert "eltwise_gelu" in kernels[0] and "3x5" in kernels[0]
 

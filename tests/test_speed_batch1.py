@@ -3,11 +3,14 @@ busy) computes what the padded batch path and transformers compute, and the thre
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from helpers import onednn_kernels_run
 
 import bertkit.model
 from bertkit import BertConfig, BertModel, Tokenizer
@@ -211,3 +214,105 @@ def test_run_model_skips_autograd_and_matches_each_feature_alone() -> None:
             # Alone vs. in a padded batch of four: other matrix shapes, float32 rounding (see TOLERANCE).
             assert (got - alone).abs().max() <= TOLERANCE
     assert torch.stack(logits).softmax(-1).shape == (4, 3)  # callers' use outside inference mode still works
+
+
+class CountingProducts:
+    """Counts the products `bertkit.model.Linear` runs in oneDNN over packed weights, and their row counts."""
+
+    def __init__(self, real):
+        self.real, self.rows = real, []
+
+    def __call__(self, x, *args):
+        self.rows.append(x.shape[0])
+        return self.real(x, *args)
+
+
+@pytest.fixture
+def packed_calls(monkeypatch) -> CountingProducts:
+    if not bertkit.model.packed_products_available(torch.device("cpu")):
+        pytest.skip("this PyTorch build has no oneDNN products")
+    counting = CountingProducts(bertkit.model._ONEDNN_LINEAR)
+    monkeypatch.setattr(bertkit.model, "_ONEDNN_LINEAR", counting)
+    return counting
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["one_thread", "all_threads"])
+def test_small_inference_batches_run_over_packed_weights_and_agree_with_the_unpacked(
+    minilm, two_threads, cores, packed_calls, busy: bool
+) -> None:
+    """A sentence alone, a small padded batch and a classifier's read of [CLS] alone run every encoder product over
+    packed weights (rows rounded up by `recurring_rows`), and agree with PyTorch's own products within TOLERANCE
+    (other kernels, other float32 rounding). Larger batches, autograd and `packed_below_tokens = 0` do not pack."""
+    ours, _, tok = minilm
+    cores(BUSY if busy else IDLE)
+    layers = len(ours.layers)
+    alone, padded = tok.batch(SENTENCES[2:]), tok.batch(SENTENCES[:2])
+    cls_only = torch.zeros_like(padded["input_ids"], dtype=torch.bool)  # the pooler's [CLS] is added
+    cases = {"alone": (alone, None), "padded": (padded, None), "padded, [CLS] read": (padded, cls_only)}
+    for name, (batch, at) in cases.items():
+        assert batch["input_ids"].numel() < bertkit.model.PACKED_TOKENS
+        packed_calls.rows.clear()
+        with torch.inference_mode():
+            got = ours(**batch, outputs_at=at)
+            ours.packed_below_tokens = 0
+            try:
+                want = ours(**batch, outputs_at=at)
+            finally:
+                ours.packed_below_tokens = bertkit.model.PACKED_TOKENS
+        products = 4 * layers + 1 + (at is not None)  # the pooler; Q apart from K and V in the last layer
+        assert len(packed_calls.rows) == products, (name, packed_calls.rows)
+        assert all(r == bertkit.model.recurring_rows(r) for r in packed_calls.rows)
+        assert (got.pooler_output - want.pooler_output).abs().max() <= TOLERANCE
+        rows = batch["attention_mask"].bool() if at is None else at.index_fill(1, torch.tensor([0]), True)
+        assert (got.last_hidden_state - want.last_hidden_state)[rows].abs().max() <= TOLERANCE
+    packed_calls.rows.clear()
+    with torch.inference_mode():
+        ours(**tok.batch(SENTENCES * 3))  # larger: PyTorch's own products
+    with torch.enable_grad():
+        ours(**alone).pooler_output.sum().backward()  # autograd: PyTorch's own products
+    ours.zero_grad(set_to_none=True)
+    assert packed_calls.rows == []
+
+
+def test_packed_weights_follow_changes_to_the_weights_and_copies_pack_their_own(packed_calls) -> None:
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=100)).eval()
+    ids = torch.randint(5, 100, (1, 12))
+    with torch.inference_mode():
+        before = model(ids).last_hidden_state
+    with torch.no_grad():
+        model.layers[0].ffn.fc1.weight.mul_(2.0)  # in place: same storage, a new version
+        model.layers[1].attn.qkv.weight.copy_(torch.randn_like(model.layers[1].attn.qkv.weight) * 0.05)
+    with torch.inference_mode():
+        after = model(ids).last_hidden_state
+        model.packed_below_tokens = 0
+        want = model(ids).last_hidden_state
+        model.packed_below_tokens = bertkit.model.PACKED_TOKENS
+    assert packed_calls.rows  # the packed path ran
+    assert (after - before).abs().max() > 0.1
+    assert (after - want).abs().max() <= TOLERANCE
+    twin = copy.deepcopy(model)  # a packed weight cannot be copied: the copy packs anew
+    with torch.inference_mode():
+        assert (twin(ids).last_hidden_state - after).abs().max() == 0  # same weights, same kernels: same sums
+
+
+def test_small_batches_of_every_length_compile_kernels_for_few_row_counts(tmp_path: Path) -> None:
+    """oneDNN compiles kernels for each product shape it meets and keeps them, each holding memory: sentences of
+    every length from 1 to 127 tokens run their packed products at `recurring_rows` sizes only, 40 of them, in a
+    fresh process whose oneDNN reports every kernel it runs."""
+    kernels = onednn_kernels_run(
+        "import torch\n"
+        "from bertkit import BertConfig, BertModel\n"
+        "torch.manual_seed(0)\n"
+        "model = BertModel(BertConfig.preset('tiny', vocab_size=100)).eval()\n"
+        "with torch.inference_mode():\n"
+        "    for n in range(1, 128):\n"
+        "        model(torch.randint(5, 100, (1, n)))\n"
+        "print('done')\n",
+        tmp_path,
+    )
+    products = [line for line in kernels if "inner_product" in line]
+    rows = {int(m.group(1)) for line in products for m in [re.search(r",mb(\d+)ic", line)] if m}
+    assert len(products) >= 127 * 9  # 2 layers x 4 products + the pooler, per sentence
+    assert rows == {bertkit.model.recurring_rows(n) for n in range(1, 128)}
+    assert len(rows) == 40

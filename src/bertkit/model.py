@@ -12,8 +12,10 @@ P predicted (masked-LM) positions.
 
 from __future__ import annotations
 
+import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -134,6 +136,85 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)
+
+
+# oneDNN's float32 product over a weight packed for it once (PyTorch's CPU build has it where oneDNN is enabled).
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+_ONEDNN_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+# Whether this thread's encoder is running a small inference batch: `Linear` then packs (`packed_products`).
+_PACKED = contextvars.ContextVar("bertkit_packed_products", default=False)
+
+
+def packed_products_available(device: torch.device) -> bool:
+    """Whether `Linear` can run its products in oneDNN over packed weights on `device` (the CPU, oneDNN enabled)."""
+    return (
+        device.type == "cpu"
+        and _ONEDNN_LINEAR is not None
+        and _ONEDNN_PACK is not None
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+@contextmanager
+def packed_products() -> Iterator[None]:
+    """Within it, in this thread, `Linear`s run their float32 products in oneDNN over packed weights (no autograd:
+    inference only). `BertModel` enters it for small inference batches on the CPU (`packed_below_tokens`)."""
+    token = _PACKED.set(True)
+    try:
+        yield
+    finally:
+        _PACKED.reset(token)
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose products, inside `packed_products`, run in oneDNN over a copy of the weight packed once.
+
+    A small batch's product has a few dozen rows against a weight of hundreds of thousands of values, and there
+    PyTorch's float32 product on the CPU (MKL's sgemm, which lays the weight out afresh on each call) runs far below
+    the rate it reaches on large batches; oneDNN over a weight laid out for it in advance, as onnxruntime lays out
+    its own, is much faster (`benchmarks/batch1_latency.py` measures the encoder both ways, and onnxruntime). The
+    packed copy (memory as large as the weight) is kept per weight and made again when the weight changes. A
+    product's rows are rounded up by `recurring_rows`: oneDNN compiles kernels for each shape it meets and keeps
+    them, each holding memory, and rounding bounds their number."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias)
+        self._packed: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}  # weight rows -> (weight's key, pack)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _PACKED.get():  # training and large batches: nothing more than nn.Linear
+            return F.linear(x, self.weight, self.bias)
+        return self.part(x, 0, self.out_features)
+
+    def part(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """(..., in) -> (..., stop - start): the product with the weight's rows `start:stop` (and their biases)
+        alone, as SelfAttention computes its queries and its keys and values for different tokens."""
+        whole = start == 0 and stop == self.out_features
+        weight = self.weight if whole else self.weight[start:stop]
+        bias = self.bias if self.bias is None or whole else self.bias[start:stop]
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if not (_PACKED.get() and rows and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"):
+            return F.linear(x, weight, bias)
+        flat = x.reshape(rows, x.shape[-1])
+        if recurring_rows(rows) > rows:
+            flat = F.pad(flat, (0, 0, 0, recurring_rows(rows) - rows))
+        y = _ONEDNN_LINEAR(flat, self._pack(weight, start, stop), bias, "none", [], "")  # (rows', stop - start)
+        return y[:rows].reshape(*x.shape[:-1], stop - start)
+
+    def _pack(self, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The packed copy of `weight` (rows start:stop of this Linear's), packed again once the weight changed."""
+        w = self.weight  # an inference tensor (made under torch.inference_mode) keeps no version count
+        key = (w.data_ptr(), 0 if w.is_inference() else w._version, w.device)
+        kept = self._packed.get((start, stop))
+        if kept is None or kept[0] != key:
+            kept = (key, _ONEDNN_PACK(weight.detach().contiguous(), 32))  # packed for a batch of about 32 rows
+            self._packed[(start, stop)] = kept
+        return kept[1]
+
+    def __getstate__(self) -> dict:
+        # A packed weight is an opaque tensor that copy and pickle cannot read; a copy packs its own.
+        return {**self.__dict__, "_packed": {}}
 
 
 class Embeddings(nn.Module):
@@ -470,8 +551,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         H = config.hidden_size
         self.n_head = config.num_attention_heads
-        self.qkv = nn.Linear(H, 3 * H)
-        self.proj = nn.Linear(H, H)
+        self.qkv = Linear(H, 3 * H)
+        self.proj = Linear(H, H)
         self.attn_dropout = config.attention_probs_dropout_prob
 
     def forward(
@@ -500,9 +581,8 @@ class SelfAttention(nn.Module):
         H = x.shape[1]
         # The fused projection's two parts, as two products over different rows: Q for the tokens read, K and V for
         # every token.
-        weight, bias = self.qkv.weight, self.qkv.bias  # (3H, H), (3H,): Q's rows first
-        q = F.linear(read.select(x), weight[:H], bias[:H])  # (K', H)
-        kv = F.linear(x, weight[H:], bias[H:])  # (R, 2H)
+        q = self.qkv.part(read.select(x), 0, H)  # (K', H): the weight's first H rows are Q's
+        kv = self.qkv.part(x, H, 3 * H)  # (R, 2H)
         parts = []
         for (kv_g, key_bias), q_g in zip(unpadded.group(kv), read.group(q), strict=True):  # (G, L, 2H), (G, Lq, H)
             if q_g.shape[1] == 0:  # no sequence of the group is read: no attention kernel for zero queries
@@ -529,8 +609,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
         self.act = activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -574,7 +654,7 @@ class Pooler(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.last_token = config.is_decoder
 
     def positions(self, attention_mask: torch.Tensor | None, B: int, T: int, device: torch.device) -> torch.Tensor:
@@ -604,6 +684,11 @@ def is_padded(attention_mask: torch.Tensor | None) -> bool:
 # processes, another runtime's thread pool) each of the ~100 operators of a forward waits for a scheduler time
 # slice, and one thread is many times faster. `ThreadChoice` times both and runs the faster.
 SERIAL_TOKENS = 128
+
+# Inference batches of fewer tokens than this (batch x length), without autograd, run their matrix products in
+# oneDNN over weights packed once (`Linear`). Larger ones keep PyTorch's own product: the packing's gain shrinks as
+# rows grow, and each new row count would compile oneDNN kernels.
+PACKED_TOKENS = 128
 
 # With `BertModel.bf16_from_tokens` set, inference batches of at least this many tokens run in bfloat16 (`bertkit
 # serve --precision bf16`). bf16 pays for itself on large batches only: each operator converts its inputs, a fixed
@@ -791,6 +876,8 @@ class BertModel(nn.Module, PreTrainedMixin):
         # not read (`outputs_at`). False: the plain path, every position computed as transformers does.
         self.unpad = True
         self.serial_below_tokens = SERIAL_TOKENS  # smaller inference batches may run on one thread; 0: never
+        # Smaller inference batches without autograd run their products over packed weights (`Linear`); 0: never.
+        self.packed_below_tokens = PACKED_TOKENS
         # True: keep only each layer's input while training and compute its activations again in the backward pass
         # (memory for a layer's activations instead of all of them, for a second forward pass; README gives the cost)
         self.gradient_checkpointing = False
@@ -842,20 +929,28 @@ class BertModel(nn.Module, PreTrainedMixin):
             and not exporting
             and input_ids.numel() >= self.bf16_from_tokens
         )
+        packed = (
+            not self.training
+            and not exporting
+            and not torch.compiler.is_compiling()
+            and not torch.is_grad_enabled()
+            and input_ids.numel() < self.packed_below_tokens
+            and self.embeddings.word_embeddings.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled(input_ids.device.type)
+            and packed_products_available(input_ids.device)
+        )
         if exporting or not self.unpad:
             outputs_at = None
-        if not small:
-            return self._encode(input_ids, token_type_ids, attention_mask, outputs_at, exporting, bf16)
-        tokens = input_ids.numel()
-        serial = self.threads.serial(tokens, time.monotonic())
-        start = time.perf_counter()
-        if serial:
-            with one_intra_op_thread():
+        with packed_products() if packed else nullcontext():
+            if not small:
+                return self._encode(input_ids, token_type_ids, attention_mask, outputs_at, exporting, bf16)
+            tokens = input_ids.numel()
+            serial = self.threads.serial(tokens, time.monotonic())
+            start = time.perf_counter()
+            with one_intra_op_thread() if serial else nullcontext():
                 out = self._encode(input_ids, token_type_ids, attention_mask, outputs_at, exporting, bf16)
-        else:
-            out = self._encode(input_ids, token_type_ids, attention_mask, outputs_at, exporting, bf16)
-        self.threads.record(tokens, serial, time.perf_counter() - start)
-        return out
+            self.threads.record(tokens, serial, time.perf_counter() - start)
+            return out
 
     def _encode(
         self,
