@@ -316,3 +316,13 @@ def test_small_batches_of_every_length_compile_kernels_for_few_row_counts(tmp_pa
     assert len(products) >= 127 * 9  # 2 layers x 4 products + the pooler, per sentence
     assert rows == {bertkit.model.recurring_rows(n) for n in range(1, 128)}
     assert len(rows) == 40
+
+
+def test_a_compiled_encoder_layer_traces_in_one_graph() -> None:
+    """torch.compile cannot trace the context variable `packed_products` sets: `Linear` leaves it out of a graph
+    being compiled, which would otherwise break at each product (the pre-training compile benchmark compiles encoder
+    layers). In eval mode: training's dropout draws with an in-place operator that breaks a graph anyway."""
+    torch.manual_seed(0)
+    layer = bertkit.model.EncoderLayer(BertConfig.preset("tiny", vocab_size=100)).eval()
+    explained = torch._dynamo.explain(layer)(torch.randn(2, 9, 128), None)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons

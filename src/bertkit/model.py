@@ -156,6 +156,12 @@ def packed_products_available(device: torch.device) -> bool:
     )
 
 
+def _packing() -> bool:
+    """Whether this thread is inside `packed_products`; never while torch.compile traces a graph, so that the
+    context variable is no part of it."""
+    return not torch.compiler.is_compiling() and _PACKED.get()
+
+
 @contextmanager
 def packed_products() -> Iterator[None]:
     """Within it, in this thread, `Linear`s run their float32 products in oneDNN over packed weights (no autograd:
@@ -183,7 +189,7 @@ class Linear(nn.Linear):
         self._packed: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}  # weight rows -> (weight's key, pack)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _PACKED.get():  # training and large batches: nothing more than nn.Linear
+        if not _packing():  # training and large batches: nothing more than nn.Linear
             return F.linear(x, self.weight, self.bias)
         return self.part(x, 0, self.out_features)
 
@@ -194,7 +200,7 @@ class Linear(nn.Linear):
         weight = self.weight if whole else self.weight[start:stop]
         bias = self.bias if self.bias is None or whole else self.bias[start:stop]
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if not (_PACKED.get() and rows and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"):
+        if not (_packing() and rows and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"):
             return F.linear(x, weight, bias)
         flat = x.reshape(rows, x.shape[-1])
         if recurring_rows(rows) > rows:
