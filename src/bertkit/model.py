@@ -1039,29 +1039,29 @@ class MaskedLMHead(nn.Module):
         return F.linear(h, self.word_embeddings.weight, self.bias)  # (..., V)
 
 
-class _CrossEntropyInBlocks(torch.autograd.Function):
-    """Mean cross-entropy of (P, V) logits against (P,) targets, computed ROWS rows at a time (see `cross_entropy`).
+class _CrossEntropyKeepingSoftmax(torch.autograd.Function):
+    """Mean cross-entropy of (P, V) logits against (P,) targets (see `cross_entropy`).
 
-    The forward pass keeps each row's softmax, which is the gradient up to the target's 1 and the scale: the
-    backward pass scales it in place instead of computing every exponential again. So it runs once per forward
-    pass (`retain_graph` is refused, not answered wrongly)."""
+    The forward pass computes each row's softmax in one fused pass and keeps it: it is the gradient up to the
+    target's 1 and the scale, so the backward pass scales it in place instead of computing every exponential
+    again. A row's loss is minus the log of its target's probability; where that probability is too small to
+    carry float32's precision (its logit far below the row's largest), the loss is computed from the logits
+    instead (logsumexp minus the target's logit). Runs once per forward pass (`retain_graph` is refused, not
+    answered wrongly)."""
 
-    ROWS = 16  # 16 rows of a 30k vocabulary: about 2 MB, a core's L2 cache
+    SMALLEST = 1e-30  # a probability below it is computed from the logits
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        probs = torch.empty_like(logits)  # (P, V) softmax of each row
-        lse = logits.new_empty(logits.shape[0])  # (P,) log of each row's sum of exps
-        for i in range(0, logits.shape[0], _CrossEntropyInBlocks.ROWS):
-            rows = slice(i, i + _CrossEntropyInBlocks.ROWS)
-            top = logits[rows].amax(1, keepdim=True)  # (ROWS, 1): exp of what is left stays finite
-            exps = torch.sub(logits[rows], top, out=probs[rows]).exp_()
-            total = exps.sum(1, keepdim=True)
-            exps.div_(total)
-            torch.add(top, total.log_(), out=lse[rows, None])
+        probs = torch.softmax(logits, 1)  # (P, V)
+        picked = probs.gather(1, targets[:, None]).squeeze(1)  # (P,) each target's probability
+        nll = picked.log().neg_()
+        far = (picked < _CrossEntropyKeepingSoftmax.SMALLEST).nonzero()[:, 0]  # (rows,) usually none
+        if len(far):
+            nll[far] = torch.logsumexp(logits[far], 1) - logits[far, targets[far]]
         ctx.save_for_backward(probs, targets)
         ctx.used = False
-        return (lse - logits.gather(1, targets[:, None]).squeeze(1)).mean()
+        return nll.mean()
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
@@ -1080,13 +1080,12 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """F.cross_entropy's mean over (P, V) float32 logits and (P,) targets (none ignored).
 
     On the CPU, F.cross_entropy writes the P x V log-probabilities, then its backward fills a P x V zero gradient
-    and reads them all again: with a vocabulary-sized V each pass misses the cache (their operators in
-    benchmarks/results/pretrain_profile_cpu.json). Here the loss and the softmax are computed a few rows at a
-    time, each block worked on while it is in cache, and the softmax becomes the gradient in place. Elsewhere,
-    F.cross_entropy."""
+    and reads them all again: with a vocabulary-sized V each pass over memory costs (their operators in
+    benchmarks/results/pretrain_profile_cpu.json). Here the softmax is computed once, by PyTorch's fused kernel,
+    and becomes the gradient in place. Elsewhere, F.cross_entropy."""
     if logits.device.type != "cpu":
         return F.cross_entropy(logits, targets)
-    return _CrossEntropyInBlocks.apply(logits, targets)
+    return _CrossEntropyKeepingSoftmax.apply(logits, targets)
 
 
 class BertForPreTraining(nn.Module, PreTrainedMixin):
