@@ -202,9 +202,7 @@ class Linear(nn.Linear):
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         if not (_packing() and rows and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"):
             return F.linear(x, weight, bias)
-        flat = x.reshape(rows, x.shape[-1])
-        if recurring_rows(rows) > rows:
-            flat = F.pad(flat, (0, 0, 0, recurring_rows(rows) - rows))
+        flat = _with_zero_rows(x.reshape(rows, x.shape[-1]), recurring_rows(rows))  # (rows', in)
         y = _ONEDNN_LINEAR(flat, self._pack(weight, start, stop), bias, "none", [], "")  # (rows', stop - start)
         return y[:rows].reshape(*x.shape[:-1], stop - start)
 
@@ -922,22 +920,16 @@ class BertModel(nn.Module, PreTrainedMixin):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        inference = not self.training and not exporting
         small = (  # on a GPU the CPU threads only launch kernels: nothing to choose
-            not self.training
-            and not exporting
+            inference
             and input_ids.device.type == "cpu"
             and input_ids.numel() < self.serial_below_tokens
             and torch.get_num_threads() > 1
         )
-        bf16 = (
-            self.bf16_from_tokens is not None
-            and not self.training
-            and not exporting
-            and input_ids.numel() >= self.bf16_from_tokens
-        )
+        bf16 = inference and self.bf16_from_tokens is not None and input_ids.numel() >= self.bf16_from_tokens
         packed = (
-            not self.training
-            and not exporting
+            inference
             and not torch.compiler.is_compiling()
             and not torch.is_grad_enabled()
             and input_ids.numel() < self.packed_below_tokens
@@ -1135,7 +1127,7 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
             P = len(picked)
             if rounds_rows(h.device) and recurring_rows(P) > P:
                 # Zero rows after the P picked (recurring shapes): their logits are dropped, their gradient is 0.
-                mlm_logits = self.mlm(F.pad(picked, (0, 0, 0, recurring_rows(P) - P)))[:P]  # (P, V)
+                mlm_logits = self.mlm(_with_zero_rows(picked, recurring_rows(P)))[:P]  # (P, V)
             else:  # no slice: its backward would fill a P x V zero gradient and copy the real one into it
                 mlm_logits = self.mlm(picked)  # (P, V)
             targets = mlm_labels[chosen]  # (P,)
