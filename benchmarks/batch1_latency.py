@@ -11,7 +11,7 @@ Each real SST-2 dev sentence is served alone, as one request would be: tokenized
   threads, as before the switch existed;
 - bertkit_torch_one_thread: small batches always on one thread;
 - bertkit_torch_unpacked: as shipped, but every product in PyTorch's own kernel (`packed_below_tokens = 0`), as
-  before small batches ran their products over packed weights (bertkit.model.Linear);
+  before small batches ran their products over packed weights (bertkit.model.linear);
 - onnxruntime_fp32: onnxruntime's CPU session over `bertkit export`'s fp32 file (intra-op threads = --threads).
 Each backend first serves every sentence once, untimed but for `first_pass_*` (oneDNN, which runs bf16 products
 and small batches' packed ones, compiles kernels for each new shape: a running server has them). Then backends

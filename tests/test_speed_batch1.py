@@ -4,7 +4,9 @@ busy) computes what the padded batch path and transformers compute, and the thre
 from __future__ import annotations
 
 import copy
+import gc
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -217,7 +219,7 @@ def test_run_model_skips_autograd_and_matches_each_feature_alone() -> None:
 
 
 class CountingProducts:
-    """Counts the products `bertkit.model.Linear` runs in oneDNN over packed weights, and their row counts."""
+    """Counts the products `bertkit.model.linear` runs in oneDNN over packed weights, and their row counts."""
 
     def __init__(self, real):
         self.real, self.rows = real, []
@@ -296,6 +298,55 @@ def test_packed_weights_follow_changes_to_the_weights_and_copies_pack_their_own(
         assert (twin(ids).last_hidden_state - after).abs().max() == 0  # same weights, same kernels: same sums
 
 
+def test_packed_copies_go_with_their_model(packed_calls) -> None:
+    """The packed copies are kept beside the model, not in it: they go when the model does."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=100)).eval()
+    before = len(bertkit.model._PACKS)
+    with torch.inference_mode():
+        model(torch.randint(5, 100, (1, 12)))
+    assert len(bertkit.model._PACKS) == before + len(packed_calls.rows)  # one copy per weight
+    del model
+    gc.collect()
+    assert len(bertkit.model._PACKS) == before
+
+
+def test_hooked_and_replaced_linear_layers_run_as_modules(minilm, packed_calls) -> None:
+    """A layer with a hook of its own, or one that is not a plain nn.Linear, runs as the module it is, never over a
+    packed copy of a weight it may not have: torch.ao's dynamic quantization finds the model's nn.Linear layers by
+    type and replaces every one with an int8 layer, which then computes each product of a small batch (the last
+    layer's Q apart from K and V too); its answer moves from float32's by int8 rounding (pooler output cosine 0.97
+    and 0.98 for these sentences: bounded at 0.9) and no product runs packed."""
+    ours, _, tok = minilm
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this PyTorch build has no x86 quantized engine")
+    batch = tok.batch(SENTENCES[:2])
+    cls_only = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+    fc1 = ours.layers[0].ffn.fc1
+    seen = []
+    hook = fc1.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    try:
+        with torch.inference_mode():
+            ours(**batch)
+    finally:
+        hook.remove()
+    assert len(seen) == 1 and len(packed_calls.rows) == 4 * len(ours.layers)  # the pooler's and all others but fc1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's notice that this API moves to torchao
+        int8 = torch.ao.quantization.quantize_dynamic(ours, {torch.nn.Linear}, dtype=torch.qint8)
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    assert all(isinstance(m, quantized) for m in int8.modules() if isinstance(m, (torch.nn.Linear, quantized)))
+    assert isinstance(int8.layers[-1].attn.qkv, quantized)
+    for at in (None, cls_only):
+        with torch.inference_mode():
+            want = ours(**batch, outputs_at=at).pooler_output
+            packed_calls.rows.clear()
+            got = int8(**batch, outputs_at=at).pooler_output
+        assert packed_calls.rows == []
+        cosine = torch.nn.functional.cosine_similarity(want, got)
+        assert (cosine > 0.9).all() and (cosine < 0.9999).all(), cosine  # int8 ran, and close
+
+
 def test_small_batches_of_every_length_compile_kernels_for_few_row_counts(tmp_path: Path) -> None:
     """oneDNN compiles kernels for each product shape it meets and keeps them, each holding memory: sentences of
     every length from 1 to 127 tokens run their packed products at `recurring_rows` sizes only, 40 of them, in a
@@ -319,7 +370,7 @@ def test_small_batches_of_every_length_compile_kernels_for_few_row_counts(tmp_pa
 
 
 def test_a_compiled_encoder_layer_traces_in_one_graph() -> None:
-    """torch.compile cannot trace the context variable `packed_products` sets: `Linear` leaves it out of a graph
+    """torch.compile cannot trace the context variable `packed_products` sets: `linear` leaves it out of a graph
     being compiled, which would otherwise break at each product (the pre-training compile benchmark compiles encoder
     layers). In eval mode: training's dropout draws with an in-place operator that breaks a graph anyway."""
     torch.manual_seed(0)

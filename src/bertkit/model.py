@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -141,12 +142,12 @@ class Dropout(nn.Dropout):
 # oneDNN's float32 product over a weight packed for it once (PyTorch's CPU build has it where oneDNN is enabled).
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 _ONEDNN_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
-# Whether this thread's encoder is running a small inference batch: `Linear` then packs (`packed_products`).
+# Whether this thread's encoder is running a small inference batch: `linear` then packs (`packed_products`).
 _PACKED = contextvars.ContextVar("bertkit_packed_products", default=False)
 
 
 def packed_products_available(device: torch.device) -> bool:
-    """Whether `Linear` can run its products in oneDNN over packed weights on `device` (the CPU, oneDNN enabled)."""
+    """Whether `linear` can run products in oneDNN over packed weights on `device` (the CPU, oneDNN enabled)."""
     return (
         device.type == "cpu"
         and _ONEDNN_LINEAR is not None
@@ -164,8 +165,9 @@ def _packing() -> bool:
 
 @contextmanager
 def packed_products() -> Iterator[None]:
-    """Within it, in this thread, `Linear`s run their float32 products in oneDNN over packed weights (no autograd:
-    inference only). `BertModel` enters it for small inference batches on the CPU (`packed_below_tokens`)."""
+    """Within it, in this thread, `linear` runs the float32 products of plain nn.Linear layers in oneDNN over packed
+    weights (no autograd: inference only). `BertModel` enters it for small inference batches on the CPU
+    (`packed_below_tokens`)."""
     token = _PACKED.set(True)
     try:
         yield
@@ -173,52 +175,74 @@ def packed_products() -> Iterator[None]:
         _PACKED.reset(token)
 
 
-class Linear(nn.Linear):
-    """nn.Linear whose products, inside `packed_products`, run in oneDNN over a copy of the weight packed once.
+# Packed copies of weights (`_pack`): (id of the weight, first row, end row) -> (a weak reference to the weight, its
+# state when packed, the packed copy). Kept here, not in the modules: a packed copy is an opaque tensor that copy and
+# pickle cannot read, and the modules stay plain nn.Linear, which torch's dynamic quantization and adapter libraries
+# find and replace by type. An entry goes when its weight does.
+_PACKS: dict[tuple[int, int, int], tuple[weakref.ref, tuple, torch.Tensor]] = {}
+
+
+def _plain(layer: nn.Module) -> bool:
+    """Whether `layer` is an nn.Linear as torch makes it (not replaced by a quantized or adapted layer, no hooks of
+    its own), so that its product may be computed from its weight and bias directly."""
+    return type(layer) is nn.Linear and not layer._forward_hooks and not layer._forward_pre_hooks
+
+
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)`; inside `packed_products`, a plain nn.Linear's float32 product runs in oneDNN over a copy of its
+    weight packed once.
 
     A small batch's product has a few dozen rows against a weight of hundreds of thousands of values, and there
     PyTorch's float32 product on the CPU (MKL's sgemm, which lays the weight out afresh on each call) runs far below
     the rate it reaches on large batches; oneDNN over a weight laid out for it in advance, as onnxruntime lays out
     its own, is much faster (`benchmarks/batch1_latency.py` measures the encoder both ways, and onnxruntime). The
-    packed copy (memory as large as the weight) is kept per weight and made again when the weight changes. A
-    product's rows are rounded up by `recurring_rows`: oneDNN compiles kernels for each shape it meets and keeps
-    them, each holding memory, and rounding bounds their number."""
+    packed copy (memory as large as the weight) is kept per weight and made again when the weight changes."""
+    if _packing() and _plain(layer):
+        return _packed_product(x, layer.weight, layer.bias, 0, layer.out_features)
+    return layer(x)
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__(in_features, out_features, bias)
-        self._packed: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}  # weight rows -> (weight's key, pack)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _packing():  # training and large batches: nothing more than nn.Linear
-            return F.linear(x, self.weight, self.bias)
-        return self.part(x, 0, self.out_features)
+def linear_part(layer: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """(..., in) -> (..., stop - start): outputs `start:stop` of `layer(x)`, as SelfAttention computes its queries
+    and its keys and values for different tokens. A plain nn.Linear multiplies those rows of its weight alone (over
+    a packed copy inside `packed_products`); another layer (quantized, adapted, hooked) computes all its outputs."""
+    if not _plain(layer):
+        return layer(x)[..., start:stop]
+    if _packing():
+        return _packed_product(x, layer.weight, layer.bias, start, stop)
+    bias = None if layer.bias is None else layer.bias[start:stop]
+    return F.linear(x, layer.weight[start:stop], bias)
 
-    def part(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """(..., in) -> (..., stop - start): the product with the weight's rows `start:stop` (and their biases)
-        alone, as SelfAttention computes its queries and its keys and values for different tokens."""
-        whole = start == 0 and stop == self.out_features
-        weight = self.weight if whole else self.weight[start:stop]
-        bias = self.bias if self.bias is None or whole else self.bias[start:stop]
-        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if not (_packing() and rows and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"):
-            return F.linear(x, weight, bias)
-        flat = _with_zero_rows(x.reshape(rows, x.shape[-1]), recurring_rows(rows))  # (rows', in)
-        y = _ONEDNN_LINEAR(flat, self._pack(weight, start, stop), bias, "none", [], "")  # (rows', stop - start)
-        return y[:rows].reshape(*x.shape[:-1], stop - start)
 
-    def _pack(self, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """The packed copy of `weight` (rows start:stop of this Linear's), packed again once the weight changed."""
-        w = self.weight  # an inference tensor (made under torch.inference_mode) keeps no version count
-        key = (w.data_ptr(), 0 if w.is_inference() else w._version, w.device)
-        kept = self._packed.get((start, stop))
-        if kept is None or kept[0] != key:
-            kept = (key, _ONEDNN_PACK(weight.detach().contiguous(), 32))  # packed for a batch of about 32 rows
-            self._packed[(start, stop)] = kept
-        return kept[1]
+def _packed_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, stop: int
+) -> torch.Tensor:
+    """(..., in) -> (..., stop - start): x times rows `start:stop` of `weight` (plus their biases) in oneDNN over a
+    packed copy, for a float32 batch on the CPU; PyTorch's own product otherwise. Rows are rounded up by
+    `recurring_rows`: oneDNN compiles kernels for each shape it meets and keeps them, each holding memory, and
+    rounding bounds their number."""
+    whole = start == 0 and stop == weight.shape[0]
+    part = weight if whole else weight[start:stop]
+    bias = bias if bias is None or whole else bias[start:stop]
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if not (rows and x.dtype == part.dtype == torch.float32 and x.device.type == "cpu"):
+        return F.linear(x, part, bias)
+    flat = _with_zero_rows(x.reshape(rows, x.shape[-1]), recurring_rows(rows))  # (rows', in)
+    y = _ONEDNN_LINEAR(flat, _pack(weight, start, stop), bias, "none", [], "")  # (rows', stop - start)
+    return y[:rows].reshape(*x.shape[:-1], stop - start)
 
-    def __getstate__(self) -> dict:
-        # A packed weight is an opaque tensor that copy and pickle cannot read; a copy packs its own.
-        return {**self.__dict__, "_packed": {}}
+
+def _pack(weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """The packed copy of rows `start:stop` of `weight`, packed again once the weight changed."""
+    # An inference tensor (made under torch.inference_mode) keeps no version count.
+    state = (weight.data_ptr(), 0 if weight.is_inference() else weight._version, weight.device)
+    slot = (id(weight), start, stop)
+    kept = _PACKS.get(slot)
+    if kept is None or kept[0]() is not weight or kept[1] != state:
+        packed = _ONEDNN_PACK(weight[start:stop].detach().contiguous(), 32)  # packed for a batch of about 32 rows
+        gone = weakref.ref(weight, lambda _, slot=slot: _PACKS.pop(slot, None))
+        kept = _PACKS[slot] = (gone, state, packed)
+    return kept[2]
 
 
 class Embeddings(nn.Module):
@@ -555,8 +579,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         H = config.hidden_size
         self.n_head = config.num_attention_heads
-        self.qkv = Linear(H, 3 * H)
-        self.proj = Linear(H, H)
+        self.qkv = nn.Linear(H, 3 * H)
+        self.proj = nn.Linear(H, H)
         self.attn_dropout = config.attention_probs_dropout_prob
 
     def forward(
@@ -568,8 +592,8 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         """(B, T, H), or unpadded (R, H) -> the same shape; with `read`, (K', H) at the tokens read alone."""
         if read is not None and read.attends_alone:
-            return self.proj(self._attend_from(x, unpadded, read))  # (K', H)
-        qkv = self.qkv(x)  # (B, T, 3H), or (R, 3H) unpadded
+            return linear(self.proj, self._attend_from(x, unpadded, read))  # (K', H)
+        qkv = linear(self.qkv, x)  # (B, T, 3H), or (R, 3H) unpadded
         if unpadded is None:
             y = self._attend(*self._heads(qkv, 3), attn_bias)  # (B, T, H)
         elif unpadded.groups:  # each group of sequences of similar length attends over its own (G, L) layout
@@ -577,7 +601,7 @@ class SelfAttention(nn.Module):
             y = unpadded.ungroup(parts)  # (R, H)
         else:  # no token
             y = qkv.new_zeros(0, qkv.shape[1] // 3)
-        return self.proj(y if read is None else read.select(y))  # (B, T, H), (R, H) or (K', H)
+        return linear(self.proj, y if read is None else read.select(y))  # (B, T, H), (R, H) or (K', H)
 
     def _attend_from(self, x: torch.Tensor, unpadded: Unpadded, read: ReadTokens) -> torch.Tensor:
         """(R, H) -> (K', H): the read tokens' queries attend over every token's keys and values; the other
@@ -585,8 +609,8 @@ class SelfAttention(nn.Module):
         H = x.shape[1]
         # The fused projection's two parts, as two products over different rows: Q for the tokens read, K and V for
         # every token.
-        q = self.qkv.part(read.select(x), 0, H)  # (K', H): the weight's first H rows are Q's
-        kv = self.qkv.part(x, H, 3 * H)  # (R, 2H)
+        q = linear_part(self.qkv, read.select(x), 0, H)  # (K', H): the weight's first H rows are Q's
+        kv = linear_part(self.qkv, x, H, 3 * H)  # (R, 2H)
         parts = []
         for (kv_g, key_bias), q_g in zip(unpadded.group(kv), read.group(q), strict=True):  # (G, L, 2H), (G, Lq, H)
             if q_g.shape[1] == 0:  # no sequence of the group is read: no attention kernel for zero queries
@@ -613,12 +637,12 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.act = activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(self.fc2, self.act(linear(self.fc1, x)))
 
 
 class EncoderLayer(nn.Module):
@@ -658,7 +682,7 @@ class Pooler(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.last_token = config.is_decoder
 
     def positions(self, attention_mask: torch.Tensor | None, B: int, T: int, device: torch.device) -> torch.Tensor:
@@ -674,7 +698,7 @@ class Pooler(nn.Module):
             read = h[torch.arange(B, device=h.device), self.positions(attention_mask, B, T, h.device)]  # (B, H)
         else:
             read = h[:, 0]  # (B, H)
-        return torch.tanh(self.dense(read))  # (B, H)
+        return torch.tanh(linear(self.dense, read))  # (B, H)
 
 
 def is_padded(attention_mask: torch.Tensor | None) -> bool:
@@ -690,7 +714,7 @@ def is_padded(attention_mask: torch.Tensor | None) -> bool:
 SERIAL_TOKENS = 128
 
 # Inference batches of fewer tokens than this (batch x length), without autograd, run their matrix products in
-# oneDNN over weights packed once (`Linear`). Larger ones keep PyTorch's own product: the packing's gain shrinks as
+# oneDNN over weights packed once (`linear`). Larger ones keep PyTorch's own product: the packing's gain shrinks as
 # rows grow, and each new row count would compile oneDNN kernels.
 PACKED_TOKENS = 128
 
@@ -880,7 +904,7 @@ class BertModel(nn.Module, PreTrainedMixin):
         # not read (`outputs_at`). False: the plain path, every position computed as transformers does.
         self.unpad = True
         self.serial_below_tokens = SERIAL_TOKENS  # smaller inference batches may run on one thread; 0: never
-        # Smaller inference batches without autograd run their products over packed weights (`Linear`); 0: never.
+        # Smaller inference batches without autograd run their products over packed weights (`linear`); 0: never.
         self.packed_below_tokens = PACKED_TOKENS
         # True: keep only each layer's input while training and compute its activations again in the backward pass
         # (memory for a layer's activations instead of all of them, for a second forward pass; README gives the cost)
