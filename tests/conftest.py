@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -36,6 +37,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # and two processes with two threads each on two cores run several times slower than one.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+# A shell that starts a command in the background without job control (`cmd &` in a script, as some CI runners
+# do) sets it to ignore SIGINT, and the processes it starts inherit that: the Ctrl-C tests would then test nothing.
+# Python's own handler again, as in a terminal (the commands these tests start get the default at exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 
