@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +55,34 @@ def test_one_row_per_input_line_from_a_file_or_standard_input(tmp_path: Path, mi
         rows[name] = np.load(tmp_path / f"{name}.npy")
     assert rows["file"].shape == rows["stdin"].shape == (5, 384)
     assert np.allclose(rows["file"], rows["stdin"], atol=1e-6)  # the same texts, the same process settings
+
+
+def test_cls_pooling_matches_sentence_transformers(tmp_path: Path, minilm_dir: Path) -> None:
+    """A model whose sentence-transformers pooling reads [CLS] (as BGE models do): bertkit's last layer then
+    computes the [CLS] rows alone, and the vectors equal sentence-transformers' own for that pooling, over texts of
+    mixed lengths and scripts in one batch (cosine >= 0.99999, as for mean pooling)."""
+    from sentence_transformers import SentenceTransformer
+
+    from bertkit import BertModel, Tokenizer
+    from bertkit.infer import embed, embedding_settings
+
+    model_dir = tmp_path / "cls_pooled"
+    shutil.copytree(minilm_dir, model_dir)
+    pooling = model_dir / "1_Pooling/config.json"
+    settings = json.loads(pooling.read_text())
+    pooling.write_text(json.dumps({**settings, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    texts = ["it 's a charming and often affecting journey .", "好", "这个宾馆比较陈旧了，特价的房间也很一般。",
+             "unflinchingly bleak and desperate " * 20, "Tokyo 東京 is big; 서울 too."]  # fmt: skip
+    chosen = embedding_settings(model_dir)
+    assert chosen["pooling"] == "cls"
+    encoder = BertModel.from_pretrained(model_dir)
+    reads = []  # what the last layer was told to compute: ReadTokens, or None for every token
+    encoder.layers[-1].register_forward_pre_hook(lambda module, args: reads.append(args[3]))
+    ours = embed(encoder, Tokenizer.from_pretrained(model_dir), texts, pooling=chosen["pooling"],
+                 normalize=chosen["normalize"], max_length=chosen["max_length"])  # fmt: skip
+    assert reads and all(r is not None and r.count == len(texts) for r in reads)  # one row per text: its [CLS]
+    ref = SentenceTransformer(str(model_dir), device="cpu").encode(texts, convert_to_numpy=True)
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.99999, cos
+    mean = embed(BertModel.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), texts)
+    assert ((mean * ours).sum(1) < 0.999).all()  # a different pooling, really: the test can tell them apart

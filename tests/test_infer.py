@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from bertkit import BertForPreTraining, BertkitError, Tokenizer
-from bertkit.infer import embedding_settings, fill_mask, fill_mask_answer
+from bertkit.infer import MaskPastTheCutError, embedding_settings, fill_mask, fill_mask_answer, fill_mask_answers
 
 
 def test_fill_mask_matches_transformers(tiny_zh_pretrained: Path) -> None:
@@ -93,6 +93,71 @@ def test_fill_mask_refuses_a_mask_past_the_models_length(tiny_zh_pretrained: Pat
     everything = fill_mask(model, tok, "今天天气很[MASK]。", top_k=10**6)[0]  # more than the vocabulary holds
     assert len(everything) == tok.vocab_size - len(tok.special_ids)
     assert not {token for token, _ in everything} & {tok.vocab[i] for i in tok.special_ids}
+
+
+def test_the_pretraining_model_decodes_only_the_positions_read(tiny_zh_pretrained: Path) -> None:
+    """With `outputs_at`, the encoder's last layer and the vocabulary-sized decoder run at those positions alone:
+    the same logits as decoding every position (within 1e-5: the last layer's products have other shapes)."""
+    model, tok = (
+        BertForPreTraining.from_pretrained(tiny_zh_pretrained).eval(),
+        Tokenizer.from_pretrained(tiny_zh_pretrained),
+    )
+    batch = tok.batch(["今天天气很[MASK]，我们不得不[MASK]消户外运动。", "[MASK]好"])
+    at = batch["input_ids"] == tok.mask_id
+    with torch.inference_mode():
+        every = model(**batch).mlm_logits  # (B, T, V)
+        read = model(**batch, outputs_at=at).mlm_logits  # (P, V)
+    assert read.shape == (3, model.config.vocab_size)
+    assert (read - every[at]).abs().max() <= 1e-5
+    with pytest.raises(BertkitError, match="not both"):
+        model(**batch, mlm_labels=torch.where(at, batch["input_ids"], -100), outputs_at=at)
+    with pytest.raises(BertkitError, match="outputs_at must be a bool tensor"):
+        model(**batch, outputs_at=at.long())
+
+
+def _same_candidates(got: list[dict], want: list[dict], tol: float = 1e-5) -> bool:
+    """Two answers' candidates for one [MASK], best first: scores within `tol` rank by rank, and the same token at
+    every rank whose score stands apart from its neighbours' by more than `tol` (a near-tie may swap)."""
+    scores = [c["score"] for c in want]
+    if len(got) != len(want) or max((abs(g["score"] - s) for g, s in zip(got, scores, strict=True)), default=0) > tol:
+        return False
+    apart = [
+        all(abs(scores[r] - scores[o]) > tol for o in (r - 1, r + 1) if 0 <= o < len(scores))
+        for r in range(len(scores))
+    ]
+    return all(g["token"] == w["token"] for g, w, a in zip(got, want, apart, strict=True) if a)
+
+
+def test_fill_mask_answers_for_many_texts_equal_each_alone_from_one_forward(tiny_zh_pretrained: Path) -> None:
+    """Texts of different lengths, with one to three [MASK]s and top_k of their own (one cut at the model's
+    length, its [MASK] before the cut), answered in one forward pass whose decoder reads the [MASK]s alone: each
+    answer equals the text's answer alone (scores within 1e-5: other batch shapes)."""
+    model, tok = BertForPreTraining.from_pretrained(tiny_zh_pretrained), Tokenizer.from_pretrained(tiny_zh_pretrained)
+    texts = ["今天天气很[MASK]。", "[MASK]", "我们不得不[MASK]消户外运动，[MASK]天再去[MASK]。",
+             "今天天气很[MASK]。" + "我们去公园散步吧。" * 80]  # fmt: skip
+    ks = [3, 1, 5, 2]
+    shapes = []
+    hook = model.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.mlm_logits.shape)))
+    try:
+        together = fill_mask_answers(model, tok, texts, ks)
+    finally:
+        hook.remove()
+    assert shapes == [(6, model.config.vocab_size)]  # one forward; the decoder at the 6 [MASK]s alone
+    for text, k, got in zip(texts, ks, together, strict=True):
+        alone = fill_mask_answer(model, tok, text, top_k=k)
+        assert got.keys() == alone.keys() and got["text"] == text and len(got["masks"]) == len(alone["masks"])
+        assert all(_same_candidates(g, a) for g, a in zip(got["masks"], alone["masks"], strict=True)), (got, alone)
+        assert all(len(m) == k for m in got["masks"])
+    assert together[3]["truncated"] is True
+    assert fill_mask_answers(model, tok, [], 3) == []
+    with pytest.raises(BertkitError, match=r"^texts\[1\]: no \[MASK\] in"):
+        fill_mask_answers(model, tok, ["今天[MASK]", "今天"])
+    with pytest.raises(MaskPastTheCutError, match=r"^texts\[0\]: a \[MASK\] lies past the first"):
+        fill_mask_answers(model, tok, ["我们去公园散步吧。" * 80 + "明天[MASK]雨。"])
+    with pytest.raises(BertkitError, match="top_k gives 2 numbers for 1 texts"):
+        fill_mask_answers(model, tok, ["今天[MASK]"], [1, 2])
+    with pytest.raises(BertkitError, match="must be a list of strings"):
+        fill_mask_answers(model, tok, "今天[MASK]")
 
 
 def test_embeddings_in_chunks_equal_all_at_once(

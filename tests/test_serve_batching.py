@@ -265,20 +265,30 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("task", ["cls", "qa", "embed"])
+@pytest.mark.parametrize("task", ["cls", "qa", "embed", "fill-mask"])
 def test_concurrent_clients_get_the_answers_they_get_alone(tiny_task_models: dict[str, Path], task: str) -> None:
     """Answers computed in a batch of several clients equal those computed alone: same labels and offsets, floats
-    within 1e-5 (a batch's padding and shape change float32 summation order; see test_serve.assert_close)."""
-    if task == "qa":
+    within 1e-5 (a batch's padding and shape change float32 summation order; see test_serve.assert_close). Fill-mask
+    answers each request's texts with its own top_k, all in one forward pass."""
+    if task == "fill-mask":
+        path = "/api/fill-mask"
+        bodies = [
+            {"texts": [t[:2] + "[MASK]" + t[3:], "[MASK]" + t[1:]], "top_k": 1 + n % 3} for n, t in enumerate(TEXTS)
+        ]
+    elif task == "qa":
         path, bodies = "/api/predict", [{"question": "哪里？", "context": t, "id": str(n)} for n, t in enumerate(TEXTS)]
     elif task == "cls":
         path, bodies = "/api/predict", [{"text": t} for t in TEXTS]
     else:
         path, bodies = "/api/embed", [{"texts": [t, t[:2]]} for t in TEXTS]
-    service = Service(tiny_task_models["pretrained" if task == "embed" else task], device="cpu")
+    service = Service(tiny_task_models["pretrained" if task in ("embed", "fill-mask") else task], device="cpu")
+    forwards = []
+    model = service.mlm if task == "fill-mask" else service.encoder
+    hook = model.register_forward_hook(lambda module, args, out: forwards.append(1))
     try:
         with running(service) as url:
             alone = [request(url + path, b) for b in bodies]
+            forwards.clear()
             batches_before = metric(url, "bertkit_batch_size_count")
             # The worker is held busy until all the concurrent requests wait in its queue (on a busy machine they
             # might otherwise arrive one after another): then they share one model call.
@@ -296,9 +306,11 @@ def test_concurrent_clients_get_the_answers_they_get_alone(tiny_task_models: dic
             holder.join()
             batches = metric(url, "bertkit_batch_size_count") - batches_before
     finally:
+        hook.remove()
         service.close()
     assert all(status == 200 for status, _ in alone + together), together
     assert batches == 1  # all the requests shared one model call
+    assert len(forwards) < len(bodies)  # one forward pass per length bucket, not one per request (or per text)
     for (_, a), (_, t) in zip(alone, together, strict=True):
         assert_close(t, a, tol=1e-5)
 

@@ -452,7 +452,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_fill_mask(args: argparse.Namespace) -> None:
-    from bertkit.infer import fill_mask_answer
+    from bertkit.infer import fill_mask_answers, masked_encoding
     from bertkit.machine import pick_device
     from bertkit.tasks.model_dir import open_model_dir
 
@@ -466,12 +466,18 @@ def _cmd_fill_mask(args: argparse.Namespace) -> None:
     texts = args.text or [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not texts:
         raise BertkitError("no text with [MASK] given (as arguments or lines on standard input)")
+    for n, text in enumerate(texts, start=1):  # every text checked before any runs
+        try:
+            masked_encoding(tok, text)
+        except BertkitError as e:
+            raise type(e)(f"text {n}: {e}") from None
     lines = []
-    for n, text in enumerate(texts, start=1):
-        row = fill_mask_answer(model, tok, text, top_k=args.top_k)
-        for candidate in (c for mask in row["masks"] for c in mask):
-            candidate["score"] = round(candidate["score"], 6)
-        lines.append(_json(row, f"{args.model}'s score for text {n}"))
+    for start in range(0, len(texts), INFERENCE_BATCH_SIZE):
+        rows = fill_mask_answers(model, tok, texts[start : start + INFERENCE_BATCH_SIZE], args.top_k)
+        for n, row in enumerate(rows, start=start + 1):
+            for candidate in (c for mask in row["masks"] for c in mask):
+                candidate["score"] = round(candidate["score"], 6)
+            lines.append(_json(row, f"{args.model}'s score for text {n}"))
     print("\n".join(lines))
 
 

@@ -116,7 +116,9 @@ def embed(
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in tokenizer.pad([encodings[i] for i in idx]).items()}
-                hidden = model(**batch).last_hidden_state  # (B, T, H)
+                # [CLS] pooling reads one token: the last layer computes its row alone (an ONNX graph, all rows).
+                at = _cls_only(batch["input_ids"]) if pooling == "cls" else None
+                hidden = model(**batch, outputs_at=at).last_hidden_state  # (B, T, H)
                 vec = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
                 if normalize:
                     vec = torch.nn.functional.normalize(vec, p=2, dim=-1)
@@ -132,6 +134,17 @@ def embed(
             f"({bad.size} of {len(out)} texts), so no vectors are returned; its weights overflow on this input"
         )
     return out
+
+
+class MaskPastTheCutError(BertkitError):
+    """A text whose [MASK] lies past the tokens the model reads: too long for fill-mask as it stands."""
+
+
+def _cls_only(input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: True at each sequence's first token, [CLS]."""
+    at = torch.zeros_like(input_ids, dtype=torch.bool)
+    at[:, 0] = True
+    return at
 
 
 def mask_past_the_cut(tokenizer: Tokenizer, enc: Encoding) -> bool:
@@ -152,54 +165,107 @@ def fill_mask(
 ) -> list[list[tuple[str, float]]]:
     """For each `[MASK]` in `text`, the `top_k` most likely tokens with their probabilities (special tokens
     excluded), as the masked-LM head predicts them."""
-    return _fill_mask(model, tokenizer, text, top_k)[0]
+    _check_fill_mask_model(model)
+    enc = masked_encoding(tokenizer, text)
+    return _candidates(model, tokenizer, [text], [enc], [as_whole_number(top_k, "top_k")])[0]
 
 
 def fill_mask_answer(model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int = TOP_K) -> dict:
     """One text's fill-mask answer as the CLI prints it and the server sends it: {"text", "masks": one list of
     {"token", "score"} per [MASK], best first}, and "truncated": true for a text longer than the model reads (its
     [MASK]s all lie before the cut, or it is refused, but the context after the cut was not seen)."""
-    masks, cut = _fill_mask(model, tokenizer, text, top_k)
-    answer = {"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]}
-    return {**answer, "truncated": True} if cut else answer
+    _check_fill_mask_model(model)
+    enc = masked_encoding(tokenizer, text)
+    return _answer(text, enc, _candidates(model, tokenizer, [text], [enc], [as_whole_number(top_k, "top_k")])[0])
 
 
 @torch.inference_mode()
-def _fill_mask(
-    model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int
-) -> tuple[list[list[tuple[str, float]]], bool]:
-    """`fill_mask`'s candidates, and whether `text` was cut at the model's maximum length."""
+def fill_mask_answers(
+    model: BertForPreTraining, tokenizer: Tokenizer, texts: Sequence[str], top_k: int | Sequence[int] = TOP_K
+) -> list[dict]:
+    """`fill_mask_answer` for each of `texts` (`top_k` one number, or one per text), from one forward pass over
+    them all: a padded batch, whose encoder's last layer and decoder compute the [MASK] positions alone. A text
+    that cannot be answered is refused before anything runs, the error naming it (texts[n])."""
+    _check_fill_mask_model(model)
+    check_texts(texts, "texts", each=False)
+    ks = [top_k] * len(texts) if isinstance(top_k, int) or not isinstance(top_k, Sequence) else list(top_k)
+    if len(ks) != len(texts):
+        raise BertkitError(f"top_k gives {len(ks)} numbers for {len(texts)} texts: give one, or one per text")
+    encodings = []
+    for n, text in enumerate(texts):
+        try:
+            encodings.append(masked_encoding(tokenizer, text))
+            ks[n] = as_whole_number(ks[n], "top_k")
+        except BertkitError as e:  # of its kind: a [MASK] past the cut is too much work for a server, not bad input
+            raise type(e)(f"texts[{n}]: {e}") from None
+    if not texts:
+        return []
+    found = _candidates(model, tokenizer, texts, encodings, ks)
+    return [_answer(t, enc, c) for t, enc, c in zip(texts, encodings, found, strict=True)]
+
+
+def masked_encoding(tokenizer: Tokenizer, text: str) -> Encoding:
+    """`text` as fill-mask reads it (cut at the model's maximum length); a BertkitError for a text that is not a
+    string or holds no [MASK], a MaskPastTheCutError for one with a [MASK] past the cut."""
+    if not isinstance(text, str):
+        raise BertkitError(f"text must be a string, got {type(text).__name__}")
+    enc = tokenizer.encode(text)
+    if mask_past_the_cut(tokenizer, enc):  # first: the text's only [MASK] may lie past the cut
+        raise MaskPastTheCutError(mask_past_the_cut_message(enc))
+    if tokenizer.mask_id not in enc.input_ids:
+        raise BertkitError(f"no [MASK] in {shown(text)}: write [MASK] where a token should be predicted")
+    return enc
+
+
+def _check_fill_mask_model(model: BertForPreTraining) -> None:
     torch_model = isinstance(model, torch.nn.Module)  # or its ONNX export (bertkit.onnx_model), called alike
     if (torch_model and not isinstance(model, BertForPreTraining)) or not callable(model):
         raise BertkitError(f"fill-mask needs a pre-trained model with its masked-LM head (a BertForPreTraining: "
                            f"open_model_dir(dir).mlm, where the directory holds that head), got "
                            f"{type(model).__name__}")  # fmt: skip
-    if not isinstance(text, str):
-        raise BertkitError(f"text must be a string, got {type(text).__name__}")
-    top_k = as_whole_number(top_k, "top_k")
     untrained = [n for n in getattr(model, "fresh_parameters", []) if n.startswith("mlm.")]
     if untrained:  # loaded from an encoder-only directory: its answers would be random
         raise BertkitError(f"the model's masked-LM head was not in its checkpoint ({untrained[0]} started at "
                            "random): fill-mask needs a pre-trained model with that head")  # fmt: skip
+
+
+def _answer(text: str, enc: Encoding, masks: list[list[tuple[str, float]]]) -> dict:
+    answer = {"text": text, "masks": [[{"token": t, "score": p} for t, p in m] for m in masks]}
+    return {**answer, "truncated": True} if enc.truncated else answer
+
+
+@torch.inference_mode()
+def _candidates(
+    model: BertForPreTraining,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    encodings: list[Encoding],
+    top_ks: list[int],
+) -> list[list[list[tuple[str, float]]]]:
+    """Per text (its encoding, its top_k), per [MASK], its `top_k` candidates (token, probability), from one
+    forward pass."""
     model.eval()
-    enc = tokenizer.encode(text)
-    positions = [i for i, t in enumerate(enc.input_ids) if t == tokenizer.mask_id]
-    if mask_past_the_cut(tokenizer, enc):  # first: the text's only [MASK] may lie past the cut
-        raise BertkitError(mask_past_the_cut_message(enc))
-    if not positions:
-        raise BertkitError(f"no [MASK] in {shown(text)}: write [MASK] where a token should be predicted")
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in tokenizer.pad([enc]).items()}
-    logits = model(**batch).mlm_logits[0, positions].float()  # (M, V)
+    batch = {k: v.to(device) for k, v in tokenizer.pad(encodings).items()}
+    at = (batch["input_ids"] == tokenizer.mask_id) & batch["attention_mask"].bool()  # (B, T) the [MASK]s
+    # A PyTorch model decodes the [MASK]s alone, (P, V); an ONNX export decodes every position, (B, T, V).
+    logits = model(**batch, outputs_at=at).mlm_logits
+    logits = (logits[at] if logits.dim() == 3 else logits).float()  # (P, V), in row order
     logits[:, sorted(tokenizer.special_ids)] = -torch.inf
     probs = logits.softmax(-1)
-    if not torch.isfinite(probs).all():
-        raise NonFiniteOutputError(
-            f"the model computed NaN or infinite scores for {shown(text)}: its weights are unusable"
-        )
-    top = probs.topk(min(top_k, probs.shape[-1] - len(tokenizer.special_ids)), dim=-1)  # never a special token
-    candidates = [
-        [(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist(), strict=True)]
-        for ps, ids in zip(top.values, top.indices, strict=True)
-    ]
-    return candidates, enc.truncated
+    most = min(max(top_ks), probs.shape[-1] - len(tokenizer.special_ids))  # never a special token
+    top = probs.topk(most, dim=-1)
+    values, indices = top.values.tolist(), top.indices.tolist()
+    finite = torch.isfinite(probs).all(-1).tolist()
+    out, row = [], 0
+    for text, k, masks in zip(texts, top_ks, at.sum(1).tolist(), strict=True):
+        if not all(finite[row : row + masks]):
+            raise NonFiniteOutputError(
+                f"the model computed NaN or infinite scores for {shown(text)}: its weights are unusable"
+            )
+        out.append([
+            [(tokenizer.vocab[i], p) for p, i in zip(values[r][:k], indices[r][:k], strict=True)]
+            for r in range(row, row + masks)
+        ])  # fmt: skip
+        row += masks
+    return out

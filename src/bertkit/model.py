@@ -1127,24 +1127,35 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
         attention_mask: torch.Tensor | None = None,
         mlm_labels: torch.Tensor | None = None,
         nsp_labels: torch.Tensor | None = None,
+        outputs_at: torch.Tensor | None = None,
     ) -> PreTrainingOutput:
         """The encoder's inputs (see `BertModel.forward`), and optionally the labels that make the losses:
         `mlm_labels` (B, T) the original token id where a position is predicted, -100 elsewhere; `nsp_labels` (B,)
-        0 when text B follows text A, 1 when it is a random text. With `mlm_labels` the decoder runs on the
-        predicted positions alone, so `mlm_logits` is (P, V) for them, in row order; without, (B, T, V)."""
+        0 when text B follows text A, 1 when it is a random text. With `mlm_labels`, or without labels `outputs_at`
+        (B, T) bool, the positions whose predictions the caller reads (fill-mask's [MASK]s), the decoder runs on
+        those positions alone, so `mlm_logits` is (P, V) for them, in row order; otherwise (B, T, V)."""
         chosen = None  # (B, T) the predicted positions: the encoder's last layer computes only there (and [CLS])
         if mlm_labels is not None:
+            if outputs_at is not None:
+                raise BertkitError("pass mlm_labels or outputs_at, not both: with labels, the labelled positions "
+                                   "are those the decoder reads")  # fmt: skip
             check_inputs(self.config, input_ids, token_type_ids, attention_mask)  # the inputs before their labels
             check_labels("mlm_labels", mlm_labels, tuple(input_ids.shape), self.config.vocab_size, IGNORE_INDEX)
             chosen = mlm_labels != IGNORE_INDEX
+        elif outputs_at is not None:
+            check_inputs(self.config, input_ids, token_type_ids, attention_mask)
+            check_positions("outputs_at", outputs_at, input_ids)
+            chosen = outputs_at
         out = self.bert(input_ids, token_type_ids, attention_mask, outputs_at=chosen)
         if nsp_labels is not None:
             check_labels("nsp_labels", nsp_labels, tuple(input_ids.shape[:1]), 2)
         h = out.last_hidden_state  # (B, T, H)
         nsp_logits = self.nsp(out.pooler_output)  # (B, 2)
         mlm_loss = nsp_loss = loss = None
-        if mlm_labels is None:
+        if chosen is None:
             mlm_logits = self.mlm(h)  # (B, T, V)
+        elif mlm_labels is None:
+            mlm_logits = self.mlm(h[chosen])  # (P, V)
         else:
             # Only ~15% of positions are predicted: run the vocabulary-sized decoder on those alone.
             picked = h[chosen]  # (P, H)

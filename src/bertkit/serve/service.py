@@ -21,12 +21,12 @@ import torch
 from bertkit.constants import TOP_K
 from bertkit.errors import BertkitError, shown
 from bertkit.infer import (
+    MaskPastTheCutError,
     embed,
     embedding_length,
     embedding_settings,
-    fill_mask_answer,
-    mask_past_the_cut,
-    mask_past_the_cut_message,
+    fill_mask_answers,
+    masked_encoding,
 )
 from bertkit.machine import (
     CpuElsewhere,
@@ -97,7 +97,8 @@ class Service:
         self.mlm = opened.mlm
         self.task_model = opened.task_model  # None: a pre-trained or plain encoder (fill-mask, embed)
         predictor = self.task_model.model if self.task_model else None
-        self._slack = {"predict": _bucket_slack(predictor), "embed": _bucket_slack(self.encoder)}
+        self._slack = {"predict": _bucket_slack(predictor), "embed": _bucket_slack(self.encoder),
+                       "fill-mask": _bucket_slack(self.mlm)}  # fmt: skip
         # PyTorch on the CPU: the model runs on the cores other work leaves it (see `threads_beside`), at most on
         # the intra-op threads it had when opened. onnxruntime's thread pool is fixed when its session is made.
         self._elsewhere: CpuElsewhere | None = None
@@ -247,12 +248,15 @@ class Service:
         _check_texts(texts)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
             raise BertkitError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {shown(top_k)}")
-        tok = self.tokenizer
-        cut = tok.encode_batch(texts)  # as fill_mask reads them: cut at the model's maximum length
-        for n, enc in enumerate(cut):
-            if mask_past_the_cut(tok, enc):
-                raise WorkTooLarge(f"texts[{n}]: {mask_past_the_cut_message(enc)}")
-        return "fill-mask", (texts, top_k), sum(len(e) for e in cut), len(texts)
+        lengths = []
+        for n, text in enumerate(texts):
+            try:
+                lengths.append(len(masked_encoding(self.tokenizer, text)))  # as fill-mask reads it: cut to fit
+            except MaskPastTheCutError as e:
+                raise WorkTooLarge(f"texts[{n}]: {e}") from None
+            except BertkitError as e:
+                raise BertkitError(f"texts[{n}]: {e}") from None
+        return "fill-mask", (texts, top_k, lengths), sum(lengths), len(texts)
 
     def prepare_embed(self, texts: Any) -> tuple[str, Any, int, int]:
         """(kind, payload, tokens, rows) of an embed request (texts cut at the model's maximum length, and the
@@ -296,7 +300,7 @@ class Service:
         if kind == "embed":
             return self._embed_batch(payloads)
         if kind == "fill-mask":
-            return [self._fill_mask_one(texts, top_k) for texts, top_k in payloads]
+            return self._fill_mask_batch(payloads)
         raise ValueError(f"unknown kind of work {kind!r}")
 
     def _fit_threads(self, elsewhere: CpuElsewhere) -> None:
@@ -332,14 +336,27 @@ class Service:
             answers.append({"embeddings": vectors, "dim": len(vectors[0]), **({"truncated": cut} if cut else {})})
         return answers
 
-    def _fill_mask_one(self, texts: list[str], top_k: int) -> list[dict] | BertkitError:
-        out = []
-        for n, text in enumerate(texts):
-            try:
-                out.append(fill_mask_answer(self.mlm, self.tokenizer, text, top_k=top_k))  # type: ignore[arg-type]
-            except BertkitError as e:  # the same kind of error (bad input, or a model that overflows)
-                return type(e)(f"texts[{n}]: {e}")
-        return out
+    def _fill_mask_batch(self, payloads: Sequence[tuple[list[str], int, list[int]]]) -> list[Any]:
+        """The answer of each fill-mask request, from forward passes over all their texts (length buckets, each
+        text with its request's top_k). Should the model overflow on a text, each request runs alone, so that only
+        its own answer is the error."""
+        items = [(text, top_k) for texts, top_k, _ in payloads for text in texts]
+        lengths = [n for _, _, counts in payloads for n in counts]
+
+        def run(part: list[tuple[str, int]]) -> list[dict]:
+            return fill_mask_answers(self.mlm, self.tokenizer, [t for t, _ in part], [k for _, k in part])  # type: ignore[arg-type]
+
+        try:
+            rows = run_bucketed(items, lengths, run, self._slack["fill-mask"])
+        except BertkitError:
+            return [self._fill_mask_alone(texts, top_k) for texts, top_k, _ in payloads]
+        return _split(rows, [len(texts) for texts, _, _ in payloads])
+
+    def _fill_mask_alone(self, texts: list[str], top_k: int) -> list[dict] | BertkitError:
+        try:
+            return fill_mask_answers(self.mlm, self.tokenizer, texts, top_k)  # type: ignore[arg-type]
+        except BertkitError as e:  # the same kind of error (bad input, or a model that overflows)
+            return e
 
 
 def check_precision(precision: str, device: torch.device) -> None:
