@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bertkit import BertForPreTraining, BertkitError, Tokenizer
 from bertkit.infer import MaskPastTheCutError, embedding_settings, fill_mask, fill_mask_answer, fill_mask_answers
@@ -158,6 +160,33 @@ def test_fill_mask_answers_for_many_texts_equal_each_alone_from_one_forward(tiny
         fill_mask_answers(model, tok, ["今天[MASK]"], [1, 2])
     with pytest.raises(BertkitError, match="must be a list of strings"):
         fill_mask_answers(model, tok, "今天[MASK]")
+
+
+# Pieces a fill-mask text is made of: Chinese, Latin words, digits, punctuation, a [MASK].
+_PIECES = st.sampled_from(
+    ["今天", "天气", "很", "好", "我们", "公园", "hello", "world", " ", "42", "，", "。", "!", "[MASK]"]
+)
+_MASKED_TEXT = st.lists(_PIECES, min_size=0, max_size=40).map(lambda p: "".join(p) + "[MASK]")
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(st.tuples(_MASKED_TEXT, st.integers(1, 8)), min_size=1, max_size=6))
+def test_fill_mask_answers_in_a_batch_equal_each_alone_for_any_texts(
+    tiny_fill_mask: tuple[BertForPreTraining, Tokenizer], texts: list[tuple[str, int]]
+) -> None:
+    """Any texts (mixed scripts, several [MASK]s, lengths 1 to ~120 tokens) with their own top_k: each answer in a
+    batch equals the text's answer alone (see `_same_candidates`)."""
+    model, tok = tiny_fill_mask
+    together = fill_mask_answers(model, tok, [t for t, _ in texts], [k for _, k in texts])
+    for (text, k), got in zip(texts, together, strict=True):
+        alone = fill_mask_answer(model, tok, text, top_k=k)
+        assert len(got["masks"]) == len(alone["masks"]) == text.count("[MASK]")
+        assert all(_same_candidates(g, a) for g, a in zip(got["masks"], alone["masks"], strict=True)), text
+
+
+@pytest.fixture(scope="module")
+def tiny_fill_mask(tiny_zh_pretrained: Path) -> tuple[BertForPreTraining, Tokenizer]:
+    return BertForPreTraining.from_pretrained(tiny_zh_pretrained), Tokenizer.from_pretrained(tiny_zh_pretrained)
 
 
 def test_embeddings_in_chunks_equal_all_at_once(
