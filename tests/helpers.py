@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -75,6 +76,26 @@ def bertkit_command(*argv: str | Path, processes: int = 1) -> list[str]:
         return [*BERTKIT_COMMAND, *map(str, argv)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     return [*torchrun, *BERTKIT_COMMAND[1:], *map(str, argv)]
+
+
+def start_bertkit(*argv: str | Path) -> subprocess.Popen:
+    """`bertkit ARGV` started as a process, its output piped, for a test that interrupts it (see `interrupt`).
+    PYTHONFAULTHANDLER makes it print every thread's Python stack should it be aborted."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    return subprocess.Popen(bertkit_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def interrupt(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """Send Ctrl-C (SIGINT) to `proc`, a `start_bertkit` process, and return its standard error once it has ended.
+    One still running `timeout` seconds later is aborted (SIGABRT), and the test fails with the stacks it prints:
+    a process that hangs after Ctrl-C says where."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=60)
+        pytest.fail(f"still running {timeout:.0f} s after Ctrl-C; its standard error and stacks:\n{err[-8000:]}")
 
 
 def run_bertkit(

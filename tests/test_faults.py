@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import bertkit_command, training_leftovers
+from helpers import bertkit_command, interrupt, start_bertkit, training_leftovers
 from safetensors.torch import load_file
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
@@ -569,13 +569,12 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_the_same_command_free_to_star
     command, out, args = either_run
     args += ["--max-steps", "2000", "--save-every" if command == "pretrain" else "--eval-every", "1000"]
     logged = out / ("metrics.jsonl" if command == "pretrain" else "training/metrics.jsonl")
-    proc = subprocess.Popen(bertkit_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_bertkit(*args)
     deadline = time.time() + 120
     while not logged.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    err = interrupt(proc)
     assert proc.returncode == 130 and "before its first checkpoint: run the same command again" in err, err
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())  # as the run found it: not there
     args[args.index("--max-steps") + 1] = "2"
@@ -587,12 +586,11 @@ def test_finetune_saves_checkpoints_between_evaluations(tmp_path: Path, cls_data
     # Checkpoints came only with evaluations (once per epoch): Ctrl-C in a long epoch kept nothing to resume.
     out = tmp_path / "out"
     args = finetune_args(cls_data, out, "--max-steps", "2000", "--eval-every", "1000", "--save-every", "3")
-    proc = subprocess.Popen(bertkit_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_bertkit(*args)
     deadline = time.time() + 120
     while latest_checkpoint(out / "training") is None and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    err = interrupt(proc)
     assert proc.returncode == 130 and "the same command with --resume (not --overwrite) resumes it" in err, err
     args[args.index("--max-steps") + 1] = str(int(latest_checkpoint(out / "training").name.split("-")[1]) + 2)
     code, out_text, err = bertkit(*args, "--resume")

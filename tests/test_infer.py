@@ -158,6 +158,14 @@ def test_fill_mask_answers_for_many_texts_equal_each_alone_from_one_forward(tiny
         fill_mask_answers(model, tok, ["我们去公园散步吧。" * 80 + "明天[MASK]雨。"])
     with pytest.raises(BertkitError, match="top_k gives 2 numbers for 1 texts"):
         fill_mask_answers(model, tok, ["今天[MASK]"], [1, 2])
+    for top_k, said in (("12", "top_k must be a whole number of 1 or more, got '12'"), (0, "^top_k must be"),
+                        ([3, 0], r"^top_k\[1\] must be")):  # fmt: skip
+        with pytest.raises(BertkitError, match=said):  # one value (a string is not one per text), or one per text
+            fill_mask_answers(model, tok, ["今天[MASK]", "明天[MASK]"], top_k)
+    with pytest.raises(BertkitError, match=r"^top_k must be"):  # checked even with no text
+        fill_mask_answers(model, tok, [], 0)
+    small = fill_mask_answers(model, tok, texts, ks, batch_size=2)  # two forward passes of similar lengths
+    assert [len(m) for a in small for m in a["masks"]] == [len(m) for a in together for m in a["masks"]]
     with pytest.raises(BertkitError, match="must be a list of strings"):
         fill_mask_answers(model, tok, "今天[MASK]")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import threading
 import time
@@ -268,8 +269,8 @@ TEXTS = [
 @pytest.mark.parametrize("task", ["cls", "qa", "embed", "fill-mask"])
 def test_concurrent_clients_get_the_answers_they_get_alone(tiny_task_models: dict[str, Path], task: str) -> None:
     """Answers computed in a batch of several clients equal those computed alone: same labels and offsets, floats
-    within 1e-5 (a batch's padding and shape change float32 summation order; see test_serve.assert_close). Fill-mask
-    answers each request's texts with its own top_k, all in one forward pass."""
+    within 1e-5 (a batch's padding and shape change float32 summation order; see test_serve.assert_close), from
+    forward passes the requests share (one per length bucket); fill-mask's with each request's own top_k."""
     if task == "fill-mask":
         path = "/api/fill-mask"
         bodies = [
@@ -313,6 +314,35 @@ def test_concurrent_clients_get_the_answers_they_get_alone(tiny_task_models: dic
     assert len(forwards) < len(bodies)  # one forward pass per length bucket, not one per request (or per text)
     for (_, a), (_, t) in zip(alone, together, strict=True):
         assert_close(t, a, tol=1e-5)
+
+
+def test_a_fill_mask_batch_that_overflows_fails_only_the_request_that_caused_it(
+    tiny_task_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Finite position embeddings so large from position 12 on that a longer text's activations overflow: a batch
+    of two fill-mask requests, one of short texts and one with a long text, answers the short ones (as they are
+    answered alone) and fails only the other, naming its text (a 500 for that client alone)."""
+    from bertkit import BertForPreTraining
+    from bertkit.errors import NonFiniteOutputError
+
+    model_dir = tmp_path / "long_overflows"
+    shutil.copytree(tiny_task_models["pretrained"], model_dir)
+    model = BertForPreTraining.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.bert.embeddings.position_embeddings.weight[12:] = 3e38
+    model.save_pretrained(model_dir)
+    service = Service(model_dir, device="cpu")
+    try:
+        short = service.prepare_fill_mask(["今天[MASK]好", "[MASK]天"], 3)
+        long = service.prepare_fill_mask(["好[MASK]", "今天天气很[MASK]，我们不得不取消户外运动。"], 2)
+        answers = service.batcher.call(lambda: service._run_batch("fill-mask", [short[1], long[1]]))
+        alone = service.fill_mask(["今天[MASK]好", "[MASK]天"], 3)
+    finally:
+        service.close()
+    assert answers[0] == alone  # exactly: after the failed batch each request runs alone, as here
+    assert isinstance(answers[1], NonFiniteOutputError) and str(answers[1]).startswith(
+        "the model computed NaN or infinite scores for texts[1], "
+    ), answers[1]
 
 
 def test_bf16_runs_large_batches_in_bf16_with_answers_near_fp32(tiny_task_models: dict[str, Path], monkeypatch) -> None:

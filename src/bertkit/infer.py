@@ -117,8 +117,8 @@ def embed(
                 idx = order[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in tokenizer.pad([encodings[i] for i in idx]).items()}
                 # [CLS] pooling reads one token: the last layer computes its row alone (an ONNX graph, all rows).
-                at = _cls_only(batch["input_ids"]) if pooling == "cls" else None
-                hidden = model(**batch, outputs_at=at).last_hidden_state  # (B, T, H)
+                read = {"outputs_at": _cls_only(batch["input_ids"])} if pooling == "cls" else {}
+                hidden = model(**batch, **read).last_hidden_state  # (B, T, H)
                 vec = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
                 if normalize:
                     vec = torch.nn.functional.normalize(vec, p=2, dim=-1)
@@ -165,43 +165,60 @@ def fill_mask(
 ) -> list[list[tuple[str, float]]]:
     """For each `[MASK]` in `text`, the `top_k` most likely tokens with their probabilities (special tokens
     excluded), as the masked-LM head predicts them."""
-    _check_fill_mask_model(model)
-    enc = masked_encoding(tokenizer, text)
-    return _candidates(model, tokenizer, [text], [enc], [as_whole_number(top_k, "top_k")])[0]
+    return _fill_mask_one(model, tokenizer, text, top_k)[1]
 
 
 def fill_mask_answer(model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int = TOP_K) -> dict:
     """One text's fill-mask answer as the CLI prints it and the server sends it: {"text", "masks": one list of
     {"token", "score"} per [MASK], best first}, and "truncated": true for a text longer than the model reads (its
     [MASK]s all lie before the cut, or it is refused, but the context after the cut was not seen)."""
-    _check_fill_mask_model(model)
-    enc = masked_encoding(tokenizer, text)
-    return _answer(text, enc, _candidates(model, tokenizer, [text], [enc], [as_whole_number(top_k, "top_k")])[0])
+    return _answer(text, *_fill_mask_one(model, tokenizer, text, top_k))
 
 
 @torch.inference_mode()
 def fill_mask_answers(
-    model: BertForPreTraining, tokenizer: Tokenizer, texts: Sequence[str], top_k: int | Sequence[int] = TOP_K
+    model: BertForPreTraining,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    top_k: int | list[int] | tuple[int, ...] = TOP_K,
+    batch_size: int = INFERENCE_BATCH_SIZE,
 ) -> list[dict]:
-    """`fill_mask_answer` for each of `texts` (`top_k` one number, or one per text), from one forward pass over
-    them all: a padded batch, whose encoder's last layer and decoder compute the [MASK] positions alone. A text
-    that cannot be answered is refused before anything runs, the error naming it (texts[n])."""
+    """`fill_mask_answer` for each of `texts` (`top_k` one number, or a list of one per text), `batch_size` texts
+    of similar length per forward pass, whose encoder's last layer and decoder compute the [MASK] positions alone.
+    A text that cannot be answered is refused before anything runs, the error naming it (texts[n])."""
     _check_fill_mask_model(model)
     check_texts(texts, "texts", each=False)
-    ks = [top_k] * len(texts) if isinstance(top_k, int) or not isinstance(top_k, Sequence) else list(top_k)
-    if len(ks) != len(texts):
-        raise BertkitError(f"top_k gives {len(ks)} numbers for {len(texts)} texts: give one, or one per text")
+    batch_size = as_whole_number(batch_size, "batch_size")
+    if isinstance(top_k, list | tuple):
+        if len(top_k) != len(texts):
+            raise BertkitError(f"top_k gives {len(top_k)} numbers for {len(texts)} texts: give one, or one per text")
+        ks = [as_whole_number(k, f"top_k[{n}]") for n, k in enumerate(top_k)]
+    else:
+        ks = [as_whole_number(top_k, "top_k")] * len(texts)
     encodings = []
     for n, text in enumerate(texts):
         try:
             encodings.append(masked_encoding(tokenizer, text))
-            ks[n] = as_whole_number(ks[n], "top_k")
         except BertkitError as e:  # of its kind: a [MASK] past the cut is too much work for a server, not bad input
             raise type(e)(f"texts[{n}]: {e}") from None
-    if not texts:
-        return []
-    found = _candidates(model, tokenizer, texts, encodings, ks)
-    return [_answer(t, enc, c) for t, enc, c in zip(texts, encodings, found, strict=True)]
+    answers: list[dict] = [{}] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: -len(encodings[i]))  # longest first: little padding per batch
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        found = _candidates(model, tokenizer, [encodings[i] for i in idx], [ks[i] for i in idx],
+                            [f"texts[{i}], {shown(texts[i])}" for i in idx])  # fmt: skip
+        for i, candidates in zip(idx, found, strict=True):
+            answers[i] = _answer(texts[i], encodings[i], candidates)
+    return answers
+
+
+def _fill_mask_one(
+    model: BertForPreTraining, tokenizer: Tokenizer, text: str, top_k: int
+) -> tuple[Encoding, list[list[tuple[str, float]]]]:
+    """One text's encoding and its candidates per [MASK]."""
+    _check_fill_mask_model(model)
+    enc = masked_encoding(tokenizer, text)
+    return enc, _candidates(model, tokenizer, [enc], [as_whole_number(top_k, "top_k")], [shown(text)])[0]
 
 
 def masked_encoding(tokenizer: Tokenizer, text: str) -> Encoding:
@@ -236,14 +253,10 @@ def _answer(text: str, enc: Encoding, masks: list[list[tuple[str, float]]]) -> d
 
 @torch.inference_mode()
 def _candidates(
-    model: BertForPreTraining,
-    tokenizer: Tokenizer,
-    texts: Sequence[str],
-    encodings: list[Encoding],
-    top_ks: list[int],
+    model: BertForPreTraining, tokenizer: Tokenizer, encodings: list[Encoding], top_ks: list[int], names: list[str]
 ) -> list[list[list[tuple[str, float]]]]:
-    """Per text (its encoding, its top_k), per [MASK], its `top_k` candidates (token, probability), from one
-    forward pass."""
+    """Per encoding (with its top_k, and how an error names its text), per [MASK], its `top_k` candidates (token,
+    probability), from one forward pass."""
     model.eval()
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in tokenizer.pad(encodings).items()}
@@ -258,10 +271,10 @@ def _candidates(
     values, indices = top.values.tolist(), top.indices.tolist()
     finite = torch.isfinite(probs).all(-1).tolist()
     out, row = [], 0
-    for text, k, masks in zip(texts, top_ks, at.sum(1).tolist(), strict=True):
+    for k, name, masks in zip(top_ks, names, at.sum(1).tolist(), strict=True):
         if not all(finite[row : row + masks]):
             raise NonFiniteOutputError(
-                f"the model computed NaN or infinite scores for {shown(text)}: its weights are unusable"
+                f"the model computed NaN or infinite scores for {name}: its weights are unusable"
             )
         out.append([
             [(tokenizer.vocab[i], p) for p, i in zip(values[r][:k], indices[r][:k], strict=True)]

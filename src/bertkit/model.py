@@ -183,9 +183,17 @@ _PACKS: dict[tuple[int, int, int], tuple[weakref.ref, tuple, torch.Tensor]] = {}
 
 
 def _plain(layer: nn.Module) -> bool:
-    """Whether `layer` is an nn.Linear as torch makes it (not replaced by a quantized or adapted layer, no hooks of
-    its own), so that its product may be computed from its weight and bias directly."""
-    return type(layer) is nn.Linear and not layer._forward_hooks and not layer._forward_pre_hooks
+    """Whether `layer` is an nn.Linear as torch makes it (not replaced by a quantized or adapted layer, no forward
+    hooks of its own or for every module), so that its product may be computed from its weight and bias directly."""
+    hooked = layer._forward_hooks or layer._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]
+    return type(layer) is nn.Linear and not hooked
+
+
+# The forward hooks `nn.modules.module.register_module_forward_(pre_)hook` sets for every module (private names of
+# torch's: where a version lacks them, none).
+_GLOBAL_HOOKS = tuple(
+    getattr(nn.modules.module, name, {}) for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
+)
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -843,7 +851,7 @@ class PreTrainingOutput:
     loss: torch.Tensor | None
     mlm_loss: torch.Tensor | None
     nsp_loss: torch.Tensor | None
-    mlm_logits: torch.Tensor  # (B, T, V) without labels; (P, V) at the chosen positions with labels
+    mlm_logits: torch.Tensor  # (B, T, V); (P, V) at the labelled positions, or at outputs_at's
     nsp_logits: torch.Tensor  # (B, 2)
 
 
@@ -1142,9 +1150,7 @@ class BertForPreTraining(nn.Module, PreTrainedMixin):
             check_inputs(self.config, input_ids, token_type_ids, attention_mask)  # the inputs before their labels
             check_labels("mlm_labels", mlm_labels, tuple(input_ids.shape), self.config.vocab_size, IGNORE_INDEX)
             chosen = mlm_labels != IGNORE_INDEX
-        elif outputs_at is not None:
-            check_inputs(self.config, input_ids, token_type_ids, attention_mask)
-            check_positions("outputs_at", outputs_at, input_ids)
+        elif outputs_at is not None:  # checked by the encoder, before anything reads it
             chosen = outputs_at
         out = self.bert(input_ids, token_type_ids, attention_mask, outputs_at=chosen)
         if nsp_labels is not None:

@@ -344,7 +344,8 @@ class Service:
         lengths = [n for _, _, counts in payloads for n in counts]
 
         def run(part: list[tuple[str, int]]) -> list[dict]:
-            return fill_mask_answers(self.mlm, self.tokenizer, [t for t, _ in part], [k for _, k in part])  # type: ignore[arg-type]
+            texts, ks = [t for t, _ in part], [k for _, k in part]
+            return fill_mask_answers(self.mlm, self.tokenizer, texts, ks, batch_size=len(part))  # type: ignore[arg-type]
 
         try:
             rows = run_bucketed(items, lengths, run, self._slack["fill-mask"])
