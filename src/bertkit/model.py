@@ -184,16 +184,10 @@ _PACKS: dict[tuple[int, int, int], tuple[weakref.ref, tuple, torch.Tensor]] = {}
 
 def _plain(layer: nn.Module) -> bool:
     """Whether `layer` is an nn.Linear as torch makes it (not replaced by a quantized or adapted layer, no forward
-    hooks of its own or for every module), so that its product may be computed from its weight and bias directly."""
-    hooked = layer._forward_hooks or layer._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]
-    return type(layer) is nn.Linear and not hooked
-
-
-# The forward hooks `nn.modules.module.register_module_forward_(pre_)hook` sets for every module (private names of
-# torch's: where a version lacks them, none).
-_GLOBAL_HOOKS = tuple(
-    getattr(nn.modules.module, name, {}) for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
-)
+    hooks of its own), so that its product may be computed from its weight and bias directly. Hooks set for every
+    module (`register_module_forward_hook`, as torch's FLOP counter and module tracker set them) are not asked:
+    they would change what is computed while it is being measured."""
+    return type(layer) is nn.Linear and not layer._forward_hooks and not layer._forward_pre_hooks
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
