@@ -168,6 +168,12 @@ def test_fill_mask_answers_for_many_texts_equal_each_alone_from_one_forward(tiny
     assert [len(m) for a in small for m in a["masks"]] == [len(m) for a in together for m in a["masks"]]
     with pytest.raises(BertkitError, match="must be a list of strings"):
         fill_mask_answers(model, tok, "今天[MASK]")
+    with pytest.raises(BertkitError, match="encodings gives 0 for 1 texts"):
+        fill_mask_answers(model, tok, ["今天[MASK]"], encodings=[])
+    made = [tok.encode(t) for t in texts]  # a caller's own encodings: the same answers
+    assert [a["masks"] for a in fill_mask_answers(model, tok, texts, ks, encodings=made)] == [
+        a["masks"] for a in together
+    ]
 
 
 # Pieces a fill-mask text is made of: Chinese, Latin words, digits, punctuation, a [MASK].

@@ -466,13 +466,14 @@ def _cmd_fill_mask(args: argparse.Namespace) -> None:
     texts = args.text or [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not texts:
         raise BertkitError("no text with [MASK] given (as arguments or lines on standard input)")
+    encodings = []
     for n, text in enumerate(texts, start=1):  # every text checked before any runs, named as the lines below
         try:
-            masked_encoding(tok, text)
+            encodings.append(masked_encoding(tok, text))
         except BertkitError as e:
             raise type(e)(f"text {n}: {e}") from None
     lines = []
-    for n, row in enumerate(fill_mask_answers(model, tok, texts, args.top_k), start=1):
+    for n, row in enumerate(fill_mask_answers(model, tok, texts, args.top_k, encodings=encodings), start=1):
         for candidate in (c for mask in row["masks"] for c in mask):
             candidate["score"] = round(candidate["score"], 6)
         lines.append(_json(row, f"{args.model}'s score for text {n}"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -182,10 +182,13 @@ def fill_mask_answers(
     texts: Sequence[str],
     top_k: int | list[int] | tuple[int, ...] = TOP_K,
     batch_size: int = INFERENCE_BATCH_SIZE,
+    encodings: list[Encoding] | None = None,
 ) -> list[dict]:
     """`fill_mask_answer` for each of `texts` (`top_k` one number, or a list of one per text), `batch_size` texts
     of similar length per forward pass, whose encoder's last layer and decoder compute the [MASK] positions alone.
-    A text that cannot be answered is refused before anything runs, the error naming it (texts[n])."""
+    A text that cannot be answered is refused before anything runs, the error naming it (texts[n]). `encodings`:
+    the texts' `masked_encoding`s, where the caller has made them already (a server, checking requests as they
+    come); they are not made again."""
     _check_fill_mask_model(model)
     check_texts(texts, "texts", each=False)
     batch_size = as_whole_number(batch_size, "batch_size")
@@ -195,18 +198,21 @@ def fill_mask_answers(
         ks = [as_whole_number(k, f"top_k[{n}]") for n, k in enumerate(top_k)]
     else:
         ks = [as_whole_number(top_k, "top_k")] * len(texts)
-    encodings = []
-    for n, text in enumerate(texts):
-        try:
-            encodings.append(masked_encoding(tokenizer, text))
-        except BertkitError as e:  # of its kind: a [MASK] past the cut is too much work for a server, not bad input
-            raise type(e)(f"texts[{n}]: {e}") from None
+    if encodings is not None and len(encodings) != len(texts):
+        raise BertkitError(f"encodings gives {len(encodings)} for {len(texts)} texts: one per text, or none")
+    if encodings is None:
+        encodings = []
+        for n, text in enumerate(texts):
+            try:
+                encodings.append(masked_encoding(tokenizer, text))
+            except BertkitError as e:  # of its kind: a [MASK] past the cut is too much work for a server
+                raise type(e)(f"texts[{n}]: {e}") from None
     answers: list[dict] = [{}] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: -len(encodings[i]))  # longest first: little padding per batch
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         found = _candidates(model, tokenizer, [encodings[i] for i in idx], [ks[i] for i in idx],
-                            [f"texts[{i}], {shown(texts[i])}" for i in idx])  # fmt: skip
+                            lambda j, idx=idx: f"texts[{idx[j]}], {shown(texts[idx[j]])}")  # fmt: skip
         for i, candidates in zip(idx, found, strict=True):
             answers[i] = _answer(texts[i], encodings[i], candidates)
     return answers
@@ -218,7 +224,7 @@ def _fill_mask_one(
     """One text's encoding and its candidates per [MASK]."""
     _check_fill_mask_model(model)
     enc = masked_encoding(tokenizer, text)
-    return enc, _candidates(model, tokenizer, [enc], [as_whole_number(top_k, "top_k")], [shown(text)])[0]
+    return enc, _candidates(model, tokenizer, [enc], [as_whole_number(top_k, "top_k")], lambda _: shown(text))[0]
 
 
 def masked_encoding(tokenizer: Tokenizer, text: str) -> Encoding:
@@ -253,10 +259,14 @@ def _answer(text: str, enc: Encoding, masks: list[list[tuple[str, float]]]) -> d
 
 @torch.inference_mode()
 def _candidates(
-    model: BertForPreTraining, tokenizer: Tokenizer, encodings: list[Encoding], top_ks: list[int], names: list[str]
+    model: BertForPreTraining,
+    tokenizer: Tokenizer,
+    encodings: list[Encoding],
+    top_ks: list[int],
+    name: Callable[[int], str],
 ) -> list[list[list[tuple[str, float]]]]:
-    """Per encoding (with its top_k, and how an error names its text), per [MASK], its `top_k` candidates (token,
-    probability), from one forward pass."""
+    """Per encoding (with its top_k), per [MASK], its `top_k` candidates (token, probability), from one forward
+    pass; `name(j)` says in an error which text encodings[j] is."""
     model.eval()
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in tokenizer.pad(encodings).items()}
@@ -271,10 +281,10 @@ def _candidates(
     values, indices = top.values.tolist(), top.indices.tolist()
     finite = torch.isfinite(probs).all(-1).tolist()
     out, row = [], 0
-    for k, name, masks in zip(top_ks, names, at.sum(1).tolist(), strict=True):
+    for j, (k, masks) in enumerate(zip(top_ks, at.sum(1).tolist(), strict=True)):
         if not all(finite[row : row + masks]):
             raise NonFiniteOutputError(
-                f"the model computed NaN or infinite scores for {name}: its weights are unusable"
+                f"the model computed NaN or infinite scores for {name(j)}: its weights are unusable"
             )
         out.append([
             [(tokenizer.vocab[i], p) for p, i in zip(values[r][:k], indices[r][:k], strict=True)]

@@ -200,7 +200,7 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     its own, is much faster (`benchmarks/batch1_latency.py` measures the encoder both ways, and onnxruntime). The
     packed copy (memory as large as the weight) is kept per weight and made again when the weight changes."""
     if _packing() and _plain(layer):
-        return _packed_product(x, layer.weight, layer.bias, 0, layer.out_features)
+        return _product(layer, x, 0, layer.out_features)
     return layer(x)
 
 
@@ -210,24 +210,20 @@ def linear_part(layer: nn.Module, x: torch.Tensor, start: int, stop: int) -> tor
     a packed copy inside `packed_products`); another layer (quantized, adapted, hooked) computes all its outputs."""
     if not _plain(layer):
         return layer(x)[..., start:stop]
-    if _packing():
-        return _packed_product(x, layer.weight, layer.bias, start, stop)
-    bias = None if layer.bias is None else layer.bias[start:stop]
-    return F.linear(x, layer.weight[start:stop], bias)
+    return _product(layer, x, start, stop)
 
 
-def _packed_product(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, stop: int
-) -> torch.Tensor:
-    """(..., in) -> (..., stop - start): x times rows `start:stop` of `weight` (plus their biases) in oneDNN over a
-    packed copy, for a float32 batch on the CPU; PyTorch's own product otherwise. Rows are rounded up by
-    `recurring_rows`: oneDNN compiles kernels for each shape it meets and keeps them, each holding memory, and
-    rounding bounds their number."""
+def _product(layer: nn.Linear, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """(..., in) -> (..., stop - start): x times rows `start:stop` of `layer`'s weight (plus their biases). Inside
+    `packed_products`, for a float32 batch on the CPU, in oneDNN over a packed copy, its rows rounded up by
+    `recurring_rows` (oneDNN compiles kernels for each shape it meets and keeps them, each holding memory, and
+    rounding bounds their number); PyTorch's own product otherwise."""
+    weight, bias = layer.weight, layer.bias
     whole = start == 0 and stop == weight.shape[0]
     part = weight if whole else weight[start:stop]
     bias = bias if bias is None or whole else bias[start:stop]
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if not (rows and x.dtype == part.dtype == torch.float32 and x.device.type == "cpu"):
+    if not (_packing() and rows and x.dtype == part.dtype == torch.float32 and x.device.type == "cpu"):
         return F.linear(x, part, bias)
     flat = _with_zero_rows(x.reshape(rows, x.shape[-1]), recurring_rows(rows))  # (rows', in)
     y = _ONEDNN_LINEAR(flat, _pack(weight, start, stop), bias, "none", [], "")  # (rows', stop - start)

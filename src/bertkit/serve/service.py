@@ -50,7 +50,7 @@ from bertkit.serve.limits import (
 from bertkit.serve.metrics import Metrics
 from bertkit.tasks.base import check_encodable, check_fields
 from bertkit.tasks.model_dir import ModelDir, open_model_dir
-from bertkit.tokenizer import is_cjk
+from bertkit.tokenizer import Encoding, is_cjk
 
 
 class WorkTooLarge(BertkitError):
@@ -248,15 +248,15 @@ class Service:
         _check_texts(texts)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
             raise BertkitError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {shown(top_k)}")
-        lengths = []
+        encodings = []  # as fill-mask reads the texts (cut to fit), kept for the worker: it tokenizes nothing again
         for n, text in enumerate(texts):
             try:
-                lengths.append(len(masked_encoding(self.tokenizer, text)))  # as fill-mask reads it: cut to fit
+                encodings.append(masked_encoding(self.tokenizer, text))
             except MaskPastTheCutError as e:
                 raise WorkTooLarge(f"texts[{n}]: {e}") from None
             except BertkitError as e:
                 raise BertkitError(f"texts[{n}]: {e}") from None
-        return "fill-mask", (texts, top_k, lengths), sum(lengths), len(texts)
+        return "fill-mask", (texts, top_k, encodings), sum(len(e) for e in encodings), len(texts)
 
     def prepare_embed(self, texts: Any) -> tuple[str, Any, int, int]:
         """(kind, payload, tokens, rows) of an embed request (texts cut at the model's maximum length, and the
@@ -336,26 +336,26 @@ class Service:
             answers.append({"embeddings": vectors, "dim": len(vectors[0]), **({"truncated": cut} if cut else {})})
         return answers
 
-    def _fill_mask_batch(self, payloads: Sequence[tuple[list[str], int, list[int]]]) -> list[Any]:
+    def _fill_mask_batch(self, payloads: Sequence[tuple[list[str], int, list[Encoding]]]) -> list[Any]:
         """The answer of each fill-mask request, from forward passes over all their texts (length buckets, each
-        text with its request's top_k). Should the model overflow on a text, each request runs alone, so that only
-        its own answer is the error."""
-        items = [(text, top_k) for texts, top_k, _ in payloads for text in texts]
-        lengths = [n for _, _, counts in payloads for n in counts]
+        text with its request's top_k and its encoding from `prepare_fill_mask`). Should the model overflow on a
+        text, each request runs alone, so that only its own answer is the error."""
+        items = [(t, k, e) for texts, k, encodings in payloads for t, e in zip(texts, encodings, strict=True)]
 
-        def run(part: list[tuple[str, int]]) -> list[dict]:
-            texts, ks = [t for t, _ in part], [k for _, k in part]
-            return fill_mask_answers(self.mlm, self.tokenizer, texts, ks, batch_size=len(part))  # type: ignore[arg-type]
+        def run(part: list[tuple[str, int, Encoding]]) -> list[dict]:
+            texts, ks, encodings = (list(column) for column in zip(*part, strict=True))
+            return fill_mask_answers(self.mlm, self.tokenizer, texts, ks, batch_size=len(part),  # type: ignore[arg-type]
+                                     encodings=encodings)  # fmt: skip
 
         try:
-            rows = run_bucketed(items, lengths, run, self._slack["fill-mask"])
+            rows = run_bucketed(items, [len(e) for _, _, e in items], run, self._slack["fill-mask"])
         except BertkitError:
-            return [self._fill_mask_alone(texts, top_k) for texts, top_k, _ in payloads]
+            return [self._fill_mask_alone(*payload) for payload in payloads]
         return _split(rows, [len(texts) for texts, _, _ in payloads])
 
-    def _fill_mask_alone(self, texts: list[str], top_k: int) -> list[dict] | BertkitError:
+    def _fill_mask_alone(self, texts: list[str], top_k: int, encodings: list[Encoding]) -> list[dict] | BertkitError:
         try:
-            return fill_mask_answers(self.mlm, self.tokenizer, texts, top_k)  # type: ignore[arg-type]
+            return fill_mask_answers(self.mlm, self.tokenizer, texts, top_k, encodings=encodings)  # type: ignore[arg-type]
         except BertkitError as e:  # the same kind of error (bad input, or a model that overflows)
             return e
 
