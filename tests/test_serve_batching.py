@@ -209,6 +209,29 @@ def test_the_model_is_loaded_and_run_on_the_worker_thread(tiny_task_models: dict
     assert threads == ["bertkit-batcher", "bertkit-batcher"]
 
 
+@pytest.mark.parametrize("task", ["cls", "ner", "qa"])
+def test_a_predict_request_is_encoded_once(tiny_task_models: dict[str, Path], task: str, monkeypatch) -> None:
+    """The features made to price a request (its windows and tokens) are the ones the worker runs: the worker
+    thread, which every request waits for, encodes nothing again."""
+    body = {"question": "哪里？", "context": TEXTS[1] * 20} if task == "qa" else {"text": TEXTS[1] * 20}
+    service = Service(tiny_task_models[task], device="cpu")
+    try:
+        calls: list[str] = []
+        made = service.task_model.task.features
+
+        def features(*args, **kwargs):
+            calls.append(threading.current_thread().name)
+            return made(*args, **kwargs)
+
+        monkeypatch.setattr(service.task_model.task, "features", features)
+        (answer,) = service.predict([body])
+        monkeypatch.undo()
+        assert_close(answer, service.task_model.predict([service.task_model.task.from_json(body)])[0], tol=1e-5)
+    finally:
+        service.close()
+    assert calls == [threading.current_thread().name]
+
+
 def test_the_model_leaves_the_cores_other_work_uses(tiny_task_models: dict[str, Path], monkeypatch) -> None:
     """Before each batch the worker sets its intra-op threads from the CPU other work used lately (measured by
     `CpuElsewhere`, replaced here by a fake that reports what the test says)."""
@@ -266,18 +289,25 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("task", ["cls", "qa", "embed", "fill-mask"])
+@pytest.mark.parametrize("task", ["cls", "ner", "qa", "embed", "fill-mask"])
 def test_concurrent_clients_get_the_answers_they_get_alone(tiny_task_models: dict[str, Path], task: str) -> None:
     """Answers computed in a batch of several clients equal those computed alone: same labels and offsets, floats
     within 1e-5 (a batch's padding and shape change float32 summation order; see test_serve.assert_close), from
-    forward passes the requests share (one per length bucket); fill-mask's with each request's own top_k."""
+    forward passes the requests share (one per length bucket); fill-mask's with each request's own top_k. A NER
+    text and a QA context longer than the model's max_seq_length are read in several windows beside the short
+    ones (their features, made once when the request is checked, are numbered anew in the batch)."""
     if task == "fill-mask":
         path = "/api/fill-mask"
         bodies = [
             {"texts": [t[:2] + "[MASK]" + t[3:], "[MASK]" + t[1:]], "top_k": 1 + n % 3} for n, t in enumerate(TEXTS)
         ]
     elif task == "qa":
-        path, bodies = "/api/predict", [{"question": "哪里？", "context": t, "id": str(n)} for n, t in enumerate(TEXTS)]
+        contexts = [*TEXTS[:3], "".join(TEXTS) * 6, *TEXTS[3:]]  # the long one: about 600 characters
+        bodies = [{"question": "哪里？", "context": t, "id": str(n)} for n, t in enumerate(contexts)]
+        path = "/api/predict"
+    elif task == "ner":
+        texts = [*TEXTS[:2], "叶老桂博士在北京工作。" * 30, *TEXTS[2:]]  # the long one: 330 characters
+        path, bodies = "/api/predict", [{"text": t} for t in texts]
     elif task == "cls":
         path, bodies = "/api/predict", [{"text": t} for t in TEXTS]
     else:

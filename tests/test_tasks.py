@@ -148,6 +148,10 @@ def test_a_task_model_takes_its_examples_only_and_scores_labelled_ones(
     row = {"question": "谁？", "context": "叶老桂在北京。"} if task == "qa" else {"text": "叶老桂在北京。"}
     unlabelled = tm.task.from_json(row)
     assert len(tm.predict([unlabelled])) == 1
+    features = tm.features([unlabelled])  # made by the caller already (as the server does): the same answer
+    assert tm.predict([unlabelled], features=features) == tm.predict([unlabelled])
+    with pytest.raises(BertkitError, match="features: expected those of the 2 examples given"):
+        tm.predict([unlabelled, unlabelled], features=features)
     for bad in ([row], [row["context" if task == "qa" else "text"]], row, "叶老桂"):
         with pytest.raises(BertkitError, match=r"examples(\[0\] is a| must be a list of) "):
             tm.predict(bad)  # type: ignore[arg-type]

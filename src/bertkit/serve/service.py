@@ -209,7 +209,10 @@ class Service:
                 f"inputs[{worst}] needs {windows[worst]} windows of {length} tokens; this server reads at most "
                 f"{self.max_windows} per input (--max-windows): send a shorter text, or split it"
             )
-        return "predict", (examples, tokens), sum(tokens), len(examples)
+        per_example: list[list[dict]] = [[] for _ in examples]  # kept for the worker: it encodes nothing again
+        for f in features:
+            per_example[f["example"]].append(f)
+        return "predict", (examples, tokens, per_example), sum(tokens), len(examples)
 
     def _check_windows(self, texts: list[Any], length: int) -> None:
         """Refuse a text too long for `max_windows` from its token count alone (at least tokens / length windows),
@@ -293,15 +296,24 @@ class Service:
         if self._elsewhere is not None:
             self._fit_threads(self._elsewhere)
         if kind == "predict":
-            examples = [ex for p, _ in payloads for ex in p]
-            lengths = [n for _, p in payloads for n in p]
-            rows = run_bucketed(examples, lengths, self.task_model.predict, self._slack["predict"])  # type: ignore[union-attr]
-            return _split(rows, [len(p) for p, _ in payloads])
+            return self._predict_batch(payloads)
         if kind == "embed":
             return self._embed_batch(payloads)
         if kind == "fill-mask":
             return self._fill_mask_batch(payloads)
         raise ValueError(f"unknown kind of work {kind!r}")
+
+    def _predict_batch(self, payloads: Sequence[tuple[list[Any], list[int], list[list[dict]]]]) -> list[Any]:
+        """The predictions of each predict request, from forward passes over all their examples (length buckets),
+        each example with the features `prepare_predict` made of it."""
+        items = [(ex, fs) for examples, _, features in payloads for ex, fs in zip(examples, features, strict=True)]
+
+        def run(part: list[tuple[Any, list[dict]]]) -> list[dict]:
+            features = [{**f, "example": i} for i, (_, fs) in enumerate(part) for f in fs]  # numbered in `part`
+            return self.task_model.predict([ex for ex, _ in part], features=features)  # type: ignore[union-attr]
+
+        rows = run_bucketed(items, [n for _, tokens, _ in payloads for n in tokens], run, self._slack["predict"])
+        return _split(rows, [len(examples) for examples, _, _ in payloads])
 
     def _fit_threads(self, elsewhere: CpuElsewhere) -> None:
         """Set the worker's intra-op threads for the next batch from the CPU other work used lately."""

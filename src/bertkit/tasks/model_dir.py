@@ -102,9 +102,24 @@ class TaskModel:
         """The model ready to answer, `batch_size` inputs per forward pass (with a bar over them: `progress`)."""
         return Inference(self.model, self.tokenizer, self.id2label, batch_size, progress)
 
-    def predict(self, examples: Sequence, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False) -> list[dict]:
-        """One JSON-serialisable prediction per example, `batch_size` inputs per forward pass."""
-        return self.task.predict(self.inference(batch_size, progress), examples, self.features(examples))
+    def predict(
+        self,
+        examples: Sequence,
+        batch_size: int = INFERENCE_BATCH_SIZE,
+        progress: bool = False,
+        features: list[dict[str, Any]] | None = None,
+    ) -> list[dict]:
+        """One JSON-serialisable prediction per example, `batch_size` inputs per forward pass. `features`: what
+        `self.features(examples)` returned, when the caller has made them already (the server does, to price a
+        request before it queues it), so that nothing is encoded twice."""
+        if features is None:
+            features = self.features(examples)
+        else:
+            self.check_examples(examples)
+            if {f["example"] for f in features} != set(range(len(examples))):
+                raise BertkitError(f"features: expected those of the {len(examples)} examples given, as "
+                                   "features(examples) makes them")  # fmt: skip
+        return self.task.predict(self.inference(batch_size, progress), examples, features)
 
     def predict_iter(
         self, examples: Sequence, batch_size: int = INFERENCE_BATCH_SIZE, progress: bool = False
