@@ -4,7 +4,12 @@ truncated for a resume, and the curves drawn from the keys the caller names. No 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
+
+import pytest
 
 from bertkit.train.metrics_log import Curves, MetricsLog, curve_points, plot_metrics, read_metrics_log
 
@@ -20,6 +25,33 @@ def test_records_carry_their_step_and_a_resume_drops_later_ones(tmp_path: Path) 
     log.truncate(2)
     assert read_metrics_log(log.path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
     assert log.path.read_text().endswith("}\n")  # whole lines only, the cut one gone
+
+
+def test_ctrl_c_inside_a_write_waits_for_the_record_and_closing_stays_prompt(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C raised inside TensorBoard's writer (a queue shared with the writer's thread) could lose the thread's
+    wake-up, and closing the writer then waited for its next timed flush: a pre-training or fine-tuning run took up
+    to two minutes to exit after Ctrl-C. The interrupt is now held until the record is written whole, to
+    metrics.jsonl and TensorBoard, then raised; closing afterwards is prompt."""
+    pytest.importorskip("tensorboard")
+    log = MetricsLog(tmp_path)
+    log.open_tensorboard()
+    writer, written = log.tensorboard, []
+    real = writer.add_scalar
+
+    def add_scalar(tag: str, value: float, step: int) -> None:
+        if not written:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while the writer is at work
+        real(tag, value, step)
+        written.append(tag)
+
+    monkeypatch.setattr(writer, "add_scalar", add_scalar)
+    with pytest.raises(KeyboardInterrupt):
+        log.write(1, {"loss": 1.5, "mlm_loss": 1.0, "nsp_loss": 0.5})
+    assert written == ["train/loss", "train/mlm_loss", "train/nsp_loss"]
+    assert read_metrics_log(log.path) == [{"step": 1, "loss": 1.5, "mlm_loss": 1.0, "nsp_loss": 0.5}]
+    start = time.monotonic()
+    log.close()
+    assert time.monotonic() - start < 10 and log.tensorboard is None
 
 
 def test_reading_passes_over_what_is_not_a_record(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertkit.files import atomic_write
+from bertkit.files import atomic_write, interrupts_deferred
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -35,19 +35,24 @@ class MetricsLog:
     def write(self, step: int, record: dict[str, Any]) -> None:
         """Append `record` with its step; its numbers go to TensorBoard as "SPLIT/KEY" (split: train by default)."""
         record = {"step": step, **record}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            prefix = record.get("split", "train")
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tensorboard.add_scalar(f"{prefix}/{k}", v, step)
+        # Ctrl-C is held until the record is written. TensorBoard's writer hands records to its own thread through a
+        # queue: an interrupt raised inside the queue's wake-up call lost that wake-up, and closing the writer then
+        # waited for the thread's next timed flush, up to two minutes after Ctrl-C, before the command could exit.
+        with interrupts_deferred():
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:
+                prefix = record.get("split", "train")
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k != "step":
+                        self.tensorboard.add_scalar(f"{prefix}/{k}", v, step)
 
     def close(self) -> None:
         """Flush and close TensorBoard's writer (the JSON lines are written as they come)."""
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-            self.tensorboard = None
+        writer, self.tensorboard = self.tensorboard, None
+        if writer is not None:
+            with interrupts_deferred():  # as in `write`: closing goes through the same queue
+                writer.close()
 
     def truncate(self, step: int) -> None:
         """Drop the records past `step` (a resumed run is about to log those steps again), atomically."""
