@@ -201,6 +201,11 @@ def test_ctrl_c_while_a_checkpoint_is_written_waits_for_it(tmp_path: Path) -> No
         os.kill(os.getpid(), signal.SIGINT)
         done.append("after the signal")
     assert done == ["after the signal"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt), interrupts_deferred():  # one block inside another: held to the outer end
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+        done.append("after the inner block")
+    assert done[-1] == "after the inner block" and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     trainer = toy_trainer(tmp_path / "run")
     trainer.save_extra = lambda folder: os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C half-way through the save

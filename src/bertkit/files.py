@@ -605,13 +605,18 @@ def claim_folder(folder: str | Path, record: str, settings: dict, refuse: Callab
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(wanted, indent=2) + "\n"))
 
 
+_deferring = False  # whether the main thread is inside `interrupts_deferred`
+
+
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) until the block has finished, then raise KeyboardInterrupt: for writes that a
     KeyboardInterrupt raised inside a library's writer would turn into another error (torch.save's zip writer
     reports "unexpected pos"), with a traceback instead of the command's one line. A second Ctrl-C does not wait.
-    Outside the main thread signals cannot be handled, and the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
+    Outside the main thread signals cannot be handled, and the block runs as it is; inside another such block it
+    runs as part of that one (its Ctrl-C is held until the outer block has finished)."""
+    global _deferring
+    if threading.current_thread() is not threading.main_thread() or _deferring:
         yield
         return
     received: list[int] = []
@@ -622,9 +627,11 @@ def interrupts_deferred() -> Iterator[None]:
         received.append(signum)
 
     previous = signal.signal(signal.SIGINT, hold)
+    _deferring = True
     try:
         yield
     finally:
+        _deferring = False
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if received:
         raise KeyboardInterrupt
